@@ -1,0 +1,38 @@
+# Every target installs what it needs from the project's own files, so a fresh clone needs only `make run` / `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: run test lint sim bench package clean deps
+
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+deps: $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m devstack
+
+sim: $(STAMP)
+	$(PY) -m arksim
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) -m scripts.bench
+
+package: $(STAMP)
+	$(PY) -m infra.package
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

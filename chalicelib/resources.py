@@ -1,0 +1,193 @@
+"""The one definition of arkflow's tables, queues and lanes.
+
+The app (pynamodb models, queue URLs), the local stack's bootstrap and `infra/` all derive from this module,
+so a table, index or lane is added here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+AttributeType = Literal["S", "N"]
+TaskType = Literal["image", "video"]
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: AttributeType = "S"
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    hash_key: Key
+    range_key: Key | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    logical_name: str
+    hash_key: Key
+    range_key: Key | None = None
+    indexes: tuple[Index, ...] = ()
+    ttl_attribute: str | None = None
+
+    def physical_name(self, prefix: str) -> str:
+        return f"{prefix}-{self.logical_name}"
+
+    def key_attributes(self) -> list[Key]:
+        """Every attribute used as a table or index key, once each."""
+        keys: dict[str, Key] = {}
+        for key in (self.hash_key, self.range_key):
+            if key:
+                keys[key.name] = key
+        for index in self.indexes:
+            for key in (index.hash_key, index.range_key):
+                if key:
+                    keys[key.name] = key
+        return list(keys.values())
+
+
+# TTL attributes hold epoch seconds. DynamoDB deletes expired items lazily (moto never does), so every
+# read of a TTL'd item checks the expiry itself.
+USERS = Table("users", Key("username"))
+SESSIONS = Table("sessions", Key("session_id"), ttl_attribute="expires_at_epoch")
+LOGIN_ATTEMPTS = Table("login-attempts", Key("username"), ttl_attribute="expires_at_epoch")
+MODELS = Table("models", Key("model_id"))
+TASKS = Table(
+    "tasks",
+    Key("task_id"),
+    indexes=(
+        # A user's own tasks, newest first.
+        Index("by_user", Key("user_id"), Key("created_key")),
+        # Admin listing across users: write-sharded so no single partition takes every create.
+        Index("by_list_shard", Key("list_shard"), Key("created_key")),
+        # Sparse: only queued tasks carry `queued_model`, so counting queue position reads queued tasks only.
+        Index("queued_by_model", Key("queued_model"), Key("created_key")),
+        # Sparse: only video tasks running at Ark carry `poll_shard`; the poller reads what is due.
+        Index("video_polls_due", Key("poll_shard"), Key("next_poll_at", "N")),
+    ),
+)
+QUOTA = Table("quota", Key("quota_key"), ttl_attribute="expires_at_epoch")
+SLOTS = Table("slots", Key("model_id"))
+IDEMPOTENCY = Table("idempotency", Key("idempotency_key"), ttl_attribute="expires_at_epoch")
+CONNECTIONS = Table(
+    "connections",
+    Key("connection_id"),
+    indexes=(Index("by_user", Key("user_id")),),
+    ttl_attribute="expires_at_epoch",
+)
+WS_TICKETS = Table("ws-tickets", Key("ticket_hash"), ttl_attribute="expires_at_epoch")
+UPLOADS = Table("uploads", Key("upload_id"), ttl_attribute="expires_at_epoch")
+
+TABLES: tuple[Table, ...] = (
+    USERS,
+    SESSIONS,
+    LOGIN_ATTEMPTS,
+    MODELS,
+    TASKS,
+    QUOTA,
+    SLOTS,
+    IDEMPOTENCY,
+    CONNECTIONS,
+    WS_TICKETS,
+    UPLOADS,
+)
+
+TASK_LIST_SHARDS = 4
+
+
+@dataclass(frozen=True)
+class Lane:
+    """One SQS queue (with its DLQ) consumed by its own worker Lambda."""
+
+    name: str
+    task_type: TaskType
+    reserved_concurrency: int
+    # SQS event source `maximum_concurrency` must stay <= reserved concurrency, or throttled receives
+    # push messages to the DLQ early. AWS's minimum for it is 2.
+    maximum_concurrency: int
+    lambda_timeout_s: int
+    lambda_memory_mb: int = 512
+    batch_size: int = 1
+    max_receives: int = 8
+    # SQS wants visibility >= 6x the function timeout for Lambda event sources.
+    visibility_timeout_s: int = field(default=0)
+    default_models: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.visibility_timeout_s:
+            object.__setattr__(self, "visibility_timeout_s", 6 * self.lambda_timeout_s)
+
+    def queue_name(self, prefix: str) -> str:
+        return f"{prefix}-lane-{self.name}"
+
+    def dlq_name(self, prefix: str) -> str:
+        return f"{prefix}-lane-{self.name}-dlq"
+
+    @property
+    def handler_name(self) -> str:
+        """The Chalice function name of this lane's worker (a valid Python identifier)."""
+        return "lane_" + self.name.replace("-", "_")
+
+
+LANES: tuple[Lane, ...] = (
+    Lane(
+        "image",
+        "image",
+        reserved_concurrency=8,
+        maximum_concurrency=8,
+        lambda_timeout_s=300,
+        default_models=("seedream-4.5",),
+    ),
+    Lane(
+        "video",
+        "video",
+        reserved_concurrency=4,
+        maximum_concurrency=4,
+        lambda_timeout_s=60,
+        default_models=("seedance-1.0-pro",),
+    ),
+)
+
+
+def lane_named(name: str) -> Lane:
+    for lane in LANES:
+        if lane.name == name:
+            return lane
+    raise KeyError(name)
+
+
+def default_lane_for(task_type: TaskType) -> Lane:
+    return next(lane for lane in LANES if lane.task_type == task_type)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    logical_name: str
+    # Objects under these prefixes expire; results are re-signed on every read, so old copies are only cost.
+    expire_days: int
+
+    def physical_name(self, prefix: str) -> str:
+        return f"{prefix}-{self.logical_name}"
+
+
+MEDIA_BUCKET = Bucket("media", expire_days=30)
+
+
+@dataclass(frozen=True)
+class DefaultModel:
+    model_id: str
+    type: TaskType
+    upstream_model: str
+    display_name: str
+    concurrency: int
+    daily_quota: int
+
+
+DEFAULT_MODELS: tuple[DefaultModel, ...] = (
+    DefaultModel("seedream-4.5", "image", "doubao-seedream-4-5-251128", "Seedream 4.5", 4, 1000),
+    DefaultModel("seedance-1.0-pro", "video", "doubao-seedance-1-0-pro-250528", "Seedance 1.0 pro", 3, 200),
+)

@@ -1,0 +1,82 @@
+"""Create arkflow's tables, queues and bucket from `chalicelib.resources` (local stack and tests)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chalicelib.resources import LANES, MEDIA_BUCKET, TABLES, Table
+
+
+def table_create_args(table: Table, prefix: str) -> dict[str, Any]:
+    def key_schema(hash_key: Any, range_key: Any) -> list[dict[str, str]]:
+        schema = [{"AttributeName": hash_key.name, "KeyType": "HASH"}]
+        if range_key:
+            schema.append({"AttributeName": range_key.name, "KeyType": "RANGE"})
+        return schema
+
+    args: dict[str, Any] = {
+        "TableName": table.physical_name(prefix),
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": key.name, "AttributeType": key.type} for key in table.key_attributes()
+        ],
+        "KeySchema": key_schema(table.hash_key, table.range_key),
+    }
+    if table.indexes:
+        args["GlobalSecondaryIndexes"] = [
+            {
+                "IndexName": index.name,
+                "KeySchema": key_schema(index.hash_key, index.range_key),
+                "Projection": {"ProjectionType": "ALL"},
+            }
+            for index in table.indexes
+        ]
+    return args
+
+
+def create_tables(dynamodb: Any, prefix: str) -> None:
+    existing = set(dynamodb.list_tables()["TableNames"])
+    for table in TABLES:
+        name = table.physical_name(prefix)
+        if name in existing:
+            continue
+        dynamodb.create_table(**table_create_args(table, prefix))
+        if table.ttl_attribute:
+            dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute},
+            )
+
+
+def create_queues(sqs: Any, prefix: str) -> dict[str, str]:
+    """Create every lane's queue and DLQ; returns lane name -> queue URL."""
+    urls: dict[str, str] = {}
+    for lane in LANES:
+        dlq_url = sqs.create_queue(QueueName=lane.dlq_name(prefix))["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        urls[lane.name] = sqs.create_queue(
+            QueueName=lane.queue_name(prefix),
+            Attributes={
+                "VisibilityTimeout": str(lane.visibility_timeout_s),
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(lane.max_receives)}
+                ),
+            },
+        )["QueueUrl"]
+    return urls
+
+
+def create_bucket(s3: Any, prefix: str) -> str:
+    name = MEDIA_BUCKET.physical_name(prefix)
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+def create_all(session: Any, prefix: str) -> None:
+    """`session` is a boto3 Session (or the boto3 module); clients pick endpoints up from the environment."""
+    create_tables(session.client("dynamodb"), prefix)
+    create_queues(session.client("sqs"), prefix)
+    create_bucket(session.client("s3"), prefix)
