@@ -1,0 +1,186 @@
+"""arkflow's Chalice app: routes and event handlers only; the logic lives in chalicelib/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalice import Chalice
+
+from chalicelib import aws, catalog, users
+from chalicelib.api import Http, RequestContext, json_response
+from chalicelib.auth import Authenticator
+from chalicelib.clock import SYSTEM_CLOCK
+from chalicelib.seed import ensure_first_admin
+from chalicelib.statemachine import apply_status_update
+from chalicelib.tasks import TaskService
+from chalicelib.validation import (
+    AdminTaskListQuery,
+    LoginRequest,
+    ModelCreate,
+    ModelUpdate,
+    StatusUpdateRequest,
+    TaskListQuery,
+    UserCreate,
+    UserUpdate,
+    parse,
+    parse_task_request,
+)
+
+app = Chalice(app_name="arkflow")
+http = Http(app, Authenticator)
+
+
+def task_service() -> TaskService:
+    return TaskService(s3=aws.s3(), sqs=aws.sqs())
+
+
+# --- health and sessions -----------------------------------------------------------------------------------
+
+
+@app.route("/api/health", methods=["GET"])
+@http.endpoint("public")
+def health(_: RequestContext) -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@app.route("/api/users/login", methods=["POST"])
+@http.endpoint("public")
+def login(context: RequestContext) -> dict[str, Any]:
+    ensure_first_admin()
+    request = parse(LoginRequest, context.json())
+    result = Authenticator().login(request.username, request.password)
+    return {"token": result.token, "role": result.role, "expires_at": result.expires_at}
+
+
+@app.route("/api/users/logout", methods=["POST"])
+@http.endpoint()
+def logout(context: RequestContext) -> dict[str, Any]:
+    Authenticator().logout(context.user)
+    return {"status": "logged_out"}
+
+
+@app.route("/api/users/me", methods=["GET"])
+@http.endpoint()
+def me(context: RequestContext) -> dict[str, Any]:
+    user = users.get_user(context.user.username)
+    return {"username": user.username, "role": user.role, "created_at": user.created_at}
+
+
+# --- models ------------------------------------------------------------------------------------------------
+
+
+@app.route("/api/models", methods=["GET"])
+@http.endpoint()
+def list_enabled_models(_: RequestContext) -> dict[str, Any]:
+    return {"models": [catalog.public_body(model) for model in catalog.list_models(enabled_only=True)]}
+
+
+@app.route("/api/admin/models", methods=["GET"])
+@http.endpoint("admin")
+def admin_list_models(_: RequestContext) -> dict[str, Any]:
+    now = SYSTEM_CLOCK.now()
+    return {"models": [catalog.admin_body(model, now) for model in catalog.list_models()]}
+
+
+@app.route("/api/admin/models", methods=["POST"])
+@http.endpoint("admin")
+def admin_create_model(context: RequestContext) -> Any:
+    model = catalog.create_model(parse(ModelCreate, context.json()))
+    return json_response(201, catalog.admin_body(model, SYSTEM_CLOCK.now()))
+
+
+@app.route("/api/admin/models/{model_id}", methods=["GET"])
+@http.endpoint("admin")
+def admin_get_model(_: RequestContext, model_id: str) -> dict[str, Any]:
+    return catalog.admin_body(catalog.get_model(model_id), SYSTEM_CLOCK.now())
+
+
+@app.route("/api/admin/models/{model_id}", methods=["PUT"])
+@http.endpoint("admin")
+def admin_update_model(context: RequestContext, model_id: str) -> dict[str, Any]:
+    model = catalog.update_model(model_id, parse(ModelUpdate, context.json()))
+    return catalog.admin_body(model, SYSTEM_CLOCK.now())
+
+
+@app.route("/api/admin/models/{model_id}", methods=["DELETE"])
+@http.endpoint("admin")
+def admin_delete_model(_: RequestContext, model_id: str) -> Any:
+    catalog.delete_model(model_id)
+    return json_response(200, {"deleted": model_id})
+
+
+# --- users -------------------------------------------------------------------------------------------------
+
+
+@app.route("/api/admin/users", methods=["GET"])
+@http.endpoint("admin")
+def admin_list_users(_: RequestContext) -> dict[str, Any]:
+    return {"users": [users.user_body(user) for user in users.list_users()]}
+
+
+@app.route("/api/admin/users", methods=["POST"])
+@http.endpoint("admin")
+def admin_create_user(context: RequestContext) -> Any:
+    return json_response(201, users.user_body(users.create_user(parse(UserCreate, context.json()))))
+
+
+@app.route("/api/admin/users/{username}", methods=["PUT"])
+@http.endpoint("admin")
+def admin_update_user(context: RequestContext, username: str) -> dict[str, Any]:
+    user = users.update_user(context.user, username, parse(UserUpdate, context.json()))
+    return users.user_body(user)
+
+
+@app.route("/api/admin/users/{username}", methods=["DELETE"])
+@http.endpoint("admin")
+def admin_delete_user(context: RequestContext, username: str) -> dict[str, Any]:
+    users.delete_user(context.user, username)
+    return {"deleted": username}
+
+
+# --- tasks -------------------------------------------------------------------------------------------------
+
+
+@app.route("/api/tasks", methods=["POST"])
+@http.endpoint()
+def create_task(context: RequestContext) -> Any:
+    body = context.json()
+    created = task_service().create(
+        context.user, parse_task_request(body), body, context.header("idempotency-key")
+    )
+    return json_response(created.status_code, created.body)
+
+
+@app.route("/api/tasks", methods=["GET"])
+@http.endpoint()
+def list_tasks(context: RequestContext) -> dict[str, Any]:
+    service = task_service()
+    page, cursor = service.list(parse(TaskListQuery, context.query()), user=context.user.username)
+    return {"tasks": [service.body(task) for task in page], "next_cursor": cursor}
+
+
+@app.route("/api/tasks/{task_id}", methods=["GET"])
+@http.endpoint()
+def get_task(context: RequestContext, task_id: str) -> dict[str, Any]:
+    service = task_service()
+    return service.body(service.get_own(context.user, task_id), with_queue_position=True)
+
+
+@app.route("/api/tasks/{task_id}/status", methods=["PUT"])
+@http.endpoint("admin_or_service")
+def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
+    service = task_service()
+    task = apply_status_update(service.get(task_id), parse(StatusUpdateRequest, context.json()))
+    return service.body(task)
+
+
+@app.route("/api/admin/tasks", methods=["GET"])
+@http.endpoint("admin")
+def admin_list_tasks(context: RequestContext) -> dict[str, Any]:
+    service = task_service()
+    query = parse(AdminTaskListQuery, context.query())
+    page, cursor = service.list(query, user=query.user)
+    return {"tasks": [{**service.body(task), "user": task.user_id} for task in page], "next_cursor": cursor}
+
+
+http.register_preflight()

@@ -1,0 +1,133 @@
+"""The glue between Chalice routes and the services: auth, JSON bodies, one error format, CORS."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from chalice import Chalice, Response
+from chalice.app import Request
+
+from chalicelib.auth import Authenticator, Principal, require_admin
+from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge
+from chalicelib.settings import get_settings
+
+logger = logging.getLogger("arkflow.api")
+
+Access = Literal["public", "user", "admin", "admin_or_service"]
+ALLOWED_HEADERS = "Authorization,Content-Type,Idempotency-Key"
+ALLOWED_METHODS = "GET,POST,PUT,DELETE,OPTIONS"
+
+
+@dataclass
+class RequestContext:
+    request: Request
+    principal: Principal | None
+    _body: Any = field(default=None, init=False)
+    _body_read: bool = field(default=False, init=False)
+
+    @property
+    def user(self) -> Principal:
+        assert self.principal is not None, "route declared public but reads the user"
+        return self.principal
+
+    def json(self) -> Any:
+        """The decoded JSON body; 413 before decoding when too large, 400 when malformed."""
+        if not self._body_read:
+            raw = self.request.raw_body or b""
+            if len(raw) > get_settings().max_body_bytes:
+                raise PayloadTooLarge(
+                    f"The request body is larger than {get_settings().max_body_bytes} bytes.",
+                    details={"limit_bytes": get_settings().max_body_bytes},
+                )
+            if not raw.strip():
+                raise BadRequest("A JSON body is required.", code="malformed_json")
+            try:
+                self._body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise BadRequest("The request body is not valid JSON.", code="malformed_json") from exc
+            self._body_read = True
+        return self._body
+
+    def query(self) -> dict[str, str]:
+        return dict(self.request.query_params or {})
+
+    def header(self, name: str) -> str | None:
+        return self.request.headers.get(name)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(body=body, status_code=status, headers={"Content-Type": "application/json", **(headers or {})})
+
+
+class Http:
+    """Wraps view functions: authenticates, maps `ApiError` to the one error body, adds CORS headers."""
+
+    def __init__(self, app: Chalice, authenticator_factory: Callable[[], Authenticator]) -> None:
+        self.app = app
+        self._authenticator_factory = authenticator_factory
+
+    def _cors_headers(self, request: Request | None) -> dict[str, str]:
+        origin = request.headers.get("origin") if request is not None else None
+        allowed = get_settings().cors_origins
+        if not origin or not allowed or (origin not in allowed and "*" not in allowed):
+            return {}
+        return {
+            "Access-Control-Allow-Origin": "*" if "*" in allowed else origin,
+            "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+            "Access-Control-Allow-Methods": ALLOWED_METHODS,
+            "Access-Control-Max-Age": "600",
+            "Vary": "Origin",
+        }
+
+    def _authenticate(self, request: Request, access: Access) -> Principal | None:
+        if access == "public":
+            return None
+        principal = self._authenticator_factory().authenticate(request.headers.get("authorization"))
+        if access == "admin":
+            require_admin(principal)
+        elif access == "admin_or_service":
+            if principal.role not in ("admin", "service"):
+                raise Forbidden("This route is for administrators.")
+        elif principal.role == "service":
+            raise Forbidden("The service token is only for internal routes.")
+        return principal
+
+    def endpoint(self, access: Access = "user") -> Callable[[Callable[..., Any]], Callable[..., Response]]:
+        def decorate(view: Callable[..., Any]) -> Callable[..., Response]:
+            @functools.wraps(view)
+            def wrapper(**path_params: str) -> Response:
+                request = self.app.current_request
+                try:
+                    context = RequestContext(request, self._authenticate(request, access))
+                    result = view(context, **path_params)
+                    response = result if isinstance(result, Response) else json_response(200, result)
+                except ApiError as error:
+                    response = json_response(error.status, error.body(), error.headers)
+                except Exception:
+                    logger.exception("unhandled error in %s", view.__name__)
+                    response = json_response(
+                        500, {"error": {"code": "internal_error", "message": "Something went wrong on our side."}}
+                    )
+                response.headers.update(self._cors_headers(request))
+                return response
+
+            return wrapper
+
+        return decorate
+
+    def register_preflight(self) -> None:
+        """Answer CORS preflight on every route, for any origin in CORS_ORIGINS (Chalice's CORS takes one)."""
+        for path, methods in list(self.app.routes.items()):
+            if "OPTIONS" in methods:
+                continue
+
+            def preflight(**_: str) -> Response:
+                return Response(body="", status_code=204, headers=self._cors_headers(self.app.current_request))
+
+            name = "preflight_" + "".join(ch if ch.isalnum() else "_" for ch in path)
+            self.app.route(path, methods=["OPTIONS"], name=name)(preflight)

@@ -1,0 +1,172 @@
+"""The models admins configure: which Ark model each calls, its concurrency and its daily quota."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
+
+from chalicelib import quota, slots
+from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
+from chalicelib.db import ModelRecord, TaskRecord
+from chalicelib.errors import Conflict, NotFound, ValidationFailed
+from chalicelib.resources import DEFAULT_MODELS, LANES, default_lane_for
+from chalicelib.settings import Settings, get_settings
+from chalicelib.validation import ModelCreate, ModelUpdate
+
+
+def get_model(model_id: str) -> ModelRecord:
+    try:
+        return ModelRecord.get(model_id, consistent_read=True)
+    except DoesNotExist as exc:
+        raise NotFound(f"No model named {model_id!r}.", code="model_not_found") from exc
+
+
+def list_models(enabled_only: bool = False) -> list[ModelRecord]:
+    # A handful of models: a scan of this small table is cheaper than maintaining an index.
+    models = sorted(ModelRecord.scan(), key=lambda model: model.model_id)
+    return [model for model in models if model.enabled or not enabled_only]
+
+
+def _resolve_lane(model_type: str, lane: str | None) -> str:
+    if lane is None:
+        return default_lane_for(model_type).name  # type: ignore[arg-type]
+    for candidate in LANES:
+        if candidate.name == lane:
+            if candidate.task_type != model_type:
+                raise ValidationFailed(
+                    "Invalid model configuration.",
+                    details=[{"field": "lane", "message": f"lane {lane!r} serves {candidate.task_type} tasks"}],
+                )
+            return lane
+    raise ValidationFailed(
+        "Invalid model configuration.",
+        details=[{"field": "lane", "message": f"unknown lane; one of {[lane.name for lane in LANES]}"}],
+    )
+
+
+def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelRecord:
+    now = iso(clock.now())
+    model = ModelRecord(
+        request.model_id,
+        type=request.type,
+        upstream_model=request.upstream_model,
+        display_name=request.display_name or request.model_id,
+        concurrency=request.concurrency,
+        daily_quota=request.daily_quota,
+        user_daily_quota=request.user_daily_quota,
+        max_running_per_user=request.max_running_per_user,
+        lane=_resolve_lane(request.type, request.lane),
+        enabled=request.enabled,
+        defaults=request.defaults.model_dump(exclude_none=True) if request.defaults else None,
+        created_at=now,
+        updated_at=now,
+    )
+    try:
+        model.save(condition=ModelRecord.model_id.does_not_exist())
+    except PutError as exc:
+        raise Conflict(f"A model named {request.model_id!r} already exists.", code="model_exists") from exc
+    return model
+
+
+def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOCK) -> ModelRecord:
+    model = get_model(model_id)
+    changes = request.model_dump(exclude_unset=True)
+    if "lane" in changes:
+        changes["lane"] = _resolve_lane(model.type, changes["lane"])
+    if "defaults" in changes:
+        changes["defaults"] = request.defaults.model_dump(exclude_none=True) if request.defaults else None
+    actions = [ModelRecord.updated_at.set(iso(clock.now()))]
+    for field, value in changes.items():
+        attribute = getattr(ModelRecord, field)
+        actions.append(attribute.remove() if value is None else attribute.set(value))
+    try:
+        model.update(actions=actions, condition=ModelRecord.model_id.exists())
+    except UpdateError as exc:
+        raise NotFound(f"No model named {model_id!r}.", code="model_not_found") from exc
+    return model
+
+
+def has_unfinished_tasks(model_id: str) -> bool:
+    queued = next(iter(TaskRecord.queued_by_model.query(model_id, limit=1)), None)
+    # A task is `running` only while it holds one of its model's slots.
+    return queued is not None or slots.in_use(model_id) > 0
+
+
+def delete_model(model_id: str) -> None:
+    model = get_model(model_id)
+    if has_unfinished_tasks(model_id):
+        raise Conflict(
+            f"Model {model_id!r} has unfinished tasks; disable it and wait for them to end.",
+            code="model_in_use",
+        )
+    try:
+        model.delete(condition=ModelRecord.model_id.exists())
+    except DeleteError as exc:
+        raise NotFound(f"No model named {model_id!r}.", code="model_not_found") from exc
+
+
+def usage_today(model: ModelRecord, now: float, settings: Settings | None = None) -> dict[str, Any]:
+    settings = settings or get_settings()
+    day = quota.quota_day(now, settings.quota_timezone)
+    used = quota.used(quota.model_counter_key(model.model_id, day))
+    return {
+        "day": day,
+        "timezone": settings.quota_timezone,
+        "used": used,
+        "limit": int(model.daily_quota),
+        "remaining": max(0, int(model.daily_quota) - used),
+    }
+
+
+def public_body(model: ModelRecord) -> dict[str, Any]:
+    """What any logged-in user sees: no upstream IDs, no limits."""
+    return {
+        "model_id": model.model_id,
+        "type": model.type,
+        "display_name": model.display_name,
+        "enabled": model.enabled,
+        "defaults": model.defaults or {},
+    }
+
+
+def admin_body(model: ModelRecord, now: float, settings: Settings | None = None) -> dict[str, Any]:
+    return {
+        **public_body(model),
+        "upstream_model": model.upstream_model,
+        "concurrency": int(model.concurrency),
+        "daily_quota": int(model.daily_quota),
+        "user_daily_quota": _int_or_none(model.user_daily_quota),
+        "max_running_per_user": _int_or_none(model.max_running_per_user),
+        "lane": model.lane,
+        "created_at": model.created_at,
+        "updated_at": model.updated_at,
+        "usage_today": usage_today(model, now, settings),
+        "slots_in_use": slots.in_use(model.model_id),
+    }
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def ensure_default_models(clock: Clock = SYSTEM_CLOCK) -> list[str]:
+    """Create the default models that do not exist yet; returns the ids created."""
+    created = []
+    for default in DEFAULT_MODELS:
+        try:
+            create_model(
+                ModelCreate(
+                    model_id=default.model_id,
+                    type=default.type,
+                    upstream_model=default.upstream_model,
+                    display_name=default.display_name,
+                    concurrency=default.concurrency,
+                    daily_quota=default.daily_quota,
+                ),
+                clock,
+            )
+        except Conflict:
+            continue
+        created.append(default.model_id)
+    return created

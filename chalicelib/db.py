@@ -1,0 +1,236 @@
+"""pynamodb models of arkflow's tables. Keys and index shapes come from `chalicelib.resources`."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    JSONAttribute,
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib import resources
+from chalicelib.settings import Settings, get_settings
+
+
+class _Base(Model):
+    definition: ClassVar[resources.Table]
+
+    class Meta:
+        abstract = True
+
+
+class UserRecord(_Base):
+    definition = resources.USERS
+
+    class Meta:
+        table_name = "users"
+
+    username = UnicodeAttribute(hash_key=True)
+    password_hash = UnicodeAttribute()
+    role = UnicodeAttribute(default="user")
+    disabled = BooleanAttribute(default=False)
+    # Bumped on every password change; tokens carry it, so old tokens stop working.
+    password_version = NumberAttribute(default=1)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+class SessionRecord(_Base):
+    definition = resources.SESSIONS
+
+    class Meta:
+        table_name = "sessions"
+
+    session_id = UnicodeAttribute(hash_key=True)
+    username = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute()
+
+
+class LoginAttemptRecord(_Base):
+    definition = resources.LOGIN_ATTEMPTS
+
+    class Meta:
+        table_name = "login-attempts"
+
+    username = UnicodeAttribute(hash_key=True)
+    failures = NumberAttribute(default=0)
+    locked_until_epoch = NumberAttribute(default=0)
+    expires_at_epoch = NumberAttribute()
+
+
+class ModelRecord(_Base):
+    definition = resources.MODELS
+
+    class Meta:
+        table_name = "models"
+
+    model_id = UnicodeAttribute(hash_key=True)
+    type = UnicodeAttribute()
+    upstream_model = UnicodeAttribute()
+    display_name = UnicodeAttribute()
+    concurrency = NumberAttribute()
+    daily_quota = NumberAttribute()
+    user_daily_quota = NumberAttribute(null=True)
+    max_running_per_user = NumberAttribute(null=True)
+    lane = UnicodeAttribute()
+    enabled = BooleanAttribute(default=True)
+    defaults = JSONAttribute(null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+class _ByUser(GlobalSecondaryIndex["TaskRecord"]):
+    class Meta:
+        index_name = "by_user"
+        projection = AllProjection()
+
+    user_id = UnicodeAttribute(hash_key=True)
+    created_key = UnicodeAttribute(range_key=True)
+
+
+class _ByListShard(GlobalSecondaryIndex["TaskRecord"]):
+    class Meta:
+        index_name = "by_list_shard"
+        projection = AllProjection()
+
+    list_shard = UnicodeAttribute(hash_key=True)
+    created_key = UnicodeAttribute(range_key=True)
+
+
+class _QueuedByModel(GlobalSecondaryIndex["TaskRecord"]):
+    class Meta:
+        index_name = "queued_by_model"
+        projection = AllProjection()
+
+    queued_model = UnicodeAttribute(hash_key=True)
+    created_key = UnicodeAttribute(range_key=True)
+
+
+class _VideoPollsDue(GlobalSecondaryIndex["TaskRecord"]):
+    class Meta:
+        index_name = "video_polls_due"
+        projection = AllProjection()
+
+    poll_shard = UnicodeAttribute(hash_key=True)
+    next_poll_at = NumberAttribute(range_key=True)
+
+
+class TaskError(MapAttribute[str, Any]):
+    code = UnicodeAttribute()
+    message = UnicodeAttribute()
+
+
+class TaskRecord(_Base):
+    definition = resources.TASKS
+
+    class Meta:
+        table_name = "tasks"
+
+    task_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    model_id = UnicodeAttribute()
+    type = UnicodeAttribute()
+    status = UnicodeAttribute()
+    # Sub-step inside `running` for video: `submitting` before the Ark create, `submitted` after.
+    stage = UnicodeAttribute(null=True)
+    version = NumberAttribute(default=1)
+    prompt = UnicodeAttribute(null=True)
+    # References: https URLs as given, or `s3://bucket/key` for images stored by arkflow.
+    images = ListAttribute(of=UnicodeAttribute, default=list)
+    params = JSONAttribute(default=dict)
+    upstream_model = UnicodeAttribute()
+    lane = UnicodeAttribute()
+    external_id = UnicodeAttribute(null=True)
+    error = TaskError(null=True)
+    result_urls = ListAttribute(of=UnicodeAttribute, null=True)
+    image_errors = JSONAttribute(null=True)
+    video_url = UnicodeAttribute(null=True)
+    last_frame_url = UnicodeAttribute(null=True)
+    result_meta = JSONAttribute(null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    started_at = UnicodeAttribute(null=True)
+    finished_at = UnicodeAttribute(null=True)
+    created_key = UnicodeAttribute()
+    list_shard = UnicodeAttribute()
+    queued_model = UnicodeAttribute(null=True)
+    poll_shard = UnicodeAttribute(null=True)
+    next_poll_at = NumberAttribute(null=True)
+    poll_count = NumberAttribute(default=0)
+    # Quota counters this task consumed; given back once if it ends before any Ark call.
+    quota_keys = ListAttribute(of=UnicodeAttribute, default=list)
+    quota_refunded = BooleanAttribute(default=False)
+    ark_called = BooleanAttribute(default=False)
+    callback_secret_hash = UnicodeAttribute(null=True)
+
+    by_user = _ByUser()
+    by_list_shard = _ByListShard()
+    queued_by_model = _QueuedByModel()
+    video_polls_due = _VideoPollsDue()
+
+
+class QuotaRecord(_Base):
+    definition = resources.QUOTA
+
+    class Meta:
+        table_name = "quota"
+
+    quota_key = UnicodeAttribute(hash_key=True)
+    used = NumberAttribute(default=0)
+    expires_at_epoch = NumberAttribute()
+
+
+class IdempotencyRecord(_Base):
+    definition = resources.IDEMPOTENCY
+
+    class Meta:
+        table_name = "idempotency"
+
+    idempotency_key = UnicodeAttribute(hash_key=True)
+    request_hash = UnicodeAttribute()
+    task_id = UnicodeAttribute()
+    status_code = NumberAttribute()
+    response_body = JSONAttribute()
+    expires_at_epoch = NumberAttribute()
+
+
+class SlotRecord(_Base):
+    definition = resources.SLOTS
+
+    class Meta:
+        table_name = "slots"
+
+    model_id = UnicodeAttribute(hash_key=True)
+    holders = MapAttribute[str, Any](default=dict)
+    count = NumberAttribute(default=0)
+
+
+ALL_MODELS: tuple[type[_Base], ...] = (
+    UserRecord,
+    SessionRecord,
+    LoginAttemptRecord,
+    ModelRecord,
+    TaskRecord,
+    QuotaRecord,
+    IdempotencyRecord,
+    SlotRecord,
+)
+
+
+def configure(settings: Settings | None = None) -> None:
+    """Point every model at this deployment's tables; drops cached connections (endpoints may have changed)."""
+    settings = settings or get_settings()
+    for model in ALL_MODELS:
+        model.Meta.table_name = settings.table_name(model.definition.logical_name)
+        model.Meta.region = settings.region
+        model._connection = None
+
+
+configure()

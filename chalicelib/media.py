@@ -1,0 +1,64 @@
+"""Images and results arkflow keeps in S3, and the short-lived URLs that hand them out."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+S3_SCHEME = "s3://"
+INLINE_PREFIX = "data:"
+PRESIGNED_URL_TTL_S = 3600
+EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp", "tiff": "tiff", "gif": "gif"}
+
+
+def s3_ref(bucket: str, key: str) -> str:
+    return f"{S3_SCHEME}{bucket}/{key}"
+
+
+def split_s3_ref(ref: str) -> tuple[str, str]:
+    bucket, _, key = ref[len(S3_SCHEME):].partition("/")
+    return bucket, key
+
+
+def is_s3_ref(ref: str) -> bool:
+    return ref.startswith(S3_SCHEME)
+
+
+def input_key(task_id: str, index: int, content_type: str) -> str:
+    extension = EXTENSIONS.get(content_type.removeprefix("image/"), "bin")
+    return f"tasks/{task_id}/inputs/{index}.{extension}"
+
+
+def store_bytes(s3: Any, bucket: str, key: str, data: bytes, content_type: str) -> str:
+    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType=content_type)
+    return s3_ref(bucket, key)
+
+
+def data_uri(content_type: str, data: bytes) -> str:
+    return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
+
+
+def presign_get(s3: Any, ref: str, ttl_s: int = PRESIGNED_URL_TTL_S) -> str:
+    bucket, key = split_s3_ref(ref)
+    return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_s)
+
+
+def display_url(s3: Any, ref: str) -> str:
+    """What the API shows for a stored reference: a presigned URL for S3, a placeholder for inline data."""
+    if is_s3_ref(ref):
+        return presign_get(s3, ref)
+    if ref.startswith(INLINE_PREFIX):
+        # Never echo base64 bodies back: they are large and may be private.
+        return ref.split(",", 1)[0] + ",<omitted>"
+    return ref
+
+
+def delete_prefix(s3: Any, bucket: str, prefix: str) -> int:
+    deleted = 0
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        objects = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+        if objects:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+            deleted += len(objects)
+    return deleted

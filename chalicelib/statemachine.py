@@ -1,0 +1,135 @@
+"""The task state machine: the only way any code changes a task's status.
+
+Every transition is one DynamoDB conditional write on the status and version the caller read, so a duplicate
+SQS delivery, a retried Lambda, a callback racing the poller or a second worker find the condition false and
+change nothing. A task that ends before any Ark call gives its quota request back in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pynamodb.exceptions import TransactWriteError, UpdateError
+from pynamodb.expressions.condition import Condition
+from pynamodb.expressions.update import Action
+from pynamodb.transactions import TransactWrite
+
+from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
+from chalicelib.db import QuotaRecord, TaskRecord
+from chalicelib.errors import Conflict
+from chalicelib.validation import StatusUpdateRequest
+
+QUEUED, RUNNING = "queued", "running"
+SUCCEEDED, FAILED, CANCELLED, EXPIRED = "succeeded", "failed", "cancelled", "expired"
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, CANCELLED, FAILED, EXPIRED}),
+    RUNNING: frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED}),
+}
+
+# Called with the task as written, after every successful transition (the WebSocket publisher listens here).
+Listener = Callable[[TaskRecord], None]
+listeners: list[Listener] = []
+
+
+class IllegalTransition(Conflict):
+    code = "illegal_transition"
+
+
+class StaleTask(Conflict):
+    """The task changed since it was read; re-read it and decide again."""
+
+    code = "task_changed"
+
+
+def is_allowed(current: str, target: str) -> bool:
+    return target in TRANSITIONS.get(current, frozenset())
+
+
+def transition(
+    task: TaskRecord,
+    target: str,
+    *,
+    actions: list[Action] | None = None,
+    condition: Condition | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> TaskRecord:
+    """Move `task` (as read) to `target`, applying `actions` in the same write; returns the written task."""
+    if not is_allowed(task.status, target):
+        raise IllegalTransition(
+            f"A task cannot go from {task.status} to {target}.",
+            details={"from": task.status, "to": target},
+        )
+    now = iso(clock.now())
+    writes = [
+        TaskRecord.status.set(target),
+        TaskRecord.version.add(1),
+        TaskRecord.updated_at.set(now),
+        *(actions or []),
+    ]
+    if task.status == QUEUED:
+        writes.append(TaskRecord.queued_model.remove())
+    if target == RUNNING:
+        writes.append(TaskRecord.started_at.set(now))
+    if target in TERMINAL:
+        writes += [TaskRecord.finished_at.set(now), TaskRecord.poll_shard.remove(), TaskRecord.next_poll_at.remove()]
+    guard = (TaskRecord.status == task.status) & (TaskRecord.version == task.version)
+    if condition is not None:
+        guard &= condition
+    refund = target in TERMINAL and not task.ark_called and not task.quota_refunded and bool(task.quota_keys)
+    try:
+        if refund:
+            _write_with_refund(task, writes, guard)
+        else:
+            task.update(actions=writes, condition=guard)
+    except (UpdateError, TransactWriteError) as exc:
+        raise StaleTask("The task changed while this change was being applied.") from exc
+    for listener in listeners:
+        listener(task)
+    return task
+
+
+def _write_with_refund(task: TaskRecord, writes: list[Action], guard: Condition) -> None:
+    """End a task that never reached Ark and give its quota request back, atomically and once."""
+    writes.append(TaskRecord.quota_refunded.set(True))
+    guard &= TaskRecord.quota_refunded == False  # noqa: E712 - a DynamoDB condition, not a Python comparison
+    with TransactWrite() as transaction:
+        transaction.update(task, actions=writes, condition=guard)
+        for key in task.quota_keys:
+            transaction.update(QuotaRecord(key), actions=[QuotaRecord.used.add(-1)])
+    task.refresh(consistent_read=True)
+
+
+def update_fields(task: TaskRecord, actions: list[Action], *, publish: bool = False,
+                  clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
+    """Change non-status fields while the status stays what was read (e.g. storing Ark's task id).
+
+    `publish` bumps the version and notifies listeners, for changes a watching user should see.
+    """
+    writes = [TaskRecord.updated_at.set(iso(clock.now())), *actions]
+    if publish:
+        writes.append(TaskRecord.version.add(1))
+    try:
+        task.update(actions=writes, condition=TaskRecord.status == task.status)
+    except UpdateError as exc:
+        raise StaleTask("The task changed while this change was being applied.") from exc
+    if publish:
+        for listener in listeners:
+            listener(task)
+    return task
+
+
+
+def apply_status_update(task: TaskRecord, request: StatusUpdateRequest, clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
+    """An operator's (or internal service's) explicit transition, with the result or error it carries."""
+    actions: list[Action] = []
+    if request.error is not None:
+        actions.append(TaskRecord.error.set(request.error.model_dump()))
+    if request.result_urls is not None:
+        actions.append(TaskRecord.result_urls.set(request.result_urls))
+    if request.video_url is not None:
+        actions.append(TaskRecord.video_url.set(request.video_url))
+    if request.last_frame_url is not None:
+        actions.append(TaskRecord.last_frame_url.set(request.last_frame_url))
+    return transition(task, request.status, actions=actions, clock=clock)
