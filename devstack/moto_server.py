@@ -1,0 +1,208 @@
+"""moto's server with AWS's atomicity: one request at a time inside moto.
+
+`moto_server` is always threaded and moto's backends take no lock, so parallel clients can interleave a
+conditional write's check and its write, or receive one SQS message twice. Here requests are still accepted
+by a threaded server (slow clients and long polls block nobody), but each runs through moto alone.
+
+    python -m devstack.moto_server --port 8005
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import httpx
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+from werkzeug.serving import make_server
+
+from devstack.processes import ChildProcess, spawn, wait_until_answers
+
+WsgiEnviron = dict[str, Any]
+StartResponse = Any
+Captured = tuple[str, list[tuple[str, str]], list[bytes]]
+
+# A visibility timeout ending wakes no waiter, so long polls also look again this often.
+_LONG_POLL_RECHECK_S = 0.5
+_READY_PATH = "/moto-api/config"
+
+
+def _read_body(environ: WsgiEnviron) -> bytes:
+    stream = environ["wsgi.input"]
+    if environ.get("wsgi.input_terminated"):
+        return stream.read()
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    return stream.read(length) if length else b""
+
+
+@dataclass
+class _ReceiveRequest:
+    """An SQS ReceiveMessage, rewritten to return at once so it never holds the lock while it waits."""
+
+    wait_s: float
+    immediate_body: bytes
+
+
+def _as_receive(environ: WsgiEnviron, body: bytes) -> _ReceiveRequest | None:
+    if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
+        request = json.loads(body or b"{}")
+        wait_s = float(request.get("WaitTimeSeconds") or 0)
+        return _ReceiveRequest(wait_s, json.dumps({**request, "WaitTimeSeconds": 0}).encode())
+    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        form = dict(parse_qsl(body.decode()))
+        if form.get("Action") == "ReceiveMessage":
+            wait_s = float(form.get("WaitTimeSeconds") or 0)
+            return _ReceiveRequest(wait_s, urlencode({**form, "WaitTimeSeconds": "0"}).encode())
+    return None
+
+
+def _received_messages(captured: Captured) -> bool:
+    status, _, chunks = captured
+    if not status.startswith("2"):
+        return True  # an error is an answer too
+    payload = b"".join(chunks)
+    if payload.lstrip().startswith(b"{"):
+        return bool(json.loads(payload).get("Messages"))
+    return b"<Message>" in payload
+
+
+class SerializedMotoApp:
+    """A WSGI app running every request through moto under one lock, as one DynamoDB/SQS/S3 would behave."""
+
+    def __init__(self, app: Any | None = None) -> None:
+        self._app = app if app is not None else DomainDispatcherApplication(create_backend_app)
+        # Notified after every request, since any of them may have sent the message a long poll waits for.
+        self._turn = threading.Condition()
+
+    def __call__(self, environ: WsgiEnviron, start_response: StartResponse) -> Iterable[bytes]:
+        body = _read_body(environ)  # outside the lock: a slow upload must not stall everyone
+        receive = _as_receive(environ, body)
+        with self._turn:
+            if receive is None:
+                captured = self._run(environ, body)
+                self._turn.notify_all()
+            else:
+                captured = self._long_poll(environ, receive)
+        status, headers, chunks = captured
+        start_response(status, headers)
+        return chunks
+
+    def _long_poll(self, environ: WsgiEnviron, receive: _ReceiveRequest) -> Captured:
+        deadline = time.monotonic() + receive.wait_s
+        while True:
+            captured = self._run(environ, receive.immediate_body)
+            remaining = deadline - time.monotonic()
+            if _received_messages(captured) or remaining <= 0:
+                return captured
+            self._turn.wait(min(remaining, _LONG_POLL_RECHECK_S))
+
+    def _run(self, environ: WsgiEnviron, body: bytes) -> Captured:
+        """Call moto to completion (body consumed, iterable closed) so nothing of it runs outside the lock."""
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            started.append((status, headers))
+
+        request_environ = {**environ, "wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))}
+        result = self._app(request_environ, capture)
+        try:
+            chunks = list(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        status, headers = started[-1]
+        return status, headers, chunks
+
+
+def serve(host: str, port: int, listen_fd: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; `listen_fd` is an already listening socket (see `start_moto_server`)."""
+    server = make_server(
+        host, port, SerializedMotoApp(), threaded=True, request_handler=MotoRequestHandler, fd=listen_fd
+    )
+
+    def stop(signum: int, frame: Any) -> None:
+        # shutdown() waits for serve_forever, which runs in this very thread: do it from another.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+@dataclass
+class MotoServer:
+    """A running `devstack.moto_server` child process."""
+
+    endpoint_url: str
+    process: ChildProcess
+    _http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10.0), repr=False)
+
+    def reset(self) -> None:
+        """Forget every table, queue, bucket and item (moto's `POST /moto-api/reset`)."""
+        self._http.post(f"{self.endpoint_url}/moto-api/reset").raise_for_status()
+
+    def stop(self) -> None:
+        self._http.close()
+        self.process.stop()
+
+    def __enter__(self) -> MotoServer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def start_moto_server(port: int = 0, host: str = "127.0.0.1", timeout_s: float = 30.0) -> MotoServer:
+    """Start the serialized moto server as a subprocess and return once it answers.
+
+    The socket is bound here and handed to the child, so `port=0` gets a free port with no race.
+    """
+    with socket.create_server((host, port)) as listener:
+        bound_port = listener.getsockname()[1]
+        process = spawn(
+            "moto",
+            [sys.executable, "-m", "devstack.moto_server", "--host", host, "--fd", str(listener.fileno())],
+            pass_fds=[listener.fileno()],
+        )
+    endpoint_url = f"http://{host}:{bound_port}"
+    try:
+        wait_until_answers(
+            endpoint_url + _READY_PATH, process, timeout_s, lambda response: response.is_success
+        )
+    except BaseException:
+        process.stop()
+        raise
+    return MotoServer(endpoint_url, process)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m devstack.moto_server", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8005)
+    parser.add_argument("--fd", type=int, default=None, help="serve on this already-listening socket")
+    parser.add_argument("--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.INFO if args.verbose else logging.WARNING)
+    serve(args.host, args.port, args.fd)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""`make run`: the whole local stack in the foreground, until SIGINT/SIGTERM.
+
+Order: simulator process (starts in the background), moto, environment, tables/queues/bucket, demo data,
+REST routes, web app; ready once the simulator answers and `GET /api/health` is 200.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from types import FrameType
+
+import boto3
+
+from chalicelib.settings import reload_settings
+from devstack import bootstrap
+from devstack.config import StackConfig
+from devstack.moto_server import start_moto_server
+from devstack.processes import ChildProcess, serving_in_thread, spawn, wait_until_answers
+from devstack.rest import load_app, make_rest_server
+from devstack.webapp import make_web_server
+
+logger = logging.getLogger("devstack")
+HEALTH_PATH = "/api/health"
+SIMULATOR_READY_PATH = "/_sim/config"
+_CHILD_CHECK_INTERVAL_S = 0.5
+
+
+class StackError(Exception):
+    """The stack cannot start; the message says what to change."""
+
+
+class StopRequested(BaseException):
+    """SIGINT/SIGTERM arrived; a BaseException so no `except Exception` on the way swallows it."""
+
+
+def _request_stop(signum: int, frame: FrameType | None) -> None:
+    # Ignore repeats: the clean-up that follows must not itself be interrupted.
+    for handled in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(handled, signal.SIG_IGN)
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def _check_ports_free(config: StackConfig) -> None:
+    wanted = [
+        ("ARKFLOW_API_PORT", config.host, config.api_port),
+        ("ARKFLOW_WEB_PORT", config.host, config.web_port),
+        ("MOTO_PORT", config.host, config.moto_port),
+    ]
+    if config.uses_simulator:
+        wanted.append(("ARKSIM_PORT", config.sim_host, config.sim_port))
+    for setting, host, port in wanted:
+        try:
+            socket.create_server((host, port)).close()
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise StackError(f"{host}:{port} is in use; choose another port with {setting}=...") from None
+
+
+def _start_simulator(config: StackConfig) -> ChildProcess:
+    env = {**os.environ, "ARKSIM_HOST": config.sim_host, "ARKSIM_PORT": str(config.sim_port)}
+    return spawn("Ark simulator", [sys.executable, "-m", "arksim"], env=env)
+
+
+def _seed_demo_data(config: StackConfig) -> None:
+    from chalicelib.seed import seed  # reads settings: import once the environment points at moto
+
+    seed(
+        admin=(config.admin.username, config.admin.password),
+        users=[(config.demo.username, config.demo.password, config.demo.role)],
+        default_models=True,
+    )
+
+
+@dataclass(frozen=True)
+class RunningStack:
+    moto_url: str
+    children: list[ChildProcess]
+
+
+def start(config: StackConfig, running: ExitStack) -> RunningStack:
+    """Start every piece, registering its clean-up on `running` (undone in reverse order)."""
+    _check_ports_free(config)
+    children: list[ChildProcess] = []
+    simulator = None
+    if config.uses_simulator:
+        simulator = _start_simulator(config)
+        running.callback(simulator.stop)
+        children.append(simulator)
+
+    moto = running.enter_context(start_moto_server(config.moto_port, config.host))
+    children.append(moto.process)
+    logger.info("moto answers at %s", moto.endpoint_url)
+
+    os.environ.update(config.app_environment(moto.endpoint_url))
+    reload_settings()
+    bootstrap.create_all(boto3.session.Session(), config.prefix)
+    _seed_demo_data(config)
+    logger.info("tables, queues, bucket and demo data ready (prefix %s)", config.prefix)
+
+    loaded = load_app()
+    running.enter_context(serving_in_thread(make_rest_server(loaded, config.host, config.api_port).server, "rest"))
+    web_server = make_web_server(config.host, config.web_port, config.web_client_config())
+    running.enter_context(serving_in_thread(web_server, "web"))
+
+    try:
+        if simulator is not None:
+            wait_until_answers(
+                config.sim_url + SIMULATOR_READY_PATH,
+                simulator,
+                config.startup_timeout_s,
+                lambda response: response.is_success,
+            )
+        wait_until_answers(
+            config.api_url + HEALTH_PATH,
+            None,
+            config.startup_timeout_s,
+            lambda response: response.status_code == 200,
+        )
+    except (TimeoutError, RuntimeError) as error:
+        raise StackError(str(error)) from error
+    return RunningStack(moto.endpoint_url, children)
+
+
+def banner(config: StackConfig, moto_url: str) -> str:
+    ark = f"{config.ark_base_url}  (simulator; admin API at {config.sim_url}/_sim)"
+    if not config.uses_simulator:
+        ark = f"{config.ark_base_url}  (real Ark: ARK_API_KEY is set)"
+    return "\n".join(
+        [
+            "arkflow local stack is ready",
+            f"  REST API       {config.api_url}  (health: {config.api_url}{HEALTH_PATH})",
+            f"  Web app        {config.web_url}",
+            f"  WebSocket      {config.ws_url}  (reserved for the gateway; not served yet)",
+            f"  Ark            {ark}",
+            f"  AWS (moto)     {moto_url}  (resource prefix {config.prefix})",
+            f"  Admin login    {config.admin.username} / {config.admin.password}",
+            f"  Demo login     {config.demo.username} / {config.demo.password}",
+            "Press Ctrl-C to stop.",
+        ]
+    )
+
+
+def _watch(children: list[ChildProcess]) -> int:
+    """Block until a child process dies (the stack is then broken: exit 1) or a signal stops us."""
+    while True:
+        for child in children:
+            if child.has_exited():
+                logger.error("%s exited unexpectedly; stopping the stack", child.name)
+                return 1
+        time.sleep(_CHILD_CHECK_INTERVAL_S)
+
+
+def main() -> int:
+    # Our own progress at INFO; libraries (boto, httpx) only when something is wrong.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logger.setLevel(logging.INFO)
+    # Without a terminal stdout is a pipe or file; the banner must still appear at once.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    signal.signal(signal.SIGINT, _request_stop)
+    signal.signal(signal.SIGTERM, _request_stop)
+    config = StackConfig.from_environ()
+    try:
+        with ExitStack() as running:
+            try:
+                stack = start(config, running)
+                print(banner(config, stack.moto_url))
+                return _watch(stack.children)
+            except StopRequested as stop:
+                logger.info("%s received; stopping", stop)
+                return 0
+    except StackError as error:
+        print(f"arkflow local stack could not start: {error}", file=sys.stderr)
+        return 1
