@@ -12,7 +12,7 @@ from chalicelib.db import ModelRecord, TaskRecord
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.resources import DEFAULT_MODELS, LANES, default_lane_for
 from chalicelib.settings import Settings, get_settings
-from chalicelib.validation import ModelCreate, ModelUpdate
+from chalicelib.validation import MODEL_DEFAULTS, ModelCreate, ModelUpdate
 
 
 def get_model(model_id: str) -> ModelRecord:
@@ -75,6 +75,11 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
     if "lane" in changes:
         changes["lane"] = _resolve_lane(model.type, changes["lane"])
     if "defaults" in changes:
+        if request.defaults is not None and not isinstance(request.defaults, MODEL_DEFAULTS[model.type]):
+            raise ValidationFailed(
+                "Invalid model configuration.",
+                details=[{"field": "defaults", "message": f"these are not defaults of a {model.type} model"}],
+            )
         changes["defaults"] = request.defaults.model_dump(exclude_none=True) if request.defaults else None
     actions = [ModelRecord.updated_at.set(iso(clock.now()))]
     for field, value in changes.items():

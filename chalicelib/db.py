@@ -12,8 +12,10 @@ from pynamodb.attributes import (
     NumberAttribute,
     UnicodeAttribute,
 )
+from pynamodb.connection import Connection
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
 
 from chalicelib import resources
 from chalicelib.settings import Settings, get_settings
@@ -224,9 +226,22 @@ ALL_MODELS: tuple[type[_Base], ...] = (
 )
 
 
+_transaction_connection: Connection | None = None
+
+
+def transaction() -> TransactWrite:
+    """A DynamoDB transaction over arkflow's tables (pynamodb sends condition checks, puts, then updates)."""
+    global _transaction_connection
+    if _transaction_connection is None:
+        _transaction_connection = Connection(region=get_settings().region)
+    return TransactWrite(connection=_transaction_connection)
+
+
 def configure(settings: Settings | None = None) -> None:
     """Point every model at this deployment's tables; drops cached connections (endpoints may have changed)."""
+    global _transaction_connection
     settings = settings or get_settings()
+    _transaction_connection = None
     for model in ALL_MODELS:
         model.Meta.table_name = settings.table_name(model.definition.logical_name)
         model.Meta.region = settings.region

@@ -18,9 +18,8 @@ from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, TransactWriteError
 from pynamodb.expressions.condition import Condition
-from pynamodb.transactions import TransactWrite
 
-from chalicelib import catalog, media, queues, quota, statemachine
+from chalicelib import catalog, db, media, queues, quota, statemachine
 from chalicelib.auth import Principal
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import IdempotencyRecord, ModelRecord, QuotaRecord, TaskRecord
@@ -161,7 +160,7 @@ class TaskService:
         if model.user_daily_quota is not None:
             limits.append(int(model.user_daily_quota))
         try:
-            with TransactWrite() as transaction:
+            with db.transaction() as transaction:
                 # The model must still exist and be enabled when the task is written.
                 transaction.condition_check(ModelRecord, model.model_id, condition=ModelRecord.enabled == True)  # noqa: E712
                 transaction.save(task, condition=TaskRecord.task_id.does_not_exist())

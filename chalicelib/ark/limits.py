@@ -79,7 +79,7 @@ def is_valid_frames(frames: int) -> bool:
 def parse_pixel_size(size: str) -> tuple[int, int] | None:
     """`"2048x2048"` -> (2048, 2048); None when it is not of the WxH form."""
     parts = size.lower().split("x")
-    if len(parts) != 2 or not all(part.isdigit() for part in parts):
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() and len(part) <= 9 for part in parts):
         return None
     return int(parts[0]), int(parts[1])
 

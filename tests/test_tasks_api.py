@@ -1,0 +1,290 @@
+"""Admin model configuration and task intake, reading, listing and status changes over the REST API."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from tests.conftest import ADMIN, DEMO, OTHER, Api
+
+IMAGE_TASK = {"type": "image", "model_id": "seedream-4.5", "prompt": "a red fox in snow"}
+VIDEO_TASK = {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "waves", "params": {"duration": 5}}
+
+
+def png_data_uri(width: int = 64, height: int = 64) -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def create(api: Api, body: dict, user=DEMO, **kwargs):
+    return api.request("POST", "/api/tasks", body, as_user=user, **kwargs)
+
+
+# --- models ------------------------------------------------------------------------------------------------
+
+
+def test_users_see_enabled_models_without_upstream_ids(api: Api) -> None:
+    api.request("PUT", "/api/admin/models/seedance-1.0-pro", {"enabled": False}, as_user=ADMIN)
+    response = api.request("GET", "/api/models", as_user=DEMO)
+    assert response.status_code == 200
+    assert [model["model_id"] for model in response.data["models"]] == ["seedream-4.5"]
+    assert "doubao" not in response.body.decode()
+    assert "concurrency" not in response.data["models"][0]
+
+
+def test_admin_creates_reads_updates_and_deletes_a_model(api: Api) -> None:
+    body = {
+        "model_id": "seedream-ep",
+        "type": "image",
+        "upstream_model": "ep-20250101120000-abcde",
+        "concurrency": 2,
+        "daily_quota": 10,
+        "user_daily_quota": 3,
+    }
+    created = api.request("POST", "/api/admin/models", body, as_user=ADMIN)
+    assert created.status_code == 201, created.body
+    assert created.data["upstream_model"] == "ep-20250101120000-abcde"
+    assert created.data["lane"] == "image"
+    assert created.data["usage_today"]["used"] == 0
+    assert created.data["slots_in_use"] == 0
+    assert api.request("POST", "/api/admin/models", body, as_user=ADMIN).status_code == 409
+
+    updated = api.request("PUT", "/api/admin/models/seedream-ep", {"concurrency": 5, "enabled": False}, as_user=ADMIN)
+    assert updated.status_code == 200
+    assert (updated.data["concurrency"], updated.data["enabled"]) == (5, False)
+    assert api.request("GET", "/api/admin/models/seedream-ep", as_user=ADMIN).data["concurrency"] == 5
+
+    assert api.request("DELETE", "/api/admin/models/seedream-ep", as_user=ADMIN).status_code == 200
+    assert api.request("GET", "/api/admin/models/seedream-ep", as_user=ADMIN).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"status": "x"}, {"usage_today": 1}, {"created_at": "2020-01-01"}, {"model_id": "renamed"}, {"type": "video"},
+     {"concurrency": 0}, {"daily_quota": -1}, {}],
+)
+def test_model_updates_reject_server_owned_unknown_or_invalid_fields(api: Api, change: dict) -> None:
+    before = api.request("GET", "/api/admin/models/seedream-4.5", as_user=ADMIN).data
+    response = api.request("PUT", "/api/admin/models/seedream-4.5", change, as_user=ADMIN)
+    assert response.status_code == 400
+    assert response.data["error"]["code"] == "validation_error"
+    after = api.request("GET", "/api/admin/models/seedream-4.5", as_user=ADMIN).data
+    assert after["updated_at"] == before["updated_at"]
+
+
+def test_a_model_with_unfinished_tasks_cannot_be_deleted(api: Api) -> None:
+    assert create(api, IMAGE_TASK).status_code == 201
+    response = api.request("DELETE", "/api/admin/models/seedream-4.5", as_user=ADMIN)
+    assert response.status_code == 409
+    assert response.data["error"]["code"] == "model_in_use"
+
+
+# --- intake ------------------------------------------------------------------------------------------------
+
+
+def test_an_image_task_is_accepted_queued_and_enqueued(api: Api) -> None:
+    import boto3
+
+    response = create(api, {**IMAGE_TASK, "images": [png_data_uri()], "size": "2k", "max_images": 3})
+    assert response.status_code == 201, response.body
+    assert response.data["status"] == "queued"
+    task_id = response.data["id"]
+    assert task_id.startswith("tsk_") and len(task_id) > 20
+
+    task = api.request("GET", f"/api/tasks/{task_id}", as_user=DEMO).data
+    assert task["status"] == "queued"
+    assert task["params"] == {"size": "2K", "max_images": 3}
+    assert task["queue_position"] == 1
+    assert task["cancellable"] is True
+    assert task["images"][0].startswith("http")  # the stored copy, handed out as a presigned URL
+    assert "base64" not in str(task)
+    for field in ("created_at", "updated_at"):
+        assert task[field].endswith("Z")
+
+    sqs = boto3.client("sqs")
+    url = sqs.get_queue_url(QueueName="arkflow-test-lane-image")["QueueUrl"]
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
+    assert [message["Body"] for message in messages] == [f'{{"task_id": "{task_id}"}}']
+
+
+def test_a_video_task_keeps_its_params(api: Api) -> None:
+    body = {**VIDEO_TASK, "params": {"resolution": "720p", "ratio": "16:9", "frames": 57, "seed": 7}}
+    task_id = create(api, body).data["id"]
+    task = api.request("GET", f"/api/tasks/{task_id}", as_user=DEMO).data
+    assert task["type"] == "video"
+    assert task["params"] == {"resolution": "720p", "ratio": "16:9", "frames": 57, "seed": 7}
+
+
+def test_queue_position_counts_the_tasks_ahead(api: Api) -> None:
+    ids = [create(api, IMAGE_TASK).data["id"] for _ in range(3)]
+    positions = [api.request("GET", f"/api/tasks/{task_id}", as_user=DEMO).data["queue_position"] for task_id in ids]
+    assert positions == [1, 2, 3]
+
+
+def test_every_bad_field_is_listed(api: Api) -> None:
+    body = {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "x",
+            "params": {"duration": 20, "resolution": "4k", "seed": -2}}
+    response = create(api, body)
+    assert response.status_code == 400
+    assert response.data["error"]["code"] == "validation_error"
+    fields = {detail["field"] for detail in response.data["error"]["details"]}
+    assert fields >= {"params.duration", "params.resolution", "params.seed"}
+
+
+@pytest.mark.parametrize("field", ["status", "user_id", "external_id", "id", "result_urls"])
+def test_server_owned_fields_are_refused_and_nothing_is_written(api: Api, field: str) -> None:
+    response = create(api, {**IMAGE_TASK, field: "x"})
+    assert response.status_code == 400
+    assert api.request("GET", "/api/tasks", as_user=DEMO).data["tasks"] == []
+
+
+def test_unknown_disabled_and_mismatched_models(api: Api) -> None:
+    unknown = create(api, {**IMAGE_TASK, "model_id": "no-such-model"})
+    assert unknown.status_code == 404
+    mismatched = create(api, {**IMAGE_TASK, "model_id": "seedance-1.0-pro"})
+    assert mismatched.status_code == 400
+    assert mismatched.data["error"]["code"] == "type_mismatch"
+    api.request("PUT", "/api/admin/models/seedream-4.5", {"enabled": False}, as_user=ADMIN)
+    disabled = create(api, IMAGE_TASK)
+    assert disabled.status_code == 409
+    assert disabled.data["error"]["code"] == "model_disabled"
+
+
+def test_an_oversized_body_is_refused_before_decoding(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chalicelib.settings import reload_settings
+
+    monkeypatch.setenv("MAX_BODY_BYTES", "2048")
+    reload_settings()
+    response = create(api, {**IMAGE_TASK, "prompt": "x" * 4000})
+    assert response.status_code == 413
+    assert response.data["error"]["code"] == "payload_too_large"
+    # Not JSON at all, and still 413 rather than 400: the size is checked first.
+    assert api.request("POST", "/api/tasks", raw="{" * 5000, as_user=DEMO).status_code == 413
+    monkeypatch.delenv("MAX_BODY_BYTES")
+    reload_settings()
+
+
+def test_daily_quota_is_enforced_per_model_and_per_user(api: Api) -> None:
+    api.request("PUT", "/api/admin/models/seedream-4.5", {"daily_quota": 3, "user_daily_quota": 2}, as_user=ADMIN)
+    assert [create(api, IMAGE_TASK).status_code for _ in range(3)] == [201, 201, 429]
+    refused = create(api, IMAGE_TASK)
+    assert refused.data["error"]["code"] == "quota_exceeded"
+    assert refused.data["error"]["details"]["quota"] == ["user"]
+    assert create(api, IMAGE_TASK, user=OTHER).status_code == 201
+    model_full = create(api, IMAGE_TASK, user=OTHER)
+    assert model_full.status_code == 429
+    assert "model" in model_full.data["error"]["details"]["quota"]
+    usage = api.request("GET", "/api/admin/models/seedream-4.5", as_user=ADMIN).data["usage_today"]
+    assert (usage["used"], usage["remaining"]) == (3, 0)
+
+
+def test_a_task_cancelled_before_any_ark_call_gives_its_request_back_once(api: Api) -> None:
+    api.request("PUT", "/api/admin/models/seedream-4.5", {"daily_quota": 1}, as_user=ADMIN)
+    task_id = create(api, IMAGE_TASK).data["id"]
+    assert create(api, IMAGE_TASK).status_code == 429
+    cancelled = api.request("PUT", f"/api/tasks/{task_id}/status", {"status": "cancelled"}, as_user=ADMIN)
+    assert cancelled.status_code == 200
+    again = api.request("PUT", f"/api/tasks/{task_id}/status", {"status": "cancelled"}, as_user=ADMIN)
+    assert again.status_code == 409
+    usage = api.request("GET", "/api/admin/models/seedream-4.5", as_user=ADMIN).data["usage_today"]
+    assert usage["used"] == 0
+    assert create(api, IMAGE_TASK).status_code == 201
+    assert create(api, IMAGE_TASK).status_code == 429
+
+
+def test_idempotency_key_replays_the_first_answer(api: Api) -> None:
+    headers = {"Idempotency-Key": "order-42"}
+    first = create(api, IMAGE_TASK, headers=headers)
+    second = create(api, IMAGE_TASK, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert first.data == second.data
+    assert len(api.request("GET", "/api/tasks", as_user=DEMO).data["tasks"]) == 1
+    different = create(api, {**IMAGE_TASK, "prompt": "something else"}, headers=headers)
+    assert different.status_code == 409
+    assert different.data["error"]["code"] == "idempotency_conflict"
+    # Keys are per user: another user's identical key is a new task.
+    assert create(api, IMAGE_TASK, user=OTHER, headers=headers).data["id"] != first.data["id"]
+
+
+# --- reading -----------------------------------------------------------------------------------------------
+
+
+def test_another_users_task_is_not_found(api: Api) -> None:
+    task_id = create(api, IMAGE_TASK).data["id"]
+    response = api.request("GET", f"/api/tasks/{task_id}", as_user=OTHER)
+    assert response.status_code == 404
+    assert response.data == api.request("GET", "/api/tasks/tsk_doesnotexist", as_user=OTHER).data | {
+        "error": {**response.data["error"]}
+    }
+    assert api.request("GET", "/api/tasks", as_user=OTHER).data["tasks"] == []
+
+
+def test_listing_pages_newest_first_with_filters(api: Api) -> None:
+    image_ids = [create(api, IMAGE_TASK).data["id"] for _ in range(5)]
+    video_id = create(api, VIDEO_TASK).data["id"]
+    seen, cursor = [], None
+    while True:
+        query = "?limit=2" + (f"&cursor={cursor}" if cursor else "")
+        page = api.request("GET", f"/api/tasks{query}", as_user=DEMO).data
+        seen += [task["id"] for task in page["tasks"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == [video_id, *reversed(image_ids)]
+    videos = api.request("GET", "/api/tasks?type=video", as_user=DEMO).data["tasks"]
+    assert [task["id"] for task in videos] == [video_id]
+    assert api.request("GET", "/api/tasks?status=succeeded", as_user=DEMO).data["tasks"] == []
+    assert api.request("GET", "/api/tasks?limit=0", as_user=DEMO).status_code == 400
+    assert api.request("GET", "/api/tasks?cursor=%25%25", as_user=DEMO).status_code == 400
+
+
+def test_admins_list_everyones_tasks(api: Api) -> None:
+    mine = create(api, IMAGE_TASK).data["id"]
+    theirs = create(api, IMAGE_TASK, user=OTHER).data["id"]
+    everyone = api.request("GET", "/api/admin/tasks", as_user=ADMIN).data["tasks"]
+    assert [(task["id"], task["user"]) for task in everyone] == [(theirs, "other"), (mine, "demo")]
+    only_demo = api.request("GET", "/api/admin/tasks?user=demo", as_user=ADMIN).data["tasks"]
+    assert [task["id"] for task in only_demo] == [mine]
+
+
+# --- status changes ----------------------------------------------------------------------------------------
+
+
+def test_status_changes_follow_the_state_machine(api: Api) -> None:
+    task_id = create(api, IMAGE_TASK).data["id"]
+
+    def put(body: dict):
+        return api.request("PUT", f"/api/tasks/{task_id}/status", body, as_user=ADMIN)
+
+    assert put({"status": "succeeded"}).status_code == 409  # queued cannot jump to succeeded
+    running = put({"status": "running"})
+    assert running.status_code == 200
+    assert running.data["started_at"] and running.data["version"] == 2
+    done = put({"status": "succeeded", "result_urls": ["https://example.com/a.jpg"]})
+    assert done.status_code == 200
+    assert done.data["finished_at"] and done.data["result_urls"] == ["https://example.com/a.jpg"]
+    for target in ("running", "failed", "queued"):
+        response = put({"status": target})
+        assert response.status_code == 409
+        assert response.data["error"]["code"] == "illegal_transition"
+    assert api.request("PUT", f"/api/tasks/{task_id}/status", {"status": "failed"}, as_user=DEMO).status_code == 403
+
+
+def test_the_internal_service_token_may_change_status(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chalicelib.settings import reload_settings
+
+    monkeypatch.setenv("INTERNAL_SERVICE_TOKEN", "internal-token-for-tests-0123456789")
+    reload_settings()
+    task_id = create(api, IMAGE_TASK).data["id"]
+    response = api.request(
+        "PUT", f"/api/tasks/{task_id}/status", {"status": "running"}, token="internal-token-for-tests-0123456789"
+    )
+    assert response.status_code == 200
+    # The service token opens nothing else.
+    assert api.request("GET", "/api/tasks", token="internal-token-for-tests-0123456789").status_code == 403
+    monkeypatch.delenv("INTERNAL_SERVICE_TOKEN")
+    reload_settings()
