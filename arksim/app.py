@@ -43,10 +43,12 @@ Handler = Callable[[Request, Call, dict[str, Any]], Awaitable[Response]]
 def create_app(sim: Simulator) -> Starlette:
     callbacks: CallbackSender | None = None
 
-    def advance_tasks() -> None:
-        changes = video.step(sim)
+    def dispatch(changes: list[video.StatusChange]) -> None:
         if callbacks is not None:
             callbacks.dispatch(changes)
+
+    def advance_tasks() -> None:
+        dispatch(video.step(sim))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -106,6 +108,7 @@ def create_app(sim: Simulator) -> Starlette:
     async def create_task(request: Request, call: Call, body: dict[str, Any]) -> Response:
         advance_tasks()
         task = video.create_task(sim, body, call.base_url)
+        dispatch([video.StatusChange(task, "queued", task.to_wire())])
         advance_tasks()
         answer = {"id": task.id}
         if task.safety_identifier is not None:

@@ -1,0 +1,195 @@
+"""Fault injection, account limits and the observability counters of the simulator."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from arksim.config import SimConfig
+from arksim.testing import running_simulator
+
+from .conftest import FAST, IMAGE_MODEL, VIDEO_MODEL, auth
+
+IMAGES = "/images/generations"
+TASKS = "/contents/generations/tasks"
+
+
+def generate(ark, prompt: str = "a cat", timeout: float = 30.0, **fields: Any) -> httpx.Response:
+    return httpx.post(f"{ark.base_url}{IMAGES}", json={"model": IMAGE_MODEL, "prompt": prompt, **fields},
+                      headers=auth(), timeout=timeout)
+
+
+def test_injected_rate_limits_use_the_endpoints_code_or_a_chosen_one(ark):
+    ark.configure(rate_limit_fraction=1.0, retry_after_s=3)
+    response = generate(ark)
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "ModelAccountIpmRateLimitExceeded"
+    assert response.headers["Retry-After"] == "3"
+    ark.configure(rate_limit_code="ServerOverloaded")
+    assert generate(ark).json()["error"]["code"] == "ServerOverloaded"
+    assert ark.stats()["faults"] == {"rate_limit": 2}
+
+
+def test_injected_server_errors(ark):
+    ark.configure(server_error_fraction=1.0)
+    response = generate(ark)
+    assert response.status_code == 500
+    assert response.json()["error"] == {
+        "code": "InternalServiceError", "param": "", "type": "InternalServerError",
+        "message": response.json()["error"]["message"],
+    }
+
+
+def test_injected_timeouts_hang_past_the_clients_read_timeout(ark):
+    ark.configure(timeout_fraction=1.0, timeout_hang_s=2.0)
+    with pytest.raises(httpx.ReadTimeout):
+        generate(ark, timeout=0.3)
+
+
+def test_injected_slow_responses_still_succeed(ark):
+    ark.configure(slow_fraction=1.0, slow_extra_s=0.4)
+    started = time.monotonic()
+    assert generate(ark).status_code == 200
+    assert time.monotonic() - started >= 0.4
+
+
+def test_faults_apply_only_to_the_chosen_endpoints(ark):
+    ark.configure(server_error_fraction=1.0, fault_endpoints=["tasks.create"])
+    assert generate(ark).status_code == 200
+    body = {"model": VIDEO_MODEL, "content": [{"type": "text", "text": "a cat"}]}
+    assert httpx.post(f"{ark.base_url}{TASKS}", json=body, headers=auth()).status_code == 500
+
+
+def test_a_fault_seed_replays_the_same_faults(ark):
+    def run() -> list[int]:
+        ark.configure(server_error_fraction=0.5, fault_seed=1234)
+        return [generate(ark).status_code for _ in range(12)]
+
+    first = run()
+    assert set(first) == {200, 500}
+    assert run() == first
+
+
+def test_an_internal_error_stops_the_rest_of_a_group(ark):
+    ark.configure(image_internal_error_fraction=1.0)
+    response = generate(ark, sequential_image_generation="auto")
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "InternalServiceError"
+
+
+def test_output_moderation_per_image_keeps_the_group_going(ark):
+    ark.configure(output_sensitive_fraction=1.0)
+    response = generate(ark, sequential_image_generation="auto",
+                        sequential_image_generation_options={"max_images": 3})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "OutputImageSensitiveContentDetected"
+    assert ark.stats()["faults"] == {"output_sensitive": 3}
+
+
+def test_images_per_minute_is_a_sliding_window_on_the_clock(ark):
+    ark.configure(images_per_minute=3)
+    assert generate(ark, sequential_image_generation="auto",
+                    sequential_image_generation_options={"max_images": 2}).status_code == 200
+    assert generate(ark).status_code == 200
+    limited = generate(ark)
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "ModelAccountIpmRateLimitExceeded"
+    ark.advance(60)
+    assert generate(ark).status_code == 200
+
+
+def test_latency_does_not_serialize_requests_and_in_flight_is_measured(ark):
+    ark.configure(image_latency_s=0.5)
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        codes = list(pool.map(lambda _: generate(ark).status_code, range(6)))
+    assert codes == [200] * 6
+    assert time.monotonic() - started < 2.0  # six 0.5 s requests served side by side
+    stats = ark.stats()
+    assert stats["max_in_flight"] == {IMAGE_MODEL: 6}
+    assert stats["in_flight"] == {}
+    assert stats["calls"]["images.generate"] == {IMAGE_MODEL: 6}
+
+
+def test_a_concurrency_limit_answers_inflight_batchsize_exceeded(ark):
+    ark.configure(image_latency_s=0.5, image_max_in_flight=2)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        responses = list(pool.map(lambda _: generate(ark), range(4)))
+    codes = sorted(response.status_code for response in responses)
+    assert codes == [200, 200, 429, 429]
+    limited = [response for response in responses if response.status_code == 429]
+    assert {response.json()["error"]["code"] for response in limited} == {"InflightBatchsizeExceeded"}
+
+
+def test_stats_count_calls_per_endpoint_model_and_status_and_reset(ark):
+    generate(ark)
+    generate(ark, model="doubao-seedream-4-0-250828", size="1K")
+    httpx.get(f"{ark.base_url}{TASKS}", headers=auth())
+    generate(ark, size="1K")
+    stats = ark.stats()
+    assert stats["calls"]["images.generate"] == {IMAGE_MODEL: 2, "doubao-seedream-4-0-250828": 1}
+    assert stats["statuses"]["images.generate"] == {"200": 2, "400": 1}
+    assert stats["calls"]["tasks.list"] == {"-": 1}
+    assert stats["images_generated"] == {IMAGE_MODEL: 1, "doubao-seedream-4-0-250828": 1}
+    ark.reset()
+    assert ark.stats()["calls"] == {}
+
+
+def test_reset_everything_forgets_tasks_and_results(ark):
+    url = generate(ark).json()["data"][0]["url"]
+    ark.reset(everything=True)
+    assert httpx.get(url).status_code == 404
+
+
+def test_config_is_readable_and_rejects_unknown_fields_and_bad_values(ark):
+    assert ark.config()["images_per_minute"] == 500
+    for change in ({"no_such_field": 1}, {"rate_limit_fraction": 2}, {"fault_endpoints": ["images.edit"]}):
+        response = httpx.put(f"{ark.admin_url}/config", json=change)
+        assert response.status_code == 400
+        assert response.json()["error"]["code"] == "InvalidConfig"
+
+
+def test_a_configured_key_is_the_only_one_accepted(ark):
+    ark.configure(api_key="only-this")
+    assert generate(ark).status_code == 401
+    response = httpx.post(f"{ark.base_url}{IMAGES}", json={"model": IMAGE_MODEL, "prompt": "a cat"},
+                          headers=auth("only-this"))
+    assert response.status_code == 200
+
+
+def test_configuration_from_the_environment():
+    config = SimConfig.from_env({
+        "ARKSIM_IMAGE_LATENCY_S": "0.25",
+        "ARKSIM_SERVER_ERROR_FRACTION": "0.1",
+        "ARKSIM_FAULT_ENDPOINTS": '["tasks.create"]',
+        "ARKSIM_ENDPOINTS": '{"ep-20250101000000-abcde": "doubao-seedance-1-0-pro-250528"}',
+        "ARKSIM_REJECT_UNSUPPORTED_VIDEO_FIELDS": "false",
+    })
+    assert (config.image_latency_s, config.server_error_fraction) == (0.25, 0.1)
+    assert config.fault_endpoints == ["tasks.create"]
+    assert config.endpoints == {"ep-20250101000000-abcde": VIDEO_MODEL}
+    assert config.reject_unsupported_video_fields is False
+    assert SimConfig.from_env({}) == SimConfig()
+
+
+def test_running_simulator_ignores_the_environment(monkeypatch):
+    monkeypatch.setitem(os.environ, "ARKSIM_SERVER_ERROR_FRACTION", "1.0")
+    with running_simulator(**FAST) as ark:
+        assert generate(ark).status_code == 200
+
+
+def test_stream_sends_one_event_per_image_then_completed_and_done(ark):
+    ark.configure(output_sensitive_marker="SKIP-FIRST")
+    response = generate(ark, prompt="SKIP-FIRST set", stream=True, sequential_image_generation="auto",
+                        sequential_image_generation_options={"max_images": 3})
+    assert response.headers["content-type"].startswith("text/event-stream")
+    events = [line.removeprefix("event: ") for line in response.text.splitlines() if line.startswith("event: ")]
+    assert events == ["image_generation.partial_failed", "image_generation.partial_succeeded",
+                      "image_generation.partial_succeeded", "image_generation.completed"]
+    assert response.text.rstrip().endswith("data: [DONE]")
+    assert '"generated_images": 2' in response.text
