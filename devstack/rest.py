@@ -10,7 +10,7 @@ from chalice.app import Chalice
 from chalice.cli.factory import CLIFactory
 from chalice.config import Config
 from chalice.deploy.validate import validate_routes
-from chalice.local import LocalDevServer
+from chalice.local import LocalDevServer, ThreadedHTTPServer
 
 from devstack.processes import REPO_ROOT
 
@@ -38,4 +38,6 @@ def load_app(project_dir: Path = REPO_ROOT, stage: str = STAGE) -> LoadedApp:
 
 def make_rest_server(loaded: LoadedApp, host: str, port: int) -> LocalDevServer:
     """Bound and listening; `.server` is its threaded HTTP server (parallel requests run in parallel)."""
+    # socketserver's default backlog of 5 resets connections under a burst of parallel clients.
+    ThreadedHTTPServer.request_queue_size = 256
     return loaded.factory.create_local_server(loaded.app, loaded.config, host, port)
