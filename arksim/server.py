@@ -19,11 +19,13 @@ STARTUP_TIMEOUT_S = 10.0
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """Bind first, so the real port is known (port 0 picks a free one) before the server starts."""
+    """Bind and listen first: the real port is known (port 0 picks a free one) and connections made before the
+    server runs wait in the backlog instead of being refused."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    sock.listen(socket.SOMAXCONN)
     return sock
 
 
