@@ -1,0 +1,593 @@
+"""An in-memory stand-in for arkflow's REST API and WebSocket, for checking the web app's screens.
+
+It follows the API contract (routes, bodies, error format, CORS, task updates over a WebSocket reached with a
+single-use ticket) closely enough for the browser, and lets a test drive everything the real stack would do
+on its own: move tasks through their states, fail the next request, expire every session, drop sockets.
+The web app itself is served by the local stack's own static server (`devstack.webapp`), on another origin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import re
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.http11 import Request, Response
+from websockets.sync.server import Server, ServerConnection, serve
+
+from arksim.media import render_image, render_mp4
+from chalicelib.ark.limits import PROMPT_MAX_CHARS
+from devstack.webapp import make_web_server
+
+HOST = "127.0.0.1"
+ADMIN = ("admin", "admin-pass")
+DEMO = ("demo", "demo-pass")
+TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
+MEDIA_COLORS = {"image": (60, 140, 200), "frame": (220, 180, 60), "video": (90, 170, 90)}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class ApiFailure(Exception):
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+
+def validation_failure(field_path: str, message: str) -> ApiFailure:
+    return ApiFailure(400, "validation_error", "1 invalid field(s)",
+                      [{"field": field_path, "message": message, "type": "value_error"}])
+
+
+@dataclass
+class Injected:
+    method: str
+    path_pattern: str
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeState:
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    passwords: dict[str, str] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)
+    tickets: dict[str, str] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    owners: dict[str, str] = field(default_factory=dict)
+    uploads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    usage: dict[str, int] = field(default_factory=dict)
+    user_usage: dict[tuple[str, str], int] = field(default_factory=dict)
+    idempotency: dict[tuple[str, str], str] = field(default_factory=dict)
+    injected: list[Injected] = field(default_factory=list)
+    requests: list[tuple[str, str]] = field(default_factory=list)
+
+
+def default_models() -> dict[str, dict[str, Any]]:
+    common = {"enabled": True, "user_daily_quota": None, "max_running_per_user": None}
+    return {
+        "seedream-4-5": {**common, "model_id": "seedream-4-5", "type": "image", "display_name": "Seedream 4.5",
+                         "upstream_model": "doubao-seedream-4-5-251128", "concurrency": 4, "daily_quota": 500,
+                         "defaults": {"size": "2K"}},
+        "seedance-1-0-pro": {**common, "model_id": "seedance-1-0-pro", "type": "video",
+                             "display_name": "Seedance 1.0 pro", "upstream_model": "doubao-seedance-1-0-pro-250528",
+                             "concurrency": 2, "daily_quota": 100, "defaults": {"resolution": "720p"}},
+    }
+
+
+class FakeArkflow:
+    """The fake's state and the controls tests use; the HTTP and WebSocket servers call into it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.state = FakeState()
+        self.api_url = ""
+        self.ws_url = ""
+        self.sockets: dict[ServerConnection, str] = {}
+        self.sockets_refused = False
+        self._ids = itertools.count(1)
+        self.reset()
+
+    # --- controls for tests -----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        with self.lock:
+            self.state = FakeState(models=default_models())
+            created = now_iso()
+            for (username, password), role in ((ADMIN, "admin"), (DEMO, "user")):
+                self.state.users[username] = {"username": username, "role": role, "disabled": False,
+                                              "created_at": created}
+                self.state.passwords[username] = password
+            self.sockets_refused = False
+        self.drop_sockets()
+
+    def fail_next(self, method: str, path_pattern: str, status: int, code: str, message: str,
+                  details: Any = None) -> None:
+        """The next request matching `method` and the regex `path_pattern` gets this error instead."""
+        body = ApiFailure(status, code, message, details).body()
+        with self.lock:
+            self.state.injected.append(Injected(method, path_pattern, status, body))
+
+    def expire_sessions(self) -> None:
+        with self.lock:
+            self.state.tokens.clear()
+
+    def drop_sockets(self, refuse_new: bool = False) -> None:
+        """Close every WebSocket; with refuse_new, handshakes fail until allow_sockets()."""
+        with self.lock:
+            self.sockets_refused = refuse_new
+            connections = list(self.sockets)
+        for connection in connections:
+            connection.close()
+
+    def allow_sockets(self) -> None:
+        with self.lock:
+            self.sockets_refused = False
+
+    def connected_sockets(self) -> int:
+        with self.lock:
+            return len(self.sockets)
+
+    def add_task(self, owner: str, **fields: Any) -> dict[str, Any]:
+        """A task created behind the browser's back (another tab, an earlier session)."""
+        task = self._new_task(owner, {"type": "image", "model_id": "seedream-4-5", "prompt": "seeded", **fields})
+        task.update(fields)
+        return dict(task)
+
+    def set_status(self, task_id: str, status: str, *, broadcast: bool = True, **fields: Any) -> dict[str, Any]:
+        """Move a task on as the workers would, and tell its owner over the WebSocket."""
+        with self.lock:
+            task = self.state.tasks[task_id]
+            stamp = now_iso()
+            task.update(status=status, updated_at=stamp, version=task["version"] + 1, **fields)
+            if status == "running" and not task["started_at"]:
+                task["started_at"] = stamp
+            if status in TERMINAL:
+                task["finished_at"] = stamp
+            task["cancellable"] = status == "queued" or (
+                status == "running" and task["type"] == "video" and bool(fields.get("ark_queued")))
+            task.pop("ark_queued", None)
+            update = {key: task[key] for key in ("id", "status", "version", "updated_at")}
+            for key in ("result_urls", "video_url", "last_frame_url", "error"):
+                if task.get(key):
+                    update[key] = task[key]
+            if status == "queued":
+                update["queue_position"] = self._queue_position(task)
+            owner = self.state.owners[task_id]
+        if broadcast:
+            self.broadcast(owner, {"type": "task_update", "data": update})
+        return dict(task)
+
+    def succeed(self, task_id: str) -> dict[str, Any]:
+        with self.lock:
+            task = self.state.tasks[task_id]
+            count = task["params"].get("max_images", 1) if task["type"] == "image" else 0
+        if task["type"] == "image":
+            urls = [f"{self.api_url}/media/{task_id}-{index}.png" for index in range(1, count + 1)]
+            return self.set_status(task_id, "succeeded", result_urls=urls)
+        return self.set_status(task_id, "succeeded", video_url=f"{self.api_url}/media/{task_id}.mp4",
+                               last_frame_url=f"{self.api_url}/media/{task_id}-last.png")
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        with self.lock:
+            return dict(self.state.tasks[task_id])
+
+    def tasks_of(self, owner: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(task) for task_id, task in self.state.tasks.items() if self.state.owners[task_id] == owner]
+
+    def requests_to(self, method: str, path_pattern: str) -> int:
+        with self.lock:
+            return sum(1 for seen_method, path in self.state.requests
+                       if seen_method == method and re.fullmatch(path_pattern, path))
+
+    def broadcast(self, username: str, message: dict[str, Any]) -> None:
+        with self.lock:
+            targets = [connection for connection, owner in self.sockets.items() if owner == username]
+        for connection in targets:
+            with contextlib.suppress(Exception):
+                connection.send(json.dumps(message))
+
+    # --- request handling -------------------------------------------------------------------------------
+
+    def handle(self, method: str, path: str, query: dict[str, str], headers: Any,
+               body: Any) -> tuple[int, Any]:
+        with self.lock:
+            self.state.requests.append((method, path))
+            for injected in self.state.injected:
+                if injected.method == method and re.fullmatch(injected.path_pattern, path):
+                    self.state.injected.remove(injected)
+                    return injected.status, injected.body
+            try:
+                return self._route(method, path, query, headers, body)
+            except ApiFailure as failure:
+                return failure.status, failure.body()
+
+    def _route(self, method: str, path: str, query: dict[str, str], headers: Any,
+               body: Any) -> tuple[int, Any]:
+        if (method, path) == ("POST", "/api/users/login"):
+            return self._login(body)
+        user = self._authenticate(headers.get("Authorization"))
+        routes: list[tuple[str, str, Callable[..., tuple[int, Any]]]] = [
+            ("POST", r"/api/users/logout", lambda: self._logout(headers)),
+            ("GET", r"/api/users/me", lambda: (200, self._public_user(user))),
+            ("GET", r"/api/models", lambda: (200, {"models": [
+                self._public_model(model) for model in self.state.models.values() if model["enabled"]]})),
+            ("POST", r"/api/tasks", lambda: self._create_task(user, body, headers.get("Idempotency-Key"))),
+            ("GET", r"/api/tasks", lambda: self._list_tasks(user, query)),
+            ("GET", r"/api/tasks/([^/]+)", lambda task_id: (200, self._task_body(self._own_task(user, task_id)))),
+            ("POST", r"/api/tasks/([^/]+)/cancel", lambda task_id: self._cancel(user, task_id)),
+            ("DELETE", r"/api/tasks/([^/]+)", lambda task_id: self._delete_task(user, task_id)),
+            ("POST", r"/api/uploads", lambda: self._new_upload(body)),
+            ("POST", r"/api/ws/ticket", lambda: self._ticket(user)),
+            ("GET", r"/api/admin/models", lambda: self._admin(user) or (200, {"models": [
+                self._admin_model(model) for model in self.state.models.values()]})),
+            ("POST", r"/api/admin/models", lambda: self._admin(user) or self._create_model(body)),
+            ("PUT", r"/api/admin/models/([^/]+)",
+             lambda model_id: self._admin(user) or self._update_model(model_id, body)),
+            ("DELETE", r"/api/admin/models/([^/]+)",
+             lambda model_id: self._admin(user) or self._delete_model(model_id)),
+            ("GET", r"/api/admin/users", lambda: self._admin(user) or (200, {"users": [
+                self._public_user(item) for item in self.state.users.values()]})),
+            ("POST", r"/api/admin/users", lambda: self._admin(user) or self._create_user(body)),
+            ("PUT", r"/api/admin/users/([^/]+)", lambda name: self._admin(user) or self._update_user(name, body)),
+            ("DELETE", r"/api/admin/users/([^/]+)", lambda name: self._admin(user) or self._delete_user(name)),
+        ]
+        for route_method, pattern, action in routes:
+            match = re.fullmatch(pattern, path)
+            if match and route_method == method:
+                return action(*match.groups())
+        raise ApiFailure(404, "not_found", f"No route {method} {path}.")
+
+    # --- sessions ---------------------------------------------------------------------------------------
+
+    def _login(self, body: dict[str, Any]) -> tuple[int, Any]:
+        username = str(body.get("username", "")).lower()
+        user = self.state.users.get(username)
+        if not user or self.state.passwords.get(username) != body.get("password") or user["disabled"]:
+            raise ApiFailure(401, "invalid_credentials", "Invalid username or password.")
+        token = secrets.token_urlsafe(16)
+        self.state.tokens[token] = username
+        return 200, {"token": token, "role": user["role"], "expires_at": "2999-01-01T00:00:00Z"}
+
+    def _authenticate(self, authorization: str | None) -> dict[str, Any]:
+        token = (authorization or "").removeprefix("Bearer ")
+        username = self.state.tokens.get(token)
+        if not username or username not in self.state.users:
+            raise ApiFailure(401, "invalid_token", "The session has ended; log in again.")
+        return self.state.users[username]
+
+    def _logout(self, headers: Any) -> tuple[int, Any]:
+        self.state.tokens.pop(headers.get("Authorization", "").removeprefix("Bearer "), None)
+        return 200, {"status": "logged_out"}
+
+    @staticmethod
+    def _admin(user: dict[str, Any]) -> None:
+        if user["role"] != "admin":
+            raise ApiFailure(403, "forbidden", "This route is for administrators.")
+
+    def _ticket(self, user: dict[str, Any]) -> tuple[int, Any]:
+        ticket = secrets.token_urlsafe(16)
+        self.state.tickets[ticket] = user["username"]
+        return 200, {"ticket": ticket, "url": f"{self.ws_url}/?ticket={ticket}", "expires_at": now_iso()}
+
+    def redeem_ticket(self, ticket: str) -> str | None:
+        with self.lock:
+            return None if self.sockets_refused else self.state.tickets.pop(ticket, None)
+
+    # --- tasks ------------------------------------------------------------------------------------------
+
+    def _new_task(self, owner: str, body: dict[str, Any]) -> dict[str, Any]:
+        task_id = f"t{next(self._ids):05d}"
+        stamp = now_iso()
+        params = body.get("params") or {key: body[key] for key in ("size", "max_images", "watermark") if key in body}
+        task = {"id": task_id, "type": body["type"], "model_id": body["model_id"], "status": "queued",
+                "prompt": body.get("prompt"), "images": body.get("images", []), "params": params,
+                "external_id": None, "error": None, "result_urls": [], "video_url": None, "last_frame_url": None,
+                "created_at": stamp, "updated_at": stamp, "started_at": None, "finished_at": None, "version": 1,
+                "cancellable": True}
+        self.state.tasks[task_id] = task
+        self.state.owners[task_id] = owner
+        return task
+
+    def _create_task(self, user: dict[str, Any], body: dict[str, Any], key: str | None) -> tuple[int, Any]:
+        if key and (user["username"], key) in self.state.idempotency:
+            return 201, {"id": self.state.idempotency[(user["username"], key)], "status": "queued"}
+        model = self.state.models.get(body.get("model_id", ""))
+        if model is None:
+            raise validation_failure("model_id", "unknown model")
+        if not model["enabled"]:
+            raise ApiFailure(409, "model_disabled", f"Model {model['model_id']!r} is disabled.")
+        prompt = body.get("prompt") or ""
+        if body.get("type") == "image" and not prompt.strip():
+            raise validation_failure("prompt", "String should have at least 1 character")
+        if len(prompt) > PROMPT_MAX_CHARS:
+            raise validation_failure("prompt", f"String should have at most {PROMPT_MAX_CHARS} characters")
+        for index, image in enumerate(body.get("images", [])):
+            upload = image.removeprefix("upload:")
+            if image.startswith("upload:") and not self.state.uploads.get(upload, {}).get("received"):
+                raise validation_failure(f"images[{index}]", f"unknown upload {upload!r}")
+        model_id, username = model["model_id"], user["username"]
+        if self.state.usage.get(model_id, 0) >= model["daily_quota"]:
+            raise ApiFailure(429, "quota_exceeded", f"The daily quota of {model_id!r} is used up.",
+                             {"quota": "model", "model_id": model_id})
+        user_quota = model["user_daily_quota"]
+        if user_quota is not None and self.state.user_usage.get((model_id, username), 0) >= user_quota:
+            raise ApiFailure(429, "quota_exceeded", f"Your daily quota of {model_id!r} is used up.",
+                             {"quota": "user", "model_id": model_id})
+        self.state.usage[model_id] = self.state.usage.get(model_id, 0) + 1
+        self.state.user_usage[(model_id, username)] = self.state.user_usage.get((model_id, username), 0) + 1
+        task = self._new_task(username, body)
+        if key:
+            self.state.idempotency[(username, key)] = task["id"]
+        return 201, {"id": task["id"], "status": "queued"}
+
+    def _queue_position(self, task: dict[str, Any]) -> int | None:
+        if task["status"] != "queued":
+            return None
+        queued = sorted((item["created_at"], item["id"]) for item in self.state.tasks.values()
+                        if item["status"] == "queued" and item["model_id"] == task["model_id"])
+        return queued.index((task["created_at"], task["id"])) + 1
+
+    def _task_body(self, task: dict[str, Any]) -> dict[str, Any]:
+        return {**task, "queue_position": self._queue_position(task)}
+
+    def _own_task(self, user: dict[str, Any], task_id: str) -> dict[str, Any]:
+        if self.state.owners.get(task_id) != user["username"]:
+            raise ApiFailure(404, "task_not_found", f"No task {task_id!r}.")
+        return self.state.tasks[task_id]
+
+    def _list_tasks(self, user: dict[str, Any], query: dict[str, str]) -> tuple[int, Any]:
+        mine = [task for task_id, task in self.state.tasks.items() if self.state.owners[task_id] == user["username"]]
+        mine = [task for task in mine if all(not query.get(key) or task[key] == query[key]
+                                             for key in ("status", "type", "model_id"))]
+        mine.sort(key=lambda task: (task["created_at"], task["id"]), reverse=True)
+        start = int(query.get("cursor") or 0)
+        limit = int(query.get("limit") or 20)
+        page = mine[start:start + limit]
+        next_cursor = str(start + limit) if start + limit < len(mine) else None
+        return 200, {"tasks": [self._task_body(task) for task in page], "next_cursor": next_cursor}
+
+    def _cancel(self, user: dict[str, Any], task_id: str) -> tuple[int, Any]:
+        task = self._own_task(user, task_id)
+        if not task["cancellable"]:
+            raise ApiFailure(409, "not_cancellable", "The task is no longer cancellable.")
+        return 200, self._task_body(self.set_status(task_id, "cancelled"))
+
+    def _delete_task(self, user: dict[str, Any], task_id: str) -> tuple[int, Any]:
+        task = self._own_task(user, task_id)
+        if task["status"] not in TERMINAL:
+            raise ApiFailure(409, "conflict", "Only finished tasks can be deleted.")
+        del self.state.tasks[task_id]
+        return 200, {"deleted": task_id}
+
+    def _new_upload(self, body: dict[str, Any]) -> tuple[int, Any]:
+        upload_id = secrets.token_hex(8)
+        self.state.uploads[upload_id] = {**body, "received": False}
+        return 201, {"upload_id": upload_id, "url": f"{self.api_url}/fake-s3/{upload_id}",
+                     "fields": {"key": f"uploads/{upload_id}", "policy": "fake-policy", "x-amz-signature": "fake"},
+                     "expires_at": now_iso()}
+
+    def receive_upload(self, upload_id: str, fields: dict[str, str], file_bytes: bytes) -> int:
+        with self.lock:
+            upload = self.state.uploads.get(upload_id)
+            if upload is None or fields.get("key") != f"uploads/{upload_id}" or len(file_bytes) != upload["size"]:
+                return 400
+            upload["received"] = True
+            return 204
+
+    # --- admin ------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _public_user(user: dict[str, Any]) -> dict[str, Any]:
+        return dict(user)
+
+    @staticmethod
+    def _public_model(model: dict[str, Any]) -> dict[str, Any]:
+        return {key: model[key] for key in ("model_id", "type", "display_name", "enabled", "defaults")}
+
+    def _admin_model(self, model: dict[str, Any]) -> dict[str, Any]:
+        used = self.state.usage.get(model["model_id"], 0)
+        running = sum(1 for task in self.state.tasks.values()
+                      if task["model_id"] == model["model_id"] and task["status"] == "running")
+        return {**model, "slots_in_use": running, "usage_today": {
+            "day": datetime.now(UTC).date().isoformat(), "timezone": "Asia/Shanghai", "used": used,
+            "limit": model["daily_quota"], "remaining": max(0, model["daily_quota"] - used)}}
+
+    def _create_model(self, body: dict[str, Any]) -> tuple[int, Any]:
+        if body.get("model_id") in self.state.models:
+            raise ApiFailure(409, "conflict", "A model with this id exists.")
+        model = {"user_daily_quota": None, "max_running_per_user": None, "defaults": {}, "enabled": True,
+                 "display_name": body.get("model_id"), **body}
+        self.state.models[model["model_id"]] = model
+        return 201, self._admin_model(model)
+
+    def _update_model(self, model_id: str, body: dict[str, Any]) -> tuple[int, Any]:
+        model = self.state.models.get(model_id)
+        if model is None:
+            raise ApiFailure(404, "not_found", f"No model {model_id!r}.")
+        model.update(body)
+        if model.get("defaults") is None:
+            model["defaults"] = {}
+        return 200, self._admin_model(model)
+
+    def _delete_model(self, model_id: str) -> tuple[int, Any]:
+        if self.state.models.pop(model_id, None) is None:
+            raise ApiFailure(404, "not_found", f"No model {model_id!r}.")
+        return 200, {"deleted": model_id}
+
+    def _create_user(self, body: dict[str, Any]) -> tuple[int, Any]:
+        username = str(body.get("username", "")).lower()
+        if username in self.state.users:
+            raise validation_failure("username", "this username is taken")
+        user = {"username": username, "role": body.get("role", "user"), "disabled": bool(body.get("disabled")),
+                "created_at": now_iso()}
+        self.state.users[username] = user
+        self.state.passwords[username] = body["password"]
+        return 201, dict(user)
+
+    def _update_user(self, username: str, body: dict[str, Any]) -> tuple[int, Any]:
+        user = self.state.users.get(username)
+        if user is None:
+            raise ApiFailure(404, "not_found", f"No user {username!r}.")
+        if "password" in body:
+            self.state.passwords[username] = body["password"]
+        user.update({key: body[key] for key in ("role", "disabled") if key in body})
+        return 200, dict(user)
+
+    def _delete_user(self, username: str) -> tuple[int, Any]:
+        if self.state.users.pop(username, None) is None:
+            raise ApiFailure(404, "not_found", f"No user {username!r}.")
+        return 200, {"deleted": username}
+
+
+def media_bytes(name: str) -> tuple[bytes, str] | None:
+    """Images and videos for result URLs: small solid-colour PNGs and a one-second MP4."""
+    if name.endswith("-last.png"):
+        return render_image("png", 320, 180, MEDIA_COLORS["frame"]), "image/png"
+    if name.endswith(".png"):
+        return render_image("png", 256, 256, MEDIA_COLORS["image"]), "image/png"
+    if name.endswith(".mp4"):
+        return render_mp4(320, 176, 24, MEDIA_COLORS["video"]), "video/mp4"
+    return None
+
+
+def make_api_handler(fake: FakeArkflow) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+        def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
+            self.send_response(status)
+            origin = self.headers.get("Origin")
+            if origin:
+                self.send_header("Access-Control-Allow-Origin", origin)
+                self.send_header("Access-Control-Allow-Headers", "Authorization,Content-Type,Idempotency-Key")
+                self.send_header("Access-Control-Allow-Methods", "GET,POST,PUT,DELETE,OPTIONS")
+                self.send_header("Vary", "Origin")
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def _body(self) -> bytes:
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+        def do_OPTIONS(self) -> None:
+            self._send(204, b"")
+
+        def _dispatch(self) -> None:
+            url = urlsplit(self.path)
+            raw = self._body()
+            if url.path.startswith("/media/"):
+                found = media_bytes(url.path.removeprefix("/media/"))
+                if found:
+                    self._send(200, *found)
+                else:
+                    self._send(404, b"")
+                return
+            if url.path.startswith("/fake-s3/"):
+                self._send(fake.receive_upload(url.path.removeprefix("/fake-s3/"), *self._multipart(raw)), b"")
+                return
+            query = {key: values[0] for key, values in parse_qs(url.query).items()}
+            try:
+                body = json.loads(raw) if raw else {}
+            except ValueError:
+                self._send(400, json.dumps({"error": {"code": "malformed_json", "message": "Bad JSON."}}).encode())
+                return
+            status, payload = fake.handle(self.command, url.path, query, self.headers, body)
+            self._send(status, json.dumps(payload).encode())
+
+        def _multipart(self, raw: bytes) -> tuple[dict[str, str], bytes]:
+            header = f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode()
+            message = BytesParser(policy=HTTP).parsebytes(header + raw)
+            fields: dict[str, str] = {}
+            file_bytes = b""
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                payload = part.get_payload(decode=True) or b""
+                if name == "file":
+                    file_bytes = payload
+                else:
+                    fields[str(name)] = payload.decode()
+            return fields, file_bytes
+
+        do_GET = do_POST = do_PUT = do_DELETE = _dispatch
+
+    return Handler
+
+
+@dataclass
+class FakeStack:
+    fake: FakeArkflow
+    api_url: str
+    ws_url: str
+    web_url: str
+
+
+@contextlib.contextmanager
+def run_fake_stack() -> Iterator[FakeStack]:
+    """Fake API, fake WebSocket and the real static web server, each on a free port, until the block ends."""
+    fake = FakeArkflow()
+    api_server = ThreadingHTTPServer((HOST, 0), make_api_handler(fake))
+    api_server.daemon_threads = True
+    fake.api_url = f"http://{HOST}:{api_server.server_address[1]}"
+
+    def refuse_unknown_tickets(connection: ServerConnection, request: Request) -> Response | None:
+        ticket = parse_qs(urlsplit(request.path).query).get("ticket", [""])[0]
+        username = fake.redeem_ticket(ticket)
+        if username is None:
+            return connection.respond(403, "Forbidden\n")
+        connection.username = username  # type: ignore[attr-defined]
+        return None
+
+    def on_socket(connection: ServerConnection) -> None:
+        with fake.lock:
+            fake.sockets[connection] = connection.username  # type: ignore[attr-defined]
+        try:
+            for message in connection:
+                if json.loads(message).get("action") == "ping":
+                    connection.send(json.dumps({"type": "pong"}))
+        except Exception:  # noqa: S110 - a dropped socket just ends this handler
+            pass
+        finally:
+            with fake.lock:
+                fake.sockets.pop(connection, None)
+
+    ws_server: Server = serve(on_socket, HOST, 0, process_request=refuse_unknown_tickets)
+    fake.ws_url = f"ws://{HOST}:{ws_server.socket.getsockname()[1]}"
+    web_server = make_web_server(HOST, 0, {"apiBaseUrl": fake.api_url, "wsUrl": fake.ws_url})
+    servers: list[Any] = [api_server, ws_server, web_server]
+    threads = [threading.Thread(target=server.serve_forever, daemon=True) for server in servers]
+    for thread in threads:
+        thread.start()
+    try:
+        yield FakeStack(fake, fake.api_url, fake.ws_url, f"http://{HOST}:{web_server.server_address[1]}")
+    finally:
+        fake.drop_sockets()
+        for server in servers:
+            server.shutdown()
+        for thread in threads:
+            thread.join(timeout=5)

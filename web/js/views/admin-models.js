@@ -1,0 +1,237 @@
+// Admin: models with today's usage and slots in use; create, edit, enable/disable, delete.
+
+import { api } from "../api.js";
+import { confirmDialog, openDialog } from "../dialog.js";
+import { h, toast } from "../dom.js";
+import { describeError, field, formErrorBox, select, showFormErrors, withBusyButton } from "../forms.js";
+
+// [field, label, required, minimum]; an optional limit left empty means "no limit" (null).
+const LIMIT_FIELDS = [
+  ["concurrency", "Concurrency (tasks running at once)", true, 1],
+  ["daily_quota", "Daily quota (all users)", true, 0],
+  ["user_daily_quota", "Daily quota per user", false, 0],
+  ["max_running_per_user", "Running tasks per user", false, 1],
+];
+
+function limitText(value) {
+  return value === null || value === undefined ? "no limit" : String(value);
+}
+
+/** usage_today is {used, limit, remaining, day, timezone}; slots_in_use is a number. */
+function usageCell(label, usage, limit) {
+  const used = typeof usage === "object" && usage !== null ? usage.used : usage;
+  const ratio = Number.isFinite(limit) && limit > 0 ? Math.min(1, (used || 0) / limit) : 0;
+  return h(
+    "td",
+    { dataset: { label } },
+    h("span", { class: "usage-text" }, `${used ?? 0} / ${limitText(limit)}`),
+    Number.isFinite(limit) && limit > 0
+      ? h("meter", { min: 0, max: limit, value: used || 0, high: limit * 0.8, optimum: 0, "aria-hidden": "true",
+        class: ratio >= 1 ? "full" : "" })
+      : null,
+  );
+}
+
+/** Blank means "no limit" (null); anything else must be a whole number ≥ min. */
+function readLimit(input, { required, min }) {
+  const text = input.value.trim();
+  if (!text) return required ? { problem: "Required." } : { value: null };
+  const value = Number(text);
+  if (!Number.isInteger(value) || value < min) return { problem: `A whole number, at least ${min}.` };
+  return { value };
+}
+
+function modelDialog(existing, onSaved) {
+  const isNew = !existing;
+  const model = existing || { type: "image", enabled: true, concurrency: 1, daily_quota: 100, defaults: {} };
+  const inputs = {
+    model_id: h("input", { value: model.model_id || "", required: true, readonly: !isNew, autocomplete: "off" }),
+    type: select([["image", "Image"], ["video", "Video"]], model.type),
+    display_name: h("input", { value: model.display_name || "", required: !isNew, placeholder: isNew ? "same as the model ID" : "" }),
+    upstream_model: h("input", { value: model.upstream_model || "", required: true, placeholder: "doubao-seedream-4-5-251128" }),
+    enabled: h("input", { type: "checkbox", id: "model-enabled", checked: model.enabled !== false }),
+    defaults: h("textarea", { rows: 3, class: "mono" }),
+  };
+  inputs.defaults.value = JSON.stringify(model.defaults || {});
+  if (!isNew) inputs.type.disabled = true;
+  for (const [name, , required, min] of LIMIT_FIELDS) {
+    inputs[name] = h("input", { type: "number", min, step: 1, inputmode: "numeric",
+      value: model[name] ?? "", placeholder: required ? "" : "no limit" });
+  }
+  const submit = h("button", { type: "submit", class: "button primary" }, isNew ? "Create model" : "Save changes");
+  const form = h(
+    "form",
+    { class: "dialog-form", novalidate: true },
+    formErrorBox(),
+    field({ label: "Model ID", name: "model_id", control: inputs.model_id, hint: isNew ? "Used in the API; cannot change later." : null }),
+    h("div", { class: "row" },
+      field({ label: "Type", name: "type", control: inputs.type }),
+      field({ label: "Display name", name: "display_name", control: inputs.display_name })),
+    field({ label: "Upstream Ark model", name: "upstream_model", control: inputs.upstream_model }),
+    h("div", { class: "row" }, LIMIT_FIELDS.slice(0, 2).map(([name, label]) => field({ label, name, control: inputs[name] }))),
+    h("div", { class: "row" }, LIMIT_FIELDS.slice(2).map(([name, label]) => field({ label, name, control: inputs[name] }))),
+    h("p", { class: "hint" }, "Leave a per-user limit empty for no limit."),
+    field({ label: "Defaults (JSON)", name: "defaults", control: inputs.defaults,
+      hint: "Prefilled form values, e.g. {\"size\": \"2K\"} or {\"resolution\": \"720p\", \"duration\": 5}." }),
+    h("div", { class: "field check", dataset: { field: "enabled" } }, inputs.enabled,
+      h("label", { for: "model-enabled" }, "Enabled (users can submit tasks)"), h("p", { class: "field-error", hidden: true })),
+    h("div", { class: "dialog-actions" }, submit),
+  );
+  const { close } = openDialog({ title: isNew ? "New model" : `Edit ${model.model_id}`, body: form });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const problems = [];
+    const body = { upstream_model: inputs.upstream_model.value.trim(), enabled: inputs.enabled.checked };
+    const displayName = inputs.display_name.value.trim();
+    if (displayName) body.display_name = displayName;
+    else if (!isNew) problems.push({ field: "display_name", message: "Required." });
+    if (isNew) {
+      body.model_id = inputs.model_id.value.trim();
+      body.type = inputs.type.value;
+      if (!/^[a-z0-9][a-z0-9.-]{1,63}$/.test(body.model_id)) {
+        problems.push({ field: "model_id", message: "2–64 lower-case letters, digits, dots or dashes." });
+      }
+    }
+    if (!body.upstream_model) problems.push({ field: "upstream_model", message: "Required." });
+    for (const [name, , required, min] of LIMIT_FIELDS) {
+      const { value, problem } = readLimit(inputs[name], { required, min });
+      if (problem) problems.push({ field: name, message: problem });
+      else body[name] = value;
+    }
+    try {
+      const defaults = JSON.parse(inputs.defaults.value.trim() || "{}");
+      if (typeof defaults !== "object" || defaults === null || Array.isArray(defaults)) throw new Error();
+      const empty = Object.keys(defaults).length === 0;
+      // Unchanged defaults are left out of an update; emptied ones are cleared with null.
+      if (isNew) body.defaults = empty ? null : defaults;
+      else if (JSON.stringify(defaults) !== JSON.stringify(model.defaults || {})) body.defaults = empty ? null : defaults;
+    } catch {
+      problems.push({ field: "defaults", message: "A JSON object, e.g. {\"size\": \"2K\"}." });
+    }
+    if (problems.length) {
+      showFormErrors(form, problems);
+      return;
+    }
+    await withBusyButton(submit, "Saving…", async () => {
+      try {
+        if (isNew) await api("POST", "/api/admin/models", { body });
+        else await api("PUT", `/api/admin/models/${encodeURIComponent(model.model_id)}`, { body });
+        close();
+        toast(isNew ? `Model ${body.model_id} created.` : `Model ${model.model_id} saved.`);
+        onSaved();
+      } catch (error) {
+        showFormErrors(form, error);
+      }
+    });
+  });
+}
+
+export function renderAdminModels(container) {
+  const tableBody = h("tbody");
+  const pageError = h("div", { class: "form-errors", role: "alert", hidden: true });
+  const empty = h("p", { class: "empty", hidden: true }, "No models yet. Create one to let users generate.");
+
+  const reportError = (error) => {
+    const { title, message } = describeError(error);
+    toast(`${title}: ${message}`, "error");
+  };
+
+  async function setEnabled(model, enabled) {
+    try {
+      await api("PUT", `/api/admin/models/${encodeURIComponent(model.model_id)}`, { body: { enabled } });
+      toast(`${model.model_id} ${enabled ? "enabled" : "disabled"}.`);
+      await load();
+    } catch (error) {
+      reportError(error);
+    }
+  }
+
+  async function remove(model) {
+    const confirmed = await confirmDialog({
+      title: `Delete ${model.model_id}?`,
+      message: "Users can no longer choose this model. Existing tasks keep their results.",
+      confirmLabel: "Delete model",
+      danger: true,
+    });
+    if (!confirmed) return;
+    try {
+      await api("DELETE", `/api/admin/models/${encodeURIComponent(model.model_id)}`);
+      toast(`${model.model_id} deleted.`);
+      await load();
+    } catch (error) {
+      reportError(error);
+    }
+  }
+
+  function row(model) {
+    return h(
+      "tr",
+      { dataset: { modelId: model.model_id } },
+      h("th", { scope: "row" }, h("span", { class: "cell-title" }, model.display_name || model.model_id),
+        h("span", { class: "cell-sub" }, model.model_id)),
+      h("td", { dataset: { label: "Type" } }, model.type === "video" ? "Video" : "Image", h("span", { class: "cell-sub" }, model.upstream_model || "")),
+      h("td", { dataset: { label: "Status" } }, h("span", { class: `status-pill ${model.enabled ? "succeeded" : "cancelled"}` }, model.enabled ? "Enabled" : "Disabled")),
+      usageCell("Running now", model.slots_in_use, model.concurrency),
+      usageCell("Used today", model.usage_today, model.daily_quota),
+      h("td", { dataset: { label: "Per user" } },
+        model.user_daily_quota === null || model.user_daily_quota === undefined
+          ? "no daily limit" : `${model.user_daily_quota} / day`,
+        h("span", { class: "cell-sub" }, model.max_running_per_user === null || model.max_running_per_user === undefined
+          ? "no running limit" : `${model.max_running_per_user} running at once`)),
+      h(
+        "td",
+        { class: "row-actions", dataset: { label: "Actions" } },
+        h("button", { type: "button", class: "button small", onclick: () => modelDialog(model, load),
+          "aria-label": `Edit ${model.model_id}` }, "Edit"),
+        h("button", { type: "button", class: "button small", onclick: () => setEnabled(model, !model.enabled),
+          "aria-label": `${model.enabled ? "Disable" : "Enable"} ${model.model_id}` }, model.enabled ? "Disable" : "Enable"),
+        h("button", { type: "button", class: "button small danger", onclick: () => remove(model),
+          "aria-label": `Delete ${model.model_id}` }, "Delete"),
+      ),
+    );
+  }
+
+  async function load() {
+    try {
+      const { models } = await api("GET", "/api/admin/models");
+      tableBody.replaceChildren(...models.map(row));
+      empty.hidden = models.length > 0;
+      pageError.hidden = true;
+    } catch (error) {
+      if (error.status === 401) return;
+      const { title, message } = describeError(error);
+      pageError.replaceChildren(h("p", { class: "form-errors-title" }, title), h("p", {}, message));
+      pageError.hidden = false;
+    }
+  }
+
+  container.append(
+    h(
+      "section",
+      { class: "panel admin" },
+      h(
+        "div",
+        { class: "panel-head" },
+        h("h1", {}, "Models"),
+        h("div", { class: "toolbar" },
+          h("button", { type: "button", class: "button", onclick: load }, "Refresh"),
+          h("button", { type: "button", class: "button primary", onclick: () => modelDialog(null, load) }, "New model")),
+      ),
+      pageError,
+      h(
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          {},
+          h("caption", { class: "visually-hidden" }, "Models with today's usage and slots in use"),
+          h("thead", {}, h("tr", {}, ["Model", "Type", "Status", "Running now", "Used today", "Per user", "Actions"]
+            .map((label) => h("th", { scope: "col" }, label)))),
+          tableBody,
+        ),
+      ),
+      empty,
+    ),
+  );
+  load();
+}

@@ -1,0 +1,194 @@
+// Admin: users; create, change role, disable/enable, reset password, delete.
+
+import { api } from "../api.js";
+import { confirmDialog, openDialog } from "../dialog.js";
+import { formatDateTime, h, toast } from "../dom.js";
+import { describeError, field, formErrorBox, select, showFormErrors, withBusyButton } from "../forms.js";
+
+const ROLES = [["user", "User"], ["admin", "Admin"]];
+const MIN_PASSWORD_CHARS = 8;
+
+function passwordProblem(password) {
+  return password.length < MIN_PASSWORD_CHARS ? `At least ${MIN_PASSWORD_CHARS} characters.` : null;
+}
+
+function userDialog(onSaved) {
+  const username = h("input", { autocomplete: "off", autocapitalize: "none", required: true });
+  const password = h("input", { type: "password", autocomplete: "new-password", required: true });
+  const role = select(ROLES, "user");
+  const submit = h("button", { type: "submit", class: "button primary" }, "Create user");
+  const form = h(
+    "form",
+    { class: "dialog-form", novalidate: true },
+    formErrorBox(),
+    field({ label: "Username", name: "username", control: username }),
+    field({ label: "Password", name: "password", control: password, hint: `At least ${MIN_PASSWORD_CHARS} characters.` }),
+    field({ label: "Role", name: "role", control: role }),
+    h("div", { class: "dialog-actions" }, submit),
+  );
+  const { close } = openDialog({ title: "New user", body: form });
+  username.focus();
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const body = { username: username.value.trim(), password: password.value, role: role.value, disabled: false };
+    const problems = [];
+    if (!/^[a-z0-9_.-]{3,64}$/i.test(body.username)) {
+      problems.push({ field: "username", message: "3–64 letters, digits, dots, dashes or underscores." });
+    }
+    const weak = passwordProblem(body.password);
+    if (weak) problems.push({ field: "password", message: weak });
+    if (problems.length) {
+      showFormErrors(form, problems);
+      return;
+    }
+    await withBusyButton(submit, "Creating…", async () => {
+      try {
+        await api("POST", "/api/admin/users", { body });
+        close();
+        toast(`User ${body.username} created.`);
+        onSaved();
+      } catch (error) {
+        showFormErrors(form, error);
+      }
+    });
+  });
+}
+
+function passwordDialog(user, onSaved) {
+  const password = h("input", { type: "password", autocomplete: "new-password", required: true });
+  const submit = h("button", { type: "submit", class: "button primary" }, "Set password");
+  const form = h(
+    "form",
+    { class: "dialog-form", novalidate: true },
+    formErrorBox(),
+    field({ label: "New password", name: "password", control: password, hint: `At least ${MIN_PASSWORD_CHARS} characters.` }),
+    h("div", { class: "dialog-actions" }, submit),
+  );
+  const { close } = openDialog({ title: `Reset password for ${user.username}`, body: form });
+  password.focus();
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const weak = passwordProblem(password.value);
+    if (weak) {
+      showFormErrors(form, [{ field: "password", message: weak }]);
+      return;
+    }
+    await withBusyButton(submit, "Saving…", async () => {
+      try {
+        await api("PUT", `/api/admin/users/${encodeURIComponent(user.username)}`, { body: { password: password.value } });
+        close();
+        toast(`Password for ${user.username} changed.`);
+        onSaved();
+      } catch (error) {
+        showFormErrors(form, error);
+      }
+    });
+  });
+}
+
+export function renderAdminUsers(container, { session }) {
+  const tableBody = h("tbody");
+  const pageError = h("div", { class: "form-errors", role: "alert", hidden: true });
+
+  const reportError = (error) => {
+    const { title, message } = describeError(error);
+    toast(`${title}: ${message}`, "error");
+  };
+
+  async function update(user, changes, done) {
+    try {
+      await api("PUT", `/api/admin/users/${encodeURIComponent(user.username)}`, { body: changes });
+      toast(done);
+      await load();
+    } catch (error) {
+      reportError(error);
+      await load();
+    }
+  }
+
+  async function remove(user) {
+    const confirmed = await confirmDialog({
+      title: `Delete ${user.username}?`,
+      message: "They can no longer log in. This cannot be undone.",
+      confirmLabel: "Delete user",
+      danger: true,
+    });
+    if (!confirmed) return;
+    try {
+      await api("DELETE", `/api/admin/users/${encodeURIComponent(user.username)}`);
+      toast(`User ${user.username} deleted.`);
+      await load();
+    } catch (error) {
+      reportError(error);
+    }
+  }
+
+  function row(user) {
+    const isSelf = user.username === session.username;
+    const role = select(ROLES, user.role);
+    role.setAttribute("aria-label", `Role of ${user.username}`);
+    role.disabled = isSelf;
+    role.addEventListener("change", () => update(user, { role: role.value }, `${user.username} is now ${role.value}.`));
+    return h(
+      "tr",
+      { dataset: { username: user.username } },
+      h("th", { scope: "row" }, user.username, isSelf ? h("span", { class: "cell-sub" }, "you") : null),
+      h("td", { dataset: { label: "Role" } }, role),
+      h("td", { dataset: { label: "Status" } }, h("span", { class: `status-pill ${user.disabled ? "cancelled" : "succeeded"}` }, user.disabled ? "Disabled" : "Active")),
+      h("td", { dataset: { label: "Created" } }, h("time", { datetime: user.created_at }, formatDateTime(user.created_at))),
+      h(
+        "td",
+        { class: "row-actions", dataset: { label: "Actions" } },
+        h("button", { type: "button", class: "button small", disabled: isSelf, "aria-label": `${user.disabled ? "Enable" : "Disable"} ${user.username}`,
+          onclick: () => update(user, { disabled: !user.disabled }, `${user.username} ${user.disabled ? "enabled" : "disabled"}.`) },
+        user.disabled ? "Enable" : "Disable"),
+        h("button", { type: "button", class: "button small", "aria-label": `Reset password for ${user.username}`,
+          onclick: () => passwordDialog(user, load) }, "Reset password"),
+        h("button", { type: "button", class: "button small danger", disabled: isSelf, "aria-label": `Delete ${user.username}`,
+          onclick: () => remove(user) }, "Delete"),
+      ),
+    );
+  }
+
+  async function load() {
+    try {
+      const { users } = await api("GET", "/api/admin/users");
+      tableBody.replaceChildren(...users.map(row));
+      pageError.hidden = true;
+    } catch (error) {
+      if (error.status === 401) return;
+      const { title, message } = describeError(error);
+      pageError.replaceChildren(h("p", { class: "form-errors-title" }, title), h("p", {}, message));
+      pageError.hidden = false;
+    }
+  }
+
+  container.append(
+    h(
+      "section",
+      { class: "panel admin" },
+      h(
+        "div",
+        { class: "panel-head" },
+        h("h1", {}, "Users"),
+        h("div", { class: "toolbar" },
+          h("button", { type: "button", class: "button primary", onclick: () => userDialog(load) }, "New user")),
+      ),
+      pageError,
+      h(
+        "div",
+        { class: "table-wrap" },
+        h(
+          "table",
+          {},
+          h("caption", { class: "visually-hidden" }, "Users"),
+          h("thead", {}, h("tr", {}, ["Username", "Role", "Status", "Created", "Actions"]
+            .map((label) => h("th", { scope: "col" }, label)))),
+          tableBody,
+        ),
+      ),
+    ),
+  );
+  load();
+}
+

@@ -1,0 +1,411 @@
+// The live task list: filters, paging, WebSocket updates, elapsed time, cancel/delete, and results.
+
+import { api } from "../api.js";
+import { openDialog, confirmDialog } from "../dialog.js";
+import { formatDateTime, formatDuration, h, toast } from "../dom.js";
+import { describeError, select } from "../forms.js";
+
+const PAGE_SIZE = 20;
+const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
+const STATUS_LABELS = {
+  queued: "Queued",
+  running: "Running",
+  succeeded: "Succeeded",
+  failed: "Failed",
+  cancelled: "Cancelled",
+  expired: "Expired",
+};
+
+function timestamp(iso) {
+  const value = Date.parse(iso || "");
+  return Number.isNaN(value) ? null : value;
+}
+
+/** "waiting 12s" / "running 1m 02s" / "took 45s", computed from the task's own timestamps. */
+function elapsedText(task, now) {
+  const created = timestamp(task.created_at);
+  const started = timestamp(task.started_at);
+  const finished = timestamp(task.finished_at) ?? timestamp(task.updated_at);
+  if (task.status === "queued") return created === null ? "" : `waiting ${formatDuration((now - created) / 1000)}`;
+  if (task.status === "running") {
+    const since = started ?? created;
+    return since === null ? "" : `running ${formatDuration((now - since) / 1000)}`;
+  }
+  const since = started ?? created;
+  return since === null || finished === null ? "" : `took ${formatDuration((finished - since) / 1000)}`;
+}
+
+function paramsSummary(task) {
+  const params = task.params || {};
+  const parts = [];
+  if (task.type === "image") {
+    if (params.size || task.size) parts.push(`size ${params.size || task.size}`);
+    if (params.max_images > 1) parts.push(`${params.max_images} images`);
+  } else {
+    for (const key of ["resolution", "ratio"]) if (params[key]) parts.push(params[key]);
+    if (params.duration) parts.push(`${params.duration} s`);
+    if (params.seed !== undefined && params.seed !== -1) parts.push(`seed ${params.seed}`);
+    if (params.camera_fixed) parts.push("fixed camera");
+  }
+  const references = (task.images || []).length;
+  if (references) parts.push(task.type === "video" ? `${references} frame${references > 1 ? "s" : ""}` : `${references} reference${references > 1 ? "s" : ""}`);
+  return parts.join(" · ");
+}
+
+/** Full-size view of a task's images, with previous/next and download. */
+function openImageViewer(task, urls, startIndex) {
+  let index = startIndex;
+  const image = h("img", { class: "viewer-image", alt: "" });
+  const download = h("a", { class: "button primary", target: "_blank", rel: "noopener" }, "Download");
+  const previous = h("button", { type: "button", class: "button", onclick: () => show(index - 1) }, "Previous");
+  const next = h("button", { type: "button", class: "button", onclick: () => show(index + 1) }, "Next");
+  const { dialog } = openDialog({
+    title: "Image",
+    className: "viewer",
+    body: [image, h("div", { class: "dialog-actions" }, urls.length > 1 ? [previous, next] : null, download)],
+  });
+  const title = dialog.querySelector("h2");
+  function show(position) {
+    index = (position + urls.length) % urls.length;
+    image.src = urls[index];
+    image.alt = `Result ${index + 1} of task ${task.id}`;
+    download.href = urls[index];
+    download.download = `arkflow-${task.id}-${index + 1}`;
+    title.textContent = urls.length > 1 ? `Image ${index + 1} of ${urls.length}` : "Image";
+  }
+  dialog.addEventListener("keydown", (event) => {
+    if (urls.length > 1 && event.key === "ArrowRight") show(index + 1);
+    if (urls.length > 1 && event.key === "ArrowLeft") show(index - 1);
+  });
+  show(index);
+}
+
+function resultsView(task) {
+  if (task.status !== "succeeded") return null;
+  if (task.type === "image" && (task.result_urls || []).length) {
+    const urls = task.result_urls;
+    return h(
+      "div",
+      { class: "gallery" },
+      urls.map((url, index) =>
+        h(
+          "button",
+          { type: "button", class: "thumb-button", "aria-label": `View image ${index + 1} of ${urls.length} full size`,
+            onclick: () => openImageViewer(task, urls, index) },
+          h("img", { src: url, alt: "", loading: "lazy" }),
+        ),
+      ),
+    );
+  }
+  if (task.type === "video" && task.video_url) {
+    return h(
+      "div",
+      { class: "video-result" },
+      h("video", { controls: true, preload: "metadata", playsinline: true, src: task.video_url, poster: task.last_frame_url,
+        "aria-label": `Video of task ${task.id}` }),
+      h(
+        "div",
+        { class: "result-links" },
+        h("a", { href: task.video_url, download: `arkflow-${task.id}.mp4`, target: "_blank", rel: "noopener" }, "Download video"),
+        task.last_frame_url
+          ? h("a", { href: task.last_frame_url, download: `arkflow-${task.id}-last-frame`, target: "_blank", rel: "noopener" }, "Last frame")
+          : null,
+      ),
+    );
+  }
+  return null;
+}
+
+/**
+ * The task list panel. Returns {element, showTask(id), applyUpdate(update), refresh(), setModels(models),
+ * dispose()}; updates come from the WebSocket through the studio.
+ */
+export function taskListPanel() {
+  const tasks = new Map();
+  const cards = new Map();
+  let modelNames = new Map();
+  let nextCursor = null;
+  let generation = 0;
+  let refetchTimer = null;
+
+  const statusFilter = select([["", "All statuses"], ...Object.entries(STATUS_LABELS)], "");
+  const typeFilter = select([["", "All types"], ["image", "Images"], ["video", "Videos"]], "");
+  statusFilter.id = "filter-status";
+  typeFilter.id = "filter-type";
+  const list = h("ol", { class: "task-list", "aria-live": "off" });
+  const emptyState = h("p", { class: "empty", hidden: true });
+  const listError = h("div", { class: "form-errors", role: "alert", hidden: true });
+  const loadMore = h("button", { type: "button", class: "button", hidden: true }, "Load more");
+
+  const matches = (task) =>
+    (!statusFilter.value || task.status === statusFilter.value) && (!typeFilter.value || task.type === typeFilter.value);
+
+  function upsert(task) {
+    const existing = tasks.get(task.id);
+    if (existing && Number(task.version) < Number(existing.version)) return;
+    tasks.set(task.id, task);
+  }
+
+  function actionButtons(task) {
+    const buttons = [];
+    if (task.cancellable === true) {
+      buttons.push(h("button", { type: "button", class: "button small", dataset: { action: "cancel" },
+        onclick: () => cancelTask(task) }, "Cancel task"));
+    }
+    if (TERMINAL.has(task.status)) {
+      buttons.push(h("button", { type: "button", class: "button ghost small", dataset: { action: "delete" },
+        onclick: () => deleteTask(task) }, "Delete"));
+    }
+    return buttons.length ? h("div", { class: "task-actions" }, buttons) : null;
+  }
+
+  function buildCard(task) {
+    const queueInfo = task.status === "queued" && Number.isInteger(task.queue_position)
+      ? h("span", { class: "queue-position" }, `#${task.queue_position} in queue`)
+      : null;
+    const error = task.error && (task.error.message || task.error.code);
+    return h(
+      "li",
+      { class: `task-card status-${task.status}`, tabindex: "-1", dataset: { taskId: task.id, status: task.status } },
+      h(
+        "div",
+        { class: "task-head" },
+        h("span", { class: `badge ${task.type}` }, task.type === "video" ? "Video" : "Image"),
+        h("span", { class: "task-model" }, modelNames.get(task.model_id) || task.model_id),
+        h("span", { class: `status-pill ${task.status}` }, STATUS_LABELS[task.status] || task.status),
+      ),
+      h(
+        "p",
+        { class: "task-meta" },
+        h("time", { datetime: task.created_at }, formatDateTime(task.created_at)),
+        h("span", { class: "elapsed", dataset: { elapsed: "" } }, elapsedText(task, Date.now())),
+        queueInfo,
+      ),
+      task.prompt ? h("p", { class: "task-prompt" }, task.prompt) : null,
+      h("p", { class: "task-params" }, paramsSummary(task)),
+      error
+        ? h("p", { class: "task-error" }, `${task.status === "failed" ? "Failed" : STATUS_LABELS[task.status] || "Error"}: `,
+          task.error.message || "", task.error.code ? h("code", {}, task.error.code) : null)
+        : null,
+      resultsView(task),
+      actionButtons(task),
+    );
+  }
+
+  // Rebuilding a card replaces its <video>, so only do it when something shown has changed.
+  function needsRebuild(shown, task) {
+    return !shown || Number(shown.version) !== Number(task.version) || shown.status !== task.status ||
+      shown.cancellable !== task.cancellable || shown.queue_position !== task.queue_position;
+  }
+
+  function render() {
+    const visible = [...tasks.values()].filter(matches)
+      .sort((a, b) => (timestamp(b.created_at) ?? 0) - (timestamp(a.created_at) ?? 0));
+    const visibleIds = new Set(visible.map((task) => task.id));
+    for (const [id, card] of cards) {
+      if (!visibleIds.has(id)) {
+        card.element.remove();
+        cards.delete(id);
+      }
+    }
+    visible.forEach((task, index) => {
+      let card = cards.get(task.id);
+      if (card && !needsRebuild(card.task, task)) card.task = task;
+      else {
+        const element = buildCard(task);
+        if (card) {
+          const focusedAction = card.element.contains(document.activeElement) ? document.activeElement.dataset.action : null;
+          card.element.replaceWith(element);
+          if (focusedAction !== null) (element.querySelector(`[data-action="${focusedAction}"]`) || element).focus();
+        }
+        card = { element, task };
+        cards.set(task.id, card);
+      }
+      if (list.children[index] !== card.element) list.insertBefore(card.element, list.children[index] || null);
+    });
+    emptyState.hidden = visible.length > 0;
+    emptyState.textContent = statusFilter.value || typeFilter.value
+      ? "No tasks match these filters."
+      : "No tasks yet. What you create shows up here, live.";
+    loadMore.hidden = !nextCursor;
+  }
+
+  function showListError(error, retry) {
+    const { title, message } = describeError(error);
+    listError.replaceChildren(h("p", { class: "form-errors-title" }, title), h("p", {}, message),
+      h("button", { type: "button", class: "button small", onclick: retry }, "Try again"));
+    listError.hidden = false;
+  }
+
+  async function fetchPage(cursor) {
+    return api("GET", "/api/tasks", {
+      query: { status: statusFilter.value, type: typeFilter.value, limit: PAGE_SIZE, cursor },
+    });
+  }
+
+  /** Start over (first load, or the filters changed). */
+  async function reload() {
+    generation += 1;
+    const current = generation;
+    tasks.clear();
+    nextCursor = null;
+    listError.hidden = true;
+    list.setAttribute("aria-busy", "true");
+    try {
+      const page = await fetchPage(null);
+      if (current !== generation) return;
+      page.tasks.forEach(upsert);
+      nextCursor = page.next_cursor;
+    } catch (error) {
+      if (current === generation && error.status !== 401) showListError(error, reload);
+    } finally {
+      list.removeAttribute("aria-busy");
+    }
+    if (current === generation) render();
+  }
+
+  /** Merge the newest page into what is shown, keeping older pages already loaded (after a reconnect). */
+  async function refresh() {
+    const current = generation;
+    try {
+      const page = await fetchPage(null);
+      if (current !== generation) return;
+      const firstLoad = tasks.size === 0;
+      page.tasks.forEach(upsert);
+      if (firstLoad) nextCursor = page.next_cursor;
+      listError.hidden = true;
+      render();
+    } catch (error) {
+      if (error.status !== 401) showListError(error, reload);
+    }
+  }
+
+  function scheduleRefresh() {
+    clearTimeout(refetchTimer);
+    refetchTimer = setTimeout(refresh, 250);
+  }
+
+  async function fetchTask(id) {
+    try {
+      upsert(await api("GET", `/api/tasks/${encodeURIComponent(id)}`));
+    } catch (error) {
+      if (error.status === 404) tasks.delete(id);
+      else return;
+    }
+    render();
+  }
+
+  function applyUpdate(update) {
+    const existing = tasks.get(update.id);
+    if (!existing) {
+      // A task this view cannot show anyway needs no refetch.
+      if (!statusFilter.value || statusFilter.value === update.status) scheduleRefresh();
+      return;
+    }
+    if (Number(update.version) < Number(existing.version)) return;
+    const merged = { ...existing, ...update };
+    if (TERMINAL.has(merged.status) && !("cancellable" in update)) merged.cancellable = false;
+    tasks.set(update.id, merged);
+    render();
+    const statusChanged = update.status !== existing.status;
+    const missingResults = merged.status === "succeeded" && !merged.video_url && !(merged.result_urls || []).length;
+    const cancelUnknown = !TERMINAL.has(merged.status) && !("cancellable" in update);
+    if (statusChanged && (missingResults || cancelUnknown)) fetchTask(update.id);
+  }
+
+  async function cancelTask(task) {
+    try {
+      const result = await api("POST", `/api/tasks/${encodeURIComponent(task.id)}/cancel`);
+      if (result && result.id) upsert(result);
+      toast("Task cancelled.");
+    } catch (error) {
+      const { title, message } = describeError(error);
+      toast(`${title}: ${message}`, "error");
+    }
+    await fetchTask(task.id);
+  }
+
+  async function deleteTask(task) {
+    const confirmed = await confirmDialog({
+      title: "Delete this task?",
+      message: "The task and its results disappear from your list. This cannot be undone.",
+      confirmLabel: "Delete task",
+      danger: true,
+    });
+    if (!confirmed) return;
+    try {
+      await api("DELETE", `/api/tasks/${encodeURIComponent(task.id)}`);
+      tasks.delete(task.id);
+      render();
+      toast("Task deleted.");
+    } catch (error) {
+      const { title, message } = describeError(error);
+      toast(`${title}: ${message}`, "error");
+    }
+  }
+
+  loadMore.addEventListener("click", async () => {
+    const current = generation;
+    loadMore.disabled = true;
+    try {
+      const page = await fetchPage(nextCursor);
+      if (current !== generation) return;
+      page.tasks.forEach(upsert);
+      nextCursor = page.next_cursor;
+      render();
+    } catch (error) {
+      const { title, message } = describeError(error);
+      toast(`${title}: ${message}`, "error");
+    } finally {
+      loadMore.disabled = false;
+    }
+  });
+  statusFilter.addEventListener("change", reload);
+  typeFilter.addEventListener("change", reload);
+
+  const ticker = setInterval(() => {
+    const now = Date.now();
+    for (const [, card] of cards) {
+      if (TERMINAL.has(card.task.status)) continue;
+      card.element.querySelector("[data-elapsed]").textContent = elapsedText(card.task, now);
+    }
+  }, 1000);
+
+  const element = h(
+    "section",
+    { class: "panel tasks", "aria-labelledby": "tasks-heading" },
+    h(
+      "div",
+      { class: "panel-head" },
+      h("h2", { id: "tasks-heading" }, "Your tasks"),
+      h(
+        "div",
+        { class: "filters" },
+        h("label", { for: statusFilter.id }, "Status"), statusFilter,
+        h("label", { for: typeFilter.id }, "Type"), typeFilter,
+      ),
+    ),
+    listError,
+    list,
+    emptyState,
+    loadMore,
+  );
+  reload();
+
+  return {
+    element,
+    applyUpdate,
+    refresh,
+    showTask: fetchTask,
+    setModels(models) {
+      modelNames = new Map(models.map((model) => [model.model_id, model.display_name || model.model_id]));
+      for (const card of cards.values()) card.task = null; // rebuild with the new names
+      render();
+    },
+    dispose() {
+      generation += 1;
+      clearInterval(ticker);
+      clearTimeout(refetchTimer);
+    },
+  };
+}
