@@ -7,7 +7,7 @@ so a table, index or lane is added here and nowhere else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 AttributeType = Literal["S", "N"]
 TaskType = Literal["image", "video"]
@@ -37,6 +37,28 @@ class Table:
     def physical_name(self, prefix: str) -> str:
         return f"{prefix}-{self.logical_name}"
 
+    def create_table_args(self, prefix: str) -> dict[str, Any]:
+        """Name, keys, indexes and billing, in the shape DynamoDB's CreateTable and CloudFormation's
+        `AWS::DynamoDB::Table` both take: the local stack and `infra/` build every table from this."""
+        args: dict[str, Any] = {
+            "TableName": self.physical_name(prefix),
+            "BillingMode": "PAY_PER_REQUEST",
+            "AttributeDefinitions": [
+                {"AttributeName": key.name, "AttributeType": key.type} for key in self.key_attributes()
+            ],
+            "KeySchema": _key_schema(self.hash_key, self.range_key),
+        }
+        if self.indexes:
+            args["GlobalSecondaryIndexes"] = [
+                {
+                    "IndexName": index.name,
+                    "KeySchema": _key_schema(index.hash_key, index.range_key),
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+                for index in self.indexes
+            ]
+        return args
+
     def key_attributes(self) -> list[Key]:
         """Every attribute used as a table or index key, once each."""
         keys: dict[str, Key] = {}
@@ -48,6 +70,13 @@ class Table:
                 if key:
                     keys[key.name] = key
         return list(keys.values())
+
+
+def _key_schema(hash_key: Key, range_key: Key | None) -> list[dict[str, str]]:
+    schema = [{"AttributeName": hash_key.name, "KeyType": "HASH"}]
+    if range_key:
+        schema.append({"AttributeName": range_key.name, "KeyType": "RANGE"})
+    return schema
 
 
 # TTL attributes hold epoch seconds. DynamoDB deletes expired items lazily (moto never does), so every
@@ -127,6 +156,10 @@ class Lane:
     def dlq_name(self, prefix: str) -> str:
         return f"{prefix}-lane-{self.name}-dlq"
 
+    def redrive_policy(self, dlq_arn: Any) -> dict[str, Any]:
+        """SQS's RedrivePolicy for this lane's queue (`dlq_arn` may be a CloudFormation reference)."""
+        return {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.max_receives}
+
     @property
     def handler_name(self) -> str:
         """The Chalice function name of this lane's worker (a valid Python identifier)."""
@@ -167,8 +200,13 @@ def default_lane_for(task_type: TaskType) -> Lane:
 @dataclass(frozen=True)
 class Bucket:
     logical_name: str
-    # Objects under these prefixes expire; results are re-signed on every read, so old copies are only cost.
+    # Every object expires; results are re-signed on every read, so old copies are only cost.
     expire_days: int
+    # Browser uploads land under `uploads_prefix` and are copied into their task when used: keep them briefly.
+    uploads_prefix: str = "uploads/"
+    uploads_expire_days: int = 1
+    # A streamed copy that died mid-way leaves parts S3 bills for until aborted.
+    abort_incomplete_multipart_days: int = 1
 
     def physical_name(self, prefix: str) -> str:
         return f"{prefix}-{self.logical_name}"

@@ -1,0 +1,1 @@
+"""arkflow's AWS stack: everything beyond what Chalice generates, derived from `chalicelib.resources`."""
