@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from chalicelib.resources import MEDIA_BUCKET
 from chalicelib.settings import DEFAULT_ARK_BASE_URL
@@ -15,11 +16,16 @@ FAKE_AWS_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY":
 AWS_REGION = "us-east-1"
 
 
-@dataclass(frozen=True)
-class Credentials:
+class Credentials(NamedTuple):
+    """Also unpacks as `(username, password, role)`."""
+
     username: str
     password: str
     role: str
+
+
+DEFAULT_ADMIN = Credentials("admin", "admin-pass", "admin")
+DEFAULT_DEMO_USER = Credentials("demo", "demo-pass", "user")
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,14 @@ class StackConfig:
     sim_port: int = 9000
     moto_port: int = 8005
     prefix: str = "arkflow-local"
-    admin: Credentials = Credentials("admin", "admin-pass", "admin")
-    demo: Credentials = Credentials("demo", "demo-pass", "user")
+    admin: Credentials = DEFAULT_ADMIN
+    demo: Credentials = DEFAULT_DEMO_USER
     # Set: the real Ark at `real_ark_base_url` is used and no simulator is started.
     real_ark_api_key: str = ""
     real_ark_base_url: str = DEFAULT_ARK_BASE_URL
     startup_timeout_s: float = 90.0
+    # Every `@app.schedule` handler runs this often locally, whatever its rate on AWS.
+    schedule_interval_s: float = 5.0
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str] | None = None) -> StackConfig:
@@ -70,6 +78,7 @@ class StackConfig:
             real_ark_api_key=env.get("ARK_API_KEY", ""),
             real_ark_base_url=env.get("ARK_BASE_URL") or defaults.real_ark_base_url,
             startup_timeout_s=float(env.get("ARKFLOW_STARTUP_TIMEOUT_S") or defaults.startup_timeout_s),
+            schedule_interval_s=float(env.get("ARKFLOW_SCHEDULE_INTERVAL_S") or defaults.schedule_interval_s),
         )
 
     @property

@@ -1,7 +1,9 @@
 """`make run`: the whole local stack in the foreground, until SIGINT/SIGTERM.
 
 Order: simulator process (starts in the background), moto, environment, tables/queues/bucket, demo data,
-REST routes, web app; ready once the simulator answers and `GET /api/health` is 200.
+REST routes, web app, then (once the simulator answers) the SQS event pump and the scheduler; ready once
+`GET /api/health` is 200. Each piece registers its own clean-up on one ExitStack, undone in reverse order on
+SIGINT/SIGTERM; a new piece (the WebSocket gateway) is one more `running.enter_context(...)` in `start`.
 """
 
 from __future__ import annotations
@@ -18,19 +20,24 @@ from dataclasses import dataclass
 from types import FrameType
 
 import boto3
+from botocore.config import Config as BotoConfig
 
 from chalicelib.settings import reload_settings
 from devstack import bootstrap
-from devstack.config import StackConfig
+from devstack.config import AWS_REGION, StackConfig
 from devstack.moto_server import start_moto_server
 from devstack.processes import ChildProcess, serving_in_thread, spawn, wait_until_answers
-from devstack.rest import load_app, make_rest_server
+from devstack.pump import SqsSubscription, pumping
+from devstack.rest import STAGE, load_app, make_rest_server
+from devstack.scheduler import scheduled_function_names, scheduling
 from devstack.webapp import make_web_server
 
 logger = logging.getLogger("devstack")
 HEALTH_PATH = "/api/health"
 SIMULATOR_READY_PATH = "/_sim/config"
 _CHILD_CHECK_INTERVAL_S = 0.5
+# Every lane's pollers, deletes and handlers share one client.
+_SQS_CONNECTIONS = 50
 
 
 class StackError(Exception):
@@ -84,6 +91,8 @@ def _seed_demo_data(config: StackConfig) -> None:
 class RunningStack:
     moto_url: str
     children: list[ChildProcess]
+    subscriptions: list[SqsSubscription]
+    scheduled: list[str]
 
 
 def start(config: StackConfig, running: ExitStack) -> RunningStack:
@@ -100,6 +109,9 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
     children.append(moto.process)
     logger.info("moto answers at %s", moto.endpoint_url)
 
+    # A service-specific endpoint (AWS_ENDPOINT_URL_DYNAMODB, ...) would win over moto's.
+    for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL_")]:
+        del os.environ[name]
     os.environ.update(config.app_environment(moto.endpoint_url))
     reload_settings()
     bootstrap.create_all(boto3.session.Session(), config.prefix)
@@ -119,6 +131,12 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
                 config.startup_timeout_s,
                 lambda response: response.is_success,
             )
+        # Workers and schedules start once Ark (simulated or not) can take their calls.
+        sqs = boto3.session.Session().client("sqs", config=BotoConfig(max_pool_connections=_SQS_CONNECTIONS))
+        pump = running.enter_context(pumping(loaded.app, loaded.config, STAGE, config.prefix, sqs, AWS_REGION))
+        running.enter_context(
+            scheduling(loaded.app, loaded.config, STAGE, config.schedule_interval_s, AWS_REGION)
+        )
         wait_until_answers(
             config.api_url + HEALTH_PATH,
             None,
@@ -127,10 +145,17 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
         )
     except (TimeoutError, RuntimeError) as error:
         raise StackError(str(error)) from error
-    return RunningStack(moto.endpoint_url, children)
+    return RunningStack(moto.endpoint_url, children, pump.subscriptions, scheduled_function_names(loaded.app))
 
 
-def banner(config: StackConfig, moto_url: str) -> str:
+def banner(config: StackConfig, stack: RunningStack) -> str:
+    workers = ", ".join(
+        f"{subscription.function_name} <- {subscription.queue_name} (up to {subscription.concurrency} at once)"
+        for subscription in stack.subscriptions
+    )
+    schedules = ", ".join(stack.scheduled)
+    if schedules:
+        schedules += f" (each every {config.schedule_interval_s:g} s)"
     ark = f"{config.ark_base_url}  (simulator; admin API at {config.sim_url}/_sim)"
     if not config.uses_simulator:
         ark = f"{config.ark_base_url}  (real Ark: ARK_API_KEY is set)"
@@ -141,7 +166,9 @@ def banner(config: StackConfig, moto_url: str) -> str:
             f"  Web app        {config.web_url}",
             f"  WebSocket      {config.ws_url}  (reserved for the gateway; not served yet)",
             f"  Ark            {ark}",
-            f"  AWS (moto)     {moto_url}  (resource prefix {config.prefix})",
+            f"  AWS (moto)     {stack.moto_url}  (resource prefix {config.prefix})",
+            f"  SQS workers    {workers or 'none defined'}",
+            f"  Schedules      {schedules or 'none defined'}",
             f"  Admin login    {config.admin.username} / {config.admin.password}",
             f"  Demo login     {config.demo.username} / {config.demo.password}",
             "Press Ctrl-C to stop.",
@@ -172,7 +199,7 @@ def main() -> int:
         with ExitStack() as running:
             try:
                 stack = start(config, running)
-                print(banner(config, stack.moto_url))
+                print(banner(config, stack))
                 return _watch(stack.children)
             except StopRequested as stop:
                 logger.info("%s received; stopping", stop)
