@@ -20,16 +20,19 @@ from chalicelib.settings import Settings, get_settings
 TOKEN_ALGORITHM = "HS256"  # noqa: S105 - an algorithm name, not a secret
 ROLES = ("user", "admin")
 
-_hasher = PasswordHasher()
+@lru_cache(maxsize=1)
+def _hasher() -> PasswordHasher:
+    settings = get_settings()
+    return PasswordHasher(time_cost=settings.password_hash_time_cost, memory_cost=settings.password_hash_memory_kib)
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    return _hasher().hash(password)
 
 
 def verify_password(password_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(password_hash, password)
+        return _hasher().verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 

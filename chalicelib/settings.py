@@ -35,6 +35,9 @@ class Settings:
         default_factory=lambda: os.environ.get("TOKEN_SIGNING_KEY", DEV_SIGNING_KEY)
     )
     token_ttl_s: int = field(default_factory=lambda: _int("TOKEN_TTL_SECONDS", 12 * 3600))
+    # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile). Tests lower them for speed.
+    password_hash_time_cost: int = field(default_factory=lambda: _int("PASSWORD_HASH_TIME_COST", 3))
+    password_hash_memory_kib: int = field(default_factory=lambda: _int("PASSWORD_HASH_MEMORY_KIB", 65536))
     login_max_failures: int = field(default_factory=lambda: _int("LOGIN_MAX_FAILURES", 5))
     login_lockout_s: int = field(default_factory=lambda: _int("LOGIN_LOCKOUT_SECONDS", 300))
     quota_timezone: str = field(default_factory=lambda: os.environ.get("QUOTA_TIMEZONE", "Asia/Shanghai"))
@@ -54,6 +57,17 @@ class Settings:
     task_deadline_s: int = field(default_factory=lambda: _int("TASK_DEADLINE_SECONDS", 3 * 3600))
     slot_lease_s: int = field(default_factory=lambda: _int("SLOT_LEASE_SECONDS", 900))
     video_poll_interval_s: float = field(default_factory=lambda: _float("VIDEO_POLL_INTERVAL_SECONDS", 10.0))
+    # Long videos are polled less often: the interval doubles up to this cap (callbacks still come at once).
+    video_poll_max_interval_s: float = field(
+        default_factory=lambda: _float("VIDEO_POLL_MAX_INTERVAL_SECONDS", 120.0)
+    )
+    # A message whose model has no free slot comes back after 1-2x this many seconds (SQS counts whole seconds).
+    slot_wait_s: int = field(default_factory=lambda: _int("SLOT_WAIT_SECONDS", 1))
+    # Retryable Ark errors: exponential backoff from the base, capped, with jitter.
+    retry_base_s: int = field(default_factory=lambda: _int("RETRY_BASE_SECONDS", 2))
+    retry_max_s: int = field(default_factory=lambda: _int("RETRY_MAX_SECONDS", 300))
+    # Lane queue ARNs are built from it; on AWS the merge template points each event source at its queue.
+    aws_account_id: str = field(default_factory=lambda: os.environ.get("AWS_ACCOUNT_ID", "123456789012"))
 
     def table_name(self, logical_name: str) -> str:
         return f"{self.resource_prefix}-{logical_name}"

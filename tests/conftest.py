@@ -21,6 +21,9 @@ os.environ.update(
     TOKEN_SIGNING_KEY="test-signing-key-with-enough-length-for-hs256",
     RESULTS_BUCKET="arkflow-test-media",
     CORS_ORIGINS="http://127.0.0.1:8080",
+    # Cheap password hashing: tests check behaviour, not argon2's cost.
+    PASSWORD_HASH_TIME_COST="1",
+    PASSWORD_HASH_MEMORY_KIB="1024",
 )
 os.environ.pop("ADMIN_USERNAME", None)
 os.environ.pop("ADMIN_PASSWORD", None)
