@@ -209,8 +209,8 @@ def _content(sim: Simulator, content: Any, model: str) -> tuple[str, list[InputI
             role = item.get("role")
             if role not in (None, *FRAME_ROLES):
                 raise invalid("content.role", f"`{role}` is not supported by model {model}")
-            url = (item.get("image_url") or {}).get("url") if isinstance(item.get("image_url"), dict) else None
-            images.append(_video_image(sim, url))
+            image_url = item.get("image_url")
+            images.append(_video_image(sim, image_url.get("url") if isinstance(image_url, dict) else None))
             roles.append(role)
         else:
             raise invalid("content.type", f"`{kind}` is not supported by model {model}")
