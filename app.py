@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from chalice import Chalice
+from chalice import Chalice, Rate
+from chalice.app import SQSEvent
 
-from chalicelib import aws, catalog, users
+from chalicelib import aws, cancel, catalog, lanes, users, video
 from chalicelib.api import Http, RequestContext, json_response
 from chalicelib.auth import Authenticator
 from chalicelib.clock import SYSTEM_CLOCK
+from chalicelib.resources import LANES, Lane
 from chalicelib.seed import ensure_first_admin
+from chalicelib.settings import get_settings
 from chalicelib.statemachine import apply_status_update
+from chalicelib.sweeper import Sweeper
 from chalicelib.tasks import TaskService
 from chalicelib.validation import (
     AdminTaskListQuery,
@@ -181,6 +186,59 @@ def admin_list_tasks(context: RequestContext) -> dict[str, Any]:
     query = parse(AdminTaskListQuery, context.query())
     page, cursor = service.list(query, user=query.user)
     return {"tasks": [{**service.body(task), "user": task.user_id} for task in page], "next_cursor": cursor}
+
+
+@app.route("/api/tasks/{task_id}/cancel", methods=["POST"])
+@http.endpoint()
+def cancel_task(context: RequestContext, task_id: str) -> dict[str, Any]:
+    service = task_service()
+    return service.body(cancel.cancel(service.get_own(context.user, task_id), video.default_service()))
+
+
+# --- queue lanes, Ark callbacks and schedules --------------------------------------------------------------
+
+
+@app.route("/api/queue/callback", methods=["POST"])
+@http.endpoint("public")
+def ark_callback(context: RequestContext) -> dict[str, Any]:
+    # Authenticated by the per-task secret in the callback URL (only its hash is stored).
+    query = context.query()
+    video.default_service().on_callback(query.get("task_id", ""), query.get("token", ""), context.json())
+    return {"received": True}
+
+
+def _lane_queue_arn(lane: Lane) -> str:
+    settings = get_settings()
+    name = lane.queue_name(settings.resource_prefix)
+    return f"arn:aws:sqs:{settings.region}:{settings.aws_account_id}:{name}"
+
+
+def _lane_handler(lane: Lane) -> Callable[[SQSEvent], dict[str, Any]]:
+    def handle(event: SQSEvent) -> dict[str, Any]:
+        return lanes.handle_batch(lane.name, [record.to_dict() for record in event])
+
+    # Chalice names the Lambda function after the handler: each lane needs its own module-level name.
+    handle.__name__ = handle.__qualname__ = lane.handler_name
+    return handle
+
+
+for _lane in LANES:
+    globals()[_lane.handler_name] = app.on_sqs_message(
+        queue_arn=_lane_queue_arn(_lane),
+        batch_size=_lane.batch_size,
+        maximum_concurrency=_lane.maximum_concurrency,
+        name=_lane.handler_name,
+    )(_lane_handler(_lane))
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="video_poller")
+def video_poller(_: Any) -> dict[str, int]:
+    return {"polled": video.default_service().poll_due(budget_s=45.0)}
+
+
+@app.schedule(Rate(1, unit=Rate.MINUTES), name="sweeper")
+def sweeper(_: Any) -> dict[str, int]:
+    return vars(Sweeper(sqs=aws.sqs(), video=video.default_service()).sweep())
 
 
 http.register_preflight()

@@ -2,56 +2,95 @@
 
 One record per model holds `holders` (task id -> lease expiry, epoch seconds) and `count`. Acquire is a
 conditional update (`count < concurrency` and the task not already holding), release is conditional and
-idempotent, and `reclaim_expired` frees leases of workers that died mid-call.
+idempotent, and the sweeper frees leases of workers that died mid-call.
+
+A model with `max_running_per_user` also keeps one record of the same shape per (model, user), keyed
+`<model>#user#<user>`; acquire then takes both in one transaction, so a user's burst never holds every slot.
 """
 
 from __future__ import annotations
 
 import contextlib
 
-from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
+from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
+from pynamodb.transactions import TransactWrite
 
+from chalicelib import db
 from chalicelib.db import SlotRecord
 
 
-def _ensure_record(model_id: str) -> None:
+def user_slot_key(model_id: str, user_id: str) -> str:
+    return f"{model_id}#user#{user_id}"
+
+
+def _ensure_record(slot_key: str) -> None:
     with contextlib.suppress(PutError):  # another caller created it first
-        SlotRecord(model_id, holders={}, count=0).save(condition=SlotRecord.model_id.does_not_exist())
+        SlotRecord(slot_key, holders={}, count=0).save(condition=SlotRecord.model_id.does_not_exist())
 
 
-def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float) -> bool:
-    """Take a slot for `task_id`; True when it holds one (also when it already did). Never waits."""
+def _take(transaction: TransactWrite, slot_key: str, task_id: str, limit: int, lease_until: float) -> None:
+    transaction.update(
+        SlotRecord(slot_key),
+        actions=[SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)],
+        condition=SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < limit),
+    )
+
+
+def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *,
+            user_id: str | None = None, user_cap: int | None = None) -> bool:
+    """Take a slot for `task_id`; True when it holds one (also when it already did). Never waits.
+
+    With `user_cap`, the task must also fit under its user's cap for this model.
+    """
+    keys = [model_id] if user_cap is None or user_id is None else [model_id, user_slot_key(model_id, user_id)]
+    limits = [concurrency, user_cap]
     for _ in range(2):
         try:
-            SlotRecord(model_id).update(
-                actions=[SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)],
-                condition=(SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < concurrency)),
-            )
+            if len(keys) == 1:
+                SlotRecord(model_id).update(
+                    actions=[SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)],
+                    condition=SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < concurrency),
+                )
+            else:
+                with db.transaction() as transaction:
+                    for key, limit in zip(keys, limits, strict=False):
+                        _take(transaction, key, task_id, int(limit or 0), lease_until)
             return True
-        except UpdateError:
-            try:
-                record = SlotRecord.get(model_id, consistent_read=True)
-            except DoesNotExist:
-                _ensure_record(model_id)  # first acquire for this model
+        except (UpdateError, TransactWriteError):
+            records = {record.model_id: record for record in SlotRecord.batch_get(keys, consistent_read=True)}
+            missing = [key for key in keys if key not in records]
+            if missing:  # first acquire for this model (or user): create the record, then try once more
+                for key in missing:
+                    _ensure_record(key)
                 continue
-            return task_id in _holders_of(record)
+            return task_id in _holders_of(records[model_id])
     return False
 
 
-def holds(model_id: str, task_id: str) -> bool:
-    return task_id in holders(model_id)
+def release(model_id: str, task_id: str, user_id: str | None = None) -> bool:
+    """Give the slot back; True when this call released the model slot, False when it was not held.
+
+    Idempotent. The user's slot goes first: a crash in between leaves the model slot held, which the sweeper
+    frees (with the user's) once its lease expires, whereas the reverse order could leak a user slot forever.
+    """
+    if user_id is not None:
+        _release_one(user_slot_key(model_id, user_id), task_id)
+    return _release_one(model_id, task_id)
 
 
-def release(model_id: str, task_id: str) -> bool:
-    """Give the slot back; True when this call released it, False when it was not held (idempotent)."""
+def _release_one(slot_key: str, task_id: str) -> bool:
     try:
-        SlotRecord(model_id).update(
+        SlotRecord(slot_key).update(
             actions=[SlotRecord.holders[task_id].remove(), SlotRecord.count.add(-1)],
             condition=SlotRecord.holders[task_id].exists(),
         )
     except UpdateError:
         return False
     return True
+
+
+def holds(model_id: str, task_id: str) -> bool:
+    return task_id in holders(model_id)
 
 
 def extend(model_id: str, task_id: str, lease_until: float) -> bool:

@@ -3,6 +3,10 @@
 Every transition is one DynamoDB conditional write on the status and version the caller read, so a duplicate
 SQS delivery, a retried Lambda, a callback racing the poller or a second worker find the condition false and
 change nothing. A task that ends before any Ark call gives its quota request back in the same transaction.
+
+A task is `running` only while it holds a slot of its model (`chalicelib.slots`): workers acquire the slot
+before the claim `queued -> running`, and every transition out of `running` (to a terminal state, or back to
+`queued` after a retryable Ark error) releases it here, once the write succeeded, so no path can forget it.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ from collections.abc import Callable
 from pynamodb.exceptions import TransactWriteError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
-from pynamodb.transactions import TransactWrite
 
+from chalicelib import db, slots
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import QuotaRecord, TaskRecord
 from chalicelib.errors import Conflict
@@ -25,12 +29,15 @@ TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, CANCELLED, FAILED, EXPIRED}),
-    RUNNING: frozenset({SUCCEEDED, FAILED, EXPIRED, CANCELLED}),
+    # Back to `queued`: a retryable Ark error (or a worker lost mid-call); the slot is released with it.
+    RUNNING: frozenset({QUEUED, SUCCEEDED, FAILED, EXPIRED, CANCELLED}),
 }
 
 # Called with the task as written, after every successful transition (the WebSocket publisher listens here).
 Listener = Callable[[TaskRecord], None]
 listeners: list[Listener] = []
+# Called with the task after its transition out of `running` gave its model slot back (lanes wake a waiter).
+slot_listeners: list[Listener] = []
 
 
 class IllegalTransition(Conflict):
@@ -70,6 +77,8 @@ def transition(
     ]
     if task.status == QUEUED:
         writes.append(TaskRecord.queued_model.remove())
+    if target == QUEUED:
+        writes += [TaskRecord.queued_model.set(task.model_id), TaskRecord.stage.remove()]
     if target == RUNNING:
         writes.append(TaskRecord.started_at.set(now))
     if target in TERMINAL:
@@ -77,6 +86,7 @@ def transition(
     guard = (TaskRecord.status == task.status) & (TaskRecord.version == task.version)
     if condition is not None:
         guard &= condition
+    leaves_running = task.status == RUNNING
     refund = target in TERMINAL and not task.ark_called and not task.quota_refunded and bool(task.quota_keys)
     try:
         if refund:
@@ -85,16 +95,24 @@ def transition(
             task.update(actions=writes, condition=guard)
     except (UpdateError, TransactWriteError) as exc:
         raise StaleTask("The task changed while this change was being applied.") from exc
+    if leaves_running:
+        _release_slot(task)
     for listener in listeners:
         listener(task)
     return task
+
+
+def _release_slot(task: TaskRecord) -> None:
+    if slots.release(task.model_id, task.task_id, task.user_id):
+        for listener in slot_listeners:
+            listener(task)
 
 
 def _write_with_refund(task: TaskRecord, writes: list[Action], guard: Condition) -> None:
     """End a task that never reached Ark and give its quota request back, atomically and once."""
     writes.append(TaskRecord.quota_refunded.set(True))
     guard &= TaskRecord.quota_refunded == False  # noqa: E712 - a DynamoDB condition, not a Python comparison
-    with TransactWrite() as transaction:
+    with db.transaction() as transaction:
         transaction.update(task, actions=writes, condition=guard)
         for key in task.quota_keys:
             transaction.update(QuotaRecord(key), actions=[QuotaRecord.used.add(-1)])
@@ -102,23 +120,26 @@ def _write_with_refund(task: TaskRecord, writes: list[Action], guard: Condition)
 
 
 def update_fields(task: TaskRecord, actions: list[Action], *, publish: bool = False,
-                  clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
+                  condition: Condition | None = None, clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
     """Change non-status fields while the status stays what was read (e.g. storing Ark's task id).
 
-    `publish` bumps the version and notifies listeners, for changes a watching user should see.
+    `publish` bumps the version and notifies listeners, for changes a watching user should see; `condition`
+    adds to the status check (e.g. the sub-step still being what was read).
     """
     writes = [TaskRecord.updated_at.set(iso(clock.now())), *actions]
     if publish:
         writes.append(TaskRecord.version.add(1))
+    guard = TaskRecord.status == task.status
+    if condition is not None:
+        guard &= condition
     try:
-        task.update(actions=writes, condition=TaskRecord.status == task.status)
+        task.update(actions=writes, condition=guard)
     except UpdateError as exc:
         raise StaleTask("The task changed while this change was being applied.") from exc
     if publish:
         for listener in listeners:
             listener(task)
     return task
-
 
 
 def apply_status_update(task: TaskRecord, request: StatusUpdateRequest, clock: Clock = SYSTEM_CLOCK) -> TaskRecord:

@@ -1,0 +1,337 @@
+"""Lane workers: one SQS message `{task_id}` in, at most one Ark call out.
+
+Per message, in this order (`shared/design.md`, two concurrency layers):
+  1. acquire the model's slot for the task (idempotent per task id; the model's concurrency is read live),
+     with the user's cap when the model sets `max_running_per_user`;
+  2. claim it: the conditional transition `queued -> running` (a duplicate delivery or a second worker finds
+     it claimed and does nothing; a lost claim gives the slot back);
+  3. call Ark: an image is generated and stored; a video is created once and handed to the poller.
+
+No free slot: the message goes back as a batch item failure after a short jittered visibility timeout; the
+worker never waits. Waiting is not failing, so a message about to reach the lane's `max_receives` by waiting
+alone is replaced by a fresh copy. A slot given back wakes the oldest task waiting for that model at once.
+
+Retryable Ark errors (429, 5xx, timeouts) send the task back to `queued` (slot released) and the message back
+with exponential backoff and jitter; on its last receive the task fails with `upstream_unavailable` and the
+message goes to the DLQ. Permanent errors fail the task with Ark's code and message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import httpx
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import DoesNotExist
+
+from chalicelib import aws, catalog, media, queues, slots, statemachine
+from chalicelib.ark.client import ImageGenerationResult, VolcImageClient, VolcVideoClient
+from chalicelib.ark.errors import ArkPermanentError, ArkRateLimitError, ArkRetryableError
+from chalicelib.clock import SYSTEM_CLOCK, Clock
+from chalicelib.db import ModelRecord, TaskRecord
+from chalicelib.errors import NotFound
+from chalicelib.resources import Lane, lane_named
+from chalicelib.settings import Settings, get_settings
+from chalicelib.statemachine import StaleTask
+from chalicelib.video import ARK_QUEUED, ARK_RUNNING, SUBMITTING, VideoService, epoch_of
+
+log = logging.getLogger(__name__)
+
+# Headroom past the Lambda timeout before an image lease counts as abandoned (a worker that died mid-call).
+IMAGE_LEASE_MARGIN_S = 60
+# A video `submitting` for longer than its create can take was interrupted: reconcile through Ark's list.
+CREATE_GRACE_S = 60
+SQS_MAX_DELAY_S = 900
+SQS_MAX_VISIBILITY_S = 12 * 3600
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One Lambda-shaped SQS record."""
+
+    message_id: str
+    receipt_handle: str
+    task_id: str
+    receive_count: int
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> Delivery:
+        return cls(
+            message_id=record["messageId"],
+            receipt_handle=record["receiptHandle"],
+            task_id=json.loads(record["body"])["task_id"],
+            receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
+        )
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Give the message back: visible again after `delay_s`."""
+
+    delay_s: int
+
+
+DONE = None
+Outcome = Retry | None
+
+
+class LaneWorker:
+    def __init__(self, lane: Lane, *, sqs: Any, s3: Any, images: VolcImageClient, videos: VolcVideoClient,
+                 settings: Settings | None = None, clock: Clock = SYSTEM_CLOCK,
+                 rng: random.Random | None = None) -> None:
+        self.lane = lane
+        self.sqs = sqs
+        self.s3 = s3
+        self.images = images
+        self.settings = settings or get_settings()
+        self.clock = clock
+        self.video = VideoService(videos, s3=s3, settings=self.settings, clock=clock)
+        self.rng = rng or random.Random()
+
+    # --- the batch --------------------------------------------------------------------------------------------
+
+    def handle(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Process a batch; returns Lambda's partial-batch answer (messages to give back)."""
+        failures = []
+        for record in records:
+            delivery = Delivery.of(record)
+            try:
+                outcome = self.process(delivery)
+            except Exception:
+                # Not acknowledged, so SQS redelivers it after the visibility timeout (and in the end the DLQ).
+                log.exception("task %s failed in lane %s", delivery.task_id, self.lane.name)
+                failures.append({"itemIdentifier": delivery.message_id})
+                continue
+            if outcome is not None:
+                self._give_back(delivery, outcome)
+                failures.append({"itemIdentifier": delivery.message_id})
+        return {"batchItemFailures": failures}
+
+    def _give_back(self, delivery: Delivery, retry: Retry) -> None:
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=queues.queue_url(self.sqs, self.lane.name),
+                ReceiptHandle=delivery.receipt_handle,
+                VisibilityTimeout=min(retry.delay_s, SQS_MAX_VISIBILITY_S),
+            )
+        except ClientError as error:
+            # A stale receipt (another copy was received since): it still comes back, after the lane's timeout.
+            log.warning("could not delay message %s: %s", delivery.message_id, error)
+
+    def _wait(self, delivery: Delivery, delay_s: int) -> Outcome:
+        """Come back later without counting towards the DLQ: near `max_receives`, re-send instead."""
+        if delivery.receive_count < self.lane.max_receives - 1:
+            return Retry(delay_s)
+        queues.enqueue(self.sqs, self.lane.name, delivery.task_id, delay_s=min(delay_s, SQS_MAX_DELAY_S))
+        return DONE
+
+    def _slot_wait(self) -> int:
+        return self.rng.randint(self.settings.slot_wait_s, 2 * self.settings.slot_wait_s)
+
+    # --- one message ------------------------------------------------------------------------------------------
+
+    def process(self, delivery: Delivery) -> Outcome:
+        try:
+            task = TaskRecord.get(delivery.task_id, consistent_read=True)
+        except DoesNotExist:
+            return DONE
+        if task.status == statemachine.RUNNING:
+            return self._resume(task, delivery)
+        if task.status != statemachine.QUEUED:
+            return DONE
+        try:
+            model = catalog.get_model(task.model_id)
+        except NotFound:
+            self._end(task, statemachine.FAILED, "model_not_found", f"Model {task.model_id!r} no longer exists.")
+            return DONE
+        if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), self._lease_until(task),
+                             user_id=task.user_id, user_cap=_int_or_none(model.max_running_per_user)):
+            return self._wait(delivery, self._slot_wait())
+        return self._claim_and_call(task, model, delivery)
+
+    def _lease_until(self, task: TaskRecord) -> float:
+        if task.type == "video":
+            # Held until Ark finishes; the deadline sweeper ends it at the latest.
+            return epoch_of(task.created_at) + self.settings.task_deadline_s
+        return self.clock.now() + self.lane.lambda_timeout_s + IMAGE_LEASE_MARGIN_S
+
+    def _claim_and_call(self, task: TaskRecord, model: ModelRecord, delivery: Delivery) -> Outcome:
+        callback_url, callback_actions = (
+            self.video.new_callback(task.task_id) if task.type == "video" else (None, [])
+        )
+        actions = [TaskRecord.ark_called.set(True), *callback_actions]
+        if task.type == "video":
+            actions.append(TaskRecord.stage.set(SUBMITTING))
+        try:
+            task = statemachine.transition(task, statemachine.RUNNING, actions=actions, clock=self.clock)
+        except StaleTask:
+            return self._after_lost_claim(task.task_id, delivery)
+        if task.type == "video":
+            return self._submit_video(task, callback_url, delivery)
+        return self._generate_images(task, delivery)
+
+    def _after_lost_claim(self, task_id: str, delivery: Delivery) -> Outcome:
+        task = TaskRecord.get(task_id, consistent_read=True)
+        if task.status == statemachine.RUNNING:
+            return self._resume(task, delivery)  # another delivery claimed it (and holds the slot)
+        if task.status == statemachine.QUEUED:
+            return self.process(delivery)  # it changed and came back (a retry): decide again
+        # Ended before it ever ran (cancelled, timed out): the slot acquired for it is nobody's.
+        slots.release(task.model_id, task.task_id, task.user_id)
+        return DONE
+
+    def _resume(self, task: TaskRecord, delivery: Delivery) -> Outcome:
+        """A message for a task already running: a duplicate, or the redelivery after a crash."""
+        lease = slots.holders(task.model_id).get(task.task_id)
+        if task.type == "video":
+            if task.stage in (ARK_QUEUED, ARK_RUNNING):
+                return DONE  # at Ark: the poller and callbacks own it now
+            waited = self.clock.now() - epoch_of(task.updated_at)
+            if waited < CREATE_GRACE_S:
+                return self._wait(delivery, int(CREATE_GRACE_S - waited) + 1)
+            return self._reconcile(task, delivery)
+        if lease is not None and lease >= self.clock.now():
+            # Another worker is calling Ark for it: look again once its lease ends.
+            return self._wait(delivery, int(lease - self.clock.now()) + 1)
+        try:  # the worker died mid-call: back to the queue, then on as a queued task
+            statemachine.transition(task, statemachine.QUEUED, clock=self.clock)
+        except StaleTask:
+            return Retry(self._slot_wait())
+        return self.process(delivery)
+
+    # --- images -----------------------------------------------------------------------------------------------
+
+    def _generate_images(self, task: TaskRecord, delivery: Delivery) -> Outcome:
+        params = task.params or {}
+        max_images = params.get("max_images")
+        refs = [media.presign_get(self.s3, ref) if media.is_s3_ref(ref) else ref for ref in task.images or []]
+        try:
+            result = self.images.create_image_task(
+                task.prompt or "", refs or None, params.get("size"), task.upstream_model,
+                sequential_image_generation="auto" if max_images and max_images > 1 else None,
+                max_images=max_images if max_images and max_images > 1 else None,
+                watermark=params.get("watermark"),
+            )
+        except ArkRetryableError as error:
+            return self._retry_later(task, delivery, error)
+        except ArkPermanentError as error:
+            self._end(task, statemachine.FAILED, error.code, error.message)
+            return DONE
+        self._store_images(task, result)
+        return DONE
+
+    def _store_images(self, task: TaskRecord, result: ImageGenerationResult) -> None:
+        errors = [{"index": error.index, "code": error.code, "message": error.message} for error in result.errors]
+        if not result.images:
+            first = errors[0] if errors else {"code": "no_images", "message": "Ark returned no image."}
+            self._end(task, statemachine.FAILED, first["code"], first["message"],
+                      [TaskRecord.image_errors.set(errors)])
+            return
+        meta: dict[str, Any] = {"sizes": [image.size for image in result.images]}
+        if result.usage:
+            meta["usage"] = {"generated_images": result.usage.generated_images,
+                             "output_tokens": result.usage.output_tokens, "total_tokens": result.usage.total_tokens}
+        self._transition(task, statemachine.SUCCEEDED, [
+            TaskRecord.result_urls.set([image.url for image in result.images if image.url]),
+            TaskRecord.image_errors.set(errors),
+            TaskRecord.result_meta.set(meta),
+        ])
+
+    # --- videos -----------------------------------------------------------------------------------------------
+
+    def _submit_video(self, task: TaskRecord, callback_url: str | None, delivery: Delivery) -> Outcome:
+        try:
+            external_id = self.video.create(task, callback_url)
+        except ArkRateLimitError as error:  # refused outright: nothing was created
+            return self._retry_later(task, delivery, error)
+        except ArkRetryableError as error:
+            # No usable answer: Ark may have created it. Reconcile through its list before any new create.
+            log.warning("video create for %s ended without an answer (%s); reconciling later", task.task_id,
+                        error.code)
+            return self._wait(delivery, CREATE_GRACE_S)
+        except ArkPermanentError as error:
+            self._end(task, statemachine.FAILED, error.code, error.message)
+            return DONE
+        with contextlib.suppress(StaleTask):  # ended meanwhile: record_submitted cancelled its Ark task
+            self.video.record_submitted(task, external_id)
+        return DONE
+
+    def _reconcile(self, task: TaskRecord, delivery: Delivery) -> Outcome:
+        """After a crash in `submitting`: adopt the Ark task if Ark accepted one, else create (once) now."""
+        remote = self.video.find_submitted(task)
+        try:
+            if remote is not None:
+                self.video.adopt(task, remote)
+                return DONE
+            callback_url, callback_actions = self.video.new_callback(task.task_id)
+            task = statemachine.update_fields(task, callback_actions, clock=self.clock,
+                                              condition=TaskRecord.stage == SUBMITTING)
+        except StaleTask:
+            return DONE
+        return self._submit_video(task, callback_url, delivery)
+
+    # --- endings ----------------------------------------------------------------------------------------------
+
+    def _retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError) -> Outcome:
+        if delivery.receive_count >= self.lane.max_receives:
+            message = f"Ark kept failing after {delivery.receive_count} attempts ({error.code}: {error.message})"
+            self._end(task, statemachine.FAILED, "upstream_unavailable", message)
+            return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
+        self._transition(task, statemachine.QUEUED, [])
+        backoff = min(self.settings.retry_base_s * 2 ** (delivery.receive_count - 1), self.settings.retry_max_s)
+        delay = max(error.retry_after or 0, self.rng.uniform(backoff / 2, backoff))
+        return Retry(round(delay))
+
+    def _end(self, task: TaskRecord, target: str, code: str, message: str, extra: list[Any] | None = None) -> None:
+        self._transition(task, target, [TaskRecord.error.set({"code": code, "message": message}), *(extra or [])])
+
+    def _transition(self, task: TaskRecord, target: str, actions: list[Any]) -> None:
+        try:
+            statemachine.transition(task, target, actions=actions, clock=self.clock)
+        except StaleTask:
+            log.info("task %s changed before it could become %s", task.task_id, target)
+
+
+def wake_next(released: TaskRecord) -> None:
+    """A slot was given back: send the oldest task waiting for that model a fresh message, to start now."""
+    waiting = TaskRecord.queued_by_model.query(released.model_id, limit=2, scan_index_forward=True)
+    for candidate in waiting:
+        if candidate.task_id != released.task_id:  # a task sent back to retry waits for its backoff
+            queues.enqueue(aws.sqs(), candidate.lane, candidate.task_id)
+            return
+
+
+statemachine.slot_listeners.append(wake_next)
+
+
+@cache
+def worker(lane_name: str) -> LaneWorker:
+    """The lane's worker, made once per Lambda container (its HTTP connections are reused)."""
+    lane = lane_named(lane_name)
+    settings = get_settings()
+    # An image call may take minutes: let it use the Lambda's time, minus room to record the outcome.
+    image_timeout = httpx.Timeout(connect=5.0, read=max(10.0, lane.lambda_timeout_s - 20.0), write=30.0, pool=5.0)
+    return LaneWorker(
+        lane,
+        sqs=aws.sqs(),
+        s3=aws.s3(),
+        images=VolcImageClient.from_settings(settings, timeout=image_timeout),
+        videos=VolcVideoClient.from_settings(settings),
+        settings=settings,
+    )
+
+
+def handle_batch(lane_name: str, records: list[dict[str, Any]]) -> dict[str, Any]:
+    return worker(lane_name).handle(records)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+

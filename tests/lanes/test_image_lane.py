@@ -1,0 +1,267 @@
+"""The image lane: claiming, slots, per-user caps, Ark errors, retries and the DLQ."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chalicelib import aws, slots
+from chalicelib.ark.client import VolcImageClient
+from chalicelib.lanes import Retry
+from chalicelib.resources import lane_named
+from tests.conftest import ADMIN, DEMO, OTHER
+from tests.lanes.conftest import ARK_KEY, IMAGE_MODEL, IMAGE_TASK, Lanes, record_for
+
+IMAGE_LANE = lane_named("image")
+
+
+class ImagesCallingBack(VolcImageClient):
+    """A real client that runs `during()` while its Ark call is in flight (a second worker, a cancel...)."""
+
+    def __init__(self, base_url: str, during: Any) -> None:
+        super().__init__(base_url, ARK_KEY)
+        self.during = during
+        self.seen: list[Any] = []
+
+    def create_image_task(self, *args: Any, **kwargs: Any) -> Any:
+        self.seen.append(self.during())
+        return super().create_image_task(*args, **kwargs)
+
+
+def test_an_image_task_runs_once_and_stores_urls_and_usage(lanes: Lanes) -> None:
+    task_id = lanes.submit({**IMAGE_TASK, "max_images": 2})
+
+    assert lanes.run("image") == {"batchItemFailures": []}
+
+    body = lanes.get(task_id)
+    assert body["status"] == "succeeded"
+    assert len(body["result_urls"]) == 2 and all(url.startswith("http") for url in body["result_urls"])
+    assert body["result"]["usage"]["generated_images"] == 2
+    assert lanes.ark_calls("images.generate") == 1
+    assert slots.in_use(IMAGE_MODEL) == 0
+    assert lanes.receive("image") == []  # acknowledged: nothing comes back
+
+
+def test_duplicate_delivery_while_the_first_is_at_ark_makes_one_call(lanes: Lanes) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    duplicate = record_for(task_id)
+    first = lanes.receive_for("image", task_id)
+    worker = lanes.worker("image")
+    images = ImagesCallingBack(lanes.ark.base_url, lambda: worker.handle([duplicate]))
+    worker = lanes.worker("image", images=images)
+
+    assert worker.handle([first]) == {"batchItemFailures": []}
+    # The duplicate found it claimed and came back for later instead of calling Ark.
+    assert images.seen == [{"batchItemFailures": [{"itemIdentifier": duplicate["messageId"]}]}]
+    # Once the first finished, the duplicate is simply acknowledged.
+    assert worker.handle([record_for(task_id)]) == {"batchItemFailures": []}
+    assert lanes.ark_calls("images.generate") == 1
+    assert lanes.task(task_id).status == "succeeded"
+
+
+def test_a_second_delivery_after_success_calls_nothing(lanes: Lanes) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    record = lanes.receive_for("image", task_id)
+    worker = lanes.worker("image")
+    worker.handle([record, {**record, "messageId": "second-copy"}])
+    assert lanes.ark_calls("images.generate") == 1
+    assert lanes.task(task_id).version == 3  # queued -> running -> succeeded, nothing more
+
+
+def test_no_free_slot_defers_the_message_briefly_then_it_runs(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    task_id = lanes.submit(IMAGE_TASK)
+    record = lanes.receive_for("image", task_id)
+
+    outcome = lanes.worker("image").process(_delivery(record))
+
+    assert isinstance(outcome, Retry) and 1 <= outcome.delay_s <= 2
+    assert lanes.get(task_id)["status"] == "queued"
+    assert lanes.get(task_id)["queue_position"] == 1
+    assert lanes.ark_calls("images.generate") == 0
+
+    slots.release(IMAGE_MODEL, "tsk_elsewhere")
+    lanes.worker("image").handle([record])
+    assert lanes.task(task_id).status == "succeeded"
+
+
+def test_the_batch_answer_names_only_the_deferred_message(lanes: Lanes) -> None:
+    runs, waits = lanes.submit(IMAGE_TASK, OTHER), lanes.submit(IMAGE_TASK, DEMO)
+    lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
+    slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=DEMO[0], user_cap=1)
+    records = [lanes.receive_for("image", runs), lanes.receive_for("image", waits)]
+
+    answer = lanes.worker("image").handle(records)
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": records[1]["messageId"]}]}
+    assert lanes.task(runs).status == "succeeded"
+    assert lanes.task(waits).status == "queued"
+
+
+def test_waiting_for_a_slot_never_sends_a_message_to_the_dlq(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    task_id = lanes.submit(IMAGE_TASK)
+    lanes.receive_for("image", task_id)  # the original is in flight; the worker sees its last receives
+    near_the_limit = record_for(task_id, receive_count=IMAGE_LANE.max_receives - 1)
+
+    assert lanes.worker("image").handle([near_the_limit]) == {"batchItemFailures": []}
+
+    # Replaced by a fresh copy (receive count 1 again) that becomes visible after the jittered wait.
+    fresh = aws.sqs().receive_message(QueueUrl=_queue_url(), WaitTimeSeconds=3, AttributeNames=["All"])
+    assert [json.loads(message["Body"])["task_id"] for message in fresh["Messages"]] == [task_id]
+    assert fresh["Messages"][0]["Attributes"]["ApproximateReceiveCount"] == "1"
+
+
+def test_a_released_slot_wakes_the_oldest_waiting_task_at_once(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    first, second = lanes.submit(IMAGE_TASK), lanes.submit(IMAGE_TASK)
+    records = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
+    worker = lanes.worker("image")
+    worker.handle(records[1:])  # second deferred? no: it takes the free slot first
+    assert lanes.task(second).status == "succeeded"
+
+    # `first` was never handled; its message is in flight. The release after `second` sent it a fresh one.
+    woken = lanes.receive_for("image", first)
+    assert woken["messageId"] != records[0]["messageId"]
+    worker.handle([woken])
+    assert lanes.task(first).status == "succeeded"
+
+
+def test_an_admin_changing_concurrency_applies_to_the_next_acquire(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=2)
+    slots.acquire(IMAGE_MODEL, "tsk_running_elsewhere", 2, lanes.clock.now() + 60)
+    lowered, raised = lanes.submit(IMAGE_TASK), lanes.submit(IMAGE_TASK)
+    worker = lanes.worker("image")
+
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    assert isinstance(worker.process(_delivery(lanes.receive_for("image", lowered))), Retry)
+    assert lanes.task(lowered).status == "queued"
+
+    lanes.set_model(IMAGE_MODEL, concurrency=3)
+    assert worker.handle([lanes.receive_for("image", raised)]) == {"batchItemFailures": []}
+    assert lanes.task(raised).status == "succeeded"
+    assert lanes.ark.stats()["max_in_flight"]["doubao-seedream-4-5-251128"] == 1
+
+
+def test_the_per_user_cap_keeps_one_users_burst_from_taking_every_slot(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=3, max_running_per_user=1)
+    lease = lanes.clock.now() + 60
+    assert slots.acquire(IMAGE_MODEL, "tsk_demo_running", 3, lease, user_id=DEMO[0], user_cap=1)
+    demo_task, other_task = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
+    worker = lanes.worker("image")
+
+    assert isinstance(worker.process(_delivery(lanes.receive_for("image", demo_task))), Retry)
+    worker.handle([lanes.receive_for("image", other_task)])
+
+    assert lanes.task(demo_task).status == "queued"
+    assert lanes.task(other_task).status == "succeeded"
+    # Releasing demo's running task frees demo's cap too.
+    slots.release(IMAGE_MODEL, "tsk_demo_running", DEMO[0])
+    worker.handle([record_for(demo_task)])
+    assert lanes.task(demo_task).status == "succeeded"
+
+
+def test_a_retryable_error_requeues_with_backoff_and_frees_the_slot(lanes: Lanes) -> None:
+    lanes.ark.configure(rate_limit_fraction=1.0, retry_after_s=7)
+    task_id = lanes.submit(IMAGE_TASK)
+    record = lanes.receive_for("image", task_id)
+
+    outcome = lanes.worker("image").process(_delivery(record))
+
+    assert outcome == Retry(7)  # Ark's Retry-After wins over a shorter backoff
+    body = lanes.get(task_id)
+    assert body["status"] == "queued" and body["cancellable"] is True
+    assert slots.in_use(IMAGE_MODEL) == 0
+
+    lanes.ark.configure(rate_limit_fraction=0.0)
+    lanes.worker("image").handle([record_for(task_id, receive_count=2)])
+    assert lanes.task(task_id).status == "succeeded"
+    assert lanes.ark_calls("images.generate") == 2
+
+
+def test_backoff_grows_exponentially_with_jitter(lanes: Lanes) -> None:
+    import dataclasses
+
+    lanes.settings = dataclasses.replace(lanes.settings, retry_base_s=2, retry_max_s=300)
+    lanes.ark.configure(server_error_fraction=1.0)
+    task_id = lanes.submit(IMAGE_TASK)
+    delays = [lanes.worker("image").process(_delivery(record_for(task_id, receive_count=count))).delay_s
+              for count in (1, 3, 5)]
+    assert 1 <= delays[0] <= 2 and 4 <= delays[1] <= 8 and 16 <= delays[2] <= 32
+
+
+def test_a_permanent_error_fails_the_task_with_arks_code(lanes: Lanes) -> None:
+    task_id = lanes.submit({**IMAGE_TASK, "prompt": "a cat SIM_SENSITIVE_INPUT"})
+
+    assert lanes.run("image") == {"batchItemFailures": []}
+
+    error = lanes.get(task_id)["error"]
+    assert error["code"] == "InputTextSensitiveContentDetected"
+    assert "sensitive" in error["message"]
+    assert slots.in_use(IMAGE_MODEL) == 0
+
+
+def test_after_max_receives_the_task_fails_and_the_message_lands_in_the_dlq(lanes: Lanes) -> None:
+    lanes.ark.configure(server_error_fraction=1.0)  # retry_base_s=0: every retry is visible again at once
+    task_id = lanes.submit(IMAGE_TASK)
+    worker = lanes.worker("image")
+
+    for _ in range(IMAGE_LANE.max_receives):
+        assert lanes.task(task_id).status == "queued"
+        answer = worker.handle([lanes.receive_for("image", task_id)])
+        assert len(answer["batchItemFailures"]) == 1
+
+    body = lanes.get(task_id)
+    assert body["status"] == "failed" and body["error"]["code"] == "upstream_unavailable"
+    assert "InternalServiceError" in body["error"]["message"]
+    assert lanes.ark_calls("images.generate") == IMAGE_LANE.max_receives
+    assert lanes.receive("image") == []  # this receive moved it to the DLQ
+    dlq_url = aws.sqs().get_queue_url(QueueName=IMAGE_LANE.dlq_name(lanes.settings.resource_prefix))["QueueUrl"]
+    dead = aws.sqs().receive_message(QueueUrl=dlq_url)["Messages"]
+    assert [json.loads(message["Body"])["task_id"] for message in dead] == [task_id]
+
+
+def test_a_task_cancelled_before_its_message_arrives_never_reaches_ark(lanes: Lanes) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    assert lanes.api.request("POST", f"/api/tasks/{task_id}/cancel", as_user=DEMO).status_code == 200
+    assert lanes.run("image") == {"batchItemFailures": []}
+    assert lanes.ark_calls("images.generate") == 0
+    assert slots.in_use(IMAGE_MODEL) == 0
+
+
+def test_the_lambda_handler_answers_with_batch_item_failures(lanes: Lanes, monkeypatch: Any) -> None:
+    from app import app
+    from chalicelib import lanes as lanes_module
+
+    monkeypatch.setattr(lanes_module, "worker", lambda name: lanes.worker(name))
+    lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
+    slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=DEMO[0], user_cap=1)
+    first, second = lanes.submit(IMAGE_TASK, OTHER), lanes.submit(IMAGE_TASK, DEMO)
+    records = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
+
+    answer = app.handler_map[IMAGE_LANE.handler_name]({"Records": records}, None)
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": records[1]["messageId"]}]}
+
+
+def test_queue_position_counts_the_models_queued_tasks_ahead(lanes: Lanes) -> None:
+    ids = [lanes.submit(IMAGE_TASK, user) for user in (DEMO, OTHER, DEMO)]
+    assert lanes.get(ids[2])["queue_position"] == 3
+    lanes.worker("image").handle([lanes.receive_for("image", ids[0])])
+    assert lanes.get(ids[2])["queue_position"] == 2
+    assert lanes.get(ids[0])["queue_position"] is None
+    assert lanes.api.request("GET", f"/api/tasks/{ids[1]}", as_user=ADMIN).status_code == 404
+
+
+def _queue_url() -> str:
+    from chalicelib import queues
+
+    return queues.queue_url(aws.sqs(), "image")
+
+
+def _delivery(record: dict[str, Any]) -> Any:
+    from chalicelib.lanes import Delivery
+
+    return Delivery.of(record)
