@@ -24,8 +24,10 @@ from chalicelib.auth import Principal
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import IdempotencyRecord, ModelRecord, QuotaRecord, TaskRecord
 from chalicelib.errors import ApiError, Conflict, NotFound, PayloadTooLarge, TooManyRequests, ValidationFailed
-from chalicelib.resources import TASK_LIST_SHARDS
+from chalicelib.images import frame_image_problem, reference_image_problem
+from chalicelib.resources import TASK_LIST_SHARDS, TaskType
 from chalicelib.settings import Settings, get_settings
+from chalicelib.uploads import UploadService
 from chalicelib.validation import ImageRef, ImageTaskRequest, TaskListQuery, VideoTaskRequest
 
 IDEMPOTENCY_TTL_S = 24 * 3600
@@ -89,7 +91,7 @@ class TaskService:
         if model.user_daily_quota is not None:
             quota_keys.append(quota.user_counter_key(principal.username, model.model_id, day))
 
-        images = self._store_images(task_id, request.images)
+        images = self._store_images(task_id, principal, request)
         task = TaskRecord(
             task_id,
             user_id=principal.username,
@@ -223,14 +225,16 @@ class TaskService:
             ) from exc
         raise ApiError("The task could not be created; try again.", status=503, code="unavailable") from exc
 
-    def _store_images(self, task_id: str, images: list[ImageRef]) -> list[str]:
+    def _store_images(
+        self, task_id: str, principal: Principal, request: ImageTaskRequest | VideoTaskRequest
+    ) -> list[str]:
         stored: list[str] = []
         inline_bytes = 0
-        for index, image in enumerate(images):
+        for index, image in enumerate(request.images):
             if image.kind == "url":
                 stored.append(image.url or "")
             elif image.kind == "upload":
-                stored.append(self._resolve_upload(image))
+                stored.append(self._attach_upload(principal, task_id, index, image, request.type))
             else:
                 assert image.data is not None and image.content_type is not None
                 if self.settings.media_bucket:
@@ -246,11 +250,13 @@ class TaskService:
             )
         return stored
 
-    def _resolve_upload(self, image: ImageRef) -> str:
-        raise ValidationFailed(
-            "Uploads are not available.",
-            details=[{"field": "images", "message": f"unknown upload {image.upload_id!r}"}],
-        )
+    def _attach_upload(
+        self, principal: Principal, task_id: str, index: int, image: ImageRef, task_type: TaskType
+    ) -> str:
+        assert image.upload_id is not None
+        problem = reference_image_problem if task_type == "image" else frame_image_problem
+        service = UploadService(s3=self.s3, settings=self.settings, clock=self.clock)
+        return service.attach(principal.username, image.upload_id, task_id, index, problem)
 
     def _delete_stored_images(self, refs: list[str]) -> None:
         for ref in refs:
@@ -325,6 +331,7 @@ class TaskService:
             "video_url": media.display_url(self.s3, task.video_url) if task.video_url else None,
             "last_frame_url": media.display_url(self.s3, task.last_frame_url) if task.last_frame_url else None,
             "result": task.result_meta or None,
+            "results_copy_error": task.results_copy_error.as_dict() if task.results_copy_error else None,
             "created_at": task.created_at,
             "updated_at": task.updated_at,
             "started_at": task.started_at,
