@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from chalice import Chalice, Rate
-from chalice.app import SQSEvent
+from chalice.app import SQSEvent, WebsocketEvent
 
-from chalicelib import aws, cancel, catalog, lanes, users, video
+from chalicelib import aws, cancel, catalog, lanes, statemachine, users, video
 from chalicelib.api import Http, RequestContext, json_response
 from chalicelib.auth import Authenticator
 from chalicelib.clock import SYSTEM_CLOCK
+from chalicelib.db import TaskRecord
 from chalicelib.resources import LANES, Lane
-from chalicelib.results import delete_task
 from chalicelib.seed import ensure_first_admin
 from chalicelib.settings import get_settings
 from chalicelib.statemachine import apply_status_update
 from chalicelib.sweeper import Sweeper
 from chalicelib.tasks import TaskService
-from chalicelib.uploads import UploadService
 from chalicelib.validation import (
     AdminTaskListQuery,
     LoginRequest,
@@ -27,12 +27,12 @@ from chalicelib.validation import (
     ModelUpdate,
     StatusUpdateRequest,
     TaskListQuery,
-    UploadRequest,
     UserCreate,
     UserUpdate,
     parse,
     parse_task_request,
 )
+from chalicelib.ws import LiveUpdates
 
 app = Chalice(app_name="arkflow")
 http = Http(app, Authenticator)
@@ -244,23 +244,44 @@ def sweeper(_: Any) -> dict[str, int]:
     return vars(Sweeper(sqs=aws.sqs(), video=video.default_service()).sweep())
 
 
-# --- uploads and stored objects ----------------------------------------------------------------------------
+# --- live updates over WebSockets ------------------------------------------------------------------------
+
+# Chalice 1.34 still counts WebSockets as experimental: loading or packaging the app fails without the opt-in.
+app.experimental_feature_flags.update(["WEBSOCKETS"])
 
 
-@app.route("/api/uploads", methods=["POST"])
+def live_updates() -> LiveUpdates:
+    return LiveUpdates(task_service())
+
+
+def publish_task_update(task: TaskRecord) -> None:
+    live_updates().publish(task)
+
+
+# Every status change, wherever it is written (worker, poller, callback, cancel, admin, sweeper), reaches the
+# task's owner: all of them run in this app's functions, through the state machine.
+statemachine.listeners.append(publish_task_update)
+
+
+@app.route("/api/ws/ticket", methods=["POST"])
 @http.endpoint()
-def create_upload(context: RequestContext) -> Any:
-    form = UploadService(s3=aws.s3()).create(context.user, parse(UploadRequest, context.json()))
-    return json_response(201, form.body())
+def ws_ticket(context: RequestContext) -> dict[str, Any]:
+    return asdict(live_updates().tickets.issue(context.user.username))
 
 
-@app.route("/api/tasks/{task_id}", methods=["DELETE"])
-@http.endpoint()
-def remove_task(context: RequestContext, task_id: str) -> dict[str, Any]:
-    service = task_service()
-    task = service.get(task_id) if context.user.is_admin else service.get_own(context.user, task_id)
-    objects = delete_task(task, s3=service.s3, bucket=service.settings.media_bucket)
-    return {"deleted": task_id, "objects_deleted": objects}
+@app.on_ws_connect()
+def ws_connect(event: WebsocketEvent) -> dict[str, Any]:
+    return live_updates().connect(event.to_dict())
+
+
+@app.on_ws_message()
+def ws_message(event: WebsocketEvent) -> dict[str, Any]:
+    return live_updates().message(event.to_dict())
+
+
+@app.on_ws_disconnect()
+def ws_disconnect(event: WebsocketEvent) -> dict[str, Any]:
+    return live_updates().disconnect(event.to_dict())
 
 
 http.register_preflight()

@@ -156,8 +156,6 @@ class TaskRecord(_Base):
     video_url = UnicodeAttribute(null=True)
     last_frame_url = UnicodeAttribute(null=True)
     result_meta = JSONAttribute(null=True)
-    # Why results could not be copied to the bucket; the task then keeps Ark's (24 h) URLs.
-    results_copy_error = TaskError(null=True)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
     started_at = UnicodeAttribute(null=True)
@@ -216,20 +214,40 @@ class SlotRecord(_Base):
     count = NumberAttribute(default=0)
 
 
-class UploadRecord(_Base):
-    """An image a user uploads straight to S3 with a presigned POST; only that user may name it in a task."""
+class _ConnectionsByUser(GlobalSecondaryIndex["ConnectionRecord"]):
+    class Meta:
+        index_name = "by_user"
+        projection = AllProjection()
 
-    definition = resources.UPLOADS
+    user_id = UnicodeAttribute(hash_key=True)
+
+
+class ConnectionRecord(_Base):
+    """An open API Gateway WebSocket connection and the user it was opened for."""
+
+    definition = resources.CONNECTIONS
 
     class Meta:
-        table_name = "uploads"
+        table_name = "connections"
 
-    upload_id = UnicodeAttribute(hash_key=True)
+    connection_id = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute()
-    object_key = UnicodeAttribute()
-    content_type = UnicodeAttribute()
-    max_bytes = NumberAttribute()
-    created_at = UnicodeAttribute()
+    connected_at = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute()
+
+    by_user = _ConnectionsByUser()
+
+
+class WsTicketRecord(_Base):
+    """A single-use WebSocket ticket; only its hash is stored, so the table never holds a usable ticket."""
+
+    definition = resources.WS_TICKETS
+
+    class Meta:
+        table_name = "ws-tickets"
+
+    ticket_hash = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
     expires_at_epoch = NumberAttribute()
 
 
@@ -242,7 +260,8 @@ ALL_MODELS: tuple[type[_Base], ...] = (
     QuotaRecord,
     IdempotencyRecord,
     SlotRecord,
-    UploadRecord,
+    ConnectionRecord,
+    WsTicketRecord,
 )
 
 

@@ -31,6 +31,7 @@ from devstack.pump import SqsSubscription, pumping
 from devstack.rest import STAGE, load_app, make_rest_server
 from devstack.scheduler import scheduled_function_names, scheduling
 from devstack.webapp import make_web_server
+from devstack.ws_gateway import WebSocketGateway
 
 logger = logging.getLogger("devstack")
 HEALTH_PATH = "/api/health"
@@ -58,6 +59,7 @@ def _request_stop(signum: int, frame: FrameType | None) -> None:
 def _check_ports_free(config: StackConfig) -> None:
     wanted = [
         ("ARKFLOW_API_PORT", config.host, config.api_port),
+        ("ARKFLOW_WS_PORT", config.host, config.ws_port),
         ("ARKFLOW_WEB_PORT", config.host, config.web_port),
         ("MOTO_PORT", config.host, config.moto_port),
     ]
@@ -112,13 +114,16 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
     # A service-specific endpoint (AWS_ENDPOINT_URL_DYNAMODB, ...) would win over moto's.
     for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL_")]:
         del os.environ[name]
-    os.environ.update(config.app_environment(moto.endpoint_url))
+    # Bound before the app reads its settings: they carry the gateway's URLs (@connections is on a free port).
+    gateway = running.enter_context(WebSocketGateway(config.host, config.ws_port))
+    os.environ.update({**config.app_environment(moto.endpoint_url), **gateway.app_environment()})
     reload_settings()
     bootstrap.create_all(boto3.session.Session(), config.prefix)
     _seed_demo_data(config)
     logger.info("tables, queues, bucket and demo data ready (prefix %s)", config.prefix)
 
     loaded = load_app()
+    gateway.start(loaded.app, loaded.config, STAGE)
     running.enter_context(serving_in_thread(make_rest_server(loaded, config.host, config.api_port).server, "rest"))
     web_server = make_web_server(config.host, config.web_port, config.web_client_config())
     running.enter_context(serving_in_thread(web_server, "web"))
@@ -164,7 +169,7 @@ def banner(config: StackConfig, stack: RunningStack) -> str:
             "arkflow local stack is ready",
             f"  REST API       {config.api_url}  (health: {config.api_url}{HEALTH_PATH})",
             f"  Web app        {config.web_url}",
-            f"  WebSocket      {config.ws_url}  (reserved for the gateway; not served yet)",
+            f"  WebSocket      {config.ws_url}  (connect with a ticket from POST /api/ws/ticket)",
             f"  Ark            {ark}",
             f"  AWS (moto)     {stack.moto_url}  (resource prefix {config.prefix})",
             f"  SQS workers    {workers or 'none defined'}",

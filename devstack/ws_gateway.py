@@ -105,10 +105,11 @@ class WebSocketGateway:
         )
         self._management_server = ThreadingHTTPServer((host, management_port), _management_handler(self))
         self._management_server.daemon_threads = True
+        self.port: int = self._ws_server.socket.getsockname()[1]
 
     @property
     def public_url(self) -> str:
-        return f"ws://{self.host}:{self._ws_server.socket.getsockname()[1]}"
+        return f"ws://{self.host}:{self.port}"
 
     @property
     def management_url(self) -> str:
@@ -116,7 +117,7 @@ class WebSocketGateway:
 
     @property
     def domain_name(self) -> str:
-        return urlsplit(self.public_url).netloc
+        return f"{self.host}:{self.port}"
 
     def app_environment(self) -> dict[str, str]:
         """What the app's settings read to hand out this gateway's URL and post through it."""
@@ -284,9 +285,9 @@ class WebSocketGateway:
         if client is None:
             return None
         return {
-            "ConnectedAt": _iso(client.connected_at),
-            "Identity": {"SourceIp": client.source_ip, "UserAgent": client.user_agent},
-            "LastActiveAt": _iso(client.last_active_at),
+            "connectedAt": _iso(client.connected_at),
+            "identity": {"sourceIp": client.source_ip, "userAgent": client.user_agent},
+            "lastActiveAt": _iso(client.last_active_at),
         }
 
     def disconnect(self, connection_id: str) -> bool:

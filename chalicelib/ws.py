@@ -1,0 +1,251 @@
+"""Live task updates over API Gateway WebSockets: tickets, connections and the publisher.
+
+A browser asks `POST /api/ws/ticket` (authenticated) for a single-use ticket valid for a minute and opens the
+socket with `?ticket=...`, so no long-lived token travels in a URL (API Gateway and proxies log those).
+`$connect` redeems the ticket and stores the connection under its user. After every task change the state
+machine writes, the publisher posts `{"type": "task_update", ...}` to each open connection of the task's owner
+through API Gateway's management API (`@connections`), which works from any Lambda, unlike
+`app.websocket_api.send`, which works only inside WebSocket handlers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pynamodb.exceptions import DeleteError, DoesNotExist
+
+from chalicelib import statemachine
+from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
+from chalicelib.db import ConnectionRecord, TaskRecord, WsTicketRecord
+from chalicelib.settings import Settings, get_settings
+from chalicelib.tasks import TaskService
+
+logger = logging.getLogger("arkflow.ws")
+
+TICKET_TTL_S = 60
+# API Gateway closes every WebSocket two hours after it opened, whatever happens on it.
+CONNECTION_TTL_S = 2 * 3600
+# Task body fields every update carries, then those it carries only when they have a value.
+UPDATE_FIELDS = ("id", "status", "version", "updated_at")
+OPTIONAL_UPDATE_FIELDS = ("queue_position", "result_urls", "video_url", "last_frame_url", "error")
+# A slow or unreachable gateway must not hold a worker up for long: a missed update is refetched on reconnect.
+_MANAGEMENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
+
+WsResponse = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Ticket:
+    ticket: str
+    url: str | None
+    expires_at: str
+
+
+def ticket_hash(ticket: str) -> str:
+    return hashlib.sha256(ticket.encode()).hexdigest()
+
+
+class Tickets:
+    """Single-use tickets: the table holds only their hashes, and redeeming one deletes it conditionally."""
+
+    def __init__(self, settings: Settings | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.settings = settings or get_settings()
+        self.clock = clock
+
+    def issue(self, username: str) -> Ticket:
+        ticket = secrets.token_urlsafe(32)
+        expires = math.ceil(self.clock.now() + TICKET_TTL_S)
+        WsTicketRecord(ticket_hash(ticket), user_id=username, expires_at_epoch=expires).save()
+        base_url = self.settings.websocket_public_url
+        return Ticket(ticket=ticket, url=f"{base_url}?ticket={ticket}" if base_url else None, expires_at=iso(expires))
+
+    def redeem(self, ticket: str) -> str | None:
+        """The username the ticket was issued to, the first time it is redeemed before it expires; else None."""
+        try:
+            record = WsTicketRecord.get(ticket_hash(ticket), consistent_read=True)
+        except DoesNotExist:
+            return None
+        try:
+            # Of two connects racing with one ticket, only the one whose delete finds it still there wins.
+            record.delete(condition=WsTicketRecord.ticket_hash.exists())
+        except DeleteError:
+            return None
+        if record.expires_at_epoch <= self.clock.now():
+            return None
+        return record.user_id
+
+
+class Connections:
+    """Open WebSocket connections by user. TTL deletion is lazy, so reads skip (and delete) expired ones."""
+
+    def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.clock = clock
+
+    def open(self, connection_id: str, user_id: str) -> None:
+        now = self.clock.now()
+        ConnectionRecord(
+            connection_id,
+            user_id=user_id,
+            connected_at=iso(now),
+            expires_at_epoch=math.ceil(now + CONNECTION_TTL_S),
+        ).save()
+
+    def close(self, connection_id: str) -> None:
+        ConnectionRecord(connection_id).delete()
+
+    def of_user(self, user_id: str) -> list[str]:
+        live: list[str] = []
+        for record in ConnectionRecord.by_user.query(user_id):
+            if record.expires_at_epoch <= self.clock.now():
+                self.close(record.connection_id)
+            else:
+                live.append(record.connection_id)
+        return live
+
+
+@cache
+def management_client(endpoint_url: str) -> Any:
+    """boto3's `apigatewaymanagementapi` client for one WebSocket API stage (or the local gateway)."""
+    return boto3.session.Session().client(
+        "apigatewaymanagementapi",
+        endpoint_url=endpoint_url,
+        region_name=get_settings().region,
+        config=_MANAGEMENT_CONFIG,
+    )
+
+
+def post_to_connection(client: Any, connection_id: str, message: dict[str, Any]) -> bool:
+    """Send `message` as JSON; False when the connection is gone (closed, or never known to the gateway)."""
+    try:
+        client.post_to_connection(ConnectionId=connection_id, Data=json.dumps(message).encode())
+    except client.exceptions.GoneException:
+        return False
+    return True
+
+
+class ClientMessage(BaseModel):
+    """What a client may send: `{"action": "ping"}` (keeps the connection from API Gateway's idle timeout)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: Literal["ping"]
+
+
+def reply_to(body: str | None) -> dict[str, Any]:
+    try:
+        ClientMessage.model_validate_json(body or "")
+    except ValidationError as error:
+        return {
+            "type": "error",
+            "error": {
+                "code": "invalid_message",
+                "message": 'Messages are JSON objects: {"action": "ping"}.',
+                "details": [{"field": ".".join(map(str, item["loc"])) or "body", "message": item["msg"]}
+                            for item in error.errors(include_url=False)],
+            },
+        }
+    return {"type": "pong"}
+
+
+def _refused(status: int, reason: str) -> WsResponse:
+    return {"statusCode": status, "body": reason}
+
+
+class LiveUpdates:
+    """The WebSocket routes (`$connect`, `$default`, `$disconnect`) and the task update publisher."""
+
+    def __init__(
+        self,
+        tasks: TaskService,
+        *,
+        settings: Settings | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        client_for: Callable[[str], Any] = management_client,
+    ) -> None:
+        self.tasks = tasks
+        self.settings = settings or get_settings()
+        self.tickets = Tickets(self.settings, clock)
+        self.connections = Connections(clock)
+        self._client_for = client_for
+
+    # --- WebSocket routes (events as API Gateway sends them to Lambda) -------------------------------------
+
+    def connect(self, event: dict[str, Any]) -> WsResponse:
+        """Accept with a valid unused ticket and an allowed Origin (when one is sent); nothing stored otherwise."""
+        headers = {name.lower(): value for name, value in (event.get("headers") or {}).items()}
+        origin = headers.get("origin")
+        if origin is not None and not self._origin_allowed(origin):
+            return _refused(403, "Origin not allowed.")
+        ticket = (event.get("queryStringParameters") or {}).get("ticket")
+        if not ticket:
+            return _refused(401, "A ticket is required: POST /api/ws/ticket, then connect with ?ticket=.")
+        username = self.tickets.redeem(ticket)
+        if username is None:
+            return _refused(401, "The ticket is invalid, used or expired.")
+        self.connections.open(event["requestContext"]["connectionId"], username)
+        return {"statusCode": 200}
+
+    def message(self, event: dict[str, Any]) -> WsResponse:
+        context = event["requestContext"]
+        # On AWS the handler may answer through its own stage's endpoint; locally only the setting points right.
+        endpoint = self.settings.websocket_management_url or f"https://{context['domainName']}/{context['stage']}"
+        try:
+            post_to_connection(self._client_for(endpoint), context["connectionId"], reply_to(event.get("body")))
+        except (BotoCoreError, ClientError):
+            logger.warning("could not answer WebSocket connection %s", context["connectionId"], exc_info=True)
+        return {"statusCode": 200}
+
+    def disconnect(self, event: dict[str, Any]) -> WsResponse:
+        self.connections.close(event["requestContext"]["connectionId"])
+        return {"statusCode": 200}
+
+    def _origin_allowed(self, origin: str) -> bool:
+        allowed = self.settings.ws_allowed_origins
+        return origin in allowed or "*" in allowed
+
+    # --- publishing ----------------------------------------------------------------------------------------
+
+    def update_body(self, task: TaskRecord) -> dict[str, Any]:
+        """The task's API body cut down to what changes: URLs are presigned now, as a GET would make them."""
+        body = self.tasks.body(task, with_queue_position=task.status == statemachine.QUEUED)
+        update = {field: body[field] for field in UPDATE_FIELDS}
+        update.update({field: body[field] for field in OPTIONAL_UPDATE_FIELDS if body.get(field)})
+        return update
+
+    def publish(self, task: TaskRecord) -> None:
+        """Post the task's update to every open connection of its owner. Never raises: the change is written
+        already, and no watcher's socket may undo or block it; a gone connection is deleted."""
+        endpoint = self.settings.websocket_management_url
+        if not endpoint:
+            return  # no WebSocket API in this deployment
+        try:
+            connection_ids = self.connections.of_user(task.user_id)
+            if not connection_ids:
+                return
+            message = {"type": "task_update", "data": self.update_body(task)}
+            client = self._client_for(endpoint)
+            for connection_id in connection_ids:
+                self._deliver(client, connection_id, message)
+        except Exception:
+            logger.exception("could not publish the update of task %s", task.task_id)
+
+    def _deliver(self, client: Any, connection_id: str, message: dict[str, Any]) -> None:
+        try:
+            delivered = post_to_connection(client, connection_id, message)
+        except (BotoCoreError, ClientError):
+            logger.warning("could not post to WebSocket connection %s", connection_id, exc_info=True)
+            return
+        if not delivered:
+            self.connections.close(connection_id)
