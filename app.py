@@ -15,11 +15,13 @@ from chalicelib.auth import Authenticator
 from chalicelib.clock import SYSTEM_CLOCK
 from chalicelib.db import TaskRecord
 from chalicelib.resources import LANES, Lane
+from chalicelib.results import delete_task
 from chalicelib.seed import ensure_first_admin
 from chalicelib.settings import get_settings
 from chalicelib.statemachine import apply_status_update
 from chalicelib.sweeper import Sweeper
 from chalicelib.tasks import TaskService
+from chalicelib.uploads import UploadService
 from chalicelib.validation import (
     AdminTaskListQuery,
     LoginRequest,
@@ -27,6 +29,7 @@ from chalicelib.validation import (
     ModelUpdate,
     StatusUpdateRequest,
     TaskListQuery,
+    UploadRequest,
     UserCreate,
     UserUpdate,
     parse,
@@ -282,6 +285,25 @@ def ws_message(event: WebsocketEvent) -> dict[str, Any]:
 @app.on_ws_disconnect()
 def ws_disconnect(event: WebsocketEvent) -> dict[str, Any]:
     return live_updates().disconnect(event.to_dict())
+
+
+# --- uploads and stored objects ----------------------------------------------------------------------------
+
+
+@app.route("/api/uploads", methods=["POST"])
+@http.endpoint()
+def create_upload(context: RequestContext) -> Any:
+    form = UploadService(s3=aws.s3()).create(context.user, parse(UploadRequest, context.json()))
+    return json_response(201, form.body())
+
+
+@app.route("/api/tasks/{task_id}", methods=["DELETE"])
+@http.endpoint()
+def remove_task(context: RequestContext, task_id: str) -> dict[str, Any]:
+    service = task_service()
+    task = service.get(task_id) if context.user.is_admin else service.get_own(context.user, task_id)
+    objects = delete_task(task, s3=service.s3, bucket=service.settings.media_bucket)
+    return {"deleted": task_id, "objects_deleted": objects}
 
 
 http.register_preflight()

@@ -156,6 +156,8 @@ class TaskRecord(_Base):
     video_url = UnicodeAttribute(null=True)
     last_frame_url = UnicodeAttribute(null=True)
     result_meta = JSONAttribute(null=True)
+    # Why results could not be copied to the bucket; the task then keeps Ark's (24 h) URLs.
+    results_copy_error = TaskError(null=True)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
     started_at = UnicodeAttribute(null=True)
@@ -251,6 +253,23 @@ class WsTicketRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
+class UploadRecord(_Base):
+    """An image a user uploads straight to S3 with a presigned POST; only that user may name it in a task."""
+
+    definition = resources.UPLOADS
+
+    class Meta:
+        table_name = "uploads"
+
+    upload_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    object_key = UnicodeAttribute()
+    content_type = UnicodeAttribute()
+    max_bytes = NumberAttribute()
+    created_at = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute()
+
+
 ALL_MODELS: tuple[type[_Base], ...] = (
     UserRecord,
     SessionRecord,
@@ -262,6 +281,7 @@ ALL_MODELS: tuple[type[_Base], ...] = (
     SlotRecord,
     ConnectionRecord,
     WsTicketRecord,
+    UploadRecord,
 )
 
 
