@@ -112,12 +112,12 @@ def wait_until_answers(
 
 
 @contextmanager
-def serving_in_thread(server: socketserver.BaseServer, name: str) -> Iterator[None]:
+def serving_in_thread(server: socketserver.BaseServer, name: str) -> Iterator[threading.Thread]:
     """Run a bound server's `serve_forever` in a thread until the block exits, then close its socket."""
     thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
-        yield
+        yield thread
     finally:
         server.shutdown()
         thread.join()

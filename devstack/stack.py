@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from devstack.ws_gateway import WebSocketGateway
 logger = logging.getLogger("devstack")
 HEALTH_PATH = "/api/health"
 SIMULATOR_READY_PATH = "/_sim/config"
-_CHILD_CHECK_INTERVAL_S = 0.5
+_WATCH_INTERVAL_S = 0.5
 # Every lane's pollers, deletes and handlers share one client.
 _SQS_CONNECTIONS = 50
 
@@ -93,6 +94,7 @@ def _seed_demo_data(config: StackConfig) -> None:
 class RunningStack:
     moto_url: str
     children: list[ChildProcess]
+    servers: list[threading.Thread]
     subscriptions: list[SqsSubscription]
     scheduled: list[str]
 
@@ -124,9 +126,12 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
 
     loaded = load_app()
     gateway.start(loaded.app, loaded.config, STAGE)
-    running.enter_context(serving_in_thread(make_rest_server(loaded, config.host, config.api_port).server, "rest"))
+    rest_server = make_rest_server(loaded, config.host, config.api_port).server
     web_server = make_web_server(config.host, config.web_port, config.web_client_config())
-    running.enter_context(serving_in_thread(web_server, "web"))
+    servers = [
+        running.enter_context(serving_in_thread(rest_server, "REST API")),
+        running.enter_context(serving_in_thread(web_server, "web app")),
+    ]
 
     try:
         if simulator is not None:
@@ -150,7 +155,9 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
         )
     except (TimeoutError, RuntimeError) as error:
         raise StackError(str(error)) from error
-    return RunningStack(moto.endpoint_url, children, pump.subscriptions, scheduled_function_names(loaded.app))
+    return RunningStack(
+        moto.endpoint_url, children, servers, pump.subscriptions, scheduled_function_names(loaded.app)
+    )
 
 
 def banner(config: StackConfig, stack: RunningStack) -> str:
@@ -181,14 +188,15 @@ def banner(config: StackConfig, stack: RunningStack) -> str:
     )
 
 
-def _watch(children: list[ChildProcess]) -> int:
-    """Block until a child process dies (the stack is then broken: exit 1) or a signal stops us."""
+def _watch(stack: RunningStack) -> int:
+    """Block until a child process or server thread dies (the stack is broken: exit 1) or a signal stops us."""
     while True:
-        for child in children:
-            if child.has_exited():
-                logger.error("%s exited unexpectedly; stopping the stack", child.name)
-                return 1
-        time.sleep(_CHILD_CHECK_INTERVAL_S)
+        dead = [child.name for child in stack.children if child.has_exited()]
+        dead += [server.name for server in stack.servers if not server.is_alive()]
+        if dead:
+            logger.error("%s stopped unexpectedly; stopping the stack", ", ".join(dead))
+            return 1
+        time.sleep(_WATCH_INTERVAL_S)
 
 
 def main() -> int:
@@ -205,7 +213,7 @@ def main() -> int:
             try:
                 stack = start(config, running)
                 print(banner(config, stack))
-                return _watch(stack.children)
+                return _watch(stack)
             except StopRequested as stop:
                 logger.info("%s received; stopping", stop)
                 return 0

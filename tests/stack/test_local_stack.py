@@ -12,6 +12,8 @@ import pytest
 from devstack.testing import launch_local_stack
 
 pytestmark = pytest.mark.stack
+# Generous: other test processes share the CPU, and password hashing on login is deliberately slow.
+HTTP_TIMEOUT_S = 30
 
 
 def process_table() -> dict[int, tuple[int, str]]:
@@ -59,7 +61,7 @@ def serves_requests_in_parallel(api_url: str) -> bool:
     with socket.create_connection((host, int(port))) as stalled:
         stalled.sendall(b"GET /api/health HTTP/1.1\r\nHost: stalled\r\n")
         try:
-            return httpx.get(api_url + "/api/health", timeout=5).status_code == 200
+            return httpx.get(api_url + "/api/health", timeout=HTTP_TIMEOUT_S).status_code == 200
         except httpx.TimeoutException:
             return False
 
@@ -77,14 +79,15 @@ def test_the_stack_serves_everything_and_stops_without_leftovers(tmp_path: Path,
         login = httpx.post(
             stack.api_url + "/api/users/login",
             json={"username": stack.demo.username, "password": stack.demo.password},
+            timeout=HTTP_TIMEOUT_S,
         )
         assert login.status_code == 200
         assert login.json()["role"] == "user"
 
-        web_config = httpx.get(stack.web_url + "/config.json")
+        web_config = httpx.get(stack.web_url + "/config.json", timeout=HTTP_TIMEOUT_S)
         assert web_config.json() == {"apiBaseUrl": stack.api_url, "wsUrl": stack.ws_url}
         assert web_config.headers["cache-control"] == "no-store"
-        assert httpx.get(stack.sim_url + "/_sim/config").status_code == 200
+        assert httpx.get(stack.sim_url + "/_sim/config", timeout=HTTP_TIMEOUT_S).status_code == 200
         assert serves_requests_in_parallel(stack.api_url)
 
         children = descendants_of(stack.process.pid)
