@@ -1,0 +1,255 @@
+"""The video lane: one create per task, reconciling after crashes, polling, callbacks and their races."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from chalicelib import slots
+from chalicelib.ark.client import VolcVideoClient
+from chalicelib.lanes import CREATE_GRACE_S
+from chalicelib.video import ARK_QUEUED, ARK_RUNNING, SUBMITTING, VideoService, secret_hash
+from tests.conftest import DEMO
+from tests.lanes.conftest import ARK_KEY, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+    return result
+
+
+def ark_status(lanes: Lanes, external_id: str) -> str:
+    return VolcVideoClient(lanes.ark.base_url, ARK_KEY).get_task_status(external_id).status
+
+
+def submitted(lanes: Lanes, body: dict[str, Any] | None = None) -> str:
+    task_id = lanes.submit(body or VIDEO_TASK)
+    assert lanes.run("video") == {"batchItemFailures": []}
+    return task_id
+
+
+class CrashAfterCreate(VideoService):
+    """The worker dies between Ark accepting the create and storing its id."""
+
+    def record_submitted(self, task: Any, external_id: str) -> Any:
+        raise RuntimeError("the Lambda was killed here")
+
+
+def test_a_video_is_created_once_with_a_secret_callback_and_handed_to_the_poller(lanes: Lanes) -> None:
+    task_id = submitted(lanes, {**VIDEO_TASK, "params": {"duration": 2, "return_last_frame": True}})
+
+    task = lanes.task(task_id)
+    assert task.status == "running" and task.stage == ARK_QUEUED and task.external_id
+    assert task.poll_shard and task.next_poll_at > lanes.clock.now()
+    assert slots.holds(VIDEO_MODEL, task_id)
+    callback_url = lanes.ark.sim.tasks.tasks[task.external_id].callback_url
+    token = parse_qs(urlsplit(callback_url).query)["token"][0]
+    assert task.callback_secret_hash == secret_hash(token) and token not in str(task.attribute_values)
+    assert lanes.ark_calls("tasks.create") == 1
+    assert lanes.get(task_id)["cancellable"] is True
+
+
+def test_the_poller_reads_due_tasks_and_stores_the_result(lanes: Lanes) -> None:
+    task_id = submitted(lanes, {**VIDEO_TASK, "params": {"duration": 2, "return_last_frame": True}})
+    external_id = lanes.task(task_id).external_id
+    wait_for(lambda: ark_status(lanes, external_id) == "succeeded")
+    gets_before = lanes.ark_calls("tasks.get")
+
+    assert lanes.video().poll_due(budget_s=10) == 0  # not due yet: nothing read
+    lanes.clock.advance(lanes.settings.video_poll_interval_s)
+    assert lanes.video().poll_due(budget_s=10) == 1
+
+    body = lanes.get(task_id)
+    assert body["status"] == "succeeded"
+    assert body["video_url"].endswith(".mp4") and body["last_frame_url"].endswith(".png")
+    assert body["result"]["duration"] == 2 and body["result"]["resolution"] == "1080p"
+    assert body["result"]["ratio"] == "16:9" and isinstance(body["result"]["seed"], int)
+    assert body["result"]["usage"]["completion_tokens"] > 0
+    assert slots.in_use(VIDEO_MODEL) == 0
+    assert lanes.task(task_id).poll_shard is None  # out of the sparse index
+    assert lanes.ark_calls("tasks.get") == gets_before + 1
+
+
+def test_polls_back_off_for_long_videos(lanes: Lanes) -> None:
+    lanes.ark.configure(video_run_s=3600)
+    task_id = submitted(lanes)
+    interval = lanes.settings.video_poll_interval_s
+    gaps = []
+    for _ in range(10):
+        before = lanes.task(task_id).next_poll_at
+        lanes.clock.advance(before - lanes.clock.now())
+        assert lanes.video().poll_due(budget_s=10) == 1
+        gaps.append(lanes.task(task_id).next_poll_at - lanes.clock.now())
+    assert gaps[:5] == [interval] * 5
+    assert gaps[-1] > gaps[6] > interval
+    assert lanes.task(task_id).stage == ARK_RUNNING
+
+
+def test_a_crash_after_ark_accepted_the_video_is_reconciled_without_a_second_create(lanes: Lanes) -> None:
+    task_id = lanes.submit(VIDEO_TASK)
+    record = lanes.receive_for("video", task_id)
+    crashing = lanes.worker("video")
+    crashing.video = CrashAfterCreate(crashing.video.client, s3=crashing.s3, settings=lanes.settings,
+                                      clock=lanes.clock)
+    assert crashing.handle([record]) == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    assert lanes.task(task_id).stage == SUBMITTING and lanes.task(task_id).external_id is None
+
+    # Redelivered at once: too early to tell a crash from a create still in flight.
+    assert len(lanes.worker("video").handle([record_for(task_id, 2)])["batchItemFailures"]) == 1
+    lanes.clock.advance(CREATE_GRACE_S + 1)
+    assert lanes.worker("video").handle([record_for(task_id, 3)]) == {"batchItemFailures": []}
+
+    task = lanes.task(task_id)
+    assert lanes.ark_calls("tasks.create") == 1
+    assert task.external_id in lanes.ark.sim.tasks.tasks
+    assert task.stage in (ARK_QUEUED, ARK_RUNNING) or task.status == "succeeded"
+
+
+def test_a_crash_before_the_create_reached_ark_creates_it_exactly_once(lanes: Lanes) -> None:
+    task_id = lanes.submit(VIDEO_TASK)
+    record = lanes.receive_for("video", task_id)
+    dead = lanes.worker("video")
+    dead.video.create = _raise_crash  # type: ignore[method-assign]
+    dead.handle([record])
+    assert lanes.ark_calls("tasks.create") == 0
+
+    lanes.clock.advance(CREATE_GRACE_S + 1)
+    lanes.worker("video").handle([record_for(task_id, 2)])
+    lanes.worker("video").handle([record_for(task_id, 3)])  # and a duplicate on top
+
+    assert lanes.ark_calls("tasks.create") == 1
+    assert lanes.task(task_id).external_id in lanes.ark.sim.tasks.tasks
+
+
+def test_an_unanswered_create_is_reconciled_not_retried_blindly(lanes: Lanes) -> None:
+    lanes.ark.configure(timeout_fraction=1.0, timeout_hang_s=0.0, fault_endpoints=["tasks.create"])
+    task_id = lanes.submit(VIDEO_TASK)
+    outcome = lanes.worker("video").process(_delivery(lanes.receive_for("video", task_id)))
+    assert outcome is not None and outcome.delay_s == CREATE_GRACE_S
+    assert lanes.task(task_id).stage == SUBMITTING
+
+    lanes.ark.configure(timeout_fraction=0.0)
+    lanes.clock.advance(CREATE_GRACE_S + 1)
+    lanes.worker("video").handle([record_for(task_id, 2)])
+    assert lanes.ark_calls("tasks.create") == 2  # the first one answered 504 and was never accepted
+    assert lanes.task(task_id).stage == ARK_QUEUED
+
+
+def test_a_rejected_create_fails_the_task_with_arks_code(lanes: Lanes) -> None:
+    task_id = submitted(lanes, {**VIDEO_TASK, "prompt": "SIM_SENSITIVE_INPUT waves"})
+    body = lanes.get(task_id)
+    assert body["status"] == "failed" and body["error"]["code"] == "InputTextSensitiveContentDetected"
+    assert slots.in_use(VIDEO_MODEL) == 0
+
+
+# --- callbacks -----------------------------------------------------------------------------------------------
+
+
+def callback_token(lanes: Lanes, task_id: str) -> str:
+    url = lanes.ark.sim.tasks.tasks[lanes.task(task_id).external_id].callback_url
+    return parse_qs(urlsplit(url).query)["token"][0]
+
+
+def post_callback(lanes: Lanes, query: str, payload: dict[str, Any]) -> Any:
+    return lanes.api.request("POST", f"/api/queue/callback{query}", payload)
+
+
+@pytest.mark.parametrize("which", ["missing", "wrong", "other_task", "unknown_task"])
+def test_a_callback_without_this_tasks_secret_is_refused_and_changes_nothing(lanes: Lanes, which: str) -> None:
+    task_id, other_id = submitted(lanes), submitted(lanes)
+    external_id = lanes.task(task_id).external_id
+    wait_for(lambda: ark_status(lanes, external_id) == "succeeded")
+    query = {
+        "missing": f"?task_id={task_id}",
+        "wrong": f"?task_id={task_id}&token=not-the-secret",
+        "other_task": f"?task_id={task_id}&token={callback_token(lanes, other_id)}",
+        "unknown_task": f"?task_id=tsk_nope&token={callback_token(lanes, task_id)}",
+    }[which]
+    before = lanes.task(task_id).version
+    gets_before = lanes.ark_calls("tasks.get")
+
+    response = post_callback(lanes, query, lanes.ark.sim.tasks.tasks[external_id].to_wire())
+
+    assert response.status_code == 401
+    assert response.data["error"]["code"] == "invalid_callback_token"
+    assert lanes.task(task_id).version == before and lanes.task(task_id).status == "running"
+    assert lanes.ark_calls("tasks.get") == gets_before
+
+
+def test_a_terminal_callback_triggers_one_status_read_and_ends_the_task(lanes: Lanes) -> None:
+    task_id = submitted(lanes)
+    external_id = lanes.task(task_id).external_id
+    wait_for(lambda: ark_status(lanes, external_id) == "succeeded")
+    gets_before = lanes.ark_calls("tasks.get")
+    payload = lanes.ark.sim.tasks.tasks[external_id].to_wire()
+
+    response = post_callback(lanes, f"?task_id={task_id}&token={callback_token(lanes, task_id)}", payload)
+
+    assert response.status_code == 200
+    assert lanes.get(task_id)["status"] == "succeeded"
+    assert lanes.ark_calls("tasks.get") == gets_before + 1
+    assert slots.in_use(VIDEO_MODEL) == 0
+    # Ark retries a terminal callback it thinks was lost: the second one changes and reads nothing.
+    again = post_callback(lanes, f"?task_id={task_id}&token={callback_token(lanes, task_id)}", payload)
+    assert again.status_code == 200 and lanes.ark_calls("tasks.get") == gets_before + 1
+
+
+def test_a_running_callback_advances_the_stage_without_reading_ark(lanes: Lanes) -> None:
+    lanes.ark.configure(video_run_s=3600)
+    task_id = submitted(lanes)
+    external_id = lanes.task(task_id).external_id
+    payload = {"id": external_id, "status": "running"}
+    query = f"?task_id={task_id}&token={callback_token(lanes, task_id)}"
+
+    assert post_callback(lanes, query, payload).status_code == 200
+    assert lanes.task(task_id).stage == ARK_RUNNING
+    # A late `queued` never moves it back.
+    assert post_callback(lanes, query, {"id": external_id, "status": "queued"}).status_code == 200
+    assert lanes.task(task_id).stage == ARK_RUNNING
+    assert lanes.get(task_id)["cancellable"] is False
+    assert lanes.ark_calls("tasks.get") == 0
+
+
+def test_a_callback_racing_the_poll_ends_the_task_once(lanes: Lanes, listen: Callable[[], list]) -> None:
+    task_id = submitted(lanes)
+    external_id = lanes.task(task_id).external_id
+    wait_for(lambda: ark_status(lanes, external_id) == "succeeded")
+    lanes.clock.advance(lanes.settings.video_poll_interval_s)
+    poller = lanes.video()
+    seen_by_poller = lanes.task(task_id)  # the poller read the task, then the callback got in first
+    post_callback(lanes, f"?task_id={task_id}&token={callback_token(lanes, task_id)}",
+                  lanes.ark.sim.tasks.tasks[external_id].to_wire())
+
+    with pytest.raises(Exception) as lost:
+        poller.poll(seen_by_poller)
+    assert type(lost.value).__name__ == "StaleTask"
+    assert poller.poll_due(budget_s=10) == 0  # nothing is due any more
+
+    assert [status for tid, status in listen() if tid == task_id].count("succeeded") == 1
+    assert lanes.task(task_id).status == "succeeded"
+    assert slots.in_use(VIDEO_MODEL) == 0
+
+
+def _raise_crash(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("the Lambda was killed before the create left")
+
+
+def _delivery(record: dict[str, Any]) -> Any:
+    from chalicelib.lanes import Delivery
+
+    return Delivery.of(record)
+
+
+def test_other_users_cannot_see_or_cancel_a_video(lanes: Lanes) -> None:
+    from tests.conftest import OTHER
+
+    task_id = submitted(lanes)
+    assert lanes.api.request("POST", f"/api/tasks/{task_id}/cancel", as_user=OTHER).status_code == 404
+    assert lanes.get(task_id, DEMO)["status"] == "running"
