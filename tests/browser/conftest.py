@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, Playwright, expect, sync_playwright
 
 from tests.browser.fake_api import FakeArkflow, FakeStack, run_fake_stack
 
@@ -24,6 +24,8 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
+# Two shared cores and other suites running at once: allow for a slow moment before calling a wait failed.
+expect.set_options(timeout=10_000)
 PHONE = {"width": 390, "height": 844}
 
 

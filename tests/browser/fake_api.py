@@ -168,7 +168,7 @@ class FakeArkflow:
                 status == "running" and task["type"] == "video" and bool(fields.get("ark_queued")))
             task.pop("ark_queued", None)
             update = {key: task[key] for key in ("id", "status", "version", "updated_at")}
-            for key in ("result_urls", "video_url", "last_frame_url", "error"):
+            for key in ("result_urls", "video_url", "last_frame_url", "error", "image_errors"):
                 if task.get(key):
                     update[key] = task[key]
             if status == "queued":
@@ -178,13 +178,13 @@ class FakeArkflow:
             self.broadcast(owner, {"type": "task_update", "data": update})
         return dict(task)
 
-    def succeed(self, task_id: str) -> dict[str, Any]:
+    def succeed(self, task_id: str, **fields: Any) -> dict[str, Any]:
         with self.lock:
             task = self.state.tasks[task_id]
             count = task["params"].get("max_images", 1) if task["type"] == "image" else 0
         if task["type"] == "image":
             urls = [f"{self.api_url}/media/{task_id}-{index}.png" for index in range(1, count + 1)]
-            return self.set_status(task_id, "succeeded", result_urls=urls)
+            return self.set_status(task_id, "succeeded", result_urls=urls, **fields)
         return self.set_status(task_id, "succeeded", video_url=f"{self.api_url}/media/{task_id}.mp4",
                                last_frame_url=f"{self.api_url}/media/{task_id}-last.png")
 

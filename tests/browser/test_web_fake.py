@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -66,8 +67,10 @@ def test_expired_session_sends_back_to_login(page: Page, fake_stack: FakeStack, 
     expect(page.get_by_role("heading", name="Log in to arkflow")).to_be_visible()
 
 
-def test_image_form_checks_ark_limits_before_sending(page: Page, fake_stack: FakeStack,
-                                                    fake: FakeArkflow) -> None:
+def test_image_form_checks_ark_limits_before_sending(page: Page, fake_stack: FakeStack, fake: FakeArkflow,
+                                                    tmp_path: Path) -> None:
+    huge = tmp_path / "huge.png"  # a path, not a buffer: Playwright hands paths to Chromium without copying
+    huge.write_bytes(b"\x89PNG" + bytes(12 * 1024 * 1024))
     log_in(page, fake_stack.web_url, *DEMO)
     form = page.locator(IMAGE_FORM)
     form.get_by_text("Custom", exact=True).click()
@@ -86,13 +89,11 @@ def test_image_form_checks_ark_limits_before_sending(page: Page, fake_stack: Fak
     form.get_by_label("Width").fill("8192")
     form.get_by_label("Height").fill("450")
     form.get_by_label("Images to generate").fill("15")
-    form.locator("input[type=file]").set_input_files([
-        file_payload("notes.txt", b"plain text", "text/plain"),
-        file_payload("huge.png", b"\x89PNG" + b"0" * (12 * 1024 * 1024), "image/png"),
-    ])
     references = field(form, "images")
-    expect(references.locator(":scope > .field-error")).to_contain_text("txt files are not accepted")
-    expect(references.locator(":scope > .field-error")).to_contain_text("huge.png is 12 MB; the limit is 10 MB")
+    form.locator("input[type=file]").set_input_files(file_payload("notes.txt", b"plain text", "text/plain"))
+    expect(references.locator(":scope > .field-error")).to_contain_text("notes.txt: txt files are not accepted")
+    form.locator("input[type=file]").set_input_files(huge)
+    expect(references.locator(":scope > .field-error")).to_have_text("huge.png is 12 MB; the limit is 10 MB.")
     form.get_by_label("Reference image link").fill("http://example.com/cat.png")
     form.get_by_role("button", name="Add link").click()
     expect(references.locator(":scope > .field-error")).to_have_text("Image links must start with https://.")
@@ -141,9 +142,12 @@ def test_image_task_with_references_goes_live_to_a_gallery(page: Page, fake_stac
     expect(item.get_by_role("button", name="Cancel task")).to_be_hidden()
     expect(item.locator(".elapsed")).to_have_text(re.compile(r"running \d+s"))
 
-    fake.succeed(task["id"])
+    fake.succeed(task["id"], image_errors=[{"index": 2, "code": "OutputImageSensitiveContentDetected",
+                                            "message": "The output image may contain sensitive content."}])
     expect(item.locator(".status-pill")).to_have_text("Succeeded")
     expect(item.locator(".gallery img")).to_have_count(2)
+    expect(item.locator(".task-warning")).to_contain_text(
+        "Image 3: The output image may contain sensitive content. OutputImageSensitiveContentDetected")
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "04-studio-image-result", full_page=False)
 

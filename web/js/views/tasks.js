@@ -116,6 +116,19 @@ function resultsView(task) {
   return null;
 }
 
+/** Images of a group that Ark could not generate while the others succeeded. */
+function partialFailures(task) {
+  const failures = task.status === "succeeded" ? task.image_errors || [] : [];
+  if (!failures.length) return null;
+  return h(
+    "div",
+    { class: "task-warning" },
+    h("p", {}, `${failures.length} image${failures.length > 1 ? "s" : ""} of the group could not be generated:`),
+    h("ul", {}, failures.map((failure) => h("li", {}, `Image ${Number(failure.index) + 1}: ${failure.message || ""} `,
+      failure.code ? h("code", {}, failure.code) : null))),
+  );
+}
+
 /**
  * The task list panel. Returns {element, showTask(id), applyUpdate(update), refresh(), setModels(models),
  * dispose()}; updates come from the WebSocket through the studio.
@@ -188,6 +201,7 @@ export function taskListPanel() {
           task.error.message || "", task.error.code ? h("code", {}, task.error.code) : null)
         : null,
       resultsView(task),
+      partialFailures(task),
       actionButtons(task),
     );
   }
@@ -307,10 +321,9 @@ export function taskListPanel() {
     if (TERMINAL.has(merged.status) && !("cancellable" in update)) merged.cancellable = false;
     tasks.set(update.id, merged);
     render();
-    const statusChanged = update.status !== existing.status;
-    const missingResults = merged.status === "succeeded" && !merged.video_url && !(merged.result_urls || []).length;
-    const cancelUnknown = !TERMINAL.has(merged.status) && !("cancellable" in update);
-    if (statusChanged && (missingResults || cancelUnknown)) fetchTask(update.id);
+    // An update carries what changed; the full task adds what it implies (cancellable, started_at,
+    // finished_at, image_errors), so fetch it once per status change.
+    if (update.status !== existing.status) fetchTask(update.id);
   }
 
   async function cancelTask(task) {
