@@ -150,9 +150,11 @@ class FakeArkflow:
 
     def add_task(self, owner: str, **fields: Any) -> dict[str, Any]:
         """A task created behind the browser's back (another tab, an earlier session)."""
-        task = self._new_task(owner, {"type": "image", "model_id": "seedream-4-5", "prompt": "seeded", **fields})
-        task.update(fields)
-        return dict(task)
+        with self.lock:
+            task = self._new_task(owner, {"type": "image", "model_id": "seedream-4-5", "prompt": "seeded", **fields})
+            task.update(fields)
+            task["cancellable"] = task["status"] == "queued"
+            return dict(task)
 
     def set_status(self, task_id: str, status: str, *, broadcast: bool = True, **fields: Any) -> dict[str, Any]:
         """Move a task on as the workers would, and tell its owner over the WebSocket."""

@@ -161,7 +161,7 @@ export function taskListPanel() {
 
   function actionButtons(task) {
     const buttons = [];
-    if (task.cancellable === true) {
+    if (task.cancellable === true && !TERMINAL.has(task.status)) {
       buttons.push(h("button", { type: "button", class: "button small", dataset: { action: "cancel" },
         onclick: () => cancelTask(task) }, "Cancel task"));
     }
