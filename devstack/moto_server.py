@@ -2,7 +2,9 @@
 
 `moto_server` is always threaded and moto's backends take no lock, so parallel clients can interleave a
 conditional write's check and its write, or receive one SQS message twice. Here requests are still accepted
-by a threaded server (slow clients and long polls block nobody), but each runs through moto alone.
+by a threaded server (slow uploads block nobody), but each runs through moto alone. An SQS long poll
+(`WaitTimeSeconds`, in the JSON protocol boto3 speaks) waits outside the lock and looks again whenever a
+message is sent or made visible.
 
     python -m devstack.moto_server --port 8005
 """
@@ -22,7 +24,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import httpx
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -47,35 +48,40 @@ def _read_body(environ: WsgiEnviron) -> bytes:
     return stream.read(length) if length else b""
 
 
-@dataclass
-class _ReceiveRequest:
-    """An SQS ReceiveMessage, rewritten to return at once so it never holds the lock while it waits."""
-
-    wait_s: float
-    immediate_body: bytes
+# Only these can make a message receivable, so only they wake waiting long polls.
+_WAKES_LONG_POLLS = frozenset(
+    {"SendMessage", "SendMessageBatch", "ChangeMessageVisibility", "ChangeMessageVisibilityBatch"}
+)
 
 
-def _as_receive(environ: WsgiEnviron, body: bytes) -> _ReceiveRequest | None:
-    if environ.get("HTTP_X_AMZ_TARGET") == "AmazonSQS.ReceiveMessage":
-        request = json.loads(body or b"{}")
-        wait_s = float(request.get("WaitTimeSeconds") or 0)
-        return _ReceiveRequest(wait_s, json.dumps({**request, "WaitTimeSeconds": 0}).encode())
-    if environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
-        form = dict(parse_qsl(body.decode()))
-        if form.get("Action") == "ReceiveMessage":
-            wait_s = float(form.get("WaitTimeSeconds") or 0)
-            return _ReceiveRequest(wait_s, urlencode({**form, "WaitTimeSeconds": "0"}).encode())
-    return None
+@dataclass(frozen=True)
+class _SqsRequest:
+    """An SQS call in the JSON protocol (`X-Amz-Target: AmazonSQS.<Action>`), the one boto3 speaks."""
+
+    action: str
+    params: dict[str, Any]
+
+    @property
+    def long_poll_s(self) -> float:
+        return float(self.params.get("WaitTimeSeconds") or 0) if self.action == "ReceiveMessage" else 0.0
+
+    def body_returning_at_once(self) -> bytes:
+        """The same receive with no wait, so it never holds the lock while it waits."""
+        return json.dumps({**self.params, "WaitTimeSeconds": 0}).encode()
+
+
+def _as_sqs_request(environ: WsgiEnviron, body: bytes) -> _SqsRequest | None:
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if not target.startswith("AmazonSQS."):
+        return None
+    return _SqsRequest(target.removeprefix("AmazonSQS."), json.loads(body or b"{}"))
 
 
 def _received_messages(captured: Captured) -> bool:
     status, _, chunks = captured
     if not status.startswith("2"):
         return True  # an error is an answer too
-    payload = b"".join(chunks)
-    if payload.lstrip().startswith(b"{"):
-        return bool(json.loads(payload).get("Messages"))
-    return b"<Message>" in payload
+    return bool(json.loads(b"".join(chunks) or b"{}").get("Messages"))
 
 
 class SerializedMotoApp:
@@ -83,26 +89,27 @@ class SerializedMotoApp:
 
     def __init__(self, app: Any | None = None) -> None:
         self._app = app if app is not None else DomainDispatcherApplication(create_backend_app)
-        # Notified after every request, since any of them may have sent the message a long poll waits for.
         self._turn = threading.Condition()
 
     def __call__(self, environ: WsgiEnviron, start_response: StartResponse) -> Iterable[bytes]:
         body = _read_body(environ)  # outside the lock: a slow upload must not stall everyone
-        receive = _as_receive(environ, body)
+        sqs = _as_sqs_request(environ, body)
         with self._turn:
-            if receive is None:
-                captured = self._run(environ, body)
-                self._turn.notify_all()
+            if sqs is not None and sqs.long_poll_s > 0:
+                captured = self._long_poll(environ, sqs)
             else:
-                captured = self._long_poll(environ, receive)
+                captured = self._run(environ, body)
+                if sqs is not None and sqs.action in _WAKES_LONG_POLLS:
+                    self._turn.notify_all()
         status, headers, chunks = captured
         start_response(status, headers)
         return chunks
 
-    def _long_poll(self, environ: WsgiEnviron, receive: _ReceiveRequest) -> Captured:
-        deadline = time.monotonic() + receive.wait_s
+    def _long_poll(self, environ: WsgiEnviron, receive: _SqsRequest) -> Captured:
+        deadline = time.monotonic() + receive.long_poll_s
+        immediate_body = receive.body_returning_at_once()
         while True:
-            captured = self._run(environ, receive.immediate_body)
+            captured = self._run(environ, immediate_body)
             remaining = deadline - time.monotonic()
             if _received_messages(captured) or remaining <= 0:
                 return captured

@@ -1,9 +1,9 @@
 """`make run`: the whole local stack in the foreground, until SIGINT/SIGTERM.
 
-Order: simulator process (starts in the background), moto, environment, tables/queues/bucket, demo data,
-REST routes, web app, then (once the simulator answers) the SQS event pump and the scheduler; ready once
-`GET /api/health` is 200. Each piece registers its own clean-up on one ExitStack, undone in reverse order on
-SIGINT/SIGTERM; a new piece (the WebSocket gateway) is one more `running.enter_context(...)` in `start`.
+Order: simulator process (starts in the background), moto, WebSocket gateway's sockets, environment,
+tables/queues/bucket, demo data, REST routes, web app, then (once the simulator answers) the SQS event pump
+and the scheduler; ready once `GET /api/health` is 200. Each piece registers its own clean-up on one
+ExitStack, undone in reverse order on SIGINT/SIGTERM: a new piece is one more `running.enter_context(...)`.
 """
 
 from __future__ import annotations
