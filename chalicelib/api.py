@@ -81,6 +81,8 @@ class Http:
             "Access-Control-Allow-Headers": ALLOWED_HEADERS,
             "Access-Control-Allow-Methods": ALLOWED_METHODS,
             "Access-Control-Max-Age": "600",
+            # Lets the web app tell how long to wait after a 429.
+            "Access-Control-Expose-Headers": "Retry-After",
             "Vary": "Origin",
         }
 

@@ -97,9 +97,14 @@ def transition(
         raise StaleTask("The task changed while this change was being applied.") from exc
     if leaves_running:
         _release_slot(task)
+    notify(task)
+    return task
+
+
+def notify(task: TaskRecord) -> None:
+    """Tell every listener about the task as written (a transition, a visible change, or its creation)."""
     for listener in listeners:
         listener(task)
-    return task
 
 
 def _release_slot(task: TaskRecord) -> None:
@@ -137,8 +142,7 @@ def update_fields(task: TaskRecord, actions: list[Action], *, publish: bool = Fa
     except UpdateError as exc:
         raise StaleTask("The task changed while this change was being applied.") from exc
     if publish:
-        for listener in listeners:
-            listener(task)
+        notify(task)
     return task
 
 

@@ -132,6 +132,7 @@ class TaskService:
                 clock=self.clock,
             )
             raise ApiError("The task could not be queued; try again.", status=503, code="unavailable") from exc
+        statemachine.notify(task)  # other tabs of the same user see the new task at once
         return Created(201, response)
 
     def _replay(self, idempotency_id: str, fingerprint: str) -> Created | None:

@@ -31,6 +31,8 @@ os.environ.pop("ADMIN_PASSWORD", None)
 from chalice.test import Client  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
+from devstack.testing import LocalStack, launch_local_stack  # noqa: E402
+
 ADMIN = ("admin", "admin-pass")
 DEMO = ("demo", "demo-pass")
 OTHER = ("other", "other-pass")
@@ -58,6 +60,17 @@ def aws_resources() -> Iterator[None]:
         create_all(boto3, os.environ["ARKFLOW_PREFIX"])
         yield
     reconfigure()
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """`python -m devstack` on free ports with a unique prefix, once per test process.
+
+    Yields `api_url`, `ws_url`, `web_url`, `sim_url` (admin root) / `ark_base_url`, `moto_url`, `admin` and
+    `demo` credentials, and `output()` (what the stack printed). Stopped with SIGTERM at the end.
+    """
+    with launch_local_stack(tmp_path_factory.mktemp("local-stack") / "stack.log") as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -17,19 +17,14 @@ from devstack.config import Credentials
 from devstack.testing import LocalStack
 from tests.browser.conftest import screenshot
 from tests.browser.ui import IMAGE_FORM, file_payload, log_in, open_video_tab, png
-from tests.stack.conftest import local_stack  # noqa: F401 - the fixture, shared with the stack tests
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
-GATEWAY_MISSING = "reserved for the gateway; not served yet"
 RESULT_TIMEOUT_MS = 60_000
 
 
 @pytest.fixture
-def stack(local_stack: LocalStack) -> LocalStack:  # noqa: F811 - the imported fixture, not a redefinition
-    # The page is fed by the WebSocket only (no polling): without the gateway nothing would ever update.
-    if GATEWAY_MISSING in local_stack.output():
-        pytest.skip("the local stack does not serve the WebSocket gateway yet")
+def stack(local_stack: LocalStack) -> LocalStack:
     return local_stack
 
 

@@ -13,10 +13,15 @@ from devstack.testing import Credentials, LocalStack
 pytestmark = pytest.mark.stack
 
 
+# The lane workers run the accepted tasks meanwhile, so answers can be slow on a busy machine.
+TIMEOUT = httpx.Timeout(60.0)
+
+
 def _login(stack: LocalStack, credentials: Credentials) -> dict[str, str]:
     response = httpx.post(
         f"{stack.api_url}/api/users/login",
         json={"username": credentials.username, "password": credentials.password},
+        timeout=TIMEOUT,
     )
     response.raise_for_status()
     return {"Authorization": f"Bearer {response.json()['token']}"}
@@ -34,13 +39,20 @@ def _new_model(stack: LocalStack, admin: dict[str, str], daily_quota: int) -> st
             "concurrency": 1,
             "daily_quota": daily_quota,
         },
+        timeout=TIMEOUT,
     )
     assert response.status_code == 201, response.text
     return model_id
 
 
+def _usage_today(stack: LocalStack, admin: dict[str, str], model_id: str) -> dict:
+    return httpx.get(f"{stack.api_url}/api/admin/models/{model_id}", headers=admin, timeout=TIMEOUT).json()[
+        "usage_today"
+    ]
+
+
 def _submit_in_parallel(stack: LocalStack, headers: dict[str, str], body: dict, count: int) -> list[httpx.Response]:
-    with httpx.Client(timeout=60.0) as client, ThreadPoolExecutor(max_workers=40) as pool:
+    with httpx.Client(timeout=TIMEOUT) as client, ThreadPoolExecutor(max_workers=40) as pool:
         return list(pool.map(lambda _: client.post(f"{stack.api_url}/api/tasks", headers=headers, json=body),
                              range(count)))
 
@@ -60,10 +72,13 @@ def test_parallel_requests_never_exceed_the_daily_quota(local_stack: LocalStack)
     assert {response.json()["error"]["code"] for response in responses if response.status_code == 429} == {
         "quota_exceeded"
     }
-    usage = httpx.get(f"{local_stack.api_url}/api/admin/models/{model_id}", headers=admin).json()["usage_today"]
+    usage = _usage_today(local_stack, admin, model_id)
     assert usage["used"] == 100
     listed = httpx.get(
-        f"{local_stack.api_url}/api/admin/tasks", headers=admin, params={"model_id": model_id, "limit": 100}
+        f"{local_stack.api_url}/api/admin/tasks",
+        headers=admin,
+        params={"model_id": model_id, "limit": 100},
+        timeout=TIMEOUT,
     ).json()
     accepted = {response.json()["id"] for response in responses if response.status_code == 201}
     assert {task["id"] for task in listed["tasks"]} == accepted
@@ -81,5 +96,5 @@ def test_parallel_requests_with_one_idempotency_key_create_one_task(local_stack:
 
     assert {response.status_code for response in responses} == {201}
     assert len({response.json()["id"] for response in responses}) == 1
-    usage = httpx.get(f"{local_stack.api_url}/api/admin/models/{model_id}", headers=admin).json()["usage_today"]
+    usage = _usage_today(local_stack, admin, model_id)
     assert usage["used"] == 1

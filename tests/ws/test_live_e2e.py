@@ -13,7 +13,6 @@ from websockets.sync.client import ClientConnection, connect
 
 from devstack.config import Credentials
 from devstack.testing import LocalStack
-from tests.stack.conftest import local_stack  # noqa: F401 - the session fixture this module runs against
 from tests.ws.conftest import nothing_pending
 
 pytestmark = pytest.mark.stack
@@ -60,7 +59,7 @@ def follow(socket: ClientConnection, first_seen: dict[str, str], timeout_s: floa
     return {task_id: [statuses, last[task_id]] for task_id, statuses in history.items()}
 
 
-def test_owner_watches_image_and_video_tasks_finish_and_no_one_else_sees_them(local_stack: LocalStack) -> None:  # noqa: F811
+def test_owner_watches_image_and_video_tasks_finish_and_no_one_else_sees_them(local_stack: LocalStack) -> None:
     demo, admin = login(local_stack, local_stack.demo), login(local_stack, local_stack.admin)
     origin = local_stack.web_url
     with connect(ticket_url(demo), origin=origin, open_timeout=10) as watcher, \
@@ -84,7 +83,7 @@ def test_owner_watches_image_and_video_tasks_finish_and_no_one_else_sees_them(lo
     assert httpx.get(video_update["video_url"], timeout=30).status_code == 200
 
 
-def test_missing_reused_and_foreign_origin_tickets_are_refused(local_stack: LocalStack) -> None:  # noqa: F811
+def test_missing_reused_and_foreign_origin_tickets_are_refused(local_stack: LocalStack) -> None:
     demo = login(local_stack, local_stack.demo)
     origin = local_stack.web_url
 

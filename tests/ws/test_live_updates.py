@@ -159,6 +159,7 @@ def test_updates_reach_every_open_connection_of_the_owner_only_and_gone_ones_are
 
     assert written.status == "running"
     for socket in (first, second):
+        assert receive(socket)["data"]["status"] == "queued"  # published when the task was created
         update = receive(socket)
         assert update["type"] == "task_update"
         assert update["data"]["id"] == task.task_id
@@ -195,8 +196,7 @@ def test_update_carries_presigned_results_and_queue_position(api: Api, open_sock
     bucket = get_settings().media_bucket
     aws.s3().put_object(Bucket=bucket, Key=f"tasks/{task.task_id}/0.png", Body=b"png")
 
-    statemachine.update_fields(task, [], publish=True)
-    queued = receive(socket)["data"]
+    queued = receive(socket)["data"]  # published when the task was created
     assert queued["status"] == "queued"
     assert queued["queue_position"] == 1
     assert "result_urls" not in queued
@@ -208,7 +208,7 @@ def test_update_carries_presigned_results_and_queue_position(api: Api, open_sock
     assert receive(socket)["data"]["status"] == "running"
     succeeded = receive(socket)["data"]
     assert succeeded["status"] == "succeeded"
-    assert succeeded["version"] == 4
+    assert succeeded["version"] == 3
     assert set(succeeded) == {"id", "status", "version", "updated_at", "result_urls"}
     [url] = succeeded["result_urls"]
     assert url.startswith("https://") and f"tasks/{task.task_id}/0.png" in url and "Signature" in url
