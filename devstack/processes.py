@@ -23,8 +23,8 @@ _PR_SET_PDEATHSIG = 1
 _POLL_INTERVAL_S = 0.05
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM the child if the stack itself is killed without a chance to clean up."""
+def die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its parent dies without a chance to clean up."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -81,7 +81,7 @@ def spawn(
         stdin=subprocess.DEVNULL,
         pass_fds=tuple(pass_fds),
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     return ChildProcess(name, popen)
 

@@ -27,7 +27,7 @@ from chalicelib.settings import reload_settings
 from devstack import bootstrap
 from devstack.config import AWS_REGION, StackConfig
 from devstack.moto_server import start_moto_server
-from devstack.processes import ChildProcess, serving_in_thread, spawn, wait_until_answers
+from devstack.processes import ChildProcess, die_with_parent, serving_in_thread, spawn, wait_until_answers
 from devstack.pump import SqsSubscription, pumping
 from devstack.rest import STAGE, load_app, make_rest_server
 from devstack.scheduler import scheduled_function_names, scheduling
@@ -207,6 +207,8 @@ def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     signal.signal(signal.SIGINT, _request_stop)
     signal.signal(signal.SIGTERM, _request_stop)
+    # `make run` does not pass SIGTERM on to us: stop cleanly when make itself is gone.
+    die_with_parent()
     config = StackConfig.from_environ()
     try:
         with ExitStack() as running:
