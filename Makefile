@@ -13,7 +13,16 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q -r requirements-dev.txt
 	touch $(STAMP)
 
-deps: $(STAMP)
+# Browser tests drive Debian's Chromium through Playwright (never `playwright install`, which downloads one).
+CHROMIUM := /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	else \
+		echo "Browser tests need Debian's chromium: sudo apt-get install -y chromium"; exit 1; \
+	fi
+
+deps: $(STAMP) $(CHROMIUM)
 
 run: $(STAMP)
 	$(PY) -m devstack
@@ -21,7 +30,7 @@ run: $(STAMP)
 sim: $(STAMP)
 	$(PY) -m arksim
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
