@@ -5,34 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chalicelib.resources import LANES, MEDIA_BUCKET, TABLES, Table
-
-
-def table_create_args(table: Table, prefix: str) -> dict[str, Any]:
-    def key_schema(hash_key: Any, range_key: Any) -> list[dict[str, str]]:
-        schema = [{"AttributeName": hash_key.name, "KeyType": "HASH"}]
-        if range_key:
-            schema.append({"AttributeName": range_key.name, "KeyType": "RANGE"})
-        return schema
-
-    args: dict[str, Any] = {
-        "TableName": table.physical_name(prefix),
-        "BillingMode": "PAY_PER_REQUEST",
-        "AttributeDefinitions": [
-            {"AttributeName": key.name, "AttributeType": key.type} for key in table.key_attributes()
-        ],
-        "KeySchema": key_schema(table.hash_key, table.range_key),
-    }
-    if table.indexes:
-        args["GlobalSecondaryIndexes"] = [
-            {
-                "IndexName": index.name,
-                "KeySchema": key_schema(index.hash_key, index.range_key),
-                "Projection": {"ProjectionType": "ALL"},
-            }
-            for index in table.indexes
-        ]
-    return args
+from chalicelib.resources import LANES, MEDIA_BUCKET, TABLES
 
 
 def create_tables(dynamodb: Any, prefix: str) -> None:
@@ -41,7 +14,7 @@ def create_tables(dynamodb: Any, prefix: str) -> None:
         name = table.physical_name(prefix)
         if name in existing:
             continue
-        dynamodb.create_table(**table_create_args(table, prefix))
+        dynamodb.create_table(**table.create_table_args(prefix))
         if table.ttl_attribute:
             dynamodb.update_time_to_live(
                 TableName=name,
@@ -61,9 +34,7 @@ def create_queues(sqs: Any, prefix: str) -> dict[str, str]:
             QueueName=lane.queue_name(prefix),
             Attributes={
                 "VisibilityTimeout": str(lane.visibility_timeout_s),
-                "RedrivePolicy": json.dumps(
-                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(lane.max_receives)}
-                ),
+                "RedrivePolicy": json.dumps(lane.redrive_policy(dlq_arn)),
             },
         )["QueueUrl"]
     return urls
