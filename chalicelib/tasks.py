@@ -189,7 +189,7 @@ class TaskService:
                             QuotaRecord.used.add(1),
                             QuotaRecord.expires_at_epoch.set(counter_expiry),
                         ],
-                        condition=QuotaRecord.used.does_not_exist() | (QuotaRecord.used < limit),
+                        condition=_below(limit),
                     )
         except TransactWriteError as exc:
             return self._explain_cancellation(exc, model, idempotency_id, fingerprint)
@@ -349,6 +349,13 @@ def is_cancellable(task: TaskRecord) -> bool:
     return task.status == statemachine.QUEUED or (
         task.status == statemachine.RUNNING and task.type == "video" and task.stage == "ark_queued"
     )
+
+
+def _below(limit: int) -> Condition:
+    """A counter may take one more request: a missing counter has used nothing, which only a zero quota refuses."""
+    if limit <= 0:
+        return QuotaRecord.used < 0  # never true: the transaction fails as "quota exceeded"
+    return QuotaRecord.used.does_not_exist() | (QuotaRecord.used < limit)
 
 
 def _task_not_found(task_id: str) -> NotFound:

@@ -182,6 +182,13 @@ def test_daily_quota_is_enforced_per_model_and_per_user(api: Api) -> None:
     assert (usage["used"], usage["remaining"]) == (3, 0)
 
 
+def test_a_zero_quota_refuses_even_the_first_request_of_the_day(api: Api) -> None:
+    api.request("PUT", "/api/admin/models/seedream-4.5", {"daily_quota": 0}, as_user=ADMIN)
+    refused = create(api, IMAGE_TASK)
+    assert refused.status_code == 429
+    assert refused.data["error"]["code"] == "quota_exceeded"
+
+
 def test_a_task_cancelled_before_any_ark_call_gives_its_request_back_once(api: Api) -> None:
     api.request("PUT", "/api/admin/models/seedream-4.5", {"daily_quota": 1}, as_user=ADMIN)
     task_id = create(api, IMAGE_TASK).data["id"]
