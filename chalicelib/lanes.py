@@ -100,7 +100,13 @@ class LaneWorker:
         """Process a batch; returns Lambda's partial-batch answer (messages to give back)."""
         failures = []
         for record in records:
-            delivery = Delivery.of(record)
+            try:
+                delivery = Delivery.of(record)
+            except (ValueError, KeyError, TypeError):
+                # Unreadable: it alone comes back, until the redrive policy moves it to the DLQ.
+                log.error("unreadable message %s in lane %s", record.get("messageId"), self.lane.name)
+                failures.append({"itemIdentifier": record["messageId"]})
+                continue
             try:
                 outcome = self.process(delivery)
             except Exception:
