@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 from botocore.exceptions import ClientError
-from pynamodb.exceptions import DoesNotExist
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
 from chalicelib import aws, catalog, media, queues, slots, statemachine
 from chalicelib.ark.client import ImageGenerationResult, VolcImageClient, VolcVideoClient
@@ -260,7 +260,7 @@ class LaneWorker:
             # No usable answer: Ark may have created it. Reconcile through its list before any new create.
             log.warning("video create for %s ended without an answer (%s); reconciling later", task.task_id,
                         error.code)
-            return self._wait(delivery, CREATE_GRACE_S)
+            return self._reconcile_later(task, delivery, error)
         except ArkPermanentError as error:
             self._end(task, statemachine.FAILED, error.code, error.message)
             return DONE
@@ -270,7 +270,10 @@ class LaneWorker:
 
     def _reconcile(self, task: TaskRecord, delivery: Delivery) -> Outcome:
         """After a crash in `submitting`: adopt the Ark task if Ark accepted one, else create (once) now."""
-        remote = self.video.find_submitted(task)
+        try:
+            remote = self.video.find_submitted(task)
+        except ArkRetryableError as error:
+            return self._reconcile_later(task, delivery, error)
         try:
             if remote is not None:
                 self.video.adopt(task, remote)
@@ -282,17 +285,27 @@ class LaneWorker:
             return DONE
         return self._submit_video(task, callback_url, delivery)
 
+    def _reconcile_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError) -> Outcome:
+        """Look at Ark's list again after the grace. Each look counts as a receive, so an Ark that stays down
+        ends the task like any other retryable error instead of keeping it `submitting` until its deadline."""
+        if delivery.receive_count >= self.lane.max_receives:
+            return self._give_up(task, delivery, error)
+        return Retry(CREATE_GRACE_S)
+
     # --- endings ----------------------------------------------------------------------------------------------
 
     def _retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError) -> Outcome:
         if delivery.receive_count >= self.lane.max_receives:
-            message = f"Ark kept failing after {delivery.receive_count} attempts ({error.code}: {error.message})"
-            self._end(task, statemachine.FAILED, "upstream_unavailable", message)
-            return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
+            return self._give_up(task, delivery, error)
         self._transition(task, statemachine.QUEUED, [])
         backoff = min(self.settings.retry_base_s * 2 ** (delivery.receive_count - 1), self.settings.retry_max_s)
         delay = max(error.retry_after or 0, self.rng.uniform(backoff / 2, backoff))
         return Retry(round(delay))
+
+    def _give_up(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError) -> Outcome:
+        message = f"Ark kept failing after {delivery.receive_count} attempts ({error.code}: {error.message})"
+        self._end(task, statemachine.FAILED, "upstream_unavailable", message)
+        return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
     def _end(self, task: TaskRecord, target: str, code: str, message: str, extra: list[Any] | None = None) -> None:
         self._transition(task, target, [TaskRecord.error.set({"code": code, "message": message}), *(extra or [])])
@@ -306,11 +319,15 @@ class LaneWorker:
 
 def wake_next(released: TaskRecord) -> None:
     """A slot was given back: send the oldest task waiting for that model a fresh message, to start now."""
-    waiting = TaskRecord.queued_by_model.query(released.model_id, limit=2, scan_index_forward=True)
-    for candidate in waiting:
-        if candidate.task_id != released.task_id:  # a task sent back to retry waits for its backoff
-            queues.enqueue(aws.sqs(), candidate.lane, candidate.task_id)
-            return
+    try:
+        waiting = TaskRecord.queued_by_model.query(released.model_id, limit=2, scan_index_forward=True)
+        for candidate in waiting:
+            if candidate.task_id != released.task_id:  # a task sent back to retry waits for its backoff
+                queues.enqueue(aws.sqs(), candidate.lane, candidate.task_id)
+                return
+    except (PynamoDBException, ClientError) as error:
+        # Only promptness is lost: the waiting task's own message comes back after its short wait.
+        log.warning("could not wake the next task of %s: %s", released.model_id, error)
 
 
 statemachine.slot_listeners.append(wake_next)
