@@ -11,7 +11,10 @@ A model with `max_running_per_user` also keeps one record of the same shape per 
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
+from pynamodb.connection.base import BOTOCORE_EXCEPTIONS
+from pynamodb.constants import UPDATE_ITEM
 from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
@@ -33,6 +36,7 @@ def _take(transaction: TransactWrite, slot_key: str, task_id: str, limit: int, l
         SlotRecord(slot_key),
         actions=[SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)],
         condition=SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < limit),
+        return_values="ALL_OLD",
     )
 
 
@@ -40,31 +44,53 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
             user_id: str | None = None, user_cap: int | None = None) -> bool:
     """Take a slot for `task_id`; True when it holds one (also when it already did). Never waits.
 
-    With `user_cap`, the task must also fit under its user's cap for this model.
+    With `user_cap`, the task must also fit under its user's cap for this model. A refusal costs one request:
+    DynamoDB returns the record as it was, which tells "full" from "already holding" and "no record yet".
     """
     keys = [model_id] if user_cap is None or user_id is None else [model_id, user_slot_key(model_id, user_id)]
-    limits = [concurrency, user_cap]
     for _ in range(2):
         try:
             if len(keys) == 1:
-                SlotRecord(model_id).update(
-                    actions=[SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)],
-                    condition=SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < concurrency),
-                )
+                _take_one(model_id, task_id, concurrency, lease_until)
             else:
                 with db.transaction() as transaction:
-                    for key, limit in zip(keys, limits, strict=False):
+                    for key, limit in zip(keys, (concurrency, user_cap), strict=True):
                         _take(transaction, key, task_id, int(limit or 0), lease_until)
             return True
-        except (UpdateError, TransactWriteError):
-            records = {record.model_id: record for record in SlotRecord.batch_get(keys, consistent_read=True)}
-            missing = [key for key in keys if key not in records]
-            if missing:  # first acquire for this model (or user): create the record, then try once more
-                for key in missing:
-                    _ensure_record(key)
-                continue
-            return task_id in _holders_of(records[model_id])
+        except UpdateError as error:
+            records = {model_id: _old_item(error)}
+        except TransactWriteError as error:
+            # Only the refused record comes back; one that met its condition exists and does not hold the task.
+            records = {key: reason.raw_item if reason and reason.code == "ConditionalCheckFailed" else {}
+                       for key, reason in zip(keys, error.cancellation_reasons, strict=False)}
+        missing = [key for key in keys if records.get(key, {}) is None]
+        if not missing:
+            return task_id in ((records.get(model_id) or {}).get("holders", {}).get("M", {}))
+        for key in missing:  # first acquire for this model (or user): create the record, then try once more
+            _ensure_record(key)
     return False
+
+
+def _take_one(slot_key: str, task_id: str, limit: int, lease_until: float) -> None:
+    # pynamodb's update calls take no ReturnValuesOnConditionCheckFailure; its request builder does.
+    connection = SlotRecord._get_connection().connection
+    request = connection.get_operation_kwargs(
+        SlotRecord.Meta.table_name,
+        slot_key,
+        actions=[SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)],
+        condition=SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < limit),
+        return_values_on_condition_failure="ALL_OLD",
+    )
+    try:
+        connection.dispatch(UPDATE_ITEM, request)
+    except BOTOCORE_EXCEPTIONS as error:
+        raise UpdateError(f"Failed to take a slot: {error}", error) from error
+
+
+def _old_item(error: UpdateError) -> dict[str, Any] | None:
+    """The record as it was when the condition failed; None when there was no record."""
+    response = getattr(error.cause, "response", {})
+    return response.get("Item")
 
 
 def release(model_id: str, task_id: str, user_id: str | None = None) -> bool:

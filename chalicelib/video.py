@@ -48,7 +48,8 @@ STAGE_ORDER = {SUBMITTING: 0, ARK_QUEUED: 1, ARK_RUNNING: 2}
 ARK_TERMINAL = {"succeeded": statemachine.SUCCEEDED, "failed": statemachine.FAILED,
                 "expired": statemachine.EXPIRED, "cancelled": statemachine.CANCELLED}
 ARK_STAGES = {"queued": ARK_QUEUED, "running": ARK_RUNNING}
-POLL_SHARDS = 4
+# Spreads the index's writes; every poller run queries each shard once, so keep it small.
+POLL_SHARDS = 2
 CALLBACK_PATH = "/api/queue/callback"
 # Ark's list may lag a create by a moment, and clocks differ: look this far around the claim.
 RECONCILE_SLACK_S = 120
