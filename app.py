@@ -237,9 +237,14 @@ for _lane in LANES:
     )(_lane_handler(_lane))
 
 
+# The poller starts no status read after this many seconds, so its last one (one Ark call within
+# `VIDEO_TIMEOUT`) still ends well before the schedule's 60 s Lambda timeout.
+POLL_BUDGET_S = 30.0
+
+
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="video_poller")
 def video_poller(_: Any) -> dict[str, int]:
-    return {"polled": video.default_service().poll_due(budget_s=45.0)}
+    return {"polled": video.default_service().poll_due(budget_s=POLL_BUDGET_S)}
 
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="sweeper")

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 # Headroom past the Lambda timeout before an image lease counts as abandoned (a worker that died mid-call).
 IMAGE_LEASE_MARGIN_S = 60
+# Time an image worker keeps after its Ark call's timeout to record the outcome before the Lambda timeout.
+IMAGE_RECORD_MARGIN_S = 20
 # A video `submitting` for longer than its create can take was interrupted: reconcile through Ark's list.
 CREATE_GRACE_S = 60
 SQS_MAX_DELAY_S = 900
@@ -338,8 +340,11 @@ def worker(lane_name: str) -> LaneWorker:
     """The lane's worker, made once per Lambda container (its HTTP connections are reused)."""
     lane = lane_named(lane_name)
     settings = get_settings()
-    # An image call may take minutes: let it use the Lambda's time, minus room to record the outcome.
-    image_timeout = httpx.Timeout(connect=5.0, read=max(10.0, lane.lambda_timeout_s - 20.0), write=30.0, pool=5.0)
+    # An image call may take minutes: the whole request (every phase) may use the Lambda's time, minus room to
+    # record the outcome.
+    other_phases = {"connect": 5.0, "write": 30.0, "pool": 5.0}
+    read_s = lane.lambda_timeout_s - IMAGE_RECORD_MARGIN_S - sum(other_phases.values())
+    image_timeout = httpx.Timeout(read=read_s, **other_phases)
     return LaneWorker(
         lane,
         sqs=aws.sqs(),

@@ -30,8 +30,9 @@ REQUEST_ID_HEADER = "X-Client-Request-Id"
 # One image (or a group of up to 15) takes from seconds to many minutes [ark-api.md 2.6]; the caller passes a
 # read timeout that fits its own deadline (e.g. the lane's Lambda timeout).
 IMAGE_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0)
-# Task calls only enqueue or read a record.
-VIDEO_TIMEOUT = httpx.Timeout(connect=5.0, read=20.0, write=30.0, pool=5.0)
+# Task calls only enqueue or read a record. All phases together stay well inside the API function's 28 s: a
+# cancel or an Ark callback makes one of these calls there.
+VIDEO_TIMEOUT = httpx.Timeout(connect=3.0, read=12.0, write=5.0, pool=2.0)
 
 
 @dataclass(frozen=True)
