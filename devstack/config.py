@@ -44,6 +44,8 @@ class StackConfig:
     real_ark_api_key: str = ""
     real_ark_base_url: str = DEFAULT_ARK_BASE_URL
     startup_timeout_s: float = 90.0
+    # Set: the stack uses this moto server, which outlives it, instead of starting its own (restart tests).
+    moto_url: str = ""
     # Every `@app.schedule` handler runs this often locally, whatever its rate on AWS.
     schedule_interval_s: float = 5.0
 
@@ -78,6 +80,7 @@ class StackConfig:
             real_ark_api_key=env.get("ARK_API_KEY", ""),
             real_ark_base_url=env.get("ARK_BASE_URL") or defaults.real_ark_base_url,
             startup_timeout_s=float(env.get("ARKFLOW_STARTUP_TIMEOUT_S") or defaults.startup_timeout_s),
+            moto_url=env.get("ARKFLOW_MOTO_URL", ""),
             schedule_interval_s=float(env.get("ARKFLOW_SCHEDULE_INTERVAL_S") or defaults.schedule_interval_s),
         )
 

@@ -4,6 +4,8 @@ Order: simulator process (starts in the background), moto, WebSocket gateway's s
 tables/queues/bucket, demo data, REST routes, web app, then (once the simulator answers) the SQS event pump
 and the scheduler; ready once `GET /api/health` is 200. Each piece registers its own clean-up on one
 ExitStack, undone in reverse order on SIGINT/SIGTERM: a new piece is one more `running.enter_context(...)`.
+With `ARKFLOW_MOTO_URL` set, the stack uses that moto server instead of starting one, so the app and its
+workers can be restarted over the same tables and queues.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ def _check_ports_free(config: StackConfig) -> None:
         ("ARKFLOW_API_PORT", config.host, config.api_port),
         ("ARKFLOW_WS_PORT", config.host, config.ws_port),
         ("ARKFLOW_WEB_PORT", config.host, config.web_port),
-        ("MOTO_PORT", config.host, config.moto_port),
     ]
+    if not config.moto_url:
+        wanted.append(("MOTO_PORT", config.host, config.moto_port))
     if config.uses_simulator:
         wanted.append(("ARKSIM_PORT", config.sim_host, config.sim_port))
     for setting, host, port in wanted:
@@ -109,16 +112,19 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
         running.callback(simulator.stop)
         children.append(simulator)
 
-    moto = running.enter_context(start_moto_server(config.moto_port, config.host))
-    children.append(moto.process)
-    logger.info("moto answers at %s", moto.endpoint_url)
+    moto_url = config.moto_url
+    if not moto_url:
+        moto = running.enter_context(start_moto_server(config.moto_port, config.host))
+        children.append(moto.process)
+        moto_url = moto.endpoint_url
+    logger.info("moto answers at %s", moto_url)
 
     # A service-specific endpoint (AWS_ENDPOINT_URL_DYNAMODB, ...) would win over moto's.
     for name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL_")]:
         del os.environ[name]
     # Bound before the app reads its settings: they carry the gateway's URLs (@connections is on a free port).
     gateway = running.enter_context(WebSocketGateway(config.host, config.ws_port))
-    os.environ.update({**config.app_environment(moto.endpoint_url), **gateway.app_environment()})
+    os.environ.update({**config.app_environment(moto_url), **gateway.app_environment()})
     reload_settings()
     bootstrap.create_all(boto3.session.Session(), config.prefix)
     _seed_demo_data(config)
@@ -156,7 +162,7 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
     except (TimeoutError, RuntimeError) as error:
         raise StackError(str(error)) from error
     return RunningStack(
-        moto.endpoint_url, children, servers, pump.subscriptions, scheduled_function_names(loaded.app)
+        moto_url, children, servers, pump.subscriptions, scheduled_function_names(loaded.app)
     )
 
 

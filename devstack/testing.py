@@ -37,9 +37,12 @@ def free_port(host: str = "127.0.0.1") -> int:
 @dataclass
 class LocalStack:
     config: StackConfig
-    moto_url: str
     process: subprocess.Popen[bytes]
     output_path: Path
+
+    @property
+    def moto_url(self) -> str:
+        return self.config.moto_url or f"http://{self.config.host}:{self.config.moto_port}"
 
     @property
     def api_url(self) -> str:
@@ -109,17 +112,15 @@ def stack_environment(config: StackConfig, extra_env: Mapping[str, str] | None =
         DEMO_USERNAME=config.demo.username,
         DEMO_PASSWORD=config.demo.password,
     )
+    if config.moto_url:
+        env["ARKFLOW_MOTO_URL"] = config.moto_url
     env.update(extra_env or {})
     return env
 
 
-@contextmanager
-def launch_local_stack(
-    output_path: Path, extra_env: Mapping[str, str] | None = None, timeout_s: float = 90.0
-) -> Iterator[LocalStack]:
-    """Start the stack on free ports with a unique resource prefix; yield once it printed its banner."""
-    host = "127.0.0.1"
-    config = StackConfig(
+def free_stack_config(host: str = "127.0.0.1") -> StackConfig:
+    """Free ports and a unique resource prefix."""
+    return StackConfig(
         host=host,
         api_port=free_port(host),
         ws_port=free_port(host),
@@ -129,6 +130,21 @@ def launch_local_stack(
         moto_port=free_port(host),
         prefix=f"arkflow-e2e-{uuid.uuid4().hex[:8]}",
     )
+
+
+@contextmanager
+def launch_local_stack(
+    output_path: Path,
+    extra_env: Mapping[str, str] | None = None,
+    timeout_s: float = 90.0,
+    config: StackConfig | None = None,
+) -> Iterator[LocalStack]:
+    """Start the stack (by default on free ports with a unique resource prefix); yield once it printed its banner.
+
+    Launching again with the same `config` (whose `moto_url` names a moto server started by the caller) restarts
+    the app and its workers over the same ports, tables and queues.
+    """
+    config = config or free_stack_config()
     with output_path.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "devstack"],
@@ -139,7 +155,7 @@ def launch_local_stack(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # no controlling terminal, like CI
         )
-    stack = LocalStack(config, f"http://{host}:{config.moto_port}", process, output_path)
+    stack = LocalStack(config, process, output_path)
     try:
         _wait_until_ready(stack, timeout_s)
         yield stack
