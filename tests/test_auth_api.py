@@ -34,6 +34,7 @@ def test_login_returns_a_token_that_identifies_the_user(api: Api) -> None:
     assert "password_hash" not in me.data
 
 
+@pytest.mark.abuse
 def test_wrong_password_and_unknown_user_get_the_same_answer(api: Api) -> None:
     wrong = login(api, "demo", "not-the-password")
     unknown = login(api, "nobody-here", "whatever-pass")
@@ -42,6 +43,7 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(api: Api) -> None:
     assert wrong.data["error"]["code"] == "invalid_credentials"
 
 
+@pytest.mark.abuse
 def test_unknown_user_costs_the_same_password_check_as_a_wrong_password(
     api: Api, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -62,6 +64,7 @@ def test_unknown_user_costs_the_same_password_check_as_a_wrong_password(
     assert checked[0].split("$")[:4] == checked[1].split("$")[:4]
 
 
+@pytest.mark.abuse
 def test_repeated_failures_are_throttled_even_with_the_right_password(api: Api) -> None:
     for _ in range(5):
         assert login(api, "demo", "bad-password").status_code == 401
@@ -73,6 +76,7 @@ def test_repeated_failures_are_throttled_even_with_the_right_password(api: Api) 
     assert login(api, *ADMIN).status_code == 200
 
 
+@pytest.mark.abuse
 def test_logout_revokes_the_token(api: Api) -> None:
     token = login(api, *DEMO).data["token"]
     assert api.request("POST", "/api/users/logout", token=token).status_code == 200
@@ -83,6 +87,7 @@ def _forged(claims: dict, key: str = SIGNING_KEY, algorithm: str = "HS256") -> s
     return jwt.encode(claims, key, algorithm=algorithm)
 
 
+@pytest.mark.abuse
 @pytest.mark.parametrize(
     "make_header",
     [
@@ -117,6 +122,7 @@ def test_bad_tokens_are_refused(api: Api, make_header) -> None:
     assert b'"error"' in response.body
 
 
+@pytest.mark.abuse
 def test_disabling_a_user_ends_their_sessions(api: Api) -> None:
     token = login(api, *DEMO).data["token"]
     assert api.request("PUT", "/api/admin/users/demo", {"disabled": True}, as_user=ADMIN).status_code == 200
@@ -124,6 +130,7 @@ def test_disabling_a_user_ends_their_sessions(api: Api) -> None:
     assert login(api, *DEMO).status_code == 401
 
 
+@pytest.mark.abuse
 def test_changing_a_password_ends_old_sessions(api: Api) -> None:
     token = login(api, *DEMO).data["token"]
     changed = api.request("PUT", "/api/admin/users/demo", {"password": "brand-new-pass"}, as_user=ADMIN)
@@ -132,6 +139,7 @@ def test_changing_a_password_ends_old_sessions(api: Api) -> None:
     assert login(api, "demo", "brand-new-pass").status_code == 200
 
 
+@pytest.mark.abuse
 def test_users_cannot_reach_admin_routes(api: Api) -> None:
     from app import app
 

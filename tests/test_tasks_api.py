@@ -62,6 +62,7 @@ def test_admin_creates_reads_updates_and_deletes_a_model(api: Api) -> None:
     assert api.request("GET", "/api/admin/models/seedream-ep", as_user=ADMIN).status_code == 404
 
 
+@pytest.mark.abuse
 @pytest.mark.parametrize(
     "change",
     [{"status": "x"}, {"usage_today": 1}, {"created_at": "2020-01-01"}, {"model_id": "renamed"}, {"type": "video"},
@@ -135,6 +136,7 @@ def test_every_bad_field_is_listed(api: Api) -> None:
     assert fields >= {"params.duration", "params.resolution", "params.seed"}
 
 
+@pytest.mark.abuse
 @pytest.mark.parametrize("field", ["status", "user_id", "external_id", "id", "result_urls"])
 def test_server_owned_fields_are_refused_and_nothing_is_written(api: Api, field: str) -> None:
     response = create(api, {**IMAGE_TASK, field: "x"})
@@ -154,6 +156,7 @@ def test_unknown_disabled_and_mismatched_models(api: Api) -> None:
     assert disabled.data["error"]["code"] == "model_disabled"
 
 
+@pytest.mark.abuse
 def test_an_oversized_body_is_refused_before_decoding(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     from chalicelib.settings import reload_settings
 

@@ -247,6 +247,7 @@ BAD_IMAGE_TASKS = {
 }
 
 
+@pytest.mark.abuse
 @pytest.mark.parametrize(("changes", "field"), BAD_IMAGE_TASKS.values(), ids=BAD_IMAGE_TASKS.keys())
 def test_image_task_rule(changes: dict[str, Any], field: str) -> None:
     body = {key: value for key, value in image_task(**changes).items() if value is not None}
@@ -286,6 +287,7 @@ BAD_VIDEO_TASKS = {
 }
 
 
+@pytest.mark.abuse
 @pytest.mark.parametrize(("changes", "params", "field"), BAD_VIDEO_TASKS.values(), ids=BAD_VIDEO_TASKS.keys())
 def test_video_task_rule(changes: dict[str, Any], params: dict[str, Any] | None, field: str) -> None:
     body = {key: value for key, value in video_task(params, **changes).items() if value is not None}

@@ -35,6 +35,7 @@ def resources_of(template: dict[str, Any], resource_type: str) -> dict[str, dict
     return {name: res for name, res in template["Resources"].items() if res["Type"] == resource_type}
 
 
+@pytest.mark.abuse
 def test_committed_chalice_config_matches_infra() -> None:
     assert packaging.stale_config_files() == []
     config_text = (packaging.CHALICE_DIR / "config.json").read_text()
@@ -42,6 +43,7 @@ def test_committed_chalice_config_matches_infra() -> None:
         assert secret not in config_text
 
 
+@pytest.mark.abuse
 def test_config_gives_each_lane_function_its_timeout_memory_and_reserved_concurrency() -> None:
     for stage in chalice_config()["stages"].values():
         for lane in LANES:
@@ -58,6 +60,7 @@ def test_templates_pass_cfn_lint(templates: dict[str, Path]) -> None:
         assert findings == [], path
 
 
+@pytest.mark.abuse
 def test_every_lane_function_has_reserved_concurrency_and_reports_batch_item_failures(prod: dict[str, Any]) -> None:
     for lane in LANES:
         function = prod["Resources"][lane_function_id(lane)]["Properties"]
@@ -71,6 +74,7 @@ def test_every_lane_function_has_reserved_concurrency_and_reports_batch_item_fai
         assert source["Queue"] == {"Fn::GetAtt": [queue_id(lane), "Arn"]}
 
 
+@pytest.mark.abuse
 def test_every_consumed_queue_has_a_dead_letter_queue_and_a_long_enough_visibility(prod: dict[str, Any]) -> None:
     queues = resources_of(prod, "AWS::SQS::Queue")
     consumers = {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from chalicelib import catalog, slots, statemachine
 from chalicelib.db import ModelRecord
 from chalicelib.lanes import IMAGE_LEASE_MARGIN_S
@@ -96,6 +98,7 @@ def test_a_dead_workers_lease_is_reclaimed_and_the_image_runs_again(lanes: Lanes
     assert lanes.task(task_id).status == "succeeded"
 
 
+@pytest.mark.abuse
 def test_a_redelivery_after_a_dead_worker_takes_over_once_the_lease_ended(lanes: Lanes) -> None:
     task_id = lanes.submit(IMAGE_TASK)
     record = lanes.receive_for("image", task_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from chalicelib import aws, slots
 from chalicelib.ark.client import VolcImageClient
 from chalicelib.lanes import Retry
@@ -129,6 +131,7 @@ def test_a_released_slot_wakes_the_oldest_waiting_task_at_once(lanes: Lanes) -> 
     assert lanes.task(first).status == "succeeded"
 
 
+@pytest.mark.abuse
 def test_an_admin_changing_concurrency_applies_to_the_next_acquire(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=2)
     slots.acquire(IMAGE_MODEL, "tsk_running_elsewhere", 2, lanes.clock.now() + 60)
@@ -163,6 +166,7 @@ def test_the_per_user_cap_keeps_one_users_burst_from_taking_every_slot(lanes: La
     assert lanes.task(demo_task).status == "succeeded"
 
 
+@pytest.mark.abuse
 def test_a_retryable_error_requeues_with_backoff_and_frees_the_slot(lanes: Lanes) -> None:
     lanes.ark.configure(rate_limit_fraction=1.0, retry_after_s=7)
     task_id = lanes.submit(IMAGE_TASK)
@@ -181,6 +185,7 @@ def test_a_retryable_error_requeues_with_backoff_and_frees_the_slot(lanes: Lanes
     assert lanes.ark_calls("images.generate") == 2
 
 
+@pytest.mark.abuse
 def test_backoff_grows_exponentially_with_jitter(lanes: Lanes) -> None:
     import dataclasses
 
@@ -192,6 +197,7 @@ def test_backoff_grows_exponentially_with_jitter(lanes: Lanes) -> None:
     assert 1 <= delays[0] <= 2 and 4 <= delays[1] <= 8 and 16 <= delays[2] <= 32
 
 
+@pytest.mark.abuse
 def test_a_permanent_error_fails_the_task_with_arks_code(lanes: Lanes) -> None:
     task_id = lanes.submit({**IMAGE_TASK, "prompt": "a cat SIM_SENSITIVE_INPUT"})
 
@@ -203,6 +209,7 @@ def test_a_permanent_error_fails_the_task_with_arks_code(lanes: Lanes) -> None:
     assert slots.in_use(IMAGE_MODEL) == 0
 
 
+@pytest.mark.abuse
 def test_after_max_receives_the_task_fails_and_the_message_lands_in_the_dlq(lanes: Lanes) -> None:
     lanes.ark.configure(server_error_fraction=1.0)  # retry_base_s=0: every retry is visible again at once
     task_id = lanes.submit(IMAGE_TASK)

@@ -112,6 +112,7 @@ def test_a_crash_after_ark_accepted_the_video_is_reconciled_without_a_second_cre
     assert task.stage in (ARK_QUEUED, ARK_RUNNING) or task.status == "succeeded"
 
 
+@pytest.mark.abuse
 def test_a_crash_before_the_create_reached_ark_creates_it_exactly_once(lanes: Lanes) -> None:
     task_id = lanes.submit(VIDEO_TASK)
     record = lanes.receive_for("video", task_id)
@@ -128,6 +129,7 @@ def test_a_crash_before_the_create_reached_ark_creates_it_exactly_once(lanes: La
     assert lanes.task(task_id).external_id in lanes.ark.sim.tasks.tasks
 
 
+@pytest.mark.abuse
 def test_an_unanswered_create_is_reconciled_not_retried_blindly(lanes: Lanes) -> None:
     lanes.ark.configure(timeout_fraction=1.0, timeout_hang_s=0.0, fault_endpoints=["tasks.create"])
     task_id = lanes.submit(VIDEO_TASK)
@@ -142,6 +144,7 @@ def test_an_unanswered_create_is_reconciled_not_retried_blindly(lanes: Lanes) ->
     assert lanes.task(task_id).stage == ARK_QUEUED
 
 
+@pytest.mark.abuse
 def test_a_rejected_create_fails_the_task_with_arks_code(lanes: Lanes) -> None:
     task_id = submitted(lanes, {**VIDEO_TASK, "prompt": "SIM_SENSITIVE_INPUT waves"})
     body = lanes.get(task_id)
@@ -161,6 +164,7 @@ def post_callback(lanes: Lanes, query: str, payload: dict[str, Any]) -> Any:
     return lanes.api.request("POST", f"/api/queue/callback{query}", payload)
 
 
+@pytest.mark.abuse
 @pytest.mark.parametrize("which", ["missing", "wrong", "other_task", "unknown_task"])
 def test_a_callback_without_this_tasks_secret_is_refused_and_changes_nothing(lanes: Lanes, which: str) -> None:
     task_id, other_id = submitted(lanes), submitted(lanes)
@@ -183,6 +187,7 @@ def test_a_callback_without_this_tasks_secret_is_refused_and_changes_nothing(lan
     assert lanes.ark_calls("tasks.get") == gets_before
 
 
+@pytest.mark.abuse
 def test_a_terminal_callback_triggers_one_status_read_and_ends_the_task(lanes: Lanes) -> None:
     task_id = submitted(lanes)
     external_id = lanes.task(task_id).external_id
@@ -217,6 +222,7 @@ def test_a_running_callback_advances_the_stage_without_reading_ark(lanes: Lanes)
     assert lanes.ark_calls("tasks.get") == 0
 
 
+@pytest.mark.abuse
 def test_a_callback_racing_the_poll_ends_the_task_once(lanes: Lanes, listen: Callable[[], list]) -> None:
     task_id = submitted(lanes)
     external_id = lanes.task(task_id).external_id

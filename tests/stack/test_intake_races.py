@@ -57,6 +57,7 @@ def _submit_in_parallel(stack: LocalStack, headers: dict[str, str], body: dict, 
                              range(count)))
 
 
+@pytest.mark.abuse
 def test_parallel_requests_never_exceed_the_daily_quota(local_stack: LocalStack) -> None:
     admin = _login(local_stack, local_stack.admin)
     demo = _login(local_stack, local_stack.demo)

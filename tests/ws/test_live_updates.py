@@ -146,6 +146,7 @@ def test_ping_gets_pong_and_garbage_gets_an_error_without_closing(open_socket) -
     assert receive(socket) == {"type": "pong"}
 
 
+@pytest.mark.abuse
 def test_updates_reach_every_open_connection_of_the_owner_only_and_gone_ones_are_removed(
     api: Api, open_socket
 ) -> None:
@@ -170,6 +171,7 @@ def test_updates_reach_every_open_connection_of_the_owner_only_and_gone_ones_are
     assert len(connections()) == 3
 
 
+@pytest.mark.abuse
 def test_an_unreachable_gateway_never_fails_the_transition(api: Api, monkeypatch) -> None:
     ConnectionRecord("somebody=", user_id=DEMO[0], connected_at="2026-01-01T00:00:00.000Z",
                      expires_at_epoch=4_000_000_000).save()
