@@ -49,6 +49,8 @@ IMAGE_LEASE_MARGIN_S = 60
 IMAGE_RECORD_MARGIN_S = 20
 # A video `submitting` for longer than its create can take was interrupted: reconcile through Ark's list.
 CREATE_GRACE_S = 60
+# No-slot rechecks back off from SLOT_WAIT_SECONDS to 8 times that.
+MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
 SQS_MAX_VISIBILITY_S = 12 * 3600
 
@@ -139,8 +141,12 @@ class LaneWorker:
         queues.enqueue(self.sqs, self.lane.name, delivery.task_id, delay_s=min(delay_s, SQS_MAX_DELAY_S))
         return DONE
 
-    def _slot_wait(self) -> int:
-        return self.rng.randint(self.settings.slot_wait_s, 2 * self.settings.slot_wait_s)
+    def _slot_wait(self, delivery: Delivery) -> int:
+        """Jittered, and longer each time the same message finds no slot: a released slot wakes the oldest
+        waiting task at once, so these rechecks are only the fallback, and fewer of them leave the slot
+        semaphore and SQS to the tasks that can run."""
+        base = self.settings.slot_wait_s * 2 ** min(delivery.receive_count - 1, MAX_SLOT_WAIT_DOUBLINGS)
+        return self.rng.randint(base, 2 * base)
 
     # --- one message ------------------------------------------------------------------------------------------
 
@@ -160,7 +166,7 @@ class LaneWorker:
             return DONE
         if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), self._lease_until(task),
                              user_id=task.user_id, user_cap=_int_or_none(model.max_running_per_user)):
-            return self._wait(delivery, self._slot_wait())
+            return self._wait(delivery, self._slot_wait(delivery))
         return self._claim_and_call(task, model, delivery)
 
     def _lease_until(self, task: TaskRecord) -> float:
@@ -210,7 +216,7 @@ class LaneWorker:
         try:  # the worker died mid-call: back to the queue, then on as a queued task
             statemachine.transition(task, statemachine.QUEUED, clock=self.clock)
         except StaleTask:
-            return Retry(self._slot_wait())
+            return Retry(self._slot_wait(delivery))
         return self.process(delivery)
 
     # --- images -----------------------------------------------------------------------------------------------

@@ -13,8 +13,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from pynamodb.connection.base import BOTOCORE_EXCEPTIONS
-from pynamodb.constants import UPDATE_ITEM
+from botocore.exceptions import ClientError
 from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
 from pynamodb.transactions import TransactWrite
 
@@ -57,8 +56,8 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
                     for key, limit in zip(keys, (concurrency, user_cap), strict=True):
                         _take(transaction, key, task_id, int(limit or 0), lease_until)
             return True
-        except UpdateError as error:
-            records = {model_id: _old_item(error)}
+        except SlotRefused as refusal:
+            records = {model_id: refusal.item}
         except TransactWriteError as error:
             # Only the refused record comes back; one that met its condition exists and does not hold the task.
             records = {key: reason.raw_item if reason and reason.code == "ConditionalCheckFailed" else {}
@@ -72,7 +71,8 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
 
 
 def _take_one(slot_key: str, task_id: str, limit: int, lease_until: float) -> None:
-    # pynamodb's update calls take no ReturnValuesOnConditionCheckFailure; its request builder does.
+    """One conditional update; a refusal raises `SlotRefused` with the record as it was."""
+    # pynamodb drops the item DynamoDB returns with a refusal: send the request it builds through botocore.
     connection = SlotRecord._get_connection().connection
     request = connection.get_operation_kwargs(
         SlotRecord.Meta.table_name,
@@ -82,15 +82,17 @@ def _take_one(slot_key: str, task_id: str, limit: int, lease_until: float) -> No
         return_values_on_condition_failure="ALL_OLD",
     )
     try:
-        connection.dispatch(UPDATE_ITEM, request)
-    except BOTOCORE_EXCEPTIONS as error:
-        raise UpdateError(f"Failed to take a slot: {error}", error) from error
+        connection.client.update_item(**request)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+            raise
+        raise SlotRefused(error.response.get("Item")) from error
 
 
-def _old_item(error: UpdateError) -> dict[str, Any] | None:
-    """The record as it was when the condition failed; None when there was no record."""
-    response = getattr(error.cause, "response", {})
-    return response.get("Item")
+class SlotRefused(Exception):
+    def __init__(self, item: dict[str, Any] | None) -> None:
+        super().__init__("no slot")
+        self.item = item
 
 
 def release(model_id: str, task_id: str, user_id: str | None = None) -> bool:

@@ -110,10 +110,10 @@ def test_waiting_for_a_slot_never_sends_a_message_to_the_dlq(lanes: Lanes) -> No
 
     assert lanes.worker("image").handle([near_the_limit]) == {"batchItemFailures": []}
 
-    # Replaced by a fresh copy (receive count 1 again) that becomes visible after the jittered wait.
-    fresh = aws.sqs().receive_message(QueueUrl=_queue_url(), WaitTimeSeconds=3, AttributeNames=["All"])
-    assert [json.loads(message["Body"])["task_id"] for message in fresh["Messages"]] == [task_id]
-    assert fresh["Messages"][0]["Attributes"]["ApproximateReceiveCount"] == "1"
+    # Acknowledged and replaced by a fresh copy (its receive count starts again), delayed by the backed-off wait.
+    attributes = aws.sqs().get_queue_attributes(QueueUrl=_queue_url(), AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert lanes.task(task_id).status == "queued"
 
 
 def test_a_released_slot_wakes_the_oldest_waiting_task_at_once(lanes: Lanes) -> None:
@@ -272,3 +272,27 @@ def _delivery(record: dict[str, Any]) -> Any:
     from chalicelib.lanes import Delivery
 
     return Delivery.of(record)
+
+
+def test_a_task_whose_worker_died_after_taking_its_slot_runs_on_redelivery(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    task_id = lanes.submit(IMAGE_TASK)
+    # The slot is this task's own (taken just before the crash): a full model must not keep it waiting.
+    assert slots.acquire(IMAGE_MODEL, task_id, 1, lanes.clock.now() + 60)
+
+    assert lanes.worker("image").handle([lanes.receive_for("image", task_id)]) == {"batchItemFailures": []}
+
+    assert lanes.task(task_id).status == "succeeded"
+    assert slots.in_use(IMAGE_MODEL) == 0
+
+
+def test_rechecks_for_a_slot_back_off_while_the_model_stays_full(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    task_id = lanes.submit(IMAGE_TASK)
+    worker = lanes.worker("image")
+
+    waits = [worker.process(_delivery(record_for(task_id, receive_count=count))) for count in (1, 2, 4, 6)]
+
+    lows = (1, 2, 8, 8)  # SLOT_WAIT_SECONDS=1 here, doubling per recheck up to 8x
+    assert all(low <= wait.delay_s <= 2 * low for wait, low in zip(waits, lows, strict=True))
