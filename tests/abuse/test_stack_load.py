@@ -30,6 +30,15 @@ def login(stack: LocalStack, credentials: Credentials) -> dict[str, str]:
     return {"Authorization": f"Bearer {response.json()['token']}"}
 
 
+def new_user(stack: LocalStack, admin: dict[str, str]) -> dict[str, str]:
+    """A user of this test's own: its hundreds of tasks stay out of the demo user's studio (other tests' page)."""
+    credentials = Credentials(f"load-{uuid.uuid4().hex[:8]}", "load-test-password", "user")
+    response = httpx.post(f"{stack.api_url}/api/admin/users", headers=admin, timeout=TIMEOUT,
+                          json={"username": credentials.username, "password": credentials.password})
+    assert response.status_code == 201, response.text
+    return login(stack, credentials)
+
+
 def new_model(stack: LocalStack, admin: dict[str, str], **settings: Any) -> str:
     model_id = f"load-{uuid.uuid4().hex[:8]}"
     response = httpx.post(f"{stack.api_url}/api/admin/models", headers=admin, timeout=TIMEOUT, json={
@@ -65,14 +74,15 @@ def test_200_parallel_tasks_never_exceed_the_models_concurrency_at_ark_and_all_c
 ) -> None:
     """Safeguard: the per-model slot semaphore (a conditional `count < concurrency` write) caps calls in flight
     at Ark below the lane's worker concurrency (8 image workers here against 3 slots); every slot is given back."""
-    admin, demo = login(local_stack, local_stack.admin), login(local_stack, local_stack.demo)
+    admin = login(local_stack, local_stack.admin)
+    user = new_user(local_stack, admin)
     concurrency = 3
     model_id = new_model(local_stack, admin, concurrency=concurrency, daily_quota=1000)
     body = {"type": "image", "model_id": model_id, "prompt": "load"}
 
     # Long enough for calls to overlap at Ark, short enough that 200 of them take seconds.
     with simulator_config(local_stack, image_latency_s=0.2):
-        responses = submit_in_parallel(local_stack, demo, body, count=200)
+        responses = submit_in_parallel(local_stack, user, body, count=200)
         assert [response.status_code for response in responses] == [201] * 200
         deadline = time.monotonic() + 150
         while unfinished(local_stack, admin, model_id):
@@ -92,13 +102,14 @@ def test_200_parallel_tasks_never_exceed_the_models_concurrency_at_ark_and_all_c
 def test_50_parallel_creates_with_one_request_left_accept_exactly_one(local_stack: LocalStack) -> None:
     """Safeguard: the quota is consumed by a conditional increment (`used < limit`) inside the task's creation
     transaction, so parallel requests cannot both see the last request free."""
-    admin, demo = login(local_stack, local_stack.admin), login(local_stack, local_stack.demo)
+    admin = login(local_stack, local_stack.admin)
+    user = new_user(local_stack, admin)
     model_id = new_model(local_stack, admin, concurrency=1, daily_quota=3)
     body = {"type": "image", "model_id": model_id, "prompt": "the last one"}
     for _ in range(2):
-        assert submit_in_parallel(local_stack, demo, body, count=1)[0].status_code == 201
+        assert submit_in_parallel(local_stack, user, body, count=1)[0].status_code == 201
 
-    responses = submit_in_parallel(local_stack, demo, body, count=50)
+    responses = submit_in_parallel(local_stack, user, body, count=50)
 
     codes = [response.status_code for response in responses]
     assert codes.count(201) == 1 and codes.count(429) == 49
