@@ -7,6 +7,10 @@ Per message, in this order (`shared/design.md`, two concurrency layers):
      it claimed and does nothing; a lost claim gives the slot back);
   3. call Ark: an image is generated and stored; a video is created once and handed to the poller.
 
+A message for a task that already succeeded copies its results into the bucket (`chalicelib.results`): the
+poller and Ark's callback send one for every succeeded video, and it finishes an image's copy that a worker
+stopped before completing. The copy is idempotent and never fails the task.
+
 No free slot: the message goes back as a batch item failure after a short jittered visibility timeout; the
 worker never waits. Waiting is not failing, so a message about to reach the lane's `max_receives` by waiting
 alone is replaced by a fresh copy. A slot given back wakes the oldest task waiting for that model at once.
@@ -30,7 +34,7 @@ import httpx
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import aws, catalog, media, queues, slots, statemachine
+from chalicelib import aws, catalog, media, queues, results, slots, statemachine
 from chalicelib.ark.client import ImageGenerationResult, VolcImageClient, VolcVideoClient
 from chalicelib.ark.errors import ArkPermanentError, ArkRateLimitError, ArkRetryableError
 from chalicelib.clock import SYSTEM_CLOCK, Clock
@@ -53,6 +57,8 @@ CREATE_GRACE_S = 60
 MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
 SQS_MAX_VISIBILITY_S = 12 * 3600
+# Downloads of Ark's result files: a read may stall this long between chunks of a large video.
+RESULTS_DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 
 
 @dataclass(frozen=True)
@@ -88,14 +94,15 @@ Outcome = Retry | None
 class LaneWorker:
     def __init__(self, lane: Lane, *, sqs: Any, s3: Any, images: VolcImageClient, videos: VolcVideoClient,
                  settings: Settings | None = None, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, downloads: httpx.Client | None = None) -> None:
         self.lane = lane
         self.sqs = sqs
         self.s3 = s3
         self.images = images
         self.settings = settings or get_settings()
         self.clock = clock
-        self.video = VideoService(videos, s3=s3, settings=self.settings, clock=clock)
+        self.video = VideoService(videos, s3=s3, sqs=sqs, settings=self.settings, clock=clock)
+        self.downloads = downloads or httpx.Client(timeout=RESULTS_DOWNLOAD_TIMEOUT, follow_redirects=True)
         self.rng = rng or random.Random()
 
     # --- the batch --------------------------------------------------------------------------------------------
@@ -154,6 +161,9 @@ class LaneWorker:
         try:
             task = TaskRecord.get(delivery.task_id, consistent_read=True)
         except DoesNotExist:
+            return DONE
+        if task.status == statemachine.SUCCEEDED:
+            self._keep_results(task)
             return DONE
         if task.status == statemachine.RUNNING:
             return self._resume(task, delivery)
@@ -251,11 +261,21 @@ class LaneWorker:
         if result.usage:
             meta["usage"] = {"generated_images": result.usage.generated_images,
                              "output_tokens": result.usage.output_tokens, "total_tokens": result.usage.total_tokens}
-        self._transition(task, statemachine.SUCCEEDED, [
+        succeeded = self._transition(task, statemachine.SUCCEEDED, [
             TaskRecord.result_urls.set([image.url for image in result.images if image.url]),
             TaskRecord.image_errors.set(errors),
             TaskRecord.result_meta.set(meta),
         ])
+        if succeeded:
+            self._keep_results(succeeded)
+
+    def _keep_results(self, task: TaskRecord) -> None:
+        """Copy a succeeded task's results into the bucket (nothing to do without one, or once copied)."""
+        try:
+            results.copy_results(task, s3=self.s3, http=self.downloads, bucket=self.settings.media_bucket,
+                                 clock=self.clock)
+        except StaleTask:
+            log.info("task %s was deleted before its results were copied", task.task_id)
 
     # --- videos -----------------------------------------------------------------------------------------------
 
@@ -318,11 +338,13 @@ class LaneWorker:
     def _end(self, task: TaskRecord, target: str, code: str, message: str, extra: list[Any] | None = None) -> None:
         self._transition(task, target, [TaskRecord.error.set({"code": code, "message": message}), *(extra or [])])
 
-    def _transition(self, task: TaskRecord, target: str, actions: list[Any]) -> None:
+    def _transition(self, task: TaskRecord, target: str, actions: list[Any]) -> TaskRecord | None:
+        """The task as written, or None when it changed meanwhile (someone else decided its fate)."""
         try:
-            statemachine.transition(task, target, actions=actions, clock=self.clock)
+            return statemachine.transition(task, target, actions=actions, clock=self.clock)
         except StaleTask:
             log.info("task %s changed before it could become %s", task.task_id, target)
+            return None
 
 
 def wake_next(released: TaskRecord) -> None:

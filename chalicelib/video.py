@@ -13,6 +13,8 @@ or one derived from the task id), which is what makes that match reliable.
 Status reads come from two paths that end in the same idempotent `apply_remote`: the scheduled poller (running
 tasks whose `next_poll_at` is due, read from the sparse `video_polls_due` index) and Ark's callback, which is a
 hint: a terminal callback triggers a status read at once; a queued/running one only advances `stage`.
+A success sends the task to its lane again, whose worker copies the video and last frame into the bucket: the
+callback route (the API's 28 s) and the poller (many tasks per run) have no time to stream a video.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ from functools import cache
 from typing import Any
 from urllib.parse import urlencode
 
+from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist
 from pynamodb.expressions.update import Action
 
-from chalicelib import aws, media, statemachine
+from chalicelib import aws, media, queues, statemachine
 from chalicelib.ark.client import VideoTask, VolcVideoClient, image_content, text_content
 from chalicelib.ark.errors import ArkError, ArkNotFoundError, ArkRetryableError
 from chalicelib.ark.limits import VIDEO_MAX_SEED
@@ -117,10 +120,11 @@ class Submission:
 
 
 class VideoService:
-    def __init__(self, client: VolcVideoClient, *, s3: Any, settings: Settings | None = None,
+    def __init__(self, client: VolcVideoClient, *, s3: Any, sqs: Any = None, settings: Settings | None = None,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.client = client
         self.s3 = s3
+        self.sqs = sqs or aws.sqs()
         self.settings = settings or get_settings()
         self.clock = clock
 
@@ -190,9 +194,22 @@ class VideoService:
         if task.status != statemachine.RUNNING or remote.id != task.external_id:
             return task
         target = ARK_TERMINAL.get(remote.status)
-        if target is not None:
-            return statemachine.transition(task, target, actions=_outcome_actions(remote), clock=self.clock)
-        return self._advance(task, ARK_STAGES.get(remote.status), extra or [])
+        if target is None:
+            return self._advance(task, ARK_STAGES.get(remote.status), extra or [])
+        task = statemachine.transition(task, target, actions=_outcome_actions(remote), clock=self.clock)
+        if target == statemachine.SUCCEEDED:
+            self._request_results_copy(task)
+        return task
+
+    def _request_results_copy(self, task: TaskRecord) -> None:
+        """Hand the succeeded task to its lane, whose worker copies the results (`chalicelib.lanes`)."""
+        if not self.settings.media_bucket:
+            return
+        try:
+            queues.enqueue(self.sqs, task.lane, task.task_id)
+        except (BotoCoreError, ClientError) as error:
+            # The task stays succeeded with Ark's links, valid for 24 h.
+            log.warning("could not request the results copy of %s: %s", task.task_id, error)
 
     def _advance(self, task: TaskRecord, stage: str | None, extra: list[Action]) -> TaskRecord:
         """Move `stage` forward only (a late `queued` never undoes `running`), with `extra` in the same write."""
@@ -275,7 +292,7 @@ class VideoService:
 @cache
 def default_service() -> VideoService:
     """The poller's and the callback route's service, made once per Lambda container."""
-    return VideoService(VolcVideoClient.from_settings(get_settings()), s3=aws.s3())
+    return VideoService(VolcVideoClient.from_settings(get_settings()), s3=aws.s3(), sqs=aws.sqs())
 
 
 def _task_with_secret(task_id: str, token: str) -> TaskRecord:

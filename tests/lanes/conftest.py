@@ -57,6 +57,7 @@ class Lanes:
             settings=self.settings,
             clock=self.clock,
             rng=random.Random(7),
+            downloads=overrides.pop("downloads", None),
         )
 
     def video(self) -> VideoService:

@@ -67,7 +67,7 @@ def test_a_second_delivery_after_success_calls_nothing(lanes: Lanes) -> None:
     worker = lanes.worker("image")
     worker.handle([record, {**record, "messageId": "second-copy"}])
     assert lanes.ark_calls("images.generate") == 1
-    assert lanes.task(task_id).version == 3  # queued -> running -> succeeded, nothing more
+    assert lanes.task(task_id).version == 4  # queued -> running -> succeeded -> results copied, nothing more
 
 
 def test_no_free_slot_defers_the_message_briefly_then_it_runs(lanes: Lanes) -> None:

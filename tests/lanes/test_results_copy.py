@@ -1,0 +1,124 @@
+"""Succeeded tasks end with their results in arkflow's bucket, handed out as presigned URLs."""
+
+from __future__ import annotations
+
+import dataclasses
+from urllib.parse import urlsplit
+
+import boto3
+import httpx
+import pytest
+
+from chalicelib import media, results
+from tests.lanes.conftest import IMAGE_TASK, VIDEO_TASK, Lanes, record_for
+from tests.lanes.test_video_lane import ark_status, callback_token, post_callback, submitted, wait_for
+
+JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8", b"\x89PNG"
+
+
+def stored_object(lanes: Lanes, ref: str, task_id: str) -> dict:
+    """The object behind `ref`, checked to be in the bucket under the task's results."""
+    assert media.is_s3_ref(ref), ref
+    bucket, key = media.split_s3_ref(ref)
+    assert bucket == lanes.settings.media_bucket and key.startswith(f"tasks/{task_id}/results/")
+    return boto3.client("s3").get_object(Bucket=bucket, Key=key)
+
+
+def is_presigned_for(url: str, ref: str) -> bool:
+    _, key = media.split_s3_ref(ref)
+    parts = urlsplit(url)
+    return parts.path.endswith(key) and "Signature" in parts.query
+
+
+def test_an_image_task_ends_with_its_images_in_the_bucket(lanes: Lanes) -> None:
+    task_id = lanes.submit({**IMAGE_TASK, "max_images": 2})
+
+    assert lanes.run("image") == {"batchItemFailures": []}
+
+    task = lanes.task(task_id)
+    assert task.status == "succeeded" and task.results_copy_error is None
+    assert len(task.result_urls) == 2
+    for ref in task.result_urls:
+        stored = stored_object(lanes, ref, task_id)
+        assert stored["ContentType"] == "image/jpeg" and stored["Body"].read().startswith(JPEG_MAGIC)
+    body = lanes.get(task_id)
+    assert all(is_presigned_for(url, ref) for url, ref in zip(body["result_urls"], task.result_urls, strict=True))
+
+
+def test_a_failed_copy_keeps_the_task_succeeded_and_a_later_delivery_finishes_it(
+    lanes: Lanes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "RETRY_DELAY_S", 0.0)
+    task_id = lanes.submit(IMAGE_TASK)
+    unreachable = httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(503, text="busy")))
+
+    assert lanes.run("image", downloads=unreachable) == {"batchItemFailures": []}
+
+    body = lanes.get(task_id)
+    assert body["status"] == "succeeded" and body["results_copy_error"]["code"] == "results_copy_failed"
+    [ark_url] = body["result_urls"]
+    assert urlsplit(ark_url).netloc == urlsplit(lanes.ark.base_url).netloc  # still Ark's link, usable for 24 h
+
+    # A redelivery (or any later message for the task) finishes the copy without calling Ark again.
+    assert lanes.worker("image").handle([record_for(task_id)]) == {"batchItemFailures": []}
+
+    task = lanes.task(task_id)
+    assert task.status == "succeeded" and task.results_copy_error is None
+    assert stored_object(lanes, task.result_urls[0], task_id)["Body"].read().startswith(JPEG_MAGIC)
+    assert lanes.ark_calls("images.generate") == 1
+
+
+def assert_video_copied(lanes: Lanes, task_id: str) -> None:
+    task = lanes.task(task_id)
+    assert task.status == "succeeded" and task.results_copy_error is None
+    video = stored_object(lanes, task.video_url, task_id)
+    assert video["ContentType"] == "video/mp4" and task.video_url.endswith(".mp4")
+    assert video["ContentLength"] > 0
+    frame = stored_object(lanes, task.last_frame_url, task_id)
+    assert frame["Body"].read().startswith(PNG_MAGIC)
+    body = lanes.get(task_id)
+    assert is_presigned_for(body["video_url"], task.video_url)
+    assert is_presigned_for(body["last_frame_url"], task.last_frame_url)
+
+
+def test_a_video_the_poller_finds_succeeded_is_copied_by_its_lane(lanes: Lanes) -> None:
+    task_id = submitted(lanes, {**VIDEO_TASK, "params": {"duration": 2, "return_last_frame": True}})
+    wait_for(lambda: ark_status(lanes, lanes.task(task_id).external_id) == "succeeded")
+    lanes.clock.advance(lanes.settings.video_poll_interval_s)
+
+    assert lanes.video().poll_due(budget_s=10) == 1
+    assert not media.is_s3_ref(lanes.task(task_id).video_url)  # the poller itself streams nothing
+    assert lanes.run("video") == {"batchItemFailures": []}
+
+    assert_video_copied(lanes, task_id)
+    assert lanes.receive("video") == []
+
+
+def test_a_video_ended_by_arks_callback_is_copied_by_its_lane(lanes: Lanes) -> None:
+    task_id = submitted(lanes, {**VIDEO_TASK, "params": {"duration": 2, "return_last_frame": True}})
+    external_id = lanes.task(task_id).external_id
+    wait_for(lambda: ark_status(lanes, external_id) == "succeeded")
+    payload = lanes.ark.sim.tasks.tasks[external_id].to_wire()
+
+    response = post_callback(lanes, f"?task_id={task_id}&token={callback_token(lanes, task_id)}", payload)
+    assert response.status_code == 200 and lanes.task(task_id).status == "succeeded"
+    assert lanes.run("video") == {"batchItemFailures": []}
+
+    assert_video_copied(lanes, task_id)
+    # A duplicate request (a retried callback, a redelivery) changes nothing more.
+    version = lanes.task(task_id).version
+    assert lanes.worker("video").handle([record_for(task_id)]) == {"batchItemFailures": []}
+    assert lanes.task(task_id).version == version
+
+
+def test_without_a_bucket_results_stay_at_ark_and_no_copy_is_requested(lanes: Lanes) -> None:
+    lanes.settings = dataclasses.replace(lanes.settings, media_bucket="")
+    task_id = submitted(lanes, {**VIDEO_TASK, "params": {"duration": 2}})
+    wait_for(lambda: ark_status(lanes, lanes.task(task_id).external_id) == "succeeded")
+    lanes.clock.advance(lanes.settings.video_poll_interval_s)
+
+    assert lanes.video().poll_due(budget_s=10) == 1
+
+    task = lanes.task(task_id)
+    assert task.status == "succeeded" and not media.is_s3_ref(task.video_url)
+    assert lanes.receive("video") == []
