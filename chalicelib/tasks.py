@@ -20,6 +20,7 @@ from pynamodb.exceptions import DoesNotExist, TransactWriteError
 from pynamodb.expressions.condition import Condition
 
 from chalicelib import catalog, db, media, queues, quota, statemachine
+from chalicelib.ark.limits import IMAGE_MAX_TOTAL_IMAGES
 from chalicelib.auth import Principal
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import IdempotencyRecord, ModelRecord, QuotaRecord, TaskRecord
@@ -101,7 +102,7 @@ class TaskService:
             version=1,
             prompt=request.prompt,
             images=images,
-            params=_params_of(request),
+            params=_params_of(request, model.defaults or {}),
             upstream_model=model.upstream_model,
             lane=model.lane,
             created_at=created_at,
@@ -362,11 +363,31 @@ def _task_not_found(task_id: str) -> NotFound:
     return NotFound(f"No task {task_id!r}.", code="task_not_found")
 
 
-def _params_of(request: ImageTaskRequest | VideoTaskRequest) -> dict[str, Any]:
+def _params_of(request: ImageTaskRequest | VideoTaskRequest, defaults: dict[str, Any]) -> dict[str, Any]:
+    """What Ark will be sent: the model's defaults, overlaid by what the request set."""
     if isinstance(request, ImageTaskRequest):
-        params = {"size": request.size, "max_images": request.max_images, "watermark": request.watermark}
-        return {key: value for key, value in params.items() if value is not None}
-    return request.params.model_dump(exclude_none=True)
+        requested = {"size": request.size, "max_images": request.max_images, "watermark": request.watermark}
+        requested = {key: value for key, value in requested.items() if value is not None}
+    else:
+        requested = request.params.model_dump(exclude_none=True)
+    return {**_applicable_defaults(request, defaults, requested), **requested}
+
+
+def _applicable_defaults(
+    request: ImageTaskRequest | VideoTaskRequest, defaults: dict[str, Any], requested: dict[str, Any]
+) -> dict[str, Any]:
+    """The defaults that fit this request: none may make a valid request one Ark refuses or crops."""
+    applicable = dict(defaults)
+    if isinstance(request, ImageTaskRequest):
+        if "max_images" in applicable:  # reference and generated images share one limit
+            room = IMAGE_MAX_TOTAL_IMAGES - len(request.images)
+            applicable["max_images"] = min(applicable["max_images"], room)
+        return applicable
+    if "frames" in requested:  # a request's frame count replaces any duration
+        applicable.pop("duration", None)
+    if request.images:  # Ark fits the ratio to the first frame unless the request says otherwise
+        applicable.pop("ratio", None)
+    return applicable
 
 
 def _filter_condition(query: TaskListQuery) -> Condition | None:

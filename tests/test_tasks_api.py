@@ -120,6 +120,54 @@ def test_a_video_task_keeps_its_params(api: Api) -> None:
     assert task["params"] == {"resolution": "720p", "ratio": "16:9", "frames": 57, "seed": 7}
 
 
+def set_defaults(api: Api, model_id: str, defaults: dict) -> None:
+    response = api.request("PUT", f"/api/admin/models/{model_id}", {"defaults": defaults}, as_user=ADMIN)
+    assert response.status_code == 200, response.body
+
+
+def task_params(api: Api, body: dict) -> dict:
+    response = create(api, body)
+    assert response.status_code == 201, response.body
+    return api.request("GET", f"/api/tasks/{response.data['id']}", as_user=DEMO).data["params"]
+
+
+def test_an_image_task_takes_the_models_defaults_where_the_request_is_silent(api: Api) -> None:
+    set_defaults(api, "seedream-4.5", {"size": "4K", "watermark": False, "max_images": 4})
+
+    assert task_params(api, IMAGE_TASK) == {"size": "4K", "watermark": False, "max_images": 4}
+    assert task_params(api, {**IMAGE_TASK, "size": "2k", "watermark": True}) == {
+        "size": "2K", "watermark": True, "max_images": 4,
+    }
+    # Reference and generated images share Ark's limit of 15: the default shrinks to what is left.
+    many_references = {**IMAGE_TASK, "images": [png_data_uri()] * 13}
+    assert task_params(api, many_references)["max_images"] == 2
+
+
+def test_a_video_task_takes_the_models_defaults_where_the_request_is_silent(api: Api) -> None:
+    set_defaults(api, "seedance-1.0-pro", {
+        "resolution": "480p", "ratio": "9:16", "duration": 10, "watermark": False, "return_last_frame": True,
+    })
+
+    assert task_params(api, {**VIDEO_TASK, "params": {}}) == {
+        "resolution": "480p", "ratio": "9:16", "duration": 10, "watermark": False, "return_last_frame": True,
+    }
+    assert task_params(api, {**VIDEO_TASK, "params": {"resolution": "1080p", "return_last_frame": False}}) == {
+        "resolution": "1080p", "ratio": "9:16", "duration": 10, "watermark": False, "return_last_frame": False,
+    }
+    # A frame count replaces the default duration; a first frame keeps Ark's ratio fitted to the image.
+    from_frames = task_params(api, {**VIDEO_TASK, "params": {"frames": 57}})
+    assert from_frames["frames"] == 57 and "duration" not in from_frames
+    from_image = task_params(api, {**VIDEO_TASK, "images": [png_data_uri(640, 360)], "params": {}})
+    assert "ratio" not in from_image and from_image["resolution"] == "480p"
+
+
+def test_cleared_defaults_no_longer_apply(api: Api) -> None:
+    set_defaults(api, "seedream-4.5", {"size": "4K"})
+    api.request("PUT", "/api/admin/models/seedream-4.5", {"defaults": None}, as_user=ADMIN)
+
+    assert task_params(api, IMAGE_TASK) == {}
+
+
 def test_queue_position_counts_the_tasks_ahead(api: Api) -> None:
     ids = [create(api, IMAGE_TASK).data["id"] for _ in range(3)]
     positions = [api.request("GET", f"/api/tasks/{task_id}", as_user=DEMO).data["queue_position"] for task_id in ids]
