@@ -250,6 +250,14 @@ class VideoService:
                 try:
                     task = TaskRecord.get(due.task_id, consistent_read=True)
                     if task.status == statemachine.RUNNING and task.external_id:
+                        # Claim this read first: an overlapping run (EventBridge delivers at least once) then
+                        # finds the task no longer due and leaves it alone.
+                        statemachine.update_fields(
+                            task,
+                            [TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0), self.settings))],
+                            condition=TaskRecord.next_poll_at == due.next_poll_at,
+                            clock=self.clock,
+                        )
                         self.poll(task)
                         polled += 1
                 except (DoesNotExist, StaleTask):
