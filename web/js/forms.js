@@ -28,6 +28,13 @@ export function describeError(error) {
   return { title: ERROR_TITLES[code] || "Something went wrong", message, code };
 }
 
+/** Show an API error in a page's error box (a `.form-errors` element). */
+export function showPageError(box, error) {
+  const { title, message } = describeError(error);
+  box.replaceChildren(h("p", { class: "form-errors-title" }, title), h("p", {}, message));
+  box.hidden = false;
+}
+
 /**
  * A labelled field: label, control, optional hint, and an error slot. `name` is the API's field path
  * ("prompt", "params.duration", "images[0]") so server-side validation errors land next to the control.

@@ -3,7 +3,7 @@
 import { api } from "../api.js";
 import { confirmDialog, openDialog } from "../dialog.js";
 import { h, toast } from "../dom.js";
-import { describeError, field, formErrorBox, select, showFormErrors, withBusyButton } from "../forms.js";
+import { describeError, field, formErrorBox, select, showFormErrors, showPageError, withBusyButton } from "../forms.js";
 
 // [field, label, required, minimum]; an optional limit left empty means "no limit" (null).
 const LIMIT_FIELDS = [
@@ -199,9 +199,7 @@ export function renderAdminModels(container) {
       pageError.hidden = true;
     } catch (error) {
       if (error.status === 401) return;
-      const { title, message } = describeError(error);
-      pageError.replaceChildren(h("p", { class: "form-errors-title" }, title), h("p", {}, message));
-      pageError.hidden = false;
+      showPageError(pageError, error);
     }
   }
 

@@ -3,7 +3,7 @@
 import { api } from "../api.js";
 import { confirmDialog, openDialog } from "../dialog.js";
 import { formatDateTime, h, toast } from "../dom.js";
-import { describeError, field, formErrorBox, select, showFormErrors, withBusyButton } from "../forms.js";
+import { describeError, field, formErrorBox, select, showFormErrors, showPageError, withBusyButton } from "../forms.js";
 
 const ROLES = [["user", "User"], ["admin", "Admin"]];
 const MIN_PASSWORD_CHARS = 8;
@@ -157,9 +157,7 @@ export function renderAdminUsers(container, { session }) {
       pageError.hidden = true;
     } catch (error) {
       if (error.status === 401) return;
-      const { title, message } = describeError(error);
-      pageError.replaceChildren(h("p", { class: "form-errors-title" }, title), h("p", {}, message));
-      pageError.hidden = false;
+      showPageError(pageError, error);
     }
   }
 
