@@ -20,6 +20,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from devstack.config import Credentials, StackConfig
 from devstack.processes import REPO_ROOT, ChildProcess, wait_until_answers
@@ -72,6 +75,16 @@ class LocalStack:
     @property
     def demo(self) -> Credentials:
         return self.config.demo
+
+    @contextmanager
+    def simulator_config(self, **changes: Any) -> Iterator[None]:
+        """Change the simulator's configuration for the block, then put back what it was."""
+        before = httpx.get(f"{self.sim_url}/_sim/config").json()
+        httpx.put(f"{self.sim_url}/_sim/config", json=changes).raise_for_status()
+        try:
+            yield
+        finally:
+            httpx.put(f"{self.sim_url}/_sim/config", json={name: before[name] for name in changes}).raise_for_status()
 
     def output(self) -> str:
         """Everything the stack printed so far (stdout and stderr)."""

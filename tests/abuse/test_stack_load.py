@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -47,16 +45,6 @@ def new_model(stack: LocalStack, admin: dict[str, str], **settings: Any) -> str:
     return model_id
 
 
-@contextlib.contextmanager
-def simulator_config(stack: LocalStack, **changes: Any) -> Iterator[None]:
-    before = httpx.get(f"{stack.sim_url}/_sim/config").json()
-    httpx.put(f"{stack.sim_url}/_sim/config", json=changes).raise_for_status()
-    try:
-        yield
-    finally:
-        httpx.put(f"{stack.sim_url}/_sim/config", json={name: before[name] for name in changes}).raise_for_status()
-
-
 def submit_in_parallel(stack: LocalStack, headers: dict[str, str], body: dict, count: int) -> list[httpx.Response]:
     with httpx.Client(timeout=TIMEOUT) as client, ThreadPoolExecutor(max_workers=min(count, 40)) as pool:
         return list(pool.map(lambda _: client.post(f"{stack.api_url}/api/tasks", headers=headers, json=body),
@@ -81,7 +69,7 @@ def test_200_parallel_tasks_never_exceed_the_models_concurrency_at_ark_and_all_c
     body = {"type": "image", "model_id": model_id, "prompt": "load"}
 
     # Long enough for calls to overlap at Ark, short enough that 200 of them take seconds.
-    with simulator_config(local_stack, image_latency_s=0.2):
+    with local_stack.simulator_config(image_latency_s=0.2):
         responses = submit_in_parallel(local_stack, user, body, count=200)
         assert [response.status_code for response in responses] == [201] * 200
         deadline = time.monotonic() + 150

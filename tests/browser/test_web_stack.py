@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,16 +43,6 @@ def new_image_model(stack: LocalStack, **settings: Any) -> tuple[str, str]:
     })
     response.raise_for_status()
     return model_id, display_name
-
-
-@contextlib.contextmanager
-def simulator_config(stack: LocalStack, **changes: Any) -> Iterator[None]:
-    before = httpx.get(f"{stack.sim_url}/_sim/config").json()
-    httpx.put(f"{stack.sim_url}/_sim/config", json=changes).raise_for_status()
-    try:
-        yield
-    finally:
-        httpx.put(f"{stack.sim_url}/_sim/config", json={name: before[name] for name in changes}).raise_for_status()
 
 
 def newest_card(page: Page):
@@ -107,7 +95,7 @@ def test_video_task_shows_a_player(page: Page, stack: LocalStack) -> None:
 
 def test_cancel_a_queued_task(page: Page, stack: LocalStack) -> None:
     model_id, display_name = new_image_model(stack, concurrency=1)
-    with simulator_config(stack, image_latency_s=30.0):  # the first task holds the only slot meanwhile
+    with stack.simulator_config(image_latency_s=30.0):  # the first task holds the only slot meanwhile
         log_in(page, stack.web_url, stack.demo.username, stack.demo.password)
         form = page.locator(IMAGE_FORM)
         form.get_by_label("Model").select_option(label=display_name)
