@@ -132,6 +132,8 @@ class TaskService:
                 actions=[TaskRecord.error.set({"code": "enqueue_failed", "message": "The task could not be queued."})],
                 clock=self.clock,
             )
+            if idempotency_id:  # the retry the 503 asks for must create a new task, not replay this one
+                IdempotencyRecord(idempotency_id).delete()
             raise ApiError("The task could not be queued; try again.", status=503, code="unavailable") from exc
         statemachine.notify(task)  # other tabs of the same user see the new task at once
         return Created(201, response)

@@ -268,6 +268,28 @@ def test_idempotency_key_replays_the_first_answer(api: Api) -> None:
     assert create(api, IMAGE_TASK, user=OTHER, headers=headers).data["id"] != first.data["id"]
 
 
+def test_a_task_that_could_not_be_queued_fails_and_its_idempotency_key_can_be_retried(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib import queues
+
+    def broken_enqueue(*args, **kwargs):
+        raise RuntimeError("SQS is down")
+
+    headers = {"Idempotency-Key": "retry-me"}
+    with monkeypatch.context() as patch:
+        patch.setattr(queues, "enqueue", broken_enqueue)
+        refused = create(api, IMAGE_TASK, headers=headers)
+    assert refused.status_code == 503
+    [failed] = api.request("GET", "/api/tasks", as_user=DEMO).data["tasks"]
+    assert (failed["status"], failed["error"]["code"]) == ("failed", "enqueue_failed")
+    retried = create(api, IMAGE_TASK, headers=headers)
+    assert retried.status_code == 201
+    assert retried.data["id"] != failed["id"]
+    usage = api.request("GET", "/api/admin/models/seedream-4.5", as_user=ADMIN).data["usage_today"]
+    assert usage["used"] == 1  # the failed task gave its request back
+
+
 # --- reading -----------------------------------------------------------------------------------------------
 
 
