@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, PutError
@@ -37,7 +38,8 @@ def create_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
         password_hash=hash_password(request.password),
         role=request.role,
         disabled=request.disabled,
-        password_version=1,
+        # Random, not 1: tokens of a deleted user must not come back to life when the name is used again.
+        password_version=secrets.randbits(31),
         created_at=now,
         updated_at=now,
     )

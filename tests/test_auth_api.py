@@ -178,6 +178,14 @@ def test_admin_manages_users_without_ever_seeing_a_password(api: Api) -> None:
     assert login(api, "carol", "carol-pass-1").status_code == 401
 
 
+def test_a_deleted_users_tokens_stay_dead_when_the_name_is_used_again(api: Api) -> None:
+    token = login(api, *DEMO).data["token"]
+    assert api.request("DELETE", "/api/admin/users/demo", as_user=ADMIN).status_code == 200
+    recreated = api.request("POST", "/api/admin/users", {"username": "demo", "password": DEMO[1]}, as_user=ADMIN)
+    assert recreated.status_code == 201
+    assert api.request("GET", "/api/users/me", token=token).status_code == 401
+
+
 def test_admins_cannot_lock_themselves_out(api: Api) -> None:
     assert api.request("PUT", "/api/admin/users/admin", {"disabled": True}, as_user=ADMIN).status_code == 409
     assert api.request("DELETE", "/api/admin/users/admin", as_user=ADMIN).status_code == 409
