@@ -279,6 +279,8 @@ def test_live_list_reconnects_and_catches_up(page: Page, fake_stack: FakeStack, 
     task = fake.add_task("demo", prompt="before the drop")
     log_in(page, fake_stack.web_url, *DEMO)
     expect(card(page, task["id"]).locator(".status-pill")).to_have_text("Queued")
+    # Drop the socket only once it is open: one still in its handshake would slip past the drop.
+    wait_until(lambda: fake.connected_sockets() == 1)
 
     fake.drop_sockets(refuse_new=True)
     expect(page.locator(".live-status")).to_have_text(re.compile(r"Reconnecting in \d+ s"))
