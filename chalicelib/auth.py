@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
@@ -185,6 +186,11 @@ class Authenticator:
     def logout(self, principal: Principal) -> None:
         if principal.session_id:
             SessionRecord(principal.session_id).delete()
+
+
+def secret_digest(secret: str) -> str:
+    """What arkflow stores of a random, single-purpose secret (WebSocket tickets, Ark callback tokens)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def _bearer_token(authorization: str | None) -> str:

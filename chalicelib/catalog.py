@@ -8,7 +8,7 @@ from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
 from chalicelib import quota, slots
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.db import ModelRecord, TaskRecord
+from chalicelib.db import ModelRecord, TaskRecord, optional_int
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.resources import DEFAULT_MODELS, LANES, default_lane_for
 from chalicelib.settings import Settings, get_settings
@@ -141,18 +141,14 @@ def admin_body(model: ModelRecord, now: float, settings: Settings | None = None)
         "upstream_model": model.upstream_model,
         "concurrency": int(model.concurrency),
         "daily_quota": int(model.daily_quota),
-        "user_daily_quota": _int_or_none(model.user_daily_quota),
-        "max_running_per_user": _int_or_none(model.max_running_per_user),
+        "user_daily_quota": optional_int(model.user_daily_quota),
+        "max_running_per_user": optional_int(model.max_running_per_user),
         "lane": model.lane,
         "created_at": model.created_at,
         "updated_at": model.updated_at,
         "usage_today": usage_today(model, now, settings),
         "slots_in_use": slots.in_use(model.model_id),
     }
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 
 def ensure_default_models(clock: Clock = SYSTEM_CLOCK) -> list[str]:

@@ -28,6 +28,11 @@ class _Base(Model):
         abstract = True
 
 
+def optional_int(value: Any) -> int | None:
+    """A nullable number attribute as an int (pynamodb reads numbers as floats)."""
+    return None if value is None else int(value)
+
+
 class UserRecord(_Base):
     definition = resources.USERS
 

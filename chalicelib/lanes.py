@@ -38,7 +38,7 @@ from chalicelib import aws, catalog, media, queues, results, slots, statemachine
 from chalicelib.ark.client import ImageGenerationResult, VolcImageClient, VolcVideoClient
 from chalicelib.ark.errors import ArkPermanentError, ArkRateLimitError, ArkRetryableError
 from chalicelib.clock import SYSTEM_CLOCK, Clock
-from chalicelib.db import ModelRecord, TaskRecord
+from chalicelib.db import ModelRecord, TaskRecord, optional_int
 from chalicelib.errors import NotFound
 from chalicelib.resources import Lane, lane_named
 from chalicelib.settings import Settings, get_settings
@@ -175,7 +175,7 @@ class LaneWorker:
             self._end(task, statemachine.FAILED, "model_not_found", f"Model {task.model_id!r} no longer exists.")
             return DONE
         if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), self._lease_until(task),
-                             user_id=task.user_id, user_cap=_int_or_none(model.max_running_per_user)):
+                             user_id=task.user_id, user_cap=optional_int(model.max_running_per_user)):
             return self._wait(delivery, self._slot_wait(delivery))
         return self._claim_and_call(task, model, delivery)
 
@@ -385,9 +385,5 @@ def worker(lane_name: str) -> LaneWorker:
 
 def handle_batch(lane_name: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     return worker(lane_name).handle(records)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return None if value is None else int(value)
 
 

@@ -121,17 +121,6 @@ def holds(model_id: str, task_id: str) -> bool:
     return task_id in holders(model_id)
 
 
-def extend(model_id: str, task_id: str, lease_until: float) -> bool:
-    try:
-        SlotRecord(model_id).update(
-            actions=[SlotRecord.holders[task_id].set(int(lease_until))],
-            condition=SlotRecord.holders[task_id].exists(),
-        )
-    except UpdateError:
-        return False
-    return True
-
-
 def in_use(model_id: str) -> int:
     try:
         return int(SlotRecord.get(model_id, consistent_read=True).count or 0)
@@ -149,7 +138,3 @@ def holders(model_id: str) -> dict[str, int]:
         return _holders_of(SlotRecord.get(model_id, consistent_read=True))
     except DoesNotExist:
         return {}
-
-
-def expired_holders(model_id: str, now: float) -> list[str]:
-    return [task for task, lease in holders(model_id).items() if lease < now]

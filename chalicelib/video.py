@@ -38,6 +38,7 @@ from chalicelib import aws, media, queues, statemachine
 from chalicelib.ark.client import VideoTask, VolcVideoClient, image_content, text_content
 from chalicelib.ark.errors import ArkError, ArkNotFoundError, ArkRetryableError
 from chalicelib.ark.limits import VIDEO_MAX_SEED
+from chalicelib.auth import secret_digest
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.db import TaskRecord
 from chalicelib.errors import Unauthorized
@@ -60,10 +61,6 @@ RECONCILE_PAGE_SIZE = 100
 RECONCILE_MAX_PAGES = 5
 # Polls at the base interval this many times before backing off.
 POLLS_BEFORE_BACKOFF = 6
-
-
-def secret_hash(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def poll_shard_of(task_id: str) -> str:
@@ -137,7 +134,7 @@ class VideoService:
         secret = secrets.token_urlsafe(32)
         query = urlencode({"task_id": task_id, "token": secret})
         url = f"{self.settings.public_api_url.rstrip('/')}{CALLBACK_PATH}?{query}"
-        return url, [TaskRecord.callback_secret_hash.set(secret_hash(secret))]
+        return url, [TaskRecord.callback_secret_hash.set(secret_digest(secret))]
 
     def create(self, task: TaskRecord, callback_url: str | None) -> str:
         """Send the create (once: the client never retries) and return Ark's task id."""
@@ -311,7 +308,7 @@ def _task_with_secret(task_id: str, token: str) -> TaskRecord:
         task = TaskRecord.get(task_id, consistent_read=True)
     except DoesNotExist:
         raise denied from None
-    if not task.callback_secret_hash or not hmac.compare_digest(task.callback_secret_hash, secret_hash(token)):
+    if not task.callback_secret_hash or not hmac.compare_digest(task.callback_secret_hash, secret_digest(token)):
         raise denied
     return task
 

@@ -10,7 +10,6 @@ through API Gateway's management API (`@connections`), which works from any Lamb
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -27,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pynamodb.exceptions import DeleteError, DoesNotExist
 
 from chalicelib import statemachine
+from chalicelib.auth import secret_digest
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ConnectionRecord, TaskRecord, WsTicketRecord
 from chalicelib.settings import Settings, get_settings
@@ -53,10 +53,6 @@ class Ticket:
     expires_at: str
 
 
-def ticket_hash(ticket: str) -> str:
-    return hashlib.sha256(ticket.encode()).hexdigest()
-
-
 class Tickets:
     """Single-use tickets: the table holds only their hashes, and redeeming one deletes it conditionally."""
 
@@ -67,14 +63,14 @@ class Tickets:
     def issue(self, username: str) -> Ticket:
         ticket = secrets.token_urlsafe(32)
         expires = math.ceil(self.clock.now() + TICKET_TTL_S)
-        WsTicketRecord(ticket_hash(ticket), user_id=username, expires_at_epoch=expires).save()
+        WsTicketRecord(secret_digest(ticket), user_id=username, expires_at_epoch=expires).save()
         base_url = self.settings.websocket_public_url
         return Ticket(ticket=ticket, url=f"{base_url}?ticket={ticket}" if base_url else None, expires_at=iso(expires))
 
     def redeem(self, ticket: str) -> str | None:
         """The username the ticket was issued to, the first time it is redeemed before it expires; else None."""
         try:
-            record = WsTicketRecord.get(ticket_hash(ticket), consistent_read=True)
+            record = WsTicketRecord.get(secret_digest(ticket), consistent_read=True)
         except DoesNotExist:
             return None
         try:

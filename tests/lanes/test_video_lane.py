@@ -11,8 +11,9 @@ import pytest
 
 from chalicelib import slots
 from chalicelib.ark.client import VolcVideoClient
+from chalicelib.auth import secret_digest
 from chalicelib.lanes import CREATE_GRACE_S
-from chalicelib.video import ARK_QUEUED, ARK_RUNNING, SUBMITTING, VideoService, secret_hash
+from chalicelib.video import ARK_QUEUED, ARK_RUNNING, SUBMITTING, VideoService
 from tests.conftest import DEMO
 from tests.lanes.conftest import ARK_KEY, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
 
@@ -51,7 +52,7 @@ def test_a_video_is_created_once_with_a_secret_callback_and_handed_to_the_poller
     assert slots.holds(VIDEO_MODEL, task_id)
     callback_url = lanes.ark.sim.tasks.tasks[task.external_id].callback_url
     token = parse_qs(urlsplit(callback_url).query)["token"][0]
-    assert task.callback_secret_hash == secret_hash(token) and token not in str(task.attribute_values)
+    assert task.callback_secret_hash == secret_digest(token) and token not in str(task.attribute_values)
     assert lanes.ark_calls("tasks.create") == 1
     assert lanes.get(task_id)["cancellable"] is True
 
