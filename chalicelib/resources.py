@@ -180,7 +180,9 @@ LANES: tuple[Lane, ...] = (
         "video",
         reserved_concurrency=4,
         maximum_concurrency=4,
-        lambda_timeout_s=60,
+        # Ark answers a video create in seconds, but this worker also streams the finished video (and its last
+        # frame) from Ark into the bucket, which can take minutes for a large file.
+        lambda_timeout_s=300,
         default_models=("seedance-1.0-pro",),
     ),
 )

@@ -3,15 +3,21 @@
 Ark's result URLs expire after 24 hours. With a bucket configured, a succeeded task's images, video and last
 frame are streamed from Ark into `tasks/<task_id>/results/` (S3 multipart upload, a few chunks in memory at a
 time, never a whole video), and the task then holds `s3://` references the API presigns at read time. A failed
-copy is retried; if it still fails, the task stays succeeded with Ark's URLs and `results_copy_error` says why,
-so calling `copy_results` again later (before Ark's URLs expire) finishes the job.
+copy is retried; if it still fails, the task stays succeeded, pointing at what was copied and at Ark's URLs for
+the rest, and `results_copy_error` says why, so calling `copy_results` again later (before Ark's URLs expire)
+finishes the job.
+
+A copy keeps to the caller's time budget (`deadline`): it stops before the Lambda would be killed mid-way, aborts
+the multipart upload it was streaming, and records why while there is still time. Whatever it stopped at, the task
+points at copies that exist or at Ark's URLs. A task deleted while its results are being copied takes the objects
+this copy wrote with it, and a task whose results were copied while it was being deleted is deleted again.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +25,13 @@ import httpx
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import DeleteError, DoesNotExist
 from pynamodb.expressions.update import Action
 
 from chalicelib import media, statemachine
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.db import TaskRecord
-from chalicelib.errors import Conflict
+from chalicelib.errors import Conflict, NotFound
 
 log = logging.getLogger("arkflow.results")
 
@@ -38,8 +45,31 @@ TRANSFER = TransferConfig(
 )
 COPY_FAILURES = (httpx.HTTPError, BotoCoreError, ClientError, S3UploadFailedError)
 VIDEO_EXTENSIONS = {"video/mp4": "mp4", "video/quicktime": "mov", "video/webm": "webm"}
+# Rounds of a delete whose task a results copy pointed at new objects meanwhile (each copy does so once).
+DELETE_ATTEMPTS = 3
 
 Sleep = Callable[[float], None]
+Monotonic = Callable[[], float]
+
+
+class OutOfTime(Exception):
+    """The copy's time budget ran out; raised from inside a streamed upload, it makes S3's transfer abort."""
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """The time a copy may use: until `deadline`, a `monotonic()` value (None: no limit)."""
+
+    deadline: float | None
+    monotonic: Monotonic = time.monotonic
+
+    def check(self, needed_s: float = 0.0) -> None:
+        """Stop (raise OutOfTime) once the deadline passed, or would pass within the `needed_s` about to be spent."""
+        if self.deadline is not None and self.monotonic() + needed_s >= self.deadline:
+            raise OutOfTime("the copy ran out of time")
+
+
+UNLIMITED = _Budget(None)
 
 
 def task_prefix(task_id: str) -> str:
@@ -50,12 +80,14 @@ def task_prefix(task_id: str) -> str:
 class _ChunkReader:
     """A read-only, non-seekable file over an iterator of byte chunks: what S3's managed upload streams from."""
 
-    def __init__(self, chunks: Iterator[bytes]) -> None:
+    def __init__(self, chunks: Iterator[bytes], budget: _Budget = UNLIMITED) -> None:
         self._chunks = chunks
+        self._budget = budget
         self._buffer = bytearray()
 
     def read(self, size: int = -1) -> bytes:
         while size < 0 or len(self._buffer) < size:
+            self._budget.check()
             chunk = next(self._chunks, None)
             if chunk is None:
                 break
@@ -82,8 +114,13 @@ def _extension(content_type: str, kind: str) -> str:
     return media.EXTENSIONS.get(subtype, "png")
 
 
-def stream_to_s3(s3: Any, http: httpx.Client, url: str, bucket: str, key_stem: str, kind: str) -> str:
-    """Stream one URL into `<key_stem>.<ext>`; returns the object's `s3://` reference."""
+def stream_to_s3(s3: Any, http: httpx.Client, url: str, bucket: str, key_stem: str, kind: str,
+                 budget: _Budget = UNLIMITED) -> str:
+    """Stream one URL into `<key_stem>.<ext>`; returns the object's `s3://` reference.
+
+    Raises OutOfTime when the budget runs out mid-way: S3's managed upload then aborts its multipart upload (once
+    the parts in flight finished), so neither an object nor billed parts stay behind.
+    """
     with http.stream("GET", url) as response:
         response.raise_for_status()
         content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -91,7 +128,7 @@ def stream_to_s3(s3: Any, http: httpx.Client, url: str, bucket: str, key_stem: s
             content_type = "video/mp4" if kind == "video" else "image/png"
         key = f"{key_stem}.{_extension(content_type, kind)}"
         s3.upload_fileobj(
-            _ChunkReader(response.iter_bytes(1024 * 1024)),
+            _ChunkReader(response.iter_bytes(1024 * 1024), budget),
             bucket,
             key,
             ExtraArgs={"ContentType": content_type},
@@ -110,18 +147,46 @@ def _items(task: TaskRecord) -> tuple[list[_Item], _Item | None, _Item | None]:
     return images, video, last_frame
 
 
-def _copy_with_retries(s3: Any, http: httpx.Client, bucket: str, item: _Item, attempts: int, sleep: Sleep) -> str:
-    if media.is_s3_ref(item.source_url):  # copied by an earlier run
-        return item.source_url
+def _copy_with_retries(s3: Any, http: httpx.Client, bucket: str, item: _Item, attempts: int, sleep: Sleep,
+                       budget: _Budget) -> str:
     for attempt in range(1, attempts + 1):
+        budget.check()
         try:
-            return stream_to_s3(s3, http, item.source_url, bucket, item.key_stem, item.kind)
+            return stream_to_s3(s3, http, item.source_url, bucket, item.key_stem, item.kind, budget)
         except COPY_FAILURES as error:
             if attempt == attempts:
                 raise
             log.warning("copying %s failed (attempt %d/%d): %s", item.key_stem, attempt, attempts, error)
-            sleep(RETRY_DELAY_S * 2 ** (attempt - 1))
+            delay = RETRY_DELAY_S * 2 ** (attempt - 1)
+            budget.check(needed_s=delay)
+            sleep(delay)
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _pointing_at(copied: dict[_Item, str], images: list[_Item], video: _Item | None,
+                 last_frame: _Item | None) -> list[Action]:
+    """The writes that swap Ark's URLs for the copies made; items not copied keep what they hold."""
+    actions: list[Action] = []
+    if any(item in copied for item in images):
+        actions.append(TaskRecord.result_urls.set([copied.get(item, item.source_url) for item in images]))
+    if video and video in copied:
+        actions.append(TaskRecord.video_url.set(copied[video]))
+    if last_frame and last_frame in copied:
+        actions.append(TaskRecord.last_frame_url.set(copied[last_frame]))
+    return actions
+
+
+def _delete_copies(s3: Any, refs: Iterable[str]) -> None:
+    """Best effort: what is left behind expires with the bucket's lifecycle rule."""
+    keys_by_bucket: dict[str, list[dict[str, str]]] = {}
+    for ref in refs:
+        bucket, key = media.split_s3_ref(ref)
+        keys_by_bucket.setdefault(bucket, []).append({"Key": key})
+    for bucket, objects in keys_by_bucket.items():
+        try:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+        except (BotoCoreError, ClientError) as error:
+            log.warning("copies in %s outlived their deleted task: %s", bucket, error)
 
 
 def copy_results(
@@ -133,12 +198,17 @@ def copy_results(
     attempts: int = COPY_ATTEMPTS,
     sleep: Sleep = time.sleep,
     clock: Clock = SYSTEM_CLOCK,
+    deadline: float | None = None,
+    monotonic: Monotonic = time.monotonic,
 ) -> TaskRecord:
     """Copy a succeeded task's results into `bucket` and point the task at the copies; returns the task.
 
     Does nothing without a bucket, for a task that did not succeed, or when everything is already copied.
-    Never raises for a failed copy and never changes the status: the task keeps Ark's URLs and gets
-    `results_copy_error`. Safe to call again (a retry later, a duplicate delivery): keys are fixed per task.
+    Never raises for a failed copy and never changes the status: what was copied is recorded, the rest keeps
+    Ark's URLs, and `results_copy_error` says why. `deadline` (a `monotonic()` value) ends the copy as a failure
+    once it passes: leave time after it to abort the upload in flight and write the task.
+    Safe to call again (a retry later, a duplicate delivery): keys are fixed per task and copies are kept.
+    Raises StaleTask when the task was deleted meanwhile, after deleting the objects this copy wrote.
     """
     if not bucket or task.status != statemachine.SUCCEEDED:
         return task
@@ -146,39 +216,51 @@ def copy_results(
     pending = [item for item in [*images, video, last_frame] if item and not media.is_s3_ref(item.source_url)]
     if not pending:
         return task
+    budget = _Budget(deadline, monotonic)
+    copied: dict[_Item, str] = {}
+    outcome = TaskRecord.results_copy_error.remove()
     try:
-        copied_images = [_copy_with_retries(s3, http, bucket, item, attempts, sleep) for item in images]
-        copied_video = _copy_with_retries(s3, http, bucket, video, attempts, sleep) if video else None
-        copied_frame = _copy_with_retries(s3, http, bucket, last_frame, attempts, sleep) if last_frame else None
-    except COPY_FAILURES as error:
+        for item in pending:
+            copied[item] = _copy_with_retries(s3, http, bucket, item, attempts, sleep, budget)
+    except (OutOfTime, *COPY_FAILURES) as error:
         log.warning("results of task %s stay at Ark: %s", task.task_id, error)
-        message = f"Results could not be copied to storage ({type(error).__name__}); Ark's links expire in 24 h."
-        return statemachine.update_fields(
-            task,
-            [TaskRecord.results_copy_error.set({"code": "results_copy_failed", "message": message})],
-            clock=clock,
-        )
-    actions: list[Action] = [TaskRecord.results_copy_error.remove()]
-    if images:
-        actions.append(TaskRecord.result_urls.set(copied_images))
-    if copied_video:
-        actions.append(TaskRecord.video_url.set(copied_video))
-    if copied_frame:
-        actions.append(TaskRecord.last_frame_url.set(copied_frame))
-    # Published: a watching client swaps Ark's links for the stored copies.
-    return statemachine.update_fields(task, actions, publish=True, clock=clock)
+        reason = "before time ran out" if isinstance(error, OutOfTime) else f"({type(error).__name__})"
+        message = f"Results could not be copied to storage {reason}; Ark's links expire in 24 h."
+        outcome = TaskRecord.results_copy_error.set({"code": "results_copy_failed", "message": message})
+    try:
+        # Published when links changed: a watching client swaps Ark's links for the stored copies.
+        return statemachine.update_fields(task, [*_pointing_at(copied, images, video, last_frame), outcome],
+                                          publish=bool(copied), clock=clock)
+    except statemachine.StaleTask:
+        # A succeeded task never changes status: it was deleted, maybe before these copies were written.
+        _delete_copies(s3, copied.values())
+        raise
 
 
 def delete_task(task: TaskRecord, *, s3: Any, bucket: str) -> int:
     """Remove a finished task: its stored objects, then its record. Returns how many objects were deleted.
 
     Objects go first, so a failure part-way leaves the record in place and the delete can simply be repeated.
+    The record goes only at the version whose objects were removed: a results copy that pointed the task at new
+    objects meanwhile (a published change) makes it remove them too. Raises NotFound when a concurrent delete won.
     """
     if task.status not in statemachine.TERMINAL:
         raise Conflict(
             f"Task {task.task_id!r} is {task.status}; cancel it or wait until it ends before deleting it.",
             code="task_not_finished",
         )
-    deleted = media.delete_prefix(s3, bucket, task_prefix(task.task_id)) if bucket else 0
-    task.delete(condition=TaskRecord.status.is_in(*statemachine.TERMINAL))
-    return deleted
+    deleted = 0
+    for _ in range(DELETE_ATTEMPTS):
+        deleted += media.delete_prefix(s3, bucket, task_prefix(task.task_id)) if bucket else 0
+        try:
+            task.delete(condition=TaskRecord.status.is_in(*statemachine.TERMINAL)
+                        & (TaskRecord.version == task.version))
+            return deleted
+        except DeleteError as error:
+            if error.cause_response_code != "ConditionalCheckFailedException":
+                raise
+        try:
+            task.refresh(consistent_read=True)
+        except DoesNotExist:
+            raise NotFound(f"No task {task.task_id!r}.", code="task_not_found") from None
+    raise statemachine.StaleTask("The task kept changing while it was being deleted; try again.")

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+from typing import Any
 
 import boto3
+import pytest
 from PIL import Image
 
+from chalicelib import media, statemachine
+from chalicelib.db import TaskRecord
 from tests.conftest import ADMIN, DEMO, OTHER, Api
 
 BUCKET = "arkflow-test-media"
@@ -31,9 +35,10 @@ def create_task(api: Api, user=DEMO) -> str:
     return response.data["id"]
 
 
-def finish(api: Api, task_id: str) -> None:
-    for status in ("running", "succeeded"):
-        assert api.request("PUT", f"/api/tasks/{task_id}/status", {"status": status}, as_user=ADMIN).status_code == 200
+def finish(task_id: str) -> None:
+    """The task runs and succeeds, as its lane worker would take it there."""
+    task = statemachine.transition(TaskRecord.get(task_id, consistent_read=True), statemachine.RUNNING)
+    statemachine.transition(task, statemachine.SUCCEEDED, actions=[TaskRecord.result_urls.set(["https://ark/0.png"])])
 
 
 def test_owner_deletes_a_finished_task_and_its_stored_objects(api: Api) -> None:
@@ -45,7 +50,7 @@ def test_owner_deletes_a_finished_task_and_its_stored_objects(api: Api) -> None:
     assert unfinished.status_code == 409 and unfinished.data["error"]["code"] == "task_not_finished"
     assert len(stored_keys(task_id)) == 2
 
-    finish(api, task_id)
+    finish(task_id)
     assert api.request("DELETE", f"/api/tasks/{task_id}", as_user=OTHER).status_code == 404
     assert len(stored_keys(task_id)) == 2
 
@@ -59,7 +64,29 @@ def test_owner_deletes_a_finished_task_and_its_stored_objects(api: Api) -> None:
 
 def test_an_admin_deletes_any_users_finished_task(api: Api) -> None:
     task_id = create_task(api, user=OTHER)
-    finish(api, task_id)
+    finish(task_id)
     assert api.request("DELETE", f"/api/tasks/{task_id}", as_user=ADMIN).status_code == 200
     assert stored_keys(task_id) == []
     assert api.request("GET", f"/api/tasks/{task_id}", as_user=OTHER).status_code == 404
+
+
+def test_of_two_deletes_racing_for_a_task_the_second_gets_404(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    task_id = create_task(api)
+    finish(task_id)
+    delete_objects = media.delete_prefix
+    racing: list[str] = []
+
+    def owner_deletes_it_too(*args: Any) -> int:
+        """The admin's delete has read the task and removed its objects when the owner's delete runs."""
+        deleted = delete_objects(*args)
+        if not racing:
+            racing.append("owner")
+            assert api.request("DELETE", f"/api/tasks/{task_id}", as_user=DEMO).status_code == 200
+        return deleted
+
+    monkeypatch.setattr(media, "delete_prefix", owner_deletes_it_too)
+    late = api.request("DELETE", f"/api/tasks/{task_id}", as_user=ADMIN)
+
+    assert racing == ["owner"]
+    assert late.status_code == 404 and late.data["error"]["code"] == "task_not_found"
+    assert stored_keys(task_id) == []
