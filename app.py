@@ -9,7 +9,7 @@ from typing import Any
 from chalice import Chalice, Rate
 from chalice.app import SQSEvent, WebsocketEvent
 
-from chalicelib import aws, cancel, catalog, lanes, statemachine, users, video
+from chalicelib import aws, cancel, catalog, lanes, statemachine, status_updates, users, video
 from chalicelib.api import Http, RequestContext, json_response
 from chalicelib.auth import Authenticator
 from chalicelib.clock import SYSTEM_CLOCK
@@ -18,7 +18,6 @@ from chalicelib.resources import LANES, Lane
 from chalicelib.results import delete_task
 from chalicelib.seed import ensure_first_admin
 from chalicelib.settings import get_settings
-from chalicelib.statemachine import apply_status_update
 from chalicelib.sweeper import Sweeper
 from chalicelib.tasks import TaskService
 from chalicelib.uploads import UploadService
@@ -181,8 +180,9 @@ def get_task(context: RequestContext, task_id: str) -> dict[str, Any]:
 @http.endpoint("admin_or_service")
 def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
     service = task_service()
-    task = apply_status_update(service.get(task_id), parse(StatusUpdateRequest, context.json()))
-    return service.body(task)
+    task = service.get(task_id)
+    request = parse(StatusUpdateRequest, context.json())
+    return service.body(status_updates.apply(task, request, sqs=service.sqs, video=video.default_service))
 
 
 @app.route("/api/admin/tasks", methods=["GET"])

@@ -21,7 +21,6 @@ from chalicelib import db, slots
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import QuotaRecord, TaskRecord
 from chalicelib.errors import Conflict
-from chalicelib.validation import StatusUpdateRequest
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED, EXPIRED = "succeeded", "failed", "cancelled", "expired"
@@ -145,16 +144,3 @@ def update_fields(task: TaskRecord, actions: list[Action], *, publish: bool = Fa
         notify(task)
     return task
 
-
-def apply_status_update(task: TaskRecord, request: StatusUpdateRequest, clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
-    """An operator's (or internal service's) explicit transition, with the result or error it carries."""
-    actions: list[Action] = []
-    if request.error is not None:
-        actions.append(TaskRecord.error.set(request.error.model_dump()))
-    if request.result_urls is not None:
-        actions.append(TaskRecord.result_urls.set(request.result_urls))
-    if request.video_url is not None:
-        actions.append(TaskRecord.video_url.set(request.video_url))
-    if request.last_frame_url is not None:
-        actions.append(TaskRecord.last_frame_url.set(request.last_frame_url))
-    return transition(task, request.status, actions=actions, clock=clock)

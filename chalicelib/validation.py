@@ -129,17 +129,24 @@ def _image_ref(value: Any, image_problem: ImageProblem) -> ImageRef:
         return ImageRef("upload", upload_id=upload_id)
     if value.startswith("data:"):
         return _inline_image(value, image_problem)
-    return ImageRef("url", url=_https_url(value))
+    url = _https_url(value, "image_url", f"must be {IMAGE_REF_FORMS}; URLs must be https with a host")
+    return ImageRef("url", url=url)
 
 
-def _https_url(value: str) -> str:
+def _https_url(value: str, kind: str, message: str) -> str:
+    """`value` as an https URL with a host and no credentials; otherwise the problem `kind` with `message`."""
     try:
         url = _HTTPS_URL.validate_python(value)
     except ValidationError:
-        raise _problem("image_url", f"must be {IMAGE_REF_FORMS}; URLs must be https with a host") from None
+        raise _problem(kind, message) from None
     if url.username or url.password:
-        raise _problem("image_url", "URL must not contain credentials")
+        raise _problem(kind, "URL must not contain credentials")
     return str(url)
+
+
+def _result_url(value: str) -> str:
+    # Only https: the API presigns `s3://` references, so one here would hand out any object of any bucket.
+    return _https_url(value, "result_url", "must be an https URL with a host")
 
 
 def _inline_image(uri: str, image_problem: ImageProblem) -> ImageRef:
@@ -232,7 +239,7 @@ MaxRunningPerUser = Annotated[int, Field(ge=1)]
 LaneName = Literal[tuple(lane.name for lane in LANES)]
 # The platform's task states are Ark's video task states.
 TaskStatus = Literal[VIDEO_STATUSES]
-ResultUrl = Annotated[str, StringConstraints(min_length=1, max_length=MAX_URL_CHARS)]
+ResultUrl = Annotated[str, AfterValidator(_result_url)]
 UploadContentType = Literal[tuple(f"image/{image_format}" for image_format in IMAGE_INPUT_FORMATS)]
 
 

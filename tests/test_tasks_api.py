@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import time
 
 import pytest
+from botocore.exceptions import ClientError
 from PIL import Image
 
+from chalicelib import aws, queues, slots, statemachine, video
+from chalicelib.ark.client import VolcVideoClient
+from chalicelib.db import TaskRecord
+from chalicelib.video import VideoService
 from tests.conftest import ADMIN, DEMO, OTHER, Api
 
 IMAGE_TASK = {"type": "image", "model_id": "seedream-4.5", "prompt": "a red fox in snow"}
@@ -334,24 +341,65 @@ def test_admins_list_everyones_tasks(api: Api) -> None:
 # --- status changes ----------------------------------------------------------------------------------------
 
 
+def put_status(api: Api, task_id: str, body: dict, **auth):
+    return api.request("PUT", f"/api/tasks/{task_id}/status", body, **({"as_user": ADMIN} | auth))
+
+
+def claim(task_id: str, **fields) -> None:
+    """What a lane worker does before calling Ark: take a slot of the task's model, then `queued -> running`."""
+    task = TaskRecord.get(task_id, consistent_read=True)
+    assert slots.acquire(task.model_id, task_id, 4, time.time() + 300)
+    actions = [TaskRecord.ark_called.set(True)]
+    actions += [getattr(TaskRecord, name).set(value) for name, value in fields.items()]
+    statemachine.transition(task, statemachine.RUNNING, actions=actions)
+
+
+def lane_messages(lane: str) -> list[str]:
+    """The task ids of the lane's visible messages, which receiving hides for a while."""
+    sqs = aws.sqs()
+    answer = sqs.receive_message(QueueUrl=queues.queue_url(sqs, lane), MaxNumberOfMessages=10)
+    return [json.loads(message["Body"])["task_id"] for message in answer.get("Messages", [])]
+
+
+def stored(task_id: str) -> TaskRecord:
+    return TaskRecord.get(task_id, consistent_read=True)
+
+
+class RecordingVideos(VolcVideoClient):
+    """Ark's video API as far as cancelling goes: it remembers which tasks it was asked to drop."""
+
+    def __init__(self) -> None:
+        super().__init__("http://127.0.0.1:9", "sk-status-tests")
+        self.cancelled: list[str] = []
+
+    def cancel_or_delete(self, task_id: str) -> None:
+        self.cancelled.append(task_id)
+
+
+@pytest.fixture
+def ark_videos(monkeypatch: pytest.MonkeyPatch) -> RecordingVideos:
+    videos = RecordingVideos()
+    service = VideoService(videos, s3=aws.s3(), sqs=aws.sqs())
+    monkeypatch.setattr(video, "default_service", lambda: service)
+    return videos
+
+
 def test_status_changes_follow_the_state_machine(api: Api) -> None:
     task_id = create(api, IMAGE_TASK).data["id"]
+    queued_too_soon = put_status(api, task_id, {"status": "succeeded", "result_urls": ["https://example.com/a.jpg"]})
+    assert queued_too_soon.status_code == 409
+    assert queued_too_soon.data["error"]["code"] == "illegal_transition"
 
-    def put(body: dict):
-        return api.request("PUT", f"/api/tasks/{task_id}/status", body, as_user=ADMIN)
-
-    assert put({"status": "succeeded"}).status_code == 409  # queued cannot jump to succeeded
-    running = put({"status": "running"})
-    assert running.status_code == 200
-    assert running.data["started_at"] and running.data["version"] == 2
-    done = put({"status": "succeeded", "result_urls": ["https://example.com/a.jpg"]})
+    claim(task_id)
+    done = put_status(api, task_id, {"status": "succeeded", "result_urls": ["https://example.com/a.jpg"]})
     assert done.status_code == 200
     assert done.data["finished_at"] and done.data["result_urls"] == ["https://example.com/a.jpg"]
+    assert slots.in_use("seedream-4.5") == 0
     for target in ("running", "failed", "queued"):
-        response = put({"status": target})
+        response = put_status(api, task_id, {"status": target})
         assert response.status_code == 409
         assert response.data["error"]["code"] == "illegal_transition"
-    assert api.request("PUT", f"/api/tasks/{task_id}/status", {"status": "failed"}, as_user=DEMO).status_code == 403
+    assert put_status(api, task_id, {"status": "failed"}, as_user=DEMO).status_code == 403
 
 
 def test_the_internal_service_token_may_change_status(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -360,11 +408,111 @@ def test_the_internal_service_token_may_change_status(api: Api, monkeypatch: pyt
     monkeypatch.setenv("INTERNAL_SERVICE_TOKEN", "internal-token-for-tests-0123456789")
     reload_settings()
     task_id = create(api, IMAGE_TASK).data["id"]
-    response = api.request(
-        "PUT", f"/api/tasks/{task_id}/status", {"status": "running"}, token="internal-token-for-tests-0123456789"
-    )
-    assert response.status_code == 200
+    response = put_status(api, task_id, {"status": "cancelled"}, as_user=None,
+                          token="internal-token-for-tests-0123456789")
+    assert response.status_code == 200 and response.data["status"] == "cancelled"
     # The service token opens nothing else.
     assert api.request("GET", "/api/tasks", token="internal-token-for-tests-0123456789").status_code == 403
     monkeypatch.delenv("INTERNAL_SERVICE_TOKEN")
     reload_settings()
+
+
+def test_only_a_lane_worker_starts_a_task(api: Api) -> None:
+    task_id = create(api, IMAGE_TASK).data["id"]
+    response = put_status(api, task_id, {"status": "running"})
+    assert response.status_code == 409
+    assert response.data["error"]["code"] == "worker_only"
+    task = api.request("GET", f"/api/tasks/{task_id}", as_user=DEMO).data
+    assert (task["status"], task["version"], task["started_at"], task["queue_position"]) == ("queued", 1, None, 1)
+    assert slots.in_use("seedream-4.5") == 0
+
+
+def test_a_running_image_sent_back_to_the_queue_frees_its_slot_and_is_picked_up_again(api: Api) -> None:
+    task_id = create(api, IMAGE_TASK).data["id"]
+    assert lane_messages("image") == [task_id]  # its first message, taken by the worker that claims it
+    claim(task_id)
+    assert slots.in_use("seedream-4.5") == 1
+
+    response = put_status(api, task_id, {"status": "queued"})
+
+    assert response.status_code == 200 and response.data["status"] == "queued"
+    assert slots.in_use("seedream-4.5") == 0
+    assert lane_messages("image") == [task_id]
+
+
+def test_a_task_whose_lane_message_cannot_be_sent_stays_as_it_was(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    task_id = create(api, IMAGE_TASK).data["id"]
+    claim(task_id)
+
+    def sqs_down(*args, **kwargs):
+        raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"}}, "SendMessage")
+
+    monkeypatch.setattr(queues, "enqueue", sqs_down)
+    response = put_status(api, task_id, {"status": "queued"})
+    assert response.status_code == 503
+    assert stored(task_id).status == "running" and slots.in_use("seedream-4.5") == 1
+
+
+def test_a_running_video_is_not_queued_again(api: Api, ark_videos: RecordingVideos) -> None:
+    at_ark = {"external_id": "cgt-20250101-abcde"}
+    for stage, fields in [("submitting", {}), ("ark_queued", at_ark), ("ark_running", at_ark)]:
+        task_id = create(api, VIDEO_TASK).data["id"]
+        assert lane_messages("video") == [task_id]
+        claim(task_id, stage=stage, **fields)
+
+        response = put_status(api, task_id, {"status": "queued"})
+
+        assert response.status_code == 409, stage
+        assert response.data["error"]["code"] == "video_at_ark"
+        assert stored(task_id).status == "running"
+        assert lane_messages("video") == []
+    assert slots.in_use("seedance-1.0-pro") == 3 and ark_videos.cancelled == []
+
+
+def test_a_task_succeeds_only_with_its_results(api: Api) -> None:
+    image_id, video_id = create(api, IMAGE_TASK).data["id"], create(api, VIDEO_TASK).data["id"]
+    claim(image_id)
+    claim(video_id)
+    for task_id, results, field in [
+        (image_id, {}, "result_urls"),
+        (image_id, {"result_urls": []}, "result_urls"),
+        (video_id, {"result_urls": ["https://example.com/a.jpg"]}, "video_url"),
+        (video_id, {"last_frame_url": "https://example.com/f.png"}, "video_url"),
+    ]:
+        response = put_status(api, task_id, {"status": "succeeded", **results})
+        assert response.status_code == 400, results
+        assert response.data["error"]["code"] == "validation_error"
+        assert [detail["field"] for detail in response.data["error"]["details"]] == [field]
+    assert stored(image_id).status == stored(video_id).status == "running"
+
+
+def test_result_urls_must_be_https(api: Api) -> None:
+    task_id = create(api, IMAGE_TASK).data["id"]
+    claim(task_id)
+    https = ["https://example.com/a.jpg"]
+    for results, field in [
+        ({"result_urls": [*https, "s3://arkflow-test-media/tasks/someone-else/0.png"]}, "result_urls[1]"),
+        ({"result_urls": ["http://example.com/a.jpg"]}, "result_urls[0]"),
+        ({"result_urls": https, "video_url": "s3://arkflow-test-media/private.mp4"}, "video_url"),
+        ({"result_urls": https, "last_frame_url": "file:///etc/passwd"}, "last_frame_url"),
+    ]:
+        response = put_status(api, task_id, {"status": "succeeded", **results})
+        assert response.status_code == 400, results
+        assert [detail["field"] for detail in response.data["error"]["details"]] == [field]
+    assert stored(task_id).status == "running" and stored(task_id).result_urls is None
+
+
+def test_a_video_forced_to_fail_is_dropped_at_ark_while_ark_still_queues_it(
+    api: Api, ark_videos: RecordingVideos
+) -> None:
+    ark_queued, ark_running = create(api, VIDEO_TASK).data["id"], create(api, VIDEO_TASK).data["id"]
+    claim(ark_queued, stage="ark_queued", external_id="cgt-queued")
+    claim(ark_running, stage="ark_running", external_id="cgt-running")
+
+    for task_id in (ark_queued, ark_running):
+        response = put_status(api, task_id, {"status": "failed", "error": {"code": "operator", "message": "stop"}})
+        assert response.status_code == 200
+        assert (response.data["status"], response.data["error"]["code"]) == ("failed", "operator")
+
+    assert ark_videos.cancelled == ["cgt-queued"]  # Ark cannot stop one it already generates
+    assert slots.in_use("seedance-1.0-pro") == 0

@@ -1,0 +1,105 @@
+"""`PUT /api/tasks/{id}/status`: an operator's (or internal service's) transition, kept within what workers rely on.
+
+Every check below is judged only for a transition the state machine allows; any other is its 409
+`illegal_transition`.
+  * `running`: never. Only a lane worker holding one of the model's slots starts a task (409 `worker_only`).
+  * `running -> queued`: images only, for a task whose worker is gone. The task gets a fresh lane message, the
+    transition gives its slot back, and a worker picks it up again. (Were its worker still calling Ark, that
+    call's result would be dropped, the task having changed, and Ark called a second time.) A running video is
+    at Ark, or on its way there (a create may be in flight), and a worker would create it a second time: 409
+    `video_at_ark`; fail or cancel it instead.
+  * terminal targets: `succeeded` carries its results (`result_urls` for an image, `video_url` for a video), else
+    400 `validation_error`. A video Ark still queues is dropped there first, best effort; one Ark already
+    generates cannot be stopped at Ark and finishes there unseen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.expressions.update import Action
+
+from chalicelib import queues, statemachine
+from chalicelib.clock import SYSTEM_CLOCK, Clock
+from chalicelib.db import TaskRecord
+from chalicelib.errors import ApiError, Conflict, ValidationFailed
+from chalicelib.validation import StatusUpdateRequest
+from chalicelib.video import ARK_QUEUED, VideoService
+
+# The result field a succeeded task of each type must carry.
+RESULT_FIELDS = {"image": "result_urls", "video": "video_url"}
+
+
+class WorkerOnly(Conflict):
+    code = "worker_only"
+
+
+class VideoAtArk(Conflict):
+    code = "video_at_ark"
+
+
+def apply(task: TaskRecord, request: StatusUpdateRequest, *, sqs: Any, video: Callable[[], VideoService],
+          clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
+    """Move `task` (as read) to `request.status` with the results or error it carries; returns the written task.
+
+    `video` gives the service that talks to Ark, made only for a video Ark still queues.
+    """
+    target = request.status
+    if statemachine.is_allowed(task.status, target):
+        _check_operator_may(task, request)
+        if target == statemachine.QUEUED:
+            # The message goes first: a send that fails changes nothing and can be retried, whereas a task
+            # queued without a message would wait for its deadline. A worker reading it before the transition
+            # finds the task running and sends it back to the queue itself (or waits out a live worker's lease).
+            _send_to_lane(sqs, task)
+        elif target in statemachine.TERMINAL and _queued_at_ark(task):
+            video().cancel_quietly(task.external_id or "")
+    return statemachine.transition(task, target, actions=_carried_fields(request), clock=clock)
+
+
+def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest) -> None:
+    if request.status == statemachine.RUNNING:
+        raise WorkerOnly(
+            "Only a lane worker holding one of the model's slots can start a task; it starts on its own.",
+            details={"from": task.status, "to": request.status},
+        )
+    if request.status == statemachine.QUEUED and task.type == "video":
+        raise VideoAtArk(
+            "This video is at Ark, or on its way there: queueing it again would create it twice. "
+            "Fail or cancel it instead.",
+            details={"status": task.status, "stage": task.stage},
+        )
+    if request.status == statemachine.SUCCEEDED and not getattr(request, RESULT_FIELDS[task.type]):
+        raise ValidationFailed("1 invalid field(s)", details=[{
+            "field": RESULT_FIELDS[task.type],
+            "message": f"a succeeded {task.type} task needs its results",
+            "type": "missing_results",
+        }])
+
+
+def _queued_at_ark(task: TaskRecord) -> bool:
+    return (task.status == statemachine.RUNNING and task.type == "video" and bool(task.external_id)
+            and task.stage == ARK_QUEUED)
+
+
+def _carried_fields(request: StatusUpdateRequest) -> list[Action]:
+    actions: list[Action] = []
+    if request.error is not None:
+        actions.append(TaskRecord.error.set(request.error.model_dump()))
+    if request.result_urls is not None:
+        actions.append(TaskRecord.result_urls.set(request.result_urls))
+    if request.video_url is not None:
+        actions.append(TaskRecord.video_url.set(request.video_url))
+    if request.last_frame_url is not None:
+        actions.append(TaskRecord.last_frame_url.set(request.last_frame_url))
+    return actions
+
+
+def _send_to_lane(sqs: Any, task: TaskRecord) -> None:
+    try:
+        queues.enqueue(sqs, task.lane, task.task_id)
+    except (BotoCoreError, ClientError) as error:
+        raise ApiError("The task could not be handed to its lane and is unchanged; try again.",
+                       status=503, code="unavailable") from error
