@@ -176,8 +176,13 @@ class TaskRecord(_Base):
     # Quota counters this task consumed; given back once if it ends before any Ark call.
     quota_keys = ListAttribute(of=UnicodeAttribute, default=list)
     quota_refunded = BooleanAttribute(default=False)
+    # Whether Ark may have acted on a call for this task (a refusal with 429 does not count): no quota refund then.
     ark_called = BooleanAttribute(default=False)
     callback_secret_hash = UnicodeAttribute(null=True)
+    # Reconciles of a video left `submitting` claim a round by bumping this, so only one may create at Ark.
+    create_attempt = NumberAttribute(default=0)
+    # The receipt of the message deferred for want of a slot: a released slot makes that message visible at once.
+    wait_receipt = UnicodeAttribute(null=True)
 
     by_user = _ByUser()
     by_list_shard = _ByListShard()
@@ -218,6 +223,8 @@ class SlotRecord(_Base):
 
     model_id = UnicodeAttribute(hash_key=True)
     holders = MapAttribute[str, Any](default=dict)
+    # task id -> user id, beside `holders`: freeing a vanished task's slot frees its user's slot too.
+    owners = MapAttribute[str, Any](default=dict)
     count = NumberAttribute(default=0)
 
 

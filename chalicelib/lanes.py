@@ -26,13 +26,14 @@ import contextlib
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
 import httpx
 from botocore.exceptions import ClientError
-from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
 from chalicelib import aws, catalog, media, queues, results, slots, statemachine
 from chalicelib.ark.client import ImageGenerationResult, VolcImageClient, VolcVideoClient
@@ -56,9 +57,16 @@ CREATE_GRACE_S = 60
 # No-slot rechecks back off from SLOT_WAIT_SECONDS to 8 times that.
 MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
+# Queued tasks of a model a released slot looks through for one it can wake (deferred, user under its cap).
+WAKE_LOOKAHEAD = 10
 SQS_MAX_VISIBILITY_S = 12 * 3600
 # Downloads of Ark's result files: a read may stall this long between chunks of a large video.
 RESULTS_DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# A results copy stops this long before the Lambda timeout: a chunk read already waiting (the read timeout above),
+# the parts in flight and the upload's abort must still end, and the outcome be written.
+RESULTS_COPY_MARGIN_S = 60
+# With less time than this left after the Ark call, the copy goes to a fresh message instead.
+MIN_COPY_TIME_S = 30
 
 
 @dataclass(frozen=True)
@@ -69,22 +77,26 @@ class Delivery:
     receipt_handle: str
     task_id: str
     receive_count: int
+    # `time.monotonic()` by which its work must be done, leaving the Lambda time to record the outcome.
+    deadline: float | None = None
 
     @classmethod
-    def of(cls, record: dict[str, Any]) -> Delivery:
+    def of(cls, record: dict[str, Any], deadline: float | None = None) -> Delivery:
         return cls(
             message_id=record["messageId"],
             receipt_handle=record["receiptHandle"],
             task_id=json.loads(record["body"])["task_id"],
             receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
+            deadline=deadline,
         )
 
 
 @dataclass(frozen=True)
 class Retry:
-    """Give the message back: visible again after `delay_s`."""
+    """Give the message back: visible again after `delay_s` (or sooner, when `wakeable` and a slot frees)."""
 
     delay_s: int
+    wakeable: bool = False
 
 
 DONE = None
@@ -110,9 +122,10 @@ class LaneWorker:
     def handle(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """Process a batch; returns Lambda's partial-batch answer (messages to give back)."""
         failures = []
+        deadline = time.monotonic() + self.lane.lambda_timeout_s - RESULTS_COPY_MARGIN_S
         for record in records:
             try:
-                delivery = Delivery.of(record)
+                delivery = Delivery.of(record, deadline)
             except (ValueError, KeyError, TypeError):
                 # Unreadable: it alone comes back, until the redrive policy moves it to the DLQ.
                 log.error("unreadable message %s in lane %s", record.get("messageId"), self.lane.name)
@@ -128,6 +141,8 @@ class LaneWorker:
             if outcome is not None:
                 self._give_back(delivery, outcome)
                 failures.append({"itemIdentifier": delivery.message_id})
+                if outcome.wakeable:
+                    _remember_waiting(delivery)
         return {"batchItemFailures": failures}
 
     def _give_back(self, delivery: Delivery, retry: Retry) -> None:
@@ -141,10 +156,10 @@ class LaneWorker:
             # A stale receipt (another copy was received since): it still comes back, after the lane's timeout.
             log.warning("could not delay message %s: %s", delivery.message_id, error)
 
-    def _wait(self, delivery: Delivery, delay_s: int) -> Outcome:
+    def _wait(self, delivery: Delivery, delay_s: int, wakeable: bool = False) -> Outcome:
         """Come back later without counting towards the DLQ: near `max_receives`, re-send instead."""
         if delivery.receive_count < self.lane.max_receives - 1:
-            return Retry(delay_s)
+            return Retry(delay_s, wakeable)
         queues.enqueue(self.sqs, self.lane.name, delivery.task_id, delay_s=min(delay_s, SQS_MAX_DELAY_S))
         return DONE
 
@@ -163,7 +178,7 @@ class LaneWorker:
         except DoesNotExist:
             return DONE
         if task.status == statemachine.SUCCEEDED:
-            self._keep_results(task)
+            self._keep_results(task, delivery)
             return DONE
         if task.status == statemachine.RUNNING:
             return self._resume(task, delivery)
@@ -176,7 +191,7 @@ class LaneWorker:
             return DONE
         if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), self._lease_until(task),
                              user_id=task.user_id, user_cap=optional_int(model.max_running_per_user)):
-            return self._wait(delivery, self._slot_wait(delivery))
+            return self._wait(delivery, self._slot_wait(delivery), wakeable=True)
         return self._claim_and_call(task, model, delivery)
 
     def _lease_until(self, task: TaskRecord) -> float:
@@ -189,7 +204,9 @@ class LaneWorker:
         callback_url, callback_actions = (
             self.video.new_callback(task.task_id) if task.type == "video" else (None, [])
         )
-        actions = [TaskRecord.ark_called.set(True), *callback_actions]
+        # Set before the call: a worker that dies mid-call may have had it done at Ark. A refusal (429) undoes it.
+        reached_ark_before = bool(task.ark_called)
+        actions = [TaskRecord.ark_called.set(True), TaskRecord.wait_receipt.remove(), *callback_actions]
         if task.type == "video":
             actions.append(TaskRecord.stage.set(SUBMITTING))
         try:
@@ -197,8 +214,8 @@ class LaneWorker:
         except StaleTask:
             return self._after_lost_claim(task.task_id, delivery)
         if task.type == "video":
-            return self._submit_video(task, callback_url, delivery)
-        return self._generate_images(task, delivery)
+            return self._submit_video(task, callback_url, delivery, reached_ark_before)
+        return self._generate_images(task, delivery, reached_ark_before)
 
     def _after_lost_claim(self, task_id: str, delivery: Delivery) -> Outcome:
         task = TaskRecord.get(task_id, consistent_read=True)
@@ -212,7 +229,8 @@ class LaneWorker:
 
     def _resume(self, task: TaskRecord, delivery: Delivery) -> Outcome:
         """A message for a task already running: a duplicate, or the redelivery after a crash."""
-        lease = slots.holders(task.model_id).get(task.task_id)
+        holder = slots.holders(task.model_id).get(task.task_id)
+        lease = holder.lease_until if holder else None
         if task.type == "video":
             if task.stage in (ARK_QUEUED, ARK_RUNNING):
                 return DONE  # at Ark: the poller and callbacks own it now
@@ -231,7 +249,7 @@ class LaneWorker:
 
     # --- images -----------------------------------------------------------------------------------------------
 
-    def _generate_images(self, task: TaskRecord, delivery: Delivery) -> Outcome:
+    def _generate_images(self, task: TaskRecord, delivery: Delivery, reached_ark_before: bool) -> Outcome:
         params = task.params or {}
         max_images = params.get("max_images")
         refs = [media.presign_get(self.s3, ref) if media.is_s3_ref(ref) else ref for ref in task.images or []]
@@ -243,14 +261,14 @@ class LaneWorker:
                 watermark=params.get("watermark"),
             )
         except ArkRetryableError as error:
-            return self._retry_later(task, delivery, error)
+            return self._retry_later(task, delivery, error, reached_ark_before)
         except ArkPermanentError as error:
             self._end(task, statemachine.FAILED, error.code, error.message)
             return DONE
-        self._store_images(task, result)
+        self._store_images(task, result, delivery)
         return DONE
 
-    def _store_images(self, task: TaskRecord, result: ImageGenerationResult) -> None:
+    def _store_images(self, task: TaskRecord, result: ImageGenerationResult, delivery: Delivery) -> None:
         errors = [{"index": error.index, "code": error.code, "message": error.message} for error in result.errors]
         if not result.images:
             first = errors[0] if errors else {"code": "no_images", "message": "Ark returned no image."}
@@ -266,24 +284,31 @@ class LaneWorker:
             TaskRecord.image_errors.set(errors),
             TaskRecord.result_meta.set(meta),
         ])
-        if succeeded:
-            self._keep_results(succeeded)
+        if not succeeded:
+            return
+        if delivery.deadline is not None and delivery.deadline - time.monotonic() < MIN_COPY_TIME_S:
+            # A long Ark call left too little of this invocation: a fresh message copies with a whole one.
+            if self.settings.media_bucket:
+                queues.enqueue(self.sqs, self.lane.name, task.task_id)
+            return
+        self._keep_results(succeeded, delivery)
 
-    def _keep_results(self, task: TaskRecord) -> None:
+    def _keep_results(self, task: TaskRecord, delivery: Delivery) -> None:
         """Copy a succeeded task's results into the bucket (nothing to do without one, or once copied)."""
         try:
             results.copy_results(task, s3=self.s3, http=self.downloads, bucket=self.settings.media_bucket,
-                                 clock=self.clock)
+                                 clock=self.clock, deadline=delivery.deadline)
         except StaleTask:
             log.info("task %s was deleted before its results were copied", task.task_id)
 
     # --- videos -----------------------------------------------------------------------------------------------
 
-    def _submit_video(self, task: TaskRecord, callback_url: str | None, delivery: Delivery) -> Outcome:
+    def _submit_video(self, task: TaskRecord, callback_url: str | None, delivery: Delivery,
+                      reached_ark_before: bool = True) -> Outcome:
         try:
             external_id = self.video.create(task, callback_url)
         except ArkRateLimitError as error:  # refused outright: nothing was created
-            return self._retry_later(task, delivery, error)
+            return self._retry_later(task, delivery, error, reached_ark_before)
         except ArkRetryableError as error:
             # No usable answer: Ark may have created it. Reconcile through its list before any new create.
             log.warning("video create for %s ended without an answer (%s); reconciling later", task.task_id,
@@ -297,7 +322,16 @@ class LaneWorker:
         return DONE
 
     def _reconcile(self, task: TaskRecord, delivery: Delivery) -> Outcome:
-        """After a crash in `submitting`: adopt the Ark task if Ark accepted one, else create (once) now."""
+        """After a crash in `submitting`: adopt the Ark task if Ark accepted one, else create (once) now.
+
+        Each look claims a round first (`create_attempt`, which also restarts the grace): of two deliveries
+        reconciling at once (a redelivery and the sweeper's message), one goes on and the other stops here.
+        """
+        try:
+            task = statemachine.update_fields(task, [TaskRecord.create_attempt.add(1)], clock=self.clock,
+                                              condition=(TaskRecord.stage == SUBMITTING) & same_create_attempt(task))
+        except StaleTask:
+            return DONE  # another delivery is reconciling it, or it moved on
         try:
             remote = self.video.find_submitted(task)
         except ArkRetryableError as error:
@@ -308,7 +342,7 @@ class LaneWorker:
                 return DONE
             callback_url, callback_actions = self.video.new_callback(task.task_id)
             task = statemachine.update_fields(task, callback_actions, clock=self.clock,
-                                              condition=TaskRecord.stage == SUBMITTING)
+                                              condition=(TaskRecord.stage == SUBMITTING) & same_create_attempt(task))
         except StaleTask:
             return DONE
         return self._submit_video(task, callback_url, delivery)
@@ -322,17 +356,23 @@ class LaneWorker:
 
     # --- endings ----------------------------------------------------------------------------------------------
 
-    def _retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError) -> Outcome:
+    def _retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
+                     reached_ark_before: bool = True) -> Outcome:
+        if isinstance(error, ArkRateLimitError):
+            # Ark refused the call outright, so it counts as reaching Ark only if an earlier attempt did: a task
+            # that only ever met 429s gets its quota request back when it ends.
+            task.ark_called = reached_ark_before
         if delivery.receive_count >= self.lane.max_receives:
             return self._give_up(task, delivery, error)
-        self._transition(task, statemachine.QUEUED, [])
+        self._transition(task, statemachine.QUEUED, [TaskRecord.ark_called.set(bool(task.ark_called))])
         backoff = min(self.settings.retry_base_s * 2 ** (delivery.receive_count - 1), self.settings.retry_max_s)
         delay = max(error.retry_after or 0, self.rng.uniform(backoff / 2, backoff))
         return Retry(round(delay))
 
     def _give_up(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError) -> Outcome:
         message = f"Ark kept failing after {delivery.receive_count} attempts ({error.code}: {error.message})"
-        self._end(task, statemachine.FAILED, "upstream_unavailable", message)
+        self._end(task, statemachine.FAILED, "upstream_unavailable", message,
+                  [TaskRecord.ark_called.set(bool(task.ark_called))])
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
     def _end(self, task: TaskRecord, target: str, code: str, message: str, extra: list[Any] | None = None) -> None:
@@ -347,17 +387,64 @@ class LaneWorker:
             return None
 
 
+def same_create_attempt(task: TaskRecord) -> Any:
+    """The condition that `create_attempt` is still what `task` read (a record from before it counts as 0)."""
+    attempt = int(task.create_attempt or 0)
+    same = TaskRecord.create_attempt == attempt
+    return same | TaskRecord.create_attempt.does_not_exist() if attempt == 0 else same
+
+
+def _remember_waiting(delivery: Delivery) -> None:
+    """Note the receipt of a message deferred for want of a slot, for `wake_next` (after its visibility change,
+    which a wake-up must come after)."""
+    with contextlib.suppress(UpdateError):  # claimed or ended meanwhile: nothing is waiting
+        TaskRecord(delivery.task_id).update(actions=[TaskRecord.wait_receipt.set(delivery.receipt_handle)],
+                                            condition=TaskRecord.status == statemachine.QUEUED)
+
+
 def wake_next(released: TaskRecord) -> None:
-    """A slot was given back: send the oldest task waiting for that model a fresh message, to start now."""
+    """A slot was given back: make the message of the oldest task waiting for it visible now.
+
+    Only a task deferred for want of a slot is woken (one in a retry's backoff waits it out), and with a per-user
+    cap, only one whose user is under it. Taking the receipt off the task first means two releases at once wake
+    two different tasks, and no task gets a second message.
+    """
     try:
-        waiting = TaskRecord.queued_by_model.query(released.model_id, limit=2, scan_index_forward=True)
-        for candidate in waiting:
-            if candidate.task_id != released.task_id:  # a task sent back to retry waits for its backoff
-                queues.enqueue(aws.sqs(), candidate.lane, candidate.task_id)
+        user_cap = optional_int(catalog.get_model(released.model_id).max_running_per_user)
+        users_full: dict[str, bool] = {}
+        for candidate in TaskRecord.queued_by_model.query(released.model_id, limit=WAKE_LOOKAHEAD,
+                                                          scan_index_forward=True):
+            if not candidate.wait_receipt:
+                continue
+            if user_cap is not None:
+                if candidate.user_id not in users_full:
+                    users_full[candidate.user_id] = slots.in_use(
+                        slots.user_slot_key(released.model_id, candidate.user_id)) >= user_cap
+                if users_full[candidate.user_id]:
+                    continue
+            if _wake(candidate):
                 return
-    except (PynamoDBException, ClientError) as error:
+    except (PynamoDBException, ClientError, NotFound) as error:
         # Only promptness is lost: the waiting task's own message comes back after its short wait.
         log.warning("could not wake the next task of %s: %s", released.model_id, error)
+
+
+def _wake(candidate: TaskRecord) -> bool:
+    """Make `candidate`'s deferred message visible; False when another release woke it first."""
+    try:
+        TaskRecord(candidate.task_id).update(
+            actions=[TaskRecord.wait_receipt.remove()],
+            condition=(TaskRecord.wait_receipt == candidate.wait_receipt) & (TaskRecord.status == statemachine.QUEUED),
+        )
+    except UpdateError:
+        return False
+    sqs = aws.sqs()
+    try:
+        sqs.change_message_visibility(QueueUrl=queues.queue_url(sqs, candidate.lane),
+                                      ReceiptHandle=candidate.wait_receipt, VisibilityTimeout=0)
+    except ClientError:
+        queues.enqueue(sqs, candidate.lane, candidate.task_id)  # the receipt went stale: a fresh message instead
+    return True
 
 
 statemachine.slot_listeners.append(wake_next)

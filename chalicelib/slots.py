@@ -1,6 +1,7 @@
 """The per-model slot semaphore: the exact, live cap on calls in flight at Ark.
 
-One record per model holds `holders` (task id -> lease expiry, epoch seconds) and `count`. Acquire is a
+One record per model holds `holders` (task id -> lease expiry, epoch seconds), `owners` (task id -> user) and
+`count`. Acquire is a
 conditional update (`count < concurrency` and the task not already holding), release is conditional and
 idempotent, and the sweeper frees leases of workers that died mid-call.
 
@@ -11,11 +12,12 @@ A model with `max_running_per_user` also keeps one record of the same shape per 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
-from pynamodb.transactions import TransactWrite
+from pynamodb.expressions.update import Action
 
 from chalicelib import db
 from chalicelib.db import SlotRecord
@@ -27,16 +29,16 @@ def user_slot_key(model_id: str, user_id: str) -> str:
 
 def _ensure_record(slot_key: str) -> None:
     with contextlib.suppress(PutError):  # another caller created it first
-        SlotRecord(slot_key, holders={}, count=0).save(condition=SlotRecord.model_id.does_not_exist())
+        SlotRecord(slot_key, holders={}, owners={}, count=0).save(condition=SlotRecord.model_id.does_not_exist())
 
 
-def _take(transaction: TransactWrite, slot_key: str, task_id: str, limit: int, lease_until: float) -> None:
-    transaction.update(
-        SlotRecord(slot_key),
-        actions=[SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)],
-        condition=SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < limit),
-        return_values="ALL_OLD",
-    )
+def _take_update(task_id: str, limit: int, lease_until: float, owner: str | None) -> dict[str, Any]:
+    """The conditional update that takes one slot for `task_id` (recording its owner, when given)."""
+    actions = [SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)]
+    if owner is not None:
+        actions.append(SlotRecord.owners[task_id].set(owner))
+    return {"actions": actions,
+            "condition": SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < limit)}
 
 
 def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *,
@@ -50,11 +52,13 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
     for _ in range(2):
         try:
             if len(keys) == 1:
-                _take_one(model_id, task_id, concurrency, lease_until)
+                _take_one(model_id, _take_update(task_id, concurrency, lease_until, user_id))
             else:
                 with db.transaction() as transaction:
-                    for key, limit in zip(keys, (concurrency, user_cap), strict=True):
-                        _take(transaction, key, task_id, int(limit or 0), lease_until)
+                    transaction.update(SlotRecord(model_id), return_values="ALL_OLD",
+                                       **_take_update(task_id, concurrency, lease_until, user_id))
+                    transaction.update(SlotRecord(keys[1]), return_values="ALL_OLD",
+                                       **_take_update(task_id, int(user_cap or 0), lease_until, None))
             return True
         except SlotRefused as refusal:
             records = {model_id: refusal.item}
@@ -70,16 +74,12 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
     return False
 
 
-def _take_one(slot_key: str, task_id: str, limit: int, lease_until: float) -> None:
+def _take_one(slot_key: str, update: dict[str, Any]) -> None:
     """One conditional update; a refusal raises `SlotRefused` with the record as it was."""
     # pynamodb drops the item DynamoDB returns with a refusal: send the request it builds through botocore.
     connection = SlotRecord._get_connection().connection
     request = connection.get_operation_kwargs(
-        SlotRecord.Meta.table_name,
-        slot_key,
-        actions=[SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)],
-        condition=SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < limit),
-        return_values_on_condition_failure="ALL_OLD",
+        SlotRecord.Meta.table_name, slot_key, return_values_on_condition_failure="ALL_OLD", **update
     )
     try:
         connection.client.update_item(**request)
@@ -103,13 +103,13 @@ def release(model_id: str, task_id: str, user_id: str | None = None) -> bool:
     """
     if user_id is not None:
         _release_one(user_slot_key(model_id, user_id), task_id)
-    return _release_one(model_id, task_id)
+    return _release_one(model_id, task_id, SlotRecord.owners[task_id].remove())
 
 
-def _release_one(slot_key: str, task_id: str) -> bool:
+def _release_one(slot_key: str, task_id: str, *extra: Action) -> bool:
     try:
         SlotRecord(slot_key).update(
-            actions=[SlotRecord.holders[task_id].remove(), SlotRecord.count.add(-1)],
+            actions=[SlotRecord.holders[task_id].remove(), SlotRecord.count.add(-1), *extra],
             condition=SlotRecord.holders[task_id].exists(),
         )
     except UpdateError:
@@ -117,24 +117,26 @@ def _release_one(slot_key: str, task_id: str) -> bool:
     return True
 
 
-def holds(model_id: str, task_id: str) -> bool:
-    return task_id in holders(model_id)
-
-
-def in_use(model_id: str) -> int:
+def in_use(slot_key: str) -> int:
+    """Slots held on a model's record (or, with `user_slot_key`, by one user of it)."""
     try:
-        return int(SlotRecord.get(model_id, consistent_read=True).count or 0)
+        return int(SlotRecord.get(slot_key, consistent_read=True).count or 0)
     except DoesNotExist:
         return 0
 
 
-def _holders_of(record: SlotRecord) -> dict[str, int]:
-    raw = record.holders.as_dict() if record.holders is not None else {}
-    return {task: int(lease) for task, lease in raw.items()}
+@dataclass(frozen=True)
+class Holder:
+    lease_until: int
+    user_id: str | None
 
 
-def holders(model_id: str) -> dict[str, int]:
+def holders(model_id: str) -> dict[str, Holder]:
+    """Who holds the model's slots: task id -> its lease and owner."""
     try:
-        return _holders_of(SlotRecord.get(model_id, consistent_read=True))
+        record = SlotRecord.get(model_id, consistent_read=True)
     except DoesNotExist:
         return {}
+    leases = record.holders.as_dict() if record.holders is not None else {}
+    owners = record.owners.as_dict() if record.owners is not None else {}
+    return {task: Holder(int(lease), owners.get(task)) for task, lease in leases.items()}

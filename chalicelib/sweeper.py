@@ -15,12 +15,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist
+from pynamodb.exceptions import DoesNotExist, UpdateError
 
 from chalicelib import catalog, queues, slots, statemachine
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord
-from chalicelib.lanes import CREATE_GRACE_S
+from chalicelib.lanes import CREATE_GRACE_S, same_create_attempt
 from chalicelib.settings import Settings, get_settings
 from chalicelib.statemachine import StaleTask
 from chalicelib.video import ARK_QUEUED, SUBMITTING, VideoService, epoch_of
@@ -73,26 +73,40 @@ class Sweeper:
 
     def _check_holders(self, model: ModelRecord, report: SweepReport) -> None:
         now = self.clock.now()
-        for task_id, lease in slots.holders(model.model_id).items():
+        for task_id, holder in slots.holders(model.model_id).items():
             try:
                 task = TaskRecord.get(task_id, consistent_read=True)
             except DoesNotExist:
-                slots.release(model.model_id, task_id)
-                report.leases_reclaimed += 1
+                if slots.release(model.model_id, task_id, holder.user_id):
+                    report.leases_reclaimed += 1
                 continue
             if task.status != statemachine.RUNNING:
                 # Ended (its release was lost), or acquired by a worker that died before claiming it.
-                stale = task.status in statemachine.TERMINAL or lease < now
+                stale = task.status in statemachine.TERMINAL or holder.lease_until < now
                 if stale and slots.release(model.model_id, task_id, task.user_id):
                     report.leases_reclaimed += 1
                 continue
             if self._past_deadline(task, now):
                 self._time_out(task, report)
-            elif lease < now:
+            elif holder.lease_until < now:
                 self._requeue_abandoned(task, report)
             elif task.stage == SUBMITTING and now - epoch_of(task.updated_at) > 2 * CREATE_GRACE_S:
-                queues.enqueue(self.sqs, task.lane, task.task_id)
-                report.reconciling += 1
+                self._request_reconcile(task, report)
+
+    def _request_reconcile(self, task: TaskRecord, report: SweepReport) -> None:
+        """A video left `submitting` that no worker touched for a while: one fresh message to reconcile it.
+
+        Taking a reconcile round first means an overlapping sweep sends nothing, and a worker still holding an
+        older message stops at its own claim. `updated_at` stays, so the worker does not wait the grace again.
+        """
+        try:
+            task.update(actions=[TaskRecord.create_attempt.add(1)],
+                        condition=(TaskRecord.status == statemachine.RUNNING) & (TaskRecord.stage == SUBMITTING)
+                        & same_create_attempt(task))
+        except UpdateError:
+            return
+        queues.enqueue(self.sqs, task.lane, task.task_id)
+        report.reconciling += 1
 
     def _requeue_abandoned(self, task: TaskRecord, report: SweepReport) -> None:
         """A worker died mid-call: free its slot and queue the task again (Ark never said it succeeded)."""

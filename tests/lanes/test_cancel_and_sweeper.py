@@ -60,7 +60,7 @@ def test_a_video_running_at_ark_cannot_be_cancelled(lanes: Lanes) -> None:
     lanes.video().poll_due(budget_s=10)
     assert lanes.task(task_id).stage == "ark_running"
     assert cancel(lanes, task_id).status_code == 409
-    assert lanes.task(task_id).status == "running" and slots.holds(VIDEO_MODEL, task_id)
+    assert lanes.task(task_id).status == "running" and task_id in slots.holders(VIDEO_MODEL)
 
 
 def test_a_running_image_call_cannot_be_cancelled(lanes: Lanes) -> None:
@@ -123,6 +123,15 @@ def test_slots_leaked_by_ended_or_unclaimed_tasks_are_freed(lanes: Lanes) -> Non
     lanes.clock.advance(11)
     assert lanes.sweeper().sweep().leases_reclaimed == 1
     assert slots.in_use(IMAGE_MODEL) == 0
+
+
+def test_a_vanished_tasks_slot_is_freed_with_its_users_slot(lanes: Lanes) -> None:
+    user_slot = slots.user_slot_key(IMAGE_MODEL, DEMO[0])
+    slots.acquire(IMAGE_MODEL, "tsk_vanished", 4, lanes.clock.now() + 600, user_id=DEMO[0], user_cap=1)
+    assert slots.in_use(user_slot) == 1
+
+    assert lanes.sweeper().sweep().leases_reclaimed == 1
+    assert slots.in_use(IMAGE_MODEL) == 0 and slots.in_use(user_slot) == 0
 
 
 def test_tasks_past_the_deadline_fail_with_timeout(lanes: Lanes) -> None:

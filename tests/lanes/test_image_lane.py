@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -9,7 +10,8 @@ import pytest
 
 from chalicelib import aws, slots
 from chalicelib.ark.client import VolcImageClient
-from chalicelib.lanes import Retry
+from chalicelib.db import TaskRecord
+from chalicelib.lanes import Retry, wake_next
 from chalicelib.resources import lane_named
 from tests.conftest import ADMIN, DEMO, OTHER
 from tests.lanes.conftest import ARK_KEY, IMAGE_MODEL, IMAGE_TASK, Lanes, record_for
@@ -116,19 +118,62 @@ def test_waiting_for_a_slot_never_sends_a_message_to_the_dlq(lanes: Lanes) -> No
     assert lanes.task(task_id).status == "queued"
 
 
-def test_a_released_slot_wakes_the_oldest_waiting_task_at_once(lanes: Lanes) -> None:
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    first, second = lanes.submit(IMAGE_TASK), lanes.submit(IMAGE_TASK)
-    records = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
-    worker = lanes.worker("image")
-    worker.handle(records[1:])  # second deferred? no: it takes the free slot first
-    assert lanes.task(second).status == "succeeded"
+def _task_ids(records: list[dict[str, Any]]) -> list[str]:
+    return [json.loads(record["body"])["task_id"] for record in records]
 
-    # `first` was never handled; its message is in flight. The release after `second` sent it a fresh one.
-    woken = lanes.receive_for("image", first)
-    assert woken["messageId"] != records[0]["messageId"]
-    worker.handle([woken])
+
+def test_a_released_slot_wakes_the_oldest_waiting_task_at_once(lanes: Lanes) -> None:
+    lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)  # a deferred message stays away
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    running, first, second = (lanes.submit(IMAGE_TASK) for _ in range(3))
+    deferred = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
+    worker = lanes.worker("image")
+    images = ImagesCallingBack(lanes.ark.base_url, lambda: worker.handle(deferred))
+
+    lanes.worker("image", images=images).handle([lanes.receive_for("image", running)])
+
+    assert images.seen == [{"batchItemFailures": [{"itemIdentifier": record["messageId"]} for record in deferred]}]
+    assert lanes.task(running).status == "succeeded"
+    # Its release made the oldest deferred message visible again: the same message, no second copy.
+    woken = lanes.receive("image")
+    assert [record["messageId"] for record in woken] == [deferred[0]["messageId"]]
+    worker.handle(woken)
     assert lanes.task(first).status == "succeeded"
+    assert _task_ids(lanes.receive("image")) == [second]  # and that release woke the next one
+
+
+def test_each_released_slot_wakes_a_different_waiting_task(lanes: Lanes) -> None:
+    lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)
+    lanes.set_model(IMAGE_MODEL, concurrency=2)
+    for holder in ("tsk_running_1", "tsk_running_2"):
+        slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60)
+    waiting = [lanes.submit(IMAGE_TASK) for _ in range(3)]
+    lanes.worker("image").handle([lanes.receive_for("image", task_id) for task_id in waiting])
+
+    for holder in ("tsk_running_1", "tsk_running_2"):
+        slots.release(IMAGE_MODEL, holder)
+        wake_next(TaskRecord(holder, model_id=IMAGE_MODEL))
+
+    assert sorted(_task_ids(lanes.receive("image"))) == sorted(waiting[:2])
+
+
+def test_a_released_slot_skips_waiting_tasks_whose_user_is_at_the_cap(lanes: Lanes) -> None:
+    lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)
+    lanes.set_model(IMAGE_MODEL, concurrency=2, max_running_per_user=1)
+    for holder, user in (("tsk_demo_running", DEMO[0]), ("tsk_other_running", OTHER[0])):
+        slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60, user_id=user, user_cap=1)
+    demo_waiting, other_waiting = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
+    records = [lanes.receive_for("image", demo_waiting), lanes.receive_for("image", other_waiting)]
+    assert len(lanes.worker("image").handle(records)["batchItemFailures"]) == 2
+
+    slots.release(IMAGE_MODEL, "tsk_other_running", OTHER[0])
+    wake_next(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL))
+
+    # Demo's task waited longer, but demo still runs one: the freed slot goes to the other user's task.
+    woken = lanes.receive("image")
+    assert _task_ids(woken) == [other_waiting]
+    lanes.worker("image").handle(woken)
+    assert lanes.task(other_waiting).status == "succeeded" and lanes.task(demo_waiting).status == "queued"
 
 
 @pytest.mark.abuse
@@ -228,6 +273,39 @@ def test_after_max_receives_the_task_fails_and_the_message_lands_in_the_dlq(lane
     dlq_url = aws.sqs().get_queue_url(QueueName=IMAGE_LANE.dlq_name(lanes.settings.resource_prefix))["QueueUrl"]
     dead = aws.sqs().receive_message(QueueUrl=dlq_url)["Messages"]
     assert [json.loads(message["Body"])["task_id"] for message in dead] == [task_id]
+
+
+@pytest.mark.abuse
+def test_a_task_that_only_met_rate_limits_gets_its_quota_request_back(lanes: Lanes) -> None:
+    lanes.ark.configure(rate_limit_fraction=1.0, retry_after_s=0)
+    task_id = lanes.submit(IMAGE_TASK)
+    worker = lanes.worker("image")
+    for _ in range(IMAGE_LANE.max_receives):
+        worker.handle([lanes.receive_for("image", task_id)])
+
+    assert lanes.get(task_id)["error"]["code"] == "upstream_unavailable"
+    assert _used_today(lanes) == 0  # Ark refused every call: nothing was generated
+
+
+@pytest.mark.abuse
+def test_a_task_that_met_a_server_error_keeps_its_quota_request(lanes: Lanes) -> None:
+    lanes.ark.configure(server_error_fraction=1.0)  # Ark may have generated it before failing
+    task_id = lanes.submit(IMAGE_TASK)
+    lanes.worker("image").handle([lanes.receive_for("image", task_id)])
+    lanes.ark.configure(server_error_fraction=0.0, rate_limit_fraction=1.0, retry_after_s=0)
+    worker = lanes.worker("image")
+    for _ in range(IMAGE_LANE.max_receives - 1):
+        worker.handle([lanes.receive_for("image", task_id)])
+
+    assert lanes.get(task_id)["error"]["code"] == "upstream_unavailable"
+    assert _used_today(lanes) == 1
+
+
+def _used_today(lanes: Lanes) -> int:
+    from chalicelib import catalog
+    from chalicelib.db import ModelRecord
+
+    return catalog.usage_today(ModelRecord.get(IMAGE_MODEL), lanes.clock.now())["used"]
 
 
 def test_a_task_cancelled_before_its_message_arrives_never_reaches_ark(lanes: Lanes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from urllib.parse import urlsplit
 
 import boto3
@@ -10,6 +11,8 @@ import httpx
 import pytest
 
 from chalicelib import media, results
+from chalicelib.db import TaskRecord
+from chalicelib.lanes import MIN_COPY_TIME_S, Delivery
 from tests.lanes.conftest import IMAGE_TASK, VIDEO_TASK, Lanes, record_for
 from tests.lanes.test_video_lane import ark_status, callback_token, post_callback, submitted, wait_for
 
@@ -43,6 +46,33 @@ def test_an_image_task_ends_with_its_images_in_the_bucket(lanes: Lanes) -> None:
         assert stored["ContentType"] == "image/jpeg" and stored["Body"].read().startswith(JPEG_MAGIC)
     body = lanes.get(task_id)
     assert all(is_presigned_for(url, ref) for url, ref in zip(body["result_urls"], task.result_urls, strict=True))
+
+
+def test_an_image_call_that_used_most_of_the_lambda_leaves_the_copy_to_a_fresh_message(lanes: Lanes) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    record = lanes.receive_for("image", task_id)
+    almost_out_of_time = Delivery.of(record, deadline=time.monotonic() + MIN_COPY_TIME_S / 2)
+
+    assert lanes.worker("image").process(almost_out_of_time) is None
+
+    task = lanes.task(task_id)
+    assert task.status == "succeeded" and not media.is_s3_ref(task.result_urls[0])
+    assert task.results_copy_error is None
+    assert lanes.run("image") == {"batchItemFailures": []}  # the fresh message, with a whole invocation
+    stored_object(lanes, lanes.task(task_id).result_urls[0], task_id)
+
+
+def test_a_copy_out_of_time_records_why_and_keeps_arks_links(lanes: Lanes) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    lanes.worker("image").handle([lanes.receive_for("image", task_id)])
+    ark_link = lanes.ark.base_url + "/never-fetched.jpeg"
+    lanes.task(task_id).update(actions=[TaskRecord.result_urls.set([ark_link])])  # as if not copied yet
+
+    assert lanes.worker("image").process(Delivery.of(record_for(task_id), deadline=time.monotonic() - 1)) is None
+
+    task = lanes.task(task_id)
+    assert task.status == "succeeded" and task.result_urls == [ark_link]
+    assert task.results_copy_error["code"] == "results_copy_failed"
 
 
 def test_a_failed_copy_keeps_the_task_succeeded_and_a_later_delivery_finishes_it(

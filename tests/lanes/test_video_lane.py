@@ -49,7 +49,7 @@ def test_a_video_is_created_once_with_a_secret_callback_and_handed_to_the_poller
     task = lanes.task(task_id)
     assert task.status == "running" and task.stage == ARK_QUEUED and task.external_id
     assert task.poll_shard and task.next_poll_at > lanes.clock.now()
-    assert slots.holds(VIDEO_MODEL, task_id)
+    assert task_id in slots.holders(VIDEO_MODEL)
     callback_url = lanes.ark.sim.tasks.tasks[task.external_id].callback_url
     token = parse_qs(urlsplit(callback_url).query)["token"][0]
     assert task.callback_secret_hash == secret_digest(token) and token not in str(task.attribute_values)
@@ -128,6 +128,29 @@ def test_a_crash_before_the_create_reached_ark_creates_it_exactly_once(lanes: La
 
     assert lanes.ark_calls("tasks.create") == 1
     assert lanes.task(task_id).external_id in lanes.ark.sim.tasks.tasks
+
+
+def test_two_deliveries_reconciling_at_once_create_the_video_once(lanes: Lanes) -> None:
+    task_id = lanes.submit(VIDEO_TASK)
+    dead = lanes.worker("video")
+    dead.video.create = _raise_crash  # type: ignore[method-assign]
+    dead.handle([lanes.receive_for("video", task_id)])
+    lanes.clock.advance(CREATE_GRACE_S + 1)
+    read_by_both = lanes.task(task_id)  # a redelivery and the sweeper's message read it at the same time
+    first, second = lanes.worker("video"), lanes.worker("video")
+    look_up = first.video.find_submitted
+    second_outcomes = []
+
+    def look_up_while_the_other_reconciles(task: Any) -> Any:
+        second_outcomes.append(second._reconcile(read_by_both, _delivery(record_for(task_id, 3))))
+        return look_up(task)
+
+    first.video.find_submitted = look_up_while_the_other_reconciles  # type: ignore[method-assign]
+    assert first._reconcile(read_by_both, _delivery(record_for(task_id, 2))) is None
+
+    assert second_outcomes == [None]  # it found the round taken and stopped
+    assert lanes.ark_calls("tasks.create") == 1
+    assert lanes.task(task_id).stage == ARK_QUEUED
 
 
 @pytest.mark.abuse

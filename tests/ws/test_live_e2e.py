@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from typing import Any
 
 import httpx
@@ -59,11 +60,21 @@ def follow(socket: ClientConnection, first_seen: dict[str, str], timeout_s: floa
     return {task_id: [statuses, last[task_id]] for task_id, statuses in history.items()}
 
 
+def new_user(stack: LocalStack) -> httpx.Client:
+    """A user of this test alone: tasks other tests leave running on the shared stack never reach its socket."""
+    credentials = Credentials(f"watcher-{uuid.uuid4().hex[:12]}", "watcher-pass-" + uuid.uuid4().hex[:12], "user")
+    admin = login(stack, stack.admin)
+    response = admin.post("/api/admin/users", json={"username": credentials.username,
+                                                    "password": credentials.password})
+    assert response.status_code == 201, response.text
+    return login(stack, credentials)
+
+
 def test_owner_watches_image_and_video_tasks_finish_and_no_one_else_sees_them(local_stack: LocalStack) -> None:
-    demo, admin = login(local_stack, local_stack.demo), login(local_stack, local_stack.admin)
+    demo, bystanding = new_user(local_stack), new_user(local_stack)
     origin = local_stack.web_url
     with connect(ticket_url(demo), origin=origin, open_timeout=10) as watcher, \
-            connect(ticket_url(admin), origin=origin, open_timeout=10) as bystander:
+            connect(ticket_url(bystanding), origin=origin, open_timeout=10) as bystander:
         created = {}
         for body in (IMAGE_TASK, VIDEO_TASK):
             response = demo.post("/api/tasks", json=body)
