@@ -3,9 +3,9 @@
 Every check below is judged only for a transition the state machine allows; any other is its 409
 `illegal_transition`.
   * `running`: never. Only a lane worker holding one of the model's slots starts a task (409 `worker_only`).
-  * `running -> queued`: images only, for a task whose worker is gone. The task gets a fresh lane message, the
-    transition gives its slot back, and a worker picks it up again. (Were its worker still calling Ark, that
-    call's result would be dropped, the task having changed, and Ark called a second time.) A running video is
+  * `running -> queued`: images only, for a task whose worker is gone (its slot lease ended; while it lasts,
+    409 `worker_busy`: the worker's call would be dropped and Ark called a second time). The task gets a fresh
+    lane message, the transition gives its slot back, and a worker picks it up again. A running video is
     at Ark, or on its way there (a create may be in flight), and a worker would create it a second time: 409
     `video_at_ark`; fail or cancel it instead.
   * terminal targets: `succeeded` carries its results (`result_urls` for an image, `video_url` for a video), else
@@ -21,8 +21,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.expressions.update import Action
 
-from chalicelib import queues, statemachine
-from chalicelib.clock import SYSTEM_CLOCK, Clock
+from chalicelib import queues, slots, statemachine
+from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import TaskRecord
 from chalicelib.errors import ApiError, Conflict, ValidationFailed
 from chalicelib.validation import StatusUpdateRequest
@@ -40,6 +40,10 @@ class VideoAtArk(Conflict):
     code = "video_at_ark"
 
 
+class WorkerBusy(Conflict):
+    code = "worker_busy"
+
+
 def apply(task: TaskRecord, request: StatusUpdateRequest, *, sqs: Any, video: Callable[[], VideoService],
           clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
     """Move `task` (as read) to `request.status` with the results or error it carries; returns the written task.
@@ -48,7 +52,7 @@ def apply(task: TaskRecord, request: StatusUpdateRequest, *, sqs: Any, video: Ca
     """
     target = request.status
     if statemachine.is_allowed(task.status, target):
-        _check_operator_may(task, request)
+        _check_operator_may(task, request, clock.now())
         if target == statemachine.QUEUED:
             # The message goes first: a send that fails changes nothing and can be retried, whereas a task
             # queued without a message would wait for its deadline. A worker reading it before the transition
@@ -59,7 +63,7 @@ def apply(task: TaskRecord, request: StatusUpdateRequest, *, sqs: Any, video: Ca
     return statemachine.transition(task, target, actions=_carried_fields(request), clock=clock)
 
 
-def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest) -> None:
+def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest, now: float) -> None:
     if request.status == statemachine.RUNNING:
         raise WorkerOnly(
             "Only a lane worker holding one of the model's slots can start a task; it starts on its own.",
@@ -71,6 +75,14 @@ def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest) -> None:
             "Fail or cancel it instead.",
             details={"status": task.status, "stage": task.stage},
         )
+    if request.status == statemachine.QUEUED:
+        holder = slots.holders(task.model_id).get(task.task_id)
+        if holder is not None and holder.lease_until >= now:
+            raise WorkerBusy(
+                "A worker is still calling Ark for this task; if it dies, the task goes back to the queue on its "
+                "own once the worker's lease ends.",
+                details={"lease_until": iso(holder.lease_until)},
+            )
     if request.status == statemachine.SUCCEEDED and not getattr(request, RESULT_FIELDS[task.type]):
         raise ValidationFailed("1 invalid field(s)", details=[{
             "field": RESULT_FIELDS[task.type],

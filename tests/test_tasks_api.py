@@ -345,10 +345,10 @@ def put_status(api: Api, task_id: str, body: dict, **auth):
     return api.request("PUT", f"/api/tasks/{task_id}/status", body, **({"as_user": ADMIN} | auth))
 
 
-def claim(task_id: str, **fields) -> None:
+def claim(task_id: str, lease_s: float = 300, **fields) -> None:
     """What a lane worker does before calling Ark: take a slot of the task's model, then `queued -> running`."""
     task = TaskRecord.get(task_id, consistent_read=True)
-    assert slots.acquire(task.model_id, task_id, 4, time.time() + 300)
+    assert slots.acquire(task.model_id, task_id, 4, time.time() + lease_s)
     actions = [TaskRecord.ark_called.set(True)]
     actions += [getattr(TaskRecord, name).set(value) for name, value in fields.items()]
     statemachine.transition(task, statemachine.RUNNING, actions=actions)
@@ -430,7 +430,7 @@ def test_only_a_lane_worker_starts_a_task(api: Api) -> None:
 def test_a_running_image_sent_back_to_the_queue_frees_its_slot_and_is_picked_up_again(api: Api) -> None:
     task_id = create(api, IMAGE_TASK).data["id"]
     assert lane_messages("image") == [task_id]  # its first message, taken by the worker that claims it
-    claim(task_id)
+    claim(task_id, lease_s=-1)  # a worker that died mid-call
     assert slots.in_use("seedream-4.5") == 1
 
     response = put_status(api, task_id, {"status": "queued"})
@@ -440,9 +440,21 @@ def test_a_running_image_sent_back_to_the_queue_frees_its_slot_and_is_picked_up_
     assert lane_messages("image") == [task_id]
 
 
+def test_a_running_image_whose_worker_is_still_at_ark_is_not_queued_again(api: Api) -> None:
+    task_id = create(api, IMAGE_TASK).data["id"]
+    assert lane_messages("image") == [task_id]
+    claim(task_id)
+
+    response = put_status(api, task_id, {"status": "queued"})
+
+    assert response.status_code == 409 and response.data["error"]["code"] == "worker_busy"
+    assert stored(task_id).status == "running" and slots.in_use("seedream-4.5") == 1
+    assert lane_messages("image") == []
+
+
 def test_a_task_whose_lane_message_cannot_be_sent_stays_as_it_was(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     task_id = create(api, IMAGE_TASK).data["id"]
-    claim(task_id)
+    claim(task_id, lease_s=-1)
 
     def sqs_down(*args, **kwargs):
         raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"}}, "SendMessage")
