@@ -13,7 +13,8 @@ stopped before completing. The copy is idempotent and never fails the task.
 
 No free slot: the message goes back as a batch item failure after a short jittered visibility timeout; the
 worker never waits. Waiting is not failing, so a message about to reach the lane's `max_receives` by waiting
-alone is replaced by a fresh copy. A slot given back wakes the oldest task waiting for that model at once.
+alone is replaced by a fresh copy. A slot given back wakes the oldest task deferred for that model (whose user
+is under its cap) at once, by making its message visible.
 
 Retryable Ark errors (429, 5xx, timeouts) send the task back to `queued` (slot released) and the message back
 with exponential backoff and jitter; on its last receive the task fails with `upstream_unavailable` and the
@@ -37,8 +38,8 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 
 from chalicelib import aws, catalog, media, queues, results, slots, statemachine
 from chalicelib.ark.client import ImageGenerationResult, VolcImageClient, VolcVideoClient
-from chalicelib.ark.errors import ArkPermanentError, ArkRateLimitError, ArkRetryableError
-from chalicelib.clock import SYSTEM_CLOCK, Clock
+from chalicelib.ark.errors import ArkError, ArkPermanentError, ArkRateLimitError, ArkRetryableError
+from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord, optional_int
 from chalicelib.errors import NotFound
 from chalicelib.resources import Lane, lane_named
@@ -57,8 +58,9 @@ CREATE_GRACE_S = 60
 # No-slot rechecks back off from SLOT_WAIT_SECONDS to 8 times that.
 MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
-# Queued tasks of a model a released slot looks through for one it can wake (deferred, user under its cap).
-WAKE_LOOKAHEAD = 10
+# Queued tasks of a model a released slot looks through for one it can wake (deferred, user under its cap), read
+# a page at a time: usually the first page has one.
+WAKE_LOOKAHEAD, WAKE_PAGE_SIZE = 100, 10
 SQS_MAX_VISIBILITY_S = 12 * 3600
 # Downloads of Ark's result files: a read may stall this long between chunks of a large video.
 RESULTS_DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -161,6 +163,10 @@ class LaneWorker:
         if delivery.receive_count < self.lane.max_receives - 1:
             return Retry(delay_s, wakeable)
         queues.enqueue(self.sqs, self.lane.name, delivery.task_id, delay_s=min(delay_s, SQS_MAX_DELAY_S))
+        if wakeable:  # the receipt kept from an earlier deferral names the message this one replaces
+            with contextlib.suppress(UpdateError):  # claimed or ended meanwhile: nothing is waiting
+                TaskRecord(delivery.task_id).update(actions=[TaskRecord.wait_receipt.remove()],
+                                                    condition=TaskRecord.status == statemachine.QUEUED)
         return DONE
 
     def _slot_wait(self, delivery: Delivery) -> int:
@@ -178,7 +184,7 @@ class LaneWorker:
         except DoesNotExist:
             return DONE
         if task.status == statemachine.SUCCEEDED:
-            self._keep_results(task, delivery)
+            self._keep_results(task, delivery, whole_invocation=True)
             return DONE
         if task.status == statemachine.RUNNING:
             return self._resume(task, delivery)
@@ -263,7 +269,7 @@ class LaneWorker:
         except ArkRetryableError as error:
             return self._retry_later(task, delivery, error, reached_ark_before)
         except ArkPermanentError as error:
-            self._end(task, statemachine.FAILED, error.code, error.message)
+            self._fail_permanently(task, error, reached_ark_before)
             return DONE
         self._store_images(task, result, delivery)
         return DONE
@@ -291,15 +297,23 @@ class LaneWorker:
             if self.settings.media_bucket:
                 queues.enqueue(self.sqs, self.lane.name, task.task_id)
             return
-        self._keep_results(succeeded, delivery)
+        self._keep_results(succeeded, delivery, whole_invocation=False)
 
-    def _keep_results(self, task: TaskRecord, delivery: Delivery) -> None:
-        """Copy a succeeded task's results into the bucket (nothing to do without one, or once copied)."""
+    def _keep_results(self, task: TaskRecord, delivery: Delivery, whole_invocation: bool) -> None:
+        """Copy a succeeded task's results into the bucket (nothing to do without one, or once copied).
+
+        A copy that runs out of time goes on from a fresh message while that can help: after an Ark call took part
+        of this invocation, or when this one stored something (so the rounds end: each stores one more at least).
+        """
+        stored_before = results.stored_count(task)
         try:
-            results.copy_results(task, s3=self.s3, http=self.downloads, bucket=self.settings.media_bucket,
-                                 clock=self.clock, deadline=delivery.deadline)
+            kept = results.copy_results(task, s3=self.s3, http=self.downloads, bucket=self.settings.media_bucket,
+                                        clock=self.clock, deadline=delivery.deadline)
         except StaleTask:
             log.info("task %s was deleted before its results were copied", task.task_id)
+            return
+        if results.ran_out_of_time(kept) and (not whole_invocation or results.stored_count(kept) > stored_before):
+            queues.enqueue(self.sqs, self.lane.name, task.task_id)
 
     # --- videos -----------------------------------------------------------------------------------------------
 
@@ -315,7 +329,7 @@ class LaneWorker:
                         error.code)
             return self._reconcile_later(task, delivery, error)
         except ArkPermanentError as error:
-            self._end(task, statemachine.FAILED, error.code, error.message)
+            self._fail_permanently(task, error, reached_ark_before)
             return DONE
         with contextlib.suppress(StaleTask):  # ended meanwhile: record_submitted cancelled its Ark task
             self.video.record_submitted(task, external_id)
@@ -328,8 +342,7 @@ class LaneWorker:
         reconciling at once (a redelivery and the sweeper's message), one goes on and the other stops here.
         """
         try:
-            task = statemachine.update_fields(task, [TaskRecord.create_attempt.add(1)], clock=self.clock,
-                                              condition=(TaskRecord.stage == SUBMITTING) & same_create_attempt(task))
+            task = take_reconcile_round(task, restart_grace_at=self.clock.now())
         except StaleTask:
             return DONE  # another delivery is reconciling it, or it moved on
         try:
@@ -342,7 +355,7 @@ class LaneWorker:
                 return DONE
             callback_url, callback_actions = self.video.new_callback(task.task_id)
             task = statemachine.update_fields(task, callback_actions, clock=self.clock,
-                                              condition=(TaskRecord.stage == SUBMITTING) & same_create_attempt(task))
+                                              condition=(TaskRecord.stage == SUBMITTING) & _same_create_attempt(task))
         except StaleTask:
             return DONE
         return self._submit_video(task, callback_url, delivery)
@@ -358,10 +371,7 @@ class LaneWorker:
 
     def _retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
                      reached_ark_before: bool = True) -> Outcome:
-        if isinstance(error, ArkRateLimitError):
-            # Ark refused the call outright, so it counts as reaching Ark only if an earlier attempt did: a task
-            # that only ever met 429s gets its quota request back when it ends.
-            task.ark_called = reached_ark_before
+        _forget_refused_call(task, error, reached_ark_before)
         if delivery.receive_count >= self.lane.max_receives:
             return self._give_up(task, delivery, error)
         self._transition(task, statemachine.QUEUED, [TaskRecord.ark_called.set(bool(task.ark_called))])
@@ -375,6 +385,11 @@ class LaneWorker:
                   [TaskRecord.ark_called.set(bool(task.ark_called))])
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
+    def _fail_permanently(self, task: TaskRecord, error: ArkPermanentError, reached_ark_before: bool) -> None:
+        _forget_refused_call(task, error, reached_ark_before)
+        self._end(task, statemachine.FAILED, error.code, error.message,
+                  [TaskRecord.ark_called.set(bool(task.ark_called))])
+
     def _end(self, task: TaskRecord, target: str, code: str, message: str, extra: list[Any] | None = None) -> None:
         self._transition(task, target, [TaskRecord.error.set({"code": code, "message": message}), *(extra or [])])
 
@@ -387,7 +402,29 @@ class LaneWorker:
             return None
 
 
-def same_create_attempt(task: TaskRecord) -> Any:
+def _forget_refused_call(task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
+    """Ark refused this call outright (HTTP 429: a rate limit, or the account's quota used up), so the task counts
+    as having reached Ark only if an earlier attempt did: one that only ever met refusals gets its quota request
+    back when it ends. The caller writes `ark_called` with its transition."""
+    if error.http_status == 429 or isinstance(error, ArkRateLimitError):
+        task.ark_called = reached_ark_before
+
+
+def take_reconcile_round(task: TaskRecord, restart_grace_at: float | None) -> TaskRecord:
+    """Claim the next round of reconciling a video left `submitting`; StaleTask when another took it (or the task
+    moved on). `restart_grace_at` also stamps `updated_at`, so other deliveries wait the grace before looking."""
+    actions = [TaskRecord.create_attempt.add(1)]
+    if restart_grace_at is not None:
+        actions.append(TaskRecord.updated_at.set(iso(restart_grace_at)))
+    try:
+        task.update(actions=actions, condition=(TaskRecord.status == statemachine.RUNNING)
+                    & (TaskRecord.stage == SUBMITTING) & _same_create_attempt(task))
+    except UpdateError as error:
+        raise StaleTask("Another delivery took this reconcile round, or the task moved on.") from error
+    return task
+
+
+def _same_create_attempt(task: TaskRecord) -> Any:
     """The condition that `create_attempt` is still what `task` read (a record from before it counts as 0)."""
     attempt = int(task.create_attempt or 0)
     same = TaskRecord.create_attempt == attempt
@@ -413,7 +450,7 @@ def wake_next(released: TaskRecord) -> None:
         user_cap = optional_int(catalog.get_model(released.model_id).max_running_per_user)
         users_full: dict[str, bool] = {}
         for candidate in TaskRecord.queued_by_model.query(released.model_id, limit=WAKE_LOOKAHEAD,
-                                                          scan_index_forward=True):
+                                                          page_size=WAKE_PAGE_SIZE, scan_index_forward=True):
             if not candidate.wait_receipt:
                 continue
             if user_cap is not None:
@@ -442,7 +479,9 @@ def _wake(candidate: TaskRecord) -> bool:
     try:
         sqs.change_message_visibility(QueueUrl=queues.queue_url(sqs, candidate.lane),
                                       ReceiptHandle=candidate.wait_receipt, VisibilityTimeout=0)
-    except ClientError:
+    except ClientError as error:
+        if "MessageNotInflight" in error.response.get("Error", {}).get("Code", ""):
+            return True  # its deferral ended already: it is visible, waiting to be received
         queues.enqueue(sqs, candidate.lane, candidate.task_id)  # the receipt went stale: a fresh message instead
     return True
 

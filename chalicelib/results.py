@@ -52,6 +52,19 @@ Sleep = Callable[[float], None]
 Monotonic = Callable[[], float]
 
 
+COPY_FAILED, COPY_OUT_OF_TIME = "results_copy_failed", "results_copy_out_of_time"
+
+
+def stored_count(task: TaskRecord) -> int:
+    """How many of the task's results are already in the bucket."""
+    urls = [*(task.result_urls or []), task.video_url, task.last_frame_url]
+    return sum(1 for url in urls if url and media.is_s3_ref(url))
+
+
+def ran_out_of_time(task: TaskRecord) -> bool:
+    return task.results_copy_error is not None and task.results_copy_error.code == COPY_OUT_OF_TIME
+
+
 class OutOfTime(Exception):
     """The copy's time budget ran out; raised from inside a streamed upload, it makes S3's transfer abort."""
 
@@ -224,9 +237,11 @@ def copy_results(
             copied[item] = _copy_with_retries(s3, http, bucket, item, attempts, sleep, budget)
     except (OutOfTime, *COPY_FAILURES) as error:
         log.warning("results of task %s stay at Ark: %s", task.task_id, error)
-        reason = "before time ran out" if isinstance(error, OutOfTime) else f"({type(error).__name__})"
+        out_of_time = isinstance(error, OutOfTime)
+        reason = "before time ran out" if out_of_time else f"({type(error).__name__})"
         message = f"Results could not be copied to storage {reason}; Ark's links expire in 24 h."
-        outcome = TaskRecord.results_copy_error.set({"code": "results_copy_failed", "message": message})
+        code = COPY_OUT_OF_TIME if out_of_time else COPY_FAILED
+        outcome = TaskRecord.results_copy_error.set({"code": code, "message": message})
     try:
         # Published when links changed: a watching client swaps Ark's links for the stored copies.
         return statemachine.update_fields(task, [*_pointing_at(copied, images, video, last_frame), outcome],

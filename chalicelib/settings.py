@@ -62,7 +62,7 @@ class Settings:
         default_factory=lambda: _float("VIDEO_POLL_MAX_INTERVAL_SECONDS", 120.0)
     )
     # A message whose model has no free slot comes back after 1-2x this many seconds (SQS counts whole seconds).
-    # It is the fallback: a released slot wakes the oldest waiting task at once.
+    # It is the fallback: a released slot wakes the oldest deferred task (whose user is under its cap) at once.
     slot_wait_s: int = field(default_factory=lambda: _int("SLOT_WAIT_SECONDS", 3))
     # Retryable Ark errors: exponential backoff from the base, capped, with jitter.
     retry_base_s: int = field(default_factory=lambda: _int("RETRY_BASE_SECONDS", 2))

@@ -11,12 +11,11 @@ A model with `max_running_per_user` also keeps one record of the same shape per 
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError, UpdateError
+from pynamodb.exceptions import DoesNotExist, TransactWriteError, UpdateError
 from pynamodb.expressions.update import Action
 
 from chalicelib import db
@@ -28,8 +27,13 @@ def user_slot_key(model_id: str, user_id: str) -> str:
 
 
 def _ensure_record(slot_key: str) -> None:
-    with contextlib.suppress(PutError):  # another caller created it first
-        SlotRecord(slot_key, holders={}, owners={}, count=0).save(condition=SlotRecord.model_id.does_not_exist())
+    """Create the record, or complete one written before it had every map (`owners` came later): DynamoDB refuses
+    to set or remove a key of a map that is not there. Idempotent, and harmless to a record in use."""
+    SlotRecord(slot_key).update(actions=[
+        SlotRecord.holders.set(SlotRecord.holders | {}),
+        SlotRecord.owners.set(SlotRecord.owners | {}),
+        SlotRecord.count.set(SlotRecord.count | 0),
+    ])
 
 
 def _take_update(task_id: str, limit: int, lease_until: float, owner: str | None) -> dict[str, Any]:
@@ -49,7 +53,7 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
     DynamoDB returns the record as it was, which tells "full" from "already holding" and "no record yet".
     """
     keys = [model_id] if user_cap is None or user_id is None else [model_id, user_slot_key(model_id, user_id)]
-    for _ in range(2):
+    for attempt in range(2):
         try:
             if len(keys) == 1:
                 _take_one(model_id, _take_update(task_id, concurrency, lease_until, user_id))
@@ -64,14 +68,27 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
             records = {model_id: refusal.item}
         except TransactWriteError as error:
             # Only the refused record comes back; one that met its condition exists and does not hold the task.
-            records = {key: reason.raw_item if reason and reason.code == "ConditionalCheckFailed" else {}
-                       for key, reason in zip(keys, error.cancellation_reasons, strict=False)}
+            # A record lacking a map the update writes into cancels the transaction (AWS) or fails it (moto).
+            reasons = error.cancellation_reasons or []
+            records = {key: None for key in keys} if error.cause_response_code == "ValidationException" else {
+                key: _refused_record(reason) for key, reason in zip(keys, reasons, strict=False)}
         missing = [key for key in keys if records.get(key, {}) is None]
         if not missing:
             return task_id in ((records.get(model_id) or {}).get("holders", {}).get("M", {}))
+        if attempt:
+            raise RuntimeError(f"slot records {missing} cannot be used even after completing them")
         for key in missing:  # first acquire for this model (or user): create the record, then try once more
             _ensure_record(key)
-    return False
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _refused_record(reason: Any) -> dict[str, Any] | None:
+    """What a cancelled transaction says of one record: as it was (refused), None (missing or incomplete), or {}."""
+    if reason is None:
+        return {}
+    if reason.code == "ConditionalCheckFailed":
+        return reason.raw_item
+    return None if reason.code == "ValidationError" else {}
 
 
 def _take_one(slot_key: str, update: dict[str, Any]) -> None:
@@ -84,7 +101,10 @@ def _take_one(slot_key: str, update: dict[str, Any]) -> None:
     try:
         connection.client.update_item(**request)
     except ClientError as error:
-        if error.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+        code = error.response.get("Error", {}).get("Code")
+        if code == "ValidationException":  # the record lacks a map the update writes into
+            raise SlotRefused(None) from error
+        if code != "ConditionalCheckFailedException":
             raise
         raise SlotRefused(error.response.get("Item")) from error
 
@@ -107,14 +127,22 @@ def release(model_id: str, task_id: str, user_id: str | None = None) -> bool:
 
 
 def _release_one(slot_key: str, task_id: str, *extra: Action) -> bool:
-    try:
-        SlotRecord(slot_key).update(
-            actions=[SlotRecord.holders[task_id].remove(), SlotRecord.count.add(-1), *extra],
-            condition=SlotRecord.holders[task_id].exists(),
-        )
-    except UpdateError:
-        return False
-    return True
+    """True when it released; False when the task held nothing. Any other failure raises: a release that did not
+    happen must not look done, or the slot would leak past the sweeper."""
+    for attempt in range(2):
+        try:
+            SlotRecord(slot_key).update(
+                actions=[SlotRecord.holders[task_id].remove(), SlotRecord.count.add(-1), *extra],
+                condition=SlotRecord.holders[task_id].exists(),
+            )
+            return True
+        except UpdateError as error:
+            if error.cause_response_code == "ConditionalCheckFailedException":
+                return False
+            if error.cause_response_code != "ValidationException" or attempt:
+                raise
+            _ensure_record(slot_key)
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 def in_use(slot_key: str) -> int:

@@ -3,9 +3,10 @@
 Every check below is judged only for a transition the state machine allows; any other is its 409
 `illegal_transition`.
   * `running`: never. Only a lane worker holding one of the model's slots starts a task (409 `worker_only`).
-  * `running -> queued`: images only, for a task whose worker is gone (its slot lease ended; while it lasts,
-    409 `worker_busy`: the worker's call would be dropped and Ark called a second time). The task gets a fresh
-    lane message, the transition gives its slot back, and a worker picks it up again. A running video is
+  * a running image: only once its worker is gone (its slot lease ended); while the lease lasts, 409
+    `worker_busy` (the worker's call would be dropped, and its slot handed on while the call still runs).
+  * `running -> queued`: images only. The task gets a fresh lane message, the transition gives its slot back,
+    and a worker picks it up again. A running video is
     at Ark, or on its way there (a create may be in flight), and a worker would create it a second time: 409
     `video_at_ark`; fail or cancel it instead.
   * terminal targets: `succeeded` carries its results (`result_urls` for an image, `video_url` for a video), else
@@ -26,7 +27,7 @@ from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import TaskRecord
 from chalicelib.errors import ApiError, Conflict, ValidationFailed
 from chalicelib.validation import StatusUpdateRequest
-from chalicelib.video import ARK_QUEUED, VideoService
+from chalicelib.video import VideoService, queued_at_ark
 
 # The result field a succeeded task of each type must carry.
 RESULT_FIELDS = {"image": "result_urls", "video": "video_url"}
@@ -58,7 +59,7 @@ def apply(task: TaskRecord, request: StatusUpdateRequest, *, sqs: Any, video: Ca
             # queued without a message would wait for its deadline. A worker reading it before the transition
             # finds the task running and sends it back to the queue itself (or waits out a live worker's lease).
             _send_to_lane(sqs, task)
-        elif target in statemachine.TERMINAL and _queued_at_ark(task):
+        elif target in statemachine.TERMINAL and queued_at_ark(task):
             video().cancel_quietly(task.external_id or "")
     return statemachine.transition(task, target, actions=_carried_fields(request), clock=clock)
 
@@ -75,7 +76,9 @@ def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest, now: flo
             "Fail or cancel it instead.",
             details={"status": task.status, "stage": task.stage},
         )
-    if request.status == statemachine.QUEUED:
+    if task.status == statemachine.RUNNING and task.type == "image":
+        # Its call at Ark would be dropped, and its slot handed on while that call still runs: the model would
+        # have one call more in flight than its concurrency.
         holder = slots.holders(task.model_id).get(task.task_id)
         if holder is not None and holder.lease_until >= now:
             raise WorkerBusy(
@@ -89,11 +92,6 @@ def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest, now: flo
             "message": f"a succeeded {task.type} task needs its results",
             "type": "missing_results",
         }])
-
-
-def _queued_at_ark(task: TaskRecord) -> bool:
-    return (task.status == statemachine.RUNNING and task.type == "video" and bool(task.external_id)
-            and task.stage == ARK_QUEUED)
 
 
 def _carried_fields(request: StatusUpdateRequest) -> list[Action]:

@@ -15,15 +15,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist, UpdateError
+from pynamodb.exceptions import DoesNotExist
 
 from chalicelib import catalog, queues, slots, statemachine
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord
-from chalicelib.lanes import CREATE_GRACE_S, same_create_attempt
+from chalicelib.lanes import CREATE_GRACE_S, take_reconcile_round
 from chalicelib.settings import Settings, get_settings
 from chalicelib.statemachine import StaleTask
-from chalicelib.video import ARK_QUEUED, SUBMITTING, VideoService, epoch_of
+from chalicelib.video import SUBMITTING, VideoService, epoch_of, queued_at_ark
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Sweeper:
         return epoch_of(task.created_at) + self.settings.task_deadline_s < now
 
     def _time_out(self, task: TaskRecord, report: SweepReport) -> None:
-        if task.type == "video" and task.external_id and task.stage == ARK_QUEUED:
+        if queued_at_ark(task):
             self.video.cancel_quietly(task.external_id)
         try:
             statemachine.transition(task, statemachine.FAILED, clock=self.clock,
@@ -100,10 +100,8 @@ class Sweeper:
         older message stops at its own claim. `updated_at` stays, so the worker does not wait the grace again.
         """
         try:
-            task.update(actions=[TaskRecord.create_attempt.add(1)],
-                        condition=(TaskRecord.status == statemachine.RUNNING) & (TaskRecord.stage == SUBMITTING)
-                        & same_create_attempt(task))
-        except UpdateError:
+            take_reconcile_round(task, restart_grace_at=None)
+        except StaleTask:
             return
         queues.enqueue(self.sqs, task.lane, task.task_id)
         report.reconciling += 1

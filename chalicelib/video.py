@@ -63,6 +63,12 @@ RECONCILE_MAX_PAGES = 5
 POLLS_BEFORE_BACKOFF = 6
 
 
+def queued_at_ark(task: TaskRecord) -> bool:
+    """A running video Ark accepted and still queues: the one kind of running task Ark can still drop."""
+    return (task.status == statemachine.RUNNING and task.type == "video" and bool(task.external_id)
+            and task.stage == ARK_QUEUED)
+
+
 def poll_shard_of(task_id: str) -> str:
     return f"video-{int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % POLL_SHARDS}"
 

@@ -390,7 +390,7 @@ def test_status_changes_follow_the_state_machine(api: Api) -> None:
     assert queued_too_soon.status_code == 409
     assert queued_too_soon.data["error"]["code"] == "illegal_transition"
 
-    claim(task_id)
+    claim(task_id, lease_s=-1)  # its worker is gone
     done = put_status(api, task_id, {"status": "succeeded", "result_urls": ["https://example.com/a.jpg"]})
     assert done.status_code == 200
     assert done.data["finished_at"] and done.data["result_urls"] == ["https://example.com/a.jpg"]
@@ -440,14 +440,16 @@ def test_a_running_image_sent_back_to_the_queue_frees_its_slot_and_is_picked_up_
     assert lane_messages("image") == [task_id]
 
 
-def test_a_running_image_whose_worker_is_still_at_ark_is_not_queued_again(api: Api) -> None:
+def test_a_running_image_whose_worker_is_still_at_ark_is_left_to_it(api: Api) -> None:
     task_id = create(api, IMAGE_TASK).data["id"]
     assert lane_messages("image") == [task_id]
     claim(task_id)
 
-    response = put_status(api, task_id, {"status": "queued"})
+    for body in ({"status": "queued"}, {"status": "failed"}, {"status": "succeeded", "result_urls": ["https://a.b/c"]}):
+        response = put_status(api, task_id, body)
+        assert response.status_code == 409 and response.data["error"]["code"] == "worker_busy", body
 
-    assert response.status_code == 409 and response.data["error"]["code"] == "worker_busy"
+    # Its slot stays taken, so no other task starts while its call is still at Ark.
     assert stored(task_id).status == "running" and slots.in_use("seedream-4.5") == 1
     assert lane_messages("image") == []
 
@@ -483,7 +485,7 @@ def test_a_running_video_is_not_queued_again(api: Api, ark_videos: RecordingVide
 
 def test_a_task_succeeds_only_with_its_results(api: Api) -> None:
     image_id, video_id = create(api, IMAGE_TASK).data["id"], create(api, VIDEO_TASK).data["id"]
-    claim(image_id)
+    claim(image_id, lease_s=-1)
     claim(video_id)
     for task_id, results, field in [
         (image_id, {}, "result_urls"),

@@ -10,8 +10,9 @@ import pytest
 
 from chalicelib import aws, slots
 from chalicelib.ark.client import VolcImageClient
+from chalicelib.ark.errors import ArkQuotaExhaustedError
 from chalicelib.db import TaskRecord
-from chalicelib.lanes import Retry, wake_next
+from chalicelib.lanes import Retry, _wake, wake_next
 from chalicelib.resources import lane_named
 from tests.conftest import ADMIN, DEMO, OTHER
 from tests.lanes.conftest import ARK_KEY, IMAGE_MODEL, IMAGE_TASK, Lanes, record_for
@@ -155,6 +156,9 @@ def test_each_released_slot_wakes_a_different_waiting_task(lanes: Lanes) -> None
         wake_next(TaskRecord(holder, model_id=IMAGE_MODEL))
 
     assert sorted(_task_ids(lanes.receive("image"))) == sorted(waiting[:2])
+    # Two releases that read the same oldest task at once: only one of them wakes it.
+    read_by_both = lanes.task(waiting[2])
+    assert [_wake(read_by_both), _wake(read_by_both)] == [True, False]
 
 
 def test_a_released_slot_skips_waiting_tasks_whose_user_is_at_the_cap(lanes: Lanes) -> None:
@@ -298,6 +302,29 @@ def test_a_task_that_met_a_server_error_keeps_its_quota_request(lanes: Lanes) ->
         worker.handle([lanes.receive_for("image", task_id)])
 
     assert lanes.get(task_id)["error"]["code"] == "upstream_unavailable"
+    assert _used_today(lanes) == 1
+
+
+class SpendLimitReached(VolcImageClient):
+    """Ark refusing every call: the account's spend limit is used up (a 429 that retrying cannot help)."""
+
+    def create_image_task(self, *args: Any, **kwargs: Any) -> Any:
+        raise ArkQuotaExhaustedError("SetLimitExceeded", "The spend limit set for this account was reached.", 429)
+
+
+def test_a_task_ark_refused_for_good_fails_with_arks_code_and_gets_its_quota_request_back(lanes: Lanes) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    lanes.worker("image", images=SpendLimitReached(lanes.ark.base_url, ARK_KEY)).handle(
+        [lanes.receive_for("image", task_id)])
+
+    assert lanes.get(task_id)["error"]["code"] == "SetLimitExceeded"
+    assert _used_today(lanes) == 0 and slots.in_use(IMAGE_MODEL) == 0
+
+
+def test_a_task_ark_rejected_after_reading_it_keeps_its_quota_request(lanes: Lanes) -> None:
+    task_id = lanes.submit({**IMAGE_TASK, "prompt": "a cat SIM_SENSITIVE_INPUT"})
+    lanes.run("image")
+    assert lanes.get(task_id)["error"]["code"] == "InputTextSensitiveContentDetected"
     assert _used_today(lanes) == 1
 
 

@@ -11,7 +11,6 @@ import httpx
 import pytest
 
 from chalicelib import media, results
-from chalicelib.db import TaskRecord
 from chalicelib.lanes import MIN_COPY_TIME_S, Delivery
 from tests.lanes.conftest import IMAGE_TASK, VIDEO_TASK, Lanes, record_for
 from tests.lanes.test_video_lane import ark_status, callback_token, post_callback, submitted, wait_for
@@ -62,17 +61,49 @@ def test_an_image_call_that_used_most_of_the_lambda_leaves_the_copy_to_a_fresh_m
     stored_object(lanes, lanes.task(task_id).result_urls[0], task_id)
 
 
-def test_a_copy_out_of_time_records_why_and_keeps_arks_links(lanes: Lanes) -> None:
-    task_id = lanes.submit(IMAGE_TASK)
+def succeeded_at_ark(lanes: Lanes, body: dict) -> str:
+    """A succeeded task whose results are still only at Ark (its worker ran without a bucket)."""
+    task_id = lanes.submit(body)
+    with_bucket = lanes.settings
+    lanes.settings = dataclasses.replace(with_bucket, media_bucket="")
     lanes.worker("image").handle([lanes.receive_for("image", task_id)])
-    ark_link = lanes.ark.base_url + "/never-fetched.jpeg"
-    lanes.task(task_id).update(actions=[TaskRecord.result_urls.set([ark_link])])  # as if not copied yet
+    lanes.settings = with_bucket
+    assert lanes.task(task_id).status == "succeeded" and results.stored_count(lanes.task(task_id)) == 0
+    return task_id
+
+
+def test_a_copy_that_stores_nothing_in_a_whole_invocation_records_why_and_stops(lanes: Lanes) -> None:
+    task_id = succeeded_at_ark(lanes, IMAGE_TASK)
+    ark_links = lanes.task(task_id).result_urls
 
     assert lanes.worker("image").process(Delivery.of(record_for(task_id), deadline=time.monotonic() - 1)) is None
 
     task = lanes.task(task_id)
-    assert task.status == "succeeded" and task.result_urls == [ark_link]
-    assert task.results_copy_error["code"] == "results_copy_failed"
+    assert task.status == "succeeded" and task.result_urls == ark_links
+    assert task.results_copy_error["code"] == "results_copy_out_of_time"
+    assert lanes.receive("image") == []  # another round would fare no better
+
+
+def test_a_copy_that_ran_out_of_time_after_storing_some_goes_on_from_a_fresh_message(
+    lanes: Lanes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = succeeded_at_ark(lanes, {**IMAGE_TASK, "max_images": 2})
+    bucket = boto3.client("s3")
+
+    def time_runs_out_once_one_is_stored() -> float:
+        stored = bucket.list_objects_v2(Bucket=lanes.settings.media_bucket, Prefix=f"tasks/{task_id}/results/")
+        return 2000.0 if stored.get("KeyCount") else 0.0
+
+    copy = results.copy_results
+    monkeypatch.setattr(results, "copy_results",
+                        lambda *args, **kwargs: copy(*args, **kwargs, monotonic=time_runs_out_once_one_is_stored))
+    lanes.worker("image").process(Delivery.of(record_for(task_id), deadline=1000.0))
+    assert results.stored_count(lanes.task(task_id)) == 1
+    monkeypatch.setattr(results, "copy_results", copy)
+
+    assert lanes.run("image") == {"batchItemFailures": []}  # the fresh message copies the rest
+    task = lanes.task(task_id)
+    assert results.stored_count(task) == 2 and task.results_copy_error is None
 
 
 def test_a_failed_copy_keeps_the_task_succeeded_and_a_later_delivery_finishes_it(

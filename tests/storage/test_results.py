@@ -111,7 +111,7 @@ def calls_to(s3: Any, operation: str) -> list[str]:
 
 def assert_out_of_time(task_id: str) -> None:
     error = TaskRecord.get(task_id, consistent_read=True).results_copy_error
-    assert error["code"] == "results_copy_failed" and "time ran out" in error["message"]
+    assert error["code"] == "results_copy_out_of_time" and "time ran out" in error["message"]
 
 
 def test_results_are_streamed_into_the_bucket_and_the_api_hands_out_presigned_copies(

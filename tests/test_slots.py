@@ -1,0 +1,51 @@
+"""The slot semaphore on records as they are found, including ones written before `owners` existed."""
+
+from __future__ import annotations
+
+import time
+
+import boto3
+import pytest
+
+from chalicelib import slots
+from chalicelib.db import SlotRecord
+
+MODEL = "seedream-4.5"
+
+
+@pytest.fixture
+def record_without_owners(aws_resources: None) -> str:
+    """The model's slot record as an earlier release wrote it: `holders` and `count` only, one task holding."""
+    boto3.client("dynamodb").put_item(
+        TableName=SlotRecord.Meta.table_name,
+        Item={"model_id": {"S": MODEL}, "holders": {"M": {"tsk_before": {"N": str(int(time.time()) + 60)}}},
+              "count": {"N": "1"}},
+    )
+    return "tsk_before"
+
+
+def test_a_record_from_before_owners_existed_still_gives_and_takes_slots(record_without_owners: str) -> None:
+    assert slots.acquire(MODEL, "tsk_after", 2, time.time() + 60, user_id="demo")
+    assert not slots.acquire(MODEL, "tsk_third", 2, time.time() + 60, user_id="demo")  # full at 2
+
+    assert slots.release(MODEL, record_without_owners) and slots.release(MODEL, "tsk_after", "demo")
+    assert slots.in_use(MODEL) == 0
+
+
+def test_a_record_from_before_owners_existed_works_with_a_per_user_cap(record_without_owners: str) -> None:
+    assert slots.acquire(MODEL, "tsk_after", 3, time.time() + 60, user_id="demo", user_cap=1)
+    assert not slots.acquire(MODEL, "tsk_second", 3, time.time() + 60, user_id="demo", user_cap=1)
+
+    assert slots.holders(MODEL)["tsk_after"].user_id == "demo"
+    assert slots.release(MODEL, "tsk_after", "demo")
+    assert slots.in_use(slots.user_slot_key(MODEL, "demo")) == 0
+
+
+def test_releasing_a_slot_taken_before_owners_existed_frees_it(record_without_owners: str) -> None:
+    assert slots.release(MODEL, record_without_owners, "demo")
+    assert slots.in_use(MODEL) == 0 and slots.holders(MODEL) == {}
+
+
+def test_releasing_what_was_never_held_is_a_no_op(aws_resources: None) -> None:
+    assert not slots.release(MODEL, "tsk_nobody", "demo")
+    assert slots.in_use(MODEL) == 0
