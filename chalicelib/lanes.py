@@ -60,7 +60,9 @@ MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
 # Queued tasks of a model a released slot looks through for one it can wake (deferred, user under its cap), read
 # a page at a time: usually the first page has one.
-WAKE_LOOKAHEAD, WAKE_PAGE_SIZE = 100, 10
+WAKE_LOOKAHEAD, WAKE_PAGE_SIZE = 50, 10
+# Ark's answers that refuse a call before any work is done: no quota is spent on it here either.
+REFUSED_BEFORE_WORK = frozenset({401, 403, 429})
 SQS_MAX_VISIBILITY_S = 12 * 3600
 # Downloads of Ark's result files: a read may stall this long between chunks of a large video.
 RESULTS_DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -81,15 +83,18 @@ class Delivery:
     receive_count: int
     # `time.monotonic()` by which its work must be done, leaving the Lambda time to record the outcome.
     deadline: float | None = None
+    # Whether it has the invocation's time to itself (the batch's first record), or records before it used some.
+    first_in_invocation: bool = True
 
     @classmethod
-    def of(cls, record: dict[str, Any], deadline: float | None = None) -> Delivery:
+    def of(cls, record: dict[str, Any], deadline: float | None = None, first_in_invocation: bool = True) -> Delivery:
         return cls(
             message_id=record["messageId"],
             receipt_handle=record["receiptHandle"],
             task_id=json.loads(record["body"])["task_id"],
             receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
             deadline=deadline,
+            first_in_invocation=first_in_invocation,
         )
 
 
@@ -125,9 +130,9 @@ class LaneWorker:
         """Process a batch; returns Lambda's partial-batch answer (messages to give back)."""
         failures = []
         deadline = time.monotonic() + self.lane.lambda_timeout_s - RESULTS_COPY_MARGIN_S
-        for record in records:
+        for index, record in enumerate(records):
             try:
-                delivery = Delivery.of(record, deadline)
+                delivery = Delivery.of(record, deadline, first_in_invocation=index == 0)
             except (ValueError, KeyError, TypeError):
                 # Unreadable: it alone comes back, until the redrive policy moves it to the DLQ.
                 log.error("unreadable message %s in lane %s", record.get("messageId"), self.lane.name)
@@ -184,7 +189,7 @@ class LaneWorker:
         except DoesNotExist:
             return DONE
         if task.status == statemachine.SUCCEEDED:
-            self._keep_results(task, delivery, whole_invocation=True)
+            self._keep_results(task, delivery, whole_invocation=delivery.first_in_invocation)
             return DONE
         if task.status == statemachine.RUNNING:
             return self._resume(task, delivery)
@@ -403,10 +408,11 @@ class LaneWorker:
 
 
 def _forget_refused_call(task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
-    """Ark refused this call outright (HTTP 429: a rate limit, or the account's quota used up), so the task counts
-    as having reached Ark only if an earlier attempt did: one that only ever met refusals gets its quota request
-    back when it ends. The caller writes `ark_called` with its transition."""
-    if error.http_status == 429 or isinstance(error, ArkRateLimitError):
+    """Ark refused this call before doing any work (401/403: the key or account may not call it; 429: a rate limit,
+    or the account's quota used up), so the task counts as having reached Ark only if an earlier attempt did: one
+    that only ever met refusals gets its quota request back when it ends. The caller writes `ark_called` with its
+    transition."""
+    if error.http_status in REFUSED_BEFORE_WORK or isinstance(error, ArkRateLimitError):
         task.ark_called = reached_ark_before
 
 

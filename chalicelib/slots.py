@@ -53,6 +53,7 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
     DynamoDB returns the record as it was, which tells "full" from "already holding" and "no record yet".
     """
     keys = [model_id] if user_cap is None or user_id is None else [model_id, user_slot_key(model_id, user_id)]
+    refusal_cause: BaseException | None = None
     for attempt in range(2):
         try:
             if len(keys) == 1:
@@ -65,8 +66,9 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
                                        **_take_update(task_id, int(user_cap or 0), lease_until, None))
             return True
         except SlotRefused as refusal:
-            records = {model_id: refusal.item}
+            records, refusal_cause = {model_id: refusal.item}, refusal.__cause__
         except TransactWriteError as error:
+            refusal_cause = error
             # Only the refused record comes back; one that met its condition exists and does not hold the task.
             # A record lacking a map the update writes into cancels the transaction (AWS) or fails it (moto).
             reasons = error.cancellation_reasons or []
@@ -76,7 +78,7 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
         if not missing:
             return task_id in ((records.get(model_id) or {}).get("holders", {}).get("M", {}))
         if attempt:
-            raise RuntimeError(f"slot records {missing} cannot be used even after completing them")
+            raise RuntimeError(f"slot records {missing} cannot be used even after completing them") from refusal_cause
         for key in missing:  # first acquire for this model (or user): create the record, then try once more
             _ensure_record(key)
     raise AssertionError("unreachable: the second attempt returns or raises")

@@ -6,14 +6,17 @@ change nothing. A task that ends before any Ark call gives its quota request bac
 
 A task is `running` only while it holds a slot of its model (`chalicelib.slots`): workers acquire the slot
 before the claim `queued -> running`, and every transition out of `running` (to a terminal state, or back to
-`queued` after a retryable Ark error) releases it here, once the write succeeded, so no path can forget it.
+`queued` after a retryable Ark error) releases it here, once the write succeeded, so no path can forget it
+(a release that fails leaves the slot to the sweeper, never the transition unpublished).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
-from pynamodb.exceptions import TransactWriteError, UpdateError
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import PynamoDBException, TransactWriteError, UpdateError
 from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
@@ -21,6 +24,8 @@ from chalicelib import db, slots
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import QuotaRecord, TaskRecord
 from chalicelib.errors import Conflict
+
+log = logging.getLogger(__name__)
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED, EXPIRED = "succeeded", "failed", "cancelled", "expired"
@@ -107,7 +112,14 @@ def notify(task: TaskRecord) -> None:
 
 
 def _release_slot(task: TaskRecord) -> None:
-    if slots.release(task.model_id, task.task_id, task.user_id):
+    try:
+        released = slots.release(task.model_id, task.task_id, task.user_id)
+    except (PynamoDBException, ClientError) as error:
+        # The transition is written and must still be published and acted on. The slot stays held (its user's
+        # too, if that release failed first), and the sweeper frees both: the task is no longer running.
+        log.warning("slot of task %s stays held for the sweeper to free: %s", task.task_id, error)
+        return
+    if released:
         for listener in slot_listeners:
             listener(task)
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from chalicelib import catalog, slots, statemachine
 from chalicelib.db import ModelRecord
-from chalicelib.lanes import IMAGE_LEASE_MARGIN_S
+from chalicelib.lanes import IMAGE_LEASE_MARGIN_S, Delivery, Retry
 from chalicelib.resources import lane_named
 from tests.conftest import DEMO
 from tests.lanes.conftest import IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
@@ -132,6 +133,27 @@ def test_a_vanished_tasks_slot_is_freed_with_its_users_slot(lanes: Lanes) -> Non
 
     assert lanes.sweeper().sweep().leases_reclaimed == 1
     assert slots.in_use(IMAGE_MODEL) == 0 and slots.in_use(user_slot) == 0
+
+
+def test_a_release_that_fails_leaves_the_slot_to_the_sweeper_and_the_task_moves_on(
+    lanes: Lanes, listen: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lanes.ark.configure(server_error_fraction=1.0)
+    task_id = lanes.submit(IMAGE_TASK)
+
+    def throttled(*args: Any, **kwargs: Any) -> bool:
+        raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+
+    monkeypatch.setattr(slots, "release", throttled)
+    outcome = lanes.worker("image").process(Delivery.of(lanes.receive_for("image", task_id)))
+    monkeypatch.undo()
+
+    assert isinstance(outcome, Retry)  # backed off as usual, not a crashed worker
+    assert lanes.task(task_id).status == "queued" and (task_id, "queued") in listen()
+    assert task_id in slots.holders(IMAGE_MODEL)
+    lanes.clock.advance(lane_named("image").lambda_timeout_s + IMAGE_LEASE_MARGIN_S + 1)
+    assert lanes.sweeper().sweep().leases_reclaimed == 1
+    assert slots.in_use(IMAGE_MODEL) == 0
 
 
 def test_tasks_past_the_deadline_fail_with_timeout(lanes: Lanes) -> None:

@@ -7,10 +7,11 @@ import json
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
 from chalicelib import aws, slots
 from chalicelib.ark.client import VolcImageClient
-from chalicelib.ark.errors import ArkQuotaExhaustedError
+from chalicelib.ark.errors import ArkError, ArkQuotaExhaustedError
 from chalicelib.db import TaskRecord
 from chalicelib.lanes import Retry, _wake, wake_next
 from chalicelib.resources import lane_named
@@ -161,6 +162,31 @@ def test_each_released_slot_wakes_a_different_waiting_task(lanes: Lanes) -> None
     assert [_wake(read_by_both), _wake(read_by_both)] == [True, False]
 
 
+def test_a_deferred_message_already_visible_again_counts_as_woken(lanes: Lanes, monkeypatch: Any) -> None:
+    lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_running", 1, lanes.clock.now() + 60)
+    waiting = lanes.submit(IMAGE_TASK)
+    lanes.worker("image").handle([lanes.receive_for("image", waiting)])
+    real_sqs = aws.sqs()
+
+    class DeferralOver:
+        """SQS as AWS answers once the deferral ended: the message is visible, no longer in flight."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(real_sqs, name)
+
+        def change_message_visibility(self, **kwargs: Any) -> Any:
+            raise ClientError({"Error": {"Code": "AWS.SimpleQueueService.MessageNotInflight", "Message": "x"}},
+                              "ChangeMessageVisibility")
+
+    monkeypatch.setattr(aws, "sqs", DeferralOver)
+    assert _wake(lanes.task(waiting))
+    monkeypatch.undo()
+    attributes = aws.sqs().get_queue_attributes(QueueUrl=_queue_url(), AttributeNames=["All"])["Attributes"]
+    assert attributes["ApproximateNumberOfMessages"] == "0"  # no second copy was sent
+
+
 def test_a_released_slot_skips_waiting_tasks_whose_user_is_at_the_cap(lanes: Lanes) -> None:
     lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)
     lanes.set_model(IMAGE_MODEL, concurrency=2, max_running_per_user=1)
@@ -305,19 +331,29 @@ def test_a_task_that_met_a_server_error_keeps_its_quota_request(lanes: Lanes) ->
     assert _used_today(lanes) == 1
 
 
-class SpendLimitReached(VolcImageClient):
-    """Ark refusing every call: the account's spend limit is used up (a 429 that retrying cannot help)."""
+class RefusingImages(VolcImageClient):
+    """Ark refusing every call for good, before any work (retrying cannot help)."""
+
+    def __init__(self, base_url: str, refusal: ArkError) -> None:
+        super().__init__(base_url, ARK_KEY)
+        self.refusal = refusal
 
     def create_image_task(self, *args: Any, **kwargs: Any) -> Any:
-        raise ArkQuotaExhaustedError("SetLimitExceeded", "The spend limit set for this account was reached.", 429)
+        raise self.refusal
 
 
-def test_a_task_ark_refused_for_good_fails_with_arks_code_and_gets_its_quota_request_back(lanes: Lanes) -> None:
+@pytest.mark.parametrize("refusal", [
+    ArkQuotaExhaustedError("SetLimitExceeded", "The spend limit set for this account was reached.", 429),
+    ArkQuotaExhaustedError("AccountOverdueError", "The account is overdue.", 403),
+])
+def test_a_task_ark_refused_for_good_fails_with_arks_code_and_gets_its_quota_request_back(
+    lanes: Lanes, refusal: ArkError
+) -> None:
     task_id = lanes.submit(IMAGE_TASK)
-    lanes.worker("image", images=SpendLimitReached(lanes.ark.base_url, ARK_KEY)).handle(
+    lanes.worker("image", images=RefusingImages(lanes.ark.base_url, refusal)).handle(
         [lanes.receive_for("image", task_id)])
 
-    assert lanes.get(task_id)["error"]["code"] == "SetLimitExceeded"
+    assert lanes.get(task_id)["error"]["code"] == refusal.code
     assert _used_today(lanes) == 0 and slots.in_use(IMAGE_MODEL) == 0
 
 
