@@ -14,6 +14,7 @@ import json
 import re
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from arksim.media import render_image, render_mp4
 from chalicelib.ark.limits import PROMPT_MAX_CHARS
+from chalicelib.clock import iso
 from devstack.webapp import make_web_server
 
 HOST = "127.0.0.1"
@@ -38,7 +40,7 @@ MEDIA_COLORS = {"image": (60, 140, 200), "frame": (220, 180, 60), "video": (90, 
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso(time.time())
 
 
 class ApiFailure(Exception):
@@ -544,8 +546,6 @@ def make_api_handler(fake: FakeArkflow) -> type[BaseHTTPRequestHandler]:
 @dataclass
 class FakeStack:
     fake: FakeArkflow
-    api_url: str
-    ws_url: str
     web_url: str
 
 
@@ -586,7 +586,7 @@ def run_fake_stack() -> Iterator[FakeStack]:
     for thread in threads:
         thread.start()
     try:
-        yield FakeStack(fake, fake.api_url, fake.ws_url, f"http://{HOST}:{web_server.server_address[1]}")
+        yield FakeStack(fake, f"http://{HOST}:{web_server.server_address[1]}")
     finally:
         fake.drop_sockets()
         for server in servers:

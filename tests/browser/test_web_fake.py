@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
+from chalicelib.ark import limits
 from tests.browser.conftest import PHONE, ConsoleWatch, screenshot
 from tests.browser.fake_api import ADMIN, DEMO, FakeArkflow, FakeStack
 from tests.browser.ui import IMAGE_FORM, card, field, file_payload, log_in, open_video_tab, png
@@ -94,6 +96,8 @@ def test_image_form_checks_ark_limits_before_sending(page: Page, fake_stack: Fak
     expect(references.locator(":scope > .field-error")).to_contain_text("notes.txt: txt files are not accepted")
     form.locator("input[type=file]").set_input_files(huge)
     expect(references.locator(":scope > .field-error")).to_have_text("huge.png is 12 MB; the limit is 10 MB.")
+    form.locator("input[type=file]").set_input_files(file_payload("sliver.png", png(15, 300)))
+    expect(references.locator(":scope > .field-error")).to_have_text("Width ÷ height must be between 1/16 and 16.")
     form.get_by_label("Reference image link").fill("http://example.com/cat.png")
     form.get_by_role("button", name="Add link").click()
     expect(references.locator(":scope > .field-error")).to_have_text("Image links must start with https://.")
@@ -105,6 +109,14 @@ def test_image_form_checks_ark_limits_before_sending(page: Page, fake_stack: Fak
     expect(field(form, "size").locator(".field-error")).to_have_text("Width ÷ height must be between 1/16 and 16.")
     expect(field(form, "max_images").locator(".field-error")).to_contain_text("with 1 references choose at most 14")
     assert fake.requests_to("POST", "/api/tasks") == 0
+
+
+def test_browser_checks_use_the_servers_limits(page: Page, fake_stack: FakeStack) -> None:
+    """web/js/limits.js copies chalicelib/ark/limits.py by hand (the API publishes no limits): they must agree."""
+    page.goto(fake_stack.web_url)
+    mirrored = page.evaluate("async () => ({ ...(await import('./js/limits.js')) })")
+    mirrored.pop("INLINE_UPLOAD_MAX_BYTES")  # the web app's own choice, not a limit the API checks
+    assert mirrored == {name: json.loads(json.dumps(getattr(limits, name))) for name in mirrored}
 
 
 def test_image_task_with_references_goes_live_to_a_gallery(page: Page, fake_stack: FakeStack,

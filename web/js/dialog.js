@@ -1,10 +1,10 @@
 // Modal dialogs on the native <dialog> element: focus is trapped, Escape closes, focus returns on close.
 
-import { h } from "./dom.js";
+import { h, uniqueId } from "./dom.js";
 
 /** Open a modal dialog; returns {dialog, close}. `body` is a node or a list of nodes. */
 export function openDialog({ title, body, className = "", onClose }) {
-  const titleId = `dialog-title-${Date.now()}`;
+  const titleId = uniqueId("dialog-title");
   const opener = document.activeElement;
   const dialog = h(
     "dialog",

@@ -1,6 +1,6 @@
 // Form building blocks and error display shared by every screen.
 
-import { h, uniqueId } from "./dom.js";
+import { h, toast, uniqueId } from "./dom.js";
 
 const ERROR_TITLES = {
   validation_error: "Some fields need fixing",
@@ -26,6 +26,12 @@ export function describeError(error) {
     message += ` Try again in ${error.retryAfter} s.`;
   }
   return { title: ERROR_TITLES[code] || "Something went wrong", message, code };
+}
+
+/** Report an error that belongs to no form (a row action, a list) as a short-lived notice. */
+export function toastError(error) {
+  const { title, message } = describeError(error);
+  toast(`${title}: ${message}`, "error");
 }
 
 /** Show an API error in a page's error box (a `.form-errors` element). */
@@ -59,6 +65,19 @@ export function field({ label, name, control, hint, className = "" }) {
     if (wrapper.classList.contains("invalid")) clearFieldError(wrapper);
   });
   return wrapper;
+}
+
+/** A checkbox with its label after it and an error slot; returns {wrapper, input}. */
+export function checkbox(label, name, checked = false) {
+  const input = h("input", { type: "checkbox", id: uniqueId("check"), checked });
+  const wrapper = h(
+    "div",
+    { class: "field check", dataset: { field: name } },
+    input,
+    h("label", { for: input.id }, label),
+    h("p", { class: "field-error", hidden: true }),
+  );
+  return { wrapper, input };
 }
 
 /** A group of controls under one name (radio buttons, a list), rendered as a fieldset. */

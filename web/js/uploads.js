@@ -13,8 +13,9 @@ function readAsDataUri(file) {
   });
 }
 
+// The format the checks judged, so an alias the browser reports (image/jpg) reaches the API as image/jpeg.
 function contentType(file) {
-  return file.type || `image/${fileFormat(file)}`;
+  return `image/${fileFormat(file)}`;
 }
 
 async function inlineDataUri(file) {

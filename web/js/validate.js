@@ -17,12 +17,18 @@ export function fileFormat(file) {
   return EXTENSION_FORMATS[extension] || extension;
 }
 
-export function isHttpsUrl(value) {
+function isHttpsUrl(value) {
   try {
     return new URL(value).protocol === "https:";
   } catch {
     return false;
   }
+}
+
+// Output sizes and reference images share Seedream's aspect range.
+function imageAspectProblem(width, height) {
+  const aspect = width / height;
+  return aspect < L.IMAGE_MIN_ASPECT || aspect > L.IMAGE_MAX_ASPECT ? "Width ÷ height must be between 1/16 and 16." : null;
 }
 
 function pixelSizeProblem(width, height) {
@@ -34,11 +40,7 @@ function pixelSizeProblem(width, height) {
     return `Total pixels must be between ${L.IMAGE_MIN_PIXELS.toLocaleString("en")} (2560×1440) and ` +
       `${L.IMAGE_MAX_PIXELS.toLocaleString("en")} (4096×4096); ${width}×${height} is ${pixels.toLocaleString("en")}.`;
   }
-  const aspect = width / height;
-  if (aspect < L.IMAGE_MIN_ASPECT || aspect > L.IMAGE_MAX_ASPECT) {
-    return "Width ÷ height must be between 1/16 and 16.";
-  }
-  return null;
+  return imageAspectProblem(width, height);
 }
 
 function referenceProblem(reference, { maxBytes, checkDimensions }) {
@@ -61,7 +63,7 @@ function imageReferenceDimensions(width, height) {
     return `Each side must be larger than ${L.IMAGE_INPUT_MIN_SIDE_EXCLUSIVE} px (this one is ${width}×${height}).`;
   }
   if (width * height > L.IMAGE_INPUT_MAX_PIXELS) return `At most 6000×6000 pixels (this one is ${width}×${height}).`;
-  return null;
+  return imageAspectProblem(width, height);
 }
 
 function videoFrameDimensions(width, height) {
@@ -71,8 +73,10 @@ function videoFrameDimensions(width, height) {
     return `Each side must be between ${low} and ${high} px (this one is ${width}×${height}).`;
   }
   const aspect = width / height;
-  if (aspect <= L.VIDEO_INPUT_MIN_ASPECT_EXCLUSIVE || aspect >= L.VIDEO_INPUT_MAX_ASPECT_EXCLUSIVE) {
-    return `Width ÷ height must be between 0.4 and 2.5 (this one is ${width}×${height}).`;
+  const lowAspect = L.VIDEO_INPUT_MIN_ASPECT_EXCLUSIVE;
+  const highAspect = L.VIDEO_INPUT_MAX_ASPECT_EXCLUSIVE;
+  if (aspect <= lowAspect || aspect >= highAspect) {
+    return `Width ÷ height must be between ${lowAspect} and ${highAspect} (this one is ${width}×${height}).`;
   }
   return null;
 }

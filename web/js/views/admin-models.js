@@ -3,7 +3,8 @@
 import { api } from "../api.js";
 import { confirmDialog, openDialog } from "../dialog.js";
 import { h, toast } from "../dom.js";
-import { describeError, field, formErrorBox, select, showFormErrors, showPageError, withBusyButton } from "../forms.js";
+import { checkbox, field, formErrorBox, select, showFormErrors, toastError, withBusyButton } from "../forms.js";
+import { renderAdminTable } from "./admin-table.js";
 
 // [field, label, required, minimum]; an optional limit left empty means "no limit" (null).
 const LIMIT_FIELDS = [
@@ -17,17 +18,14 @@ function limitText(value) {
   return value === null || value === undefined ? "no limit" : String(value);
 }
 
-/** usage_today is {used, limit, remaining, day, timezone}; slots_in_use is a number. */
-function usageCell(label, usage, limit) {
-  const used = typeof usage === "object" && usage !== null ? usage.used : usage;
-  const ratio = Number.isFinite(limit) && limit > 0 ? Math.min(1, (used || 0) / limit) : 0;
+function usageCell(label, used, limit) {
   return h(
     "td",
     { dataset: { label } },
     h("span", { class: "usage-text" }, `${used ?? 0} / ${limitText(limit)}`),
     Number.isFinite(limit) && limit > 0
       ? h("meter", { min: 0, max: limit, value: used || 0, high: limit * 0.8, optimum: 0, "aria-hidden": "true",
-        class: ratio >= 1 ? "full" : "" })
+        class: (used || 0) >= limit ? "full" : "" })
       : null,
   );
 }
@@ -49,9 +47,9 @@ function modelDialog(existing, onSaved) {
     type: select([["image", "Image"], ["video", "Video"]], model.type),
     display_name: h("input", { value: model.display_name || "", required: !isNew, placeholder: isNew ? "same as the model ID" : "" }),
     upstream_model: h("input", { value: model.upstream_model || "", required: true, placeholder: "doubao-seedream-4-5-251128" }),
-    enabled: h("input", { type: "checkbox", id: "model-enabled", checked: model.enabled !== false }),
     defaults: h("textarea", { rows: 3, class: "mono" }),
   };
+  const enabled = checkbox("Enabled (users can submit tasks)", "enabled", model.enabled !== false);
   inputs.defaults.value = JSON.stringify(model.defaults || {});
   if (!isNew) inputs.type.disabled = true;
   for (const [name, , required, min] of LIMIT_FIELDS) {
@@ -73,15 +71,14 @@ function modelDialog(existing, onSaved) {
     h("p", { class: "hint" }, "Leave a per-user limit empty for no limit."),
     field({ label: "Defaults (JSON)", name: "defaults", control: inputs.defaults,
       hint: "Prefilled form values, e.g. {\"size\": \"2K\"} or {\"resolution\": \"720p\", \"duration\": 5}." }),
-    h("div", { class: "field check", dataset: { field: "enabled" } }, inputs.enabled,
-      h("label", { for: "model-enabled" }, "Enabled (users can submit tasks)"), h("p", { class: "field-error", hidden: true })),
+    enabled.wrapper,
     h("div", { class: "dialog-actions" }, submit),
   );
   const { close } = openDialog({ title: isNew ? "New model" : `Edit ${model.model_id}`, body: form });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const problems = [];
-    const body = { upstream_model: inputs.upstream_model.value.trim(), enabled: inputs.enabled.checked };
+    const body = { upstream_model: inputs.upstream_model.value.trim(), enabled: enabled.input.checked };
     const displayName = inputs.display_name.value.trim();
     if (displayName) body.display_name = displayName;
     else if (!isNew) problems.push({ field: "display_name", message: "Required." });
@@ -127,22 +124,13 @@ function modelDialog(existing, onSaved) {
 }
 
 export function renderAdminModels(container) {
-  const tableBody = h("tbody");
-  const pageError = h("div", { class: "form-errors", role: "alert", hidden: true });
-  const empty = h("p", { class: "empty", hidden: true }, "No models yet. Create one to let users generate.");
-
-  const reportError = (error) => {
-    const { title, message } = describeError(error);
-    toast(`${title}: ${message}`, "error");
-  };
-
   async function setEnabled(model, enabled) {
     try {
       await api("PUT", `/api/admin/models/${encodeURIComponent(model.model_id)}`, { body: { enabled } });
       toast(`${model.model_id} ${enabled ? "enabled" : "disabled"}.`);
       await load();
     } catch (error) {
-      reportError(error);
+      toastError(error);
     }
   }
 
@@ -159,7 +147,7 @@ export function renderAdminModels(container) {
       toast(`${model.model_id} deleted.`);
       await load();
     } catch (error) {
-      reportError(error);
+      toastError(error);
     }
   }
 
@@ -172,7 +160,7 @@ export function renderAdminModels(container) {
       h("td", { dataset: { label: "Type" } }, model.type === "video" ? "Video" : "Image", h("span", { class: "cell-sub" }, model.upstream_model || "")),
       h("td", { dataset: { label: "Status" } }, h("span", { class: `status-pill ${model.enabled ? "succeeded" : "cancelled"}` }, model.enabled ? "Enabled" : "Disabled")),
       usageCell("Running now", model.slots_in_use, model.concurrency),
-      usageCell("Used today", model.usage_today, model.daily_quota),
+      usageCell("Used today", model.usage_today?.used, model.daily_quota),
       h("td", { dataset: { label: "Per user" } },
         model.user_daily_quota === null || model.user_daily_quota === undefined
           ? "no daily limit" : `${model.user_daily_quota} / day`,
@@ -191,45 +179,16 @@ export function renderAdminModels(container) {
     );
   }
 
-  async function load() {
-    try {
-      const { models } = await api("GET", "/api/admin/models");
-      tableBody.replaceChildren(...models.map(row));
-      empty.hidden = models.length > 0;
-      pageError.hidden = true;
-    } catch (error) {
-      if (error.status === 401) return;
-      showPageError(pageError, error);
-    }
-  }
-
-  container.append(
-    h(
-      "section",
-      { class: "panel admin" },
-      h(
-        "div",
-        { class: "panel-head" },
-        h("h1", {}, "Models"),
-        h("div", { class: "toolbar" },
-          h("button", { type: "button", class: "button", onclick: load }, "Refresh"),
-          h("button", { type: "button", class: "button primary", onclick: () => modelDialog(null, load) }, "New model")),
-      ),
-      pageError,
-      h(
-        "div",
-        { class: "table-wrap" },
-        h(
-          "table",
-          {},
-          h("caption", { class: "visually-hidden" }, "Models with today's usage and slots in use"),
-          h("thead", {}, h("tr", {}, ["Model", "Type", "Status", "Running now", "Used today", "Per user", "Actions"]
-            .map((label) => h("th", { scope: "col" }, label)))),
-          tableBody,
-        ),
-      ),
-      empty,
-    ),
-  );
-  load();
+  const load = renderAdminTable(container, {
+    title: "Models",
+    toolbar: [
+      h("button", { type: "button", class: "button", onclick: () => load() }, "Refresh"),
+      h("button", { type: "button", class: "button primary", onclick: () => modelDialog(null, load) }, "New model"),
+    ],
+    caption: "Models with today's usage and slots in use",
+    columns: ["Model", "Type", "Status", "Running now", "Used today", "Per user", "Actions"],
+    fetchRows: async () => (await api("GET", "/api/admin/models")).models,
+    row,
+    emptyText: "No models yet. Create one to let users generate.",
+  });
 }

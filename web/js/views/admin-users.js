@@ -3,7 +3,8 @@
 import { api } from "../api.js";
 import { confirmDialog, openDialog } from "../dialog.js";
 import { formatDateTime, h, toast } from "../dom.js";
-import { describeError, field, formErrorBox, select, showFormErrors, showPageError, withBusyButton } from "../forms.js";
+import { field, formErrorBox, select, showFormErrors, toastError, withBusyButton } from "../forms.js";
+import { renderAdminTable } from "./admin-table.js";
 
 const ROLES = [["user", "User"], ["admin", "Admin"]];
 const MIN_PASSWORD_CHARS = 8;
@@ -87,23 +88,14 @@ function passwordDialog(user, onSaved) {
 }
 
 export function renderAdminUsers(container, { session }) {
-  const tableBody = h("tbody");
-  const pageError = h("div", { class: "form-errors", role: "alert", hidden: true });
-
-  const reportError = (error) => {
-    const { title, message } = describeError(error);
-    toast(`${title}: ${message}`, "error");
-  };
-
   async function update(user, changes, done) {
     try {
       await api("PUT", `/api/admin/users/${encodeURIComponent(user.username)}`, { body: changes });
       toast(done);
-      await load();
     } catch (error) {
-      reportError(error);
-      await load();
+      toastError(error);
     }
+    await load();
   }
 
   async function remove(user) {
@@ -119,7 +111,7 @@ export function renderAdminUsers(container, { session }) {
       toast(`User ${user.username} deleted.`);
       await load();
     } catch (error) {
-      reportError(error);
+      toastError(error);
     }
   }
 
@@ -150,43 +142,12 @@ export function renderAdminUsers(container, { session }) {
     );
   }
 
-  async function load() {
-    try {
-      const { users } = await api("GET", "/api/admin/users");
-      tableBody.replaceChildren(...users.map(row));
-      pageError.hidden = true;
-    } catch (error) {
-      if (error.status === 401) return;
-      showPageError(pageError, error);
-    }
-  }
-
-  container.append(
-    h(
-      "section",
-      { class: "panel admin" },
-      h(
-        "div",
-        { class: "panel-head" },
-        h("h1", {}, "Users"),
-        h("div", { class: "toolbar" },
-          h("button", { type: "button", class: "button primary", onclick: () => userDialog(load) }, "New user")),
-      ),
-      pageError,
-      h(
-        "div",
-        { class: "table-wrap" },
-        h(
-          "table",
-          {},
-          h("caption", { class: "visually-hidden" }, "Users"),
-          h("thead", {}, h("tr", {}, ["Username", "Role", "Status", "Created", "Actions"]
-            .map((label) => h("th", { scope: "col" }, label)))),
-          tableBody,
-        ),
-      ),
-    ),
-  );
-  load();
+  const load = renderAdminTable(container, {
+    title: "Users",
+    toolbar: h("button", { type: "button", class: "button primary", onclick: () => userDialog(load) }, "New user"),
+    caption: "Users",
+    columns: ["Username", "Role", "Status", "Created", "Actions"],
+    fetchRows: async () => (await api("GET", "/api/admin/users")).users,
+    row,
+  });
 }
-

@@ -2,28 +2,17 @@
 
 import { api } from "../api.js";
 import { formatBytes, h, newUuid, toast, uniqueId } from "../dom.js";
-import { clearErrors, clearFieldError, field, fieldset, formErrorBox, select, setFieldError, showFormErrors, withBusyButton } from "../forms.js";
+import { checkbox, clearErrors, clearFieldError, field, fieldset, formErrorBox, select, setFieldError, showFormErrors, withBusyButton } from "../forms.js";
 import * as L from "../limits.js";
 import { imageDimensions, referenceToImageValue } from "../uploads.js";
-import { imageReferenceProblem, isHttpsUrl, validateImageForm, validateVideoForm, videoFrameProblem } from "../validate.js";
+import { imageReferenceProblem, validateImageForm, validateVideoForm, videoFrameProblem } from "../validate.js";
 
 const ACCEPTED_TYPES = L.IMAGE_INPUT_FORMATS.map((format) => `image/${format}`).join(",");
+const FORMAT_NAMES = `${L.IMAGE_INPUT_FORMATS.slice(0, -1).join(", ")} or ${L.IMAGE_INPUT_FORMATS.at(-1)}`;
 
 /** "" stays NaN instead of turning into 0, so an empty number field fails validation. */
 function numberValue(input) {
   return input.value.trim() === "" ? Number.NaN : Number(input.value);
-}
-
-function checkbox(label, name, checked = false) {
-  const input = h("input", { type: "checkbox", id: uniqueId("check"), checked });
-  const wrapper = h(
-    "div",
-    { class: "field check", dataset: { field: name } },
-    input,
-    h("label", { for: input.id }, label),
-    h("p", { class: "field-error", hidden: true }),
-  );
-  return { wrapper, input };
 }
 
 async function fileReference(file) {
@@ -209,7 +198,7 @@ function imageForm(models, callbacks) {
         ),
       ),
     );
-    referenceCount.textContent = `${references.length} of ${L.IMAGE_MAX_REFERENCE_IMAGES} · jpeg, png, webp, bmp, tiff or gif, ` +
+    referenceCount.textContent = `${references.length} of ${L.IMAGE_MAX_REFERENCE_IMAGES} · ${FORMAT_NAMES}, ` +
       `up to ${formatBytes(L.IMAGE_INPUT_MAX_BYTES)} each.`;
   };
   // Returns true when everything was added, so the link box can be emptied.
@@ -380,8 +369,9 @@ function videoForm(models, callbacks) {
     model.wrapper,
     prompt.wrapper,
     h("div", { class: "row frames" }, first.wrapper, last.wrapper),
-    h("p", { class: "hint" }, `Frames: jpeg, png, webp, bmp, tiff or gif up to ${formatBytes(L.VIDEO_INPUT_MAX_BYTES)}, ` +
-      "sides 300–6000 px, width ÷ height between 0.4 and 2.5."),
+    h("p", { class: "hint" }, `Frames: ${FORMAT_NAMES} up to ${formatBytes(L.VIDEO_INPUT_MAX_BYTES)}, ` +
+      `sides ${L.VIDEO_INPUT_MIN_SIDE_EXCLUSIVE}–${L.VIDEO_INPUT_MAX_SIDE_EXCLUSIVE} px, ` +
+      `width ÷ height between ${L.VIDEO_INPUT_MIN_ASPECT_EXCLUSIVE} and ${L.VIDEO_INPUT_MAX_ASPECT_EXCLUSIVE}.`),
     h(
       "div",
       { class: "row" },

@@ -3,7 +3,7 @@
 import { api } from "../api.js";
 import { openDialog, confirmDialog } from "../dialog.js";
 import { formatDateTime, formatDuration, h, toast } from "../dom.js";
-import { describeError, select } from "../forms.js";
+import { describeError, select, toastError } from "../forms.js";
 
 const PAGE_SIZE = 20;
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
@@ -24,14 +24,10 @@ function timestamp(iso) {
 /** "waiting 12s" / "running 1m 02s" / "took 45s", computed from the task's own timestamps. */
 function elapsedText(task, now) {
   const created = timestamp(task.created_at);
-  const started = timestamp(task.started_at);
+  const since = timestamp(task.started_at) ?? created;
   const finished = timestamp(task.finished_at) ?? timestamp(task.updated_at);
   if (task.status === "queued") return created === null ? "" : `waiting ${formatDuration((now - created) / 1000)}`;
-  if (task.status === "running") {
-    const since = started ?? created;
-    return since === null ? "" : `running ${formatDuration((now - since) / 1000)}`;
-  }
-  const since = started ?? created;
+  if (task.status === "running") return since === null ? "" : `running ${formatDuration((now - since) / 1000)}`;
   return since === null || finished === null ? "" : `took ${formatDuration((finished - since) / 1000)}`;
 }
 
@@ -39,7 +35,7 @@ function paramsSummary(task) {
   const params = task.params || {};
   const parts = [];
   if (task.type === "image") {
-    if (params.size || task.size) parts.push(`size ${params.size || task.size}`);
+    if (params.size) parts.push(`size ${params.size}`);
     if (params.max_images > 1) parts.push(`${params.max_images} images`);
   } else {
     for (const key of ["resolution", "ratio"]) if (params[key]) parts.push(params[key]);
@@ -332,8 +328,7 @@ export function taskListPanel() {
       if (result && result.id) upsert(result);
       toast("Task cancelled.");
     } catch (error) {
-      const { title, message } = describeError(error);
-      toast(`${title}: ${message}`, "error");
+      toastError(error);
     }
     await fetchTask(task.id);
   }
@@ -352,8 +347,7 @@ export function taskListPanel() {
       render();
       toast("Task deleted.");
     } catch (error) {
-      const { title, message } = describeError(error);
-      toast(`${title}: ${message}`, "error");
+      toastError(error);
     }
   }
 
@@ -367,8 +361,7 @@ export function taskListPanel() {
       nextCursor = page.next_cursor;
       render();
     } catch (error) {
-      const { title, message } = describeError(error);
-      toast(`${title}: ${message}`, "error");
+      toastError(error);
     } finally {
       loadMore.disabled = false;
     }
