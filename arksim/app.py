@@ -77,11 +77,9 @@ def create_app(sim: Simulator) -> Starlette:
                 body = await _json_body(request, endpoint) if request.method == "POST" else {}
                 if isinstance(body.get("model"), str):
                     call.model = sim.config.endpoints.get(body["model"], body["model"])
-                if endpoint in GENERATION_ENDPOINTS:
-                    with sim.stats.serving(call.model):
-                        await _inject_faults(sim, endpoint)
-                        response = await handler(request, call, body)
-                else:
+                serving = (sim.stats.serving(call.model) if endpoint in GENERATION_ENDPOINTS
+                           else contextlib.nullcontext())
+                with serving:
                     await _inject_faults(sim, endpoint)
                     response = await handler(request, call, body)
             except SimError as error:

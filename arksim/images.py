@@ -92,9 +92,7 @@ def _reference_images(sim: Simulator, body: dict[str, Any]) -> int:
 
 def _size(value: Any, model: str) -> tuple[int, int]:
     if value is None:
-        parsed = limits.parse_pixel_size(limits.IMAGE_DEFAULT_SIZE)
-        assert parsed is not None
-        return parsed
+        value = limits.IMAGE_DEFAULT_SIZE
     if not isinstance(value, str):
         raise invalid("size", "must be a string")
     presets = limits.IMAGE_SIZE_PRESETS_4_0 if model in IMAGE_MODELS_WITH_1K else limits.IMAGE_SIZE_PRESETS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Self
 
 import httpx
@@ -93,7 +93,6 @@ class VideoTask:
     usage: VideoUsage | None
     created_at: int
     updated_at: int
-    raw: dict[str, Any] = field(repr=False)
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> VideoTask:
@@ -117,7 +116,6 @@ class VideoTask:
             else None,
             created_at=int(body.get("created_at", 0)),
             updated_at=int(body.get("updated_at", 0)),
-            raw=body,
         )
 
 
@@ -158,9 +156,8 @@ class _ArkHttpClient:
         self._timeout = timeout or self.default_timeout
 
     @classmethod
-    def from_settings(cls, settings: Settings, http: httpx.Client | None = None,
-                      timeout: httpx.Timeout | None = None) -> Self:
-        return cls(settings.ark_base_url, settings.ark_api_key, http=http, timeout=timeout)
+    def from_settings(cls, settings: Settings, timeout: httpx.Timeout | None = None) -> Self:
+        return cls(settings.ark_base_url, settings.ark_api_key, timeout=timeout)
 
     def close(self) -> None:
         if self._owns_http:
