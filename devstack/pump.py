@@ -1,11 +1,11 @@
 """Lambda's SQS event source, locally: feeds each `@app.on_sqs_message` handler from its moto queue.
 
-Like the real event source mapping: records are Lambda-shaped; at most the function's concurrency
-(reserved concurrency, the source's `maximum_concurrency`, or the lane's, whichever is lowest) runs at once;
-a batch is deleted only after the handler returns; `{"batchItemFailures": [...]}` keeps just those
-messages (the project's merge template turns `ReportBatchItemFailures` on); a raising handler keeps the
-whole batch. Failed messages come back after their visibility timeout, and SQS's redrive policy moves them
-to the DLQ, exactly as on AWS.
+Like the real event source mapping: the queue is the one the handler declares (a lane's, from
+`chalicelib.resources`); records are Lambda-shaped; at most the function's concurrency (reserved concurrency or
+the source's `maximum_concurrency`, whichever is lowest) runs at once; a batch is deleted only after the handler
+returns; `{"batchItemFailures": [...]}` keeps just those messages (the project's merge template turns
+`ReportBatchItemFailures` on); a raising handler keeps the whole batch. Failed messages come back after their
+visibility timeout, and SQS's redrive policy moves them to the DLQ, exactly as on AWS.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from typing import Any
 from chalice.app import Chalice, SQSEventConfig
 from chalice.config import Config
 
-from chalicelib.resources import LANES
 from devstack.lambdas import invoke
 
 logger = logging.getLogger(__name__)
@@ -39,10 +38,7 @@ class SqsSubscription:
     concurrency: int
 
 
-def _queue_name(source: SQSEventConfig, prefix: str) -> str:
-    for lane in LANES:
-        if lane.handler_name == source.name:
-            return lane.queue_name(prefix)
+def _queue_name(source: SQSEventConfig) -> str:
     if source.queue:
         return source.queue
     return str(source.queue_arn).rsplit(":", 1)[-1]
@@ -52,17 +48,14 @@ def _concurrency(source: SQSEventConfig, config: Config | None, stage: str) -> i
     limits = [source.maximum_concurrency]
     if config is not None:
         limits.append(config.scope(stage, source.name).reserved_concurrency)
-    limits += [lane.reserved_concurrency for lane in LANES if lane.handler_name == source.name]
     configured = [limit for limit in limits if limit]
     return min(configured) if configured else DEFAULT_CONCURRENCY
 
 
-def sqs_subscriptions(app: Chalice, config: Config | None, stage: str, prefix: str) -> list[SqsSubscription]:
-    """One per `@app.on_sqs_message`; a lane's handler (`Lane.handler_name`) reads that lane's queue."""
+def sqs_subscriptions(app: Chalice, config: Config | None, stage: str) -> list[SqsSubscription]:
+    """One per `@app.on_sqs_message`."""
     return [
-        SqsSubscription(
-            source.name, _queue_name(source, prefix), source.batch_size, _concurrency(source, config, stage)
-        )
+        SqsSubscription(source.name, _queue_name(source), source.batch_size, _concurrency(source, config, stage))
         for source in app.event_sources
         if isinstance(source, SQSEventConfig)
     ]
@@ -205,10 +198,8 @@ class SqsPump:
 
 
 @contextmanager
-def pumping(
-    app: Chalice, config: Config | None, stage: str, prefix: str, sqs: Any, region: str
-) -> Iterator[SqsPump]:
-    pump = SqsPump(app, config, stage, sqs_subscriptions(app, config, stage, prefix), sqs, region)
+def pumping(app: Chalice, config: Config | None, stage: str, sqs: Any, region: str) -> Iterator[SqsPump]:
+    pump = SqsPump(app, config, stage, sqs_subscriptions(app, config, stage), sqs, region)
     pump.start()
     try:
         yield pump

@@ -88,7 +88,7 @@ def _seed_demo_data(config: StackConfig) -> None:
 
     seed(
         admin=(config.admin.username, config.admin.password),
-        users=[(config.demo.username, config.demo.password, config.demo.role)],
+        users=[config.demo],
         default_models=True,
     )
 
@@ -149,7 +149,7 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
             )
         # Workers and schedules start once Ark (simulated or not) can take their calls.
         sqs = boto3.session.Session().client("sqs", config=BotoConfig(max_pool_connections=_SQS_CONNECTIONS))
-        pump = running.enter_context(pumping(loaded.app, loaded.config, STAGE, config.prefix, sqs, AWS_REGION))
+        pump = running.enter_context(pumping(loaded.app, loaded.config, STAGE, sqs, AWS_REGION))
         running.enter_context(
             scheduling(loaded.app, loaded.config, STAGE, config.schedule_interval_s, AWS_REGION)
         )

@@ -149,7 +149,6 @@ def free_stack_config(host: str = "127.0.0.1") -> StackConfig:
 def launch_local_stack(
     output_path: Path,
     extra_env: Mapping[str, str] | None = None,
-    timeout_s: float = 90.0,
     config: StackConfig | None = None,
 ) -> Iterator[LocalStack]:
     """Start the stack (by default on free ports with a unique resource prefix); yield once it printed its banner.
@@ -170,7 +169,7 @@ def launch_local_stack(
         )
     stack = LocalStack(config, process, output_path)
     try:
-        _wait_until_ready(stack, timeout_s)
+        _wait_until_ready(stack, config.startup_timeout_s)
         yield stack
     finally:
         stack.stop()

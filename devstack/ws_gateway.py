@@ -72,8 +72,6 @@ class _Client:
     connected_at: float
     source_ip: str
     user_agent: str
-    headers: dict[str, str]
-    multi_value_headers: dict[str, list[str]]
     socket: ServerConnection | None = None
     last_active_at: float = field(default_factory=time.time)
 
@@ -153,9 +151,8 @@ class WebSocketGateway:
     def _connect(self, connection: ServerConnection, request: Request) -> Response | None:
         """The handshake: `$connect` decides, as on API Gateway; nothing is open until it answers 2xx."""
         now = time.time()
-        raw_headers = list(request.headers.raw_items())
         multi: dict[str, list[str]] = {}
-        for name, value in raw_headers:
+        for name, value in request.headers.raw_items():
             multi.setdefault(name, []).append(value)
         source_ip = str(connection.remote_address[0])
         client = _Client(
@@ -163,11 +160,9 @@ class WebSocketGateway:
             connected_at=now,
             source_ip=source_ip,
             user_agent=request.headers.get("User-Agent", ""),
-            headers={name: values[-1] for name, values in multi.items()},
-            multi_value_headers=multi,
         )
         event: dict[str, Any] = {
-            "headers": {**client.headers, "X-Forwarded-For": source_ip},
+            "headers": {name: values[-1] for name, values in multi.items()} | {"X-Forwarded-For": source_ip},
             "multiValueHeaders": {**multi, "X-Forwarded-For": [source_ip]},
             "requestContext": self._request_context(client, "$connect", "CONNECT", now),
             "isBase64Encoded": False,

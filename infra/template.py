@@ -125,15 +125,18 @@ def lane_resources(lane: Lane, stage: Stage) -> dict[str, Any]:
     }
 
 
+def _bucket_name(stage: Stage) -> str:
+    """The media bucket's name, for `Fn::Sub`: bucket names are global, the account and region keep them unique."""
+    return f"{MEDIA_BUCKET.physical_name(stage.prefix)}-${{AWS::AccountId}}-${{AWS::Region}}"
+
+
 def bucket_resources(stage: Stage) -> dict[str, Any]:
-    bucket_name = _sub(f"{MEDIA_BUCKET.physical_name(stage.prefix)}-${{AWS::AccountId}}-${{AWS::Region}}")
     return {
         MEDIA_BUCKET_ID: {
             "Type": "AWS::S3::Bucket",
             **_retention(stage),
             "Properties": {
-                # Bucket names are global: the account and region keep them unique.
-                "BucketName": bucket_name,
+                "BucketName": _sub(_bucket_name(stage)),
                 "PublicAccessBlockConfiguration": {
                     "BlockPublicAcls": True,
                     "BlockPublicPolicy": True,
@@ -225,7 +228,7 @@ def app_policy(stage: Stage) -> dict[str, Any]:
     queue_arns = [
         _arn("sqs", name) for lane in LANES for name in (lane.queue_name(stage.prefix), lane.dlq_name(stage.prefix))
     ]
-    bucket = f"{MEDIA_BUCKET.physical_name(stage.prefix)}-${{AWS::AccountId}}-${{AWS::Region}}"
+    bucket = _bucket_name(stage)
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -317,9 +320,7 @@ def _event_types(properties: dict[str, Any]) -> set[str]:
     return {event["Type"] for event in properties.get("Events", {}).values()}
 
 
-def function_environment(
-    stage: Stage, logical_id: str, properties: dict[str, Any], has_websocket: bool
-) -> dict[str, Any]:
+def function_environment(stage: Stage, properties: dict[str, Any], has_websocket: bool) -> dict[str, Any]:
     is_api = properties["Handler"] == API_HANDLER_ENTRY
     event_types = _event_types(properties)
     environment: dict[str, Any] = {
@@ -395,7 +396,7 @@ def merge_template(stage: Stage, chalice_template: dict[str, Any]) -> dict[str, 
             resources[log_group] = {"Properties": {"LogGroupName": f"/aws/lambda/{function_name}"}}
         overrides: dict[str, Any] = {
             "FunctionName": function_name,
-            "Environment": {"Variables": function_environment(stage, logical_id, properties, has_websocket)},
+            "Environment": {"Variables": function_environment(stage, properties, has_websocket)},
         }
         lane = lanes_by_function.get(logical_id)
         if lane is not None:

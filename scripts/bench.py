@@ -30,11 +30,14 @@ from typing import Any
 
 import httpx
 
+from chalicelib.resources import DEFAULT_MODELS, LANES, MEDIA_BUCKET
+
 BENCH_SCHEDULE_S = 1.0
 SUBMIT_THREADS = 16
 ADMIN = ("admin", "bench-admin-pass")
 USER_A, USER_B = ("alice", "alice-pass"), ("bob", "bob-pass")
 IMAGE_MODEL, VIDEO_MODEL = "seedream-4.5", "seedance-1.0-pro"
+UPSTREAM = {model.model_id: model.upstream_model for model in DEFAULT_MODELS}
 IMAGE_L_S, IMAGE_C, IMAGE_N = 1.0, 4, 40
 VIDEO_T_S, VIDEO_C, VIDEO_N = 3.0, 3, 12
 POLL_INTERVAL_WITH_CALLBACKS_S, POLL_INTERVAL_WITHOUT_S = 2.0, 1.0
@@ -161,12 +164,14 @@ class SimulatorProcess:
     """The Ark simulator in its own process, as Ark is to the app (no GIL shared with the workers)."""
 
     def __init__(self, root_url: str) -> None:
+        self.root_url = root_url
         self.base_url = f"{root_url}/api/v3"
         self._admin = httpx.Client(base_url=f"{root_url}/_sim", timeout=10.0)
 
     @classmethod
     def start(cls, stack: ExitStack) -> SimulatorProcess:
         from devstack.processes import spawn, wait_until_answers
+        from devstack.stack import SIMULATOR_READY_PATH
         from devstack.testing import free_port
 
         port = free_port()
@@ -177,7 +182,7 @@ class SimulatorProcess:
         child = spawn("Ark simulator", [sys.executable, "-m", "arksim"], env=env)
         stack.callback(child.stop)
         simulator = cls(f"http://127.0.0.1:{port}")
-        wait_until_answers(f"http://127.0.0.1:{port}/_sim/config", child, 30.0)
+        wait_until_answers(simulator.root_url + SIMULATOR_READY_PATH, child, 30.0)
         stack.callback(simulator._admin.close)
         return simulator
 
@@ -190,7 +195,7 @@ class SimulatorProcess:
 
 class Bench:
     def __init__(self, stack: ExitStack) -> None:
-        from devstack.config import FAKE_AWS_CREDENTIALS
+        from devstack.config import AWS_REGION, FAKE_AWS_CREDENTIALS
         from devstack.moto_server import start_moto_server
         from devstack.testing import free_port
 
@@ -203,10 +208,10 @@ class Bench:
         self.prefix = f"arkflow-bench-{uuid.uuid4().hex[:6]}"
         os.environ.update(
             {**FAKE_AWS_CREDENTIALS, **CHEAP_PASSWORD_HASHING},
-            AWS_ENDPOINT_URL=self.moto.endpoint_url, AWS_DEFAULT_REGION="us-east-1", ARKFLOW_PREFIX=self.prefix,
+            AWS_ENDPOINT_URL=self.moto.endpoint_url, AWS_DEFAULT_REGION=AWS_REGION, ARKFLOW_PREFIX=self.prefix,
             ARK_BASE_URL=self.ark.base_url, ARK_API_KEY="bench-key", PUBLIC_API_URL=self.api_url,
             VIDEO_POLL_INTERVAL_SECONDS=str(POLL_INTERVAL_WITH_CALLBACKS_S),
-            RESULTS_BUCKET=f"{self.prefix}-media",
+            RESULTS_BUCKET=MEDIA_BUCKET.physical_name(self.prefix),
         )
         for name in ("ADMIN_USERNAME", "ADMIN_PASSWORD"):
             os.environ.pop(name, None)
@@ -232,9 +237,9 @@ class Bench:
         statemachine.listeners.append(self.transitions.listener)
         self._tag_callbacks()
         stack.enter_context(serving_in_thread(make_rest_server(loaded, "127.0.0.1", self.api_port).server, "rest"))
-        self._pumping = lambda: pumping(loaded.app, loaded.config, STAGE, self.prefix,
-                                        boto3.session.Session().client("sqs"), "us-east-1")
-        stack.enter_context(scheduling(loaded.app, loaded.config, STAGE, BENCH_SCHEDULE_S, "us-east-1"))
+        self._pumping = lambda: pumping(loaded.app, loaded.config, STAGE, boto3.session.Session().client("sqs"),
+                                        AWS_REGION)
+        stack.enter_context(scheduling(loaded.app, loaded.config, STAGE, BENCH_SCHEDULE_S, AWS_REGION))
         self.http = httpx.Client(base_url=self.api_url, timeout=30.0)
         stack.callback(self.http.close)
         self.tokens = {user[0]: self._login(user) for user in (ADMIN, USER_A, USER_B)}
@@ -251,8 +256,8 @@ class Bench:
             aws.reset()
         lanes.worker.cache_clear()
         video.default_service.cache_clear()
-        for lane in ("image", "video"):
-            lanes.worker(lane)  # builds its HTTP and AWS clients now, not inside a measured run
+        for lane in LANES:
+            lanes.worker(lane.name)  # builds its HTTP and AWS clients now, not inside a measured run
         video.default_service()
 
     def _tag_callbacks(self) -> None:
@@ -300,8 +305,8 @@ class Bench:
         from chalicelib import aws, queues
 
         deadline = time.monotonic() + 60
-        for lane in ("image", "video"):
-            url = queues.queue_url(aws.sqs(), lane)
+        for lane in LANES:
+            url = queues.queue_url(aws.sqs(), lane.name)
             while time.monotonic() < deadline:
                 attributes = aws.sqs().get_queue_attributes(
                     QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages",
@@ -343,7 +348,7 @@ def run_images(bench: Bench) -> dict[str, Any]:
     ideal = math.ceil(IMAGE_N / IMAGE_C) * IMAGE_L_S
     return {
         "outcomes": dict(bench.transitions.statuses(ids)),
-        "max_in_flight": stats["max_in_flight"].get("doubao-seedream-4-5-251128"),
+        "max_in_flight": stats["max_in_flight"].get(UPSTREAM[IMAGE_MODEL]),
         "ark_calls": sum(stats["calls"].get("images.generate", {}).values()),
         "makespan_s": finished - started,
         "ideal_s": ideal,
@@ -368,7 +373,7 @@ def run_videos(bench: Bench, n: int, callbacks: bool) -> dict[str, Any]:
     ideal = math.ceil(n / VIDEO_C) * VIDEO_T_S
     return {
         "outcomes": dict(bench.transitions.statuses(ids)),
-        "max_running": stats["max_running"].get("doubao-seedance-1-0-pro-250528"),
+        "max_running": stats["max_running"].get(UPSTREAM[VIDEO_MODEL]),
         "creates": sum(stats["calls"].get("tasks.create", {}).values()),
         "status_reads_per_task": sum(stats["calls"].get("tasks.get", {}).values()) / n,
         "read_bound": 2 if callbacks else math.ceil(VIDEO_T_S / poll_interval) + 1,
@@ -388,7 +393,7 @@ def run_fairness(bench: Bench) -> dict[str, Any]:
     (b_id,) = bench.submit(USER_B, [image_body(999)])
     with bench.lanes_running():
         bench.transitions.wait_terminal([*a_ids, b_id], timeout_s=180)
-    first_a_start = min(start for task_id in a_ids if (start := bench.transitions.at(task_id, "running")))
+    first_a_start = bench.transitions.first_start(a_ids)
     b_start = bench.transitions.at(b_id, "running") or math.inf
     return {"b_wait_after_a_started_s": b_start - first_a_start, "bound_s": 2 * IMAGE_L_S,
             "max_running_per_user": FAIRNESS_CAP}

@@ -67,11 +67,11 @@ class Watcher:
             return self.arrivals[task_id]
 
 
-def poll_until(check: Callable[[], bool], interval_s: float, stop: threading.Event | None = None) -> float:
+def poll_until(check: Callable[[], bool], interval_s: float) -> float:
     """Call `check` every `interval_s` until it is true; returns when that was seen."""
     deadline = time.monotonic() + TASK_TIMEOUT_S
     while not check():
-        if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+        if time.monotonic() > deadline:
             raise TimeoutError("gave up polling")
         time.sleep(interval_s)
     return time.monotonic()

@@ -9,6 +9,10 @@ from typing import Any
 
 import pytest
 
+from chalicelib.resources import MEDIA_BUCKET
+
+TEST_PREFIX = "arkflow-test"
+
 # Tests never reach AWS: fake credentials, and no endpoint override so moto's in-process mock intercepts.
 for _name in [name for name in os.environ if name.startswith("AWS_ENDPOINT_URL")]:
     del os.environ[_name]
@@ -17,9 +21,9 @@ os.environ.update(
     AWS_SECRET_ACCESS_KEY="testing",
     AWS_SESSION_TOKEN="testing",
     AWS_DEFAULT_REGION="us-east-1",
-    ARKFLOW_PREFIX="arkflow-test",
+    ARKFLOW_PREFIX=TEST_PREFIX,
     TOKEN_SIGNING_KEY="test-signing-key-with-enough-length-for-hs256",
-    RESULTS_BUCKET="arkflow-test-media",
+    RESULTS_BUCKET=MEDIA_BUCKET.physical_name(TEST_PREFIX),
     CORS_ORIGINS="http://127.0.0.1:8080",
     # Cheap password hashing: tests check behaviour, not argon2's cost.
     PASSWORD_HASH_TIME_COST="1",

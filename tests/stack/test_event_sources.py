@@ -79,7 +79,7 @@ def test_no_more_handlers_run_at_once_than_the_sources_maximum_concurrency(sqs: 
     for number in range(5):
         sqs.send_message(QueueUrl=queue_url, MessageBody=f"job-{number}")
 
-    with pumping(app, None, "dev", "unused-prefix", sqs, REGION):
+    with pumping(app, None, "dev", sqs, REGION):
         eventually(lambda: running[0] == 2)
         # Both slots are taken, so the pump must have left the other three waiting in the queue.
         assert visible_messages(sqs, queue_url) == 3
@@ -116,7 +116,7 @@ def test_reported_batch_item_failures_are_retried_and_end_in_the_dlq(sqs: Any) -
         messages = sqs.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10).get("Messages", [])
         return [message["Body"] for message in messages]
 
-    with pumping(app, None, "dev", "unused-prefix", sqs, REGION):
+    with pumping(app, None, "dev", sqs, REGION):
         eventually(lambda: deliveries["poison"] == 2)
         eventually(lambda: visible_messages(sqs, queue_url) == 0 and dead_letters() == ["poison"])
 
@@ -138,7 +138,7 @@ def test_a_raising_handler_gets_the_whole_batch_again(sqs: Any) -> None:
 
     sqs.send_message_batch(QueueUrl=queue_url, Entries=[{"Id": body, "MessageBody": body} for body in ("a", "b")])
 
-    with pumping(app, None, "dev", "unused-prefix", sqs, REGION):
+    with pumping(app, None, "dev", sqs, REGION):
         eventually(lambda: sum(len(batch) for batch in batches) >= 4)
 
     assert sorted(body for batch in batches for body in batch) == ["a", "a", "b", "b"]
