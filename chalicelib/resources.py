@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from chalicelib.ark.models import SEEDANCE_1_0_PRO, SEEDREAM_4_5
+
 AttributeType = Literal["S", "N"]
 TaskType = Literal["image", "video"]
 
@@ -228,6 +230,6 @@ class DefaultModel:
 
 
 DEFAULT_MODELS: tuple[DefaultModel, ...] = (
-    DefaultModel("seedream-4.5", "image", "doubao-seedream-4-5-251128", "Seedream 4.5", 4, 1000),
-    DefaultModel("seedance-1.0-pro", "video", "doubao-seedance-1-0-pro-250528", "Seedance 1.0 pro", 3, 200),
+    DefaultModel("seedream-4.5", "image", SEEDREAM_4_5, "Seedream 4.5", 4, 1000),
+    DefaultModel("seedance-1.0-pro", "video", SEEDANCE_1_0_PRO, "Seedance 1.0 pro", 3, 200),
 )
