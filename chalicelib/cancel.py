@@ -12,7 +12,7 @@ from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.db import TaskRecord
 from chalicelib.errors import Conflict
 from chalicelib.statemachine import StaleTask
-from chalicelib.video import ARK_QUEUED, VideoService
+from chalicelib.video import VideoService, queued_at_ark
 
 # Each retry follows a concurrent change (a claim, a poll): a few are plenty.
 ATTEMPTS = 4
@@ -30,10 +30,11 @@ def cancel(task: TaskRecord, video: VideoService, clock: Clock = SYSTEM_CLOCK) -
     """Cancel `task` (as read) or raise 409; returns the cancelled task."""
     dropped_at_ark = False
     for _ in range(ATTEMPTS):
-        at_ark_queue = task.status == statemachine.RUNNING and task.type == "video" and bool(task.external_id)
         if task.status == statemachine.CANCELLED and dropped_at_ark:
             return task  # the poller saw Ark's `cancelled` first
-        if task.status != statemachine.QUEUED and not (at_ark_queue and (dropped_at_ark or task.stage == ARK_QUEUED)):
+        # Dropped at Ark already: it is cancelled here whatever its `stage` became meanwhile.
+        if not (task.status == statemachine.QUEUED or queued_at_ark(task)
+                or (dropped_at_ark and task.status == statemachine.RUNNING)):
             raise not_cancellable(task)
         if task.status == statemachine.RUNNING and not dropped_at_ark:
             if not video.cancel_at_ark(task):

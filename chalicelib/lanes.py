@@ -28,6 +28,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -35,6 +36,7 @@ from typing import Any
 import httpx
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
+from pynamodb.expressions.update import Action
 
 from chalicelib import aws, catalog, media, queues, results, slots, statemachine
 from chalicelib.ark.client import ImageGenerationResult, VolcImageClient, VolcVideoClient
@@ -188,6 +190,10 @@ class LaneWorker:
             task = TaskRecord.get(delivery.task_id, consistent_read=True)
         except DoesNotExist:
             return DONE
+        return self._act_on(task, delivery)
+
+    def _act_on(self, task: TaskRecord, delivery: Delivery) -> Outcome:
+        """Do what the message asks of `task`, as just read or written."""
         if task.status == statemachine.SUCCEEDED:
             self._keep_results(task, delivery, whole_invocation=delivery.first_in_invocation)
             return DONE
@@ -198,7 +204,7 @@ class LaneWorker:
         try:
             model = catalog.get_model(task.model_id)
         except NotFound:
-            self._end(task, statemachine.FAILED, "model_not_found", f"Model {task.model_id!r} no longer exists.")
+            self._fail(task, "model_not_found", f"Model {task.model_id!r} no longer exists.")
             return DONE
         if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), self._lease_until(task),
                              user_id=task.user_id, user_cap=optional_int(model.max_running_per_user)):
@@ -212,14 +218,13 @@ class LaneWorker:
         return self.clock.now() + self.lane.lambda_timeout_s + IMAGE_LEASE_MARGIN_S
 
     def _claim_and_call(self, task: TaskRecord, model: ModelRecord, delivery: Delivery) -> Outcome:
-        callback_url, callback_actions = (
-            self.video.new_callback(task.task_id) if task.type == "video" else (None, [])
-        )
         # Set before the call: a worker that dies mid-call may have had it done at Ark. A refusal (429) undoes it.
         reached_ark_before = bool(task.ark_called)
-        actions = [TaskRecord.ark_called.set(True), TaskRecord.wait_receipt.remove(), *callback_actions]
+        actions = [TaskRecord.ark_called.set(True), TaskRecord.wait_receipt.remove()]
+        callback_url = None
         if task.type == "video":
-            actions.append(TaskRecord.stage.set(SUBMITTING))
+            callback_url, callback_actions = self.video.new_callback(task.task_id)
+            actions += [*callback_actions, TaskRecord.stage.set(SUBMITTING)]
         try:
             task = statemachine.transition(task, statemachine.RUNNING, actions=actions, clock=self.clock)
         except StaleTask:
@@ -233,15 +238,13 @@ class LaneWorker:
         if task.status == statemachine.RUNNING:
             return self._resume(task, delivery)  # another delivery claimed it (and holds the slot)
         if task.status == statemachine.QUEUED:
-            return self.process(delivery)  # it changed and came back (a retry): decide again
+            return self._act_on(task, delivery)  # it changed and came back (a retry): decide again
         # Ended before it ever ran (cancelled, timed out): the slot acquired for it is nobody's.
         slots.release(task.model_id, task.task_id, task.user_id)
         return DONE
 
     def _resume(self, task: TaskRecord, delivery: Delivery) -> Outcome:
         """A message for a task already running: a duplicate, or the redelivery after a crash."""
-        holder = slots.holders(task.model_id).get(task.task_id)
-        lease = holder.lease_until if holder else None
         if task.type == "video":
             if task.stage in (ARK_QUEUED, ARK_RUNNING):
                 return DONE  # at Ark: the poller and callbacks own it now
@@ -249,21 +252,22 @@ class LaneWorker:
             if waited < CREATE_GRACE_S:
                 return self._wait(delivery, int(CREATE_GRACE_S - waited) + 1)
             return self._reconcile(task, delivery)
-        if lease is not None and lease >= self.clock.now():
+        holder = slots.holders(task.model_id).get(task.task_id)
+        if holder is not None and holder.lease_until >= self.clock.now():
             # Another worker is calling Ark for it: look again once its lease ends.
-            return self._wait(delivery, int(lease - self.clock.now()) + 1)
+            return self._wait(delivery, int(holder.lease_until - self.clock.now()) + 1)
         try:  # the worker died mid-call: back to the queue, then on as a queued task
-            statemachine.transition(task, statemachine.QUEUED, clock=self.clock)
+            task = statemachine.transition(task, statemachine.QUEUED, clock=self.clock)
         except StaleTask:
             return Retry(self._slot_wait(delivery))
-        return self.process(delivery)
+        return self._act_on(task, delivery)
 
     # --- images -----------------------------------------------------------------------------------------------
 
     def _generate_images(self, task: TaskRecord, delivery: Delivery, reached_ark_before: bool) -> Outcome:
         params = task.params or {}
         max_images = params.get("max_images")
-        refs = [media.presign_get(self.s3, ref) if media.is_s3_ref(ref) else ref for ref in task.images or []]
+        refs = media.urls_for_ark(self.s3, task.images)
         try:
             result = self.images.create_image_task(
                 task.prompt or "", refs or None, params.get("size"), task.upstream_model,
@@ -283,8 +287,7 @@ class LaneWorker:
         errors = [{"index": error.index, "code": error.code, "message": error.message} for error in result.errors]
         if not result.images:
             first = errors[0] if errors else {"code": "no_images", "message": "Ark returned no image."}
-            self._end(task, statemachine.FAILED, first["code"], first["message"],
-                      [TaskRecord.image_errors.set(errors)])
+            self._fail(task, first["code"], first["message"], [TaskRecord.image_errors.set(errors)])
             return
         meta: dict[str, Any] = {"sizes": [image.size for image in result.images]}
         if result.usage:
@@ -375,30 +378,28 @@ class LaneWorker:
     # --- endings ----------------------------------------------------------------------------------------------
 
     def _retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
-                     reached_ark_before: bool = True) -> Outcome:
-        _forget_refused_call(task, error, reached_ark_before)
+                     reached_ark_before: bool) -> Outcome:
+        undo_claim = _forget_refused_call(task, error, reached_ark_before)
         if delivery.receive_count >= self.lane.max_receives:
-            return self._give_up(task, delivery, error)
-        self._transition(task, statemachine.QUEUED, [TaskRecord.ark_called.set(bool(task.ark_called))])
+            return self._give_up(task, delivery, error, undo_claim)
+        self._transition(task, statemachine.QUEUED, undo_claim)
         backoff = min(self.settings.retry_base_s * 2 ** (delivery.receive_count - 1), self.settings.retry_max_s)
         delay = max(error.retry_after or 0, self.rng.uniform(backoff / 2, backoff))
         return Retry(round(delay))
 
-    def _give_up(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError) -> Outcome:
+    def _give_up(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
+                 extra: Sequence[Action] = ()) -> Outcome:
         message = f"Ark kept failing after {delivery.receive_count} attempts ({error.code}: {error.message})"
-        self._end(task, statemachine.FAILED, "upstream_unavailable", message,
-                  [TaskRecord.ark_called.set(bool(task.ark_called))])
+        self._fail(task, "upstream_unavailable", message, extra)
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
     def _fail_permanently(self, task: TaskRecord, error: ArkPermanentError, reached_ark_before: bool) -> None:
-        _forget_refused_call(task, error, reached_ark_before)
-        self._end(task, statemachine.FAILED, error.code, error.message,
-                  [TaskRecord.ark_called.set(bool(task.ark_called))])
+        self._fail(task, error.code, error.message, _forget_refused_call(task, error, reached_ark_before))
 
-    def _end(self, task: TaskRecord, target: str, code: str, message: str, extra: list[Any] | None = None) -> None:
-        self._transition(task, target, [TaskRecord.error.set({"code": code, "message": message}), *(extra or [])])
+    def _fail(self, task: TaskRecord, code: str, message: str, extra: Sequence[Action] = ()) -> None:
+        self._transition(task, statemachine.FAILED, [TaskRecord.error.set({"code": code, "message": message}), *extra])
 
-    def _transition(self, task: TaskRecord, target: str, actions: list[Any]) -> TaskRecord | None:
+    def _transition(self, task: TaskRecord, target: str, actions: list[Action]) -> TaskRecord | None:
         """The task as written, or None when it changed meanwhile (someone else decided its fate)."""
         try:
             return statemachine.transition(task, target, actions=actions, clock=self.clock)
@@ -407,13 +408,15 @@ class LaneWorker:
             return None
 
 
-def _forget_refused_call(task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
+def _forget_refused_call(task: TaskRecord, error: ArkError, reached_ark_before: bool) -> list[Action]:
     """Ark refused this call before doing any work (401/403: the key or account may not call it; 429: a rate limit,
     or the account's quota used up), so the task counts as having reached Ark only if an earlier attempt did: one
-    that only ever met refusals gets its quota request back when it ends. The caller writes `ark_called` with its
-    transition."""
-    if error.http_status in REFUSED_BEFORE_WORK or isinstance(error, ArkRateLimitError):
-        task.ark_called = reached_ark_before
+    that only ever met refusals gets its quota request back when it ends. Returns the write of `ark_called` for the
+    caller's transition (none when Ark did not refuse: the claim's mark stands)."""
+    if error.http_status not in REFUSED_BEFORE_WORK and not isinstance(error, ArkRateLimitError):
+        return []
+    task.ark_called = reached_ark_before  # read by the transition's quota refund
+    return [TaskRecord.ark_called.set(reached_ark_before)]
 
 
 def take_reconcile_round(task: TaskRecord, restart_grace_at: float | None) -> TaskRecord:

@@ -24,9 +24,14 @@ def is_s3_ref(ref: str) -> bool:
     return ref.startswith(S3_SCHEME)
 
 
+def task_prefix(task_id: str) -> str:
+    """Every object arkflow stores for a task lives under this prefix (inputs and results)."""
+    return f"tasks/{task_id}/"
+
+
 def input_key(task_id: str, index: int, content_type: str) -> str:
     extension = EXTENSIONS.get(content_type.removeprefix("image/"), "bin")
-    return f"tasks/{task_id}/inputs/{index}.{extension}"
+    return f"{task_prefix(task_id)}inputs/{index}.{extension}"
 
 
 def store_bytes(s3: Any, bucket: str, key: str, data: bytes, content_type: str) -> str:
@@ -41,6 +46,11 @@ def data_uri(content_type: str, data: bytes) -> str:
 def presign_get(s3: Any, ref: str, ttl_s: int = PRESIGNED_URL_TTL_S) -> str:
     bucket, key = split_s3_ref(ref)
     return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_s)
+
+
+def urls_for_ark(s3: Any, refs: list[str] | None) -> list[str]:
+    """A task's input images as Ark is sent them: stored ones presigned, inline data and public URLs as they are."""
+    return [presign_get(s3, ref) if is_s3_ref(ref) else ref for ref in refs or []]
 
 
 def display_url(s3: Any, ref: str) -> str:

@@ -82,18 +82,10 @@ class _Budget:
             raise OutOfTime("the copy ran out of time")
 
 
-UNLIMITED = _Budget(None)
-
-
-def task_prefix(task_id: str) -> str:
-    """Every object arkflow stores for a task lives under this prefix (inputs and results)."""
-    return f"tasks/{task_id}/"
-
-
 class _ChunkReader:
     """A read-only, non-seekable file over an iterator of byte chunks: what S3's managed upload streams from."""
 
-    def __init__(self, chunks: Iterator[bytes], budget: _Budget = UNLIMITED) -> None:
+    def __init__(self, chunks: Iterator[bytes], budget: _Budget) -> None:
         self._chunks = chunks
         self._budget = budget
         self._buffer = bytearray()
@@ -128,7 +120,7 @@ def _extension(content_type: str, kind: str) -> str:
 
 
 def stream_to_s3(s3: Any, http: httpx.Client, url: str, bucket: str, key_stem: str, kind: str,
-                 budget: _Budget = UNLIMITED) -> str:
+                 budget: _Budget) -> str:
     """Stream one URL into `<key_stem>.<ext>`; returns the object's `s3://` reference.
 
     Raises OutOfTime when the budget runs out mid-way: S3's managed upload then aborts its multipart upload (once
@@ -151,7 +143,7 @@ def stream_to_s3(s3: Any, http: httpx.Client, url: str, bucket: str, key_stem: s
 
 
 def _items(task: TaskRecord) -> tuple[list[_Item], _Item | None, _Item | None]:
-    prefix = task_prefix(task.task_id) + "results/"
+    prefix = media.task_prefix(task.task_id) + "results/"
     images = [
         _Item(url, f"{prefix}image-{index}", "image") for index, url in enumerate(task.result_urls or [])
     ]
@@ -266,7 +258,7 @@ def delete_task(task: TaskRecord, *, s3: Any, bucket: str) -> int:
         )
     deleted = 0
     for _ in range(DELETE_ATTEMPTS):
-        deleted += media.delete_prefix(s3, bucket, task_prefix(task.task_id)) if bucket else 0
+        deleted += media.delete_prefix(s3, bucket, media.task_prefix(task.task_id)) if bucket else 0
         try:
             task.delete(condition=TaskRecord.status.is_in(*statemachine.TERMINAL)
                         & (TaskRecord.version == task.version))

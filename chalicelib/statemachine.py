@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED, EXPIRED = "succeeded", "failed", "cancelled", "expired"
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELLED, EXPIRED})
-STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, EXPIRED)
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, CANCELLED, FAILED, EXPIRED}),
     # Back to `queued`: a retryable Ark error (or a worker lost mid-call); the slot is released with it.

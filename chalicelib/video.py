@@ -103,7 +103,7 @@ class Submission:
         content: list[dict[str, Any]] = []
         if task.prompt:
             content.append(text_content(task.prompt))
-        refs = [media.presign_get(s3, ref) if media.is_s3_ref(ref) else ref for ref in task.images or []]
+        refs = media.urls_for_ark(s3, task.images)
         roles = ["first_frame", "last_frame"] if len(refs) == 2 else ["first_frame"]
         content += [image_content(url, role) for url, role in zip(refs, roles, strict=False)]
         params = {key: value for key, value in (task.params or {}).items() if key != "seed"}
@@ -255,12 +255,9 @@ class VideoService:
                     if task.status == statemachine.RUNNING and task.external_id:
                         # Claim this read first: an overlapping run (EventBridge delivers at least once) then
                         # finds the task no longer due and leaves it alone.
-                        statemachine.update_fields(
-                            task,
-                            [TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0), self.settings))],
-                            condition=TaskRecord.next_poll_at == due.next_poll_at,
-                            clock=self.clock,
-                        )
+                        statemachine.update_fields(task, poll_schedule(task, now, self.settings),
+                                                   condition=TaskRecord.next_poll_at == due.next_poll_at,
+                                                   clock=self.clock)
                         self.poll(task)
                         polled += 1
                 except (DoesNotExist, StaleTask):
