@@ -39,11 +39,9 @@ class RequestContext:
         """The decoded JSON body; 413 before decoding when too large, 400 when malformed."""
         if not self._body_read:
             raw = self.request.raw_body or b""
-            if len(raw) > get_settings().max_body_bytes:
-                raise PayloadTooLarge(
-                    f"The request body is larger than {get_settings().max_body_bytes} bytes.",
-                    details={"limit_bytes": get_settings().max_body_bytes},
-                )
+            limit = get_settings().max_body_bytes
+            if len(raw) > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", details={"limit_bytes": limit})
             if not raw.strip():
                 raise BadRequest("A JSON body is required.", code="malformed_json")
             try:

@@ -19,7 +19,6 @@ from chalicelib.errors import ApiError, Forbidden, Unauthorized
 from chalicelib.settings import Settings, get_settings
 
 TOKEN_ALGORITHM = "HS256"  # noqa: S105 - an algorithm name, not a secret
-ROLES = ("user", "admin")
 
 @lru_cache(maxsize=1)
 def _hasher() -> PasswordHasher:

@@ -10,8 +10,8 @@ from chalicelib import quota, slots
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord, optional_int
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
-from chalicelib.resources import DEFAULT_MODELS, LANES, default_lane_for
-from chalicelib.settings import Settings, get_settings
+from chalicelib.resources import DEFAULT_MODELS, default_lane_for, lane_named
+from chalicelib.settings import get_settings
 from chalicelib.validation import MODEL_DEFAULTS, ModelCreate, ModelUpdate
 
 
@@ -19,7 +19,11 @@ def get_model(model_id: str) -> ModelRecord:
     try:
         return ModelRecord.get(model_id, consistent_read=True)
     except DoesNotExist as exc:
-        raise NotFound(f"No model named {model_id!r}.", code="model_not_found") from exc
+        raise _model_not_found(model_id) from exc
+
+
+def _model_not_found(model_id: str) -> NotFound:
+    return NotFound(f"No model named {model_id!r}.", code="model_not_found")
 
 
 def list_models(enabled_only: bool = False) -> list[ModelRecord]:
@@ -31,18 +35,14 @@ def list_models(enabled_only: bool = False) -> list[ModelRecord]:
 def _resolve_lane(model_type: str, lane: str | None) -> str:
     if lane is None:
         return default_lane_for(model_type).name  # type: ignore[arg-type]
-    for candidate in LANES:
-        if candidate.name == lane:
-            if candidate.task_type != model_type:
-                raise ValidationFailed(
-                    "Invalid model configuration.",
-                    details=[{"field": "lane", "message": f"lane {lane!r} serves {candidate.task_type} tasks"}],
-                )
-            return lane
-    raise ValidationFailed(
-        "Invalid model configuration.",
-        details=[{"field": "lane", "message": f"unknown lane; one of {[lane.name for lane in LANES]}"}],
-    )
+    # The schemas admit only lane names that exist (`validation.LaneName`).
+    served = lane_named(lane).task_type
+    if served != model_type:
+        raise ValidationFailed(
+            "Invalid model configuration.",
+            details=[{"field": "lane", "message": f"lane {lane!r} serves {served} tasks"}],
+        )
+    return lane
 
 
 def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelRecord:
@@ -51,7 +51,7 @@ def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelReco
         request.model_id,
         type=request.type,
         upstream_model=request.upstream_model,
-        display_name=request.display_name or request.model_id,
+        display_name=request.display_name,
         concurrency=request.concurrency,
         daily_quota=request.daily_quota,
         user_daily_quota=request.user_daily_quota,
@@ -88,7 +88,7 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
     try:
         model.update(actions=actions, condition=ModelRecord.model_id.exists())
     except UpdateError as exc:
-        raise NotFound(f"No model named {model_id!r}.", code="model_not_found") from exc
+        raise _model_not_found(model_id) from exc
     return model
 
 
@@ -108,11 +108,11 @@ def delete_model(model_id: str) -> None:
     try:
         model.delete(condition=ModelRecord.model_id.exists())
     except DeleteError as exc:
-        raise NotFound(f"No model named {model_id!r}.", code="model_not_found") from exc
+        raise _model_not_found(model_id) from exc
 
 
-def usage_today(model: ModelRecord, now: float, settings: Settings | None = None) -> dict[str, Any]:
-    settings = settings or get_settings()
+def usage_today(model: ModelRecord, now: float) -> dict[str, Any]:
+    settings = get_settings()
     day = quota.quota_day(now, settings.quota_timezone)
     used = quota.used(quota.model_counter_key(model.model_id, day))
     return {
@@ -135,7 +135,7 @@ def public_body(model: ModelRecord) -> dict[str, Any]:
     }
 
 
-def admin_body(model: ModelRecord, now: float, settings: Settings | None = None) -> dict[str, Any]:
+def admin_body(model: ModelRecord, now: float) -> dict[str, Any]:
     return {
         **public_body(model),
         "upstream_model": model.upstream_model,
@@ -146,7 +146,7 @@ def admin_body(model: ModelRecord, now: float, settings: Settings | None = None)
         "lane": model.lane,
         "created_at": model.created_at,
         "updated_at": model.updated_at,
-        "usage_today": usage_today(model, now, settings),
+        "usage_today": usage_today(model, now),
         "slots_in_use": slots.in_use(model.model_id),
     }
 

@@ -11,9 +11,6 @@ class Clock:
         """Epoch seconds."""
         return time.time()
 
-    def utcnow(self) -> datetime:
-        return datetime.fromtimestamp(self.now(), tz=UTC)
-
 
 class FrozenClock(Clock):
     """A clock tests set and advance by hand."""

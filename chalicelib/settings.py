@@ -55,7 +55,6 @@ class Settings:
     ws_allowed_origins: tuple[str, ...] = field(default_factory=lambda: _list("WS_ALLOWED_ORIGINS"))
     media_bucket: str = field(default_factory=lambda: os.environ.get("RESULTS_BUCKET", ""))
     task_deadline_s: int = field(default_factory=lambda: _int("TASK_DEADLINE_SECONDS", 3 * 3600))
-    slot_lease_s: int = field(default_factory=lambda: _int("SLOT_LEASE_SECONDS", 900))
     video_poll_interval_s: float = field(default_factory=lambda: _float("VIDEO_POLL_INTERVAL_SECONDS", 10.0))
     # Long videos are polled less often: the interval doubles up to this cap (callbacks still come at once).
     video_poll_max_interval_s: float = field(

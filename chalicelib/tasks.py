@@ -30,6 +30,7 @@ from chalicelib.resources import TASK_LIST_SHARDS, TaskType
 from chalicelib.settings import Settings, get_settings
 from chalicelib.uploads import UploadService
 from chalicelib.validation import ImageRef, ImageTaskRequest, TaskListQuery, VideoTaskRequest
+from chalicelib.video import queued_at_ark
 
 IDEMPOTENCY_TTL_S = 24 * 3600
 # Without a bucket, inline images stay in the task item, which DynamoDB caps at 400 KB.
@@ -114,7 +115,7 @@ class TaskService:
         )
         response = {"id": task_id, "status": statemachine.QUEUED}
         try:
-            replay = self._commit(task, model, quota_keys, idempotency_id, fingerprint, response, now)
+            replay = self._commit(task, model, idempotency_id, fingerprint, response, now)
         except BaseException:
             self._delete_stored_images(images)
             raise
@@ -155,7 +156,6 @@ class TaskService:
         self,
         task: TaskRecord,
         model: ModelRecord,
-        quota_keys: list[str],
         idempotency_id: str | None,
         fingerprint: str,
         response: dict[str, Any],
@@ -185,7 +185,7 @@ class TaskService:
                             | (IdempotencyRecord.expires_at_epoch <= int(now))
                         ),
                     )
-                for key, limit in zip(quota_keys, limits, strict=True):
+                for key, limit in zip(task.quota_keys, limits, strict=True):
                     transaction.update(
                         QuotaRecord(key),
                         actions=[
@@ -273,14 +273,14 @@ class TaskService:
     def get_own(self, principal: Principal, task_id: str) -> TaskRecord:
         task = self.get(task_id)
         if task.user_id != principal.username:
-            raise _task_not_found(task_id)  # never reveal that another user's task exists
+            raise task_not_found(task_id)  # never reveal that another user's task exists
         return task
 
     def get(self, task_id: str) -> TaskRecord:
         try:
             return TaskRecord.get(task_id, consistent_read=True)
         except DoesNotExist as exc:
-            raise _task_not_found(task_id) from exc
+            raise task_not_found(task_id) from exc
 
     def queue_position(self, task: TaskRecord) -> int | None:
         if task.status != statemachine.QUEUED or not task.queued_model:
@@ -349,9 +349,7 @@ class TaskService:
 
 def is_cancellable(task: TaskRecord) -> bool:
     """Queued here, or a video that Ark still holds in its own queue."""
-    return task.status == statemachine.QUEUED or (
-        task.status == statemachine.RUNNING and task.type == "video" and task.stage == "ark_queued"
-    )
+    return task.status == statemachine.QUEUED or queued_at_ark(task)
 
 
 def _below(limit: int) -> Condition:
@@ -361,7 +359,7 @@ def _below(limit: int) -> Condition:
     return QuotaRecord.used.does_not_exist() | (QuotaRecord.used < limit)
 
 
-def _task_not_found(task_id: str) -> NotFound:
+def task_not_found(task_id: str) -> NotFound:
     return NotFound(f"No task {task_id!r}.", code="task_not_found")
 
 

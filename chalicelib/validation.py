@@ -251,6 +251,16 @@ class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _Update(_Body):
+    """A partial update: the fields left out stay as they are."""
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Self:
+        if not self.model_fields_set:
+            raise _problem("empty_update", "give at least one field to change")
+        return self
+
+
 # --- Tasks -------------------------------------------------------------------------------------------------
 
 
@@ -396,7 +406,7 @@ class ModelCreate(_Body):
         return self
 
 
-class ModelUpdate(_Body):
+class ModelUpdate(_Update):
     """Partial update; `model_id` and `type` cannot change.
 
     The stored model's type is not known here, so the keys of `defaults` pick its schema (video-only keys mean
@@ -426,12 +436,6 @@ class ModelUpdate(_Body):
         video = isinstance(raw, Mapping) and not VIDEO_ONLY_DEFAULTS.isdisjoint(raw)
         return (VideoModelDefaults if video else ImageModelDefaults).model_validate(raw)
 
-    @model_validator(mode="after")
-    def _changes_something(self) -> Self:
-        if not self.model_fields_set:
-            raise _problem("empty_update", "give at least one field to change")
-        return self
-
 
 # --- Users -------------------------------------------------------------------------------------------------
 
@@ -449,26 +453,15 @@ class UserCreate(_Body):
     disabled: bool = False
 
 
-class UserUpdate(_Body):
+class UserUpdate(_Update):
     role: Role | None = None
     disabled: bool | None = None
     password: NewPassword | None = Field(default=None, repr=False)
 
     _required_values = field_validator("role", "disabled", "password", mode="before")(_not_null)
 
-    @model_validator(mode="after")
-    def _changes_something(self) -> Self:
-        if not self.model_fields_set:
-            raise _problem("empty_update", "give at least one field to change")
-        return self
-
 
 # --- Parsing -----------------------------------------------------------------------------------------------
-
-
-def parse(schema: type[Schema], data: Any) -> Schema:
-    """Validate a JSON-decoded body or a query-string dict; ValidationFailed lists every bad field."""
-    return _validate(schema, data)
 
 
 def parse_task_request(data: Any) -> ImageTaskRequest | VideoTaskRequest:
@@ -481,10 +474,11 @@ def parse_task_request(data: Any) -> ImageTaskRequest | VideoTaskRequest:
         raise ValidationFailed("1 invalid field(s)", details=[
             {"field": "type", "message": f"must be one of {', '.join(TASK_SCHEMAS)}", "type": "task_type"},
         ])
-    return _validate(schema, data)
+    return parse(schema, data)
 
 
-def _validate(schema: type[Schema], data: Any) -> Schema:
+def parse(schema: type[Schema], data: Any) -> Schema:
+    """Validate a JSON-decoded body or a query-string dict; ValidationFailed lists every bad field."""
     if not isinstance(data, Mapping):
         raise _not_an_object()
     try:
