@@ -12,7 +12,8 @@ from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.db import TaskRecord
 from chalicelib.errors import Conflict
 from chalicelib.statemachine import StaleTask
-from chalicelib.video import VideoService, queued_at_ark
+from chalicelib.tasks import is_cancellable
+from chalicelib.video import VideoService
 
 # Each retry follows a concurrent change (a claim, a poll): a few are plenty.
 ATTEMPTS = 4
@@ -33,8 +34,7 @@ def cancel(task: TaskRecord, video: VideoService, clock: Clock = SYSTEM_CLOCK) -
         if task.status == statemachine.CANCELLED and dropped_at_ark:
             return task  # the poller saw Ark's `cancelled` first
         # Dropped at Ark already: it is cancelled here whatever its `stage` became meanwhile.
-        if not (task.status == statemachine.QUEUED or queued_at_ark(task)
-                or (dropped_at_ark and task.status == statemachine.RUNNING)):
+        if not (is_cancellable(task) or (dropped_at_ark and task.status == statemachine.RUNNING)):
             raise not_cancellable(task)
         if task.status == statemachine.RUNNING and not dropped_at_ark:
             if not video.cancel_at_ark(task):
