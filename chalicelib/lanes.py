@@ -39,7 +39,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 from pynamodb.expressions.update import Action
 
 from chalicelib import aws, catalog, media, queues, results, slots, statemachine
-from chalicelib.ark.client import ImageGenerationResult, VolcImageClient, VolcVideoClient
+from chalicelib.ark.client import IMAGE_TIMEOUT, ImageGenerationResult, VolcImageClient, VolcVideoClient
 from chalicelib.ark.errors import ArkError, ArkPermanentError, ArkRateLimitError, ArkRetryableError
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord, optional_int
@@ -505,8 +505,8 @@ def worker(lane_name: str) -> LaneWorker:
     settings = get_settings()
     # An image call may take minutes: the whole request (every phase) may use the Lambda's time, minus room to
     # record the outcome.
-    other_phases = {"connect": 5.0, "write": 30.0, "pool": 5.0}
-    read_s = lane.lambda_timeout_s - IMAGE_RECORD_MARGIN_S - sum(other_phases.values())
+    other_phases = {"connect": IMAGE_TIMEOUT.connect, "write": IMAGE_TIMEOUT.write, "pool": IMAGE_TIMEOUT.pool}
+    read_s = lane.lambda_timeout_s - IMAGE_RECORD_MARGIN_S - sum(phase or 0.0 for phase in other_phases.values())
     image_timeout = httpx.Timeout(read=read_s, **other_phases)
     return LaneWorker(
         lane,

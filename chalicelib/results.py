@@ -31,7 +31,8 @@ from pynamodb.expressions.update import Action
 from chalicelib import media, statemachine
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.db import TaskRecord
-from chalicelib.errors import Conflict, NotFound
+from chalicelib.errors import Conflict
+from chalicelib.tasks import task_not_found
 
 log = logging.getLogger("arkflow.results")
 
@@ -269,5 +270,5 @@ def delete_task(task: TaskRecord, *, s3: Any, bucket: str) -> int:
         try:
             task.refresh(consistent_read=True)
         except DoesNotExist:
-            raise NotFound(f"No task {task.task_id!r}.", code="task_not_found") from None
+            raise task_not_found(task.task_id) from None
     raise statemachine.StaleTask("The task kept changing while it was being deleted; try again.")

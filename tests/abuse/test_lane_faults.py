@@ -23,7 +23,8 @@ from chalicelib.lanes import CREATE_GRACE_S, Delivery, Retry
 from chalicelib.resources import lane_named
 from tests.conftest import ADMIN
 from tests.lanes.conftest import ARK_KEY, IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
-from tests.lanes.test_video_lane import CrashAfterCreate, ark_status, callback_token, wait_for
+from tests.lanes.test_video_lane import CrashAfterCreate, ark_status, callback_token
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.abuse
 

@@ -7,7 +7,7 @@ import io
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,18 +24,6 @@ VIDEO_MODEL = "doubao-seedance-1-0-pro-250528"
 # Fast timings for tests; individual tests override what they exercise.
 FAST = {"image_latency_s": 0.0, "video_queue_s": 0.0, "video_run_s": 0.2, "callback_retry_delay_s": 0.05}
 START = 1_800_000_000.0
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
-    """Poll until `predicate()` is truthy and return it; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)
 
 
 def data_uri(width: int, height: int, fmt: str = "png", mode: str = "RGB") -> str:

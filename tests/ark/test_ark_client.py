@@ -31,8 +31,9 @@ from chalicelib.ark.errors import (
     parse_retry_after,
 )
 from chalicelib.settings import Settings
+from tests.polling import wait_for
 
-from .conftest import API_KEY, VIDEO_MODEL, data_uri, wait_for
+from .conftest import API_KEY, VIDEO_MODEL, data_uri
 
 
 def fixture_client(status: int, body: object, headers: dict[str, str] | None = None) -> VolcImageClient:

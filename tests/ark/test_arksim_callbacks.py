@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import httpx
 
-from .conftest import VIDEO_MODEL, auth, wait_for
+from tests.polling import wait_for
+
+from .conftest import VIDEO_MODEL, auth
 
 TASKS = "/contents/generations/tasks"
 

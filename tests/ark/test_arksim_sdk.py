@@ -16,7 +16,9 @@ from volcenginesdkarkruntime._exceptions import (
 )
 from volcenginesdkarkruntime.types.images.images import SequentialImageGenerationOptions
 
-from .conftest import API_KEY, IMAGE_MODEL, VIDEO_MODEL, wait_for
+from tests.polling import wait_for
+
+from .conftest import API_KEY, IMAGE_MODEL, VIDEO_MODEL
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,12 @@ from chalicelib.ark import limits
 from tests.browser.conftest import PHONE, ConsoleWatch, screenshot
 from tests.browser.fake_api import ADMIN, DEMO, FakeArkflow, FakeStack
 from tests.browser.ui import IMAGE_FORM, card, field, file_payload, log_in, open_video_tab, png
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.browser
 
 # Chromium reports every 4xx/5xx response in the console; tests that provoke one on purpose allow it.
 HTTP_ERROR_IN_CONSOLE = r"Failed to load resource: the server responded with a status of {}"
-
-
-def wait_until(check, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_log_in_reload_and_log_out(page: Page, fake_stack: FakeStack, fake: FakeArkflow,
@@ -51,7 +44,7 @@ def test_log_in_reload_and_log_out(page: Page, fake_stack: FakeStack, fake: Fake
 
     page.get_by_role("button", name="Log out").click()
     expect(page.get_by_text("You have logged out.")).to_be_visible()
-    wait_until(lambda: fake.requests_to("POST", "/api/users/logout") == 1)
+    wait_for(lambda: fake.requests_to("POST", "/api/users/logout") == 1)
     page.reload()
     expect(page.get_by_role("heading", name="Log in to arkflow")).to_be_visible()
 
@@ -292,7 +285,7 @@ def test_live_list_reconnects_and_catches_up(page: Page, fake_stack: FakeStack, 
     log_in(page, fake_stack.web_url, *DEMO)
     expect(card(page, task["id"]).locator(".status-pill")).to_have_text("Queued")
     # Drop the socket only once it is open: one still in its handshake would slip past the drop.
-    wait_until(lambda: fake.connected_sockets() == 1)
+    wait_for(lambda: fake.connected_sockets() == 1)
 
     fake.drop_sockets(refuse_new=True)
     expect(page.locator(".live-status")).to_have_text(re.compile(r"Reconnecting in \d+ s"))

@@ -14,7 +14,8 @@ from chalicelib.resources import lane_named
 from tests.conftest import DEMO
 from tests.lanes.conftest import IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
 from tests.lanes.test_image_lane import ImagesCallingBack
-from tests.lanes.test_video_lane import ark_status, submitted, wait_for
+from tests.lanes.test_video_lane import ark_status, submitted
+from tests.polling import wait_for
 
 
 def cancel(lanes: Lanes, task_id: str) -> Any:

@@ -13,7 +13,8 @@ import pytest
 from chalicelib import media, results
 from chalicelib.lanes import MIN_COPY_TIME_S, Delivery
 from tests.lanes.conftest import IMAGE_TASK, VIDEO_TASK, Lanes, record_for
-from tests.lanes.test_video_lane import ark_status, callback_token, post_callback, submitted, wait_for
+from tests.lanes.test_video_lane import ark_status, callback_token, post_callback, submitted
+from tests.polling import wait_for
 
 JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8", b"\x89PNG"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -16,14 +15,7 @@ from chalicelib.lanes import CREATE_GRACE_S
 from chalicelib.video import ARK_QUEUED, ARK_RUNNING, SUBMITTING, VideoService
 from tests.conftest import DEMO
 from tests.lanes.conftest import ARK_KEY, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
-    return result
+from tests.polling import wait_for
 
 
 def ark_status(lanes: Lanes, external_id: str) -> str:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -17,16 +15,10 @@ from chalice import Chalice, Rate
 from devstack.moto_server import MotoServer
 from devstack.pump import pumping
 from devstack.scheduler import scheduling
+from tests.polling import wait_for
 
 pytestmark = pytest.mark.stack
 REGION = "us-east-1"
-
-
-def eventually(condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -80,11 +72,11 @@ def test_no_more_handlers_run_at_once_than_the_sources_maximum_concurrency(sqs: 
         sqs.send_message(QueueUrl=queue_url, MessageBody=f"job-{number}")
 
     with pumping(app, None, "dev", sqs, REGION):
-        eventually(lambda: running[0] == 2)
+        wait_for(lambda: running[0] == 2)
         # Both slots are taken, so the pump must have left the other three waiting in the queue.
         assert visible_messages(sqs, queue_url) == 3
         release.set()
-        eventually(lambda: len(handled) == 5)
+        wait_for(lambda: len(handled) == 5)
 
     assert sorted(handled) == [f"job-{number}" for number in range(5)]
     assert most_running[0] == 2
@@ -117,8 +109,8 @@ def test_reported_batch_item_failures_are_retried_and_end_in_the_dlq(sqs: Any) -
         return [message["Body"] for message in messages]
 
     with pumping(app, None, "dev", sqs, REGION):
-        eventually(lambda: deliveries["poison"] == 2)
-        eventually(lambda: visible_messages(sqs, queue_url) == 0 and dead_letters() == ["poison"])
+        wait_for(lambda: deliveries["poison"] == 2)
+        wait_for(lambda: visible_messages(sqs, queue_url) == 0 and dead_letters() == ["poison"])
 
     assert deliveries == {"first": 1, "second": 1, "poison": 2}
     assert {record["eventSource"] for record in records_seen} == {"aws:sqs"}
@@ -139,7 +131,7 @@ def test_a_raising_handler_gets_the_whole_batch_again(sqs: Any) -> None:
     sqs.send_message_batch(QueueUrl=queue_url, Entries=[{"Id": body, "MessageBody": body} for body in ("a", "b")])
 
     with pumping(app, None, "dev", sqs, REGION):
-        eventually(lambda: sum(len(batch) for batch in batches) >= 4)
+        wait_for(lambda: sum(len(batch) for batch in batches) >= 4)
 
     assert sorted(body for batch in batches for body in batch) == ["a", "a", "b", "b"]
 
@@ -155,7 +147,7 @@ def test_scheduled_handlers_run_repeatedly_with_scheduled_events() -> None:
             raise RuntimeError("a failing run does not stop the schedule")
 
     with scheduling(app, None, "dev", interval_s=0.05, region=REGION):
-        eventually(lambda: len(events) >= 3)
+        wait_for(lambda: len(events) >= 3)
 
     assert {event["detail-type"] for event in events} == {"Scheduled Event"}
     assert events[0]["resources"] == [f"arn:aws:events:{REGION}:123456789012:rule/sweeper"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from typing import Any
 
 import boto3
@@ -14,7 +15,7 @@ from chalicelib import media, statemachine
 from chalicelib.db import TaskRecord
 from tests.conftest import ADMIN, DEMO, OTHER, Api
 
-BUCKET = "arkflow-test-media"
+BUCKET = os.environ["RESULTS_BUCKET"]  # set by tests/conftest.py
 
 
 def png_data_uri() -> str:

@@ -4,6 +4,7 @@ a task, and leaving nothing behind when the task is deleted meanwhile."""
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from chalicelib.results import PART_BYTES, RETRY_DELAY_S, copy_results, delete_t
 from tests.conftest import DEMO, Api
 from tests.storage.test_delete import stored_keys
 
-BUCKET = "arkflow-test-media"
+BUCKET = os.environ["RESULTS_BUCKET"]  # set by tests/conftest.py
 ARK = "https://ark-results.example.com"
 VIDEO_BYTES = 2 * PART_BYTES + 1234  # three multipart parts
 

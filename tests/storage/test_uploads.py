@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 
 import boto3
 import pytest
@@ -79,7 +80,7 @@ def test_a_task_uses_its_users_upload_through_a_copy_under_the_task(api: Api) ->
     shown = api.request("GET", f"/api/tasks/{task_id}", as_user=DEMO).data["images"]
     assert len(shown) == 1 and f"tasks/{task_id}/inputs/0.png" in shown[0] and "Signature" in shown[0]
     s3 = boto3.client("s3")
-    bucket = "arkflow-test-media"
+    bucket = os.environ["RESULTS_BUCKET"]
     stored = s3.get_object(Bucket=bucket, Key=f"tasks/{task_id}/inputs/0.png")
     assert stored["Body"].read() == data
     assert stored["ContentType"] == "image/png"

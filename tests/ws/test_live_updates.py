@@ -22,7 +22,8 @@ from chalicelib.tasks import TaskService
 from chalicelib.ws import TICKET_TTL_S, LiveUpdates, Tickets
 from devstack.ws_gateway import WebSocketGateway
 from tests.conftest import DEMO, OTHER, Api
-from tests.ws.conftest import WEB_ORIGIN, nothing_pending, receive, wait_for
+from tests.polling import wait_for
+from tests.ws.conftest import WEB_ORIGIN, nothing_pending, receive
 
 IMAGE_TASK = {"type": "image", "model_id": "seedream-4.5", "prompt": "a lighthouse at dusk"}
 
