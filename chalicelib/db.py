@@ -282,6 +282,18 @@ class UploadRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
+class FirstRunRecord(_Base):
+    """A first-run step this deployment has done (`chalicelib.seed.run_once`)."""
+
+    definition = resources.FIRST_RUN
+
+    class Meta:
+        table_name = "first-run"
+
+    item = UnicodeAttribute(hash_key=True)
+    done_at = UnicodeAttribute()
+
+
 ALL_MODELS: tuple[type[_Base], ...] = (
     UserRecord,
     SessionRecord,
@@ -294,6 +306,7 @@ ALL_MODELS: tuple[type[_Base], ...] = (
     ConnectionRecord,
     WsTicketRecord,
     UploadRecord,
+    FirstRunRecord,
 )
 
 
