@@ -37,6 +37,8 @@ from chalicelib.validation import (
 from chalicelib.ws import LiveUpdates
 
 app = Chalice(app_name="arkflow")
+# A login body is two short strings: anything larger is refused before it is decoded.
+LOGIN_MAX_BODY_BYTES = 4096
 http = Http(app, Authenticator)
 
 
@@ -57,15 +59,15 @@ def health(_: RequestContext) -> dict[str, Any]:
 @http.endpoint("public")
 def login(context: RequestContext) -> dict[str, Any]:
     ensure_first_admin()
-    request = parse(LoginRequest, context.json())
-    result = Authenticator().login(request.username, request.password)
+    request = parse(LoginRequest, context.json(max_bytes=LOGIN_MAX_BODY_BYTES))
+    result = Authenticator().login(request.username, request.password, context.source_address())
     return {"token": result.token, "role": result.role, "expires_at": result.expires_at}
 
 
 @app.route("/api/users/logout", methods=["POST"])
 @http.endpoint()
 def logout(context: RequestContext) -> dict[str, Any]:
-    Authenticator().logout(context.user)
+    Authenticator().logout(context.user, sockets=live_updates())
     return {"status": "logged_out"}
 
 
@@ -73,7 +75,7 @@ def logout(context: RequestContext) -> dict[str, Any]:
 @http.endpoint()
 def me(context: RequestContext) -> dict[str, Any]:
     user = users.get_user(context.user.username)
-    return {"username": user.username, "role": user.role, "created_at": user.created_at}
+    return {"username": user.username, "user_id": user.user_id, "role": user.role, "created_at": user.created_at}
 
 
 # --- models ------------------------------------------------------------------------------------------------
@@ -137,14 +139,14 @@ def admin_create_user(context: RequestContext) -> Any:
 @app.route("/api/admin/users/{username}", methods=["PUT"])
 @http.endpoint("admin")
 def admin_update_user(context: RequestContext, username: str) -> dict[str, Any]:
-    user = users.update_user(context.user, username, parse(UserUpdate, context.json()))
+    user = users.update_user(context.user, username, parse(UserUpdate, context.json()), sockets=live_updates())
     return users.user_body(user)
 
 
 @app.route("/api/admin/users/{username}", methods=["DELETE"])
 @http.endpoint("admin")
 def admin_delete_user(context: RequestContext, username: str) -> dict[str, Any]:
-    users.delete_user(context.user, username)
+    users.delete_user(context.user, username, sockets=live_updates())
     return {"deleted": username}
 
 
@@ -165,8 +167,9 @@ def create_task(context: RequestContext) -> Any:
 @http.endpoint()
 def list_tasks(context: RequestContext) -> dict[str, Any]:
     service = task_service()
-    page, cursor = service.list(parse(TaskListQuery, context.query()), user=context.user.username)
-    return {"tasks": [service.body(task) for task in page], "next_cursor": cursor}
+    page, cursor = service.list(parse(TaskListQuery, context.query()), owner=context.user.user_id,
+                                present=service.body)
+    return {"tasks": page, "next_cursor": cursor}
 
 
 @app.route("/api/tasks/{task_id}", methods=["GET"])
@@ -190,8 +193,9 @@ def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
 def admin_list_tasks(context: RequestContext) -> dict[str, Any]:
     service = task_service()
     query = parse(AdminTaskListQuery, context.query())
-    page, cursor = service.list(query, user=query.user)
-    return {"tasks": [{**service.body(task), "user": task.user_id} for task in page], "next_cursor": cursor}
+    page, cursor = service.list(query, owner=users.listing_owner(query.user, query.user_id),
+                                present=service.admin_body)
+    return {"tasks": page, "next_cursor": cursor}
 
 
 @app.route("/api/tasks/{task_id}/cancel", methods=["POST"])
@@ -274,7 +278,7 @@ statemachine.listeners.append(publish_task_update)
 @app.route("/api/ws/ticket", methods=["POST"])
 @http.endpoint()
 def ws_ticket(context: RequestContext) -> dict[str, Any]:
-    return asdict(live_updates().tickets.issue(context.user.username))
+    return asdict(live_updates().tickets.issue(context.user))
 
 
 @app.on_ws_connect()

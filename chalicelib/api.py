@@ -15,6 +15,7 @@ from chalice.app import Request
 from chalicelib.auth import Authenticator, Principal, require_admin
 from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge
 from chalicelib.settings import get_settings
+from chalicelib.validation import MAX_JSON_DEPTH, json_depth, path_parameter
 
 logger = logging.getLogger("arkflow.api")
 
@@ -35,21 +36,31 @@ class RequestContext:
         assert self.principal is not None, "route declared public but reads the user"
         return self.principal
 
-    def json(self) -> Any:
-        """The decoded JSON body; 413 before decoding when too large, 400 when malformed."""
+    def json(self, max_bytes: int | None = None) -> Any:
+        """The decoded JSON body; before decoding, 413 when larger than `max_bytes` (default `MAX_BODY_BYTES`)
+        and 400 when nested deeper than any request needs; 400 when malformed."""
         if not self._body_read:
             raw = self.request.raw_body or b""
-            limit = get_settings().max_body_bytes
+            limit = min(max_bytes or get_settings().max_body_bytes, get_settings().max_body_bytes)
             if len(raw) > limit:
                 raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", details={"limit_bytes": limit})
             if not raw.strip():
                 raise BadRequest("A JSON body is required.", code="malformed_json")
+            if json_depth(raw) > MAX_JSON_DEPTH:
+                # json.loads recurses per level and raises RecursionError (not ValueError) near 1,000 levels.
+                raise BadRequest(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.",
+                                 code="malformed_json", details={"max_depth": MAX_JSON_DEPTH})
             try:
                 self._body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
                 raise BadRequest("The request body is not valid JSON.", code="malformed_json") from exc
             self._body_read = True
         return self._body
+
+    def source_address(self) -> str | None:
+        """The client's address as API Gateway saw the connection (never a client-set header)."""
+        identity = (self.request.context or {}).get("identity") or {}
+        return identity.get("sourceIp")
 
     def query(self) -> dict[str, str]:
         return dict(self.request.query_params or {})
@@ -104,7 +115,8 @@ class Http:
                 request = self.app.current_request
                 try:
                     context = RequestContext(request, self._authenticate(request, access))
-                    result = view(context, **path_params)
+                    canonical = {name: path_parameter(name, value) for name, value in path_params.items()}
+                    result = view(context, **canonical)
                     response = result if isinstance(result, Response) else json_response(200, result)
                 except ApiError as error:
                     response = json_response(error.status, error.body(), error.headers)

@@ -40,6 +40,10 @@ class UserRecord(_Base):
         table_name = "users"
 
     username = UnicodeAttribute(hash_key=True)
+    # The account's identity, never reused: tasks, quotas, uploads and sockets belong to it, not to the name,
+    # so a new account with a deleted user's name starts empty. Missing only on accounts made before it existed
+    # (`chalicelib.migrations` and the next login give them one).
+    user_id = UnicodeAttribute(null=True)
     password_hash = UnicodeAttribute()
     role = UnicodeAttribute(default="user")
     disabled = BooleanAttribute(default=False)
@@ -57,6 +61,10 @@ class SessionRecord(_Base):
 
     session_id = UnicodeAttribute(hash_key=True)
     username = UnicodeAttribute()
+    # Missing on sessions opened before user ids: those no longer authenticate.
+    user_id = UnicodeAttribute(null=True)
+    # The user's password version at login: a password change ends the session (and its sockets).
+    password_version = NumberAttribute(null=True)
     expires_at_epoch = NumberAttribute()
 
 
@@ -66,9 +74,10 @@ class LoginAttemptRecord(_Base):
     class Meta:
         table_name = "login-attempts"
 
-    username = UnicodeAttribute(hash_key=True)
+    # A throttle key of `chalicelib.auth.LoginThrottle`; the attribute keeps the table's original key name.
+    throttle_key = UnicodeAttribute(hash_key=True, attr_name="username")
+    # Attempts counted in the window that ends at `expires_at_epoch`.
     failures = NumberAttribute(default=0)
-    locked_until_epoch = NumberAttribute(default=0)
     expires_at_epoch = NumberAttribute()
 
 
@@ -141,7 +150,11 @@ class TaskRecord(_Base):
         table_name = "tasks"
 
     task_id = UnicodeAttribute(hash_key=True)
+    # The owner's account id (`UserRecord.user_id`), never its name.
     user_id = UnicodeAttribute()
+    # The owner's username when the task was made, for admins' listings. Missing only on tasks written before
+    # user ids, whose `user_id` still holds the name (`chalicelib.migrations` rewrites both).
+    username = UnicodeAttribute(null=True)
     model_id = UnicodeAttribute()
     type = UnicodeAttribute()
     status = UnicodeAttribute()
@@ -246,6 +259,8 @@ class ConnectionRecord(_Base):
 
     connection_id = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute()
+    # The login session whose ticket opened it: logging that session out closes the connection.
+    session_id = UnicodeAttribute(null=True)
     connected_at = UnicodeAttribute()
     expires_at_epoch = NumberAttribute()
 
@@ -262,6 +277,8 @@ class WsTicketRecord(_Base):
 
     ticket_hash = UnicodeAttribute(hash_key=True)
     user_id = UnicodeAttribute()
+    # The login session that asked for it: `$connect` checks it is still live (null: an older ticket).
+    session_id = UnicodeAttribute(null=True)
     expires_at_epoch = NumberAttribute()
 
 
@@ -282,6 +299,18 @@ class UploadRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
+class FirstRunRecord(_Base):
+    """A first-run step this deployment has done (`chalicelib.seed.run_once`)."""
+
+    definition = resources.FIRST_RUN
+
+    class Meta:
+        table_name = "first-run"
+
+    item = UnicodeAttribute(hash_key=True)
+    done_at = UnicodeAttribute()
+
+
 ALL_MODELS: tuple[type[_Base], ...] = (
     UserRecord,
     SessionRecord,
@@ -294,6 +323,7 @@ ALL_MODELS: tuple[type[_Base], ...] = (
     ConnectionRecord,
     WsTicketRecord,
     UploadRecord,
+    FirstRunRecord,
 )
 
 

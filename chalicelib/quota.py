@@ -26,8 +26,9 @@ def model_counter_key(model_id: str, day: str) -> str:
     return f"model#{model_id}#{day}"
 
 
-def user_counter_key(username: str, model_id: str, day: str) -> str:
-    return f"user#{username}#{model_id}#{day}"
+def user_counter_key(user_id: str, model_id: str, day: str) -> str:
+    """A user's counter is the account's (its user id), so a new account with a deleted one's name starts afresh."""
+    return f"user#{user_id}#{model_id}#{day}"
 
 
 def used(counter_key: str) -> int:

@@ -83,8 +83,10 @@ def _key_schema(hash_key: Key, range_key: Key | None) -> list[dict[str, str]]:
 
 # TTL attributes hold epoch seconds. DynamoDB deletes expired items lazily (moto never does), so every
 # read of a TTL'd item checks the expiry itself.
+# Keyed by username (names are unique while they exist); `user_id`, never reused, is what owns everything else.
 USERS = Table("users", Key("username"))
 SESSIONS = Table("sessions", Key("session_id"), ttl_attribute="expires_at_epoch")
+# Login throttle counters; the key attribute keeps its first name, its values are `chalicelib.auth` throttle keys.
 LOGIN_ATTEMPTS = Table("login-attempts", Key("username"), ttl_attribute="expires_at_epoch")
 MODELS = Table("models", Key("model_id"))
 TASKS = Table(
@@ -112,6 +114,8 @@ CONNECTIONS = Table(
 )
 WS_TICKETS = Table("ws-tickets", Key("ticket_hash"), ttl_attribute="expires_at_epoch")
 UPLOADS = Table("uploads", Key("upload_id"), ttl_attribute="expires_at_epoch")
+# One item per first-run step of a deployment (the first admin, ...), written once: the step never runs again.
+FIRST_RUN = Table("first-run", Key("item"))
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -125,6 +129,7 @@ TABLES: tuple[Table, ...] = (
     CONNECTIONS,
     WS_TICKETS,
     UPLOADS,
+    FIRST_RUN,
 )
 
 TASK_LIST_SHARDS = 4

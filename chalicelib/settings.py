@@ -38,7 +38,10 @@ class Settings:
     # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile). Tests lower them for speed.
     password_hash_time_cost: int = field(default_factory=lambda: _int("PASSWORD_HASH_TIME_COST", 3))
     password_hash_memory_kib: int = field(default_factory=lambda: _int("PASSWORD_HASH_MEMORY_KIB", 65536))
+    # Login attempts per window of LOGIN_LOCKOUT_SECONDS: per (username, source address), and per username from
+    # all sources together (looser, so guesses from elsewhere hardly lock the owner out); see auth.LoginThrottle.
     login_max_failures: int = field(default_factory=lambda: _int("LOGIN_MAX_FAILURES", 5))
+    login_max_failures_per_user: int = field(default_factory=lambda: _int("LOGIN_MAX_FAILURES_PER_USER", 50))
     login_lockout_s: int = field(default_factory=lambda: _int("LOGIN_LOCKOUT_SECONDS", 300))
     quota_timezone: str = field(default_factory=lambda: os.environ.get("QUOTA_TIMEZONE", "Asia/Shanghai"))
     cors_origins: tuple[str, ...] = field(default_factory=lambda: _list("CORS_ORIGINS"))

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import heapq
-import itertools
 import json
+import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pynamodb.exceptions import DoesNotExist, TransactWriteError
 from pynamodb.expressions.condition import Condition
 
-from chalicelib import catalog, db, media, queues, quota, statemachine
+from chalicelib import catalog, db, media, queues, quota, statemachine, validation
 from chalicelib.ark.limits import IMAGE_MAX_TOTAL_IMAGES
 from chalicelib.auth import Principal
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
@@ -29,10 +28,18 @@ from chalicelib.images import frame_image_problem, reference_image_problem
 from chalicelib.resources import TASK_LIST_SHARDS, TaskType
 from chalicelib.settings import Settings, get_settings
 from chalicelib.uploads import UploadService
-from chalicelib.validation import ImageRef, ImageTaskRequest, TaskListQuery, VideoTaskRequest
+from chalicelib.validation import TASK_ID_PATTERN, ImageRef, ImageTaskRequest, TaskListQuery, VideoTaskRequest
 from chalicelib.video import queued_at_ark
 
 IDEMPOTENCY_TTL_S = 24 * 3600
+# A listing page's bodies stop before this many bytes of Lambda's response (see `response_bytes`): Lambda answers
+# at most 6 MB, and the rest of the response (envelope, cursor, headers) needs far less than the 2 MB left.
+PAGE_BYTE_BUDGET = 4 * 1024 * 1024
+# Items a listing may read per request, matched or not, so a filter that matches nothing still answers in time.
+PAGE_READ_BUDGET = 1000
+# Items one listing query reads at most (DynamoDB also stops a page at 1 MB).
+LISTING_QUERY_PAGE = 100
+assert PAGE_READ_BUDGET > TASK_LIST_SHARDS * LISTING_QUERY_PAGE, "every shard is read once before the budget ends"
 # Without a bucket, inline images stay in the task item, which DynamoDB caps at 400 KB.
 MAX_INLINE_BYTES_IN_ITEM = 256 * 1024
 
@@ -41,6 +48,10 @@ MAX_INLINE_BYTES_IN_ITEM = 256 * 1024
 class Created:
     status_code: int
     body: dict[str, Any]
+
+
+# `created_key`: the creation time (`clock.iso`) and the task id, which makes it unique.
+_CREATED_KEY = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z#" + TASK_ID_PATTERN.strip("^$"))
 
 
 def new_task_id() -> str:
@@ -68,7 +79,9 @@ class TaskService:
         raw_body: Any,
         idempotency_key: str | None = None,
     ) -> Created:
-        idempotency_id = f"{principal.username}#{idempotency_key}" if idempotency_key else None
+        idempotency_key = validation.idempotency_key(idempotency_key)
+        # Scoped to the account: a new account with a deleted one's name replays nothing of it.
+        idempotency_id = f"{principal.user_id}#{idempotency_key}" if idempotency_key else None
         fingerprint = request_fingerprint(raw_body)
         if idempotency_id:
             replay = self._replay(idempotency_id, fingerprint)
@@ -91,12 +104,13 @@ class TaskService:
         day = quota.quota_day(now, self.settings.quota_timezone)
         quota_keys = [quota.model_counter_key(model.model_id, day)]
         if model.user_daily_quota is not None:
-            quota_keys.append(quota.user_counter_key(principal.username, model.model_id, day))
+            quota_keys.append(quota.user_counter_key(principal.user_id, model.model_id, day))
 
         images = self._store_images(task_id, principal, request)
         task = TaskRecord(
             task_id,
-            user_id=principal.username,
+            user_id=principal.user_id,
+            username=principal.username,
             model_id=model.model_id,
             type=request.type,
             status=statemachine.QUEUED,
@@ -260,7 +274,7 @@ class TaskService:
         assert image.upload_id is not None
         problem = reference_image_problem if task_type == "image" else frame_image_problem
         service = UploadService(s3=self.s3, settings=self.settings, clock=self.clock)
-        return service.attach(principal.username, image.upload_id, task_id, index, problem)
+        return service.attach(principal.user_id, image.upload_id, task_id, index, problem)
 
     def _delete_stored_images(self, refs: list[str]) -> None:
         for ref in refs:
@@ -272,7 +286,7 @@ class TaskService:
 
     def get_own(self, principal: Principal, task_id: str) -> TaskRecord:
         task = self.get(task_id)
-        if task.user_id != principal.username:
+        if task.user_id != principal.user_id:
             raise task_not_found(task_id)  # never reveal that another user's task exists
         return task
 
@@ -290,33 +304,60 @@ class TaskService:
         )
         return ahead + 1
 
-    def list(self, query: TaskListQuery, user: str | None) -> tuple[list[TaskRecord], str | None]:
-        """Newest first. `user=None` lists everyone's tasks (admins); the cursor is the last key returned."""
+    def list(
+        self, query: TaskListQuery, owner: str | None, present: Callable[[TaskRecord], dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page, newest first, of `owner`'s tasks (a user id; None: everyone's, for admins), as `present`
+        shows them, and the cursor of the next page (None: no more).
+
+        A page ends at `query.limit` tasks, before its bodies reach `PAGE_BYTE_BUDGET` (Lambda answers at most
+        6 MB), or once `PAGE_READ_BUDGET` items were read: a filter that matches little still answers in time,
+        with fewer tasks (even none) and a cursor to go on from.
+        """
         before = _decode_cursor(query.cursor) if query.cursor else None
         filters = _filter_condition(query)
-        if user is not None:
-            streams: list[Iterable[TaskRecord]] = [self._newest(TaskRecord.by_user, user, before, filters)]
+        page_size = LISTING_QUERY_PAGE if filters is not None else min(query.limit + 1, LISTING_QUERY_PAGE)
+        if owner is not None:
+            shards = [_ShardReader(TaskRecord.by_user, owner, before)]
         else:
-            streams = [
-                self._newest(TaskRecord.by_list_shard, f"shard-{shard}", before, filters)
-                for shard in range(TASK_LIST_SHARDS)
-            ]
-        merged = heapq.merge(*streams, key=lambda task: task.created_key, reverse=True)
-        page = list(itertools.islice(merged, query.limit + 1))
-        next_cursor = _encode_cursor(page[query.limit - 1].created_key) if len(page) > query.limit else None
-        return page[: query.limit], next_cursor
-
-    @staticmethod
-    def _newest(index: Any, hash_key: str, before: str | None, filters: Condition | None) -> Iterator[TaskRecord]:
-        return index.query(
-            hash_key,
-            range_key_condition=(TaskRecord.created_key < before) if before else None,
-            filter_condition=filters,
-            scan_index_forward=False,
-            page_size=50,
-        )
+            shards = [_ShardReader(TaskRecord.by_list_shard, f"shard-{shard}", before)
+                      for shard in range(TASK_LIST_SHARDS)]
+        found: list[TaskRecord] = []  # matches read but not on the page yet
+        page: list[dict[str, Any]] = []
+        page_bytes = items_read = 0
+        last_key = ""
+        while True:
+            settled = _settled_bound(shards)
+            # Every match at or newer than `settled` has been read, in every shard: those go out in order.
+            ready = sorted((task for task in found if settled is not None and task.created_key >= settled),
+                           key=lambda task: task.created_key, reverse=True)
+            for task in ready:
+                if len(page) == query.limit:
+                    return page, _encode_cursor(last_key)
+                body = present(task)
+                size = response_bytes(body)
+                if page and page_bytes + size > PAGE_BYTE_BUDGET:
+                    return page, _encode_cursor(last_key)
+                page.append(body)
+                page_bytes += size
+                last_key = task.created_key
+                found.remove(task)
+            if settled == "":
+                return page, None  # every shard read to its end
+            if len(page) == query.limit:
+                return page, _encode_cursor(last_key)
+            if settled is not None and items_read >= PAGE_READ_BUDGET:
+                return page, _encode_cursor(settled)
+            # Read on in the shard that holds the settled bound back (one never read first).
+            reader = max((shard for shard in shards if not shard.exhausted),
+                         key=lambda shard: (shard.below is None, shard.below or ""))
+            items_read += reader.read_page(filters, page_size, found)
 
     # --- presenting ---------------------------------------------------------------------------------------
+
+    def admin_body(self, task: TaskRecord) -> dict[str, Any]:
+        """What admins see of a task: its body and its owner, by the username it was made under and by id."""
+        return {**self.body(task), "user": task.username or task.user_id, "user_id": task.user_id}
 
     def body(self, task: TaskRecord, *, with_queue_position: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -390,6 +431,52 @@ def _applicable_defaults(
     return applicable
 
 
+@dataclass
+class _ShardReader:
+    """One index partition of a listing, read newest first one query page at a time."""
+
+    index: Any
+    hash_key: str
+    # The next page holds items older than this (None: from the newest); everything newer has been read.
+    below: str | None
+    exhausted: bool = False
+
+    def read_page(self, filters: Condition | None, page_size: int, matches: list[TaskRecord]) -> int:
+        """Read one page into `matches` (what passes `filters`); how many items DynamoDB read for it."""
+        results = self.index.query(
+            self.hash_key,
+            range_key_condition=(TaskRecord.created_key < self.below) if self.below else None,
+            filter_condition=filters,
+            scan_index_forward=False,
+            page_size=page_size,
+        )
+        page = next(results.page_iter)
+        matches.extend(TaskRecord.from_raw_data(item) for item in page.get("Items", []))
+        last_read = page.get("LastEvaluatedKey")
+        if last_read is None:
+            self.exhausted = True
+        else:
+            self.below = last_read["created_key"]["S"]
+        return int(page.get("ScannedCount", 0))
+
+
+def _settled_bound(shards: list[_ShardReader]) -> str | None:
+    """The created_key down to which every shard has been read: None while one has not been read at all
+    (without a cursor), "" once all have been read to their end."""
+    unfinished = [shard for shard in shards if not shard.exhausted]
+    if not unfinished:
+        return ""
+    if any(shard.below is None for shard in unfinished):
+        return None
+    return max(str(shard.below) for shard in unfinished)
+
+
+def response_bytes(body: Any) -> int:
+    """What `body` adds to a Lambda proxy response: its JSON as Chalice writes it (ASCII only), written again as
+    the string value of the response's `body` (so each quote and backslash counts twice), and a separator."""
+    return len(json.dumps(json.dumps(body, separators=(",", ":")))) - 1
+
+
 def _filter_condition(query: TaskListQuery) -> Condition | None:
     condition: Condition | None = None
     for attribute, value in (
@@ -408,10 +495,12 @@ def _encode_cursor(created_key: str) -> str:
 
 
 def _decode_cursor(cursor: str) -> str:
+    """The created_key a cursor stands for; 400 for anything else (it becomes a key condition: no value outside
+    the key's format may reach DynamoDB, whose sort keys are limited to 1,024 bytes)."""
     try:
         decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValidationFailed("Invalid cursor.", details=[{"field": "cursor", "message": "not a cursor"}]) from exc
-    if "#" not in decoded:
+    if _CREATED_KEY.fullmatch(decoded) is None:
         raise ValidationFailed("Invalid cursor.", details=[{"field": "cursor", "message": "not a cursor"}])
     return decoded

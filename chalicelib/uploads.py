@@ -84,7 +84,7 @@ class UploadService:
         )
         UploadRecord(
             upload_id,
-            user_id=principal.username,
+            user_id=principal.user_id,
             object_key=key,
             content_type=request.content_type,
             max_bytes=request.size,

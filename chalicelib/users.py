@@ -1,22 +1,27 @@
-"""User accounts: create, update, delete, list. Passwords are stored only as argon2 hashes."""
+"""User accounts: create, update, delete, list. Passwords are stored only as argon2 hashes.
+
+Accounts are addressed by username (admin routes, login) and own everything by their user id, which is never
+reused: a new account with a deleted account's name starts with nothing of it.
+"""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist, PutError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
-from chalicelib.auth import Principal, hash_password
+from chalicelib.auth import Principal, SocketCloser, ensure_user_id, hash_password, new_user_id
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import UserRecord
-from chalicelib.errors import Conflict, NotFound
+from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.validation import UserCreate, UserUpdate
 
 
 def user_body(user: UserRecord) -> dict[str, Any]:
     return {
         "username": user.username,
+        "user_id": user.user_id,
         "role": user.role,
         "disabled": user.disabled,
         "created_at": user.created_at,
@@ -28,13 +33,14 @@ def get_user(username: str) -> UserRecord:
     try:
         return UserRecord.get(username, consistent_read=True)
     except DoesNotExist as exc:
-        raise NotFound(f"No user named {username!r}.") from exc
+        raise NotFound(f"No user named {username!r}.", code="user_not_found") from exc
 
 
 def create_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
     now = iso(clock.now())
     user = UserRecord(
         request.username,
+        user_id=new_user_id(),
         password_hash=hash_password(request.password),
         role=request.role,
         disabled=request.disabled,
@@ -50,9 +56,12 @@ def create_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
     return user
 
 
-def update_user(actor: Principal, username: str, request: UserUpdate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
+def update_user(actor: Principal, username: str, request: UserUpdate, sockets: SocketCloser,
+                clock: Clock = SYSTEM_CLOCK) -> UserRecord:
+    """Disabling the account or changing its password ends its sessions (every request re-reads the account)
+    and closes the WebSocket connections they opened."""
     user = get_user(username)
-    if username == actor.username and (request.disabled or (request.role and request.role != "admin")):
+    if ensure_user_id(user) == actor.user_id and (request.disabled or (request.role and request.role != "admin")):
         raise Conflict("Administrators cannot disable or demote themselves.", code="self_lockout")
     actions = [UserRecord.updated_at.set(iso(clock.now()))]
     if request.role is not None:
@@ -62,15 +71,42 @@ def update_user(actor: Principal, username: str, request: UserUpdate, clock: Clo
     if request.password is not None:
         actions.append(UserRecord.password_hash.set(hash_password(request.password)))
         actions.append(UserRecord.password_version.add(1))
-    user.update(actions=actions, condition=UserRecord.username.exists())
+    try:
+        user.update(actions=actions, condition=UserRecord.user_id == user.user_id)
+    except UpdateError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        raise NotFound(f"No user named {username!r}.", code="user_not_found") from exc  # deleted meanwhile
+    if request.disabled or request.password is not None:
+        sockets.disconnect_user(str(user.user_id))
     return user
 
 
-def delete_user(actor: Principal, username: str) -> None:
-    if username == actor.username:
-        raise Conflict("Administrators cannot delete themselves.", code="self_lockout")
+def delete_user(actor: Principal, username: str, sockets: SocketCloser) -> None:
+    """Delete the account; its sessions end with it (they name its user id, which no new account gets) and its
+    WebSocket connections are closed. Its tasks stay, owned by the id, for admins to see or delete."""
     user = get_user(username)
-    user.delete()
+    user_id = ensure_user_id(user)
+    if user_id == actor.user_id:
+        raise Conflict("Administrators cannot delete themselves.", code="self_lockout")
+    try:
+        user.delete(condition=UserRecord.user_id == user_id)
+    except DeleteError as exc:
+        if exc.cause_response_code != "ConditionalCheckFailedException":
+            raise
+        raise NotFound(f"No user named {username!r}.", code="user_not_found") from exc
+    sockets.disconnect_user(user_id)
+
+
+def listing_owner(username: str | None, user_id: str | None) -> str | None:
+    """The account whose tasks an admin listing filters by (None: everyone's). A username names the account that
+    holds it now (404 if none); a user id may name a deleted account too."""
+    if username is not None and user_id is not None:
+        raise ValidationFailed("1 invalid field(s)", details=[
+            {"field": "user_id", "message": "give user or user_id, not both", "type": "user_filter"}])
+    if username is not None:
+        return ensure_user_id(get_user(username))
+    return user_id
 
 
 def list_users() -> list[UserRecord]:

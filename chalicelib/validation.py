@@ -16,6 +16,7 @@ as an alias of `jpeg`. Every inline image is decoded once and checked for what i
 from __future__ import annotations
 
 import binascii
+import itertools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ from chalicelib.ark.limits import (
     parse_pixel_size,
     pixel_size_problem,
 )
-from chalicelib.errors import ValidationFailed
+from chalicelib.errors import NotFound, ValidationFailed
 from chalicelib.images import ImageInfo, frame_image_problem, inspect_image, reference_image_problem
 from chalicelib.resources import LANES, TaskType
 
@@ -215,9 +216,84 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
+# --- Identifiers and request caps --------------------------------------------------------------------------
+# Every id is checked against its format before anything is read with it: DynamoDB refuses keys over 2,048
+# bytes (1,024 for sort keys) with an error moto never raises, and a value outside its format names nothing.
+
+# `tasks.new_task_id`, `users.new_user_id`: a prefix and 128 random bits in lower-case base32.
+TASK_ID_PATTERN = r"^tsk_[a-z2-7]{26}$"
+USER_ID_PATTERN = r"^usr_[a-z2-7]{26}$"
+MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,63}$"
+USERNAME_PATTERN = r"^[a-z0-9_.-]{3,64}$"
+# Clients' keys (UUIDs, order numbers) fit easily; with the owner's id the item key stays far under DynamoDB's.
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+# No request body nests more than 4 levels; the cap stops a body of brackets before the decoder recurses.
+MAX_JSON_DEPTH = 32
+
+_TASK_ID = re.compile(TASK_ID_PATTERN)
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]+")  # printable ASCII, as HTTP header values are
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_NESTING = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def is_task_id(value: str) -> bool:
+    return _TASK_ID.fullmatch(value) is not None
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep the JSON text's arrays and objects nest, measured without decoding it (brackets in strings
+    do not count). Linear, in C for the most part: a 6 MB body takes milliseconds."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_A_BRACKET)
+    return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The `Idempotency-Key` header as used (None when absent or blank); 400 when too long or not printable."""
+    if value is None or not value.strip():
+        return None
+    key = value.strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValidationFailed("1 invalid field(s)", details=[{
+            "field": "Idempotency-Key",
+            "message": f"must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
+            "type": "idempotency_key",
+        }])
+    return key
+
+
+@dataclass(frozen=True)
+class PathParameter:
+    """A route's path parameter: what it names, its format, and its canonical form."""
+
+    kind: str
+    pattern: re.Pattern[str]
+    canonical: Callable[[str], str] = str
+
+
+PATH_PARAMETERS = {
+    "task_id": PathParameter("task", _TASK_ID),
+    "model_id": PathParameter("model", re.compile(MODEL_ID_PATTERN)),
+    # Usernames are case-insensitive: `/api/admin/users/Demo` is demo.
+    "username": PathParameter("user", re.compile(USERNAME_PATTERN), str.lower),
+}
+
+
+def path_parameter(name: str, value: str) -> str:
+    """`value` of path parameter `name` in canonical form; 404 before any read when it is outside its format
+    (such a value names no task, model or user, and must never reach DynamoDB)."""
+    parameter = PATH_PARAMETERS.get(name)
+    if parameter is None:
+        return value
+    canonical = parameter.canonical(value)
+    if parameter.pattern.fullmatch(canonical) is None:
+        raise NotFound(f"No such {parameter.kind}.", code=f"{parameter.kind}_not_found")
+    return canonical
+
+
 # --- Field types -------------------------------------------------------------------------------------------
 
-ModelSlug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,63}$")]
+ModelSlug = Annotated[str, StringConstraints(pattern=MODEL_ID_PATTERN)]
 # Ark Model IDs (`doubao-seedream-4-5-251128`) and endpoint IDs (`ep-20250101123456-abcde`).
 UpstreamModel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{1,127}$")]
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=PROMPT_MAX_CHARS)]
@@ -229,7 +305,8 @@ Duration = Annotated[int, Field(ge=VIDEO_MIN_DURATION, le=VIDEO_MAX_DURATION)]
 Frames = Annotated[int, AfterValidator(_frames)]
 Seed = Annotated[int, Field(ge=VIDEO_MIN_SEED, le=VIDEO_MAX_SEED)]
 # Usernames are case-insensitive: stored and compared in lower case.
-Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=r"^[a-z0-9_.-]{3,64}$")]
+Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USERNAME_PATTERN)]
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 Role = Literal["user", "admin"]
 NewPassword = Annotated[str, StringConstraints(min_length=8, max_length=256)]
 DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
@@ -334,7 +411,8 @@ class TaskListQuery(_Query):
 
 
 class AdminTaskListQuery(TaskListQuery):
-    user: Username | None = None
+    user: Username | None = None  # the account that holds this name now
+    user_id: UserId | None = None  # any account, a deleted one included
 
 
 class TaskError(_Body):

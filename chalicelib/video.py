@@ -44,6 +44,7 @@ from chalicelib.db import TaskRecord
 from chalicelib.errors import Unauthorized
 from chalicelib.settings import Settings, get_settings
 from chalicelib.statemachine import StaleTask
+from chalicelib.validation import is_task_id
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def default_service() -> VideoService:
 
 def _task_with_secret(task_id: str, token: str) -> TaskRecord:
     denied = Unauthorized("The callback token is missing or wrong.", code="invalid_callback_token")
-    if not task_id or not token:
+    if not token or not is_task_id(task_id):  # checked before the read: DynamoDB refuses oversized keys
         raise denied
     try:
         task = TaskRecord.get(task_id, consistent_read=True)

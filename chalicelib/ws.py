@@ -2,7 +2,9 @@
 
 A browser asks `POST /api/ws/ticket` (authenticated) for a single-use ticket valid for a minute and opens the
 socket with `?ticket=...`, so no long-lived token travels in a URL (API Gateway and proxies log those).
-`$connect` redeems the ticket and stores the connection under its user. After every task change the state
+`$connect` redeems the ticket, checks that the session which asked for it is still live (a user disabled,
+deleted or logged out within the minute gets no socket) and stores the connection under its user id and
+session, so ending the session or the account closes it (`disconnect_user`). After every task change the state
 machine writes, the publisher posts `{"type": "task_update", ...}` to each open connection of the task's owner
 through API Gateway's management API (`@connections`), which works from any Lambda, unlike
 `app.websocket_api.send`, which works only inside WebSocket handlers.
@@ -26,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pynamodb.exceptions import DeleteError, DoesNotExist
 
 from chalicelib import statemachine
-from chalicelib.auth import secret_digest
+from chalicelib.auth import Authenticator, Principal, secret_digest
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ConnectionRecord, TaskRecord, WsTicketRecord
 from chalicelib.settings import Settings, get_settings
@@ -53,6 +55,14 @@ class Ticket:
     expires_at: str
 
 
+@dataclass(frozen=True)
+class TicketHolder:
+    """Whom a redeemed ticket was issued to: the account (by id) and the login session that asked."""
+
+    user_id: str
+    session_id: str
+
+
 class Tickets:
     """Single-use tickets: the table holds only their hashes, and redeeming one deletes it conditionally."""
 
@@ -60,15 +70,16 @@ class Tickets:
         self.settings = settings or get_settings()
         self.clock = clock
 
-    def issue(self, username: str) -> Ticket:
+    def issue(self, principal: Principal) -> Ticket:
         ticket = secrets.token_urlsafe(32)
         expires = math.ceil(self.clock.now() + TICKET_TTL_S)
-        WsTicketRecord(secret_digest(ticket), user_id=username, expires_at_epoch=expires).save()
+        WsTicketRecord(secret_digest(ticket), user_id=principal.user_id, session_id=principal.session_id,
+                       expires_at_epoch=expires).save()
         base_url = self.settings.websocket_public_url
         return Ticket(ticket=ticket, url=f"{base_url}?ticket={ticket}" if base_url else None, expires_at=iso(expires))
 
-    def redeem(self, ticket: str) -> str | None:
-        """The username the ticket was issued to, the first time it is redeemed before it expires; else None."""
+    def redeem(self, ticket: str) -> TicketHolder | None:
+        """Whom the ticket was issued to, the first time it is redeemed before it expires; else None."""
         try:
             record = WsTicketRecord.get(secret_digest(ticket), consistent_read=True)
         except DoesNotExist:
@@ -78,9 +89,9 @@ class Tickets:
             record.delete(condition=WsTicketRecord.ticket_hash.exists())
         except DeleteError:
             return None
-        if record.expires_at_epoch <= self.clock.now():
-            return None
-        return record.user_id
+        if record.expires_at_epoch <= self.clock.now() or not record.session_id:
+            return None  # expired, or issued before tickets named their session (they live a minute)
+        return TicketHolder(record.user_id, record.session_id)
 
 
 class Connections:
@@ -89,11 +100,12 @@ class Connections:
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
 
-    def open(self, connection_id: str, user_id: str) -> None:
+    def open(self, connection_id: str, user_id: str, session_id: str | None = None) -> None:
         now = self.clock.now()
         ConnectionRecord(
             connection_id,
             user_id=user_id,
+            session_id=session_id,
             connected_at=iso(now),
             expires_at_epoch=math.ceil(now + CONNECTION_TTL_S),
         ).save()
@@ -101,12 +113,13 @@ class Connections:
     def close(self, connection_id: str) -> None:
         ConnectionRecord(connection_id).delete()
 
-    def of_user(self, user_id: str) -> list[str]:
+    def of_user(self, user_id: str, session_id: str | None = None) -> list[str]:
+        """The user's live connections (only those opened by `session_id`, when given)."""
         live: list[str] = []
         for record in ConnectionRecord.by_user.query(user_id):
             if record.expires_at_epoch <= self.clock.now():
                 self.close(record.connection_id)
-            else:
+            elif session_id is None or record.session_id == session_id:
                 live.append(record.connection_id)
         return live
 
@@ -174,6 +187,7 @@ class LiveUpdates:
         self.settings = settings or get_settings()
         self.tickets = Tickets(self.settings, clock)
         self.connections = Connections(clock)
+        self.sessions = Authenticator(self.settings, clock)
         self._client_for = client_for
 
     # --- WebSocket routes (events as API Gateway sends them to Lambda) -------------------------------------
@@ -187,11 +201,22 @@ class LiveUpdates:
         ticket = (event.get("queryStringParameters") or {}).get("ticket")
         if not ticket:
             return _refused(401, "A ticket is required: POST /api/ws/ticket, then connect with ?ticket=.")
-        username = self.tickets.redeem(ticket)
-        if username is None:
+        holder = self.tickets.redeem(ticket)
+        if holder is None:
             return _refused(401, "The ticket is invalid, used or expired.")
-        self.connections.open(event["requestContext"]["connectionId"], username)
+        if not self._session_live(holder):
+            return _refused(401, "The session this ticket was issued to has ended; log in again.")
+        connection_id = event["requestContext"]["connectionId"]
+        self.connections.open(connection_id, holder.user_id, holder.session_id)
+        # Once more after storing it: an account disabled (or a session ended) between the check and the write
+        # found no connection to close, so this one must not open.
+        if not self._session_live(holder):
+            self.connections.close(connection_id)
+            return _refused(401, "The session this ticket was issued to has ended; log in again.")
         return {"statusCode": 200}
+
+    def _session_live(self, holder: TicketHolder) -> bool:
+        return self.sessions.session_principal(holder.session_id, holder.user_id) is not None
 
     def message(self, event: dict[str, Any]) -> WsResponse:
         context = event["requestContext"]
@@ -206,6 +231,28 @@ class LiveUpdates:
     def disconnect(self, event: dict[str, Any]) -> WsResponse:
         self.connections.close(event["requestContext"]["connectionId"])
         return {"statusCode": 200}
+
+    # --- closing a user's or a session's connections ----------------------------------------------------------
+
+    def disconnect_user(self, user_id: str, session_id: str | None = None) -> int:
+        """Close the user's open connections (only those `session_id` opened, when given) and forget them; how
+        many were closed. A connection the gateway no longer knows is only forgotten."""
+        connection_ids = self.connections.of_user(user_id, session_id)
+        endpoint = self.settings.websocket_management_url
+        client = self._client_for(endpoint) if endpoint and connection_ids else None
+        closed = 0
+        for connection_id in connection_ids:
+            if client is not None:
+                try:
+                    client.delete_connection(ConnectionId=connection_id)
+                    closed += 1
+                except client.exceptions.GoneException:
+                    pass
+                except (BotoCoreError, ClientError):
+                    logger.warning("could not close WebSocket connection %s", connection_id, exc_info=True)
+            # Forgotten even when the gateway could not be reached: nothing is published to it any more.
+            self.connections.close(connection_id)
+        return closed
 
     def _origin_allowed(self, origin: str) -> bool:
         allowed = self.settings.ws_allowed_origins

@@ -86,6 +86,18 @@ class LocalStack:
         finally:
             httpx.put(f"{self.sim_url}/_sim/config", json={name: before[name] for name in changes}).raise_for_status()
 
+    def list_tasks(self, headers: Mapping[str, str], path: str = "/api/admin/tasks", **params: Any) -> list[dict]:
+        """Every task of a listing, following its cursors (a page may hold fewer than `limit`, even none)."""
+        tasks: list[dict] = []
+        query: dict[str, Any] = {"limit": 100, **params}
+        while True:
+            response = httpx.get(f"{self.api_url}{path}", headers=dict(headers), params=query, timeout=60.0)
+            response.raise_for_status()
+            tasks += response.json()["tasks"]
+            if not response.json()["next_cursor"]:
+                return tasks
+            query["cursor"] = response.json()["next_cursor"]
+
     def output(self) -> str:
         """Everything the stack printed so far (stdout and stderr)."""
         return self.output_path.read_text(errors="replace")

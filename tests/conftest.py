@@ -84,6 +84,23 @@ def seeded(aws_resources: None) -> None:
     seed(admin=ADMIN, users=[(*DEMO, "user"), (*OTHER, "user")], default_models=True)
 
 
+def user_id_of(username: str) -> str:
+    """The account id of the user holding `username` now (what owns its tasks, quotas and sockets)."""
+    from chalicelib.db import UserRecord
+
+    user_id = UserRecord.get(username, consistent_read=True).user_id
+    assert user_id
+    return user_id
+
+
+def principal_of(user: tuple[str, str]) -> Any:
+    """A fresh login session of `user`, as the API authenticates its requests (`chalicelib.auth.Principal`)."""
+    from chalicelib.auth import Authenticator
+
+    authenticator = Authenticator()
+    return authenticator.authenticate("Bearer " + authenticator.login(*user).token)
+
+
 class Api:
     """The Chalice test client with JSON helpers and a remembered token per user."""
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import jwt
 import pytest
@@ -74,6 +77,79 @@ def test_repeated_failures_are_throttled_even_with_the_right_password(api: Api) 
     assert int(throttled.headers["Retry-After"]) > 0
     # Another user is unaffected.
     assert login(api, *ADMIN).status_code == 200
+
+
+def throttled_authenticator(**limits: int) -> Any:
+    from chalicelib.auth import Authenticator
+    from chalicelib.clock import FrozenClock
+    from chalicelib.settings import get_settings
+
+    clock = FrozenClock(1_800_000_000.0)
+    return Authenticator(dataclasses.replace(get_settings(), **limits), clock), clock
+
+
+def outcome(authenticator: Any, user: tuple[str, str], source: str | None = None) -> int:
+    from chalicelib.errors import ApiError
+
+    try:
+        authenticator.login(*user, source) if source else authenticator.login(*user)
+    except ApiError as error:
+        return error.status
+    return 200
+
+
+@pytest.mark.abuse
+def test_forty_guesses_in_flight_at_once_cannot_pass_the_limit(seeded: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each guess is counted before its password is checked. Simulated in flight all at once, deterministically:
+    every password check lets the next guesses arrive before it answers. The stack test does it with threads."""
+    from chalicelib import auth
+
+    authenticator, _ = throttled_authenticator(login_max_failures=5, login_max_failures_per_user=50)
+    real_verify = auth.verify_password
+    guesses = [("demo", f"guess-{number}") for number in range(40)]
+    checked: list[str] = []
+    answers: list[int] = []
+
+    def arrive() -> None:
+        while guesses:
+            answers.append(outcome(authenticator, guesses.pop()))
+
+    def check_while_more_guesses_arrive(password_hash: str, password: str) -> bool:
+        checked.append(password)
+        arrive()  # this guess is still being checked
+        return real_verify(password_hash, password)
+
+    monkeypatch.setattr(auth, "verify_password", check_while_more_guesses_arrive)
+    arrive()
+
+    assert len(checked) == 5
+    assert sorted(answers) == [401] * 5 + [429] * 35
+    assert outcome(authenticator, DEMO) == 429  # the right password too, until the window ends
+
+
+@pytest.mark.abuse
+def test_guesses_from_elsewhere_do_not_lock_the_owner_out(seeded: None) -> None:
+    """Strict per (username, source), looser per username, and a source that logged in before is held to its
+    own limit only: an attacker spreading guesses over many addresses locks out new sources, not the owner's."""
+    authenticator, clock = throttled_authenticator(login_max_failures=3, login_max_failures_per_user=7,
+                                                   login_lockout_s=300)
+    home, wrong = "198.51.100.7", ("demo", "wrong-password")
+    assert outcome(authenticator, DEMO, home) == 200
+
+    # Strict per pair: the fourth guess from one address is refused, another address may still try.
+    assert [outcome(authenticator, wrong, "203.0.113.1") for _ in range(4)] == [401, 401, 401, 429]
+    assert [outcome(authenticator, wrong, "203.0.113.2") for _ in range(3)] == [401, 401, 401]
+    # Loose per username: 7 failures from anywhere, then even a new address with the right password waits.
+    assert [outcome(authenticator, wrong, f"203.0.113.{n}") for n in (3, 4)] == [401, 429]
+    assert outcome(authenticator, DEMO, "192.0.2.50") == 429
+    # The owner's own address is spared the username's limit, and a success frees its pair at once.
+    assert outcome(authenticator, ("demo", "typo"), home) == 401
+    assert outcome(authenticator, DEMO, home) == 200
+    # IPv6 clients are counted by their /64: rotating addresses inside it does not buy guesses.
+    assert outcome(authenticator, wrong, "2001:db8:1:2::1") == 429  # the username's window is still full
+    clock.advance(301)
+    assert [outcome(authenticator, wrong, f"2001:db8:1:2::{n}") for n in range(1, 5)] == [401, 401, 401, 429]
+    assert outcome(authenticator, DEMO, "192.0.2.50") == 200
 
 
 @pytest.mark.abuse
@@ -191,15 +267,67 @@ def test_admins_cannot_lock_themselves_out(api: Api) -> None:
     assert api.request("DELETE", "/api/admin/users/admin", as_user=ADMIN).status_code == 409
 
 
-def test_first_admin_comes_from_the_environment(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fresh_stage(aws_resources: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Api]:
+    """The API of a deployment with no accounts yet, whose first admin is ROOT; each test starts as a new
+    container would (it has not looked for its first admin yet)."""
+    from chalice.test import Client
+
+    from app import app
     from chalicelib import seed
 
-    monkeypatch.setenv("ADMIN_USERNAME", "root")
-    monkeypatch.setenv("ADMIN_PASSWORD", "root-password")
+    monkeypatch.setenv("ADMIN_USERNAME", ROOT[0])
+    monkeypatch.setenv("ADMIN_PASSWORD", ROOT[1])
     monkeypatch.setattr(seed, "_first_admin_checked", False)
-    response = login(api, "root", "root-password")
-    assert response.status_code == 200
-    assert response.data["role"] == "admin"
+    with Client(app) as client:
+        yield Api(client)
+
+
+ROOT = ("root", "root-password")
+
+
+def test_the_first_admin_comes_from_the_environment_once_and_stays_deleted(
+    fresh_stage: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib import seed
+
+    first = login(fresh_stage, *ROOT)
+    assert (first.status_code, first.data["role"]) == (200, "admin")
+    second = {"username": "second", "password": "second-pass", "role": "admin"}
+    assert fresh_stage.request("POST", "/api/admin/users", second, as_user=ROOT).status_code == 201
+    assert fresh_stage.request("DELETE", "/api/admin/users/root", as_user=("second", "second-pass")).status_code \
+        == 200
+
+    monkeypatch.setattr(seed, "_first_admin_checked", False)  # a fresh container (or a later deploy)
+    assert login(fresh_stage, *ROOT).status_code == 401
+    assert login(fresh_stage, "second", "second-pass").status_code == 200
+
+
+def test_a_stage_that_has_accounts_does_not_make_its_first_admin_again(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage bootstrapped before first-run steps were recorded: its first admin, if gone, stays gone."""
+    from chalicelib import seed
+
+    monkeypatch.setenv("ADMIN_USERNAME", ROOT[0])
+    monkeypatch.setenv("ADMIN_PASSWORD", ROOT[1])
+    monkeypatch.setattr(seed, "_first_admin_checked", False)
+    assert login(api, *ROOT).status_code == 401
+    assert seed.has_run(seed.FIRST_ADMIN)
+
+
+def test_a_first_run_step_runs_once_even_when_containers_start_together(aws_resources: None) -> None:
+    from chalicelib import seed
+
+    runs: list[str] = []
+
+    def second_container_starts_meanwhile() -> None:
+        runs.append("first")
+        assert seed.run_once("demo-step", lambda: runs.append("second"))  # it saw no record either
+
+    assert seed.run_once("demo-step", second_container_starts_meanwhile)
+    assert not seed.run_once("demo-step", lambda: runs.append("third"))
+    assert runs == ["first", "second"]
 
 
 def test_malformed_json_gets_the_error_body(api: Api) -> None:

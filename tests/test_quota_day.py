@@ -6,13 +6,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from chalicelib.auth import Principal
 from chalicelib.clock import FrozenClock
 from chalicelib.quota import quota_day
 from chalicelib.settings import Settings
 from chalicelib.tasks import TaskService
 from chalicelib.validation import ImageTaskRequest, parse
-from tests.conftest import Api
+from tests.conftest import DEMO, Api, principal_of
 
 
 def epoch(text: str) -> float:
@@ -37,7 +36,7 @@ def test_a_new_quota_day_starts_at_midnight_in_the_quota_timezone(api: Api) -> N
     api.request("PUT", "/api/admin/models/seedream-4.5", {"daily_quota": 1}, as_user=("admin", "admin-pass"))
     clock = FrozenClock(epoch("2026-03-01T15:59:00"))
     service = TaskService(s3=boto3.client("s3"), sqs=boto3.client("sqs"), settings=Settings(), clock=clock)
-    demo = Principal("demo", "user")
+    demo = principal_of(DEMO)
     request = parse(ImageTaskRequest, {"type": "image", "model_id": "seedream-4.5", "prompt": "p"})
 
     assert service.create(demo, request, {"n": 1}).status_code == 201

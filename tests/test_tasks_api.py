@@ -6,6 +6,8 @@ import base64
 import io
 import json
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
@@ -14,8 +16,10 @@ from PIL import Image
 from chalicelib import aws, queues, slots, statemachine, video
 from chalicelib.ark.client import VolcVideoClient
 from chalicelib.db import TaskRecord
+from chalicelib.tasks import TaskService
+from chalicelib.validation import ImageTaskRequest, parse
 from chalicelib.video import VideoService
-from tests.conftest import ADMIN, DEMO, OTHER, Api
+from tests.conftest import ADMIN, DEMO, OTHER, Api, principal_of, user_id_of
 
 IMAGE_TASK = {"type": "image", "model_id": "seedream-4.5", "prompt": "a red fox in snow"}
 VIDEO_TASK = {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "waves", "params": {"duration": 5}}
@@ -333,9 +337,129 @@ def test_admins_list_everyones_tasks(api: Api) -> None:
     mine = create(api, IMAGE_TASK).data["id"]
     theirs = create(api, IMAGE_TASK, user=OTHER).data["id"]
     everyone = api.request("GET", "/api/admin/tasks", as_user=ADMIN).data["tasks"]
-    assert [(task["id"], task["user"]) for task in everyone] == [(theirs, "other"), (mine, "demo")]
+    assert [(task["id"], task["user"], task["user_id"]) for task in everyone] == [
+        (theirs, "other", user_id_of("other")), (mine, "demo", user_id_of("demo"))]
     only_demo = api.request("GET", "/api/admin/tasks?user=demo", as_user=ADMIN).data["tasks"]
     assert [task["id"] for task in only_demo] == [mine]
+    by_id = api.request("GET", f"/api/admin/tasks?user_id={user_id_of('demo')}", as_user=ADMIN).data["tasks"]
+    assert [task["id"] for task in by_id] == [mine]
+    assert api.request("GET", "/api/admin/tasks?user=nobody", as_user=ADMIN).data["error"]["code"] == \
+        "user_not_found"
+
+
+def all_pages(api: Api, path: str, user: tuple[str, str], page_check: Callable[[Any], None]) -> list[dict]:
+    """Every task of a listing, following its cursors; `page_check` sees each page's response."""
+    tasks: list[dict] = []
+    cursor = None
+    for _ in range(200):
+        separator = "&" if "?" in path else "?"
+        response = api.request("GET", path + (f"{separator}cursor={cursor}" if cursor else ""), as_user=user)
+        assert response.status_code == 200, response.body
+        page_check(response)
+        tasks += response.data["tasks"]
+        cursor = response.data["next_cursor"]
+        if not cursor:
+            return tasks
+    raise AssertionError("the listing never ended")
+
+
+def lambda_response_bytes(response: Any) -> int:
+    """The size of the response as the API's Lambda returns it to API Gateway (the proxy integration's JSON)."""
+    return len(json.dumps({"statusCode": response.status_code, "headers": dict(response.headers),
+                           "body": response.body.decode(), "isBase64Encoded": False}))
+
+
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
+
+
+@pytest.mark.abuse
+def test_a_listing_page_stays_under_lambdas_response_limit_whatever_its_tasks_hold(api: Api) -> None:
+    """100 tasks of the largest kind: 4,000-character prompts (quotes, which JSON escapes twice on the way out)
+    and 14 reference URLs of 4,000 characters. One page of them would be over 6 MB."""
+    prompt = 'a "quoted" fox ' * 266 + "x" * 10
+    urls = [f"https://images.example.com/{index}/" + "p" * 3960 + ".png" for index in range(14)]
+    body = {**IMAGE_TASK, "prompt": prompt, "images": urls}
+    service, demo = TaskService(s3=aws.s3(), sqs=aws.sqs()), principal_of(DEMO)
+    created = [service.create(demo, parse(ImageTaskRequest, body), body).body["id"] for _ in range(100)]
+
+    sizes: list[int] = []
+
+    def under_the_limit(response: Any) -> None:
+        sizes.append(lambda_response_bytes(response))
+        assert sizes[-1] < LAMBDA_RESPONSE_LIMIT - 1024 * 1024  # room for headers and the envelope
+
+    for path, user in (("/api/tasks?limit=100", DEMO), ("/api/admin/tasks?limit=100", ADMIN)):
+        sizes.clear()
+        listed = all_pages(api, path, user, under_the_limit)
+        assert [task["id"] for task in listed] == list(reversed(created))
+        assert len(sizes) >= 2 and all(task["prompt"] == prompt and task["images"] == urls for task in listed)
+
+
+class QueryReads:
+    """How many items each DynamoDB Query read (ScannedCount), as the service sent them."""
+
+    def __init__(self) -> None:
+        self.counts: list[int] = []
+
+    def read_per_request(self, api: Api, path: str, user: tuple[str, str]) -> tuple[int, Any]:
+        self.counts.clear()
+        response = api.request("GET", path, as_user=user)
+        return sum(self.counts), response
+
+
+@pytest.fixture
+def query_reads(monkeypatch: pytest.MonkeyPatch) -> QueryReads:
+    from botocore.client import BaseClient
+
+    reads = QueryReads()
+    real_call = BaseClient._make_api_call
+
+    def counting_call(client: Any, operation: str, params: dict) -> Any:
+        answer = real_call(client, operation, params)
+        if operation == "Query" and params.get("IndexName") in ("by_user", "by_list_shard"):
+            reads.counts.append(int(answer.get("ScannedCount", 0)))
+        return answer
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", counting_call)
+    return reads
+
+
+@pytest.mark.abuse
+def test_a_filtered_listing_reads_a_bounded_number_of_items_per_request(
+    api: Api, monkeypatch: pytest.MonkeyPatch, query_reads: QueryReads
+) -> None:
+    """A filter that matches nothing must not read a whole history in one request: each answers after a read
+    budget (scaled down here) with a cursor, and following the cursors finds exactly the matches, in order."""
+    from chalicelib import tasks
+
+    monkeypatch.setattr(tasks, "PAGE_READ_BUDGET", 50, raising=False)
+    monkeypatch.setattr(tasks, "LISTING_QUERY_PAGE", 10, raising=False)
+    service, demo = TaskService(s3=aws.s3(), sqs=aws.sqs()), principal_of(DEMO)
+    request = parse(ImageTaskRequest, IMAGE_TASK)
+    created = [service.create(demo, request, IMAGE_TASK).body["id"] for _ in range(120)]
+    failed = [created[5], created[64], created[118]]
+    for task_id in failed:
+        statemachine.transition(stored(task_id), statemachine.FAILED)
+
+    for path, user in (("/api/tasks?status=succeeded&limit=20", DEMO),
+                       ("/api/admin/tasks?status=succeeded&limit=20", ADMIN)):
+        items_read, first = query_reads.read_per_request(api, path, user)
+        assert first.status_code == 200 and first.data["tasks"] == []
+        assert first.data["next_cursor"] and items_read < 60
+
+    per_request: list[int] = []
+
+    def bounded(response: Any) -> None:
+        per_request.append(sum(query_reads.counts))
+        query_reads.counts.clear()
+
+    for path, user in (("/api/tasks?status=failed&limit=20", DEMO), ("/api/admin/tasks?status=failed&limit=2",
+                                                                      ADMIN)):
+        per_request.clear()
+        query_reads.counts.clear()
+        matches = all_pages(api, path, user, bounded)
+        assert [task["id"] for task in matches] == list(reversed(failed))
+        assert max(per_request) < 60 and len(per_request) >= 3
 
 
 # --- status changes ----------------------------------------------------------------------------------------

@@ -11,11 +11,11 @@ import pytest
 
 from chalicelib import aws, quota, statemachine
 from chalicelib.clock import SYSTEM_CLOCK
-from chalicelib.db import TaskRecord
+from chalicelib.db import ConnectionRecord, TaskRecord
 from chalicelib.settings import get_settings
 from chalicelib.tasks import TaskService
 from chalicelib.ws import Connections, LiveUpdates
-from tests.conftest import ADMIN, DEMO, OTHER, Api
+from tests.conftest import ADMIN, DEMO, OTHER, Api, user_id_of
 from tests.test_tasks_api import IMAGE_TASK, png_data_uri
 
 pytestmark = pytest.mark.abuse
@@ -52,8 +52,8 @@ def test_another_users_task_is_invisible_to_every_route_and_to_their_websocket(a
     settings = dataclasses.replace(get_settings(), websocket_management_url="http://gateway.invalid")
     publisher = LiveUpdates(TaskService(s3=aws.s3(), sqs=aws.sqs()), settings=settings,
                             client_for=lambda _: gateway)
-    Connections().open("demo-socket=", DEMO[0])
-    Connections().open("other-socket=", OTHER[0])
+    Connections().open("demo-socket=", user_id_of(DEMO[0]))
+    Connections().open("other-socket=", user_id_of(OTHER[0]))
     statemachine.listeners.append(publisher.publish)
     try:
         task_id = create(api, {**IMAGE_TASK, "images": [png_data_uri()]}).data["id"]
@@ -165,3 +165,262 @@ def test_hostile_task_bodies_are_refused_with_every_bad_field_named(api: Api) ->
         assert [detail["field"] for detail in response.data["error"]["details"]] == [field]
         assert "x" * 100 not in response.body.decode() and "9" * 100 not in response.body.decode()
     assert api.request("GET", "/api/tasks", as_user=DEMO).data["tasks"] == []
+
+
+# --- accounts: a name used again, ended sessions and their sockets -------------------------------------------
+
+
+def test_a_new_account_with_a_deleted_users_name_inherits_nothing(api: Api) -> None:
+    """Safeguard: tasks, quota counters, idempotency keys and uploads belong to the account's user id, which a
+    new account with the same name never gets."""
+    api.request("PUT", "/api/admin/models/seedream-4.5", {"user_daily_quota": 1}, as_user=ADMIN)
+    key = {"Idempotency-Key": "order-7"}
+    old_task = api.request("POST", "/api/tasks", IMAGE_TASK, as_user=DEMO, headers=key).data["id"]
+    old_upload = api.request("POST", "/api/uploads", {"content_type": "image/png", "size": 1000}, as_user=DEMO)
+    old_id = api.request("GET", "/api/users/me", as_user=DEMO).data.get("user_id")
+
+    assert api.request("DELETE", "/api/admin/users/demo", as_user=ADMIN).status_code == 200
+    again = ("demo", "a-new-password")
+    assert api.request("POST", "/api/admin/users", {"username": again[0], "password": again[1]},
+                       as_user=ADMIN).status_code == 201
+    api.tokens.pop("demo")  # the old account's token is dead: `again` logs in afresh
+
+    assert api.request("GET", "/api/tasks", as_user=again).data["tasks"] == []
+    assert old_id and user_id_of("demo") != old_id
+    for method, path in (("GET", ""), ("POST", "/cancel"), ("DELETE", "")):
+        assert api.request(method, f"/api/tasks/{old_task}{path}", as_user=again).status_code == 404
+    # The same key is a new request of a new account, within its own (fresh) daily quota.
+    new_task = api.request("POST", "/api/tasks", IMAGE_TASK, as_user=again, headers=key)
+    assert new_task.status_code == 201 and new_task.data["id"] != old_task
+    uses_old_upload = {**IMAGE_TASK, "images": [old_upload.data["ref"]]}
+    assert api.request("POST", "/api/tasks", uses_old_upload, as_user=again).status_code == 400
+
+    listed = api.request("GET", "/api/admin/tasks", as_user=ADMIN).data["tasks"]
+    assert [(task["id"], task["user"], task["user_id"]) for task in listed] == [
+        (new_task.data["id"], "demo", user_id_of("demo")), (old_task, "demo", old_id)]
+    by_name = api.request("GET", "/api/admin/tasks?user=demo", as_user=ADMIN).data["tasks"]
+    assert [task["id"] for task in by_name] == [new_task.data["id"]]
+    me = api.request("GET", "/api/users/me", as_user=again).data
+    assert (me["username"], me["user_id"]) == ("demo", user_id_of("demo"))
+
+
+class ClosingManagementApi(RecordingManagementApi):
+    """`@connections` that also records which connections were closed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed: list[str] = []
+
+    def delete_connection(self, ConnectionId: str) -> None:
+        self.closed.append(ConnectionId)
+
+
+def connect_event(ticket: str, connection_id: str) -> dict[str, Any]:
+    return {"headers": {}, "queryStringParameters": {"ticket": ticket},
+            "requestContext": {"routeKey": "$connect", "eventType": "CONNECT", "connectionId": connection_id,
+                               "domainName": "gateway.invalid", "stage": "api", "apiId": "local"}}
+
+
+@pytest.fixture
+def sockets(api: Api, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The app's live updates with a recording gateway; `open_socket(token, id)` connects with a new ticket."""
+    import app as app_module
+
+    gateway = ClosingManagementApi()
+    settings = dataclasses.replace(get_settings(), websocket_management_url="http://gateway.invalid")
+    live = LiveUpdates(TaskService(s3=aws.s3(), sqs=aws.sqs()), settings=settings, client_for=lambda _: gateway)
+    monkeypatch.setattr(app_module, "live_updates", lambda: live)
+
+    def connect(token: str, connection_id: str) -> int:
+        ticket = api.request("POST", "/api/ws/ticket", token=token).data["ticket"]
+        return live.connect(connect_event(ticket, connection_id))["statusCode"]
+
+    def is_open(connection_id: str) -> bool:
+        return connection_id not in gateway.closed and ConnectionRecord.count(connection_id) == 1
+
+    return connect, is_open
+
+
+def test_logout_disable_password_change_and_delete_close_the_websockets_they_end(api: Api, sockets: Any) -> None:
+    """Safeguard: a connection records the session whose ticket opened it; ending that session closes it, and
+    ending every session of an account (disable, password change, delete) closes all of its connections."""
+    connect, is_open = sockets
+    morning, evening = api.token(DEMO), login_token(api, DEMO)
+    other = api.token(OTHER)
+    assert [connect(morning, "demo-a="), connect(evening, "demo-b="), connect(other, "other-a=")] == [200] * 3
+
+    assert api.request("POST", "/api/users/logout", token=morning).status_code == 200
+    assert (is_open("demo-a="), is_open("demo-b="), is_open("other-a=")) == (False, True, True)
+
+    assert api.request("PUT", "/api/admin/users/demo", {"password": "changed-password"}, as_user=ADMIN).status_code \
+        == 200
+    assert (is_open("demo-b="), is_open("other-a=")) == (False, True)
+
+    assert connect(login_token(api, ("demo", "changed-password")), "demo-c=") == 200
+    assert api.request("PUT", "/api/admin/users/demo", {"disabled": True}, as_user=ADMIN).status_code == 200
+    assert not is_open("demo-c=")
+
+    assert api.request("DELETE", "/api/admin/users/other", as_user=ADMIN).status_code == 200
+    assert not is_open("other-a=")
+
+
+def login_token(api: Api, user: tuple[str, str]) -> str:
+    response = api.request("POST", "/api/users/login", {"username": user[0], "password": user[1]})
+    assert response.status_code == 200, response.body
+    return response.data["token"]
+
+
+@pytest.mark.usefixtures("sockets")
+@pytest.mark.parametrize("ending", ["disabled", "deleted", "deleted and the name used again", "logged out",
+                                    "password changed"])
+def test_a_ticket_opens_no_socket_once_its_session_or_account_has_ended(api: Api, ending: str) -> None:
+    """Safeguard: `$connect` checks the ticket's session and account again, within the ticket's minute."""
+    token = login_token(api, DEMO)
+    ticket = api.request("POST", "/api/ws/ticket", token=token).data["ticket"]
+    if ending == "disabled":
+        api.request("PUT", "/api/admin/users/demo", {"disabled": True}, as_user=ADMIN)
+    elif ending.startswith("deleted"):
+        api.request("DELETE", "/api/admin/users/demo", as_user=ADMIN)
+        if ending.endswith("again"):
+            api.request("POST", "/api/admin/users", {"username": "demo", "password": DEMO[1]}, as_user=ADMIN)
+    elif ending == "logged out":
+        api.request("POST", "/api/users/logout", token=token)
+    else:
+        api.request("PUT", "/api/admin/users/demo", {"password": "changed-password"}, as_user=ADMIN)
+
+    import app as app_module
+
+    refused = app_module.live_updates().connect(connect_event(ticket, "late="))
+    assert refused["statusCode"] == 401
+    assert ConnectionRecord.count("late=") == 0
+
+
+# --- input the API must refuse before it reads anything -------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/users/login", "/api/tasks"])
+@pytest.mark.parametrize("depth", [33, 1000, 100_000])
+def test_deeply_nested_json_is_refused_before_it_is_decoded(api: Api, path: str, depth: int) -> None:
+    nested = '{"type": "image", "model_id": "seedream-4.5", "prompt": ' + "[" * depth + "]" * depth + "}"
+    response = api.request("POST", path, raw=nested, as_user=None if path.endswith("login") else DEMO)
+    # Too deep (400) or, for a login, larger than any login (413): either way never decoded.
+    assert (response.status_code, response.data["error"]["code"]) in ((400, "malformed_json"),
+                                                                      (413, "payload_too_large"))
+    assert response.status_code == 400 or len(nested) > 4096
+
+
+def test_a_login_body_larger_than_any_login_is_refused_before_it_is_decoded(api: Api) -> None:
+    response = api.request("POST", "/api/users/login", {"username": "demo", "password": "p" * 10_000})
+    assert response.status_code == 413
+
+
+@pytest.fixture
+def dynamodb_requests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every DynamoDB request the app sends, as JSON (moto accepts keys AWS refuses: what counts is that none
+    is sent)."""
+    from botocore.client import BaseClient
+
+    sent: list[str] = []
+    real_call = BaseClient._make_api_call
+
+    def recording_call(client: Any, operation: str, params: dict) -> Any:
+        if client.meta.service_model.service_name == "dynamodb":
+            sent.append(json.dumps(params, default=str))
+        return real_call(client, operation, params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", recording_call)
+    return sent
+
+
+OVERSIZED = {"task_id": "tsk_" + "a" * 1996, "model_id": "m" * 2000, "username": "u" * 2000}
+MALFORMED = {"task_id": "tsk_AAAAAAAAAAAAAAAAAAAAAAAAAA", "model_id": "Seedream 4.5", "username": "demo'--"}
+
+
+@pytest.mark.parametrize("values", [OVERSIZED, MALFORMED], ids=["oversized", "malformed"])
+def test_ids_outside_their_format_are_refused_on_every_route_before_any_read(
+    api: Api, dynamodb_requests: list[str], values: dict[str, str]
+) -> None:
+    """Safeguard: `Http.endpoint` checks every path parameter against its format (`validation.PATH_PARAMETERS`)
+    before the view runs; listed from the app's own routes, so a new route with an id is covered too."""
+    from urllib.parse import quote
+
+    from app import app
+
+    api.token(ADMIN)
+    checked = 0
+    for path, methods in app.routes.items():
+        names = [name for name in values if "{" + name + "}" in path]
+        for name, method in ((name, method) for name in names for method in methods if method != "OPTIONS"):
+            concrete = path.replace("{task_id}", "tsk_" + "a" * 26).replace("{model_id}", "seedream-4.5")
+            concrete = concrete.replace("{username}", "demo").replace(
+                {"task_id": "tsk_" + "a" * 26, "model_id": "seedream-4.5", "username": "demo"}[name],
+                quote(values[name], safe=""))
+            dynamodb_requests.clear()
+            response = api.request(method, concrete, {"status": "failed"}, as_user=ADMIN)
+            assert 400 <= response.status_code < 500 and response.data["error"]["code"], (method, path)
+            assert not any(values[name] in request for request in dynamodb_requests), (method, path)
+            checked += 1
+    assert checked >= 9
+
+
+def test_oversized_keys_in_the_callback_cursor_and_idempotency_key_are_refused_before_any_read(
+    api: Api, dynamodb_requests: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib import video
+    from chalicelib.ark.client import VolcVideoClient
+
+    service = video.VideoService(VolcVideoClient("http://127.0.0.1:9", "sk-unused"), s3=aws.s3(), sqs=aws.sqs())
+    monkeypatch.setattr(video, "default_service", lambda: service)
+    api.token(DEMO)
+    api.token(ADMIN)
+    long_task_id, long_key = OVERSIZED["task_id"], "k" * 2000
+    cursor = base64.urlsafe_b64encode(("2026-01-01T00:00:00.000Z#" + "x" * 1500).encode()).decode()
+    dynamodb_requests.clear()
+    answers = {
+        "callback": api.request("POST", f"/api/queue/callback?task_id={long_task_id}&token=t", {"id": "cgt-1"}),
+        "cursor": api.request("GET", f"/api/tasks?cursor={cursor}", as_user=DEMO),
+        "idempotency key": api.request("POST", "/api/tasks", IMAGE_TASK, as_user=DEMO,
+                                       headers={"Idempotency-Key": long_key}),
+        "admin user filter": api.request("GET", "/api/admin/tasks?user=" + "u" * 2000, as_user=ADMIN),
+    }
+    for name, response in answers.items():
+        assert 400 <= response.status_code < 500 and response.data["error"]["code"], name
+    assert answers["idempotency key"].data["error"]["details"][0]["field"] == "Idempotency-Key"
+    assert not any(value in request for request in dynamodb_requests
+                   for value in (long_task_id, long_key, "x" * 1500, "u" * 2000))
+    assert api.request("GET", "/api/tasks", as_user=DEMO).data["tasks"] == []
+    # At the cap, a key is used as given.
+    headers = {"Idempotency-Key": "k" * 255}
+    first = api.request("POST", "/api/tasks", IMAGE_TASK, as_user=DEMO, headers=headers)
+    assert first.status_code == 201
+    assert api.request("POST", "/api/tasks", IMAGE_TASK, as_user=DEMO, headers=headers).data == first.data
+
+
+# --- parallel password guesses on the real stack ---------------------------------------------------------------
+
+
+@pytest.mark.stack
+def test_forty_parallel_wrong_logins_on_the_stack_reach_the_password_check_five_times(local_stack: Any) -> None:
+    """40 wrong passwords for one user at once over HTTP: the throttle counts before checking, so 5 are
+    answered 401 (LOGIN_MAX_FAILURES) and the rest 429; the right password then waits too."""
+    import uuid
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    timeout = httpx.Timeout(60.0)
+    admin = httpx.post(f"{local_stack.api_url}/api/users/login", timeout=timeout, json={
+        "username": local_stack.admin.username, "password": local_stack.admin.password}).json()["token"]
+    victim = {"username": f"victim-{uuid.uuid4().hex[:8]}", "password": "the-right-password"}
+    created = httpx.post(f"{local_stack.api_url}/api/admin/users", json=victim, timeout=timeout,
+                         headers={"Authorization": f"Bearer {admin}"})
+    assert created.status_code == 201, created.text
+
+    def guess(number: int) -> int:
+        return httpx.post(f"{local_stack.api_url}/api/users/login", timeout=timeout,
+                          json={"username": victim["username"], "password": f"guess-{number}"}).status_code
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        codes = sorted(pool.map(guess, range(40)))
+    assert codes == [401] * 5 + [429] * 35
+    assert httpx.post(f"{local_stack.api_url}/api/users/login", json=victim, timeout=timeout).status_code == 429

@@ -52,9 +52,7 @@ def submit_in_parallel(stack: LocalStack, headers: dict[str, str], body: dict, c
 
 
 def unfinished(stack: LocalStack, admin: dict[str, str], model_id: str) -> int:
-    return sum(len(httpx.get(f"{stack.api_url}/api/admin/tasks", headers=admin, timeout=TIMEOUT,
-                             params={"model_id": model_id, "status": status, "limit": 100}).json()["tasks"])
-               for status in ("queued", "running"))
+    return sum(len(stack.list_tasks(admin, model_id=model_id, status=status)) for status in ("queued", "running"))
 
 
 def test_200_parallel_tasks_never_exceed_the_models_concurrency_at_ark_and_all_complete(
@@ -80,9 +78,7 @@ def test_200_parallel_tasks_never_exceed_the_models_concurrency_at_ark_and_all_c
     stats = httpx.get(f"{local_stack.sim_url}/_sim/stats").json()
     assert stats["max_in_flight"][UPSTREAM_MODEL] == concurrency  # reached, never passed
     assert stats["calls"]["images.generate"][UPSTREAM_MODEL] >= 200
-    succeeded = httpx.get(f"{local_stack.api_url}/api/admin/tasks", headers=admin, timeout=TIMEOUT,
-                          params={"model_id": model_id, "status": "succeeded", "limit": 100}).json()
-    assert len(succeeded["tasks"]) == 100 and succeeded["next_cursor"]
+    assert len(local_stack.list_tasks(admin, model_id=model_id, status="succeeded")) == 200
     model = httpx.get(f"{local_stack.api_url}/api/admin/models/{model_id}", headers=admin, timeout=TIMEOUT).json()
     assert model["slots_in_use"] == 0 and model["usage_today"]["used"] == 200
 

@@ -11,7 +11,7 @@ from chalicelib import catalog, slots, statemachine
 from chalicelib.db import ModelRecord
 from chalicelib.lanes import IMAGE_LEASE_MARGIN_S, Delivery, Retry
 from chalicelib.resources import lane_named
-from tests.conftest import DEMO
+from tests.conftest import DEMO, user_id_of
 from tests.lanes.conftest import IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
 from tests.lanes.test_image_lane import ImagesCallingBack
 from tests.lanes.test_video_lane import ark_status, submitted
@@ -128,8 +128,8 @@ def test_slots_leaked_by_ended_or_unclaimed_tasks_are_freed(lanes: Lanes) -> Non
 
 
 def test_a_vanished_tasks_slot_is_freed_with_its_users_slot(lanes: Lanes) -> None:
-    user_slot = slots.user_slot_key(IMAGE_MODEL, DEMO[0])
-    slots.acquire(IMAGE_MODEL, "tsk_vanished", 4, lanes.clock.now() + 600, user_id=DEMO[0], user_cap=1)
+    user_slot = slots.user_slot_key(IMAGE_MODEL, user_id_of(DEMO[0]))
+    slots.acquire(IMAGE_MODEL, "tsk_vanished", 4, lanes.clock.now() + 600, user_id=user_id_of(DEMO[0]), user_cap=1)
     assert slots.in_use(user_slot) == 1
 
     assert lanes.sweeper().sweep().leases_reclaimed == 1

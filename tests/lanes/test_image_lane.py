@@ -15,7 +15,7 @@ from chalicelib.ark.errors import ArkError, ArkQuotaExhaustedError
 from chalicelib.db import TaskRecord
 from chalicelib.lanes import Retry, _wake, wake_next
 from chalicelib.resources import lane_named
-from tests.conftest import ADMIN, DEMO, OTHER
+from tests.conftest import ADMIN, DEMO, OTHER, user_id_of
 from tests.lanes.conftest import ARK_KEY, IMAGE_MODEL, IMAGE_TASK, Lanes, record_for
 
 IMAGE_LANE = lane_named("image")
@@ -95,7 +95,8 @@ def test_no_free_slot_defers_the_message_briefly_then_it_runs(lanes: Lanes) -> N
 def test_the_batch_answer_names_only_the_deferred_message(lanes: Lanes) -> None:
     runs, waits = lanes.submit(IMAGE_TASK, OTHER), lanes.submit(IMAGE_TASK, DEMO)
     lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
-    slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=DEMO[0], user_cap=1)
+    slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
+                  user_cap=1)
     records = [lanes.receive_for("image", runs), lanes.receive_for("image", waits)]
 
     answer = lanes.worker("image").handle(records)
@@ -190,13 +191,13 @@ def test_a_deferred_message_already_visible_again_counts_as_woken(lanes: Lanes, 
 def test_a_released_slot_skips_waiting_tasks_whose_user_is_at_the_cap(lanes: Lanes) -> None:
     lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)
     lanes.set_model(IMAGE_MODEL, concurrency=2, max_running_per_user=1)
-    for holder, user in (("tsk_demo_running", DEMO[0]), ("tsk_other_running", OTHER[0])):
+    for holder, user in (("tsk_demo_running", user_id_of(DEMO[0])), ("tsk_other_running", user_id_of(OTHER[0]))):
         slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60, user_id=user, user_cap=1)
     demo_waiting, other_waiting = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
     records = [lanes.receive_for("image", demo_waiting), lanes.receive_for("image", other_waiting)]
     assert len(lanes.worker("image").handle(records)["batchItemFailures"]) == 2
 
-    slots.release(IMAGE_MODEL, "tsk_other_running", OTHER[0])
+    slots.release(IMAGE_MODEL, "tsk_other_running", user_id_of(OTHER[0]))
     wake_next(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL))
 
     # Demo's task waited longer, but demo still runs one: the freed slot goes to the other user's task.
@@ -226,7 +227,7 @@ def test_an_admin_changing_concurrency_applies_to_the_next_acquire(lanes: Lanes)
 def test_the_per_user_cap_keeps_one_users_burst_from_taking_every_slot(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=3, max_running_per_user=1)
     lease = lanes.clock.now() + 60
-    assert slots.acquire(IMAGE_MODEL, "tsk_demo_running", 3, lease, user_id=DEMO[0], user_cap=1)
+    assert slots.acquire(IMAGE_MODEL, "tsk_demo_running", 3, lease, user_id=user_id_of(DEMO[0]), user_cap=1)
     demo_task, other_task = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
     worker = lanes.worker("image")
 
@@ -236,7 +237,7 @@ def test_the_per_user_cap_keeps_one_users_burst_from_taking_every_slot(lanes: La
     assert lanes.task(demo_task).status == "queued"
     assert lanes.task(other_task).status == "succeeded"
     # Releasing demo's running task frees demo's cap too.
-    slots.release(IMAGE_MODEL, "tsk_demo_running", DEMO[0])
+    slots.release(IMAGE_MODEL, "tsk_demo_running", user_id_of(DEMO[0]))
     worker.handle([record_for(demo_task)])
     assert lanes.task(demo_task).status == "succeeded"
 
@@ -385,7 +386,8 @@ def test_the_lambda_handler_answers_with_batch_item_failures(lanes: Lanes, monke
 
     monkeypatch.setattr(lanes_module, "worker", lambda name: lanes.worker(name))
     lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
-    slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=DEMO[0], user_cap=1)
+    slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
+                  user_cap=1)
     first, second = lanes.submit(IMAGE_TASK, OTHER), lanes.submit(IMAGE_TASK, DEMO)
     records = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
 

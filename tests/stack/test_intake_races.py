@@ -75,14 +75,9 @@ def test_parallel_requests_never_exceed_the_daily_quota(local_stack: LocalStack)
     }
     usage = _usage_today(local_stack, admin, model_id)
     assert usage["used"] == 100
-    listed = httpx.get(
-        f"{local_stack.api_url}/api/admin/tasks",
-        headers=admin,
-        params={"model_id": model_id, "limit": 100},
-        timeout=TIMEOUT,
-    ).json()
+    listed = local_stack.list_tasks(admin, model_id=model_id)
     accepted = {response.json()["id"] for response in responses if response.status_code == 201}
-    assert {task["id"] for task in listed["tasks"]} == accepted
+    assert {task["id"] for task in listed} == accepted
 
 
 def test_parallel_requests_with_one_idempotency_key_create_one_task(local_stack: LocalStack) -> None:

@@ -13,13 +13,12 @@ import requests
 from PIL import Image
 
 from chalicelib import media
-from chalicelib.auth import Principal
 from chalicelib.clock import FrozenClock
 from chalicelib.errors import ValidationFailed
 from chalicelib.images import reference_image_problem
 from chalicelib.uploads import UPLOAD_TTL_S, UploadService
 from chalicelib.validation import UploadRequest
-from tests.conftest import DEMO, OTHER, Api
+from tests.conftest import DEMO, OTHER, Api, principal_of
 
 IMAGE_TASK = {"type": "image", "model_id": "seedream-4.5", "prompt": "a red fox in snow"}
 VIDEO_TASK = {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "waves", "params": {"duration": 5}}
@@ -117,12 +116,13 @@ def test_an_expired_upload_cannot_be_used(seeded: None) -> None:
     clock = FrozenClock()
     s3 = boto3.client("s3")
     service = UploadService(s3=s3, clock=clock)
-    form = service.create(Principal("demo", "user"), UploadRequest(content_type="image/png", size=50_000))
+    demo = principal_of(DEMO)
+    form = service.create(demo, UploadRequest(content_type="image/png", size=50_000))
     post_file(form.body(), png())
-    ref = service.attach("demo", form.upload_id, "tsk_one", 0, reference_image_problem)
+    ref = service.attach(demo.user_id, form.upload_id, "tsk_one", 0, reference_image_problem)
     assert media.split_s3_ref(ref)[1] == "tasks/tsk_one/inputs/0.png"
 
     clock.advance(UPLOAD_TTL_S + 1)
     with pytest.raises(ValidationFailed) as refused:
-        service.attach("demo", form.upload_id, "tsk_two", 0, reference_image_problem)
+        service.attach(demo.user_id, form.upload_id, "tsk_two", 0, reference_image_problem)
     assert "expired" in refused.value.details[0]["message"]

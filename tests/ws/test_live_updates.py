@@ -19,9 +19,9 @@ from chalicelib.clock import FrozenClock
 from chalicelib.db import ConnectionRecord, TaskRecord, WsTicketRecord
 from chalicelib.settings import get_settings, reload_settings
 from chalicelib.tasks import TaskService
-from chalicelib.ws import TICKET_TTL_S, LiveUpdates, Tickets
+from chalicelib.ws import TICKET_TTL_S, LiveUpdates, TicketHolder, Tickets
 from devstack.ws_gateway import WebSocketGateway
-from tests.conftest import DEMO, OTHER, Api
+from tests.conftest import DEMO, OTHER, Api, principal_of, user_id_of
 from tests.polling import wait_for
 from tests.ws.conftest import WEB_ORIGIN, nothing_pending, receive
 
@@ -68,14 +68,15 @@ def test_ticket_route_needs_a_login_and_stores_only_the_hash(api: Api, gateway: 
     assert response.data["expires_at"].endswith("Z")
     stored = list(WsTicketRecord.scan())
     assert [record.ticket_hash for record in stored] == [hashlib.sha256(ticket.encode()).hexdigest()]
-    assert stored[0].user_id == DEMO[0]
+    assert stored[0].user_id == user_id_of(DEMO[0])
 
 
 def test_ticket_redeems_once(seeded: None) -> None:
     tickets = Tickets()
-    ticket = tickets.issue(DEMO[0]).ticket
+    demo = principal_of(DEMO)
+    ticket = tickets.issue(demo).ticket
 
-    assert tickets.redeem(ticket) == DEMO[0]
+    assert tickets.redeem(ticket) == TicketHolder(demo.user_id, demo.session_id)
     assert tickets.redeem(ticket) is None
     assert tickets.redeem("never-issued") is None
 
@@ -83,10 +84,11 @@ def test_ticket_redeems_once(seeded: None) -> None:
 def test_ticket_expires_after_a_minute(seeded: None) -> None:
     clock = FrozenClock(1_700_000_000.0)
     tickets = Tickets(clock=clock)
-    in_time, too_late = tickets.issue(DEMO[0]).ticket, tickets.issue(DEMO[0]).ticket
+    demo = principal_of(DEMO)
+    in_time, too_late = tickets.issue(demo).ticket, tickets.issue(demo).ticket
 
     clock.advance(TICKET_TTL_S - 1)
-    assert tickets.redeem(in_time) == DEMO[0]
+    assert tickets.redeem(in_time) is not None
     clock.advance(2)
     assert tickets.redeem(too_late) is None
 
@@ -96,22 +98,24 @@ def test_ticket_expires_after_a_minute(seeded: None) -> None:
 
 def test_connect_stores_the_connection_under_the_ticket_owner(seeded: None) -> None:
     live = live_updates(FrozenClock())
-    ticket = live.tickets.issue(DEMO[0]).ticket
+    demo = principal_of(DEMO)
+    ticket = live.tickets.issue(demo).ticket
 
     assert live.connect(connect_event(ticket))["statusCode"] == 200
 
-    assert [(record.connection_id, record.user_id) for record in connections()] == [("conn-1=", DEMO[0])]
+    assert [(record.connection_id, record.user_id, record.session_id) for record in connections()] == [
+        ("conn-1=", demo.user_id, demo.session_id)]
 
 
 @pytest.mark.parametrize("problem", ["missing", "reused", "expired", "unknown"])
 def test_connect_without_a_valid_ticket_is_refused_and_stores_nothing(seeded: None, problem: str) -> None:
     clock = FrozenClock()
     live = live_updates(clock)
-    ticket: str | None = live.tickets.issue(DEMO[0]).ticket
+    ticket: str | None = live.tickets.issue(principal_of(DEMO)).ticket
     if problem == "missing":
         ticket = None
     elif problem == "reused":
-        assert live.tickets.redeem(ticket or "") == DEMO[0]
+        assert live.tickets.redeem(ticket or "") is not None
     elif problem == "expired":
         clock.advance(TICKET_TTL_S + 1)
     else:
@@ -123,7 +127,7 @@ def test_connect_without_a_valid_ticket_is_refused_and_stores_nothing(seeded: No
 
 def test_connect_from_a_foreign_origin_is_refused_and_stores_nothing(seeded: None) -> None:
     live = live_updates(FrozenClock())
-    ticket = live.tickets.issue(DEMO[0]).ticket
+    ticket = live.tickets.issue(principal_of(DEMO)).ticket
 
     assert live.connect(connect_event(ticket, origin="https://evil.example"))["statusCode"] == 403
     assert connections() == []
@@ -153,7 +157,7 @@ def test_updates_reach_every_open_connection_of_the_owner_only_and_gone_ones_are
 ) -> None:
     first, second, other = open_socket(DEMO), open_socket(DEMO), open_socket(OTHER)
     # Closed without its `$disconnect` reaching the app (it happens on AWS): the gateway answers 410 Gone.
-    ConnectionRecord("vanished=", user_id=DEMO[0], connected_at="2026-01-01T00:00:00.000Z",
+    ConnectionRecord("vanished=", user_id=user_id_of(DEMO[0]), connected_at="2026-01-01T00:00:00.000Z",
                      expires_at_epoch=4_000_000_000).save()
     task = create_task(api)
 
@@ -174,7 +178,7 @@ def test_updates_reach_every_open_connection_of_the_owner_only_and_gone_ones_are
 
 @pytest.mark.abuse
 def test_an_unreachable_gateway_never_fails_the_transition(api: Api, monkeypatch) -> None:
-    ConnectionRecord("somebody=", user_id=DEMO[0], connected_at="2026-01-01T00:00:00.000Z",
+    ConnectionRecord("somebody=", user_id=user_id_of(DEMO[0]), connected_at="2026-01-01T00:00:00.000Z",
                      expires_at_epoch=4_000_000_000).save()
     monkeypatch.setenv("WEBSOCKET_MANAGEMENT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     reload_settings()
