@@ -6,6 +6,7 @@ import os
 
 from chalicelib import catalog
 from chalicelib import users as accounts
+from chalicelib.settings import get_settings
 
 _first_admin_checked = False
 
@@ -18,7 +19,7 @@ def ensure_first_admin() -> None:
     global _first_admin_checked
     if _first_admin_checked:
         return
-    username, password = os.environ.get("ADMIN_USERNAME"), os.environ.get("ADMIN_PASSWORD")
+    username, password = os.environ.get("ADMIN_USERNAME"), get_settings().admin_password
     if username and password:
         accounts.ensure_user(username, password, role="admin")
     _first_admin_checked = True
