@@ -282,6 +282,18 @@ class UploadRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
+class MarkerRecord(_Base):
+    """Something this deployment did once (`chalicelib.first_run`); its existence is all it says."""
+
+    definition = resources.MARKERS
+
+    class Meta:
+        table_name = "markers"
+
+    marker_id = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute()
+
+
 ALL_MODELS: tuple[type[_Base], ...] = (
     UserRecord,
     SessionRecord,
@@ -294,6 +306,7 @@ ALL_MODELS: tuple[type[_Base], ...] = (
     ConnectionRecord,
     WsTicketRecord,
     UploadRecord,
+    MarkerRecord,
 )
 
 

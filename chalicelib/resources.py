@@ -112,6 +112,8 @@ CONNECTIONS = Table(
 )
 WS_TICKETS = Table("ws-tickets", Key("ticket_hash"), ttl_attribute="expires_at_epoch")
 UPLOADS = Table("uploads", Key("upload_id"), ttl_attribute="expires_at_epoch")
+# What a deployment did once and must never do again (`chalicelib.first_run`), e.g. create a default model.
+MARKERS = Table("markers", Key("marker_id"))
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -125,6 +127,7 @@ TABLES: tuple[Table, ...] = (
     CONNECTIONS,
     WS_TICKETS,
     UPLOADS,
+    MARKERS,
 )
 
 TASK_LIST_SHARDS = 4

@@ -37,3 +37,15 @@ def seed(
         accounts.ensure_user(username, password, role=role)
     if default_models:
         catalog.ensure_default_models()
+
+
+_default_models_checked = False
+
+
+def ensure_default_models() -> None:
+    """The default models a deployment has never had, created (`catalog.ensure_default_models`); checked once per
+    container by the scheduled sweeper, so a fresh stack on AWS gets its models within a minute of its deploy."""
+    global _default_models_checked
+    if not _default_models_checked:
+        catalog.ensure_default_models()
+        _default_models_checked = True

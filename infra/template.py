@@ -412,8 +412,9 @@ FUNCTION_ACCESS: dict[str, Access] = {
     **{lane_function_id(lane): _lane_access(lane) for lane in LANES},
     "VideoPoller": Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, media=PRESIGN,
                           reads_secret=True, posts_to_connections=True),
-    "Sweeper": Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, media=PRESIGN,
-                      reads_secret=True, posts_to_connections=True),
+    # It also creates the default models a deployment has never had (`chalicelib.first_run`).
+    "Sweeper": Access(writes=(*_TRANSITIONS, resources.MODELS, resources.MARKERS), sends_to_lanes=True,
+                      media=PRESIGN, reads_secret=True, posts_to_connections=True),
     # Redeems a single-use ticket (read and delete it) and records the connection: nothing else.
     "WebsocketConnect": Access(writes=(resources.WS_TICKETS, resources.CONNECTIONS)),
     "WebsocketMessage": Access(posts_to_connections=True),
