@@ -61,6 +61,7 @@ class Aws:
     region: str
     account_id: str
     say: Callable[[str], None] = field(default=print)
+    apigateway: Any = None
 
 
 # --- artifacts and the template's way to CloudFormation ---------------------------------------------------
@@ -250,6 +251,9 @@ def deploy(aws: Aws, stage: Stage, build_dir: Path, bucket: str, given: dict[str
     template_path = build_dir / stage.name / TEMPLATE_FILE
     if not template_path.exists():
         raise DeployError(f"{template_path} is missing: run `make package` first")
+    if aws.apigateway is not None and not aws.apigateway.get_account().get("cloudwatchRoleArn"):
+        raise DeployError("API Gateway may not write access logs in this account and region yet: set its CloudWatch "
+                          "role once (README, Deploying: what a stage needs)")
     name = stack_name(stage)
     key_prefix = f"{name}/templates"
     template, uploads = with_uploaded_artifacts(json.loads(template_path.read_text()), template_path.parent,
@@ -365,7 +369,7 @@ def real_aws(region: str | None) -> Aws:
         raise DeployError("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)")
     account_id = session.client("sts").get_caller_identity()["Account"]
     return Aws(session.client("cloudformation"), session.client("s3"), session.client("dynamodb"),
-               session.region_name, account_id)
+               session.region_name, account_id, apigateway=session.client("apigateway"))
 
 
 def main(argv: list[str] | None = None) -> int:

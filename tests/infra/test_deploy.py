@@ -143,6 +143,13 @@ def test_a_first_deploy_uploads_the_zips_once_and_creates_the_stack(cloud, build
     assert update["Parameters"] == [{"ParameterKey": "CorsOrigins", "UsePreviousValue": True}]
 
 
+def test_an_account_whose_api_gateway_cannot_log_is_told_before_anything_is_sent(cloud, build) -> None:
+    cloud.apigateway = boto3.client("apigateway", region_name=REGION)
+    with pytest.raises(deploy.DeployError, match="CloudWatch role"):
+        deploy.deploy(cloud, STAGES["dev"], build, ARTIFACTS, {"CorsOrigins": "https://app.example"})
+    assert cloud.cloudformation.calls == []
+
+
 def test_an_update_without_changes_is_not_an_error(cloud, build) -> None:
     deploy.deploy(cloud, STAGES["dev"], build, ARTIFACTS, {"CorsOrigins": "https://app.example"})
     cloud.cloudformation.failing_waiters.append("change_set_create_complete")
