@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infra.template import MEDIA_LOG_BUCKET_ID
-from tests.infra.conftest import PACKAGED
+from tests.infra.conftest import PACKAGED, shared_once
 
 pytestmark = PACKAGED
 
@@ -32,14 +32,19 @@ DEV_ONLY = {"CKV_AWS_73"}  # API tracing: off in dev, on in prod
 
 
 @pytest.fixture(scope="session")
-def scanned(packaged: dict[str, Path], scan_python: Path) -> dict[str, dict[str, Any]]:
+def scanned(packaged: dict[str, Path], scan_python: Path, tmp_path_factory: pytest.TempPathFactory,
+            ) -> dict[str, dict[str, Any]]:
     """One checkov run over both templates (its start-up is most of its time); results per stage."""
-    command = [str(scan_python), "-m", "checkov.main", "--framework", "cloudformation", "--output", "json",
-               "--compact", "--skip-download"]
-    for path in packaged.values():
-        command += ["--file", str(path)]
-    run = subprocess.run(command, capture_output=True, text=True, check=False)
-    reports = json.loads(run.stdout)
+
+    def scan(out: Path) -> None:
+        command = [str(scan_python), "-m", "checkov.main", "--framework", "cloudformation", "--output", "json",
+                   "--compact", "--skip-download"]
+        for path in packaged.values():
+            command += ["--file", str(path)]
+        run = subprocess.run(command, capture_output=True, text=True, check=False)
+        (out / "report.json").write_text(run.stdout)
+
+    reports = json.loads((shared_once(tmp_path_factory, "checkov", scan) / "report.json").read_text())
     reports = reports if isinstance(reports, list) else [reports]
     by_stage: dict[str, dict[str, Any]] = {stage: {"failed": [], "skipped": [], "passed": 0} for stage in packaged}
     for report in reports:

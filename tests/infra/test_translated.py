@@ -13,7 +13,7 @@ import pytest
 from chalicelib.resources import LANES
 from infra import deploy
 from infra.template import GATEWAY_ERROR_BODY, lane_function_id, queue_id
-from tests.infra.conftest import PACKAGED, resources_of
+from tests.infra.conftest import PACKAGED, resources_of, shared_once
 
 pytestmark = PACKAGED
 TRANSLATOR = Path(__file__).resolve().parents[2] / "infra" / "sam_translate.py"
@@ -22,16 +22,16 @@ TRANSLATOR = Path(__file__).resolve().parents[2] / "infra" / "sam_translate.py"
 @pytest.fixture(scope="session")
 def translated(packaged: dict[str, Path], scan_python: Path, tmp_path_factory: pytest.TempPathFactory,
                ) -> dict[str, dict[str, Any]]:
-    out = tmp_path_factory.mktemp("translated")
-    result = {}
-    for stage, path in packaged.items():
-        uploaded, _ = deploy.with_uploaded_artifacts(json.loads(path.read_text()), path.parent, "artifacts", stage)
-        source, target = out / f"{stage}-sam.json", out / f"{stage}-cfn.json"
-        source.write_text(json.dumps(uploaded))
-        subprocess.run([str(scan_python), str(TRANSLATOR), str(source), str(target),
-                        "CorsOrigins=https://app.example"], check=True, capture_output=True, text=True)
-        result[stage] = json.loads(target.read_text())
-    return result
+    def translate(out: Path) -> None:
+        for stage, path in packaged.items():
+            uploaded, _ = deploy.with_uploaded_artifacts(json.loads(path.read_text()), path.parent, "artifacts", stage)
+            source = out / f"{stage}-sam.json"
+            source.write_text(json.dumps(uploaded))
+            subprocess.run([str(scan_python), str(TRANSLATOR), str(source), str(out / f"{stage}-cfn.json"),
+                            "CorsOrigins=https://app.example"], check=True, capture_output=True, text=True)
+
+    out = shared_once(tmp_path_factory, "sam-translated", translate)
+    return {stage: json.loads((out / f"{stage}-cfn.json").read_text()) for stage in packaged}
 
 
 def test_nothing_serverless_is_left(translated: dict[str, dict[str, Any]]) -> None:
