@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint sim bench package clean deps
+.PHONY: run test lint sim bench package clean deps toolchains lock deploy destroy
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ run: $(STAMP)
 sim: $(STAMP)
 	$(PY) -m arksim
 
-test: $(STAMP) $(CHROMIUM)
+# Packaging runs on the Lambda runtime's Python (3.13) in a venv of its own, and the scanners (checkov,
+# aws-sam-translator) in another: neither fits the dev venv. Both are kept per content under ~/.cache/arkflow.
+toolchains: $(STAMP)
+	$(PY) -m infra.toolchain
+	$(PY) -m infra.toolchain --scan
+
+test: $(STAMP) $(CHROMIUM) toolchains
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
@@ -42,6 +48,24 @@ bench: $(STAMP)
 
 package: $(STAMP)
 	$(PY) -m infra.package
+
+# Re-resolve the runtime set (requirements.in) into requirements.txt, on the Lambda runtime's Python.
+lock: $(STAMP)
+	$(PY) -m infra.toolchain --lock
+
+# One stage to AWS: package it, upload its artifacts, create or update (or re-create) its stack, print its outputs.
+STAGE ?= dev
+deploy: $(STAMP)
+	@test -n "$(ARTIFACTS_BUCKET)" || { echo "usage: make deploy STAGE=dev|prod ARTIFACTS_BUCKET=<bucket>" \
+		"[CORS_ORIGINS=https://app.example.com] [WS_ALLOWED_ORIGINS=...] [ADMIN_USERNAME=...]"; exit 2; }
+	$(PY) -m infra.package --stage $(STAGE)
+	$(PY) -m infra.deploy deploy --stage $(STAGE) --artifacts-bucket "$(ARTIFACTS_BUCKET)" \
+		--parameter "CorsOrigins=$(CORS_ORIGINS)" --parameter "WsAllowedOrigins=$(WS_ALLOWED_ORIGINS)" \
+		--parameter "AdminUsername=$(ADMIN_USERNAME)"
+
+# Delete a stage's stack: dev empties its buckets first; prod keeps its tables and buckets (CONFIRM=arkflow-prod).
+destroy: $(STAMP)
+	$(PY) -m infra.deploy destroy --stage $(STAGE) --confirm "$(CONFIRM)"
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

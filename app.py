@@ -9,7 +9,7 @@ from typing import Any
 from chalice import Chalice, Rate
 from chalice.app import SQSEvent, WebsocketEvent
 
-from chalicelib import aws, cancel, catalog, lanes, statemachine, status_updates, users, video
+from chalicelib import aws, cancel, catalog, lanes, seed, statemachine, status_updates, users, video
 from chalicelib.api import Http, RequestContext, json_response
 from chalicelib.auth import Authenticator
 from chalicelib.clock import SYSTEM_CLOCK
@@ -253,7 +253,9 @@ def video_poller(_: Any) -> dict[str, int]:
 
 @app.schedule(Rate(1, unit=Rate.MINUTES), name="sweeper")
 def sweeper(_: Any) -> dict[str, int]:
-    return vars(Sweeper(sqs=aws.sqs(), video=video.default_service()).sweep())
+    report = vars(Sweeper(sqs=aws.sqs(), video=video.default_service()).sweep())
+    seed.ensure_default_models()  # after the sweep, which a failure here must not hold up
+    return report
 
 
 # --- live updates over WebSockets ------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Any
 
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
-from chalicelib import quota, slots
+from chalicelib import first_run, quota, slots
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord, optional_int
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
@@ -45,9 +45,9 @@ def _resolve_lane(model_type: str, lane: str | None) -> str:
     return lane
 
 
-def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelRecord:
+def _new_model(request: ModelCreate, clock: Clock) -> ModelRecord:
     now = iso(clock.now())
-    model = ModelRecord(
+    return ModelRecord(
         request.model_id,
         type=request.type,
         upstream_model=request.upstream_model,
@@ -62,6 +62,10 @@ def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelReco
         created_at=now,
         updated_at=now,
     )
+
+
+def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelRecord:
+    model = _new_model(request, clock)
     try:
         model.save(condition=ModelRecord.model_id.does_not_exist())
     except PutError as exc:
@@ -151,23 +155,31 @@ def admin_body(model: ModelRecord, now: float) -> dict[str, Any]:
     }
 
 
+def default_model_marker(model_id: str) -> str:
+    return f"default-model#{model_id}"
+
+
 def ensure_default_models(clock: Clock = SYSTEM_CLOCK) -> list[str]:
-    """Create the default models that do not exist yet; returns the ids created."""
+    """Create each default model once per deployment (`chalicelib.first_run`); returns the ids created.
+
+    A default whose id already names a model is left as it is; one that was created before and deleted since is
+    not created again.
+    """
+    markers = {default.model_id: default_model_marker(default.model_id) for default in DEFAULT_MODELS}
+    done = first_run.marked(list(markers.values()))
     created = []
     for default in DEFAULT_MODELS:
-        try:
-            create_model(
-                ModelCreate(
-                    model_id=default.model_id,
-                    type=default.type,
-                    upstream_model=default.upstream_model,
-                    display_name=default.display_name,
-                    concurrency=default.concurrency,
-                    daily_quota=default.daily_quota,
-                ),
-                clock,
-            )
-        except Conflict:
+        if markers[default.model_id] in done:
             continue
-        created.append(default.model_id)
+        request = ModelCreate(
+            model_id=default.model_id,
+            type=default.type,
+            upstream_model=default.upstream_model,
+            display_name=default.display_name,
+            concurrency=default.concurrency,
+            daily_quota=default.daily_quota,
+        )
+        model = _new_model(request, clock)
+        if first_run.create_once(markers[default.model_id], model, ModelRecord.model_id.does_not_exist(), clock):
+            created.append(default.model_id)
     return created

@@ -299,16 +299,16 @@ class UploadRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
-class FirstRunRecord(_Base):
-    """A first-run step this deployment has done (`chalicelib.seed.run_once`)."""
+class MarkerRecord(_Base):
+    """Something this deployment did once (`chalicelib.first_run`); its existence is all it says."""
 
-    definition = resources.FIRST_RUN
+    definition = resources.MARKERS
 
     class Meta:
-        table_name = "first-run"
+        table_name = "markers"
 
-    item = UnicodeAttribute(hash_key=True)
-    done_at = UnicodeAttribute()
+    marker_id = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute()
 
 
 ALL_MODELS: tuple[type[_Base], ...] = (
@@ -323,7 +323,7 @@ ALL_MODELS: tuple[type[_Base], ...] = (
     ConnectionRecord,
     WsTicketRecord,
     UploadRecord,
-    FirstRunRecord,
+    MarkerRecord,
 )
 
 

@@ -114,8 +114,8 @@ CONNECTIONS = Table(
 )
 WS_TICKETS = Table("ws-tickets", Key("ticket_hash"), ttl_attribute="expires_at_epoch")
 UPLOADS = Table("uploads", Key("upload_id"), ttl_attribute="expires_at_epoch")
-# One item per first-run step of a deployment (the first admin, ...), written once: the step never runs again.
-FIRST_RUN = Table("first-run", Key("item"))
+# What a deployment did once and must never do again (`chalicelib.first_run`), e.g. create a default model.
+MARKERS = Table("markers", Key("marker_id"))
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -129,7 +129,7 @@ TABLES: tuple[Table, ...] = (
     CONNECTIONS,
     WS_TICKETS,
     UPLOADS,
-    FIRST_RUN,
+    MARKERS,
 )
 
 TASK_LIST_SHARDS = 4

@@ -1,4 +1,4 @@
-"""Runtime configuration, read from the environment once per process.
+"""Runtime configuration, read from the environment once per process; secrets at run time.
 
 Everything that differs between a laptop and AWS is here; the code has no other local-only branches.
 """
@@ -8,9 +8,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
+
+from chalicelib import secret_store
 
 DEV_SIGNING_KEY = "arkflow-local-dev-signing-key-not-for-production"
 DEFAULT_ARK_BASE_URL = "https://ark.cn-beijing.volces.com/api/v3"
+# Lambda takes at most 6 MiB per synchronous invocation, and API Gateway's proxy event carries the body as a JSON
+# string beside the request's headers (twice: single- and multi-value) and context. 5 MiB leaves a 1 MiB margin,
+# so a body the app refuses gets the app's 413 rather than API Gateway's 502 for an oversized event.
+LAMBDA_PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
 
 
 def _int(name: str, default: int) -> int:
@@ -27,13 +35,46 @@ def _list(name: str, default: str = "") -> tuple[str, ...]:
     return tuple(part.strip() for part in os.environ.get(name, default).split(",") if part.strip())
 
 
+class SecretSetting:
+    """A setting read per use: a value given to `Settings(...)`, else its environment variable when set (the
+    laptop, the tests), else the key of the same name in the stage's Secrets Manager secret (`ARKFLOW_SECRET_ID`,
+    on AWS) through the container's short-lived copy (`chalicelib.secret_store`), so a rotation needs no deploy.
+
+    A dataclass field whose default is this descriptor: `Settings(ark_api_key="...")` still sets an explicit value.
+    """
+
+    def __init__(self, env_name: str, default: str = "", required: bool = True) -> None:
+        self.env_name = env_name
+        self.default = default
+        self.required = required
+        self._slot = f"_{env_name.lower()}"
+
+    def __get__(self, settings: Any, owner: type | None = None) -> Any:
+        if settings is None:
+            return self  # the dataclass default: "not given"
+        value: str = settings.__dict__[self._slot] or os.environ.get(self.env_name, "")
+        if value:
+            return value
+        if settings.secret_id:
+            return secret_store.store(settings.secret_id).get(self.env_name, required=self.required)
+        return self.default
+
+    def __set__(self, settings: Any, value: Any) -> None:
+        settings.__dict__[self._slot] = "" if value is self else value
+
+
+def _secret(env_name: str, default: str = "", required: bool = True) -> Any:
+    # Never shown or compared: repr() or == would read the secret.
+    return field(default=SecretSetting(env_name, default, required), repr=False, compare=False)
+
+
 @dataclass(frozen=True)
 class Settings:
     resource_prefix: str = field(default_factory=lambda: os.environ.get("ARKFLOW_PREFIX", "arkflow-dev"))
     region: str = field(default_factory=lambda: os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
-    token_signing_key: str = field(
-        default_factory=lambda: os.environ.get("TOKEN_SIGNING_KEY", DEV_SIGNING_KEY)
-    )
+    # The Secrets Manager secret the secret settings below come from when their variables are unset (AWS).
+    secret_id: str = field(default_factory=lambda: os.environ.get("ARKFLOW_SECRET_ID", ""))
+    token_signing_key: str = _secret("TOKEN_SIGNING_KEY", default=DEV_SIGNING_KEY)
     token_ttl_s: int = field(default_factory=lambda: _int("TOKEN_TTL_SECONDS", 12 * 3600))
     # argon2id cost; the defaults are argon2-cffi's (RFC 9106 low-memory profile). Tests lower them for speed.
     password_hash_time_cost: int = field(default_factory=lambda: _int("PASSWORD_HASH_TIME_COST", 3))
@@ -45,17 +86,22 @@ class Settings:
     login_lockout_s: int = field(default_factory=lambda: _int("LOGIN_LOCKOUT_SECONDS", 300))
     quota_timezone: str = field(default_factory=lambda: os.environ.get("QUOTA_TIMEZONE", "Asia/Shanghai"))
     cors_origins: tuple[str, ...] = field(default_factory=lambda: _list("CORS_ORIGINS"))
-    max_body_bytes: int = field(default_factory=lambda: _int("MAX_BODY_BYTES", 6 * 1024 * 1024))
-    internal_service_token: str = field(default_factory=lambda: os.environ.get("INTERNAL_SERVICE_TOKEN", ""))
+    max_body_bytes: int = field(default_factory=lambda: _int("MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+    internal_service_token: str = _secret("INTERNAL_SERVICE_TOKEN", required=False)
     ark_base_url: str = field(default_factory=lambda: os.environ.get("ARK_BASE_URL", DEFAULT_ARK_BASE_URL))
-    ark_api_key: str = field(default_factory=lambda: os.environ.get("ARK_API_KEY", ""))
+    ark_api_key: str = _secret("ARK_API_KEY")
+    # The first administrator's password (its name is ADMIN_USERNAME), used once per deployment (`chalicelib.seed`).
+    admin_password: str = _secret("ADMIN_PASSWORD", required=False)
     # Public base URL of the REST API, used to build Ark's callback_url.
     public_api_url: str = field(default_factory=lambda: os.environ.get("PUBLIC_API_URL", ""))
     websocket_management_url: str = field(
         default_factory=lambda: os.environ.get("WEBSOCKET_MANAGEMENT_URL", "")
     )
     websocket_public_url: str = field(default_factory=lambda: os.environ.get("WEBSOCKET_PUBLIC_URL", ""))
-    ws_allowed_origins: tuple[str, ...] = field(default_factory=lambda: _list("WS_ALLOWED_ORIGINS"))
+    # Origins that may open the WebSocket: unset or empty means the web app's (`CORS_ORIGINS`); `*` allows any.
+    ws_allowed_origins: tuple[str, ...] = field(
+        default_factory=lambda: _list("WS_ALLOWED_ORIGINS") or _list("CORS_ORIGINS")
+    )
     media_bucket: str = field(default_factory=lambda: os.environ.get("RESULTS_BUCKET", ""))
     task_deadline_s: int = field(default_factory=lambda: _int("TASK_DEADLINE_SECONDS", 3 * 3600))
     video_poll_interval_s: float = field(default_factory=lambda: _float("VIDEO_POLL_INTERVAL_SECONDS", 10.0))

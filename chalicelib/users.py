@@ -36,9 +36,10 @@ def get_user(username: str) -> UserRecord:
         raise NotFound(f"No user named {username!r}.", code="user_not_found") from exc
 
 
-def create_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
+def new_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
+    """The record of a new account, not yet saved: a fresh user id and the password's hash."""
     now = iso(clock.now())
-    user = UserRecord(
+    return UserRecord(
         request.username,
         user_id=new_user_id(),
         password_hash=hash_password(request.password),
@@ -49,6 +50,10 @@ def create_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
         created_at=now,
         updated_at=now,
     )
+
+
+def create_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
+    user = new_user(request, clock)
     try:
         user.save(condition=UserRecord.username.does_not_exist())
     except PutError as exc:

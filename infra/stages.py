@@ -34,8 +34,11 @@ class Stage:
     default_timeout_s: int = 60
     default_memory_mb: int = 256
     log_retention_days: int = 30
-    # Tables and the bucket survive a stack deletion, so deleting a stack never deletes users' data.
+    # Tables and buckets survive a stack deletion, so deleting a stack never deletes users' data; re-creating the
+    # stack imports them back (`infra.deploy`).
     retain_data: bool = True
+    # X-Ray traces of the REST API and every function.
+    tracing: bool = True
 
     @property
     def prefix(self) -> str:
@@ -53,7 +56,8 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {
-    "dev": Stage("dev", log_retention_days=7, retain_data=False),
+    # A development stage is torn down and re-made freely; X-Ray stays off there to keep its cost and noise out.
+    "dev": Stage("dev", log_retention_days=7, retain_data=False, tracing=False),
     "prod": Stage("prod"),
 }
 

@@ -7,22 +7,56 @@ without a change here, and a lane whose handler does not exist yet is not half-d
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from chalice.utils import to_cfn_resource_name
 
+from chalicelib import resources
 from chalicelib.resources import LANES, MEDIA_BUCKET, TABLES, Lane, Table
 from infra.stages import API_GATEWAY_STAGE, Stage
 
 SERVERLESS_FUNCTION = "AWS::Serverless::Function"
 API_HANDLER_ENTRY = "app.app"
 MEDIA_BUCKET_ID = "MediaBucket"
+MEDIA_LOG_BUCKET_ID = "MediaAccessLogBucket"
 ALARM_TOPIC_ID = "AlarmTopic"
+ALARM_KEY_ID = "AlarmTopicKey"
 REST_API_ID = "RestAPI"
+REST_API_LOGS_ID = "RestAPIAccessLogs"
 WEBSOCKET_API_ID = "WebsocketAPI"
+WEBSOCKET_STAGE_ID = "WebsocketAPIStage"
+WEBSOCKET_DEPLOYMENT_ID = "WebsocketAPIDeployment"
+WEBSOCKET_API_LOGS_ID = "WebsocketAPIAccessLogs"
 # API Gateway's own errors (unknown route, throttling, oversized payload...) in the app's error shape.
 GATEWAY_ERROR_BODY = '{"error": {"code": "$context.error.responseType", "message": $context.error.messageString}}'
+# ...readable by the web app: these bodies carry no user data and requests carry no cookies, so any origin may
+# read them (a gateway response cannot echo only the allowed origins, as the app's own CORS does).
+GATEWAY_ERROR_HEADERS = {
+    "gatewayresponse.header.Content-Type": "'application/json'",
+    "gatewayresponse.header.Access-Control-Allow-Origin": "'*'",
+}
+# The AWS-managed SQS key: explicit encryption with no key policy to keep (nothing but our functions uses the queues).
+SQS_KMS_KEY = "alias/aws/sqs"
+ACCESS_LOG_FORMAT = json.dumps(
+    {
+        "requestId": "$context.requestId",
+        "ip": "$context.identity.sourceIp",
+        "requestTime": "$context.requestTimeEpoch",
+        "routeOrPath": "$context.routeKey$context.resourcePath",
+        "method": "$context.httpMethod",
+        "status": "$context.status",
+        "error": "$context.error.responseType",
+        "integrationStatus": "$context.integrationStatus",
+        "latencyMs": "$context.responseLatency",
+        "connectionId": "$context.connectionId",
+        "eventType": "$context.eventType",
+    },
+    separators=(",", ":"),
+)
 
 PARAMETERS: dict[str, Any] = {
     "CorsOrigins": {
@@ -33,7 +67,8 @@ PARAMETERS: dict[str, Any] = {
     "WsAllowedOrigins": {
         "Type": "String",
         "Default": "",
-        "Description": "Comma-separated origins allowed to open the WebSocket (empty: any origin).",
+        "Description": "Comma-separated origins allowed to open the WebSocket (empty: the origins in CorsOrigins; "
+        "* allows any).",
     },
     "AdminUsername": {
         "Type": "String",
@@ -41,6 +76,20 @@ PARAMETERS: dict[str, Any] = {
         "Description": "The first administrator, created on the first login (password: ADMIN_PASSWORD in the secret).",
     },
 }
+
+
+def checkov_skips(*skips: tuple[str, str]) -> dict[str, Any]:
+    """A resource's `Metadata` naming the checkov checks it does not follow, each with the reason why."""
+    return {"Metadata": {"checkov": {"skip": [{"id": check, "comment": reason} for check, reason in skips]}}}
+
+
+NO_CUSTOMER_KEY = "Encrypted at rest with an AWS-owned or AWS-managed key; a customer-managed key adds cost and a " \
+    "key policy to keep, and nothing here needs its separate control or audit trail."
+NO_VPC = "Reaches only AWS APIs and Ark over HTTPS; a VPC would add NAT cost and cold-start latency and no isolation."
+NO_KEY_FOR_ENVIRONMENT = "No secret is in the environment: secrets are read at run time from Secrets Manager. " \
+    "Lambda encrypts the environment at rest with its AWS-managed key."
+LOG_GROUP_KEY = "Encrypted by CloudWatch Logs with its own key; a customer-managed key adds cost and a key policy " \
+    "to keep, and the logs hold no secret."
 
 
 def table_id(table: Table) -> str:
@@ -57,11 +106,6 @@ def dead_letter_queue_id(lane: Lane) -> str:
 
 def lane_function_id(lane: Lane) -> str:
     return to_cfn_resource_name(lane.handler_name)
-
-
-def secret_reference(stage: Stage, key: str) -> str:
-    # Resolved by CloudFormation at deploy time; the value never appears in the repository or the template.
-    return f"{{{{resolve:secretsmanager:{stage.secret_name}:SecretString:{key}}}}}"
 
 
 def _sub(text: str) -> dict[str, str]:
@@ -81,11 +125,17 @@ def table_resource(table: Table, stage: Stage) -> dict[str, Any]:
     properties["SSESpecification"] = {"SSEEnabled": True}
     if table.ttl_attribute:
         properties["TimeToLiveSpecification"] = {"AttributeName": table.ttl_attribute, "Enabled": True}
-    return {"Type": "AWS::DynamoDB::Table", **_retention(stage), "Properties": properties}
+    return {
+        "Type": "AWS::DynamoDB::Table",
+        **_retention(stage),
+        **checkov_skips(("CKV_AWS_119", NO_CUSTOMER_KEY)),
+        "Properties": properties,
+    }
 
 
 def lane_resources(lane: Lane, stage: Stage) -> dict[str, Any]:
     dlq = dead_letter_queue_id(lane)
+    encryption = {"KmsMasterKeyId": SQS_KMS_KEY, "KmsDataKeyReusePeriodSeconds": 3600}
     return {
         dlq: {
             "Type": "AWS::SQS::Queue",
@@ -93,7 +143,7 @@ def lane_resources(lane: Lane, stage: Stage) -> dict[str, Any]:
                 "QueueName": lane.dlq_name(stage.prefix),
                 # The longest SQS keeps anything: time to look at what failed and redrive it.
                 "MessageRetentionPeriod": 14 * 24 * 3600,
-                "SqsManagedSseEnabled": True,
+                **encryption,
             },
         },
         queue_id(lane): {
@@ -102,7 +152,7 @@ def lane_resources(lane: Lane, stage: Stage) -> dict[str, Any]:
                 "QueueName": lane.queue_name(stage.prefix),
                 "VisibilityTimeout": lane.visibility_timeout_s,
                 "RedrivePolicy": lane.redrive_policy({"Fn::GetAtt": [dlq, "Arn"]}),
-                "SqsManagedSseEnabled": True,
+                **encryption,
             },
         },
         f"{dlq}Alarm": {
@@ -125,29 +175,95 @@ def lane_resources(lane: Lane, stage: Stage) -> dict[str, Any]:
     }
 
 
-def _bucket_name(stage: Stage) -> str:
-    """The media bucket's name, for `Fn::Sub`: bucket names are global, the account and region keep them unique."""
-    return f"{MEDIA_BUCKET.physical_name(stage.prefix)}-${{AWS::AccountId}}-${{AWS::Region}}"
+def alarm_resources(stage: Stage) -> dict[str, Any]:
+    """The alarm topic, encrypted with a key of its own: CloudWatch may not use the AWS-managed SNS key."""
+    return {
+        ALARM_KEY_ID: {
+            "Type": "AWS::KMS::Key",
+            "Properties": {
+                "Description": f"Encrypts the {stage.prefix} alarm topic.",
+                "EnableKeyRotation": True,
+                "PendingWindowInDays": 7,
+                "KeyPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "AccountAdministers",
+                            "Effect": "Allow",
+                            "Principal": {"AWS": _sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
+                            "Action": "kms:*",
+                            "Resource": "*",
+                        },
+                        {
+                            "Sid": "CloudWatchAlarmsPublish",
+                            "Effect": "Allow",
+                            "Principal": {"Service": "cloudwatch.amazonaws.com"},
+                            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                            "Resource": "*",
+                            "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+                        },
+                    ],
+                },
+            },
+        },
+        ALARM_TOPIC_ID: {
+            "Type": "AWS::SNS::Topic",
+            "Properties": {"TopicName": f"{stage.prefix}-alarms", "KmsMasterKeyId": {"Ref": ALARM_KEY_ID}},
+        },
+    }
+
+
+def bucket_name(stage: Stage, logical_name: str = MEDIA_BUCKET.logical_name) -> str:
+    """A bucket's name, for `Fn::Sub`: bucket names are global, the account and region keep them unique."""
+    return f"{stage.prefix}-{logical_name}-${{AWS::AccountId}}-${{AWS::Region}}"
+
+
+def _bucket_basics() -> dict[str, Any]:
+    return {
+        "PublicAccessBlockConfiguration": {
+            "BlockPublicAcls": True,
+            "BlockPublicPolicy": True,
+            "IgnorePublicAcls": True,
+            "RestrictPublicBuckets": True,
+        },
+        "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+        "BucketEncryption": {
+            "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+        },
+    }
+
+
+def _tls_only(bucket_id: str) -> dict[str, Any]:
+    return {
+        "Sid": "DenyPlainHttp",
+        "Effect": "Deny",
+        "Principal": {"AWS": "*"},
+        "Action": "s3:*",
+        "Resource": [{"Fn::GetAtt": [bucket_id, "Arn"]}, _sub(f"${{{bucket_id}.Arn}}/*")],
+        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+    }
+
+
+NO_VERSIONING = (
+    "CKV_AWS_21",
+    "Deleting a task must delete its images and videos (versions would keep them); every object expires anyway.",
+)
+ACCESS_LOG_DAYS = 90
 
 
 def bucket_resources(stage: Stage) -> dict[str, Any]:
+    media = bucket_name(stage)
     return {
         MEDIA_BUCKET_ID: {
             "Type": "AWS::S3::Bucket",
             **_retention(stage),
+            **checkov_skips(NO_VERSIONING),
             "Properties": {
-                "BucketName": _sub(_bucket_name(stage)),
-                "PublicAccessBlockConfiguration": {
-                    "BlockPublicAcls": True,
-                    "BlockPublicPolicy": True,
-                    "IgnorePublicAcls": True,
-                    "RestrictPublicBuckets": True,
-                },
-                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
-                "BucketEncryption": {
-                    "ServerSideEncryptionConfiguration": [
-                        {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}
-                    ]
+                "BucketName": _sub(media),
+                **_bucket_basics(),
+                "LoggingConfiguration": {
+                    "DestinationBucketName": {"Ref": MEDIA_LOG_BUCKET_ID},
+                    "LogFilePrefix": "media/",
                 },
                 "LifecycleConfiguration": {
                     "Rules": [
@@ -184,24 +300,55 @@ def bucket_resources(stage: Stage) -> dict[str, Any]:
             "Type": "AWS::S3::BucketPolicy",
             "Properties": {
                 "Bucket": {"Ref": MEDIA_BUCKET_ID},
+                "PolicyDocument": {"Version": "2012-10-17", "Statement": [_tls_only(MEDIA_BUCKET_ID)]},
+            },
+        },
+        MEDIA_LOG_BUCKET_ID: {
+            "Type": "AWS::S3::Bucket",
+            **_retention(stage),
+            **checkov_skips(
+                ("CKV_AWS_18", "The media bucket's access-log target: logging it would log its own log deliveries."),
+                ("CKV_AWS_21", "Access logs are written once by S3 and expire; nothing edits them."),
+            ),
+            "Properties": {
+                "BucketName": _sub(bucket_name(stage, f"{MEDIA_BUCKET.logical_name}-logs")),
+                **_bucket_basics(),
+                "LifecycleConfiguration": {
+                    "Rules": [{"Id": "expire-logs", "Status": "Enabled", "ExpirationInDays": ACCESS_LOG_DAYS}]
+                },
+            },
+        },
+        f"{MEDIA_LOG_BUCKET_ID}Policy": {
+            "Type": "AWS::S3::BucketPolicy",
+            "Properties": {
+                "Bucket": {"Ref": MEDIA_LOG_BUCKET_ID},
                 "PolicyDocument": {
                     "Version": "2012-10-17",
                     "Statement": [
+                        _tls_only(MEDIA_LOG_BUCKET_ID),
                         {
-                            "Sid": "DenyPlainHttp",
-                            "Effect": "Deny",
-                            "Principal": {"AWS": "*"},
-                            "Action": "s3:*",
-                            "Resource": [
-                                {"Fn::GetAtt": [MEDIA_BUCKET_ID, "Arn"]},
-                                _sub(f"${{{MEDIA_BUCKET_ID}.Arn}}/*"),
-                            ],
-                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                        }
+                            "Sid": "ServerAccessLogs",
+                            "Effect": "Allow",
+                            "Principal": {"Service": "logging.s3.amazonaws.com"},
+                            "Action": "s3:PutObject",
+                            "Resource": _sub(f"${{{MEDIA_LOG_BUCKET_ID}.Arn}}/media/*"),
+                            "Condition": {
+                                "ArnLike": {"aws:SourceArn": _sub(f"arn:${{AWS::Partition}}:s3:::{media}")},
+                                "StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}},
+                            },
+                        },
                     ],
                 },
             },
         },
+    }
+
+
+def access_log_group(stage: Stage, name: str) -> dict[str, Any]:
+    return {
+        "Type": "AWS::Logs::LogGroup",
+        **checkov_skips(("CKV_AWS_158", LOG_GROUP_KEY)),
+        "Properties": {"LogGroupName": name, "RetentionInDays": stage.log_retention_days},
     }
 
 
@@ -210,101 +357,137 @@ def _retention(stage: Stage) -> dict[str, str]:
     return {"DeletionPolicy": policy, "UpdateReplacePolicy": policy}
 
 
+def retained_resource_ids(stage: Stage) -> list[str]:
+    """What outlives the stack (and what a re-created stack imports back): tables and buckets, in `prod`."""
+    if not stage.retain_data:
+        return []
+    return [table_id(table) for table in TABLES] + [MEDIA_BUCKET_ID, MEDIA_LOG_BUCKET_ID]
+
+
 # --- permissions -------------------------------------------------------------------------------------------
 
+TABLE_READS = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Query", "dynamodb:Scan",
+               "dynamodb:ConditionCheckItem", "dynamodb:DescribeTable"]
+TABLE_WRITES = ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"]
+QUEUE_SENDS = ["sqs:GetQueueUrl", "sqs:GetQueueAttributes", "sqs:SendMessage", "sqs:ChangeMessageVisibility"]
+QUEUE_CONSUMES = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ChangeMessageVisibility"]
+# Presigning needs no call, but a presigned link works only while its signer may do what it names.
+PRESIGN = ("s3:GetObject",)
+RESULTS_COPY = ("s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload")
 
-def app_policy(stage: Stage) -> dict[str, Any]:
-    """What every arkflow function may do: named actions on this stage's own tables, queues and bucket.
 
-    Written to `.chalice/policy-<stage>.json`, which Chalice puts on each function's role. ARNs use only
-    pseudo parameters, so the policy is valid with or without the merge template.
-    """
-    table_arns: list[Any] = []
-    for table in TABLES:
+@dataclass(frozen=True)
+class Access:
+    """What one function may use; its role allows that and nothing else."""
+
+    reads: tuple[Table, ...] = ()
+    writes: tuple[Table, ...] = ()
+    # Sending to lane queues: enqueueing, redelivery, and waking a deferred message (a visibility change).
+    sends_to_lanes: bool = False
+    # The lane whose queue is the function's event source.
+    consumes: Lane | None = None
+    media: tuple[str, ...] = ()
+    lists_media: bool = False
+    # The stage's Secrets Manager secret (Ark key, signing key, first admin's password).
+    reads_secret: bool = False
+    # Posting to (and closing) the stack's own WebSocket connections.
+    posts_to_connections: bool = False
+
+
+# Whatever changes a task's state also releases slots, refunds quota and tells the owner's open connections.
+_TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.CONNECTIONS)
+
+
+def _lane_access(lane: Lane) -> Access:
+    return Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, consumes=lane,
+                  media=RESULTS_COPY, lists_media=True, reads_secret=True, posts_to_connections=True)
+
+
+# Keyed by Chalice's logical id of each function of `app.py`; a function missing here fails packaging.
+FUNCTION_ACCESS: dict[str, Access] = {
+    "APIHandler": Access(
+        writes=TABLES, sends_to_lanes=True, media=("s3:GetObject", "s3:PutObject", "s3:DeleteObject"),
+        lists_media=True, reads_secret=True, posts_to_connections=True,
+    ),
+    **{lane_function_id(lane): _lane_access(lane) for lane in LANES},
+    "VideoPoller": Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, media=PRESIGN,
+                          reads_secret=True, posts_to_connections=True),
+    # It also creates the default models a deployment has never had (`chalicelib.first_run`).
+    "Sweeper": Access(writes=(*_TRANSITIONS, resources.MODELS, resources.MARKERS), sends_to_lanes=True,
+                      media=PRESIGN, reads_secret=True, posts_to_connections=True),
+    # Redeems a single-use ticket (read and delete it) and records the connection: nothing else.
+    "WebsocketConnect": Access(writes=(resources.WS_TICKETS, resources.CONNECTIONS)),
+    "WebsocketMessage": Access(posts_to_connections=True),
+    "WebsocketDisconnect": Access(writes=(resources.CONNECTIONS,)),
+}
+
+
+def _table_arns(tables: tuple[Table, ...], stage: Stage) -> list[Any]:
+    arns: list[Any] = []
+    for table in tables:
         name = table.physical_name(stage.prefix)
-        table_arns.append(_arn("dynamodb", f"table/{name}"))
+        arns.append(_arn("dynamodb", f"table/{name}"))
         if table.indexes:
-            table_arns.append(_arn("dynamodb", f"table/{name}/index/*"))
-    queue_arns = [
-        _arn("sqs", name) for lane in LANES for name in (lane.queue_name(stage.prefix), lane.dlq_name(stage.prefix))
-    ]
-    bucket = _bucket_name(stage)
+            arns.append(_arn("dynamodb", f"table/{name}/index/*"))
+    return arns
+
+
+def secret_arn(stage: Stage) -> dict[str, str]:
+    # Secrets Manager appends six random characters to a secret's name in its ARN.
+    return _arn("secretsmanager", f"secret:{stage.secret_name}-??????")
+
+
+def _log_statement(stage: Stage, function_name: str) -> dict[str, Any]:
     return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "Logs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": _arn("logs", f"log-group:/aws/lambda/{stage.prefix}-*:*"),
-            },
-            {
-                "Sid": "Tables",
-                "Effect": "Allow",
-                "Action": [
-                    "dynamodb:DescribeTable",
-                    "dynamodb:GetItem",
-                    "dynamodb:BatchGetItem",
-                    "dynamodb:PutItem",
-                    "dynamodb:UpdateItem",
-                    "dynamodb:DeleteItem",
-                    "dynamodb:BatchWriteItem",
-                    "dynamodb:ConditionCheckItem",
-                    "dynamodb:Query",
-                    "dynamodb:Scan",
-                ],
-                "Resource": table_arns,
-            },
-            {
-                "Sid": "LaneQueues",
-                "Effect": "Allow",
-                "Action": [
-                    "sqs:GetQueueUrl",
-                    "sqs:GetQueueAttributes",
-                    "sqs:SendMessage",
-                    "sqs:ReceiveMessage",
-                    "sqs:DeleteMessage",
-                    "sqs:ChangeMessageVisibility",
-                ],
-                "Resource": queue_arns,
-            },
-            {
-                "Sid": "MediaObjects",
-                "Effect": "Allow",
-                "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
-                "Resource": _sub(f"arn:${{AWS::Partition}}:s3:::{bucket}/*"),
-            },
-            {
-                "Sid": "MediaListing",
-                "Effect": "Allow",
-                "Action": ["s3:ListBucket"],
-                "Resource": _sub(f"arn:${{AWS::Partition}}:s3:::{bucket}"),
-            },
-        ],
+        "Sid": "Logs",
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+        "Resource": _arn("logs", f"log-group:/aws/lambda/{function_name}:*"),
     }
 
 
-def websocket_policy(role_ids: list[str]) -> dict[str, Any]:
-    """Posting to the stack's own WebSocket connections (the API exists only once the app has handlers)."""
-    return {
-        "Type": "AWS::IAM::Policy",
-        "Properties": {
-            "PolicyName": "websocket-connections",
-            "Roles": [{"Ref": role} for role in role_ids],
-            "PolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Action": ["execute-api:ManageConnections"],
-                        "Resource": _arn(
-                            "execute-api", f"${{{WEBSOCKET_API_ID}}}/{API_GATEWAY_STAGE}/*/@connections/*"
-                        ),
-                    }
-                ],
-            },
-        },
-    }
+def base_policy(stage: Stage) -> dict[str, Any]:
+    """`.chalice/policy-<stage>.json`: what Chalice puts on every role before the merge template replaces each
+    role's policy with its function's own (`function_policy`): logging only."""
+    return {"Version": "2012-10-17", "Statement": [_log_statement(stage, f"{stage.prefix}-*")]}
+
+
+def function_policy(stage: Stage, function_name: str, access: Access) -> dict[str, Any]:
+    statements = [_log_statement(stage, function_name)]
+    read_only = tuple(table for table in access.reads if table not in access.writes)
+    if read_only:
+        statements.append({"Sid": "ReadTables", "Effect": "Allow", "Action": TABLE_READS,
+                           "Resource": _table_arns(read_only, stage)})
+    if access.writes:
+        statements.append({"Sid": "WriteTables", "Effect": "Allow", "Action": TABLE_READS + TABLE_WRITES,
+                           "Resource": _table_arns(access.writes, stage)})
+    if access.sends_to_lanes:
+        statements.append({"Sid": "SendToLanes", "Effect": "Allow", "Action": QUEUE_SENDS,
+                           "Resource": [_arn("sqs", lane.queue_name(stage.prefix)) for lane in LANES]})
+    if access.consumes:
+        statements.append({"Sid": "ConsumeLane", "Effect": "Allow", "Action": QUEUE_CONSUMES,
+                           "Resource": _arn("sqs", access.consumes.queue_name(stage.prefix))})
+    if access.media:
+        statements.append({"Sid": "MediaObjects", "Effect": "Allow", "Action": list(access.media),
+                           "Resource": _sub(f"arn:${{AWS::Partition}}:s3:::{bucket_name(stage)}/*")})
+    if access.lists_media:
+        statements.append({"Sid": "MediaListing", "Effect": "Allow", "Action": ["s3:ListBucket"],
+                           "Resource": _sub(f"arn:${{AWS::Partition}}:s3:::{bucket_name(stage)}")})
+    if access.reads_secret:
+        statements.append({"Sid": "ReadSecret", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+                           "Resource": secret_arn(stage)})
+    if access.posts_to_connections:
+        statements.append({
+            "Sid": "WebSocketConnections",
+            "Effect": "Allow",
+            "Action": ["execute-api:ManageConnections"],
+            "Resource": _arn("execute-api", f"${{{WEBSOCKET_API_ID}}}/{API_GATEWAY_STAGE}/*/@connections/*"),
+        })
+    if stage.tracing:
+        # X-Ray's write actions take no resource.
+        statements.append({"Sid": "Tracing", "Effect": "Allow",
+                           "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "Resource": "*"})
+    return {"Version": "2012-10-17", "Statement": statements}
 
 
 # --- what the merge template changes in Chalice's resources ------------------------------------------------
@@ -320,29 +503,26 @@ def _event_types(properties: dict[str, Any]) -> set[str]:
     return {event["Type"] for event in properties.get("Events", {}).values()}
 
 
-def function_environment(stage: Stage, properties: dict[str, Any], has_websocket: bool) -> dict[str, Any]:
+def function_environment(
+    stage: Stage, properties: dict[str, Any], has_websocket: bool, access: Access
+) -> dict[str, Any]:
     is_api = properties["Handler"] == API_HANDLER_ENTRY
-    event_types = _event_types(properties)
     environment: dict[str, Any] = {
         "ARKFLOW_PREFIX": stage.prefix,
         "RESULTS_BUCKET": {"Ref": MEDIA_BUCKET_ID},
         "CORS_ORIGINS": {"Ref": "CorsOrigins"},
         "WS_ALLOWED_ORIGINS": {"Ref": "WsAllowedOrigins"},
     }
+    if access.reads_secret:
+        # The secret's name only: its values are read at run time (`chalicelib.secret_store`).
+        environment["ARKFLOW_SECRET_ID"] = stage.secret_name
     if is_api:
-        environment |= {
-            "TOKEN_SIGNING_KEY": secret_reference(stage, "TOKEN_SIGNING_KEY"),
-            "ADMIN_USERNAME": {"Ref": "AdminUsername"},
-            "ADMIN_PASSWORD": secret_reference(stage, "ADMIN_PASSWORD"),
-        }
+        environment["ADMIN_USERNAME"] = {"Ref": "AdminUsername"}
     else:
         # The REST API's definition refers to the API handler, so only the other functions can refer back.
         environment["PUBLIC_API_URL"] = _sub(
             f"https://${{{REST_API_ID}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{API_GATEWAY_STAGE}"
         )
-    # The API cancels videos at Ark, lanes and schedules call it; WebSocket handlers never do.
-    if is_api or event_types & {"SQS", "Schedule"}:
-        environment["ARK_API_KEY"] = secret_reference(stage, "ARK_API_KEY")
     if has_websocket:
         host = f"${{{WEBSOCKET_API_ID}}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{API_GATEWAY_STAGE}"
         environment["WEBSOCKET_MANAGEMENT_URL"] = _sub(f"https://{host}")
@@ -367,63 +547,132 @@ def lane_event_overrides(lane: Lane, properties: dict[str, Any]) -> dict[str, An
     }
 
 
+SYNCHRONOUS = (
+    "CKV_AWS_116",
+    "Invoked synchronously (API Gateway, or an SQS event source whose queue has its own dead-letter queue): "
+    "a function's dead-letter queue only ever receives failed asynchronous invocations.",
+)
+SCHEDULED = (
+    "CKV_AWS_116",
+    "A scheduled run is a fresh scan of what is due; a failed schedule event carries nothing to replay, and the "
+    "next run comes a minute later.",
+)
+SCALES_WITH_USERS = (
+    "CKV_AWS_115",
+    "Serves users and browsers and must scale with them; the account's concurrency bounds it, and reserving "
+    "some would take it from the lanes and the account's unreserved pool.",
+)
+
+
+def _function_checkov_skips(properties: dict[str, Any], is_lane: bool) -> dict[str, Any]:
+    event_types = _event_types(properties)
+    skips = [("CKV_AWS_117", NO_VPC), ("CKV_AWS_173", NO_KEY_FOR_ENVIRONMENT)]
+    skips.append(SCHEDULED if "Schedule" in event_types else SYNCHRONOUS)
+    if not is_lane and "Schedule" not in event_types:
+        skips.append(SCALES_WITH_USERS)
+    return checkov_skips(*skips)
+
+
+def function_overrides(
+    stage: Stage, logical_id: str, properties: dict[str, Any], has_websocket: bool
+) -> dict[str, Any]:
+    access = FUNCTION_ACCESS.get(logical_id)
+    if access is None:
+        raise ValueError(f"{logical_id}: declare what it may use in infra.template.FUNCTION_ACCESS")
+    overrides: dict[str, Any] = {
+        "FunctionName": f"{stage.prefix}-{logical_id}",
+        "Environment": {"Variables": function_environment(stage, properties, has_websocket, access)},
+        "Tracing": "Active" if stage.tracing else "PassThrough",
+    }
+    if access.consumes is not None:
+        overrides["Events"] = lane_event_overrides(access.consumes, properties)
+    elif "SQS" in _event_types(properties):
+        raise ValueError(f"{logical_id} consumes SQS but is no lane of chalicelib.resources.LANES")
+    if "Schedule" in _event_types(properties):
+        # One run at a time; a run that could not start within a minute is dropped, since the next one is due.
+        overrides["ReservedConcurrentExecutions"] = 1
+        overrides["EventInvokeConfig"] = {"MaximumEventAgeInSeconds": 60, "MaximumRetryAttempts": 0}
+    return overrides
+
+
+def rest_api_overrides(stage: Stage) -> dict[str, Any]:
+    skips = [("CKV_AWS_120", "Answers are per user and change by the second (task states): a cache would serve "
+              "stale ones to the wrong caller.")]
+    if not stage.tracing:
+        skips.append(("CKV_AWS_73", "Tracing is off in the development stage (cost and noise); prod traces."))
+    return {
+        **checkov_skips(*skips),
+        "Properties": {
+            "TracingEnabled": stage.tracing,
+            "AccessLogSetting": {
+                "DestinationArn": {"Fn::GetAtt": [REST_API_LOGS_ID, "Arn"]},
+                "Format": ACCESS_LOG_FORMAT,
+            },
+            "DefinitionBody": {
+                "x-amazon-apigateway-gateway-responses": {
+                    response_type: {
+                        "responseTemplates": {"application/json": GATEWAY_ERROR_BODY},
+                        "responseParameters": GATEWAY_ERROR_HEADERS,
+                    }
+                    for response_type in ("DEFAULT_4XX", "DEFAULT_5XX")
+                }
+            },
+        },
+    }
+
+
 def merge_template(stage: Stage, chalice_template: dict[str, Any]) -> dict[str, Any]:
     """The merge template for `chalice package --merge-template`, given Chalice's template of the same app."""
     chalice_resources = chalice_template["Resources"]
     has_websocket = WEBSOCKET_API_ID in chalice_resources
-    lanes_by_function = {lane_function_id(lane): lane for lane in LANES}
 
-    resources: dict[str, Any] = {
-        ALARM_TOPIC_ID: {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": f"{stage.prefix}-alarms"}},
+    resources_: dict[str, Any] = {
+        **alarm_resources(stage),
         **{table_id(table): table_resource(table, stage) for table in TABLES},
         **bucket_resources(stage),
     }
     for lane in LANES:
-        resources |= lane_resources(lane, stage)
+        resources_ |= lane_resources(lane, stage)
 
     log_groups = {
         logical_id.removesuffix("LogGroup").lower(): logical_id
         for logical_id, resource in chalice_resources.items()
         if resource["Type"] == "AWS::Logs::LogGroup"
     }
-    roles: list[str] = []
     for logical_id, properties in functions(chalice_template):
         function_name = f"{stage.prefix}-{logical_id}"
         # Chalice names the API handler's log group after `ApiHandler`, a resource that does not exist; with a
         # fixed function name every log group is named directly (and exists before the function first logs).
         log_group = log_groups.get(logical_id.lower())
         if log_group:
-            resources[log_group] = {"Properties": {"LogGroupName": f"/aws/lambda/{function_name}"}}
-        overrides: dict[str, Any] = {
-            "FunctionName": function_name,
-            "Environment": {"Variables": function_environment(stage, properties, has_websocket)},
+            resources_[log_group] = {
+                **checkov_skips(("CKV_AWS_158", LOG_GROUP_KEY)),
+                "Properties": {"LogGroupName": f"/aws/lambda/{function_name}"},
+            }
+        resources_[logical_id] = {
+            **_function_checkov_skips(properties, logical_id in {lane_function_id(lane) for lane in LANES}),
+            "Properties": function_overrides(stage, logical_id, properties, has_websocket),
         }
-        lane = lanes_by_function.get(logical_id)
-        if lane is not None:
-            overrides["Events"] = lane_event_overrides(lane, properties)
-        elif "SQS" in _event_types(properties):
-            raise ValueError(f"{logical_id} consumes SQS but is no lane of chalicelib.resources.LANES")
-        resources[logical_id] = {"Properties": overrides}
         role = properties.get("Role", {}).get("Fn::GetAtt", [None])[0]
         if role:
-            roles.append(role)
+            policy = function_policy(stage, function_name, FUNCTION_ACCESS[logical_id])
+            resources_[role] = {
+                "Properties": {"Policies": [{"PolicyName": f"{logical_id}Policy", "PolicyDocument": policy}]}
+            }
 
-    if has_websocket and roles:
-        resources["WebsocketConnectionsPolicy"] = websocket_policy(roles)
     if REST_API_ID in chalice_resources:
-        resources[REST_API_ID] = {
+        resources_[REST_API_ID] = rest_api_overrides(stage)
+        resources_[REST_API_LOGS_ID] = access_log_group(stage, f"/aws/apigateway/{stage.prefix}-rest-access")
+    if has_websocket:
+        resources_[WEBSOCKET_STAGE_ID] = {
             "Properties": {
-                "DefinitionBody": {
-                    "x-amazon-apigateway-gateway-responses": {
-                        response_type: {
-                            "responseTemplates": {"application/json": GATEWAY_ERROR_BODY},
-                            "responseParameters": {"gatewayresponse.header.Content-Type": "'application/json'"},
-                        }
-                        for response_type in ("DEFAULT_4XX", "DEFAULT_5XX")
-                    }
+                "AccessLogSettings": {
+                    "DestinationArn": {"Fn::GetAtt": [WEBSOCKET_API_LOGS_ID, "Arn"]},
+                    "Format": ACCESS_LOG_FORMAT,
                 }
             }
         }
+        resources_[WEBSOCKET_API_LOGS_ID] = access_log_group(stage, f"/aws/apigateway/{stage.prefix}-websocket-access")
 
     outputs: dict[str, Any] = {
         "MediaBucketName": {"Value": {"Ref": MEDIA_BUCKET_ID}},
@@ -431,4 +680,26 @@ def merge_template(stage: Stage, chalice_template: dict[str, Any]) -> dict[str, 
     }
     for lane in LANES:
         outputs[queue_id(lane) + "Url"] = {"Value": {"Ref": queue_id(lane)}}
-    return {"Parameters": PARAMETERS, "Resources": resources, "Outputs": outputs}
+    return {"Parameters": PARAMETERS, "Resources": resources_, "Outputs": outputs}
+
+
+def with_websocket_deployment_per_routes(template: dict[str, Any]) -> dict[str, Any]:
+    """Name the WebSocket API's deployment after its routes and integrations.
+
+    A deployment is a snapshot taken when it is created, and CloudFormation creates one only for a new logical id:
+    under Chalice's fixed id, a route added later would never reach the stage. (The REST API's deployment is
+    already named after its definition by SAM.)
+    """
+    resources_ = template["Resources"]
+    if WEBSOCKET_DEPLOYMENT_ID not in resources_:
+        return template
+    routes = {
+        logical_id: resource
+        for logical_id, resource in sorted(resources_.items())
+        if resource["Type"] in ("AWS::ApiGatewayV2::Route", "AWS::ApiGatewayV2::Integration")
+    }
+    digest = hashlib.sha256(json.dumps(routes, sort_keys=True).encode()).hexdigest()[:10]
+    deployment_id = f"{WEBSOCKET_DEPLOYMENT_ID}{digest}"
+    resources_[deployment_id] = resources_.pop(WEBSOCKET_DEPLOYMENT_ID)
+    resources_[WEBSOCKET_STAGE_ID]["Properties"]["DeploymentId"] = {"Ref": deployment_id}
+    return template

@@ -313,21 +313,32 @@ def test_a_stage_that_has_accounts_does_not_make_its_first_admin_again(
     monkeypatch.setenv("ADMIN_PASSWORD", ROOT[1])
     monkeypatch.setattr(seed, "_first_admin_checked", False)
     assert login(api, *ROOT).status_code == 401
-    assert seed.has_run(seed.FIRST_ADMIN)
+    from chalicelib import first_run
+
+    assert first_run.marked([seed.FIRST_ADMIN])
 
 
-def test_a_first_run_step_runs_once_even_when_containers_start_together(aws_resources: None) -> None:
-    from chalicelib import seed
+def test_the_first_admin_is_made_once_even_when_containers_start_together(
+    aws_resources: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two containers that both saw no marker: one transaction writes the marker and the admin, the other changes
+    nothing, and no later container makes the admin again once it is deleted."""
+    from chalicelib import first_run, seed
+    from chalicelib.db import UserRecord
 
-    runs: list[str] = []
-
-    def second_container_starts_meanwhile() -> None:
-        runs.append("first")
-        assert seed.run_once("demo-step", lambda: runs.append("second"))  # it saw no record either
-
-    assert seed.run_once("demo-step", second_container_starts_meanwhile)
-    assert not seed.run_once("demo-step", lambda: runs.append("third"))
-    assert runs == ["first", "second"]
+    monkeypatch.setenv("ADMIN_USERNAME", ROOT[0])
+    monkeypatch.setenv("ADMIN_PASSWORD", ROOT[1])
+    monkeypatch.setattr(first_run, "marked", lambda _ids: set())  # both looked before either wrote
+    seed._create_first_admin(ROOT[0], ROOT[1])
+    created = UserRecord.get(ROOT[0], consistent_read=True)
+    seed._create_first_admin(ROOT[0], ROOT[1])
+    assert UserRecord.get(ROOT[0], consistent_read=True).user_id == created.user_id  # the second made nothing
+    monkeypatch.undo()
+    created.delete()
+    monkeypatch.setenv("ADMIN_USERNAME", ROOT[0])
+    monkeypatch.setenv("ADMIN_PASSWORD", ROOT[1])
+    seed._create_first_admin(ROOT[0], ROOT[1])
+    assert next(iter(UserRecord.scan()), None) is None
 
 
 def test_malformed_json_gets_the_error_body(api: Api) -> None:

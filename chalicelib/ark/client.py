@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -145,19 +146,24 @@ def _without_none(fields: dict[str, Any]) -> dict[str, Any]:
 class _ArkHttpClient:
     default_timeout: httpx.Timeout
 
-    def __init__(self, base_url: str, api_key: str, http: httpx.Client | None = None,
+    def __init__(self, base_url: str, api_key: str | Callable[[], str], http: httpx.Client | None = None,
                  timeout: httpx.Timeout | None = None) -> None:
-        if not api_key:
+        # A callable is asked on every request: the client lives as long as its container, the key may rotate.
+        self._key_source = api_key if callable(api_key) else lambda: api_key
+        if not self._api_key:
             raise ValueError("an Ark API key is required (ARK_API_KEY)")
         self._base_url = base_url.rstrip("/")
-        self._api_key = api_key
         self._owns_http = http is None
         self._http = http or httpx.Client()
         self._timeout = timeout or self.default_timeout
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: httpx.Timeout | None = None) -> Self:
-        return cls(settings.ark_base_url, settings.ark_api_key, timeout=timeout)
+        return cls(settings.ark_base_url, lambda: settings.ark_api_key, timeout=timeout)
+
+    @property
+    def _api_key(self) -> str:
+        return self._key_source()
 
     def close(self) -> None:
         if self._owns_http:

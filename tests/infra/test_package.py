@@ -15,24 +15,17 @@ from cfnlint.api import lint_file
 from chalicelib.resources import LANES, MEDIA_BUCKET, TABLES
 from infra import package as packaging
 from infra.stages import STAGES, chalice_config
-from infra.template import GATEWAY_ERROR_BODY, dead_letter_queue_id, lane_function_id, queue_id, table_id
+from infra.template import (
+    GATEWAY_ERROR_BODY,
+    dead_letter_queue_id,
+    lane_function_id,
+    queue_id,
+    table_id,
+    with_websocket_deployment_per_routes,
+)
+from tests.infra.conftest import PACKAGED, resources_of
 
-pytestmark = pytest.mark.xdist_group("infra-package")  # one packaging run per worker, shared by these tests
-
-
-@pytest.fixture(scope="module")
-def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("build")
-    return {name: packaging.package(stage, out) for name, stage in STAGES.items()}
-
-
-@pytest.fixture(scope="module")
-def prod(templates: dict[str, Path]) -> dict[str, Any]:
-    return json.loads(templates["prod"].read_text())
-
-
-def resources_of(template: dict[str, Any], resource_type: str) -> dict[str, dict[str, Any]]:
-    return {name: res for name, res in template["Resources"].items() if res["Type"] == resource_type}
+pytestmark = PACKAGED
 
 
 @pytest.mark.abuse
@@ -54,8 +47,8 @@ def test_config_gives_each_lane_function_its_timeout_memory_and_reserved_concurr
         assert "environment_variables" not in stage  # the local stack loads `dev`: see infra/stages.py
 
 
-def test_templates_pass_cfn_lint(templates: dict[str, Path]) -> None:
-    for path in templates.values():
+def test_templates_pass_cfn_lint(packaged: dict[str, Path]) -> None:
+    for path in packaged.values():
         findings = [f"{match.rule.id} {match.message} (line {match.linenumber})" for match in lint_file(path)]
         assert findings == [], path
 
@@ -146,16 +139,21 @@ def _statements(template: dict[str, Any]) -> list[dict[str, Any]]:
     return statements
 
 
+def _listed(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
 def test_no_iam_statement_allows_every_action_or_every_resource(prod: dict[str, Any]) -> None:
     statements = _statements(prod)
     assert statements
     for statement in statements:
         assert statement["Effect"] == "Allow"
-        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        actions = _listed(statement["Action"])
         for action in actions:
             assert action != "*" and not action.endswith(":*"), statement
-        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-        assert "*" not in resources, statement
+        # X-Ray's write actions take no resource: the only statement on "*".
+        if "*" in _listed(statement["Resource"]):
+            assert set(actions) == {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}, statement
     every_function_role = {
         function["Properties"]["Role"]["Fn::GetAtt"][0]
         for function in resources_of(prod, "AWS::Serverless::Function").values()
@@ -163,16 +161,54 @@ def test_no_iam_statement_allows_every_action_or_every_resource(prod: dict[str, 
     assert every_function_role <= set(resources_of(prod, "AWS::IAM::Role"))
 
 
-def test_secrets_come_from_secrets_manager_and_only_where_needed(prod: dict[str, Any]) -> None:
+def _role_text(template: dict[str, Any], function_id: str) -> str:
+    role = template["Resources"][function_id]["Properties"]["Role"]["Fn::GetAtt"][0]
+    return json.dumps(template["Resources"][role]["Properties"]["Policies"])
+
+
+def test_each_function_role_allows_only_what_that_function_uses(prod: dict[str, Any]) -> None:
     functions = resources_of(prod, "AWS::Serverless::Function")
-    api = functions["APIHandler"]["Properties"]["Environment"]["Variables"]
-    assert api["TOKEN_SIGNING_KEY"].startswith("{{resolve:secretsmanager:arkflow-prod/")
-    assert api["ARK_API_KEY"].startswith("{{resolve:secretsmanager:arkflow-prod/")
+    roles = [function["Properties"]["Role"]["Fn::GetAtt"][0] for function in functions.values()]
+    assert len(set(roles)) == len(functions)  # no role shared
+    connect = _role_text(prod, "WebsocketConnect")
+    for table in ("ws-tickets", "connections"):
+        assert f"table/arkflow-prod-{table}" in connect
+    for absent in ("table/arkflow-prod-users", "table/arkflow-prod-tasks", "s3:", "sqs:", "secretsmanager:",
+                   "execute-api:"):
+        assert absent not in connect, absent
+    message = _role_text(prod, "WebsocketMessage")
+    assert "dynamodb:" not in message and "execute-api:ManageConnections" in message
     for lane in LANES:
-        variables = functions[lane_function_id(lane)]["Properties"]["Environment"]["Variables"]
-        assert variables["ARK_API_KEY"].startswith("{{resolve:secretsmanager:")
-        assert "TOKEN_SIGNING_KEY" not in variables
-        assert variables["ARKFLOW_PREFIX"] == "arkflow-prod"
+        worker = _role_text(prod, lane_function_id(lane))
+        assert "table/arkflow-prod-users" not in worker and "table/arkflow-prod-sessions" not in worker
+        assert "secretsmanager:GetSecretValue" in worker
+        # It receives only from its own queue (other lanes' queues only take its sends).
+        consume = next(statement for statement in _statements({"Resources": {
+            "r": prod["Resources"][prod["Resources"][lane_function_id(lane)]["Properties"]["Role"]["Fn::GetAtt"][0]]
+        }}) if "sqs:ReceiveMessage" in statement["Action"])
+        assert json.dumps(consume["Resource"]).count("lane-") == 1
+        assert lane.queue_name("arkflow-prod") in json.dumps(consume["Resource"])
+    for logs in (_role_text(prod, function_id) for function_id in functions):
+        assert "log-group:/aws/lambda/arkflow-prod-*" not in logs  # its own log group only
+
+
+def test_secrets_stay_in_secrets_manager_and_are_named_only_where_needed(templates: dict[str, Any]) -> None:
+    for stage, template in templates.items():
+        text = json.dumps(template)
+        assert "resolve:secretsmanager" not in text
+        for name in ("ARK_API_KEY", "TOKEN_SIGNING_KEY", "ADMIN_PASSWORD"):
+            assert f'"{name}"' not in text
+        functions = resources_of(template, "AWS::Serverless::Function")
+        readers = {
+            function_id for function_id, function in functions.items()
+            if "ARKFLOW_SECRET_ID" in function["Properties"]["Environment"]["Variables"]
+        }
+        assert readers == {"APIHandler", "VideoPoller", "Sweeper", *(lane_function_id(lane) for lane in LANES)}
+        for function_id in functions:
+            allowed = "secretsmanager:GetSecretValue" in _role_text(template, function_id)
+            assert allowed == (function_id in readers), function_id
+            if allowed:
+                assert f"secret:arkflow-{stage}/app-secrets-??????" in _role_text(template, function_id)
 
 
 def test_media_bucket_is_private_expires_objects_and_allows_browser_uploads(prod: dict[str, Any]) -> None:
@@ -185,11 +221,12 @@ def test_media_bucket_is_private_expires_objects_and_allows_browser_uploads(prod
     assert "POST" in cors["AllowedMethods"]
 
 
-def test_gateway_errors_use_the_app_error_shape(prod: dict[str, Any]) -> None:
+def test_gateway_errors_use_the_app_error_shape_and_are_readable_by_the_browser(prod: dict[str, Any]) -> None:
     responses = prod["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]["x-amazon-apigateway-gateway-responses"]
-    assert set(responses) == {"DEFAULT_4XX", "DEFAULT_5XX"}
+    assert set(responses) == {"DEFAULT_4XX", "DEFAULT_5XX"}  # every throttle, 413, 502/504 and unknown route
     for response in responses.values():
         assert response["responseTemplates"]["application/json"] == GATEWAY_ERROR_BODY
+        assert response["responseParameters"]["gatewayresponse.header.Access-Control-Allow-Origin"] == "'*'"
     # What API Gateway substitutes: the type bare, the message as a quoted JSON string.
     rendered = GATEWAY_ERROR_BODY.replace("$context.error.responseType", "MISSING_AUTHENTICATION_TOKEN").replace(
         "$context.error.messageString", json.dumps("Missing Authentication Token")
@@ -197,3 +234,28 @@ def test_gateway_errors_use_the_app_error_shape(prod: dict[str, Any]) -> None:
     assert json.loads(rendered) == {
         "error": {"code": "MISSING_AUTHENTICATION_TOKEN", "message": "Missing Authentication Token"}
     }
+
+
+def test_websocket_deployment_changes_with_its_routes_only(prod: dict[str, Any]) -> None:
+    deployments = resources_of(prod, "AWS::ApiGatewayV2::Deployment")
+    [deployment_id] = deployments
+    stage = prod["Resources"]["WebsocketAPIStage"]["Properties"]
+    assert stage["DeploymentId"] == {"Ref": deployment_id}
+    assert set(deployments[deployment_id]["DependsOn"]) == set(resources_of(prod, "AWS::ApiGatewayV2::Route"))
+
+    def renamed(template: dict[str, Any]) -> str:
+        [renamed_id] = resources_of(with_websocket_deployment_per_routes(template), "AWS::ApiGatewayV2::Deployment")
+        return renamed_id
+
+    def as_chalice_made_it() -> dict[str, Any]:
+        template = json.loads(json.dumps(prod))
+        template["Resources"]["WebsocketAPIDeployment"] = template["Resources"].pop(deployment_id)
+        return template
+
+    assert renamed(as_chalice_made_it()) == deployment_id  # same routes, same deployment: nothing redeployed
+    with_route = as_chalice_made_it()
+    with_route["Resources"]["WebsocketPingRoute"] = {
+        "Type": "AWS::ApiGatewayV2::Route",
+        "Properties": {"ApiId": {"Ref": "WebsocketAPI"}, "RouteKey": "ping"},
+    }
+    assert renamed(with_route) != deployment_id  # a new route: a new deployment, so the stage serves it

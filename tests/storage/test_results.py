@@ -142,7 +142,7 @@ def test_results_are_streamed_into_the_bucket_and_the_api_hands_out_presigned_co
 
     body = api.request("GET", f"/api/tasks/{task.task_id}", as_user=DEMO).data
     for url in [*body["result_urls"], body["video_url"], body["last_frame_url"]]:
-        assert url.startswith(f"https://{BUCKET}.s3.amazonaws.com/tasks/{task.task_id}/results/")
+        assert url.startswith(f"https://{BUCKET}.s3.us-east-1.amazonaws.com/tasks/{task.task_id}/results/")
         assert "Signature" in url and "Expires" in url
     assert body["results_copy_error"] is None
 

@@ -1,0 +1,67 @@
+"""A fresh stack gets the default models on AWS too, once per default model id: a later release's new default
+reaches existing deployments, and a default an admin deleted stays deleted."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+from chalice.test import Client
+
+from chalicelib import catalog, first_run, seed
+from chalicelib.db import MarkerRecord, ModelRecord
+from chalicelib.resources import DEFAULT_MODELS
+
+
+def model_ids() -> list[str]:
+    return sorted(model.model_id for model in ModelRecord.scan())
+
+
+@pytest.fixture
+def fresh_container(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(seed, "_default_models_checked", False)
+
+
+def test_the_scheduled_sweeper_seeds_a_fresh_stack(aws_resources, fresh_container, monkeypatch) -> None:
+    from app import app
+
+    monkeypatch.setenv("ARK_API_KEY", "unused-by-an-idle-sweep")
+    assert model_ids() == []  # what `make deploy` leaves: tables, no models
+    with Client(app) as client:
+        event = client.events.generate_cw_event("Scheduled Event", "aws.events", {}, [])
+        client.lambda_.invoke("sweeper", event)
+    assert model_ids() == sorted(default.model_id for default in DEFAULT_MODELS)
+
+
+def test_a_deleted_default_stays_deleted_and_a_new_default_arrives(aws_resources, monkeypatch) -> None:
+    assert sorted(catalog.ensure_default_models()) == sorted(default.model_id for default in DEFAULT_MODELS)
+    catalog.delete_model("seedream-4.5")
+    assert catalog.ensure_default_models() == []  # the next container's check
+    assert "seedream-4.5" not in model_ids()
+    newer = replace(DEFAULT_MODELS[0], model_id="seedream-5", display_name="Seedream 5")
+    monkeypatch.setattr(catalog, "DEFAULT_MODELS", (*DEFAULT_MODELS, newer))  # a later release
+    assert catalog.ensure_default_models() == ["seedream-5"]
+    assert "seedream-4.5" not in model_ids() and "seedream-5" in model_ids()
+
+
+def test_a_model_an_admin_made_under_a_default_id_is_kept_as_it_is(aws_resources) -> None:
+    default = DEFAULT_MODELS[0]
+    catalog.create_model(catalog.ModelCreate(model_id=default.model_id, type=default.type,
+                                             upstream_model="ep-admins-own-endpoint", display_name="Ours",
+                                             concurrency=1, daily_quota=5))
+    assert default.model_id not in catalog.ensure_default_models()
+    assert ModelRecord.get(default.model_id).upstream_model == "ep-admins-own-endpoint"
+    assert first_run.marked([catalog.default_model_marker(default.model_id)])  # and never made later
+
+
+def test_containers_starting_together_create_each_default_once(aws_resources) -> None:
+    created: list[list[str]] = []
+    threads = [threading.Thread(target=lambda: created.append(catalog.ensure_default_models())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    flat = sorted(model_id for ids in created for model_id in ids)
+    assert flat == sorted(default.model_id for default in DEFAULT_MODELS)
+    assert len(list(MarkerRecord.scan())) == len(DEFAULT_MODELS)
