@@ -2,8 +2,7 @@
 written in the same transaction as the thing itself, so a crash leaves both or neither.
 
 The first admin is created once per deployment, and a default model once per model id: a later release's new
-default reaches existing deployments, and a
-default an admin deleted stays deleted.
+default reaches existing deployments, and a default an admin deleted stays deleted.
 """
 
 from __future__ import annotations
