@@ -16,7 +16,7 @@ from chalicelib.auth import Authenticator, Principal, require_admin
 from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge
 from chalicelib.settings import get_settings
 
-logger = logging.getLogger("arkflow.api")
+logger = logging.getLogger(__name__)
 
 Access = Literal["public", "user", "admin", "admin_or_service"]
 ALLOWED_HEADERS = "Authorization,Content-Type,Idempotency-Key"

@@ -34,7 +34,7 @@ from chalicelib.db import TaskRecord
 from chalicelib.errors import Conflict
 from chalicelib.tasks import task_not_found
 
-log = logging.getLogger("arkflow.results")
+log = logging.getLogger(__name__)
 
 COPY_ATTEMPTS = 3
 RETRY_DELAY_S = 1.0

@@ -32,7 +32,7 @@ from chalicelib.db import ConnectionRecord, TaskRecord, WsTicketRecord
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tasks import TaskService
 
-logger = logging.getLogger("arkflow.ws")
+logger = logging.getLogger(__name__)
 
 TICKET_TTL_S = 60
 # API Gateway closes every WebSocket two hours after it opened, whatever happens on it.

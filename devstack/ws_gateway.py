@@ -40,7 +40,7 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from devstack.lambdas import invoke
 
-logger = logging.getLogger("devstack.ws_gateway")
+logger = logging.getLogger(__name__)
 
 CONNECTIONS_PATH = "/@connections/"
 # API Gateway's limit on one message, either way.
