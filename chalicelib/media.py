@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
+
+import filetype
 
 S3_SCHEME = "s3://"
 INLINE_PREFIX = "data:"
 PRESIGNED_URL_TTL_S = 3600
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp", "tiff": "tiff", "gif": "gif"}
+# The one type each stored object is handed out as, by its key's extension (keys are arkflow's own); anything else
+# goes out as a download of bytes. A browser never renders what arkflow stores as markup or script.
+SERVED_TYPES = {**{extension: f"image/{subtype}" for subtype, extension in EXTENSIONS.items()}, "mp4": "video/mp4"}
+UNKNOWN_TYPE = "application/octet-stream"
+# What a task's results may be, told from their bytes: what Ark produces (Seedream JPEG, Seedance MP4 with a PNG last
+# frame), with PNG and WebP images allowed for models that answer with them.
+RESULT_TYPES = {"image": ("image/jpeg", "image/png", "image/webp"), "video": ("video/mp4",)}
 
 
 def s3_ref(bucket: str, key: str) -> str:
@@ -43,9 +53,30 @@ def data_uri(content_type: str, data: bytes) -> str:
     return f"data:{content_type};base64,{base64.b64encode(data).decode()}"
 
 
+def sniff(head: bytes) -> str | None:
+    """The media type of a file from its first bytes (its signature), whatever a server said it was."""
+    kind = filetype.guess(head)
+    return kind.mime if kind is not None else None
+
+
+def extension_of(content_type: str) -> str:
+    return next((extension for extension, served in SERVED_TYPES.items() if served == content_type), "bin")
+
+
+def download_name(key: str) -> str:
+    """`tasks/<id>/results/image-0.jpg` → `arkflow-<id>-image-0.jpg`: what a saved file is called."""
+    parts = [part for part in key.split("/")[1:] if part != "results"] if key.startswith("tasks/") else [key]
+    return re.sub(r"[^A-Za-z0-9._-]", "_", "-".join(["arkflow", *parts]))
+
+
 def presign_get(s3: Any, ref: str, ttl_s: int = PRESIGNED_URL_TTL_S) -> str:
+    """A GET URL whose answer S3 types by the key (`SERVED_TYPES`) and marks as an attachment, whatever the
+    object's stored metadata says: opened in a tab, a stored file is saved, never run on the bucket's origin."""
     bucket, key = split_s3_ref(ref)
-    return s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=ttl_s)
+    served = SERVED_TYPES.get(key.rpartition(".")[2].lower(), UNKNOWN_TYPE)
+    params = {"Bucket": bucket, "Key": key, "ResponseContentType": served,
+              "ResponseContentDisposition": f'attachment; filename="{download_name(key)}"'}
+    return s3.generate_presigned_url("get_object", Params=params, ExpiresIn=ttl_s)
 
 
 def urls_for_ark(s3: Any, refs: list[str] | None) -> list[str]:

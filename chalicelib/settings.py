@@ -46,6 +46,11 @@ class Settings:
     internal_service_token: str = field(default_factory=lambda: os.environ.get("INTERNAL_SERVICE_TOKEN", ""))
     ark_base_url: str = field(default_factory=lambda: os.environ.get("ARK_BASE_URL", DEFAULT_ARK_BASE_URL))
     ark_api_key: str = field(default_factory=lambda: os.environ.get("ARK_API_KEY", ""))
+    # Where result files may be copied from (`chalicelib.downloads`): Ark's object storage (TOS) in China and for
+    # BytePlus; the local stack adds its simulator's origin.
+    ark_result_hosts: tuple[str, ...] = field(
+        default_factory=lambda: _list("ARK_RESULT_HOSTS", "*.volces.com,*.bytepluses.com")
+    )
     # Public base URL of the REST API, used to build Ark's callback_url.
     public_api_url: str = field(default_factory=lambda: os.environ.get("PUBLIC_API_URL", ""))
     websocket_management_url: str = field(
