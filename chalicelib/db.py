@@ -280,6 +280,8 @@ class UploadRecord(_Base):
     max_bytes = NumberAttribute()
     created_at = UnicodeAttribute()
     expires_at_epoch = NumberAttribute()
+    # The ETag of the object the first task to name the upload copied: every later task must find that same object.
+    used_etag = UnicodeAttribute(null=True)
 
 
 ALL_MODELS: tuple[type[_Base], ...] = (
