@@ -59,6 +59,9 @@ class Settings:
     websocket_public_url: str = field(default_factory=lambda: os.environ.get("WEBSOCKET_PUBLIC_URL", ""))
     ws_allowed_origins: tuple[str, ...] = field(default_factory=lambda: _list("WS_ALLOWED_ORIGINS"))
     media_bucket: str = field(default_factory=lambda: os.environ.get("RESULTS_BUCKET", ""))
+    # A Secrets Manager secret holding `{"access_key_id", "secret_access_key"}` of an IAM user that may only read
+    # task inputs: it signs the input URLs Ark fetches later (docs/storage.md).
+    ark_inputs_signing_secret: str = field(default_factory=lambda: os.environ.get("ARK_INPUTS_SIGNING_SECRET", ""))
     task_deadline_s: int = field(default_factory=lambda: _int("TASK_DEADLINE_SECONDS", 3 * 3600))
     video_poll_interval_s: float = field(default_factory=lambda: _float("VIDEO_POLL_INTERVAL_SECONDS", 10.0))
     # Long videos are polled less often: the interval doubles up to this cap (callbacks still come at once).
