@@ -90,18 +90,18 @@ def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest, now: flo
                 "own once the worker's lease ends.",
                 details={"lease_until": iso(holder.lease_until)},
             )
-    other_types = sorted(set(request.carried()) - TYPE_RESULT_FIELDS[task.type] - {"error"})
-    if other_types:
-        raise ValidationFailed(f"{len(other_types)} invalid field(s)", details=[
-            {"field": name, "message": f"{task.type} tasks carry no {name}", "type": "not_carried"}
-            for name in other_types
-        ])
     if request.status == statemachine.SUCCEEDED and not getattr(request, RESULT_FIELDS[task.type]):
         raise ValidationFailed("1 invalid field(s)", details=[{
             "field": RESULT_FIELDS[task.type],
             "message": f"a succeeded {task.type} task needs its results",
             "type": "missing_results",
         }])
+    other_types = sorted(set(request.carried()) - TYPE_RESULT_FIELDS[task.type] - {"error"})
+    if other_types:
+        raise ValidationFailed(f"{len(other_types)} invalid field(s)", details=[
+            {"field": name, "message": f"{task.type} tasks carry no {name}", "type": "not_carried"}
+            for name in other_types
+        ])
 
 
 def _carried_fields(request: StatusUpdateRequest) -> list[Action]:
