@@ -36,7 +36,10 @@ from chalicelib.validation import (
 )
 from chalicelib.ws import LiveUpdates
 
-app = Chalice(app_name="arkflow")
+# Chalice would give the app's logger (named after the app) its own stdout handler at ERROR and stop it
+# propagating. Unconfigured, every logger (each module logs under its own `__name__`) propagates to the root
+# logger, where Lambda's runtime installs its handler at the function's log level: WARNING and above reach it.
+app = Chalice(app_name="arkflow", configure_logs=False)
 # A login body is two short strings: anything larger is refused before it is decoded.
 LOGIN_MAX_BODY_BYTES = 4096
 http = Http(app, Authenticator)

@@ -17,7 +17,7 @@ from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge
 from chalicelib.settings import get_settings
 from chalicelib.validation import MAX_JSON_DEPTH, json_depth, path_parameter
 
-logger = logging.getLogger("arkflow.api")
+logger = logging.getLogger(__name__)
 
 Access = Literal["public", "user", "admin", "admin_or_service"]
 ALLOWED_HEADERS = "Authorization,Content-Type,Idempotency-Key"

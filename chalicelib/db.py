@@ -297,6 +297,8 @@ class UploadRecord(_Base):
     max_bytes = NumberAttribute()
     created_at = UnicodeAttribute()
     expires_at_epoch = NumberAttribute()
+    # The ETag of the object the first task to name the upload copied: every later task must find that same object.
+    used_etag = UnicodeAttribute(null=True)
 
 
 class MarkerRecord(_Base):

@@ -43,6 +43,7 @@ from chalicelib.ark.client import IMAGE_TIMEOUT, ImageGenerationResult, VolcImag
 from chalicelib.ark.errors import ArkError, ArkPermanentError, ArkRateLimitError, ArkRetryableError
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord, optional_int
+from chalicelib.downloads import Downloads
 from chalicelib.errors import NotFound
 from chalicelib.resources import Lane, lane_named
 from chalicelib.settings import Settings, get_settings
@@ -66,10 +67,8 @@ WAKE_LOOKAHEAD, WAKE_PAGE_SIZE = 50, 10
 # Ark's answers that refuse a call before any work is done: no quota is spent on it here either.
 REFUSED_BEFORE_WORK = frozenset({401, 403, 429})
 SQS_MAX_VISIBILITY_S = 12 * 3600
-# Downloads of Ark's result files: a read may stall this long between chunks of a large video.
-RESULTS_DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-# A results copy stops this long before the Lambda timeout: a chunk read already waiting (the read timeout above),
-# the parts in flight and the upload's abort must still end, and the outcome be written.
+# A results copy stops this long before the Lambda timeout: the parts in flight and the upload's abort must still
+# end, and the outcome be written.
 RESULTS_COPY_MARGIN_S = 60
 # With less time than this left after the Ark call, the copy goes to a fresh message instead.
 MIN_COPY_TIME_S = 30
@@ -115,7 +114,7 @@ Outcome = Retry | None
 class LaneWorker:
     def __init__(self, lane: Lane, *, sqs: Any, s3: Any, images: VolcImageClient, videos: VolcVideoClient,
                  settings: Settings | None = None, clock: Clock = SYSTEM_CLOCK,
-                 rng: random.Random | None = None, downloads: httpx.Client | None = None) -> None:
+                 rng: random.Random | None = None, downloads: Downloads | None = None) -> None:
         self.lane = lane
         self.sqs = sqs
         self.s3 = s3
@@ -123,7 +122,7 @@ class LaneWorker:
         self.settings = settings or get_settings()
         self.clock = clock
         self.video = VideoService(videos, s3=s3, sqs=sqs, settings=self.settings, clock=clock)
-        self.downloads = downloads or httpx.Client(timeout=RESULTS_DOWNLOAD_TIMEOUT, follow_redirects=True)
+        self.downloads = downloads or Downloads.from_settings(self.settings)
         self.rng = rng or random.Random()
 
     # --- the batch --------------------------------------------------------------------------------------------
@@ -315,7 +314,7 @@ class LaneWorker:
         """
         stored_before = results.stored_count(task)
         try:
-            kept = results.copy_results(task, s3=self.s3, http=self.downloads, bucket=self.settings.media_bucket,
+            kept = results.copy_results(task, s3=self.s3, downloads=self.downloads, bucket=self.settings.media_bucket,
                                         clock=self.clock, deadline=delivery.deadline)
         except StaleTask:
             log.info("task %s was deleted before its results were copied", task.task_id)

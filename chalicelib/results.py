@@ -7,10 +7,15 @@ copy is retried; if it still fails, the task stays succeeded, pointing at what w
 the rest, and `results_copy_error` says why, so calling `copy_results` again later (before Ark's URLs expire)
 finishes the job.
 
-A copy keeps to the caller's time budget (`deadline`): it stops before the Lambda would be killed mid-way, aborts
-the multipart upload it was streaming, and records why while there is still time. Whatever it stopped at, the task
-points at copies that exist or at Ark's URLs. A task deleted while its results are being copied takes the objects
-this copy wrote with it, and a task whose results were copied while it was being deleted is deleted again.
+A copy keeps to the caller's time budget (`deadline`): every download stops by it, inside a read too
+(`chalicelib.downloads`), before the Lambda would be killed mid-way; it aborts the multipart upload it was streaming,
+and records why while there is still time. Whatever it stopped at, the task points at copies that exist or at Ark's
+URLs. A task deleted while its results are being copied takes the objects this copy wrote with it, and a task whose
+results were copied while it was being deleted is deleted again.
+
+Only what Ark could have produced is stored: fetched over https from Ark's result hosts (no redirect followed),
+capped in size, of a media type the task can produce as sniffed from the bytes (`media.RESULT_TYPES`), stored with
+that type; and it is handed out as that type, as an attachment (`media.presign_get`).
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from pynamodb.expressions.update import Action
 from chalicelib import media, statemachine
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.db import TaskRecord
+from chalicelib.downloads import Budget, Downloads, Monotonic, OutOfTime, Refused
 from chalicelib.errors import Conflict
 from chalicelib.tasks import task_not_found
 
-log = logging.getLogger("arkflow.results")
+log = logging.getLogger(__name__)
 
 COPY_ATTEMPTS = 3
 RETRY_DELAY_S = 1.0
@@ -45,15 +51,17 @@ TRANSFER = TransferConfig(
     multipart_threshold=PART_BYTES, multipart_chunksize=PART_BYTES, max_concurrency=PARTS_IN_FLIGHT
 )
 COPY_FAILURES = (httpx.HTTPError, BotoCoreError, ClientError, S3UploadFailedError)
-VIDEO_EXTENSIONS = {"video/mp4": "mp4", "video/quicktime": "mov", "video/webm": "webm"}
+# Far above what Ark produces (a 4K JPEG is a few MB, a 1080p 12 s video some tens): anything larger is not a result.
+MAX_RESULT_BYTES = {"image": 64 * 1024 * 1024, "video": 1024 * 1024 * 1024}
+# A copy given no deadline still ends: this long after it starts.
+DEFAULT_COPY_BUDGET_S = 240.0
 # Rounds of a delete whose task a results copy pointed at new objects meanwhile (each copy does so once).
 DELETE_ATTEMPTS = 3
 
 Sleep = Callable[[float], None]
-Monotonic = Callable[[], float]
 
 
-COPY_FAILED, COPY_OUT_OF_TIME = "results_copy_failed", "results_copy_out_of_time"
+COPY_FAILED, COPY_OUT_OF_TIME, COPY_REFUSED = "results_copy_failed", "results_copy_out_of_time", "results_copy_refused"
 
 
 def stored_count(task: TaskRecord) -> int:
@@ -66,27 +74,10 @@ def ran_out_of_time(task: TaskRecord) -> bool:
     return task.results_copy_error is not None and task.results_copy_error.code == COPY_OUT_OF_TIME
 
 
-class OutOfTime(Exception):
-    """The copy's time budget ran out; raised from inside a streamed upload, it makes S3's transfer abort."""
-
-
-@dataclass(frozen=True)
-class _Budget:
-    """The time a copy may use: until `deadline`, a `monotonic()` value (None: no limit)."""
-
-    deadline: float | None
-    monotonic: Monotonic = time.monotonic
-
-    def check(self, needed_s: float = 0.0) -> None:
-        """Stop (raise OutOfTime) once the deadline passed, or would pass within the `needed_s` about to be spent."""
-        if self.deadline is not None and self.monotonic() + needed_s >= self.deadline:
-            raise OutOfTime("the copy ran out of time")
-
-
 class _ChunkReader:
     """A read-only, non-seekable file over an iterator of byte chunks: what S3's managed upload streams from."""
 
-    def __init__(self, chunks: Iterator[bytes], budget: _Budget) -> None:
+    def __init__(self, chunks: Iterator[bytes], budget: Budget) -> None:
         self._chunks = chunks
         self._budget = budget
         self._buffer = bytearray()
@@ -110,34 +101,28 @@ class _Item:
 
     source_url: str
     key_stem: str
-    kind: str  # "image" or "video": picks the extension when Ark's Content-Type is missing or odd
+    kind: str  # "image" or "video": the media types it may be, and its size cap
 
 
-def _extension(content_type: str, kind: str) -> str:
-    subtype = content_type.partition("/")[2]
-    if kind == "video":
-        return VIDEO_EXTENSIONS.get(content_type, "mp4")
-    return media.EXTENSIONS.get(subtype, "png")
+def stream_to_s3(s3: Any, downloads: Downloads, http: httpx.Client, item: _Item, bucket: str,
+                 budget: Budget) -> str:
+    """Stream one result into `<key_stem>.<ext>`, typed by what its bytes are; returns the object's reference.
 
-
-def stream_to_s3(s3: Any, http: httpx.Client, url: str, bucket: str, key_stem: str, kind: str,
-                 budget: _Budget) -> str:
-    """Stream one URL into `<key_stem>.<ext>`; returns the object's `s3://` reference.
-
-    Raises OutOfTime when the budget runs out mid-way: S3's managed upload then aborts its multipart upload (once
-    the parts in flight finished), so neither an object nor billed parts stay behind.
+    Raises Refused for what must not be stored, OutOfTime when the budget runs out mid-way: S3's managed upload
+    then aborts its multipart upload (once the parts in flight finished), so neither an object nor billed parts
+    stay behind.
     """
-    with http.stream("GET", url) as response:
-        response.raise_for_status()
-        content_type = response.headers.get("content-type", "").split(";")[0].strip().lower()
-        if not content_type.startswith(f"{kind}/"):
-            content_type = "video/mp4" if kind == "video" else "image/png"
-        key = f"{key_stem}.{_extension(content_type, kind)}"
+    with downloads.fetch(http, item.source_url, MAX_RESULT_BYTES[item.kind]) as download:
+        content_type = media.sniff(download.head)
+        if content_type not in media.RESULT_TYPES[item.kind]:
+            raise Refused(f"the {item.kind} is {content_type or 'of no known media type'}")
+        key = f"{item.key_stem}.{media.extension_of(content_type)}"
         s3.upload_fileobj(
-            _ChunkReader(response.iter_bytes(1024 * 1024), budget),
+            _ChunkReader(download.chunks(), budget),
             bucket,
             key,
-            ExtraArgs={"ContentType": content_type},
+            ExtraArgs={"ContentType": content_type,
+                       "ContentDisposition": f'attachment; filename="{media.download_name(key)}"'},
             Config=TRANSFER,
         )
     return media.s3_ref(bucket, key)
@@ -153,13 +138,14 @@ def _items(task: TaskRecord) -> tuple[list[_Item], _Item | None, _Item | None]:
     return images, video, last_frame
 
 
-def _copy_with_retries(s3: Any, http: httpx.Client, bucket: str, item: _Item, attempts: int, sleep: Sleep,
-                       budget: _Budget) -> str:
+def _copy_with_retries(s3: Any, downloads: Downloads, http: httpx.Client, bucket: str, item: _Item,
+                       attempts: int, sleep: Sleep, budget: Budget) -> str:
     for attempt in range(1, attempts + 1):
         budget.check()
         try:
-            return stream_to_s3(s3, http, item.source_url, bucket, item.key_stem, item.kind, budget)
+            return stream_to_s3(s3, downloads, http, item, bucket, budget)
         except COPY_FAILURES as error:
+            budget.check()  # a read cut short by the deadline fails as a timeout: it ran out of time
             if attempt == attempts:
                 raise
             log.warning("copying %s failed (attempt %d/%d): %s", item.key_stem, attempt, attempts, error)
@@ -199,7 +185,7 @@ def copy_results(
     task: TaskRecord,
     *,
     s3: Any,
-    http: httpx.Client,
+    downloads: Downloads,
     bucket: str,
     attempts: int = COPY_ATTEMPTS,
     sleep: Sleep = time.sleep,
@@ -211,8 +197,9 @@ def copy_results(
 
     Does nothing without a bucket, for a task that did not succeed, or when everything is already copied.
     Never raises for a failed copy and never changes the status: what was copied is recorded, the rest keeps
-    Ark's URLs, and `results_copy_error` says why. `deadline` (a `monotonic()` value) ends the copy as a failure
-    once it passes: leave time after it to abort the upload in flight and write the task.
+    Ark's URLs, and `results_copy_error` says why. `deadline` (a `monotonic()` value; by default
+    DEFAULT_COPY_BUDGET_S from now) ends every download and the copy as a failure once it passes: leave time after
+    it to abort the upload in flight and write the task.
     Safe to call again (a retry later, a duplicate delivery): keys are fixed per task and copies are kept.
     Raises StaleTask when the task was deleted meanwhile, after deleting the objects this copy wrote.
     """
@@ -222,18 +209,22 @@ def copy_results(
     pending = [item for item in [*images, video, last_frame] if item and not media.is_s3_ref(item.source_url)]
     if not pending:
         return task
-    budget = _Budget(deadline, monotonic)
+    budget = Budget(monotonic() + DEFAULT_COPY_BUDGET_S if deadline is None else deadline, monotonic)
     copied: dict[_Item, str] = {}
     outcome = TaskRecord.results_copy_error.remove()
     try:
-        for item in pending:
-            copied[item] = _copy_with_retries(s3, http, bucket, item, attempts, sleep, budget)
-    except (OutOfTime, *COPY_FAILURES) as error:
+        with downloads.client(budget) as http:
+            for item in pending:
+                copied[item] = _copy_with_retries(s3, downloads, http, bucket, item, attempts, sleep, budget)
+    except (OutOfTime, Refused, *COPY_FAILURES) as error:
         log.warning("results of task %s stay at Ark: %s", task.task_id, error)
-        out_of_time = isinstance(error, OutOfTime)
-        reason = "before time ran out" if out_of_time else f"({type(error).__name__})"
+        if isinstance(error, OutOfTime):
+            code, reason = COPY_OUT_OF_TIME, "before time ran out"
+        elif isinstance(error, Refused):
+            code, reason = COPY_REFUSED, f"({error})"
+        else:
+            code, reason = COPY_FAILED, f"({type(error).__name__})"
         message = f"Results could not be copied to storage {reason}; Ark's links expire in 24 h."
-        code = COPY_OUT_OF_TIME if out_of_time else COPY_FAILED
         outcome = TaskRecord.results_copy_error.set({"code": code, "message": message})
     try:
         # Published when links changed: a watching client swaps Ark's links for the stored copies.

@@ -92,6 +92,11 @@ class Settings:
     ark_api_key: str = _secret("ARK_API_KEY")
     # The first administrator's password (its name is ADMIN_USERNAME), used once per deployment (`chalicelib.seed`).
     admin_password: str = _secret("ADMIN_PASSWORD", required=False)
+    # Where result files may be copied from (`chalicelib.downloads`): Ark's object storage (TOS) in China and for
+    # BytePlus; the local stack adds its simulator's origin.
+    ark_result_hosts: tuple[str, ...] = field(
+        default_factory=lambda: _list("ARK_RESULT_HOSTS", "*.volces.com,*.bytepluses.com")
+    )
     # Public base URL of the REST API, used to build Ark's callback_url.
     public_api_url: str = field(default_factory=lambda: os.environ.get("PUBLIC_API_URL", ""))
     websocket_management_url: str = field(
@@ -103,6 +108,9 @@ class Settings:
         default_factory=lambda: _list("WS_ALLOWED_ORIGINS") or _list("CORS_ORIGINS")
     )
     media_bucket: str = field(default_factory=lambda: os.environ.get("RESULTS_BUCKET", ""))
+    # A Secrets Manager secret holding `{"access_key_id", "secret_access_key"}` of an IAM user that may only read
+    # task inputs: it signs the input URLs Ark fetches later (docs/storage.md).
+    ark_inputs_signing_secret: str = field(default_factory=lambda: os.environ.get("ARK_INPUTS_SIGNING_SECRET", ""))
     task_deadline_s: int = field(default_factory=lambda: _int("TASK_DEADLINE_SECONDS", 3 * 3600))
     video_poll_interval_s: float = field(default_factory=lambda: _float("VIDEO_POLL_INTERVAL_SECONDS", 10.0))
     # Long videos are polled less often: the interval doubles up to this cap (callbacks still come at once).

@@ -12,6 +12,9 @@ Every check below is judged only for a transition the state machine allows; any 
   * terminal targets: `succeeded` carries its results (`result_urls` for an image, `video_url` for a video), else
     400 `validation_error`. A video Ark still queues is dropped there first, best effort; one Ark already
     generates cannot be stopped at Ark and finishes there unseen.
+  * fields: each target takes exactly what a task in it carries (`validation.STATUS_FIELDS`: results for
+    `succeeded`, an error for `failed` and `expired`, nothing else), and results only of the task's type
+    (`last_frame_url` is a video's); anything else is 400 `validation_error` naming the field.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from chalicelib.errors import ApiError, Conflict, ValidationFailed
 from chalicelib.validation import StatusUpdateRequest
 from chalicelib.video import VideoService, queued_at_ark
 
-# The result field a succeeded task of each type must carry.
+# The result field a succeeded task of each type must carry, and every result field it may carry.
 RESULT_FIELDS = {"image": "result_urls", "video": "video_url"}
+TYPE_RESULT_FIELDS = {"image": frozenset({"result_urls"}), "video": frozenset({"video_url", "last_frame_url"})}
 
 
 class WorkerOnly(Conflict):
@@ -92,6 +96,12 @@ def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest, now: flo
             "message": f"a succeeded {task.type} task needs its results",
             "type": "missing_results",
         }])
+    other_types = sorted(set(request.carried()) - TYPE_RESULT_FIELDS[task.type] - {"error"})
+    if other_types:
+        raise ValidationFailed(f"{len(other_types)} invalid field(s)", details=[
+            {"field": name, "message": f"{task.type} tasks carry no {name}", "type": "not_carried"}
+            for name in other_types
+        ])
 
 
 def _carried_fields(request: StatusUpdateRequest) -> list[Action]:

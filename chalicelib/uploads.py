@@ -4,6 +4,18 @@
 an upload id only its uploader can name (`upload:<id>`) in a task. When a task names it, the object is checked
 (it exists, it is no larger than declared, it is an image Ark accepts) and copied under the task's own key, so
 the task owns its inputs and deleting the task deletes them. The server never fetches anything a user points at.
+
+What is copied is exactly what was checked, and an upload holds one object for all its uses, though S3 cannot
+make a presigned POST single-use (its policy has no such condition, and conditional writes, `If-None-Match`, exist
+for PUT and multipart uploads, not for POST):
+  * the object is read by its ETag: the header read with `IfMatch`, the copy with `CopySourceIfMatch` (a POST in
+    between makes S3 answer 412, and the task is refused). moto ignores `CopySourceIfMatch`, so the copy's own ETag
+    is compared too: the bucket encrypts with SSE-S3, under which a single-part object's ETag (a POST makes one) is
+    the MD5 of its bytes and a copy keeps it;
+  * the first task to use an upload pins its ETag (`UploadRecord.used_etag`, written conditionally): once used, an
+    upload posted again is refused, so a leaked form cannot change what a later task of its owner gets. Posting
+    again before the first use only replaces the owner's own image, which is what the form is for.
+An upload may feed several of its owner's tasks, each with a copy of its own.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pynamodb.exceptions import DoesNotExist
+from pynamodb.exceptions import DoesNotExist, UpdateError
 
 from chalicelib import media
 from chalicelib.auth import Principal
@@ -107,24 +119,47 @@ class UploadService:
             head = self.s3.head_object(Bucket=self.bucket, Key=record.object_key)
         except ClientError as exc:
             raise _invalid(field, f"upload {upload_id!r} has not been uploaded yet") from exc
-        size = int(head["ContentLength"])
+        size, etag = int(head["ContentLength"]), str(head["ETag"])
         if size > record.max_bytes:
             raise _invalid(field, f"the uploaded file is larger than the {int(record.max_bytes)} bytes declared")
-        info = self._inspect(record.object_key, size)
+        info = self._inspect(record, size, etag, field)
         if info is None:
             raise _invalid(field, "the uploaded file is not a readable image")
         problem = image_problem(info, size)
         if problem:
             raise _invalid(field, problem)
+        self._pin(record, etag, field)
         key = media.input_key(task_id, index, info.content_type)
-        self.s3.copy_object(
-            Bucket=self.bucket,
-            Key=key,
-            CopySource={"Bucket": self.bucket, "Key": record.object_key},
-            ContentType=info.content_type,
-            MetadataDirective="REPLACE",
-        )
+        try:
+            copied = self.s3.copy_object(
+                Bucket=self.bucket,
+                Key=key,
+                CopySource={"Bucket": self.bucket, "Key": record.object_key},
+                CopySourceIfMatch=etag,
+                ContentType=info.content_type,
+                MetadataDirective="REPLACE",
+            )
+        except ClientError as exc:
+            if _precondition_failed(exc):
+                raise _replaced(field, upload_id) from exc
+            raise
+        if copied["CopyObjectResult"]["ETag"] != etag:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
+            raise _replaced(field, upload_id)
         return media.s3_ref(self.bucket, key)
+
+    def _pin(self, record: UploadRecord, etag: str, field: str) -> None:
+        """The upload's first use fixes the object it stands for; a later use must find the same one."""
+        if record.used_etag == etag:
+            return
+        try:
+            record.update(actions=[UploadRecord.used_etag.set(etag)],
+                          condition=UploadRecord.used_etag.does_not_exist() | (UploadRecord.used_etag == etag))
+        except UpdateError as exc:
+            if exc.cause_response_code != "ConditionalCheckFailedException":
+                raise
+            raise _invalid(field, f"upload {record.upload_id!r} was posted again after a task used it; "
+                                  "upload the image anew") from exc
 
     def _owned(self, owner: str, upload_id: str, field: str) -> UploadRecord:
         try:
@@ -138,11 +173,25 @@ class UploadService:
             raise _invalid(field, f"upload {upload_id!r} has expired; upload the image again")
         return record
 
-    def _inspect(self, key: str, size: int) -> ImageInfo | None:
-        header = self.s3.get_object(
-            Bucket=self.bucket, Key=key, Range=f"bytes=0-{min(size, HEADER_BYTES) - 1}"
-        )["Body"].read()
+    def _inspect(self, record: UploadRecord, size: int, etag: str, field: str) -> ImageInfo | None:
+        try:
+            header = self.s3.get_object(
+                Bucket=self.bucket, Key=record.object_key, Range=f"bytes=0-{min(size, HEADER_BYTES) - 1}",
+                IfMatch=etag,
+            )["Body"].read()
+        except ClientError as exc:
+            if _precondition_failed(exc):
+                raise _replaced(field, record.upload_id) from exc
+            raise
         return inspect_image(header)
+
+
+def _precondition_failed(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "PreconditionFailed"
+
+
+def _replaced(field: str, upload_id: str) -> ValidationFailed:
+    return _invalid(field, f"upload {upload_id!r} changed while it was being checked; use it again")
 
 
 def _invalid(field: str, message: str) -> ValidationFailed:

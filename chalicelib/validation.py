@@ -420,12 +420,34 @@ class TaskError(_Body):
     message: Annotated[str, StringConstraints(max_length=4096)]
 
 
+# What an operator may set with each target status: exactly what a task in that status carries (a task sent back
+# to the queue, cancelled or started carries neither results nor an error).
+STATUS_FIELDS: dict[str, frozenset[str]] = {
+    "succeeded": frozenset({"result_urls", "video_url", "last_frame_url"}),
+    "failed": frozenset({"error"}),
+    "expired": frozenset({"error"}),
+}
+
+
 class StatusUpdateRequest(_Body):
     status: TaskStatus
     error: TaskError | None = None
     result_urls: list[ResultUrl] | None = Field(default=None, max_length=IMAGE_MAX_IMAGES)
     video_url: ResultUrl | None = None
     last_frame_url: ResultUrl | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_status(self) -> Self:
+        allowed = STATUS_FIELDS.get(self.status, frozenset())
+        _raise_problems("StatusUpdateRequest", [
+            ((name,), "not_carried", f"a {self.status} task carries no {name}")
+            for name in self.carried() if name not in allowed
+        ])
+        return self
+
+    def carried(self) -> list[str]:
+        """The fields given besides the status (null counts as not given)."""
+        return [name for name in type(self).model_fields if name != "status" and getattr(self, name) is not None]
 
 
 class UploadRequest(_Body):

@@ -34,7 +34,7 @@ from chalicelib.db import ConnectionRecord, TaskRecord, WsTicketRecord
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tasks import TaskService
 
-logger = logging.getLogger("arkflow.ws")
+logger = logging.getLogger(__name__)
 
 TICKET_TTL_S = 60
 # API Gateway closes every WebSocket two hours after it opened, whatever happens on it.
@@ -42,6 +42,11 @@ CONNECTION_TTL_S = 2 * 3600
 # Task body fields every update carries, then those it carries only when they have a value.
 UPDATE_FIELDS = ("id", "status", "version", "updated_at")
 OPTIONAL_UPDATE_FIELDS = ("queue_position", "result_urls", "video_url", "last_frame_url", "error")
+# API Gateway refuses to send a message over 128 KB (`PayloadTooLargeException`): the watcher would never see it.
+MAX_MESSAGE_BYTES = 128 * 1024
+# An `invalid_message` reply names at most this many problems, each field path cut to this length: a reply never
+# grows with what a client sends.
+MAX_REPLY_PROBLEMS, MAX_REPLY_FIELD_CHARS = 5, 64
 # A slow or unreachable gateway must not hold a worker up for long: a missed update is refetched on reconnect.
 _MANAGEMENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
 
@@ -135,10 +140,14 @@ def management_client(endpoint_url: str) -> Any:
     )
 
 
-def post_to_connection(client: Any, connection_id: str, message: dict[str, Any]) -> bool:
-    """Send `message` as JSON; False when the connection is gone (closed, or never known to the gateway)."""
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode()
+
+
+def post_to_connection(client: Any, connection_id: str, message: bytes) -> bool:
+    """Send an encoded message; False when the connection is gone (closed, or never known to the gateway)."""
     try:
-        client.post_to_connection(ConnectionId=connection_id, Data=json.dumps(message).encode())
+        client.post_to_connection(ConnectionId=connection_id, Data=message)
     except client.exceptions.GoneException:
         return False
     return True
@@ -161,8 +170,9 @@ def reply_to(body: str | None) -> dict[str, Any]:
             "error": {
                 "code": "invalid_message",
                 "message": 'Messages are JSON objects: {"action": "ping"}.',
-                "details": [{"field": ".".join(map(str, item["loc"])) or "body", "message": item["msg"]}
-                            for item in error.errors(include_url=False)],
+                "details": [{"field": (".".join(map(str, item["loc"])) or "body")[:MAX_REPLY_FIELD_CHARS],
+                             "message": item["msg"]}
+                            for item in error.errors(include_url=False)[:MAX_REPLY_PROBLEMS]],
             },
         }
     return {"type": "pong"}
@@ -223,7 +233,7 @@ class LiveUpdates:
         # On AWS the handler may answer through its own stage's endpoint; locally only the setting points right.
         endpoint = self.settings.websocket_management_url or f"https://{context['domainName']}/{context['stage']}"
         try:
-            post_to_connection(self._client_for(endpoint), context["connectionId"], reply_to(event.get("body")))
+            post_to_connection(self._client_for(endpoint), context["connectionId"], encode(reply_to(event.get("body"))))
         except (BotoCoreError, ClientError):
             logger.warning("could not answer WebSocket connection %s", context["connectionId"], exc_info=True)
         return {"statusCode": 200}
@@ -267,6 +277,18 @@ class LiveUpdates:
         update.update({field: body[field] for field in OPTIONAL_UPDATE_FIELDS if body.get(field)})
         return update
 
+    def update_message(self, task: TaskRecord) -> bytes:
+        """The `task_update` message, encoded. Whatever the task holds (long error text, many long result URLs),
+        it fits one API Gateway message: when the whole update would not, only what every update carries goes,
+        with `"truncated": true` telling the client to read the rest with `GET /api/tasks/{id}`."""
+        update = self.update_body(task)
+        message = encode({"type": "task_update", "data": update})
+        if len(message) <= MAX_MESSAGE_BYTES:
+            return message
+        logger.warning("the update of task %s (%d bytes) is sent truncated", task.task_id, len(message))
+        trimmed = {field: update[field] for field in UPDATE_FIELDS}
+        return encode({"type": "task_update", "data": {**trimmed, "truncated": True}})
+
     def publish(self, task: TaskRecord) -> None:
         """Post the task's update to every open connection of its owner. Never raises: the change is written
         already, and no watcher's socket may undo or block it; a gone connection is deleted."""
@@ -277,14 +299,14 @@ class LiveUpdates:
             connection_ids = self.connections.of_user(task.user_id)
             if not connection_ids:
                 return
-            message = {"type": "task_update", "data": self.update_body(task)}
+            message = self.update_message(task)
             client = self._client_for(endpoint)
             for connection_id in connection_ids:
                 self._deliver(client, connection_id, message)
         except Exception:
             logger.exception("could not publish the update of task %s", task.task_id)
 
-    def _deliver(self, client: Any, connection_id: str, message: dict[str, Any]) -> None:
+    def _deliver(self, client: Any, connection_id: str, message: bytes) -> None:
         try:
             delivered = post_to_connection(client, connection_id, message)
         except (BotoCoreError, ClientError):

@@ -129,6 +129,8 @@ class StackConfig:
             "WS_ALLOWED_ORIGINS": self.web_url,
             "ARK_BASE_URL": self.ark_base_url,
             "ARK_API_KEY": self.ark_api_key,
+            # Results are copied from Ark's hosts only; locally the simulator serves them.
+            **({"ARK_RESULT_HOSTS": self.sim_url} if self.uses_simulator else {}),
             "PUBLIC_API_URL": self.api_url,
             "WEBSOCKET_PUBLIC_URL": self.ws_url,
         }

@@ -133,7 +133,8 @@ def start(config: StackConfig, running: ExitStack) -> RunningStack:
     loaded = load_app()
     gateway.start(loaded.app, loaded.config, STAGE)
     rest_server = make_rest_server(loaded, config.host, config.api_port).server
-    web_server = make_web_server(config.host, config.web_port, config.web_client_config())
+    # Browsers post uploads straight to the bucket: moto, here.
+    web_server = make_web_server(config.host, config.web_port, {**config.web_client_config(), "uploadUrl": moto_url})
     servers = [
         running.enter_context(serving_in_thread(rest_server, "REST API")),
         running.enter_context(serving_in_thread(web_server, "web app")),

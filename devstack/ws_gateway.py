@@ -5,6 +5,14 @@ it, like the real ones), and its `$connect`, every message (`$default`) and its 
 events of API Gateway's shape, handed to the handler Chalice registered for that route key. `$connect`
 accepts the connection only when its handler answers 2xx; otherwise the handshake fails with that status.
 
+API Gateway's limits hold here too (`GatewayLimits`, scaled down by tests): a message over 128 KB either way is
+refused (from a client, the connection closes with 1009; through `@connections`, 413 `PayloadTooLargeException`),
+a connection no client message reached for 10 minutes closes with 1001, and so does every connection two hours
+after it opened, each with its `$disconnect`. As on API Gateway, what the app posts does not count as activity and
+no pings are sent: a client that vanished without closing (a half-open connection) ends at the idle timeout. A
+connection `$connect` accepted whose handshake then failed (the client went away first) gets its `$disconnect`
+too, so the app never keeps a connection the gateway has not got.
+
 The app answers through API Gateway's management API, `POST|GET|DELETE /@connections/{id}`, served here on
 an HTTP port of its own (the `websockets` server takes only bodiless GETs), with 410 `GoneException` for a
 connection that is not open, so the app's boto3 `apigatewaymanagementapi` client works as on AWS with only
@@ -35,16 +43,16 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from chalice.app import Chalice
 from chalice.config import Config
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 from websockets.sync.server import Server, ServerConnection, serve
 
 from devstack.lambdas import invoke
 
-logger = logging.getLogger("devstack.ws_gateway")
+logger = logging.getLogger(__name__)
 
 CONNECTIONS_PATH = "/@connections/"
-# API Gateway's limit on one message, either way.
-MAX_MESSAGE_BYTES = 128 * 1024
 API_ID = "local"
 INTERNAL_ERROR = "Internal server error"
 
@@ -66,6 +74,18 @@ def _iso(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{_epoch_ms(epoch) % 1000:03d}Z"
 
 
+@dataclass(frozen=True)
+class GatewayLimits:
+    """API Gateway's WebSocket quotas (fixed on AWS); tests scale them down."""
+
+    # One message, either way.
+    max_message_bytes: int = 128 * 1024
+    # Without a message from the client for this long, the connection closes.
+    idle_timeout_s: float = 10 * 60
+    # Every connection closes this long after it opened.
+    max_connection_s: float = 2 * 3600
+
+
 @dataclass
 class _Client:
     connection_id: str
@@ -74,6 +94,13 @@ class _Client:
     user_agent: str
     socket: ServerConnection | None = None
     last_active_at: float = field(default_factory=time.time)
+    # The limits count on the monotonic clock: a wall-clock jump neither ends nor prolongs a connection.
+    opened_monotonic: float = field(default_factory=time.monotonic)
+    active_monotonic: float = field(default_factory=time.monotonic)
+
+    def ends_at(self, limits: GatewayLimits) -> float:
+        """The `time.monotonic()` at which the gateway closes this connection unless the client sends a message."""
+        return min(self.active_monotonic + limits.idle_timeout_s, self.opened_monotonic + limits.max_connection_s)
 
 
 @dataclass
@@ -91,15 +118,29 @@ class WebSocketGateway:
     """Binds both ports at construction; serves once `start` gave it the app; `close` (or the `with` block's
     end) closes every connection (each gets its `$disconnect`) and both listeners."""
 
-    def __init__(self, host: str, port: int, management_port: int = 0) -> None:
+    def __init__(self, host: str, port: int, management_port: int = 0, limits: GatewayLimits | None = None) -> None:
         self.host = host
+        self.limits = limits or GatewayLimits()
         self._routes: _Routes | None = None
         self._clients: dict[str, _Client] = {}
         self._opening: dict[ServerConnection, _Client] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        gateway = self
+
+        class Connection(ServerConnection):
+            def handshake(self, *args: Any, **kwargs: Any) -> None:
+                try:
+                    super().handshake(*args, **kwargs)
+                except BaseException:
+                    gateway._abandon(self)
+                    raise
+                if self.protocol.state is not State.OPEN:
+                    gateway._abandon(self)
+
         self._ws_server: Server = serve(
-            self._serve_connection, host, port, process_request=self._connect, compression=None
+            self._serve_connection, host, port, process_request=self._connect, compression=None,
+            max_size=self.limits.max_message_bytes, ping_interval=None, create_connection=Connection,
         )
         self._management_server = ThreadingHTTPServer((host, management_port), _management_handler(self))
         self._management_server.daemon_threads = True
@@ -191,13 +232,26 @@ class WebSocketGateway:
         try:
             # An abnormal close ends the connection like a normal one; `$disconnect` gets the code either way.
             with contextlib.suppress(ConnectionClosed):
-                for message in connection:
-                    client.last_active_at = time.time()
+                while (left_s := client.ends_at(self.limits) - time.monotonic()) > 0:
+                    try:
+                        message = connection.recv(timeout=left_s)
+                    except TimeoutError:
+                        continue
+                    client.last_active_at, client.active_monotonic = time.time(), time.monotonic()
                     self._on_message(client, message)
+                connection.close(CloseCode.GOING_AWAY, "Going away")
         finally:
             with self._lock:
                 self._clients.pop(client.connection_id, None)
-            self._disconnect(client, connection.close_code or 1006)
+            self._disconnect(client, connection.close_code or CloseCode.ABNORMAL_CLOSURE)
+
+    def _abandon(self, connection: ServerConnection) -> None:
+        """The handshake failed after `$connect` let the connection in (or before it answered): the app learns the
+        connection is gone, as from any other."""
+        with self._lock:
+            client = self._opening.pop(connection, None)
+        if client is not None:
+            self._disconnect(client, CloseCode.ABNORMAL_CLOSURE)
 
     def _on_message(self, client: _Client, message: str | bytes) -> None:
         now = time.time()
@@ -303,9 +357,10 @@ def _management_handler(gateway: WebSocketGateway) -> type[BaseHTTPRequestHandle
             connection_id = self._connection_id()
             if connection_id is None:
                 return
-            if len(data) > MAX_MESSAGE_BYTES:
+            limit = gateway.limits.max_message_bytes
+            if len(data) > limit:
                 self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "PayloadTooLargeException",
-                            f"Message too long: {len(data)} bytes (at most {MAX_MESSAGE_BYTES}).")
+                            f"Message too long: {len(data)} bytes (at most {limit}).")
             elif gateway.post(connection_id, data):
                 self._reply(HTTPStatus.OK)
             else:

@@ -212,6 +212,7 @@ class Bench:
             ARK_BASE_URL=self.ark.base_url, ARK_API_KEY="bench-key", PUBLIC_API_URL=self.api_url,
             VIDEO_POLL_INTERVAL_SECONDS=str(POLL_INTERVAL_WITH_CALLBACKS_S),
             RESULTS_BUCKET=MEDIA_BUCKET.physical_name(self.prefix),
+            ARK_RESULT_HOSTS=self.ark.base_url.removesuffix("/api/v3"),  # results are copied from the simulator
         )
         for name in ("ADMIN_USERNAME", "ADMIN_PASSWORD"):
             os.environ.pop(name, None)

@@ -42,7 +42,7 @@ def test_restarting_the_app_mid_run_with_moto_and_ark_kept_ends_every_task(tmp_p
         config = dataclasses.replace(free_stack_config(), moto_url=moto.endpoint_url)
         # Ark is external to the app: both processes use this simulator (as the "real" Ark, by key).
         ark_env = {"ARK_API_KEY": "sk-restart-test", "ARK_BASE_URL": ark.base_url,
-                   "ARKFLOW_SCHEDULE_INTERVAL_S": "1"}
+                   "ARK_RESULT_HOSTS": ark.root_url, "ARKFLOW_SCHEDULE_INTERVAL_S": "1"}
         with launch_local_stack(tmp_path / "first.log", ark_env, config=config) as first:
             api = login(first)
             task_ids = [api.post("/api/tasks", json=IMAGE_TASK).json()["id"] for _ in range(10)]

@@ -69,6 +69,16 @@ class Injected:
 
 
 @dataclass
+class Held:
+    """Requests answered only once `release` is set; `arrived` counts those waiting or done."""
+
+    method: str
+    path_pattern: str
+    release: threading.Event = field(default_factory=threading.Event)
+    arrived: int = 0
+
+
+@dataclass
 class FakeState:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     passwords: dict[str, str] = field(default_factory=dict)
@@ -82,6 +92,7 @@ class FakeState:
     user_usage: dict[tuple[str, str], int] = field(default_factory=dict)
     idempotency: dict[tuple[str, str], str] = field(default_factory=dict)
     injected: list[Injected] = field(default_factory=list)
+    held: list[Held] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -107,7 +118,10 @@ class FakeArkflow:
         self.ws_url = ""
         self.sockets: dict[ServerConnection, str] = {}
         self.sockets_refused = False
+        # Set: result links are presigned like S3's (X-Amz-Date, X-Amz-Expires), each read signing anew.
+        self.link_ttl_s: int | None = None
         self._ids = itertools.count(1)
+        self._signatures = itertools.count(1)
         self.reset()
 
     # --- controls for tests -----------------------------------------------------------------------------
@@ -121,6 +135,7 @@ class FakeArkflow:
                                               "created_at": created}
                 self.state.passwords[username] = password
             self.sockets_refused = False
+            self.link_ttl_s = None
         self.drop_sockets()
 
     def fail_next(self, method: str, path_pattern: str, status: int, code: str, message: str,
@@ -129,6 +144,29 @@ class FakeArkflow:
         body = ApiFailure(status, code, message, details).body()
         with self.lock:
             self.state.injected.append(Injected(method, path_pattern, status, body))
+
+    def hold_next(self, method: str, path_pattern: str) -> Held:
+        """The next request matching is handled, then answered only once the returned `release` is set."""
+        held = Held(method, path_pattern)
+        with self.lock:
+            self.state.held.append(held)
+        return held
+
+    def signed(self, url: str | None) -> str | None:
+        """A result link as the API hands it out: presigned now, valid for `link_ttl_s`."""
+        if not url or self.link_ttl_s is None:
+            return url
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        return f"{url}?X-Amz-Date={stamp}&X-Amz-Expires={self.link_ttl_s}&X-Amz-Signature={next(self._signatures)}"
+
+    def with_signed_links(self, body: dict[str, Any]) -> dict[str, Any]:
+        signed = dict(body)
+        if "result_urls" in body:
+            signed["result_urls"] = [self.signed(url) for url in body["result_urls"] or []]
+        for key in ("video_url", "last_frame_url"):
+            if key in body:
+                signed[key] = self.signed(body[key])
+        return signed
 
     def expire_sessions(self) -> None:
         with self.lock:
@@ -179,7 +217,7 @@ class FakeArkflow:
                 update["queue_position"] = self._queue_position(task)
             owner = self.state.owners[task_id]
         if broadcast:
-            self.broadcast(owner, {"type": "task_update", "data": update})
+            self.broadcast(owner, {"type": "task_update", "data": self.with_signed_links(update)})
         return dict(task)
 
     def succeed(self, task_id: str, **fields: Any) -> dict[str, Any]:
@@ -216,16 +254,30 @@ class FakeArkflow:
 
     def handle(self, method: str, path: str, query: dict[str, str], headers: Any,
                body: Any) -> tuple[int, Any]:
+        held = None
         with self.lock:
             self.state.requests.append((method, path))
-            for injected in self.state.injected:
-                if injected.method == method and re.fullmatch(injected.path_pattern, path):
-                    self.state.injected.remove(injected)
-                    return injected.status, injected.body
-            try:
-                return self._route(method, path, query, headers, body)
-            except ApiFailure as failure:
-                return failure.status, failure.body()
+            for candidate in self.state.held:
+                if candidate.method == method and re.fullmatch(candidate.path_pattern, path):
+                    self.state.held.remove(candidate)
+                    held = candidate
+                    break
+            answer = self._answer(method, path, query, headers, body)
+        if held is not None:
+            held.arrived += 1
+            held.release.wait(30)
+        return answer
+
+    def _answer(self, method: str, path: str, query: dict[str, str], headers: Any,
+                body: Any) -> tuple[int, Any]:
+        for injected in self.state.injected:
+            if injected.method == method and re.fullmatch(injected.path_pattern, path):
+                self.state.injected.remove(injected)
+                return injected.status, injected.body
+        try:
+            return self._route(method, path, query, headers, body)
+        except ApiFailure as failure:
+            return failure.status, failure.body()
 
     def _route(self, method: str, path: str, query: dict[str, str], headers: Any,
                body: Any) -> tuple[int, Any]:
@@ -354,7 +406,7 @@ class FakeArkflow:
         return queued.index((task["created_at"], task["id"])) + 1
 
     def _task_body(self, task: dict[str, Any]) -> dict[str, Any]:
-        return {**task, "queue_position": self._queue_position(task)}
+        return self.with_signed_links({**task, "queue_position": self._queue_position(task)})
 
     def _own_task(self, user: dict[str, Any], task_id: str) -> dict[str, Any]:
         if self.state.owners.get(task_id) != user["username"]:
@@ -476,6 +528,14 @@ def media_bytes(name: str) -> tuple[bytes, str] | None:
     return None
 
 
+def link_expired(query: str) -> bool:
+    params = {key: values[0] for key, values in parse_qs(query).items()}
+    if "X-Amz-Date" not in params:
+        return False
+    signed_at = datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
+    return time.time() > signed_at + int(params["X-Amz-Expires"])
+
+
 def make_api_handler(fake: FakeArkflow) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -507,7 +567,9 @@ def make_api_handler(fake: FakeArkflow) -> type[BaseHTTPRequestHandler]:
             raw = self._body()
             if url.path.startswith("/media/"):
                 found = media_bytes(url.path.removeprefix("/media/"))
-                if found:
+                if link_expired(url.query):
+                    self._send(403, b"Request has expired", "text/plain")
+                elif found:
                     self._send(200, *found)
                 else:
                     self._send(404, b"")

@@ -214,7 +214,7 @@ def test_video_form_limits_and_player(page: Page, fake_stack: FakeStack, fake: F
     expect(video).to_have_attribute("src", re.compile(rf"/media/{task['id']}\.mp4$"))
     expect(video).to_have_attribute("poster", re.compile(rf"/media/{task['id']}-last\.png$"))
     expect(item.get_by_role("link", name="Download video")).to_be_visible()
-    page.wait_for_function("document.querySelector('video').readyState >= 1")
+    page.wait_for_function("() => document.querySelector('video').readyState >= 1")
     page.evaluate("window.scrollTo(0, 0)")
     screenshot(page, "07-studio-video-result", full_page=False)
 

@@ -147,7 +147,8 @@ def lanes(api: Api, ark: RunningSimulator, lanes_settings: Settings, frozen_cloc
           monkeypatch: pytest.MonkeyPatch) -> Lanes:
     from chalicelib import video
 
-    lanes = Lanes(api, ark, frozen_clock, lanes_settings)
+    # The simulator serves the result files; the workers copy from its origin, as the local stack configures.
+    lanes = Lanes(api, ark, frozen_clock, dataclasses.replace(lanes_settings, ark_result_hosts=(ark.root_url,)))
     # The routes (cancel, Ark's callback) talk to this simulator with these settings.
     monkeypatch.setattr(video, "default_service", lanes.video)
     return lanes

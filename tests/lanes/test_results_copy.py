@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from chalicelib import media, results
+from chalicelib.downloads import Downloads, ResultHosts
 from chalicelib.lanes import MIN_COPY_TIME_S, Delivery
 from tests.lanes.conftest import IMAGE_TASK, VIDEO_TASK, Lanes, record_for
 from tests.lanes.test_video_lane import ark_status, callback_token, post_callback, submitted
@@ -112,7 +113,8 @@ def test_a_failed_copy_keeps_the_task_succeeded_and_a_later_delivery_finishes_it
 ) -> None:
     monkeypatch.setattr(results, "RETRY_DELAY_S", 0.0)
     task_id = lanes.submit(IMAGE_TASK)
-    unreachable = httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(503, text="busy")))
+    busy = httpx.MockTransport(lambda _: httpx.Response(503, text="busy"))
+    unreachable = Downloads(ResultHosts((lanes.ark.root_url,)), transport_for=lambda _: busy)
 
     assert lanes.run("image", downloads=unreachable) == {"batchItemFailures": []}
 

@@ -85,7 +85,9 @@ def test_the_stack_serves_everything_and_stops_without_leftovers(tmp_path: Path,
         assert login.json()["role"] == "user"
 
         web_config = httpx.get(stack.web_url + "/config.json", timeout=HTTP_TIMEOUT_S)
-        assert web_config.json() == {"apiBaseUrl": stack.api_url, "wsUrl": stack.ws_url}
+        assert web_config.json() == {"apiBaseUrl": stack.api_url, "wsUrl": stack.ws_url, "uploadUrl": stack.moto_url}
+        assert f"connect-src 'self' {stack.api_url} {stack.ws_url} {stack.moto_url};" in \
+            web_config.headers["content-security-policy"]
         assert web_config.headers["cache-control"] == "no-store"
         assert httpx.get(stack.sim_url + "/_sim/config", timeout=HTTP_TIMEOUT_S).status_code == 200
         assert serves_requests_in_parallel(stack.api_url)

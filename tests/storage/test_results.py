@@ -7,6 +7,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import boto3
 import httpx
@@ -15,6 +16,7 @@ import pytest
 from chalicelib import media, statemachine
 from chalicelib.clock import FrozenClock
 from chalicelib.db import TaskRecord
+from chalicelib.downloads import Downloads, ResultHosts
 from chalicelib.results import PART_BYTES, RETRY_DELAY_S, copy_results, delete_task
 from tests.conftest import DEMO, Api
 from tests.storage.test_delete import stored_keys
@@ -24,13 +26,23 @@ ARK = "https://ark-results.example.com"
 VIDEO_BYTES = 2 * PART_BYTES + 1234  # three multipart parts
 
 
+# What an MP4 starts with (its `ftyp` box), and a JPEG: how the copier tells what a file is.
+MP4_SIGNATURE = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2mp41"
+JPEG_SIGNATURE = b"\xff\xd8\xff\xe0"
+
+
+def jpeg(path: str) -> bytes:
+    return JPEG_SIGNATURE + f"jpeg {path}".encode()
+
+
 def video_chunks(after_first_part: Callable[[], None] | None = None) -> Iterator[bytes]:
     """A video produced piece by piece, as a network response arrives; `after_first_part` runs once a multipart
     part's worth of it was sent."""
     block = bytes(range(256)) * 256  # 64 KiB
     sent = 0
     while sent < VIDEO_BYTES:
-        piece = block[: min(len(block), VIDEO_BYTES - sent)]
+        piece = (MP4_SIGNATURE + block)[: min(len(block), VIDEO_BYTES - sent)] if sent == 0 else \
+            block[: min(len(block), VIDEO_BYTES - sent)]
         sent += len(piece)
         yield piece
         if after_first_part and sent - len(piece) < PART_BYTES <= sent:
@@ -62,7 +74,7 @@ class FakeArkStorage:
         if path == "/video.mp4":
             return httpx.Response(200, headers={"content-type": "video/mp4"}, content=video_chunks(self.mid_video))
         if path.startswith("/image"):
-            return httpx.Response(200, headers={"content-type": "image/jpeg"}, content=f"jpeg {path}".encode())
+            return httpx.Response(200, headers={"content-type": "image/jpeg"}, content=jpeg(path))
         return httpx.Response(404)
 
 
@@ -71,10 +83,15 @@ def ark_storage() -> FakeArkStorage:
     return FakeArkStorage()
 
 
+def downloads_from(ark_storage: FakeArkStorage) -> Downloads:
+    """Downloads from Ark's (fake) result host, answered in memory."""
+    return Downloads(ResultHosts((urlsplit(ARK).hostname,)),
+                     transport_for=lambda _: httpx.MockTransport(ark_storage.handle))
+
+
 @pytest.fixture
-def http(ark_storage: FakeArkStorage) -> Iterator[httpx.Client]:
-    with httpx.Client(transport=httpx.MockTransport(ark_storage.handle)) as client:
-        yield client
+def downloads(ark_storage: FakeArkStorage) -> Downloads:
+    return downloads_from(ark_storage)
 
 
 def succeeded_task(api: Api, **results: object) -> TaskRecord:
@@ -116,7 +133,7 @@ def assert_out_of_time(task_id: str) -> None:
 
 
 def test_results_are_streamed_into_the_bucket_and_the_api_hands_out_presigned_copies(
-    api: Api, http: httpx.Client
+    api: Api, downloads: Downloads
 ) -> None:
     task = succeeded_task(
         api,
@@ -125,12 +142,12 @@ def test_results_are_streamed_into_the_bucket_and_the_api_hands_out_presigned_co
         last_frame_url=f"{ARK}/image-last.jpeg",
     )
     version = task.version
-    copied = copy_results(task, s3=boto3.client("s3"), http=http, bucket=BUCKET)
+    copied = copy_results(task, s3=boto3.client("s3"), downloads=downloads, bucket=BUCKET)
 
     record = TaskRecord.get(task.task_id, consistent_read=True)
     assert record.status == statemachine.SUCCEEDED and record.results_copy_error is None
     assert record.version == version + 1  # published, so watchers swap Ark's links for the copies
-    assert [stored(ref)["Body"].read() for ref in record.result_urls] == [b"jpeg /image-0.jpeg", b"jpeg /image-1.jpeg"]
+    assert [stored(ref)["Body"].read() for ref in record.result_urls] == [jpeg("/image-0.jpeg"), jpeg("/image-1.jpeg")]
     assert stored(record.last_frame_url)["ContentType"] == "image/jpeg"
     video = stored(record.video_url)
     assert video["ContentType"] == "video/mp4"
@@ -147,11 +164,11 @@ def test_results_are_streamed_into_the_bucket_and_the_api_hands_out_presigned_co
     assert body["results_copy_error"] is None
 
 
-def test_a_failed_copy_is_retried(api: Api, http: httpx.Client, ark_storage: FakeArkStorage) -> None:
+def test_a_failed_copy_is_retried(api: Api, downloads: Downloads, ark_storage: FakeArkStorage) -> None:
     task = succeeded_task(api, result_urls=[f"{ARK}/image-0.jpeg"])
     ark_storage.failures["/image-0.jpeg"] = 2
     slept, sleep = no_sleep()
-    copy_results(task, s3=boto3.client("s3"), http=http, bucket=BUCKET, attempts=3, sleep=sleep)
+    copy_results(task, s3=boto3.client("s3"), downloads=downloads, bucket=BUCKET, attempts=3, sleep=sleep)
 
     record = TaskRecord.get(task.task_id, consistent_read=True)
     assert media.is_s3_ref(record.result_urls[0]) and record.results_copy_error is None
@@ -160,24 +177,24 @@ def test_a_failed_copy_is_retried(api: Api, http: httpx.Client, ark_storage: Fak
 
 
 def test_a_copy_that_keeps_failing_leaves_a_succeeded_task_with_what_was_copied_arks_urls_and_the_error(
-    api: Api, http: httpx.Client, ark_storage: FakeArkStorage
+    api: Api, downloads: Downloads, ark_storage: FakeArkStorage
 ) -> None:
     ark_urls = [f"{ARK}/image-0.jpeg", f"{ARK}/image-1.jpeg"]
     task = succeeded_task(api, result_urls=ark_urls)
     ark_storage.failures["/image-1.jpeg"] = 10
     _, sleep = no_sleep()
-    copy_results(task, s3=boto3.client("s3"), http=http, bucket=BUCKET, attempts=3, sleep=sleep)
+    copy_results(task, s3=boto3.client("s3"), downloads=downloads, bucket=BUCKET, attempts=3, sleep=sleep)
 
     body = api.request("GET", f"/api/tasks/{task.task_id}", as_user=DEMO).data
     assert body["status"] == "succeeded"
     copied, at_ark = body["result_urls"]
     assert f"/tasks/{task.task_id}/results/image-0.jpg?" in copied and at_ark == ark_urls[1]
-    assert stored(TaskRecord.get(task.task_id).result_urls[0])["Body"].read() == b"jpeg /image-0.jpeg"
+    assert stored(TaskRecord.get(task.task_id).result_urls[0])["Body"].read() == jpeg("/image-0.jpeg")
     assert body["results_copy_error"]["code"] == "results_copy_failed"
 
     # Called again later (Ark's links still valid): copies only what is missing and clears the error.
     ark_storage.failures.clear()
-    copy_results(TaskRecord.get(task.task_id, consistent_read=True), s3=boto3.client("s3"), http=http,
+    copy_results(TaskRecord.get(task.task_id, consistent_read=True), s3=boto3.client("s3"), downloads=downloads,
                  bucket=BUCKET, sleep=sleep)
     body = api.request("GET", f"/api/tasks/{task.task_id}", as_user=DEMO).data
     assert all(f"/tasks/{task.task_id}/results/" in url for url in body["result_urls"])
@@ -186,22 +203,24 @@ def test_a_copy_that_keeps_failing_leaves_a_succeeded_task_with_what_was_copied_
 
 
 def test_nothing_is_copied_without_a_bucket_or_before_success(
-    api: Api, http: httpx.Client, ark_storage: FakeArkStorage
+    api: Api, downloads: Downloads, ark_storage: FakeArkStorage
 ) -> None:
     task = succeeded_task(api, result_urls=[f"{ARK}/image-0.jpeg"])
-    assert copy_results(task, s3=boto3.client("s3"), http=http, bucket="").result_urls == [f"{ARK}/image-0.jpeg"]
+    unchanged = copy_results(task, s3=boto3.client("s3"), downloads=downloads, bucket="")
+    assert unchanged.result_urls == [f"{ARK}/image-0.jpeg"]
     body = {"type": "image", "model_id": "seedream-4.5", "prompt": "still queued"}
     queued = TaskRecord.get(api.request("POST", "/api/tasks", body, as_user=DEMO).data["id"])
-    copy_results(queued, s3=boto3.client("s3"), http=http, bucket=BUCKET)
+    copy_results(queued, s3=boto3.client("s3"), downloads=downloads, bucket=BUCKET)
     assert ark_storage.requests == []
 
 
 def test_a_copy_whose_deadline_passed_fetches_nothing_and_records_that_it_ran_out_of_time(
-    api: Api, http: httpx.Client, ark_storage: FakeArkStorage
+    api: Api, downloads: Downloads, ark_storage: FakeArkStorage
 ) -> None:
     task = succeeded_task(api, video_url=f"{ARK}/video.mp4", last_frame_url=f"{ARK}/image-last.jpeg")
     monotonic = FrozenClock(start=500.0)
-    copy_results(task, s3=boto3.client("s3"), http=http, bucket=BUCKET, deadline=500.0, monotonic=monotonic.now)
+    copy_results(task, s3=boto3.client("s3"), downloads=downloads, bucket=BUCKET, deadline=500.0,
+                 monotonic=monotonic.now)
 
     assert_out_of_time(task.task_id)
     record = TaskRecord.get(task.task_id, consistent_read=True)
@@ -211,7 +230,7 @@ def test_a_copy_whose_deadline_passed_fetches_nothing_and_records_that_it_ran_ou
 
 
 def test_a_deadline_passing_mid_video_aborts_its_upload_and_the_task_keeps_arks_links(
-    api: Api, http: httpx.Client, ark_storage: FakeArkStorage
+    api: Api, downloads: Downloads, ark_storage: FakeArkStorage
 ) -> None:
     task = succeeded_task(api, video_url=f"{ARK}/video.mp4", last_frame_url=f"{ARK}/image-last.jpeg")
     monotonic = FrozenClock(start=500.0)
@@ -219,7 +238,7 @@ def test_a_deadline_passing_mid_video_aborts_its_upload_and_the_task_keeps_arks_
     s3 = boto3.client("s3")
     started, aborted = calls_to(s3, "CreateMultipartUpload"), calls_to(s3, "AbortMultipartUpload")
 
-    copy_results(task, s3=s3, http=http, bucket=BUCKET, deadline=560.0, monotonic=monotonic.now)
+    copy_results(task, s3=s3, downloads=downloads, bucket=BUCKET, deadline=560.0, monotonic=monotonic.now)
 
     assert_out_of_time(task.task_id)
     record = TaskRecord.get(task.task_id, consistent_read=True)
@@ -230,7 +249,7 @@ def test_a_deadline_passing_mid_video_aborts_its_upload_and_the_task_keeps_arks_
 
 
 def test_a_retry_that_would_outlast_the_deadline_is_not_waited_for(
-    api: Api, http: httpx.Client, ark_storage: FakeArkStorage
+    api: Api, downloads: Downloads, ark_storage: FakeArkStorage
 ) -> None:
     task = succeeded_task(api, result_urls=[f"{ARK}/image-0.jpeg"])
     ark_storage.failures["/image-0.jpeg"] = 10
@@ -242,7 +261,7 @@ def test_a_retry_that_would_outlast_the_deadline_is_not_waited_for(
         monotonic.advance(seconds)
 
     # Room for the first backoff (1 s), not for the second (2 s more).
-    copy_results(task, s3=boto3.client("s3"), http=http, bucket=BUCKET, attempts=5, sleep=sleep,
+    copy_results(task, s3=boto3.client("s3"), downloads=downloads, bucket=BUCKET, attempts=5, sleep=sleep,
                  deadline=500.0 + 2 * RETRY_DELAY_S, monotonic=monotonic.now)
 
     assert_out_of_time(task.task_id)
@@ -251,7 +270,7 @@ def test_a_retry_that_would_outlast_the_deadline_is_not_waited_for(
 
 
 def test_a_task_deleted_while_its_results_are_copied_leaves_no_objects(
-    api: Api, http: httpx.Client, ark_storage: FakeArkStorage
+    api: Api, downloads: Downloads, ark_storage: FakeArkStorage
 ) -> None:
     task = succeeded_task(api, result_urls=[f"{ARK}/image-0.jpeg", f"{ARK}/image-1.jpeg"])
 
@@ -262,7 +281,7 @@ def test_a_task_deleted_while_its_results_are_copied_leaves_no_objects(
     ark_storage.on_request["/image-1.jpeg"] = delete_now
 
     with pytest.raises(statemachine.StaleTask):
-        copy_results(task, s3=boto3.client("s3"), http=http, bucket=BUCKET)
+        copy_results(task, s3=boto3.client("s3"), downloads=downloads, bucket=BUCKET)
 
     assert ark_storage.requests == ["/image-0.jpeg", "/image-1.jpeg"]
     assert stored_keys(task.task_id) == []
@@ -288,11 +307,12 @@ class CopyFinishingMidDelete:
         return deleted
 
 
-def test_a_copy_finishing_while_the_task_is_deleted_leaves_no_objects(api: Api, http: httpx.Client) -> None:
+def test_a_copy_finishing_while_the_task_is_deleted_leaves_no_objects(api: Api, downloads: Downloads) -> None:
     task = succeeded_task(api, result_urls=[f"{ARK}/image-0.jpeg"])
     boto3.client("s3").put_object(Bucket=BUCKET, Key=f"tasks/{task.task_id}/inputs/0.png", Body=b"input")
     copying = TaskRecord.get(task.task_id, consistent_read=True)
-    s3 = CopyFinishingMidDelete(lambda: copy_results(copying, s3=boto3.client("s3"), http=http, bucket=BUCKET))
+    s3 = CopyFinishingMidDelete(
+        lambda: copy_results(copying, s3=boto3.client("s3"), downloads=downloads, bucket=BUCKET))
 
     assert delete_task(task, s3=s3, bucket=BUCKET) == 2  # the input, then the copy written meanwhile
 

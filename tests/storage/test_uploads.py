@@ -126,3 +126,65 @@ def test_an_expired_upload_cannot_be_used(seeded: None) -> None:
     with pytest.raises(ValidationFailed) as refused:
         service.attach(demo.user_id, form.upload_id, "tsk_two", 0, reference_image_problem)
     assert "expired" in refused.value.details[0]["message"]
+
+
+def html_page() -> bytes:
+    return b"<html><body><script>alert(document.cookie)</script></body></html>"
+
+
+class PostingAgainAfterInspection:
+    """An S3 client on which the upload's form is posted again (with `data`) right after the server inspected the
+    object and before it copies it."""
+
+    def __init__(self, form: dict, data: bytes) -> None:
+        self._s3 = boto3.client("s3")
+        self._form, self._data = form, data
+
+    def __getattr__(self, name: str):
+        return getattr(self._s3, name)
+
+    def get_object(self, **kwargs):
+        answer = self._s3.get_object(**kwargs)
+        if self._data is not None:
+            post_file(self._form, self._data)
+            self._data = None
+        return answer
+
+
+def test_what_is_copied_is_exactly_the_object_that_was_inspected(seeded: None) -> None:
+    real_s3 = boto3.client("s3")
+    demo = principal_of(DEMO)
+    form = UploadService(s3=real_s3).create(demo, UploadRequest(content_type="image/png",
+                                                                                     size=50_000)).body()
+    post_file(form, png())
+    racing = UploadService(s3=PostingAgainAfterInspection(form, html_page() + b" " * 100))
+
+    with pytest.raises(ValidationFailed) as refused:
+        racing.attach(demo.user_id, form["upload_id"], "tsk_raced", 0, reference_image_problem)
+
+    assert "changed while it was being checked" in refused.value.details[0]["message"]
+    listing = real_s3.list_objects_v2(Bucket=os.environ["RESULTS_BUCKET"], Prefix="tasks/tsk_raced/")
+    assert listing.get("KeyCount", 0) == 0
+
+
+def test_an_upload_feeds_several_tasks_of_its_owner_but_a_form_posted_again_after_use_is_refused(api: Api) -> None:
+    data = png()
+    response = request_upload(api, size=len(data))
+    form = response.data
+    post_file(form, data)
+    first = api.request("POST", "/api/tasks", {**IMAGE_TASK, "images": [form["ref"]]}, as_user=DEMO)
+    second = api.request("POST", "/api/tasks", {**IMAGE_TASK, "images": [form["ref"]]}, as_user=DEMO)
+    assert first.status_code == second.status_code == 201, (first.body, second.body)
+    s3, bucket = boto3.client("s3"), os.environ["RESULTS_BUCKET"]
+    for created in (first, second):  # each its own copy
+        assert s3.get_object(Bucket=bucket, Key=f"tasks/{created.data['id']}/inputs/0.png")["Body"].read() == data
+
+    other = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 20, 20)).save(other, format="PNG")
+    assert other.getvalue() != data and len(other.getvalue()) <= len(data)
+    post_file(form, other.getvalue())  # the same form, a different image: within its 15 minutes S3 takes it
+    third = api.request("POST", "/api/tasks", {**IMAGE_TASK, "images": [form["ref"]]}, as_user=DEMO)
+
+    assert third.status_code == 400
+    assert "posted again after a task used it" in third.data["error"]["details"][0]["message"]
+    assert s3.get_object(Bucket=bucket, Key=f"tasks/{first.data['id']}/inputs/0.png")["Body"].read() == data

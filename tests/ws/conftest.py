@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from devstack.ws_gateway import WebSocketGateway
+from devstack.ws_gateway import GatewayLimits, WebSocketGateway
 from tests.conftest import Api, reconfigure
 
 WEB_ORIGIN = "http://127.0.0.1:8080"
@@ -25,10 +25,16 @@ def web_origin_allowed() -> Iterator[None]:
 
 
 @pytest.fixture
-def gateway(api: Api, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebSocketGateway]:
+def gateway_limits() -> GatewayLimits:
+    """API Gateway's own limits; a test module scales them down by overriding this fixture."""
+    return GatewayLimits()
+
+
+@pytest.fixture
+def gateway(api: Api, monkeypatch: pytest.MonkeyPatch, gateway_limits: GatewayLimits) -> Iterator[WebSocketGateway]:
     from app import app
 
-    with WebSocketGateway("127.0.0.1", 0) as running:
+    with WebSocketGateway("127.0.0.1", 0, limits=gateway_limits) as running:
         for name, value in running.app_environment().items():
             monkeypatch.setenv(name, value)
         reconfigure()

@@ -242,3 +242,45 @@ def test_management_api_answers_like_api_gateway(open_socket, gateway: WebSocket
             call(ConnectionId=record.connection_id)
     with pytest.raises(client.exceptions.GoneException):
         client.post_to_connection(ConnectionId=record.connection_id, Data=b"late")
+
+
+def test_an_update_too_large_for_one_message_arrives_truncated_telling_the_client_to_read_the_task(
+    api: Api, open_socket
+) -> None:
+    socket = open_socket(DEMO)
+    long_error, many_long_urls = create_task(api), create_task(api)
+    for _ in range(2):
+        assert receive(socket)["data"]["status"] == "queued"
+
+    statemachine.transition(statemachine.transition(long_error, statemachine.RUNNING), statemachine.FAILED,
+                            actions=[TaskRecord.error.set({"code": "boom", "message": "x" * 150_000})])
+    running = statemachine.transition(many_long_urls, statemachine.RUNNING)
+    urls = [f"https://results.example.com/{index}/{'a' * 9_000}.jpeg" for index in range(15)]
+    statemachine.transition(running, statemachine.SUCCEEDED, actions=[TaskRecord.result_urls.set(urls)])
+
+    updates = []
+    for _ in range(4):
+        raw = socket.recv(timeout=10)
+        assert len(raw.encode()) <= 128 * 1024
+        updates.append(json.loads(raw)["data"])
+    assert [(update["id"], update["status"]) for update in updates] == [
+        (long_error.task_id, "running"), (long_error.task_id, "failed"),
+        (many_long_urls.task_id, "running"), (many_long_urls.task_id, "succeeded")]
+    for update in (updates[1], updates[3]):
+        assert set(update) == {"id", "status", "version", "updated_at", "truncated"} and update["truncated"] is True
+    # What the client then reads is whole.
+    assert api.request("GET", f"/api/tasks/{many_long_urls.task_id}", as_user=DEMO).data["result_urls"] == urls
+
+
+def test_the_reply_to_a_bad_message_stays_small_whatever_the_message_holds(open_socket) -> None:
+    socket = open_socket(DEMO)
+    many_unknown_fields = {f"{index:06d}-{'k' * 33}": 1 for index in range(2_500)}
+    message = json.dumps({"action": "ping", **many_unknown_fields})
+    assert 100_000 < len(message) < 128 * 1024
+
+    socket.send(message)
+
+    raw = socket.recv(timeout=10)
+    reply = json.loads(raw)
+    assert reply["error"]["code"] == "invalid_message" and 1 <= len(reply["error"]["details"]) <= 5
+    assert len(raw) < 2_000

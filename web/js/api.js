@@ -67,13 +67,15 @@ export async function api(method, path, { body, headers = {}, auth = true, query
   }
   const requestHeaders = { Accept: "application/json", ...headers };
   if (body !== undefined) requestHeaders["Content-Type"] = "application/json";
+  let token = null;
   if (auth) {
     const session = getSession();
     if (!session || sessionExpired(session)) {
       unauthorizedHandler(EXPIRED_MESSAGE);
       throw new ApiError(401, "unauthorized", EXPIRED_MESSAGE);
     }
-    requestHeaders.Authorization = `Bearer ${session.token}`;
+    token = session.token;
+    requestHeaders.Authorization = `Bearer ${token}`;
   }
   let response;
   try {
@@ -103,6 +105,7 @@ export async function api(method, path, { body, headers = {}, auth = true, query
     error.details ?? null,
   );
   apiError.retryAfter = response.headers.get("Retry-After");
-  if (response.status === 401 && auth) unauthorizedHandler(EXPIRED_MESSAGE);
+  // A 401 ends the session it was sent with, not one begun since (a logout and a login while it was in flight).
+  if (response.status === 401 && auth && getSession()?.token === token) unauthorizedHandler(EXPIRED_MESSAGE);
   throw apiError;
 }

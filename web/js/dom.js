@@ -15,9 +15,20 @@ export function safeUrl(value) {
 }
 
 /**
+ * Point `name` (href, src, poster) at `value` if safeUrl allows it, else remove the attribute: the one way a URL
+ * reaches the page. Returns the URL set (or null); an unchanged URL is left alone, so nothing reloads.
+ */
+export function setUrl(element, name, value) {
+  const url = safeUrl(value);
+  if (!url) element.removeAttribute(name);
+  else if (element.getAttribute(name) !== url) element.setAttribute(name, url);
+  return url;
+}
+
+/**
  * Build an element: h("button", {type: "button", class: "x", onclick: fn}, "text", childNode, [more]).
  * Properties starting with "on" become listeners, `dataset` and `style` objects are merged, booleans toggle
- * attributes, href/src/poster pass through safeUrl.
+ * attributes, href/src/poster pass through setUrl.
  */
 export function h(tag, props = {}, ...children) {
   const element = document.createElement(tag);
@@ -30,8 +41,7 @@ export function h(tag, props = {}, ...children) {
     } else if (name === "class") {
       element.className = value;
     } else if (name === "href" || name === "src" || name === "poster") {
-      const url = safeUrl(value);
-      if (url) element.setAttribute(name, url);
+      setUrl(element, name, value);
     } else if (value === true) {
       element.setAttribute(name, "");
     } else if (name === "value" || name === "checked") {

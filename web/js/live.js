@@ -1,5 +1,8 @@
 // Live task updates over the WebSocket: single-use ticket, keep-alive pings, reconnect with exponential
 // backoff. Every (re)connection calls onConnected so the caller can refetch what it may have missed.
+// Each start() begins a session of its own: whatever an earlier one left in flight (a ticket request, a socket
+// opening, a retry) finds itself outdated after every await and closes what it opened, so a logout followed by
+// a login never leaves the new user's tab holding the previous user's socket.
 
 import { api, getConfig } from "./api.js";
 
@@ -19,16 +22,19 @@ export class LiveUpdates {
     this.retryTimer = null;
     this.pingTimer = null;
     this.pongTimer = null;
+    this.session = 0;
   }
 
   start() {
     if (!this.stopped) return;
     this.stopped = false;
-    this.connect();
+    this.session += 1;
+    this.connect(this.session);
   }
 
   stop() {
     this.stopped = true;
+    this.session += 1;
     clearTimeout(this.retryTimer);
     this.clearKeepAlive();
     if (this.socket) {
@@ -39,30 +45,46 @@ export class LiveUpdates {
     this.onState("off");
   }
 
-  async connect() {
+  /** Whether work begun for `session` may go on: false once stopped or started again. */
+  current(session) {
+    return !this.stopped && session === this.session;
+  }
+
+  async connect(session) {
+    if (!this.current(session)) return;
     this.onState("connecting");
     let ticket;
     try {
       ticket = await api("POST", "/api/ws/ticket");
     } catch (error) {
-      if (error.status !== 401) this.scheduleRetry();
+      if (error.status !== 401 && this.current(session)) this.scheduleRetry(session);
       return;
     }
-    if (this.stopped) return;
+    if (!this.current(session)) return;
     const url = ticket.url || `${getConfig().wsUrl}?ticket=${encodeURIComponent(ticket.ticket)}`;
     const socket = new WebSocket(url);
     this.socket = socket;
+    const outdated = () => {
+      if (this.current(session) && this.socket === socket) return false;
+      socket.onclose = null;
+      socket.close(1000, "session ended");
+      return true;
+    };
     socket.onopen = () => {
+      if (outdated()) return;
       this.failures = 0;
       this.onState("live");
       this.startKeepAlive();
       this.onConnected();
     };
-    socket.onmessage = (event) => this.handleMessage(event.data);
+    socket.onmessage = (event) => {
+      if (!outdated()) this.handleMessage(event.data);
+    };
     socket.onclose = () => {
+      if (this.socket !== socket) return;
       this.clearKeepAlive();
-      if (this.socket === socket) this.socket = null;
-      if (!this.stopped) this.scheduleRetry();
+      this.socket = null;
+      if (this.current(session)) this.scheduleRetry(session);
     };
   }
 
@@ -94,13 +116,14 @@ export class LiveUpdates {
     clearTimeout(this.pongTimer);
   }
 
-  scheduleRetry() {
-    if (this.stopped) return;
+  scheduleRetry(session) {
+    if (!this.current(session)) return;
     const ceiling = Math.min(MAX_RETRY_MS, FIRST_RETRY_MS * 2 ** this.failures);
     // Jitter spreads reconnects out when a server restart drops every browser at once.
     const delay = Math.round(ceiling / 2 + (Math.random() * ceiling) / 2);
     this.failures += 1;
     this.onState("reconnecting", delay);
-    this.retryTimer = setTimeout(() => this.connect(), delay);
+    clearTimeout(this.retryTimer);
+    this.retryTimer = setTimeout(() => this.connect(session), delay);
   }
 }

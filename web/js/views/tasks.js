@@ -2,10 +2,14 @@
 
 import { api } from "../api.js";
 import { openDialog, confirmDialog } from "../dialog.js";
-import { formatDateTime, formatDuration, h, toast } from "../dom.js";
+import { formatDateTime, formatDuration, h, safeUrl, setUrl, toast } from "../dom.js";
 import { describeError, select, toastError } from "../forms.js";
+import { dueTimer, refreshDueAt } from "../links.js";
 
 const PAGE_SIZE = 20;
+// Links are refetched no sooner than this after they arrived, and this long after a refetch failed.
+const LINK_MIN_AGE_MS = 2_000;
+const LINK_RETRY_MS = 15_000;
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
 const STATUS_LABELS = {
   queued: "Queued",
@@ -48,8 +52,17 @@ function paramsSummary(task) {
   return parts.join(" · ");
 }
 
-/** Full-size view of a task's images, with previous/next and download. */
-function openImageViewer(task, urls, startIndex) {
+/** A task's presigned links: what goes stale. */
+function resultLinks(task) {
+  return [...(task.result_urls || []), task.video_url, task.last_frame_url].filter(Boolean);
+}
+
+/**
+ * Full-size view of a task's images, with previous/next and download. Returns {taskId, setUrls(urls)}: fresh
+ * links replace the shown ones in place (the same picture keeps showing while its new URL loads).
+ */
+function openImageViewer(task, startUrls, startIndex, onClose) {
+  let urls = startUrls;
   let index = startIndex;
   const image = h("img", { class: "viewer-image", alt: "" });
   const download = h("a", { class: "button primary", target: "_blank", rel: "noopener" }, "Download");
@@ -59,13 +72,14 @@ function openImageViewer(task, urls, startIndex) {
     title: "Image",
     className: "viewer",
     body: [image, h("div", { class: "dialog-actions" }, urls.length > 1 ? [previous, next] : null, download)],
+    onClose,
   });
   const title = dialog.querySelector("h2");
   function show(position) {
     index = (position + urls.length) % urls.length;
-    image.src = urls[index];
+    setUrl(image, "src", urls[index]);
     image.alt = `Result ${index + 1} of task ${task.id}`;
-    download.href = urls[index];
+    setUrl(download, "href", urls[index]);
     download.download = `arkflow-${task.id}-${index + 1}`;
     title.textContent = urls.length > 1 ? `Image ${index + 1} of ${urls.length}` : "Image";
   }
@@ -74,9 +88,17 @@ function openImageViewer(task, urls, startIndex) {
     if (urls.length > 1 && event.key === "ArrowLeft") show(index - 1);
   });
   show(index);
+  return {
+    taskId: task.id,
+    setUrls(fresh) {
+      if (fresh.length !== urls.length) return;
+      urls = fresh;
+      show(index);
+    },
+  };
 }
 
-function resultsView(task) {
+function resultsView(task, onView) {
   if (task.status !== "succeeded") return null;
   if (task.type === "image" && (task.result_urls || []).length) {
     const urls = task.result_urls;
@@ -87,7 +109,7 @@ function resultsView(task) {
         h(
           "button",
           { type: "button", class: "thumb-button", "aria-label": `View image ${index + 1} of ${urls.length} full size`,
-            onclick: () => openImageViewer(task, urls, index) },
+            onclick: () => onView(index) },
           h("img", { src: url, alt: "", loading: "lazy" }),
         ),
       ),
@@ -102,14 +124,50 @@ function resultsView(task) {
       h(
         "div",
         { class: "result-links" },
-        h("a", { href: task.video_url, download: `arkflow-${task.id}.mp4`, target: "_blank", rel: "noopener" }, "Download video"),
+        h("a", { href: task.video_url, download: `arkflow-${task.id}.mp4`, target: "_blank", rel: "noopener",
+          dataset: { link: "video" } }, "Download video"),
         task.last_frame_url
-          ? h("a", { href: task.last_frame_url, download: `arkflow-${task.id}-last-frame`, target: "_blank", rel: "noopener" }, "Last frame")
+          ? h("a", { href: task.last_frame_url, download: `arkflow-${task.id}-last-frame`, target: "_blank", rel: "noopener",
+            dataset: { link: "last-frame" } }, "Last frame")
           : null,
       ),
     );
   }
   return null;
+}
+
+/** Give a shown video its fresh link without interrupting it: a playing one switches when paused, a fully loaded
+ * one needs no link any more. */
+function refreshVideoSource(video, value) {
+  const url = safeUrl(value);
+  if (!url || video.getAttribute("src") === url) return;
+  video.dataset.freshSrc = url;
+  const swap = () => {
+    const fresh = video.dataset.freshSrc;
+    delete video.dataset.freshSrc;
+    if (!fresh) return;
+    const loaded = video.buffered.length && video.buffered.end(video.buffered.length - 1) >= video.duration;
+    if (loaded) return;
+    const position = video.currentTime;
+    setUrl(video, "src", fresh);
+    if (position) video.currentTime = position;
+  };
+  if (video.paused) swap();
+  else video.addEventListener("pause", swap, { once: true });
+}
+
+/** Put a task's fresh links into its card as it is: same elements, so nothing shown is rebuilt. */
+function refreshLinks(element, task) {
+  element.querySelectorAll(".gallery img").forEach((image, index) => setUrl(image, "src", (task.result_urls || [])[index]));
+  const video = element.querySelector(".video-result video");
+  if (video) {
+    refreshVideoSource(video, task.video_url);
+    setUrl(video, "poster", task.last_frame_url);
+  }
+  const videoLink = element.querySelector("[data-link=video]");
+  if (videoLink) setUrl(videoLink, "href", task.video_url);
+  const frameLink = element.querySelector("[data-link=last-frame]");
+  if (frameLink) setUrl(frameLink, "href", task.last_frame_url);
 }
 
 /** Images of a group that Ark could not generate while the others succeeded. */
@@ -132,10 +190,15 @@ function partialFailures(task) {
 export function taskListPanel() {
   const tasks = new Map();
   const cards = new Map();
+  // When each task's links were received, and the viewer open on one of them, if any.
+  const linksReceivedAt = new Map();
+  let viewer = null;
   let modelNames = new Map();
   let nextCursor = null;
   let generation = 0;
   let refetchTimer = null;
+  let disposed = false;
+  const linkTimer = dueTimer(refreshStaleLinks);
 
   const statusFilter = select([["", "All statuses"], ...Object.entries(STATUS_LABELS)], "");
   const typeFilter = select([["", "All types"], ["image", "Images"], ["video", "Videos"]], "");
@@ -153,6 +216,34 @@ export function taskListPanel() {
     const existing = tasks.get(task.id);
     if (existing && Number(task.version) < Number(existing.version)) return;
     tasks.set(task.id, task);
+    linksReceivedAt.set(task.id, Date.now());
+  }
+
+  function openViewer(taskId, index) {
+    const task = tasks.get(taskId);
+    if (!task) return;
+    viewer = openImageViewer(task, task.result_urls || [], index, () => { viewer = null; });
+  }
+
+  function linksDueAt(task) {
+    const receivedAt = linksReceivedAt.get(task.id) ?? Date.now();
+    const due = refreshDueAt(resultLinks(task), receivedAt);
+    // Links that arrive already stale (a clock far off, a server handing out old ones) are not refetched in a loop.
+    return due === null ? null : Math.max(due, receivedAt + LINK_MIN_AGE_MS);
+  }
+
+  /** Fetch the tasks whose links are about to expire; what arrives replaces the links in place (render). */
+  async function refreshStaleLinks() {
+    const soon = Date.now() + 1000;
+    const stale = [...tasks.values()].filter((task) => (linksDueAt(task) ?? Infinity) <= soon);
+    await Promise.all(stale.map((task) => fetchTask(task.id)));
+    // Links a failed fetch left stale are tried again a little later, not in a loop.
+    if (!disposed) scheduleLinkRefresh(Date.now() + LINK_RETRY_MS);
+  }
+
+  function scheduleLinkRefresh(notBefore = 0) {
+    const due = [...tasks.values()].map(linksDueAt).filter((value) => value !== null);
+    linkTimer.schedule(due.length ? Math.max(notBefore, Math.min(...due)) : null);
   }
 
   function actionButtons(task) {
@@ -196,7 +287,7 @@ export function taskListPanel() {
         ? h("p", { class: "task-error" }, `${task.status === "failed" ? "Failed" : STATUS_LABELS[task.status] || "Error"}: `,
           task.error.message || "", task.error.code ? h("code", {}, task.error.code) : null)
         : null,
-      resultsView(task),
+      resultsView(task, (index) => openViewer(task.id, index)),
       partialFailures(task),
       actionButtons(task),
     );
@@ -220,8 +311,10 @@ export function taskListPanel() {
     }
     visible.forEach((task, index) => {
       let card = cards.get(task.id);
-      if (card && !needsRebuild(card.task, task)) card.task = task;
-      else {
+      if (card && !needsRebuild(card.task, task)) {
+        if (resultLinks(card.task).join(" ") !== resultLinks(task).join(" ")) refreshLinks(card.element, task);
+        card.task = task;
+      } else {
         const element = buildCard(task);
         if (card) {
           const focusedAction = card.element.contains(document.activeElement) ? document.activeElement.dataset.action : null;
@@ -233,6 +326,8 @@ export function taskListPanel() {
       }
       if (list.children[index] !== card.element) list.insertBefore(card.element, list.children[index] || null);
     });
+    if (viewer && tasks.has(viewer.taskId)) viewer.setUrls(tasks.get(viewer.taskId).result_urls || []);
+    scheduleLinkRefresh();
     emptyState.hidden = visible.length > 0;
     emptyState.textContent = statusFilter.value || typeFilter.value
       ? "No tasks match these filters."
@@ -296,9 +391,13 @@ export function taskListPanel() {
   }
 
   async function fetchTask(id) {
+    const current = generation;
     try {
-      upsert(await api("GET", `/api/tasks/${encodeURIComponent(id)}`));
+      const task = await api("GET", `/api/tasks/${encodeURIComponent(id)}`);
+      if (disposed || current !== generation) return;
+      upsert(task);
     } catch (error) {
+      if (disposed || current !== generation) return;
       if (error.status === 404) tasks.delete(id);
       else return;
     }
@@ -313,13 +412,16 @@ export function taskListPanel() {
       return;
     }
     if (Number(update.version) < Number(existing.version)) return;
-    const merged = { ...existing, ...update };
+    // Too large for one WebSocket message, an update comes cut down to its status: the task says the rest.
+    const { truncated, ...changed } = update;
+    const merged = { ...existing, ...changed };
     if (TERMINAL.has(merged.status) && !("cancellable" in update)) merged.cancellable = false;
     tasks.set(update.id, merged);
+    if (resultLinks(changed).length) linksReceivedAt.set(update.id, Date.now());
     render();
     // An update carries what changed; the full task adds what it implies (cancellable, started_at,
     // finished_at, image_errors), so fetch it once per status change.
-    if (update.status !== existing.status) fetchTask(update.id);
+    if (truncated || update.status !== existing.status) fetchTask(update.id);
   }
 
   async function cancelTask(task) {
@@ -409,9 +511,11 @@ export function taskListPanel() {
       render();
     },
     dispose() {
+      disposed = true;
       generation += 1;
       clearInterval(ticker);
       clearTimeout(refetchTimer);
+      linkTimer.cancel();
     },
   };
 }
