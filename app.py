@@ -182,7 +182,8 @@ def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
     service = task_service()
     task = service.get(task_id)
     request = parse(StatusUpdateRequest, context.json())
-    return service.body(status_updates.apply(task, request, sqs=service.sqs, video=video.default_service))
+    return service.body(status_updates.apply(task, request, sqs=service.sqs, video=video.default_service),
+                        for_admin=True)
 
 
 @app.route("/api/admin/tasks", methods=["GET"])
@@ -191,7 +192,8 @@ def admin_list_tasks(context: RequestContext) -> dict[str, Any]:
     service = task_service()
     query = parse(AdminTaskListQuery, context.query())
     page, cursor = service.list(query, user=query.user)
-    return {"tasks": [{**service.body(task), "user": task.user_id} for task in page], "next_cursor": cursor}
+    return {"tasks": [{**service.body(task, for_admin=True), "user": task.user_id} for task in page],
+            "next_cursor": cursor}
 
 
 @app.route("/api/tasks/{task_id}/cancel", methods=["POST"])
