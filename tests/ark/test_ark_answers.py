@@ -313,7 +313,7 @@ def test_a_trickling_server_cannot_stretch_a_status_read_past_its_budget(trickle
             pytest.raises(ArkTransportError) as raised:
         client.get_task_status("cgt-1")
     assert raised.value.code == "RequestTimeout"
-    assert time.monotonic() - started < 4 * 0.4
+    assert time.monotonic() - started < 5 * 0.4
 
 
 def test_an_enclosing_deadline_bounds_every_call_inside(trickler):
@@ -322,7 +322,7 @@ def test_an_enclosing_deadline_bounds_every_call_inside(trickler):
             call_deadline(time.monotonic() + 0.4), pytest.raises(ArkTransportError) as raised:
         client.get_task_status("cgt-1")
     assert raised.value.code == "RequestTimeout"
-    assert time.monotonic() - started < 4 * 0.4
+    assert time.monotonic() - started < 5 * 0.4
 
 
 def test_a_call_with_no_time_left_is_not_sent():
