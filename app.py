@@ -188,7 +188,8 @@ def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
     service = task_service()
     task = service.get(task_id)
     request = parse(StatusUpdateRequest, context.json())
-    return service.body(status_updates.apply(task, request, sqs=service.sqs, video=video.default_service))
+    return service.body(status_updates.apply(task, request, sqs=service.sqs, video=video.default_service),
+                        for_admin=True)
 
 
 @app.route("/api/admin/tasks", methods=["GET"])

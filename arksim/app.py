@@ -19,7 +19,8 @@ from starlette.routing import Route
 
 from arksim import images, video
 from arksim.callbacks import CallbackSender
-from arksim.errors import SimError
+from arksim.config import MalformedKind
+from arksim.errors import SimError, invalid
 from arksim.media import CONTENT_TYPES
 from arksim.simulator import Simulator
 from chalicelib.ark.limits import VIDEO_MAX_BODY_BYTES, VIDEO_STATUSES
@@ -80,8 +81,10 @@ def create_app(sim: Simulator) -> Starlette:
                 serving = (sim.stats.serving(call.model) if endpoint in GENERATION_ENDPOINTS
                            else contextlib.nullcontext())
                 with serving:
-                    await _inject_faults(sim, endpoint)
+                    malformed = await _inject_faults(sim, endpoint, call.model)
                     response = await handler(request, call, body)
+                if malformed is not None:
+                    response = _malformed(response, malformed)
             except SimError as error:
                 response = JSONResponse(error.body(call.request_id), error.status, headers=error.headers)
             response.headers[REQUEST_ID_HEADER] = call.request_id
@@ -192,29 +195,28 @@ def _authenticate(sim: Simulator, request: Request) -> None:
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
     expected = sim.config.api_key
     if scheme.lower() != "bearer" or not key.strip() or (expected and key.strip() != expected):
-        raise SimError(401, "AuthenticationError",
-                       "The API key or AK/SK in the request is missing or invalid.")
+        raise SimError(401, "AuthenticationError")
 
 
 async def _json_body(request: Request, endpoint: str) -> dict[str, Any]:
     raw = await request.body()
     if endpoint == "tasks.create" and len(raw) > VIDEO_MAX_BODY_BYTES:
-        raise SimError(400, "InvalidParameter",
-                       f"The request body must be at most {VIDEO_MAX_BODY_BYTES} bytes.")
+        raise invalid("body", f"the request body must be at most {VIDEO_MAX_BODY_BYTES} bytes")
     try:
         body = json.loads(raw)
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise SimError(400, "InvalidParameter", "The request body must be a JSON object.")
+        raise SimError(400, "InvalidParameter")  # not a JSON object
     return body
 
 
-async def _inject_faults(sim: Simulator, endpoint: str) -> None:
-    """One draw per request decides between rate limit, server error, timeout, slow answer or none."""
+async def _inject_faults(sim: Simulator, endpoint: str, model: str) -> MalformedKind | None:
+    """One draw per request decides between rate limit, server error, timeout, slow answer, malformed answer
+    (returned: the handler still does the work, then its answer is spoilt) or none."""
     config = sim.config
     if endpoint not in config.fault_endpoints:
-        return
+        return None
     draw = sim.draw()
     threshold = config.rate_limit_fraction
     if draw < threshold:
@@ -222,18 +224,42 @@ async def _inject_faults(sim: Simulator, endpoint: str) -> None:
         code = config.rate_limit_code or (
             "ModelAccountIpmRateLimitExceeded" if endpoint == "images.generate"
             else "ModelAccountRpmRateLimitExceeded")
-        raise SimError(429, code, "The request has exceeded a rate limit (injected). Please try again later.",
-                       headers=sim.retry_after_header())
+        raise SimError(429, code, headers=sim.retry_after_header(), model=model)
     threshold += config.server_error_fraction
     if draw < threshold:
         sim.stats.faults["server_error"] += 1
-        raise SimError(500, "InternalServiceError", "The service encountered an unexpected internal error.")
+        raise SimError(500, "InternalServiceError")
     threshold += config.timeout_fraction
     if draw < threshold:
         sim.stats.faults["timeout"] += 1
         await asyncio.sleep(config.timeout_hang_s)
-        raise SimError(504, "InternalServiceError", "The service timed out while handling the request.")
+        raise SimError(504, "InternalServiceError")
     threshold += config.slow_fraction
     if draw < threshold:
         sim.stats.faults["slow"] += 1
         await asyncio.sleep(config.slow_extra_s)
+        return None
+    threshold += config.malformed_answer_fraction
+    if draw < threshold:
+        sim.stats.faults["malformed_answer"] += 1
+        kinds = config.malformed_answer_kinds
+        return kinds[min(int(sim.draw() * len(kinds)), len(kinds) - 1)]
+    return None
+
+
+def _malformed(response: Response, kind: MalformedKind) -> Response:
+    """A successful answer spoilt the way `kind` says; answers that are not JSON objects (SSE) stay as they are."""
+    if kind == "not_json":
+        return Response("<html><body><h1>502 Bad Gateway</h1></body></html>", 200, media_type="text/html")
+    answer = json.loads(response.body) if isinstance(response, JSONResponse) and response.status_code == 200 else None
+    if not isinstance(answer, dict):
+        return response
+    if kind == "null_values":  # e.g. `created: null`, `id: null`, `status: null`
+        answer = {key: value if isinstance(value, dict | list) else None for key, value in answer.items()}
+    elif kind == "scalar_items":  # e.g. `data: ["x"]`, `items: ["x"]`
+        answer = {key: ["x"] if isinstance(value, list) else value for key, value in answer.items()}
+    elif kind == "list_objects":  # e.g. `usage: [1]`, `content: [1]`
+        answer = {key: [1] if isinstance(value, dict) else value for key, value in answer.items()}
+    else:  # string_error
+        answer = {**answer, "error": "boom"}
+    return JSONResponse(answer)

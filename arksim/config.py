@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from arksim.errors import RATE_LIMIT_CODES
 from chalicelib.ark import limits
 
 Fraction = Field(default=0.0, ge=0.0, le=1.0)
 Endpoint = Literal["images.generate", "tasks.create", "tasks.get", "tasks.list", "tasks.delete"]
+# How a malformed answer is spoilt: top-level scalars null (`created: null`), lists of strings (`data: ["x"]`),
+# objects as lists (`usage: [1]`), `error: "boom"`, or a body that is not JSON.
+MalformedKind = Literal["null_values", "scalar_items", "list_objects", "string_error", "not_json"]
+RateLimitCode = Literal[RATE_LIMIT_CODES]  # type: ignore[valid-type]
 
 
 class SimConfig(BaseModel):
@@ -36,6 +41,8 @@ class SimConfig(BaseModel):
     # --- models ---
     endpoints: dict[str, str] = Field(default_factory=dict)  # "ep-..." endpoint id -> model id
     inactive_models: list[str] = Field(default_factory=list)  # answered with 404 ModelNotOpen
+    # Generation calls answered 429 QuotaExceeded with Ark's "free trial quota exhausted" text.
+    free_trial_used_up_models: list[str] = Field(default_factory=list)
     max_input_image_bytes: int = Field(default=limits.IMAGE_INPUT_MAX_BYTES, ge=1)  # 30 MB in the 2026 doc
     reject_unsupported_video_fields: bool = True  # 1.5/2.x-only fields: 400 (True) or ignored (False)
 
@@ -43,13 +50,17 @@ class SimConfig(BaseModel):
     fault_seed: int | None = None
     fault_endpoints: list[Endpoint] = Field(default_factory=lambda: ["images.generate", "tasks.create"])
     rate_limit_fraction: float = Fraction
-    rate_limit_code: str = ""  # empty: the endpoint's own RPM/IPM code
+    rate_limit_code: RateLimitCode | Literal[""] = ""  # empty: the endpoint's own RPM/IPM code
     retry_after_s: int | None = Field(default=None, ge=0)  # sent as Retry-After on every 429 when set
     server_error_fraction: float = Fraction
     timeout_fraction: float = Fraction
     timeout_hang_s: float = Field(default=120.0, ge=0)  # how long a "timed out" request hangs before a 504
     slow_fraction: float = Fraction
     slow_extra_s: float = Field(default=5.0, ge=0)
+    # A 200 that does not fit Ark's documented shape, sent after the work was done (an image made, a task created).
+    malformed_answer_fraction: float = Fraction
+    malformed_answer_kinds: list[MalformedKind] = Field(default_factory=lambda: list(get_args(MalformedKind)),
+                                                        min_length=1)
     # Prompt markers: input moderation at request time; output moderation on the result.
     input_sensitive_marker: str = "SIM_SENSITIVE_INPUT"
     output_sensitive_marker: str = "SIM_SENSITIVE_OUTPUT"

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
-from arksim.errors import SimError, invalid
+from arksim.errors import SimError, error_item, invalid
 from arksim.fields import optional_bool, optional_enum, optional_int, optional_object, required_str
 from arksim.inputs import inspect_image
 from chalicelib.ark import limits
@@ -59,8 +59,7 @@ def parse_request(sim: Simulator, body: dict[str, Any]) -> ImageRequest:
     optional_bool(body, "watermark")
     stream = bool(optional_bool(body, "stream"))
     if sim.config.input_sensitive_marker in prompt:
-        raise SimError(400, "InputTextSensitiveContentDetected",
-                       "The request failed because the input text may contain sensitive information.")
+        raise SimError(400, "InputTextSensitiveContentDetected")
     count = 1
     if mode == "auto":
         count = min(max_images, limits.IMAGE_MAX_TOTAL_IMAGES - references)
@@ -110,31 +109,22 @@ def _size(value: Any, model: str) -> tuple[int, int]:
 def check_rate_limits(sim: Simulator, request: ImageRequest) -> None:
     """Images per minute per account and model; group requests count every image they may produce."""
     if not sim.image_window.try_take(request.model, request.count, sim.config.images_per_minute, sim.now()):
-        raise SimError(429, "ModelAccountIpmRateLimitExceeded",
-                       f"The request has exceeded the images per minute limit of model {request.model} "
-                       f"({sim.config.images_per_minute}). Please try again later.",
-                       headers=sim.retry_after_header())
+        raise SimError(429, "ModelAccountIpmRateLimitExceeded", headers=sim.retry_after_header())
     limit = sim.config.image_max_in_flight
     # The request being checked is already counted as in flight.
     if limit and sim.stats.in_flight[request.model] > limit:
-        raise SimError(429, "InflightBatchsizeExceeded",
-                       f"Too many concurrent requests for model {request.model} (at most {limit} at once).",
-                       headers=sim.retry_after_header())
+        raise SimError(429, "InflightBatchsizeExceeded", headers=sim.retry_after_header())
 
 
 async def _outcome(sim: Simulator, request: ImageRequest, index: int, base_url: str) -> ImageOutcome:
     config = sim.config
     if sim.draw() < config.image_internal_error_fraction:
         sim.stats.faults["image_internal_error"] += 1
-        return ImageOutcome({"error": {"code": "InternalServiceError",
-                                       "message": "The service encountered an unexpected internal error."}},
-                            generated=False, internal_error=True)
+        return ImageOutcome({"error": error_item("InternalServiceError")}, generated=False, internal_error=True)
     marked = index == 0 and config.output_sensitive_marker in request.prompt
     if marked or sim.draw() < config.output_sensitive_fraction:
         sim.stats.faults["output_sensitive"] += 1
-        return ImageOutcome({"error": {"code": "OutputImageSensitiveContentDetected",
-                                       "message": "The generated image may contain sensitive information."}},
-                            generated=False)
+        return ImageOutcome({"error": error_item("OutputImageSensitiveContentDetected")}, generated=False)
     media = sim.media.add("jpeg", request.width, request.height, sim.now())
     item: dict[str, Any] = {"size": f"{request.width}x{request.height}"}
     if request.response_format == "b64_json":

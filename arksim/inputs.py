@@ -32,15 +32,13 @@ class InputImage:
 
 def inspect_image(value: Any, param: str, formats: tuple[str, ...], media: MediaStore) -> InputImage:
     if not isinstance(value, str) or not value.strip():
-        raise SimError(400, "InvalidImageURL.EmptyURL", f"The image URL in `{param}` is empty.", param)
+        raise SimError(400, "InvalidImageURL.EmptyURL", param=param)
     match = DATA_URI.fullmatch(value)
     if match:
         return _decode_data_uri(match[1], match[2], param, formats)
     url = urlparse(value)
     if url.scheme not in ("http", "https") or not url.netloc:
-        raise SimError(400, "InvalidImageURL.InvalidFormat",
-                       f"The image in `{param}` must be an http(s) URL or a data:image/<format>;base64 URI.",
-                       param)
+        raise SimError(400, "InvalidImageURL.InvalidFormat", param=param)
     own = MEDIA_PATH.fullmatch(url.path)
     known = media.get(own[1]) if own else None
     if known is not None:
@@ -51,14 +49,11 @@ def inspect_image(value: Any, param: str, formats: tuple[str, ...], media: Media
 def _decode_data_uri(declared: str, payload: str, param: str, formats: tuple[str, ...]) -> InputImage:
     fmt = FORMAT_ALIASES.get(declared, declared)
     if fmt not in formats:
-        raise SimError(400, "InvalidImageURL.InvalidFormat",
-                       f"The image format `{declared}` in `{param}` is not supported; use one of "
-                       f"{', '.join(formats)} written in lower case.", param)
+        raise SimError(400, "InvalidImageURL.InvalidFormat", param=param)
     try:
         raw = base64.b64decode(payload, validate=True)
         with Image.open(io.BytesIO(raw)) as image:
             width, height = image.size
     except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
-        raise SimError(400, "InvalidImageURL.InvalidFormat",
-                       f"The image in `{param}` could not be decoded.", param) from None
+        raise SimError(400, "InvalidImageURL.InvalidFormat", param=param) from None
     return InputImage(width, height, len(raw))

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from arksim.accounting import SlidingWindow, Stats
 from arksim.clock import SimClock
 from arksim.config import SimConfig
-from arksim.errors import SimError, invalid, missing
+from arksim.errors import SimError, documented, invalid, missing
 from arksim.media import MediaStore
 from arksim.video import TaskBoard
 from chalicelib.ark.models import IMAGE_MODELS, VIDEO_MODELS
@@ -64,13 +64,12 @@ class Simulator:
         model = self.config.endpoints.get(value, value)
         known = IMAGE_MODELS + VIDEO_MODELS
         if model not in known:
-            raise SimError(404, "InvalidEndpointOrModel.NotFound",
-                           f"The model or endpoint {value} does not exist or you do not have access to it.",
-                           "model")
+            raise SimError(404, "InvalidEndpointOrModel.NotFound", param="model", model=value)
         if model in self.config.inactive_models:
-            raise SimError(404, "ModelNotOpen",
-                           f"Your account has not activated the model {model}. Please activate the model "
-                           "service in the Ark Console.", "model")
+            raise SimError(404, "ModelNotOpen", param="model", model=model)
         if model not in MODELS_BY_API[api]:
             raise invalid("model", f"{model} does not support this API")
+        if model in self.config.free_trial_used_up_models:
+            raise SimError(429, "QuotaExceeded", documented("QuotaExceeded", "free_trial", model=model),
+                           headers=self.retry_after_header())
         return model

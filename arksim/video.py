@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from arksim.errors import SimError, invalid, missing
+from arksim.errors import SimError, documented, error_item, invalid, missing
 from arksim.fields import optional_bool, optional_enum, optional_int, optional_str
 from arksim.inputs import InputImage, inspect_image
 from chalicelib.ark import limits
@@ -173,8 +173,7 @@ def create_task(sim: Simulator, body: dict[str, Any], base_url: str) -> VideoTas
     safety_identifier = optional_str(body, "safety_identifier", max_length=64)
 
     if sim.config.input_sensitive_marker in prompt:
-        raise SimError(400, "InputTextSensitiveContentDetected",
-                       "The request failed because the input text may contain sensitive information.")
+        raise SimError(400, "InputTextSensitiveContentDetected")
     _check_limits(sim, model)
 
     now = sim.now()
@@ -289,24 +288,17 @@ def _flag_value(name: str, raw: str) -> Any:
 def _check_limits(sim: Simulator, model: str) -> None:
     config = sim.config
     if sim.tasks.count("queued") >= config.video_max_queued:
-        raise SimError(429, "QuotaExceeded",
-                       f"Too many queued tasks: the account already has {config.video_max_queued} tasks queued. "
-                       "Please try again after some tasks finish.", headers=sim.retry_after_header())
+        raise SimError(429, "QuotaExceeded", headers=sim.retry_after_header())  # too many queued tasks
     if not sim.video_window.try_take(model, 1, config.video_requests_per_minute, sim.now()):
-        raise SimError(429, "ModelAccountRpmRateLimitExceeded",
-                       f"The request has exceeded the requests per minute limit of model {model} "
-                       f"({config.video_requests_per_minute}). Please try again later.",
-                       headers=sim.retry_after_header())
+        raise SimError(429, "ModelAccountRpmRateLimitExceeded", headers=sim.retry_after_header())
 
 
 def _draw_outcome(sim: Simulator, prompt: str) -> tuple[str, dict[str, str] | None]:
     config = sim.config
     if config.output_sensitive_marker in prompt or sim.draw() < config.output_sensitive_fraction:
-        return "failed", {"code": "OutputVideoSensitiveContentDetected",
-                          "message": "The generated video may contain sensitive information."}
+        return "failed", error_item("OutputVideoSensitiveContentDetected")
     if sim.draw() < config.video_fail_fraction:
-        return "failed", {"code": "InternalServiceError",
-                          "message": "The service encountered an unexpected internal error."}
+        return "failed", error_item("InternalServiceError")
     if sim.draw() < config.video_expire_fraction:
         return "expired", None
     return "succeeded", None
@@ -386,7 +378,7 @@ def _purge(sim: Simulator, now: float) -> None:
 def find_task(sim: Simulator, task_id: str) -> VideoTask:
     task = sim.tasks.tasks.get(task_id)
     if task is None:
-        raise SimError(404, "NotFound.TaskId", f"The task {task_id} was not found.", "id")
+        raise SimError(404, "NotFound.TaskId", documented("NotFound", resource="task", value=task_id), "id")
     return task
 
 

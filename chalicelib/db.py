@@ -140,7 +140,10 @@ class _VideoPollsDue(GlobalSecondaryIndex["TaskRecord"]):
 
 class TaskError(MapAttribute[str, Any]):
     code = UnicodeAttribute()
+    # For the task's user: arkflow's own words (Ark's text names internal ids).
     message = UnicodeAttribute()
+    # What Ark said, capped (`chalicelib.ark.errors`): shown to admins only.
+    upstream_message = UnicodeAttribute(null=True)
 
 
 class TaskRecord(_Base):

@@ -40,7 +40,17 @@ from pynamodb.expressions.update import Action
 
 from chalicelib import aws, catalog, media, queues, results, slots, statemachine
 from chalicelib.ark.client import IMAGE_TIMEOUT, ImageGenerationResult, VolcImageClient, VolcVideoClient
-from chalicelib.ark.errors import ArkError, ArkPermanentError, ArkRateLimitError, ArkRetryableError
+from chalicelib.ark.deadline import call_deadline
+from chalicelib.ark.errors import (
+    NO_USABLE_ANSWER,
+    ArkError,
+    ArkInvalidResponseError,
+    ArkPermanentError,
+    ArkRateLimitError,
+    ArkRetryableError,
+    gave_up_error,
+    task_error,
+)
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord, optional_int
 from chalicelib.downloads import Downloads
@@ -140,7 +150,8 @@ class LaneWorker:
                 failures.append({"itemIdentifier": record["messageId"]})
                 continue
             try:
-                outcome = self.process(delivery)
+                with call_deadline(delivery.deadline):  # every Ark call ends in time to record its outcome
+                    outcome = self.process(delivery)
             except Exception:
                 # Not acknowledged, so SQS redelivers it after the visibility timeout (and in the end the DLQ).
                 log.exception("task %s failed in lane %s", delivery.task_id, self.lane.name)
@@ -276,17 +287,19 @@ class LaneWorker:
             )
         except ArkRetryableError as error:
             return self._retry_later(task, delivery, error, reached_ark_before)
-        except ArkPermanentError as error:
+        except (ArkPermanentError, ArkInvalidResponseError) as error:
+            # An unreadable answer may have been billed: the task fails rather than calling Ark again.
             self._fail_permanently(task, error, reached_ark_before)
             return DONE
         self._store_images(task, result, delivery)
         return DONE
 
     def _store_images(self, task: TaskRecord, result: ImageGenerationResult, delivery: Delivery) -> None:
-        errors = [{"index": error.index, "code": error.code, "message": error.message} for error in result.errors]
+        errors = [{"index": error.index, **task_error(error.code, error.message)} for error in result.errors]
         if not result.images:
-            first = errors[0] if errors else {"code": "no_images", "message": "Ark returned no image."}
-            self._fail(task, first["code"], first["message"], [TaskRecord.image_errors.set(errors)])
+            first = task_error(result.errors[0].code, result.errors[0].message) if result.errors else {
+                "code": "no_images", "message": "Ark returned no image."}
+            self._fail_with(task, first, [TaskRecord.image_errors.set(errors)])
             return
         meta: dict[str, Any] = {"sizes": [image.size for image in result.images]}
         if result.usage:
@@ -330,7 +343,7 @@ class LaneWorker:
             external_id = self.video.create(task, callback_url)
         except ArkRateLimitError as error:  # refused outright: nothing was created
             return self._retry_later(task, delivery, error, reached_ark_before)
-        except ArkRetryableError as error:
+        except NO_USABLE_ANSWER as error:
             # No usable answer: Ark may have created it. Reconcile through its list before any new create.
             log.warning("video create for %s ended without an answer (%s); reconciling later", task.task_id,
                         error.code)
@@ -354,7 +367,7 @@ class LaneWorker:
             return DONE  # another delivery is reconciling it, or it moved on
         try:
             remote = self.video.find_submitted(task)
-        except ArkRetryableError as error:
+        except NO_USABLE_ANSWER as error:
             return self._reconcile_later(task, delivery, error)
         try:
             if remote is not None:
@@ -367,7 +380,7 @@ class LaneWorker:
             return DONE
         return self._submit_video(task, callback_url, delivery)
 
-    def _reconcile_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError) -> Outcome:
+    def _reconcile_later(self, task: TaskRecord, delivery: Delivery, error: ArkError) -> Outcome:
         """Look at Ark's list again after the grace. Each look counts as a receive, so an Ark that stays down
         ends the task like any other retryable error instead of keeping it `submitting` until its deadline."""
         if delivery.receive_count >= self.lane.max_receives:
@@ -386,17 +399,19 @@ class LaneWorker:
         delay = max(error.retry_after or 0, self.rng.uniform(backoff / 2, backoff))
         return Retry(round(delay))
 
-    def _give_up(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
+    def _give_up(self, task: TaskRecord, delivery: Delivery, error: ArkError,
                  extra: Sequence[Action] = ()) -> Outcome:
-        message = f"Ark kept failing after {delivery.receive_count} attempts ({error.code}: {error.message})"
-        self._fail(task, "upstream_unavailable", message, extra)
+        self._fail_with(task, gave_up_error(error, delivery.receive_count), extra)
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
-    def _fail_permanently(self, task: TaskRecord, error: ArkPermanentError, reached_ark_before: bool) -> None:
-        self._fail(task, error.code, error.message, _forget_refused_call(task, error, reached_ark_before))
+    def _fail_permanently(self, task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
+        self._fail_with(task, error.as_task_error(), _forget_refused_call(task, error, reached_ark_before))
 
     def _fail(self, task: TaskRecord, code: str, message: str, extra: Sequence[Action] = ()) -> None:
-        self._transition(task, statemachine.FAILED, [TaskRecord.error.set({"code": code, "message": message}), *extra])
+        self._fail_with(task, {"code": code, "message": message}, extra)
+
+    def _fail_with(self, task: TaskRecord, error: dict[str, str], extra: Sequence[Action] = ()) -> None:
+        self._transition(task, statemachine.FAILED, [TaskRecord.error.set(error), *extra])
 
     def _transition(self, task: TaskRecord, target: str, actions: list[Action]) -> TaskRecord | None:
         """The task as written, or None when it changed meanwhile (someone else decided its fate)."""

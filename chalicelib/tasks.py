@@ -19,6 +19,7 @@ from pynamodb.exceptions import DoesNotExist, TransactWriteError
 from pynamodb.expressions.condition import Condition
 
 from chalicelib import catalog, db, media, queues, quota, statemachine, validation
+from chalicelib.ark.errors import error_shown
 from chalicelib.ark.limits import IMAGE_MAX_TOTAL_IMAGES
 from chalicelib.auth import Principal
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
@@ -356,10 +357,12 @@ class TaskService:
     # --- presenting ---------------------------------------------------------------------------------------
 
     def admin_body(self, task: TaskRecord) -> dict[str, Any]:
-        """What admins see of a task: its body and its owner, by the username it was made under and by id."""
-        return {**self.body(task), "user": task.username or task.user_id, "user_id": task.user_id}
+        """What admins see of a task: its body with what Ark itself said about a failure, and its owner, by the
+        username it was made under and by id."""
+        return {**self.body(task, for_admin=True), "user": task.username or task.user_id, "user_id": task.user_id}
 
-    def body(self, task: TaskRecord, *, with_queue_position: bool = False) -> dict[str, Any]:
+    def body(self, task: TaskRecord, *, with_queue_position: bool = False, for_admin: bool = False) -> dict[str, Any]:
+        """The task as the API shows it; an admin's view adds what Ark itself said about its failure."""
         body: dict[str, Any] = {
             "id": task.task_id,
             "type": task.type,
@@ -370,9 +373,9 @@ class TaskService:
             "images": [media.display_url(self.s3, ref) for ref in task.images or []],
             "params": task.params or {},
             "external_id": task.external_id,
-            "error": task.error.as_dict() if task.error else None,
+            "error": error_shown(task.error.as_dict() if task.error else None, to_admin=for_admin),
             "result_urls": [media.display_url(self.s3, ref) for ref in task.result_urls or []],
-            "image_errors": task.image_errors or [],
+            "image_errors": [error_shown(error, to_admin=for_admin) for error in task.image_errors or []],
             "video_url": media.display_url(self.s3, task.video_url) if task.video_url else None,
             "last_frame_url": media.display_url(self.s3, task.last_frame_url) if task.last_frame_url else None,
             "result": task.result_meta or None,

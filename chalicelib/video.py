@@ -36,7 +36,7 @@ from pynamodb.expressions.update import Action
 
 from chalicelib import aws, media, queues, statemachine
 from chalicelib.ark.client import VideoTask, VolcVideoClient, image_content, text_content
-from chalicelib.ark.errors import ArkError, ArkNotFoundError, ArkRetryableError
+from chalicelib.ark.errors import NO_USABLE_ANSWER, ArkError, ArkNotFoundError, task_error
 from chalicelib.ark.limits import VIDEO_MAX_SEED
 from chalicelib.auth import secret_digest
 from chalicelib.clock import SYSTEM_CLOCK, Clock
@@ -235,9 +235,9 @@ class VideoService:
         except ArkNotFoundError as error:
             return statemachine.transition(
                 task, statemachine.FAILED, clock=self.clock,
-                actions=[TaskRecord.error.set({"code": "upstream_lost", "message": error.message})],
+                actions=[TaskRecord.error.set(task_error("upstream_lost", error.message))],
             )
-        except ArkRetryableError as error:
+        except NO_USABLE_ANSWER as error:
             log.warning("status read of %s failed, polling again later: %s", task.task_id, error.code)
             return self._advance(task, None, next_poll)
         return self.apply_remote(task, remote, next_poll)
@@ -263,6 +263,8 @@ class VideoService:
                         polled += 1
                 except (DoesNotExist, StaleTask):
                     continue  # ended or changed meanwhile (a callback won the race): nothing left to do
+                except ArkError as error:  # this task's read is retried by a later run; the others go on
+                    log.warning("status read of %s failed: %s", due.task_id, error)
         return polled
 
     def on_callback(self, task_id: str, token: str, payload: dict[str, Any]) -> None:
@@ -337,8 +339,7 @@ def _outcome_actions(remote: VideoTask) -> list[Action]:
         return actions
     if remote.status == "failed":
         error = remote.error
-        return [TaskRecord.error.set({"code": error.code if error else "upstream_failed",
-                                      "message": error.message if error else "Ark reported the task failed."})]
+        return [TaskRecord.error.set(task_error(error.code, error.message) if error else task_error("upstream_failed"))]
     if remote.status == "expired":
         return [TaskRecord.error.set({"code": "expired", "message": "Ark did not finish the video in time."})]
     return []

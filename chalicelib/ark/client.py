@@ -1,23 +1,37 @@
-"""httpx clients for Ark's Seedream image API and Seedance video task API (shared ark-api.md sections 2-4).
+"""httpx clients for Ark's Seedream image API and Seedance video task API (docs/ark.md).
 
 Neither client retries: a repeated image request or task creation bills again, so the queue decides retries
-from the typed error (`chalicelib.ark.errors`). The API key is sent only in the Authorization header and never
-appears in a log line or an error message.
+from the typed error (`chalicelib.ark.errors`). Every answer is parsed with its schema (`chalicelib.ark.answers`)
+before anything reads it, and every call ends by its deadline (`chalicelib.ark.deadline`). The API key is sent only
+in the Authorization header and never appears in a log line or an error message.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 import httpx
+from pydantic import BaseModel, ValidationError
 
+from chalicelib.ark.answers import (
+    ImageGenerationAnswer,
+    ImageGenerationResult,
+    VideoTask,
+    VideoTaskCreated,
+    VideoTaskDeleted,
+    VideoTaskPage,
+)
+from chalicelib.ark.deadline import deadline_for_call, deadline_transport, running_call
 from chalicelib.ark.errors import (
     ArkError,
+    ArkInvalidResponseError,
     ArkTransportError,
+    capped,
     classify_error,
     error_from_response,
     parse_retry_after,
@@ -27,103 +41,22 @@ from chalicelib.settings import Settings
 
 log = logging.getLogger(__name__)
 
+Answer = TypeVar("Answer", bound=BaseModel)
+
 REQUEST_ID_HEADER = "X-Client-Request-Id"
-# One image (or a group of up to 15) takes from seconds to many minutes [ark-api.md 2.6]; the caller passes a
-# read timeout that fits its own deadline (e.g. the lane's Lambda timeout).
+# One image (or a group of up to 15) takes from seconds to many minutes [docs/ark.md]; the caller passes a read
+# timeout that fits its own deadline (e.g. the lane's Lambda timeout), and bounds the whole call with
+# `call_deadline`.
 IMAGE_TIMEOUT = httpx.Timeout(connect=5.0, read=300.0, write=30.0, pool=5.0)
-# Task calls only enqueue or read a record. All phases together stay well inside the API function's 28 s: a
-# cancel or an Ark callback makes one of these calls there.
-VIDEO_TIMEOUT = httpx.Timeout(connect=3.0, read=12.0, write=5.0, pool=2.0)
-
-
-@dataclass(frozen=True)
-class GeneratedImage:
-    url: str | None
-    size: str
-    b64_json: str | None = None
-
-
-@dataclass(frozen=True)
-class ImageError:
-    index: int
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class ImageUsage:
-    generated_images: int
-    output_tokens: int
-    total_tokens: int
-
-
-@dataclass(frozen=True)
-class ImageGenerationResult:
-    model: str
-    created: int
-    images: list[GeneratedImage]
-    errors: list[ImageError]
-    usage: ImageUsage | None
-
-
-@dataclass(frozen=True)
-class TaskError:
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class VideoUsage:
-    completion_tokens: int
-    total_tokens: int
-
-
-@dataclass(frozen=True)
-class VideoTask:
-    id: str
-    model: str
-    status: str
-    error: TaskError | None
-    video_url: str | None
-    last_frame_url: str | None
-    resolution: str | None
-    ratio: str | None
-    duration: int | None
-    frames: int | None
-    seed: int | None
-    usage: VideoUsage | None
-    created_at: int
-    updated_at: int
-
-    @classmethod
-    def from_wire(cls, body: dict[str, Any]) -> VideoTask:
-        error = body.get("error")
-        content = body.get("content") or {}
-        usage = body.get("usage")
-        return cls(
-            id=body["id"],
-            model=body.get("model", ""),
-            status=body["status"],
-            error=TaskError(str(error.get("code", "")), str(error.get("message", ""))) if error else None,
-            video_url=content.get("video_url"),
-            last_frame_url=content.get("last_frame_url"),
-            resolution=body.get("resolution"),
-            ratio=body.get("ratio"),
-            duration=body.get("duration"),
-            frames=body.get("frames"),
-            seed=body.get("seed"),
-            usage=VideoUsage(usage["completion_tokens"], usage.get("total_tokens", usage["completion_tokens"]))
-            if usage
-            else None,
-            created_at=int(body.get("created_at", 0)),
-            updated_at=int(body.get("updated_at", 0)),
-        )
-
-
-@dataclass(frozen=True)
-class VideoTaskPage:
-    items: list[VideoTask]
-    total: int
+IMAGE_CALL_BUDGET_S = 600.0
+# Task calls only enqueue or read a record. A cancel or an Ark callback makes them inside the API function's 28 s
+# (two calls at most), the poller many in a row: each call, every phase included, ends within its budget.
+VIDEO_TIMEOUT = httpx.Timeout(connect=3.0, read=8.0, write=5.0, pool=2.0)
+VIDEO_CALL_BUDGET_S = 10.0
+# An answer is read into memory: past this it is not one of Ark's (arkflow asks for image URLs, not base64).
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+# How much of an answer that does not fit its schema the log shows.
+LOGGED_ANSWER_CHARS = 1000
 
 
 def text_content(text: str) -> dict[str, Any]:
@@ -143,19 +76,30 @@ def _without_none(fields: dict[str, Any]) -> dict[str, Any]:
     return {name: value for name, value in fields.items() if value is not None}
 
 
+@dataclass(frozen=True)
+class _Received:
+    status: int
+    body: bytes
+    # False when the body was longer than MAX_ANSWER_BYTES (`body` is then cut there).
+    whole: bool
+    retry_after: str | None
+
+
 class _ArkHttpClient:
     default_timeout: httpx.Timeout
+    default_budget_s: float
 
     def __init__(self, base_url: str, api_key: str | Callable[[], str], http: httpx.Client | None = None,
-                 timeout: httpx.Timeout | None = None) -> None:
+                 timeout: httpx.Timeout | None = None, budget_s: float | None = None) -> None:
         # A callable is asked on every request: the client lives as long as its container, the key may rotate.
         self._key_source = api_key if callable(api_key) else lambda: api_key
         if not self._api_key:
             raise ValueError("an Ark API key is required (ARK_API_KEY)")
         self._base_url = base_url.rstrip("/")
         self._owns_http = http is None
-        self._http = http or httpx.Client()
+        self._http = http or httpx.Client(transport=deadline_transport())
         self._timeout = timeout or self.default_timeout
+        self._budget_s = budget_s or self.default_budget_s
 
     @classmethod
     def from_settings(cls, settings: Settings, timeout: httpx.Timeout | None = None) -> Self:
@@ -178,30 +122,73 @@ class _ArkHttpClient:
     def _redact(self, text: str) -> str:
         return text.replace(self._api_key, "***")
 
-    def _request(self, method: str, path: str, *, json_body: dict[str, Any] | None = None,
-                 params: list[tuple[str, Any]] | None = None) -> Any:
+    def _call(self, method: str, path: str, answer: type[Answer], *, json_body: dict[str, Any] | None = None,
+              params: list[tuple[str, Any]] | None = None) -> Answer:
+        """Send one request and return its answer parsed with `answer`; raises the typed error otherwise."""
         request_id = uuid.uuid4().hex
+        received = self._send(method, path, request_id, json_body, params)
+        if not 200 <= received.status < 300:
+            raise self._error(method, path, request_id, received)
+        problem = f"the answer is longer than {MAX_ANSWER_BYTES} bytes"
+        if received.whole:
+            try:
+                return answer.model_validate_json(received.body)
+            except ValidationError as invalid:
+                problem = "; ".join(f"{'.'.join(map(str, item['loc'])) or 'body'}: {item['msg']}"
+                                    for item in invalid.errors(include_url=False, include_input=False)[:3])
+        self._log_unfit(method, path, request_id, received, answer.__name__)
+        raise ArkInvalidResponseError(capped(
+            f"Ark's answer to {method} {path} (HTTP {received.status}) does not fit its documented shape: "
+            f"{problem}; request id {request_id}"), received.status)
+
+    def _error(self, method: str, path: str, request_id: str, received: _Received) -> ArkError:
+        error = error_from_response(received.status, received.body if received.whole else b"",
+                                    parse_retry_after(received.retry_after))
+        if error.code == f"HTTP{received.status}":
+            self._log_unfit(method, path, request_id, received, "Ark's error envelope")
+        log.warning("ark %s %s -> %s %s (request id %s)", method, path, received.status, error.code, request_id)
+        return self._sanitized(error)
+
+    def _send(self, method: str, path: str, request_id: str, json_body: dict[str, Any] | None,
+              params: list[tuple[str, Any]] | None) -> _Received:
+        """The answer, read whole by the call's deadline (every phase, however slowly the bytes come)."""
+        deadline = deadline_for_call(self._budget_s)
         headers = {"Authorization": f"Bearer {self._api_key}", REQUEST_ID_HEADER: request_id}
         try:
-            response = self._http.request(method, f"{self._base_url}{path}", json=json_body, params=params,
-                                          headers=headers, timeout=self._timeout)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise httpx.TimeoutException("no time left before the call's deadline")
+            timeout = httpx.Timeout(**{phase: min(limit or left, left)
+                                       for phase, limit in self._timeout.as_dict().items()})
+            with running_call(deadline), self._http.stream(
+                method, f"{self._base_url}{path}", json=json_body, params=params, headers=headers, timeout=timeout,
+            ) as response:
+                body, whole = bytearray(), True
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_ANSWER_BYTES:
+                        whole = False
+                        break
+                    if time.monotonic() > deadline:  # also bounds transports other than `deadline_transport`
+                        raise httpx.ReadTimeout("the call's deadline passed")
+                return _Received(response.status_code, bytes(body), whole, response.headers.get("Retry-After"))
         except httpx.TimeoutException as exc:
             raise ArkTransportError("RequestTimeout", self._redact(
-                f"{method} {path} got no answer in time ({type(exc).__name__}); request id {request_id}"
+                f"{method} {path} got no whole answer by its deadline ({type(exc).__name__}); "
+                f"request id {request_id}"
             )) from None
         except httpx.TransportError as exc:
             raise ArkTransportError("ConnectionError", self._redact(
                 f"{method} {path} failed to reach Ark ({type(exc).__name__}: {exc}); request id {request_id}"
             )) from None
-        body = self._json(response)
-        if response.is_success:
-            return body
-        error = error_from_response(response.status_code, body,
-                                    parse_retry_after(response.headers.get("Retry-After")))
-        error = self._sanitized(error)
-        log.warning("ark %s %s -> %s %s (request id %s)", method, path, response.status_code, error.code,
-                    request_id)
-        raise error
+
+    def _log_unfit(self, method: str, path: str, request_id: str, received: _Received, shape: str) -> None:
+        """Log (the start of) an answer that does not fit `shape`, redacted before it is cut (so no part of the key
+        survives at the cut)."""
+        shown = self._redact(received.body.decode("utf-8", errors="replace"))[:LOGGED_ANSWER_CHARS]
+        more = f" [{len(received.body)} bytes in all]" if len(received.body) > LOGGED_ANSWER_CHARS else ""
+        log.warning("ark %s %s -> HTTP %s does not fit %s (request id %s); received: %r%s", method, path,
+                    received.status, shape, request_id, shown, more)
 
     def _sanitized(self, error: ArkError) -> ArkError:
         if self._api_key not in error.message:
@@ -209,18 +196,12 @@ class _ArkHttpClient:
         return classify_error(error.code, self._redact(error.message), error.http_status or 0,
                               getattr(error, "retry_after", None))
 
-    @staticmethod
-    def _json(response: httpx.Response) -> Any:
-        try:
-            return response.json()
-        except ValueError:
-            return None
-
 
 class VolcImageClient(_ArkHttpClient):
     """`POST /images/generations` (Seedream 4.x), synchronous and without streaming."""
 
     default_timeout = IMAGE_TIMEOUT
+    default_budget_s = IMAGE_CALL_BUDGET_S
 
     def create_image_task(self, prompt: str, images: list[str] | None = None, size: str | None = None,
                           model: str = SEEDREAM_4_5, *, sequential_image_generation: str | None = None,
@@ -240,41 +221,20 @@ class VolcImageClient(_ArkHttpClient):
             "watermark": watermark,
             "response_format": response_format,
         })
-        payload = self._request("POST", "/images/generations", json_body=body)
-        return self._parse_generation(payload)
-
-    def _parse_generation(self, payload: Any) -> ImageGenerationResult:
-        if not isinstance(payload, dict):
-            raise ArkTransportError("InvalidResponse", "Ark answered 200 without a JSON body")
-        images: list[GeneratedImage] = []
-        errors: list[ImageError] = []
-        for index, item in enumerate(payload.get("data") or []):
-            if item.get("error"):
-                errors.append(ImageError(index, str(item["error"].get("code", "")),
-                                         str(item["error"].get("message", ""))))
-            else:
-                images.append(GeneratedImage(url=item.get("url"), size=str(item.get("size", "")),
-                                             b64_json=item.get("b64_json")))
-        top_error = payload.get("error")
-        if not images and top_error:
-            # A 200 that carries only a top-level error is a failed request [ark-api.md 2.4].
-            status = 500 if str(top_error.get("code", "")).startswith("InternalServiceError") else 400
-            raise self._sanitized(error_from_response(status, payload))
-        usage = payload.get("usage")
-        return ImageGenerationResult(
-            model=str(payload.get("model", "")),
-            created=int(payload.get("created", 0)),
-            images=images,
-            errors=errors,
-            usage=ImageUsage(usage.get("generated_images", 0), usage.get("output_tokens", 0),
-                             usage.get("total_tokens", 0)) if usage else None,
-        )
+        answer = self._call("POST", "/images/generations", ImageGenerationAnswer, json_body=body)
+        result = answer.result()
+        if not result.images and answer.error:
+            # A 200 that carries only a top-level error is a failed request [docs/ark.md].
+            status = 500 if answer.error.code.startswith("InternalServiceError") else 400
+            raise self._sanitized(classify_error(answer.error.code, answer.error.message, status))
+        return result
 
 
 class VolcVideoClient(_ArkHttpClient):
     """`/contents/generations/tasks` (Seedance): create, get, list, cancel-or-delete."""
 
     default_timeout = VIDEO_TIMEOUT
+    default_budget_s = VIDEO_CALL_BUDGET_S
     _tasks_path = "/contents/generations/tasks"
 
     def create_video_task(self, content: list[dict[str, Any]], model: str = SEEDANCE_1_0_PRO,
@@ -300,11 +260,10 @@ class VolcVideoClient(_ArkHttpClient):
             "service_tier": service_tier,
             "execution_expires_after": execution_expires_after,
         })
-        payload = self._request("POST", self._tasks_path, json_body=body)
-        return str(payload["id"])
+        return self._call("POST", self._tasks_path, VideoTaskCreated, json_body=body).id
 
     def get_task_status(self, task_id: str) -> VideoTask:
-        return VideoTask.from_wire(self._request("GET", f"{self._tasks_path}/{task_id}"))
+        return self._call("GET", f"{self._tasks_path}/{task_id}", VideoTask)
 
     def list_tasks(self, page_num: int = 1, page_size: int = 20, status: str | None = None,
                    task_ids: list[str] | None = None, model: str | None = None) -> VideoTaskPage:
@@ -315,10 +274,8 @@ class VolcVideoClient(_ArkHttpClient):
         if model:
             params.append(("filter.model", model))
         params.extend(("filter.task_ids", task_id) for task_id in task_ids or ())
-        payload = self._request("GET", self._tasks_path, params=params)
-        return VideoTaskPage(items=[VideoTask.from_wire(item) for item in payload.get("items") or []],
-                             total=int(payload.get("total", 0)))
+        return self._call("GET", self._tasks_path, VideoTaskPage, params=params)
 
     def cancel_or_delete(self, task_id: str) -> None:
         """Cancel a task Ark still has queued, or delete a finished one's record (a running task refuses)."""
-        self._request("DELETE", f"{self._tasks_path}/{task_id}")
+        self._call("DELETE", f"{self._tasks_path}/{task_id}", VideoTaskDeleted)

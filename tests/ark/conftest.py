@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from PIL import Image
@@ -94,3 +94,52 @@ def callback_receiver() -> Iterator[CallbackReceiver]:
     receiver = CallbackReceiver()
     yield receiver
     receiver.close()
+
+
+class Trickler:
+    """A server that answers every request with `answer` (200, JSON), one byte every `gap_s`: in the headers
+    (a long padding header), or in the body."""
+
+    def __init__(self, where: Literal["headers", "body"], answer: object, gap_s: float = 0.02) -> None:
+        self.requests = 0
+        body = json.dumps(answer).encode()
+        trickler = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                trickler.requests += 1
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                try:
+                    if where == "headers":
+                        self.wfile.write(head.encode())
+                        self._trickle(("X-Padding: " + "a" * 150 + "\r\n\r\n").encode())
+                        self.wfile.write(body)
+                    else:
+                        self.wfile.write((head + "\r\n").encode())
+                        self._trickle(body)
+                except OSError:
+                    pass  # the client gave up
+
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.do_GET()
+
+            def _trickle(self, data: bytes) -> None:
+                for index in range(len(data)):
+                    self.wfile.write(data[index:index + 1])
+                    self.wfile.flush()
+                    time.sleep(gap_s)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/api/v3"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -29,6 +29,7 @@ from chalicelib.ark.errors import (
     ArkServerError,
     ArkTransportError,
     parse_retry_after,
+    user_message,
 )
 from chalicelib.settings import Settings
 from tests.polling import wait_for
@@ -87,7 +88,8 @@ def test_invalid_parameters_are_permanent_and_carry_arks_code_and_message(ark):
     assert error.code == "InvalidParameter"
     assert error.http_status == 400
     assert "`size`" in error.message
-    assert error.as_task_error() == {"code": "InvalidParameter", "message": error.message}
+    assert error.as_task_error() == {"code": "InvalidParameter", "message": user_message("InvalidParameter"),
+                                     "upstream_message": error.message}
 
 
 def test_input_moderation_is_a_permanent_sensitive_content_error(ark):
@@ -160,17 +162,9 @@ def test_a_refused_connection_is_a_retryable_transport_error():
     assert API_KEY not in str(raised.value)
 
 
-def test_too_many_queued_tasks_is_a_retryable_rate_limit(ark):
-    ark.configure(video_max_queued=1, video_queue_s=60.0)
-    with VolcVideoClient(ark.base_url, API_KEY) as client:
-        client.create_video_task([text_content("one")])
-        with pytest.raises(ArkRateLimitError) as raised:
-            client.create_video_task([text_content("two")])
-    assert raised.value.code == "QuotaExceeded"
-
-
 @pytest.mark.parametrize(("status", "code", "message", "expected"), [
-    (429, "QuotaExceeded", "Your free trial quota has been used up.", ArkQuotaExhaustedError),
+    (429, "QuotaExceeded", "Your account [2100000000] has exhausted its free trial quota for the "
+                           "[doubao-seedream-4-5-251128] model.", ArkQuotaExhaustedError),
     (429, "SetLimitExceeded", "Your account has reached the inference limit you set.", ArkQuotaExhaustedError),
     (403, "AccountOverdueError", "Your account is overdue.", ArkQuotaExhaustedError),
     (403, "OperationDenied.ServiceNotOpen", "The service is not activated.", ArkAuthError),
