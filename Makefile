@@ -57,11 +57,12 @@ lock: $(STAMP)
 STAGE ?= dev
 deploy: $(STAMP)
 	@test -n "$(ARTIFACTS_BUCKET)" || { echo "usage: make deploy STAGE=dev|prod ARTIFACTS_BUCKET=<bucket>" \
-		"[CORS_ORIGINS=https://app.example.com] [WS_ALLOWED_ORIGINS=...] [ADMIN_USERNAME=...]"; exit 2; }
+		"[CORS_ORIGINS=https://app.example.com] [WS_ALLOWED_ORIGINS=...] [ADMIN_USERNAME=...]" \
+		"[ARK_INPUTS_SIGNING_SECRET=<secret name>]"; exit 2; }
 	$(PY) -m infra.package --stage $(STAGE)
 	$(PY) -m infra.deploy deploy --stage $(STAGE) --artifacts-bucket "$(ARTIFACTS_BUCKET)" \
 		--parameter "CorsOrigins=$(CORS_ORIGINS)" --parameter "WsAllowedOrigins=$(WS_ALLOWED_ORIGINS)" \
-		--parameter "AdminUsername=$(ADMIN_USERNAME)"
+		--parameter "AdminUsername=$(ADMIN_USERNAME)" --parameter "ArkInputsSigningSecret=$(ARK_INPUTS_SIGNING_SECRET)"
 
 # Delete a stage's stack: dev empties its buckets first; prod keeps its tables and buckets (CONFIRM=arkflow-prod).
 destroy: $(STAMP)

@@ -23,6 +23,7 @@ from chalicelib.tasks import TaskService
 from chalicelib.uploads import UploadService
 from chalicelib.validation import (
     AdminTaskListQuery,
+    ArkCallback,
     LoginRequest,
     ModelCreate,
     ModelUpdate,
@@ -215,9 +216,11 @@ def cancel_task(context: RequestContext, task_id: str) -> dict[str, Any]:
 @app.route("/api/queue/callback", methods=["POST"])
 @http.endpoint("public")
 def ark_callback(context: RequestContext) -> dict[str, Any]:
-    # Authenticated by the per-task secret in the callback URL (only its hash is stored).
+    # Authenticated by the per-task secret in the callback URL (only its hash is stored); the body is checked
+    # first, before any read.
+    callback = parse(ArkCallback, context.json())
     query = context.query()
-    video.default_service().on_callback(query.get("task_id", ""), query.get("token", ""), context.json())
+    video.default_service().on_callback(query.get("task_id", ""), query.get("token", ""), callback.model_dump())
     return {"received": True}
 
 

@@ -3,8 +3,8 @@ a total deadline that holds inside every socket operation.
 
 httpx bounds each phase of a request (connect, each read), not the whole: a server trickling a byte now and then
 keeps every read alive, so a download could outlast the Lambda. Here every connect, TLS handshake, read and write
-waits no longer than the copy's `Budget` has left, and one that starts after it ran out raises `OutOfTime`; so a
-copy ends by its deadline however slowly the bytes come.
+waits no longer than the copy's `Budget` has left (`chalicelib.deadlines`), and one that starts after it ran out
+raises `OutOfTime`; so a copy ends by its deadline however slowly the bytes come.
 
 Which hosts count as Ark's is a setting (`ARK_RESULT_HOSTS`, `Settings.ark_result_hosts`): `*.volces.com` (a
 subdomain of it, https only), `host.example.com` (that host, https only) or a whole origin such as
@@ -14,15 +14,13 @@ subdomain of it, https only), `host.example.com` (that host, https only) or a wh
 from __future__ import annotations
 
 import contextlib
-import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-import httpcore
 import httpx
 
+from chalicelib.deadlines import DeadlineTransport
 from chalicelib.settings import Settings
 
 Monotonic = Callable[[], float]
@@ -35,6 +33,9 @@ SNIFF_BYTES = 512
 
 class OutOfTime(Exception):
     """The copy's time budget ran out; raised from inside a streamed upload, it makes S3's transfer abort."""
+
+    def __init__(self) -> None:
+        super().__init__("the copy ran out of time")
 
 
 class Refused(Exception):
@@ -55,65 +56,14 @@ class Budget:
     def check(self, needed_s: float = 0.0) -> None:
         """Stop (raise OutOfTime) once the deadline passed, or would pass within the `needed_s` about to be spent."""
         if self.left_s() <= needed_s:
-            raise OutOfTime("the copy ran out of time")
-
-    def timeout(self, timeout: float | None) -> float:
-        """A socket operation's timeout cut to what is left (OutOfTime when nothing is)."""
-        self.check()
-        left = self.left_s()
-        return left if timeout is None else min(timeout, left)
+            raise OutOfTime()
 
 
-class _BudgetedStream(httpcore.NetworkStream):
-    def __init__(self, stream: httpcore.NetworkStream, budget: Budget) -> None:
-        self._stream = stream
-        self._budget = budget
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._stream.read(max_bytes, self._budget.timeout(timeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._stream.write(buffer, self._budget.timeout(timeout))
-
-    def close(self) -> None:
-        self._stream.close()
-
-    def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        secured = self._stream.start_tls(ssl_context, server_hostname, self._budget.timeout(timeout))
-        return _BudgetedStream(secured, self._budget)
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._stream.get_extra_info(info)
-
-
-class _BudgetedBackend(httpcore.NetworkBackend):
-    def __init__(self, budget: Budget) -> None:
-        self._backend = httpcore.SyncBackend()
-        self._budget = budget
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        stream = self._backend.connect_tcp(host, port, self._budget.timeout(timeout), local_address, socket_options)
-        return _BudgetedStream(stream, self._budget)
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[Any] | None = None) -> httpcore.NetworkStream:
-        raise httpcore.ConnectError("downloads use TCP only")
-
-    def sleep(self, seconds: float) -> None:
-        self._budget.check(needed_s=seconds)
-        time.sleep(seconds)
-
-
-class BudgetedTransport(httpx.HTTPTransport):
-    """httpx's own transport on a connection pool whose sockets never wait past the budget."""
-
-    def __init__(self, budget: Budget) -> None:
-        super().__init__()
-        # httpx builds its pool without a way to pass httpcore's `network_backend`: the same pool, with one.
-        self._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(),
-                                             network_backend=_BudgetedBackend(budget))
+def budgeted_transport(budget: Budget) -> httpx.BaseTransport:
+    """httpx's own transport on connections whose every socket operation ends by the budget's deadline; one that
+    would start after it raises OutOfTime."""
+    return DeadlineTransport(lambda: budget.deadline, clock=budget.monotonic,
+                             expired=lambda _phase: OutOfTime())
 
 
 @dataclass(frozen=True)
@@ -156,7 +106,7 @@ class Downloads:
     """Makes the HTTP client of each copy (bounded by its budget) and checks what it fetches."""
 
     def __init__(self, hosts: ResultHosts, *, timeout: httpx.Timeout = DOWNLOAD_TIMEOUT,
-                 transport_for: Callable[[Budget], httpx.BaseTransport] = BudgetedTransport) -> None:
+                 transport_for: Callable[[Budget], httpx.BaseTransport] = budgeted_transport) -> None:
         self.hosts = hosts
         self.timeout = timeout
         self._transport_for = transport_for

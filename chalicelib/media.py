@@ -7,18 +7,16 @@ signed it, and a Lambda's role credentials are temporary.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import math
 import re
-import time
 from functools import lru_cache
 from typing import Any
 
 import boto3
 import filetype
-from botocore.config import Config
 
+from chalicelib import aws, secret_store
 from chalicelib.ark.limits import VIDEO_MAX_EXPIRES_AFTER
 from chalicelib.settings import get_settings
 
@@ -32,7 +30,6 @@ PRESIGNED_URL_TTL_S = 3600
 ARK_INLINE_BYTES = 32 * 1024 * 1024
 # An input Ark may fetch later: valid past the longest `execution_expires_after` Ark takes, counted from the create.
 ARK_INPUT_URL_TTL_S = VIDEO_MAX_EXPIRES_AFTER + 3600
-SIGNER_CACHE_S = 300
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp", "tiff": "tiff", "gif": "gif"}
 # The one type each stored object is handed out as, by its key's extension (keys are arkflow's own); anything else
 # goes out as a download of bytes. A browser never renders what arkflow stores as markup or script.
@@ -129,24 +126,25 @@ def urls_for_ark(s3: Any, refs: list[str] | None) -> list[str]:
 
 def ark_input_signer(s3: Any) -> Any:
     """The S3 client whose presigned URLs live as long as they say: one signing with the long-term key of the IAM
-    user named by ARK_INPUTS_SIGNING_SECRET. Without it, `s3` (the Lambda's role): its URLs end with the role's
-    temporary credentials, possibly before Ark fetches them."""
-    secret_id = get_settings().ark_inputs_signing_secret
-    if not secret_id:
+    user held by the secret ARK_INPUTS_SIGNING_SECRET names (`{"access_key_id", "secret_access_key"}`), read
+    through the container's secret store (a rotated key arrives within `secret_store.SECRET_TTL_S`). Without it,
+    `s3` (the Lambda's role): its URLs end with the role's temporary credentials, possibly before Ark fetches them."""
+    settings = get_settings()
+    if not settings.ark_inputs_signing_secret:
         log.warning("no ARK_INPUTS_SIGNING_SECRET: an input too large to send inline is presigned with the "
                     "function's temporary credentials and may expire before Ark fetches it")
         return s3
-    return _long_term_signer(secret_id, get_settings().region, int(time.monotonic() // SIGNER_CACHE_S))
+    key = secret_store.store(settings.ark_inputs_signing_secret)
+    return _long_term_signer(key.get("access_key_id"), key.get("secret_access_key"), settings.region)
 
 
 @lru_cache(maxsize=2)
-def _long_term_signer(secret_id: str, region: str, _period: int) -> Any:
-    """Read per container and cache period, so a rotated key reaches warm containers within SIGNER_CACHE_S."""
-    secrets = boto3.session.Session().client("secretsmanager", region_name=region)
-    key = json.loads(secrets.get_secret_value(SecretId=secret_id)["SecretString"])
-    session = boto3.session.Session(aws_access_key_id=key["access_key_id"],
-                                    aws_secret_access_key=key["secret_access_key"], region_name=region)
-    return session.client("s3", config=Config(signature_version="s3v4", s3={"addressing_style": "virtual"}))
+def _long_term_signer(access_key_id: str, secret_access_key: str, region: str) -> Any:
+    """One client per key (the one in use and the one it replaces), signing as every S3 URL of the app is
+    signed (`aws.s3_config`: SigV4 on the bucket's regional host)."""
+    session = boto3.session.Session(aws_access_key_id=access_key_id, aws_secret_access_key=secret_access_key,
+                                    region_name=region)
+    return session.client("s3", config=aws.s3_config())
 
 
 def display_url(s3: Any, ref: str) -> str:

@@ -72,6 +72,8 @@ MAX_URL_CHARS = 4096
 UPLOAD_PREFIX = "upload:"
 FORMAT_ALIASES = {"jpg": "jpeg"}
 IMAGE_REF_FORMS = "an https URL, a data:image/<format>;base64,<data> URI or upload:<id>"
+# Ark's task ids and statuses are short words: anything longer is no callback of Ark's.
+ARK_CALLBACK_MAX_FIELD_CHARS = 128
 UNKNOWN_FIELD_MESSAGE = "is not an accepted field here (unknown, set by the server, or not changeable)"
 
 _UPLOAD_ID = re.compile(r"[0-9a-f]{32}")
@@ -448,6 +450,16 @@ class StatusUpdateRequest(_Body):
     def carried(self) -> list[str]:
         """The fields given besides the status (null counts as not given)."""
         return [name for name in type(self).model_fields if name != "status" and getattr(self, name) is not None]
+
+
+class ArkCallback(BaseModel):
+    """Ark's status push (`POST /api/queue/callback`): its task object, of which only `id` and `status` are read
+    (the callback is a hint: a status read decides). Ark's other fields, present or added later, are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=ARK_CALLBACK_MAX_FIELD_CHARS)]
+    status: Annotated[str, StringConstraints(min_length=1, max_length=ARK_CALLBACK_MAX_FIELD_CHARS)]
 
 
 class UploadRequest(_Body):

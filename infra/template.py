@@ -75,6 +75,16 @@ PARAMETERS: dict[str, Any] = {
         "Default": "admin",
         "Description": "The first administrator, created on the first login (password: ADMIN_PASSWORD in the secret).",
     },
+    "ArkInputsSigningSecret": {
+        "Type": "String",
+        "Default": "",
+        "Description": "Name of the Secrets Manager secret holding the long-term key that signs the inputs Ark fetches "
+        "later (docs/storage.md); empty: none (the lanes sign them with their role, and such links may expire first).",
+    },
+}
+HAS_INPUTS_SIGNER = "HasArkInputsSigningSecret"
+CONDITIONS: dict[str, Any] = {
+    HAS_INPUTS_SIGNER: {"Fn::Not": [{"Fn::Equals": [{"Ref": "ArkInputsSigningSecret"}, ""]}]},
 }
 
 
@@ -390,6 +400,9 @@ class Access:
     lists_media: bool = False
     # The stage's Secrets Manager secret (Ark key, signing key, first admin's password).
     reads_secret: bool = False
+    # Sends Ark a task's inputs, signing those too large to go inline with the long-term key of the secret named
+    # by the `ArkInputsSigningSecret` parameter (`chalicelib.media.ark_input_signer`).
+    signs_ark_inputs: bool = False
     # Posting to (and closing) the stack's own WebSocket connections.
     posts_to_connections: bool = False
 
@@ -400,7 +413,8 @@ _TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.CON
 
 def _lane_access(lane: Lane) -> Access:
     return Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, consumes=lane,
-                  media=RESULTS_COPY, lists_media=True, reads_secret=True, posts_to_connections=True)
+                  media=RESULTS_COPY, lists_media=True, reads_secret=True, signs_ark_inputs=True,
+                  posts_to_connections=True)
 
 
 # Keyed by Chalice's logical id of each function of `app.py`; a function missing here fails packaging.
@@ -415,8 +429,10 @@ FUNCTION_ACCESS: dict[str, Access] = {
     # It also creates the default models a deployment has never had (`chalicelib.first_run`).
     "Sweeper": Access(writes=(*_TRANSITIONS, resources.MODELS, resources.MARKERS), sends_to_lanes=True,
                       media=PRESIGN, reads_secret=True, posts_to_connections=True),
-    # Redeems a single-use ticket (read and delete it) and records the connection: nothing else.
-    "WebsocketConnect": Access(writes=(resources.WS_TICKETS, resources.CONNECTIONS)),
+    # Redeems a single-use ticket (read and delete it), checks that the session it was issued to is still live
+    # (its session and account), and records the connection: nothing else.
+    "WebsocketConnect": Access(reads=(resources.USERS, resources.SESSIONS),
+                               writes=(resources.WS_TICKETS, resources.CONNECTIONS)),
     "WebsocketMessage": Access(posts_to_connections=True),
     "WebsocketDisconnect": Access(writes=(resources.CONNECTIONS,)),
 }
@@ -476,6 +492,13 @@ def function_policy(stage: Stage, function_name: str, access: Access) -> dict[st
     if access.reads_secret:
         statements.append({"Sid": "ReadSecret", "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
                            "Resource": secret_arn(stage)})
+    if access.signs_ark_inputs:
+        statements.append({"Fn::If": [HAS_INPUTS_SIGNER, {
+            "Sid": "ReadInputsSigningSecret",
+            "Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": _arn("secretsmanager", "secret:${ArkInputsSigningSecret}-??????"),
+        }, {"Ref": "AWS::NoValue"}]})
     if access.posts_to_connections:
         statements.append({
             "Sid": "WebSocketConnections",
@@ -516,6 +539,8 @@ def function_environment(
     if access.reads_secret:
         # The secret's name only: its values are read at run time (`chalicelib.secret_store`).
         environment["ARKFLOW_SECRET_ID"] = stage.secret_name
+    if access.signs_ark_inputs:
+        environment["ARK_INPUTS_SIGNING_SECRET"] = {"Ref": "ArkInputsSigningSecret"}
     if is_api:
         environment["ADMIN_USERNAME"] = {"Ref": "AdminUsername"}
     else:
@@ -680,7 +705,7 @@ def merge_template(stage: Stage, chalice_template: dict[str, Any]) -> dict[str, 
     }
     for lane in LANES:
         outputs[queue_id(lane) + "Url"] = {"Value": {"Ref": queue_id(lane)}}
-    return {"Parameters": PARAMETERS, "Resources": resources_, "Outputs": outputs}
+    return {"Parameters": PARAMETERS, "Conditions": CONDITIONS, "Resources": resources_, "Outputs": outputs}
 
 
 def with_websocket_deployment_per_routes(template: dict[str, Any]) -> dict[str, Any]:

@@ -44,12 +44,13 @@ OTHER = ("other", "other-pass")
 
 def reconfigure() -> None:
     """Make settings, pynamodb models and boto3 clients pick the current environment up again."""
-    from chalicelib import aws, db
+    from chalicelib import aws, db, secret_store
     from chalicelib.settings import reload_settings
 
     settings = reload_settings()
     db.configure(settings)
     aws.reset()
+    secret_store.reset()
 
 
 @pytest.fixture

@@ -6,19 +6,21 @@ socket operation of an Ark call here waits at most until the call's deadline, wh
 
 * a client gives each call a budget of its own, and `call_deadline(at)` bounds every call made inside it further
   (a worker's remaining Lambda time, less the room it needs to record the outcome);
-* the clients' transport (`deadline_transport`) reads the running call's deadline at every connect, read and
-  write, and raises httpcore's timeout for that phase once it has passed.
+* the clients' transport (`deadline_transport`, a `chalicelib.deadlines.DeadlineTransport`) reads the running
+  call's deadline at every connect, read and write, and raises httpcore's timeout for that phase once it has
+  passed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
-import httpcore
 import httpx
+
+from chalicelib.deadlines import DeadlineTransport
 
 _bound: ContextVar[float | None] = ContextVar("ark_call_bound", default=None)
 _running_call: ContextVar[float | None] = ContextVar("ark_running_call_deadline", default=None)
@@ -54,67 +56,7 @@ def running_call(deadline: float) -> Iterator[None]:
         _running_call.reset(token)
 
 
-def _within_deadline(timeout: float | None, expired: type[httpcore.TimeoutException]) -> float | None:
-    deadline = _running_call.get()
-    if deadline is None:
-        return timeout
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise expired("the Ark call's deadline passed")
-    return left if timeout is None else min(timeout, left)
-
-
-class _DeadlineStream(httpcore.NetworkStream):
-    def __init__(self, inner: httpcore.NetworkStream) -> None:
-        self._inner = inner
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, _within_deadline(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, _within_deadline(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(self, ssl_context: object, server_hostname: str | None = None,
-                  timeout: float | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname,  # type: ignore[arg-type]
-                                                     _within_deadline(timeout, httpcore.ConnectTimeout)))
-
-    def get_extra_info(self, info: str) -> object:
-        return self._inner.get_extra_info(info)
-
-
-class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self) -> None:
-        self._inner = httpcore.SyncBackend()
-
-    def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
-                    socket_options: Iterable[object] | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.connect_tcp(host, port, _within_deadline(timeout, httpcore.ConnectTimeout),
-                                                       local_address, socket_options))  # type: ignore[arg-type]
-
-    def connect_unix_socket(self, path: str, timeout: float | None = None,
-                            socket_options: Iterable[object] | None = None) -> httpcore.NetworkStream:
-        return _DeadlineStream(self._inner.connect_unix_socket(
-            path, _within_deadline(timeout, httpcore.ConnectTimeout), socket_options))  # type: ignore[arg-type]
-
-    def sleep(self, seconds: float) -> None:
-        self._inner.sleep(seconds)
-
-
 def deadline_transport() -> httpx.HTTPTransport:
-    """httpx's own transport (its limits, TLS and error mapping), on connections that wait on the network only until
-    the running call's deadline."""
-    transport = httpx.HTTPTransport()
-    limits = httpx.Limits()
-    # httpx's transport takes no network backend; the httpcore pool it wraps does.
-    transport._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(),
-        max_connections=limits.max_connections,
-        max_keepalive_connections=limits.max_keepalive_connections,
-        keepalive_expiry=limits.keepalive_expiry,
-        network_backend=_DeadlineBackend(),
-    )
-    return transport
+    """The Ark clients' transport: connections that wait on the network only until the running call's deadline,
+    past which each phase fails as httpx's timeout of that phase (an `ArkTransportError` to the client)."""
+    return DeadlineTransport(_running_call.get)

@@ -130,13 +130,14 @@ def test_tables_match_the_ones_the_local_stack_creates(prod: dict[str, Any], aws
 
 
 def _statements(template: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every statement of every role, a conditional one (`Fn::If`) as it is when its condition holds."""
     statements = []
     for role in resources_of(template, "AWS::IAM::Role").values():
         for policy in role["Properties"].get("Policies", []):
             statements += policy["PolicyDocument"]["Statement"]
     for policy in resources_of(template, "AWS::IAM::Policy").values():
         statements += policy["Properties"]["PolicyDocument"]["Statement"]
-    return statements
+    return [statement["Fn::If"][1] if "Fn::If" in statement else statement for statement in statements]
 
 
 def _listed(value: Any) -> list[Any]:
@@ -171,10 +172,14 @@ def test_each_function_role_allows_only_what_that_function_uses(prod: dict[str, 
     roles = [function["Properties"]["Role"]["Fn::GetAtt"][0] for function in functions.values()]
     assert len(set(roles)) == len(functions)  # no role shared
     connect = _role_text(prod, "WebsocketConnect")
-    for table in ("ws-tickets", "connections"):
+    # It re-checks the ticket's session and account: it reads those tables, and writes only tickets and connections.
+    for table in ("ws-tickets", "connections", "users", "sessions"):
         assert f"table/arkflow-prod-{table}" in connect
-    for absent in ("table/arkflow-prod-users", "table/arkflow-prod-tasks", "s3:", "sqs:", "secretsmanager:",
-                   "execute-api:"):
+    writes = next(statement for statement in _statements({"Resources": {
+        "r": prod["Resources"][prod["Resources"]["WebsocketConnect"]["Properties"]["Role"]["Fn::GetAtt"][0]]
+    }}) if "dynamodb:PutItem" in statement["Action"])
+    assert "users" not in json.dumps(writes["Resource"]) and "sessions" not in json.dumps(writes["Resource"])
+    for absent in ("table/arkflow-prod-tasks", "s3:", "sqs:", "secretsmanager:", "execute-api:"):
         assert absent not in connect, absent
     message = _role_text(prod, "WebsocketMessage")
     assert "dynamodb:" not in message and "execute-api:ManageConnections" in message

@@ -58,10 +58,40 @@ def test_result_and_input_links_are_sigv4_on_the_regional_virtual_host(region: s
     assert not {"AWSAccessKeyId", "Signature", "Expires"} & set(query)
 
 
+INPUTS_SIGNER_KEY_ID = "AKIAARKINPUTSSIGNER1"
+
+
+def test_inputs_signed_for_ark_by_the_long_term_key_are_sigv4_on_the_regional_virtual_host(
+    region: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What Ark fetches later (inputs too large to send inline) is signed like every other link."""
+    bucket, key = os.environ["RESULTS_BUCKET"], "tasks/t1/inputs/0.png"
+    s3 = boto3.client("s3")
+    location = {} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}
+    s3.create_bucket(Bucket=bucket, **location)
+    s3.put_object(Bucket=bucket, Key=key, Body=b"\x89PNG\r\n\x1a\n" + b"0" * 64)
+    secret = boto3.client("secretsmanager").create_secret(Name="ark-inputs-signer", SecretString=json.dumps(
+        {"access_key_id": INPUTS_SIGNER_KEY_ID, "secret_access_key": "long-term-secret-key-of-the-inputs-user"}))
+    monkeypatch.setenv("ARK_INPUTS_SIGNING_SECRET", secret["Name"])
+    monkeypatch.setattr(media, "ARK_INLINE_BYTES", 0)
+    reconfigure()
+
+    [url] = media.urls_for_ark(aws.s3(), [media.s3_ref(bucket, key)])
+
+    parts = urlsplit(url)
+    query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+    assert (parts.scheme, parts.netloc, parts.path) == ("https", _regional_host(region), f"/{key}")
+    assert query["X-Amz-Algorithm"] == SIGV4
+    assert query["X-Amz-Credential"].startswith(f"{INPUTS_SIGNER_KEY_ID}/")
+    assert query["X-Amz-Credential"].endswith(f"/{region}/s3/aws4_request")
+    assert int(query["X-Amz-Expires"]) == media.ARK_INPUT_URL_TTL_S
+    assert not {"X-Amz-Security-Token", "AWSAccessKeyId", "Signature", "Expires"} & set(query)
+
+
 def test_browser_upload_form_is_sigv4_on_the_regional_virtual_host(region: str) -> None:
     before = time.time()
     form = UploadService(s3=aws.s3()).create(
-        Principal("demo", "user"), UploadRequest(content_type="image/png", size=1000)
+        Principal(user_id="demo-id", username="demo", role="user"), UploadRequest(content_type="image/png", size=1000)
     ).body()
     after = time.time()
     assert form["url"] == f"https://{_regional_host(region)}/"

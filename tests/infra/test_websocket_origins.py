@@ -13,6 +13,7 @@ from chalicelib.settings import Settings
 from chalicelib.tasks import TaskService
 from chalicelib.ws import LiveUpdates
 from infra.template import PARAMETERS
+from tests.conftest import DEMO, principal_of
 
 WEB_APP = "https://app.example.com"
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -25,19 +26,19 @@ def _connect(origin: str, ws_allowed_origins: str, monkeypatch: pytest.MonkeyPat
     live = LiveUpdates(TaskService(s3=aws.s3(), sqs=aws.sqs()), settings=Settings())
     event: dict[str, Any] = {
         "headers": {"Origin": origin},
-        "queryStringParameters": {"ticket": live.tickets.issue("demo").ticket},
+        "queryStringParameters": {"ticket": live.tickets.issue(principal_of(DEMO)).ticket},
         "requestContext": {"connectionId": f"conn-{origin}-{ws_allowed_origins}"},
     }
     return live.connect(event)["statusCode"]
 
 
-def test_the_default_lets_the_web_app_in_and_refuses_other_origins(aws_resources, monkeypatch) -> None:
+def test_the_default_lets_the_web_app_in_and_refuses_other_origins(seeded, monkeypatch) -> None:
     assert PARAMETERS["WsAllowedOrigins"]["Default"] == ""
     assert _connect(WEB_APP, "", monkeypatch) == 200
     assert _connect("https://evil.example", "", monkeypatch) == 403
 
 
-def test_a_list_replaces_the_default_and_a_star_allows_any(aws_resources, monkeypatch) -> None:
+def test_a_list_replaces_the_default_and_a_star_allows_any(seeded, monkeypatch) -> None:
     assert _connect("https://other.example", "https://other.example", monkeypatch) == 200
     assert _connect(WEB_APP, "https://other.example", monkeypatch) == 403
     assert _connect("https://anyone.example", "*", monkeypatch) == 200

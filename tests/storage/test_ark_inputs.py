@@ -14,7 +14,7 @@ import boto3
 import pytest
 from PIL import Image
 
-from chalicelib import media
+from chalicelib import media, secret_store
 from chalicelib.ark.limits import VIDEO_MAX_EXPIRES_AFTER
 from chalicelib.db import TaskRecord
 from chalicelib.settings import reload_settings
@@ -22,6 +22,7 @@ from chalicelib.video import Submission
 from tests.conftest import DEMO, Api
 
 SIGNER_KEY_ID = "AKIAARKINPUTSSIGNER1"
+ROTATED_KEY_ID = "AKIAARKINPUTSSIGNER2"
 
 
 def frame(color: tuple[int, int, int]) -> bytes:
@@ -77,6 +78,44 @@ def test_frames_too_large_to_send_inline_are_signed_by_the_long_term_key_past_ar
     assert query["X-Amz-Credential"][0].startswith(f"{SIGNER_KEY_ID}/")
     assert int(query["X-Amz-Expires"][0]) > VIDEO_MAX_EXPIRES_AFTER
     assert "X-Amz-Security-Token" not in query  # a long-term key: nothing temporary for the URL to die with
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def signer_key_id(task: TaskRecord) -> str:
+    [signed] = sent_images(task)
+    return parse_qs(urlsplit(signed).query)["X-Amz-Credential"][0].split("/")[0]
+
+
+def test_a_rotated_signing_key_reaches_a_warm_container_through_the_secret_store(
+    api: Api, signing_secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signer's key is read like every runtime secret: one copy per container for `SECRET_TTL_S` at most, and
+    the copy held while Secrets Manager fails."""
+    clock = Clock()
+    store = secret_store.SecretStore(signing_secret, clock=clock)
+    monkeypatch.setattr(secret_store, "store", lambda secret_id: store if secret_id == signing_secret else None)
+    task = video_task(api, frame((10, 20, 30)))
+    monkeypatch.setattr(media, "ARK_INLINE_BYTES", 0)
+    assert signer_key_id(task) == SIGNER_KEY_ID
+
+    secrets = boto3.client("secretsmanager")
+    secrets.put_secret_value(SecretId=signing_secret, SecretString=json.dumps(
+        {"access_key_id": ROTATED_KEY_ID, "secret_access_key": "the-rotated-secret-key"}))
+    clock.now += secret_store.SECRET_TTL_S - 1
+    assert signer_key_id(task) == SIGNER_KEY_ID
+    clock.now += 1
+    assert signer_key_id(task) == ROTATED_KEY_ID
+
+    secrets.delete_secret(SecretId=signing_secret, ForceDeleteWithoutRecovery=True)
+    clock.now += secret_store.SECRET_TTL_S
+    assert signer_key_id(task) == ROTATED_KEY_ID
 
 
 def test_without_a_long_term_key_an_oversized_frame_is_signed_by_the_function_and_that_is_logged(
