@@ -192,6 +192,9 @@ class TaskRecord(_Base):
     create_attempt = NumberAttribute(default=0)
     # The receipt of the message deferred for want of a slot: a released slot makes that message visible at once.
     wait_receipt = UnicodeAttribute(null=True)
+    # A running video's deadline (epoch seconds): written with its claim (the value its slot lease holds too) and
+    # again from its Ark create. The sweeper reads it as stored, so a changed setting never moves it.
+    deadline_at = NumberAttribute(null=True)
 
     by_user = _ByUser()
     by_list_shard = _ByListShard()
@@ -291,6 +294,19 @@ class UploadRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
+class ArkTaskOwnerRecord(_Base):
+    """The one task that owns an Ark video task (written before the task records the id, conditionally)."""
+
+    definition = resources.ARK_TASK_OWNERS
+
+    class Meta:
+        table_name = "ark-task-owners"
+
+    external_id = UnicodeAttribute(hash_key=True)
+    task_id = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute()
+
+
 ALL_MODELS: tuple[type[_Base], ...] = (
     UserRecord,
     SessionRecord,
@@ -303,6 +319,7 @@ ALL_MODELS: tuple[type[_Base], ...] = (
     ConnectionRecord,
     WsTicketRecord,
     UploadRecord,
+    ArkTaskOwnerRecord,
 )
 
 CONDITION_FAILED = "ConditionalCheckFailedException"

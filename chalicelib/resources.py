@@ -112,6 +112,9 @@ CONNECTIONS = Table(
 )
 WS_TICKETS = Table("ws-tickets", Key("ticket_hash"), ttl_attribute="expires_at_epoch")
 UPLOADS = Table("uploads", Key("upload_id"), ttl_attribute="expires_at_epoch")
+# Which task owns each Ark video task: written conditionally before a task records an Ark id, so no two tasks
+# ever hold one (reconciling a crashed create never adopts a video another task made).
+ARK_TASK_OWNERS = Table("ark-task-owners", Key("external_id"), ttl_attribute="expires_at_epoch")
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -125,6 +128,7 @@ TABLES: tuple[Table, ...] = (
     CONNECTIONS,
     WS_TICKETS,
     UPLOADS,
+    ARK_TASK_OWNERS,
 )
 
 TASK_LIST_SHARDS = 4

@@ -101,6 +101,12 @@ def transition(
         writes.append(TaskRecord.queued_model.remove())
     guard = (TaskRecord.status == task.status) & (TaskRecord.version == task.version)
     if target == QUEUED:
+        if task.type == "video":
+            # Ark has it (or may): queueing it again would make a worker create it a second time.
+            if task.external_id:
+                raise IllegalTransition("A video Ark accepted never goes back to the queue.",
+                                        details={"from": task.status, "to": target})
+            guard &= TaskRecord.external_id.does_not_exist()
         writes += [TaskRecord.queued_model.set(task.model_id), TaskRecord.stage.remove()]
     if target == RUNNING:
         writes.append(TaskRecord.started_at.set(now))

@@ -93,6 +93,8 @@ class VideoTask:
     usage: VideoUsage | None
     created_at: int
     updated_at: int
+    safety_identifier: str | None = None
+    execution_expires_after: int | None = None
 
     @classmethod
     def from_wire(cls, body: dict[str, Any]) -> VideoTask:
@@ -116,6 +118,8 @@ class VideoTask:
             else None,
             created_at=int(body.get("created_at", 0)),
             updated_at=int(body.get("updated_at", 0)),
+            safety_identifier=body.get("safety_identifier"),
+            execution_expires_after=body.get("execution_expires_after"),
         )
 
 
@@ -276,8 +280,8 @@ class VolcVideoClient(_ArkHttpClient):
                           ratio: str | None = None, duration: int | None = None, frames: int | None = None,
                           seed: int | None = None, camera_fixed: bool | None = None,
                           watermark: bool | None = None, return_last_frame: bool | None = None,
-                          service_tier: str | None = None,
-                          execution_expires_after: int | None = None) -> str:
+                          service_tier: str | None = None, execution_expires_after: int | None = None,
+                          safety_identifier: str | None = None) -> str:
         """Submit a task and return Ark's task id. Never retried here: a second create bills a second video."""
         body = _without_none({
             "model": model,
@@ -293,6 +297,7 @@ class VolcVideoClient(_ArkHttpClient):
             "return_last_frame": return_last_frame,
             "service_tier": service_tier,
             "execution_expires_after": execution_expires_after,
+            "safety_identifier": safety_identifier,
         })
         payload = self._request("POST", self._tasks_path, json_body=body)
         return str(payload["id"])
