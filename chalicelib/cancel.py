@@ -1,8 +1,10 @@
 """`POST /api/tasks/{id}/cancel`: what can still be stopped, and nothing else.
 
-Queued here: `cancelled` at once (the quota request is given back by the transition). A video Ark still holds
-in its own queue: Ark DELETE first, then `cancelled` (the slot is released by the transition). Anything
-running at Ark, a running image call, or a finished task: 409 `not_cancellable`.
+Queued here: `cancelled` at once (the quota request is given back by the transition). A video Ark (as last seen)
+still holds in its own queue: Ark's status is read first, since Ark's DELETE also deletes a finished task. Still
+queued there: Ark DELETE, then `cancelled` (the slot is released by the transition). Finished at Ark meanwhile:
+Ark's outcome is applied and the cancel answers 409 `not_cancellable` with the status it now has. Anything running
+at Ark, a running image call, or a finished task: 409 `not_cancellable`. Ark's status cannot be read: 503.
 """
 
 from __future__ import annotations
@@ -10,10 +12,10 @@ from __future__ import annotations
 from chalicelib import statemachine
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.db import TaskRecord
-from chalicelib.errors import Conflict
+from chalicelib.errors import Conflict, Unavailable
 from chalicelib.statemachine import StaleTask
 from chalicelib.tasks import is_cancellable
-from chalicelib.video import VideoService
+from chalicelib.video import ArkView, VideoService
 
 # Each retry follows a concurrent change (a claim, a poll): a few are plenty.
 ATTEMPTS = 4
@@ -36,11 +38,17 @@ def cancel(task: TaskRecord, video: VideoService, clock: Clock = SYSTEM_CLOCK) -
         # Dropped at Ark already: it is cancelled here whatever its `stage` became meanwhile.
         if not (is_cancellable(task) or (dropped_at_ark and task.status == statemachine.RUNNING)):
             raise not_cancellable(task)
-        if task.status == statemachine.RUNNING and not dropped_at_ark:
-            if not video.cancel_at_ark(task):
-                raise not_cancellable(task)
-            dropped_at_ark = True
         try:
+            if task.status == statemachine.RUNNING and not dropped_at_ark:
+                view, task = video.stop_at_ark(task)
+                if view == ArkView.UNREACHABLE:
+                    raise Unavailable("Ark could not be asked about this video; nothing changed, try again.",
+                                      headers={"Retry-After": "5"})
+                if view == ArkView.FINISHED and task.status == statemachine.CANCELLED:
+                    return task  # Ark had cancelled it already (its outcome is applied)
+                if view != ArkView.GONE:
+                    raise not_cancellable(task)  # Ark runs it, or finished it (its outcome is applied)
+                dropped_at_ark = True
             return statemachine.transition(task, statemachine.CANCELLED, clock=clock)
         except StaleTask:
             task.refresh(consistent_read=True)

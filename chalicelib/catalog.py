@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, PynamoDBException, UpdateError
 
-from chalicelib import first_run, quota, slots
+from chalicelib import db, first_run, quota, slots
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord, optional_int
-from chalicelib.errors import Conflict, NotFound, ValidationFailed
+from chalicelib.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from chalicelib.resources import DEFAULT_MODELS, default_lane_for, lane_named
 from chalicelib.settings import get_settings
 from chalicelib.validation import MODEL_DEFAULTS, ModelCreate, ModelUpdate
@@ -24,6 +24,12 @@ def get_model(model_id: str) -> ModelRecord:
 
 def _model_not_found(model_id: str) -> NotFound:
     return NotFound(f"No model named {model_id!r}.", code="model_not_found")
+
+
+def _raise_unless_condition_failed(error: PynamoDBException) -> None:
+    """Only a false condition says the model exists (or does not); any other failure is a store to retry."""
+    if not db.condition_failed(error):
+        raise Unavailable("The model could not be saved; try again.", headers={"Retry-After": "1"}) from error
 
 
 def list_models(enabled_only: bool = False) -> list[ModelRecord]:
@@ -69,6 +75,7 @@ def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelReco
     try:
         model.save(condition=ModelRecord.model_id.does_not_exist())
     except PutError as exc:
+        _raise_unless_condition_failed(exc)
         raise Conflict(f"A model named {request.model_id!r} already exists.", code="model_exists") from exc
     return model
 
@@ -92,6 +99,7 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
     try:
         model.update(actions=actions, condition=ModelRecord.model_id.exists())
     except UpdateError as exc:
+        _raise_unless_condition_failed(exc)
         raise _model_not_found(model_id) from exc
     return model
 
@@ -112,6 +120,7 @@ def delete_model(model_id: str) -> None:
     try:
         model.delete(condition=ModelRecord.model_id.exists())
     except DeleteError as exc:
+        _raise_unless_condition_failed(exc)
         raise _model_not_found(model_id) from exc
 
 

@@ -1,7 +1,15 @@
-"""pynamodb models of arkflow's tables. Keys and index shapes come from `chalicelib.resources`."""
+"""pynamodb models of arkflow's tables. Keys and index shapes come from `chalicelib.resources`.
+
+Also how a failed write is read: only a false condition means another writer got there first (`condition_failed`);
+anything else (throttling, an internal error, a transaction conflict) is an error that says nothing about the
+item, to be retried, never taken as a lost race.
+"""
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pynamodb.attributes import (
@@ -13,6 +21,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
 )
 from pynamodb.connection import Connection
+from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
@@ -199,6 +208,9 @@ class TaskRecord(_Base):
     create_attempt = NumberAttribute(default=0)
     # The receipt of the message deferred for want of a slot: a released slot makes that message visible at once.
     wait_receipt = UnicodeAttribute(null=True)
+    # A running video's deadline (epoch seconds): written with its claim (the value its slot lease holds too) and
+    # again from its Ark create. The sweeper reads it as stored, so a changed setting never moves it.
+    deadline_at = NumberAttribute(null=True)
 
     by_user = _ByUser()
     by_list_shard = _ByListShard()
@@ -316,6 +328,19 @@ class MarkerRecord(_Base):
     created_at = UnicodeAttribute()
 
 
+class ArkTaskOwnerRecord(_Base):
+    """The one task that owns an Ark video task (written before the task records the id, conditionally)."""
+
+    definition = resources.ARK_TASK_OWNERS
+
+    class Meta:
+        table_name = "ark-task-owners"
+
+    external_id = UnicodeAttribute(hash_key=True)
+    task_id = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute()
+
+
 ALL_MODELS: tuple[type[_Base], ...] = (
     UserRecord,
     SessionRecord,
@@ -329,7 +354,15 @@ ALL_MODELS: tuple[type[_Base], ...] = (
     WsTicketRecord,
     UploadRecord,
     MarkerRecord,
+    ArkTaskOwnerRecord,
 )
+
+CONDITION_FAILED = "ConditionalCheckFailedException"
+# Cancellation reasons that mean "another request was writing the item at that moment": nothing was written and
+# no condition was judged false, so the same transaction may simply run again.
+_RETRYABLE_CANCELLATIONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+TRANSACTION_ATTEMPTS = 5
+TRANSACTION_BACKOFF_S = 0.025
 
 
 _transaction_connection: Connection | None = None
@@ -341,6 +374,54 @@ def transaction() -> TransactWrite:
     if _transaction_connection is None:
         _transaction_connection = Connection(region=get_settings().region)
     return TransactWrite(connection=_transaction_connection)
+
+
+def condition_failed(error: PynamoDBException) -> bool:
+    """Whether DynamoDB refused the write because one of its conditions was false: the one failure that means
+    "the item is not as the writer read it". A transaction counts when any of its items failed its condition."""
+    code = error.cause_response_code
+    if code == CONDITION_FAILED:
+        return True
+    return code == "TransactionCanceledException" and isinstance(error, TransactWriteError) and any(
+        reason is not None and reason.code == "ConditionalCheckFailed" for reason in error.cancellation_reasons)
+
+
+def transaction_conflicted(error: TransactWriteError) -> bool:
+    """A transaction cancelled only because another request was writing one of its items at once. Real DynamoDB
+    does this to concurrent transactions on one item (moto never does), and botocore does not retry it."""
+    if error.cause_response_code != "TransactionCanceledException":
+        return False
+    codes = {reason.code for reason in error.cancellation_reasons if reason is not None}
+    return bool(codes) and codes <= _RETRYABLE_CANCELLATIONS
+
+
+def is_write_conflict(error: Exception) -> bool:
+    """A single-item write refused because a transaction was writing the same item at that moment."""
+    if isinstance(error, PynamoDBException):
+        code = error.cause_response_code
+    else:
+        code = getattr(error, "response", {}).get("Error", {}).get("Code")
+    return code == "TransactionConflictException"
+
+
+def pause_before_retry(attempt: int, sleep: Callable[[float], None] = time.sleep) -> None:
+    """A jittered pause that grows with each attempt (full jitter: retries of racing writers spread out)."""
+    sleep(random.uniform(0, TRANSACTION_BACKOFF_S * 2 ** attempt))
+
+
+def write_transaction(build: Callable[[TransactWrite], None], *, attempts: int = TRANSACTION_ATTEMPTS) -> None:
+    """Run the transaction `build` fills in; one cancelled by a conflict runs again after a jittered,
+    growing pause (it wrote nothing, and its conditions are judged afresh). The last conflict, and every other
+    failure, is raised."""
+    for attempt in range(attempts):
+        try:
+            with transaction() as writes:
+                build(writes)
+            return
+        except TransactWriteError as error:
+            if attempt == attempts - 1 or not transaction_conflicted(error):
+                raise
+        pause_before_retry(attempt)
 
 
 def configure(settings: Settings | None = None) -> None:

@@ -57,3 +57,9 @@ class PayloadTooLarge(ApiError):
 
 class TooManyRequests(ApiError):
     status, code = 429, "too_many_requests"
+
+
+class Unavailable(ApiError):
+    """Something this request needs did not answer (a store's write, Ark): nothing changed; try again."""
+
+    status, code = 503, "unavailable"

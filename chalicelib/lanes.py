@@ -18,7 +18,12 @@ is under its cap) at once, by making its message visible.
 
 Retryable Ark errors (429, 5xx, timeouts) send the task back to `queued` (slot released) and the message back
 with exponential backoff and jitter; on its last receive the task fails with `upstream_unavailable` and the
-message goes to the DLQ. Permanent errors fail the task with Ark's code and message.
+message goes to the DLQ. Permanent errors fail the task with Ark's code and message. A DynamoDB write that fails
+for any reason but its condition raises: the message comes back and nothing done is undone (a video created at
+Ark is found again by the reconcile).
+
+Leases: an image's slot lease covers its worker's whole invocation (plus a margin); a video's lease is its
+deadline, the same value its claim writes to `deadline_at`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -38,7 +44,7 @@ from botocore.exceptions import ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException, UpdateError
 from pynamodb.expressions.update import Action
 
-from chalicelib import aws, catalog, media, queues, results, slots, statemachine
+from chalicelib import aws, catalog, db, media, queues, results, slots, statemachine
 from chalicelib.ark.client import IMAGE_TIMEOUT, ImageGenerationResult, VolcImageClient, VolcVideoClient
 from chalicelib.ark.deadline import call_deadline
 from chalicelib.ark.errors import (
@@ -58,7 +64,17 @@ from chalicelib.errors import NotFound
 from chalicelib.resources import Lane, lane_named
 from chalicelib.settings import Settings, get_settings
 from chalicelib.statemachine import StaleTask
-from chalicelib.video import ARK_QUEUED, ARK_RUNNING, SUBMITTING, VideoService, epoch_of
+from chalicelib.video import (
+    ARK_QUEUED,
+    ARK_RUNNING,
+    CREATE_GRACE_S,
+    SUBMITTING,
+    ArkTaskTaken,
+    VideoService,
+    epoch_of,
+    expires_after,
+    video_deadline,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +82,6 @@ log = logging.getLogger(__name__)
 IMAGE_LEASE_MARGIN_S = 60
 # Time an image worker keeps after its Ark call's timeout to record the outcome before the Lambda timeout.
 IMAGE_RECORD_MARGIN_S = 20
-# A video `submitting` for longer than its create can take was interrupted: reconcile through Ark's list.
-CREATE_GRACE_S = 60
 # No-slot rechecks back off from SLOT_WAIT_SECONDS to 8 times that.
 MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
@@ -77,6 +91,7 @@ WAKE_LOOKAHEAD, WAKE_PAGE_SIZE = 50, 10
 # Ark's answers that refuse a call before any work is done: no quota is spent on it here either.
 REFUSED_BEFORE_WORK = frozenset({401, 403, 429})
 SQS_MAX_VISIBILITY_S = 12 * 3600
+RECONCILE_AMBIGUOUS = "reconcile_ambiguous"
 # A results copy stops this long before the Lambda timeout: the parts in flight and the upload's abort must still
 # end, and the outcome be written.
 RESULTS_COPY_MARGIN_S = 60
@@ -181,9 +196,7 @@ class LaneWorker:
             return Retry(delay_s, wakeable)
         queues.enqueue(self.sqs, self.lane.name, delivery.task_id, delay_s=min(delay_s, SQS_MAX_DELAY_S))
         if wakeable:  # the receipt kept from an earlier deferral names the message this one replaces
-            with contextlib.suppress(UpdateError):  # claimed or ended meanwhile: nothing is waiting
-                TaskRecord(delivery.task_id).update(actions=[TaskRecord.wait_receipt.remove()],
-                                                    condition=TaskRecord.status == statemachine.QUEUED)
+            _note_wait_receipt(delivery.task_id, None)
         return DONE
 
     def _slot_wait(self, delivery: Delivery) -> int:
@@ -216,25 +229,27 @@ class LaneWorker:
         except NotFound:
             self._fail(task, "model_not_found", f"Model {task.model_id!r} no longer exists.")
             return DONE
-        if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), self._lease_until(task),
+        lease_until = self._lease_until(task)
+        if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), lease_until,
                              user_id=task.user_id, user_cap=optional_int(model.max_running_per_user)):
             return self._wait(delivery, self._slot_wait(delivery), wakeable=True)
-        return self._claim_and_call(task, model, delivery)
+        return self._claim_and_call(task, model, delivery, lease_until)
 
-    def _lease_until(self, task: TaskRecord) -> float:
+    def _lease_until(self, task: TaskRecord) -> int:
         if task.type == "video":
-            # Held until Ark finishes; the deadline sweeper ends it at the latest.
-            return epoch_of(task.created_at) + self.settings.task_deadline_s
-        return self.clock.now() + self.lane.lambda_timeout_s + IMAGE_LEASE_MARGIN_S
+            # Held until Ark ends it: its deadline if the create goes out now (the record of the create moves it
+            # to count from Ark's answer).
+            return video_deadline(self.clock.now(), expires_after(self.settings))
+        return math.ceil(self.clock.now() + self.lane.lambda_timeout_s + IMAGE_LEASE_MARGIN_S)
 
-    def _claim_and_call(self, task: TaskRecord, model: ModelRecord, delivery: Delivery) -> Outcome:
+    def _claim_and_call(self, task: TaskRecord, model: ModelRecord, delivery: Delivery, lease_until: int) -> Outcome:
         # Set before the call: a worker that dies mid-call may have had it done at Ark. A refusal (429) undoes it.
         reached_ark_before = bool(task.ark_called)
         actions = [TaskRecord.ark_called.set(True), TaskRecord.wait_receipt.remove()]
         callback_url = None
         if task.type == "video":
             callback_url, callback_actions = self.video.new_callback(task.task_id)
-            actions += [*callback_actions, TaskRecord.stage.set(SUBMITTING)]
+            actions += [*callback_actions, TaskRecord.stage.set(SUBMITTING), TaskRecord.deadline_at.set(lease_until)]
         try:
             task = statemachine.transition(task, statemachine.RUNNING, actions=actions, clock=self.clock)
         except StaleTask:
@@ -351,7 +366,9 @@ class LaneWorker:
         except ArkPermanentError as error:
             self._fail_permanently(task, error, reached_ark_before)
             return DONE
-        with contextlib.suppress(StaleTask):  # ended meanwhile: record_submitted cancelled its Ark task
+        # StaleTask: it ended meanwhile (the Ark task, nobody's, was dropped if still queued). Any other failure
+        # to record it raises: the message comes back and the reconcile finds this Ark task again.
+        with contextlib.suppress(StaleTask):
             self.video.record_submitted(task, external_id)
         return DONE
 
@@ -366,26 +383,40 @@ class LaneWorker:
         except StaleTask:
             return DONE  # another delivery is reconciling it, or it moved on
         try:
-            remote = self.video.find_submitted(task)
+            found = self.video.find_submitted(task)
         except NO_USABLE_ANSWER as error:
             return self._reconcile_later(task, delivery, error)
         try:
-            if remote is not None:
-                self.video.adopt(task, remote)
+            if found.adopt is not None:
+                self.video.adopt(task, found.adopt)
                 return DONE
+            if found.ambiguous:
+                if self._fail(task, RECONCILE_AMBIGUOUS, f"Ark holds {len(found.ambiguous)} videos that may be "
+                              f"this task's ({', '.join(found.ambiguous)}); none was taken as its result."):
+                    self.video.set_aside(task, found.ambiguous)
+                return DONE
+            if found.undecided:
+                return self._reconcile_later(task, delivery)  # a sibling may still claim one: look again
             callback_url, callback_actions = self.video.new_callback(task.task_id)
             task = statemachine.update_fields(task, callback_actions, clock=self.clock,
                                               condition=(TaskRecord.stage == SUBMITTING) & _same_create_attempt(task))
+        except ArkTaskTaken:
+            return self._reconcile_later(task, delivery)  # another task owned it first: look again without it
         except StaleTask:
-            return DONE
+            return DONE  # it moved on (another delivery recorded its Ark task, or it ended)
         return self._submit_video(task, callback_url, delivery)
 
-    def _reconcile_later(self, task: TaskRecord, delivery: Delivery, error: ArkError) -> Outcome:
+    def _reconcile_later(self, task: TaskRecord, delivery: Delivery, error: ArkError | None = None) -> Outcome:
         """Look at Ark's list again after the grace. Each look counts as a receive, so an Ark that stays down
-        ends the task like any other retryable error instead of keeping it `submitting` until its deadline."""
-        if delivery.receive_count >= self.lane.max_receives:
+        ends the task like any other retryable error instead of keeping it `submitting` until its deadline, and
+        an Ark task that stays unattributable ends it as ambiguous."""
+        if delivery.receive_count < self.lane.max_receives:
+            return Retry(CREATE_GRACE_S)
+        if error is not None:
             return self._give_up(task, delivery, error)
-        return Retry(CREATE_GRACE_S)
+        self._fail(task, RECONCILE_AMBIGUOUS, "Ark holds a video that may be this task's or another's of the same "
+                   "user; none was taken as its result.")
+        return Retry(0)
 
     # --- endings ----------------------------------------------------------------------------------------------
 
@@ -407,11 +438,11 @@ class LaneWorker:
     def _fail_permanently(self, task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
         self._fail_with(task, error.as_task_error(), _forget_refused_call(task, error, reached_ark_before))
 
-    def _fail(self, task: TaskRecord, code: str, message: str, extra: Sequence[Action] = ()) -> None:
-        self._fail_with(task, {"code": code, "message": message}, extra)
+    def _fail(self, task: TaskRecord, code: str, message: str, extra: Sequence[Action] = ()) -> TaskRecord | None:
+        return self._fail_with(task, {"code": code, "message": message}, extra)
 
-    def _fail_with(self, task: TaskRecord, error: dict[str, str], extra: Sequence[Action] = ()) -> None:
-        self._transition(task, statemachine.FAILED, [TaskRecord.error.set(error), *extra])
+    def _fail_with(self, task: TaskRecord, error: dict[str, str], extra: Sequence[Action] = ()) -> TaskRecord | None:
+        return self._transition(task, statemachine.FAILED, [TaskRecord.error.set(error), *extra])
 
     def _transition(self, task: TaskRecord, target: str, actions: list[Action]) -> TaskRecord | None:
         """The task as written, or None when it changed meanwhile (someone else decided its fate)."""
@@ -443,7 +474,8 @@ def take_reconcile_round(task: TaskRecord, restart_grace_at: float | None) -> Ta
         task.update(actions=actions, condition=(TaskRecord.status == statemachine.RUNNING)
                     & (TaskRecord.stage == SUBMITTING) & _same_create_attempt(task))
     except UpdateError as error:
-        raise StaleTask("Another delivery took this reconcile round, or the task moved on.") from error
+        raise statemachine.write_error(error, "Another delivery took this reconcile round, or the task moved on.") \
+            from error
     return task
 
 
@@ -457,9 +489,18 @@ def _same_create_attempt(task: TaskRecord) -> Any:
 def _remember_waiting(delivery: Delivery) -> None:
     """Note the receipt of a message deferred for want of a slot, for `wake_next` (after its visibility change,
     which a wake-up must come after)."""
-    with contextlib.suppress(UpdateError):  # claimed or ended meanwhile: nothing is waiting
-        TaskRecord(delivery.task_id).update(actions=[TaskRecord.wait_receipt.set(delivery.receipt_handle)],
-                                            condition=TaskRecord.status == statemachine.QUEUED)
+    _note_wait_receipt(delivery.task_id, delivery.receipt_handle)
+
+
+def _note_wait_receipt(task_id: str, receipt: str | None) -> None:
+    """Keep (or, with None, drop) the receipt a wake-up would use, while the task is queued. Only promptness
+    depends on it: a write that fails is logged, and the message still comes back on its own."""
+    action = TaskRecord.wait_receipt.remove() if receipt is None else TaskRecord.wait_receipt.set(receipt)
+    try:
+        TaskRecord(task_id).update(actions=[action], condition=TaskRecord.status == statemachine.QUEUED)
+    except UpdateError as error:
+        if not db.condition_failed(error):  # else claimed or ended meanwhile: nothing is waiting
+            log.warning("wait receipt of task %s not updated: %s", task_id, error)
 
 
 def wake_next(released: TaskRecord) -> None:
@@ -496,8 +537,10 @@ def _wake(candidate: TaskRecord) -> bool:
             actions=[TaskRecord.wait_receipt.remove()],
             condition=(TaskRecord.wait_receipt == candidate.wait_receipt) & (TaskRecord.status == statemachine.QUEUED),
         )
-    except UpdateError:
-        return False
+    except UpdateError as error:
+        if db.condition_failed(error):
+            return False
+        raise
     sqs = aws.sqs()
     try:
         sqs.change_message_visibility(QueueUrl=queues.queue_url(sqs, candidate.lane),

@@ -116,6 +116,9 @@ WS_TICKETS = Table("ws-tickets", Key("ticket_hash"), ttl_attribute="expires_at_e
 UPLOADS = Table("uploads", Key("upload_id"), ttl_attribute="expires_at_epoch")
 # What a deployment did once and must never do again (`chalicelib.first_run`), e.g. create a default model.
 MARKERS = Table("markers", Key("marker_id"))
+# Which task owns each Ark video task: written conditionally before a task records an Ark id, so no two tasks
+# ever hold one (reconciling a crashed create never adopts a video another task made).
+ARK_TASK_OWNERS = Table("ark-task-owners", Key("external_id"), ttl_attribute="expires_at_epoch")
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -130,6 +133,7 @@ TABLES: tuple[Table, ...] = (
     WS_TICKETS,
     UPLOADS,
     MARKERS,
+    ARK_TASK_OWNERS,
 )
 
 TASK_LIST_SHARDS = 4

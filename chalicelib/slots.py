@@ -7,10 +7,16 @@ idempotent, and the sweeper frees leases of workers that died mid-call.
 
 A model with `max_running_per_user` also keeps one record of the same shape per (model, user), keyed
 `<model>#user#<user>`; acquire then takes both in one transaction, so a user's burst never holds every slot.
+Concurrent transactions on one record conflict on real DynamoDB: a conflicted acquire runs again a few times
+after a jittered pause (it took nothing), and counts as "no slot now" after that, so the task waits its turn.
+
+A lease is whole seconds, rounded up: never shorter than what the caller asked for. Acquiring a slot the task
+already holds (its earlier worker died before claiming it) extends the lease to the new worker's.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +44,7 @@ def _ensure_record(slot_key: str) -> None:
 
 def _take_update(task_id: str, limit: int, lease_until: float, owner: str | None) -> dict[str, Any]:
     """The conditional update that takes one slot for `task_id` (recording its owner, when given)."""
-    actions = [SlotRecord.holders[task_id].set(int(lease_until)), SlotRecord.count.add(1)]
+    actions = [SlotRecord.holders[task_id].set(math.ceil(lease_until)), SlotRecord.count.add(1)]
     if owner is not None:
         actions.append(SlotRecord.owners[task_id].set(owner))
     return {"actions": actions,
@@ -59,11 +65,13 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
             if len(keys) == 1:
                 _take_one(model_id, _take_update(task_id, concurrency, lease_until, user_id))
             else:
-                with db.transaction() as transaction:
+                def take_both(transaction: db.TransactWrite) -> None:
                     transaction.update(SlotRecord(model_id), return_values="ALL_OLD",
                                        **_take_update(task_id, concurrency, lease_until, user_id))
                     transaction.update(SlotRecord(keys[1]), return_values="ALL_OLD",
                                        **_take_update(task_id, int(user_cap or 0), lease_until, None))
+
+                db.write_transaction(take_both)
             return True
         except SlotRefused as refusal:
             records, refusal_cause = {model_id: refusal.item}, refusal.__cause__
@@ -76,12 +84,26 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
                 key: _refused_record(reason) for key, reason in zip(keys, reasons, strict=False)}
         missing = [key for key in keys if records.get(key, {}) is None]
         if not missing:
-            return task_id in ((records.get(model_id) or {}).get("holders", {}).get("M", {}))
+            held = (records.get(model_id) or {}).get("holders", {}).get("M", {}).get(task_id)
+            if held is not None and int(held.get("N", 0)) < math.ceil(lease_until):
+                _extend_lease(model_id, task_id, lease_until)
+            return held is not None
         if attempt:
             raise RuntimeError(f"slot records {missing} cannot be used even after completing them") from refusal_cause
         for key in missing:  # first acquire for this model (or user): create the record, then try once more
             _ensure_record(key)
     raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _extend_lease(model_id: str, task_id: str, lease_until: float) -> None:
+    """A task acquiring a slot it already holds (an earlier worker took it, then died before the claim): the
+    lease now covers this worker, or the sweeper would take the slot from under its call."""
+    lease, held = math.ceil(lease_until), SlotRecord.holders[task_id]
+    try:
+        SlotRecord(model_id).update(actions=[held.set(lease)], condition=held.exists() & (held < lease))
+    except UpdateError as error:
+        if not db.condition_failed(error):  # else released, or extended further meanwhile
+            raise
 
 
 def _refused_record(reason: Any) -> dict[str, Any] | None:
@@ -100,15 +122,23 @@ def _take_one(slot_key: str, update: dict[str, Any]) -> None:
     request = connection.get_operation_kwargs(
         SlotRecord.Meta.table_name, slot_key, return_values_on_condition_failure="ALL_OLD", **update
     )
-    try:
-        connection.client.update_item(**request)
-    except ClientError as error:
-        code = error.response.get("Error", {}).get("Code")
-        if code == "ValidationException":  # the record lacks a map the update writes into
-            raise SlotRefused(None) from error
-        if code != "ConditionalCheckFailedException":
-            raise
-        raise SlotRefused(error.response.get("Item")) from error
+    for attempt in range(db.TRANSACTION_ATTEMPTS):
+        try:
+            connection.client.update_item(**request)
+            return
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code")
+            if code == "ValidationException":  # the record lacks a map the update writes into
+                raise SlotRefused(None) from error
+            if code == db.CONDITION_FAILED:
+                raise SlotRefused(error.response.get("Item")) from error
+            if not db.is_write_conflict(error):
+                raise
+            if attempt == db.TRANSACTION_ATTEMPTS - 1:
+                # A user-capped acquire kept the record busy: no slot now (the record's state is unknown, so an
+                # empty one stands for it); the task waits its turn like any other refused acquire.
+                raise SlotRefused({}) from error
+        db.pause_before_retry(attempt)
 
 
 class SlotRefused(Exception):
@@ -131,7 +161,8 @@ def release(model_id: str, task_id: str, user_id: str | None = None) -> bool:
 def _release_one(slot_key: str, task_id: str, *extra: Action) -> bool:
     """True when it released; False when the task held nothing. Any other failure raises: a release that did not
     happen must not look done, or the slot would leak past the sweeper."""
-    for attempt in range(2):
+    completed = False
+    for attempt in range(db.TRANSACTION_ATTEMPTS):
         try:
             SlotRecord(slot_key).update(
                 actions=[SlotRecord.holders[task_id].remove(), SlotRecord.count.add(-1), *extra],
@@ -139,12 +170,17 @@ def _release_one(slot_key: str, task_id: str, *extra: Action) -> bool:
             )
             return True
         except UpdateError as error:
-            if error.cause_response_code == "ConditionalCheckFailedException":
+            if db.condition_failed(error):
                 return False
-            if error.cause_response_code != "ValidationException" or attempt:
+            if error.cause_response_code == "ValidationException" and not completed:
+                _ensure_record(slot_key)
+                completed = True
+                continue
+            # A user-capped acquire's transaction on the same record: this conditional release may run again.
+            if not db.is_write_conflict(error) or attempt == db.TRANSACTION_ATTEMPTS - 1:
                 raise
-            _ensure_record(slot_key)
-    raise AssertionError("unreachable: the second attempt returns or raises")
+        db.pause_before_retry(attempt)
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def in_use(slot_key: str) -> int:

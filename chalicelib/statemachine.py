@@ -8,6 +8,11 @@ A task is `running` only while it holds a slot of its model (`chalicelib.slots`)
 before the claim `queued -> running`, and every transition out of `running` (to a terminal state, or back to
 `queued` after a retryable Ark error) releases it here, once the write succeeded, so no path can forget it
 (a release that fails leaves the slot to the sweeper, never the transition unpublished).
+
+Only a false condition makes a write `StaleTask` (someone else changed the task: re-read and decide again). Any
+other failure of the write is `WriteFailed`, an error to retry (a worker's message comes back, a route answers
+503), never a reason to undo work. A refund's transaction that meets a conflict on its hot quota counter runs
+again (`db.write_transaction`). A video Ark accepted (its `external_id` stored) never goes back to `queued`.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from pynamodb.expressions.update import Action
 from chalicelib import db, slots
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import QuotaRecord, TaskRecord
-from chalicelib.errors import Conflict
+from chalicelib.errors import Conflict, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,20 @@ class StaleTask(Conflict):
     code = "task_changed"
 
 
+class WriteFailed(Unavailable):
+    """DynamoDB did not take the write for a reason other than its condition (throttling, an internal error, a
+    transaction conflict that outlived its retries): nothing is known to have changed; try again."""
+
+
+def write_error(error: PynamoDBException, stale_message: str = "The task changed while this change was being "
+                "applied.") -> StaleTask | WriteFailed:
+    """What a failed conditional write of a task means: StaleTask only when its condition was false."""
+    if db.condition_failed(error):
+        return StaleTask(stale_message)
+    log.warning("write refused by DynamoDB (%s): %s", error.cause_response_code, error)
+    return WriteFailed("The change could not be saved; try again.", headers={"Retry-After": "1"})
+
+
 def is_allowed(current: str, target: str) -> bool:
     return target in TRANSITIONS.get(current, frozenset())
 
@@ -80,13 +99,19 @@ def transition(
     ]
     if task.status == QUEUED:
         writes.append(TaskRecord.queued_model.remove())
+    guard = (TaskRecord.status == task.status) & (TaskRecord.version == task.version)
     if target == QUEUED:
+        if task.type == "video":
+            # Ark has it (or may): queueing it again would make a worker create it a second time.
+            if task.external_id:
+                raise IllegalTransition("A video Ark accepted never goes back to the queue.",
+                                        details={"from": task.status, "to": target})
+            guard &= TaskRecord.external_id.does_not_exist()
         writes += [TaskRecord.queued_model.set(task.model_id), TaskRecord.stage.remove()]
     if target == RUNNING:
         writes.append(TaskRecord.started_at.set(now))
     if target in TERMINAL:
         writes += [TaskRecord.finished_at.set(now), TaskRecord.poll_shard.remove(), TaskRecord.next_poll_at.remove()]
-    guard = (TaskRecord.status == task.status) & (TaskRecord.version == task.version)
     if condition is not None:
         guard &= condition
     leaves_running = task.status == RUNNING
@@ -97,7 +122,7 @@ def transition(
         else:
             task.update(actions=writes, condition=guard)
     except (UpdateError, TransactWriteError) as exc:
-        raise StaleTask("The task changed while this change was being applied.") from exc
+        raise write_error(exc) from exc
     if leaves_running:
         _release_slot(task)
     notify(task)
@@ -127,10 +152,13 @@ def _write_with_refund(task: TaskRecord, writes: list[Action], guard: Condition)
     """End a task that never reached Ark and give its quota request back, atomically and once."""
     writes.append(TaskRecord.quota_refunded.set(True))
     guard &= TaskRecord.quota_refunded == False  # noqa: E712 - a DynamoDB condition, not a Python comparison
-    with db.transaction() as transaction:
+
+    def refund(transaction: db.TransactWrite) -> None:
         transaction.update(task, actions=writes, condition=guard)
         for key in task.quota_keys:
             transaction.update(QuotaRecord(key), actions=[QuotaRecord.used.add(-1)])
+
+    db.write_transaction(refund)  # the counter is hot (every create of the model writes it): conflicts run again
     task.refresh(consistent_read=True)
 
 
@@ -150,7 +178,7 @@ def update_fields(task: TaskRecord, actions: list[Action], *, publish: bool = Fa
     try:
         task.update(actions=writes, condition=guard)
     except UpdateError as exc:
-        raise StaleTask("The task changed while this change was being applied.") from exc
+        raise write_error(exc) from exc
     if publish:
         notify(task)
     return task

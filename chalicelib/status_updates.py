@@ -10,8 +10,10 @@ Every check below is judged only for a transition the state machine allows; any 
     at Ark, or on its way there (a create may be in flight), and a worker would create it a second time: 409
     `video_at_ark`; fail or cancel it instead.
   * terminal targets: `succeeded` carries its results (`result_urls` for an image, `video_url` for a video), else
-    400 `validation_error`. A video Ark still queues is dropped there first, best effort; one Ark already
-    generates cannot be stopped at Ark and finishes there unseen.
+    400 `validation_error`. A running video's status at Ark is read first (Ark's DELETE would also delete a
+    finished one): finished at Ark, Ark's outcome is applied instead and the change answers 409 `ended_at_ark`;
+    still queued there, it is cancelled at Ark; one Ark already generates (or that Ark cannot be asked about)
+    cannot be stopped at Ark and finishes there unseen.
   * fields: each target takes exactly what a task in it carries (`validation.STATUS_FIELDS`: results for
     `succeeded`, an error for `failed` and `expired`, nothing else), and results only of the task's type
     (`last_frame_url` is a video's); anything else is 400 `validation_error` naming the field.
@@ -30,7 +32,7 @@ from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import TaskRecord
 from chalicelib.errors import ApiError, Conflict, ValidationFailed
 from chalicelib.validation import StatusUpdateRequest
-from chalicelib.video import VideoService, queued_at_ark
+from chalicelib.video import ArkView, VideoService, at_ark
 
 # The result field a succeeded task of each type must carry, and every result field it may carry.
 RESULT_FIELDS = {"image": "result_urls", "video": "video_url"}
@@ -49,11 +51,15 @@ class WorkerBusy(Conflict):
     code = "worker_busy"
 
 
+class EndedAtArk(Conflict):
+    code = "ended_at_ark"
+
+
 def apply(task: TaskRecord, request: StatusUpdateRequest, *, sqs: Any, video: Callable[[], VideoService],
           clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
     """Move `task` (as read) to `request.status` with the results or error it carries; returns the written task.
 
-    `video` gives the service that talks to Ark, made only for a video Ark still queues.
+    `video` gives the service that talks to Ark, made only for a running video at Ark.
     """
     target = request.status
     if statemachine.is_allowed(task.status, target):
@@ -63,8 +69,15 @@ def apply(task: TaskRecord, request: StatusUpdateRequest, *, sqs: Any, video: Ca
             # queued without a message would wait for its deadline. A worker reading it before the transition
             # finds the task running and sends it back to the queue itself (or waits out a live worker's lease).
             _send_to_lane(sqs, task)
-        elif target in statemachine.TERMINAL and queued_at_ark(task):
-            video().cancel_quietly(task.external_id or "")
+        elif target in statemachine.TERMINAL and at_ark(task):
+            view, task = video().stop_at_ark(task)
+            if view == ArkView.FINISHED and task.status == target:
+                return task
+            if view == ArkView.FINISHED:
+                raise EndedAtArk(
+                    f"Ark had already finished this video; it is now {task.status}, as Ark reported.",
+                    details={"status": task.status},
+                )
     return statemachine.transition(task, target, actions=_carried_fields(request), clock=clock)
 
 

@@ -3,10 +3,16 @@
 Per model (a handful: the models table is read whole), it reads the slot record, whose holders are exactly the
 tasks that may be running, and the sparse `queued_by_model` index past the deadline; never a scan of tasks.
   * a holder whose task ended, vanished, or never got claimed before its lease ran out: slot released;
-  * a task past `task_deadline_s` since creation: `failed` with `timeout` (a video Ark still queues is dropped);
-  * an image whose worker died mid-call (lease expired): back to `queued` with a fresh message;
-  * a video left `submitting` (the worker died around the create): a fresh message, and the worker reconciles
-    it through Ark's task list.
+  * a queued task past `task_deadline_s` since creation: `failed` with `timeout`;
+  * a running image whose worker holds a live lease: left alone, whatever its deadline (its call may be billed);
+    once the lease ran out, past its deadline `failed` with `timeout`, else back to `queued` with a fresh message;
+  * a running video is never queued again (Ark may have it). Past its own deadline (`deadline_at`, from its Ark
+    create) Ark's status is read first: Ark's outcome is applied if Ark finished it, a task Ark still queues is
+    cancelled there, and only then it fails with `timeout`; one Ark still runs (or that Ark cannot be asked
+    about) is looked at again by the next sweep, and failed once a second grace has passed too;
+  * a video left `submitting` (the worker died around the create) beyond the create grace: a fresh message, and
+    the worker reconciles it through Ark's task list.
+A failed write is logged and the sweep goes on with the next task; the next sweep looks again.
 """
 
 from __future__ import annotations
@@ -15,19 +21,31 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from pynamodb.exceptions import DoesNotExist
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
 from chalicelib import catalog, queues, slots, statemachine
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.db import ModelRecord, TaskRecord
-from chalicelib.lanes import CREATE_GRACE_S, take_reconcile_round
+from chalicelib.lanes import take_reconcile_round
 from chalicelib.settings import Settings, get_settings
+from chalicelib.slots import Holder
 from chalicelib.statemachine import StaleTask
-from chalicelib.video import SUBMITTING, VideoService, epoch_of, queued_at_ark
+from chalicelib.video import (
+    CREATE_GRACE_S,
+    SUBMITTING,
+    VIDEO_DEADLINE_GRACE_S,
+    ArkView,
+    VideoService,
+    deadline_of,
+    epoch_of,
+)
 
 log = logging.getLogger(__name__)
 
 TIMEOUT_ERROR = {"code": "timeout", "message": "The task did not finish before its deadline."}
+# What one task's trouble may raise; the sweep goes on with the others.
+_WRITE_FAILURES = (statemachine.WriteFailed, PynamoDBException, BotoCoreError, ClientError)
 
 
 @dataclass
@@ -53,12 +71,7 @@ class Sweeper:
             self._check_holders(model, report)
         return report
 
-    def _past_deadline(self, task: TaskRecord, now: float) -> bool:
-        return epoch_of(task.created_at) + self.settings.task_deadline_s < now
-
     def _time_out(self, task: TaskRecord, report: SweepReport) -> None:
-        if queued_at_ark(task):
-            self.video.cancel_quietly(task.external_id)
         try:
             statemachine.transition(task, statemachine.FAILED, clock=self.clock,
                                     actions=[TaskRecord.error.set(TIMEOUT_ERROR)])
@@ -69,29 +82,63 @@ class Sweeper:
     def _expire_queued(self, model: ModelRecord, report: SweepReport) -> None:
         cutoff = iso(self.clock.now() - self.settings.task_deadline_s)
         for stale in TaskRecord.queued_by_model.query(model.model_id, TaskRecord.created_key < cutoff):
-            self._time_out(stale, report)
+            try:
+                self._time_out(stale, report)
+            except _WRITE_FAILURES as error:
+                log.warning("could not time out task %s: %s", stale.task_id, error)
 
     def _check_holders(self, model: ModelRecord, report: SweepReport) -> None:
         now = self.clock.now()
         for task_id, holder in slots.holders(model.model_id).items():
             try:
-                task = TaskRecord.get(task_id, consistent_read=True)
-            except DoesNotExist:
-                if slots.release(model.model_id, task_id, holder.user_id):
-                    report.leases_reclaimed += 1
-                continue
-            if task.status != statemachine.RUNNING:
-                # Ended (its release was lost), or acquired by a worker that died before claiming it.
-                stale = task.status in statemachine.TERMINAL or holder.lease_until < now
-                if stale and slots.release(model.model_id, task_id, task.user_id):
-                    report.leases_reclaimed += 1
-                continue
-            if self._past_deadline(task, now):
+                self._check_holder(model, task_id, holder, now, report)
+            except StaleTask:
+                continue  # it moved on while being looked at (a poll, a callback): nothing left to do here
+            except _WRITE_FAILURES as error:
+                log.warning("sweep of task %s left for the next run: %s", task_id, error)
+
+    def _check_holder(self, model: ModelRecord, task_id: str, holder: Holder, now: float,
+                      report: SweepReport) -> None:
+        try:
+            task = TaskRecord.get(task_id, consistent_read=True)
+        except DoesNotExist:
+            if slots.release(model.model_id, task_id, holder.user_id):
+                report.leases_reclaimed += 1
+            return
+        if task.status != statemachine.RUNNING:
+            # Ended (its release was lost), or acquired by a worker that died before claiming it.
+            stale = task.status in statemachine.TERMINAL or holder.lease_until < now
+            if stale and slots.release(model.model_id, task_id, task.user_id):
+                report.leases_reclaimed += 1
+            return
+        if task.type == "video":
+            self._check_video(task, now, report)
+        elif holder.lease_until >= now:
+            return  # its worker is inside its Ark call: nothing ends it under it
+        elif deadline_of(task, self.settings) < now:
+            self._time_out(task, report)
+        else:
+            self._requeue_abandoned(task, report)
+
+    def _check_video(self, task: TaskRecord, now: float, report: SweepReport) -> None:
+        deadline = deadline_of(task, self.settings)
+        if task.stage == SUBMITTING:
+            idle = now - epoch_of(task.updated_at)
+            if idle < CREATE_GRACE_S:
+                return  # a worker may be inside its create (or a reconcile round)
+            if deadline < now:
                 self._time_out(task, report)
-            elif holder.lease_until < now:
-                self._requeue_abandoned(task, report)
-            elif task.stage == SUBMITTING and now - epoch_of(task.updated_at) > 2 * CREATE_GRACE_S:
+            elif idle > 2 * CREATE_GRACE_S:
                 self._request_reconcile(task, report)
+            return
+        if deadline >= now or not task.external_id:
+            return
+        view, task = self.video.stop_at_ark(task)
+        if view == ArkView.FINISHED:
+            return  # Ark's outcome is applied: the billed video is kept
+        if view in (ArkView.RUNNING, ArkView.UNREACHABLE) and now <= deadline + VIDEO_DEADLINE_GRACE_S:
+            return  # Ark should end it itself (it is past Ark's own expiry): the next sweep reads it again
+        self._time_out(task, report)
 
     def _request_reconcile(self, task: TaskRecord, report: SweepReport) -> None:
         """A video left `submitting` that no worker touched for a while: one fresh message to reconcile it.
@@ -107,7 +154,7 @@ class Sweeper:
         report.reconciling += 1
 
     def _requeue_abandoned(self, task: TaskRecord, report: SweepReport) -> None:
-        """A worker died mid-call: free its slot and queue the task again (Ark never said it succeeded)."""
+        """An image's worker died mid-call: free its slot and queue it again (Ark never said it succeeded)."""
         try:
             statemachine.transition(task, statemachine.QUEUED, clock=self.clock)
         except StaleTask:

@@ -180,35 +180,39 @@ class TaskService:
         limits = [int(model.daily_quota)]
         if model.user_daily_quota is not None:
             limits.append(int(model.user_daily_quota))
+
+        def create(transaction: db.TransactWrite) -> None:
+            # The model must still exist and be enabled when the task is written.
+            transaction.condition_check(ModelRecord, model.model_id, condition=ModelRecord.enabled == True)  # noqa: E712
+            transaction.save(task, condition=TaskRecord.task_id.does_not_exist())
+            if idempotency_id:
+                transaction.save(
+                    IdempotencyRecord(
+                        idempotency_id,
+                        request_hash=fingerprint,
+                        task_id=task.task_id,
+                        status_code=201,
+                        response_body=response,
+                        expires_at_epoch=int(now) + IDEMPOTENCY_TTL_S,
+                    ),
+                    condition=(
+                        IdempotencyRecord.idempotency_key.does_not_exist()
+                        | (IdempotencyRecord.expires_at_epoch <= int(now))
+                    ),
+                )
+            for key, limit in zip(task.quota_keys, limits, strict=True):
+                transaction.update(
+                    QuotaRecord(key),
+                    actions=[
+                        QuotaRecord.used.add(1),
+                        QuotaRecord.expires_at_epoch.set(counter_expiry),
+                    ],
+                    condition=_below(limit),
+                )
+
         try:
-            with db.transaction() as transaction:
-                # The model must still exist and be enabled when the task is written.
-                transaction.condition_check(ModelRecord, model.model_id, condition=ModelRecord.enabled == True)  # noqa: E712
-                transaction.save(task, condition=TaskRecord.task_id.does_not_exist())
-                if idempotency_id:
-                    transaction.save(
-                        IdempotencyRecord(
-                            idempotency_id,
-                            request_hash=fingerprint,
-                            task_id=task.task_id,
-                            status_code=201,
-                            response_body=response,
-                            expires_at_epoch=int(now) + IDEMPOTENCY_TTL_S,
-                        ),
-                        condition=(
-                            IdempotencyRecord.idempotency_key.does_not_exist()
-                            | (IdempotencyRecord.expires_at_epoch <= int(now))
-                        ),
-                    )
-                for key, limit in zip(task.quota_keys, limits, strict=True):
-                    transaction.update(
-                        QuotaRecord(key),
-                        actions=[
-                            QuotaRecord.used.add(1),
-                            QuotaRecord.expires_at_epoch.set(counter_expiry),
-                        ],
-                        condition=_below(limit),
-                    )
+            # Parallel creates for one model meet on its quota counter: a conflicted transaction runs again.
+            db.write_transaction(create)
         except TransactWriteError as exc:
             return self._explain_cancellation(exc, model, idempotency_id, fingerprint)
         return None
@@ -221,6 +225,10 @@ class TaskService:
         fingerprint: str,
     ) -> Created:
         """The replayed response when a parallel twin won; otherwise raises the error that explains it."""
+        unavailable = ApiError("The task could not be created; try again.", status=503, code="unavailable",
+                               headers={"Retry-After": "1"})
+        if not db.condition_failed(exc):  # conflicts that outlived their retries, throttling, an internal error
+            raise unavailable from exc
         # pynamodb sends condition checks, then puts, then updates, in the order each was added.
         failed = [reason is not None and reason.code == "ConditionalCheckFailed" for reason in exc.cancellation_reasons]
         model_failed, _task_failed, *rest = failed
@@ -242,7 +250,7 @@ class TaskService:
                 code="quota_exceeded",
                 details={"quota": which, "model_id": model.model_id},
             ) from exc
-        raise ApiError("The task could not be created; try again.", status=503, code="unavailable") from exc
+        raise unavailable from exc
 
     def _store_images(
         self, task_id: str, principal: Principal, request: ImageTaskRequest | VideoTaskRequest

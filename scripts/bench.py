@@ -48,7 +48,8 @@ CHEAP_PASSWORD_HASHING = dict(zip(("PASSWORD_HASH_TIME_COST", "PASSWORD_HASH_MEM
 # one transaction, one SendMessage) and the sweeper are shown apart. Receive/delete are the event source's.
 LANE_MINIMUM = {
     "image": {"dynamodb": 6, "sqs": 0},  # get task, get model, acquire, claim, result, release
-    "video": {"dynamodb": 8, "sqs": 0},  # get task, get model, acquire, claim, submitted; callback: get, end, release
+    # get task, get model, acquire, claim, own Ark's id, submitted; callback: get, end, release
+    "video": {"dynamodb": 9, "sqs": 0},
 }
 LANE_PARTS = ("worker", "callback", "video_poller")
 

@@ -142,6 +142,9 @@ class VideoTask(_Answer):
     # Reconciling matches on it: a task without it cannot be told from another.
     created_at: int
     updated_at: int = 0
+    # Echoed from the create; None when Ark does not echo it (reconciling then counts it as no match).
+    safety_identifier: Name | None = None
+    execution_expires_after: int | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -242,8 +242,8 @@ class VolcVideoClient(_ArkHttpClient):
                           ratio: str | None = None, duration: int | None = None, frames: int | None = None,
                           seed: int | None = None, camera_fixed: bool | None = None,
                           watermark: bool | None = None, return_last_frame: bool | None = None,
-                          service_tier: str | None = None,
-                          execution_expires_after: int | None = None) -> str:
+                          service_tier: str | None = None, execution_expires_after: int | None = None,
+                          safety_identifier: str | None = None) -> str:
         """Submit a task and return Ark's task id. Never retried here: a second create bills a second video."""
         body = _without_none({
             "model": model,
@@ -259,6 +259,7 @@ class VolcVideoClient(_ArkHttpClient):
             "return_last_frame": return_last_frame,
             "service_tier": service_tier,
             "execution_expires_after": execution_expires_after,
+            "safety_identifier": safety_identifier,
         })
         return self._call("POST", self._tasks_path, VideoTaskCreated, json_body=body).id
 

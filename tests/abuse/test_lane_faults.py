@@ -21,9 +21,15 @@ from chalicelib.ark.client import VolcImageClient, VolcVideoClient
 from chalicelib.db import ModelRecord, TaskRecord
 from chalicelib.lanes import CREATE_GRACE_S, Delivery, Retry
 from chalicelib.resources import lane_named
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, DEMO
+from tests.dynamodb_faults import (
+    DynamoFaults,
+    internal_server_error,
+    sets_attribute,
+    transaction_conflict,
+)
 from tests.lanes.conftest import ARK_KEY, IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
-from tests.lanes.test_video_lane import CrashAfterCreate, ark_status, callback_token
+from tests.lanes.test_video_lane import CrashAfterCreate, ark_status, callback_token, crashed_before_the_create
 from tests.polling import wait_for
 
 pytestmark = pytest.mark.abuse
@@ -348,3 +354,130 @@ def test_lowering_concurrency_starts_nothing_until_in_flight_drops_below_it(lane
     assert lanes.worker("image").handle([record]) == {"batchItemFailures": []}
     assert lanes.task(waiting).status == "succeeded"
     assert lanes.ark_calls("images.generate") == 1
+
+
+# --- 12. DynamoDB errors that are not lost races ------------------------------------------------------------
+
+
+def test_a_failed_write_of_arks_id_never_cancels_the_video_just_created(
+    lanes: Lanes, dynamodb_faults: DynamoFaults
+) -> None:
+    """Safeguard: only a false condition is a lost race. Any other failure to record Ark's id brings the message
+    back, and the reconcile adopts the Ark task the create made: one create, nothing cancelled."""
+    lanes.ark.configure(video_queue_s=600)
+    task_id = lanes.submit(VIDEO_TASK)
+    record = lanes.receive_for("video", task_id)
+    dynamodb_faults.add("UpdateItem", internal_server_error(), when=sets_attribute("external_id"))
+
+    assert lanes.worker("video").handle([record]) == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    created = next(iter(lanes.ark.sim.tasks.tasks))
+    assert ark_status(lanes, created) == "queued" and lanes.task(task_id).stage == "submitting"
+
+    lanes.clock.advance(CREATE_GRACE_S + 1)
+    assert lanes.worker("video").handle([record_for(task_id, receive_count=2)]) == {"batchItemFailures": []}
+
+    task = lanes.task(task_id)
+    assert (task.status, task.stage, task.external_id) == ("running", "ark_queued", created)
+    assert ark_status(lanes, created) == "queued" and lanes.ark_calls("tasks.create") == 1
+
+
+def test_a_failed_write_of_a_results_copy_keeps_the_copies_and_comes_back(
+    lanes: Lanes, dynamodb_faults: DynamoFaults
+) -> None:
+    """Safeguard: a results copy whose record fails for any reason but a deleted task keeps what it stored and
+    is not acknowledged; its next delivery records the copies."""
+    task_id = lanes.submit(IMAGE_TASK)
+    record = lanes.receive_for("image", task_id)
+    dynamodb_faults.add("UpdateItem", internal_server_error(), when=sets_attribute("results_copy_error"))
+
+    assert lanes.worker("image").handle([record]) == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
+    bucket = lanes.settings.media_bucket
+    kept = aws.s3().list_objects_v2(Bucket=bucket, Prefix=f"tasks/{task_id}/").get("KeyCount", 0)
+    assert kept == 1 and lanes.task(task_id).status == "succeeded"
+
+    assert lanes.worker("image").handle([record_for(task_id, receive_count=2)]) == {"batchItemFailures": []}
+    task = lanes.task(task_id)
+    assert task.results_copy_error is None and all(url.startswith("s3://") for url in task.result_urls)
+    assert lanes.ark_calls("images.generate") == 1
+
+
+def test_a_failed_write_of_a_reconcile_round_brings_the_message_back(
+    lanes: Lanes, dynamodb_faults: DynamoFaults
+) -> None:
+    task_id = crashed_before_the_create(lanes, VIDEO_TASK)
+    lanes.clock.advance(CREATE_GRACE_S + 1)
+    dynamodb_faults.add("UpdateItem", internal_server_error(), when=sets_attribute("create_attempt"))
+
+    redelivered = record_for(task_id, receive_count=2)
+    assert lanes.worker("video").handle([redelivered])["batchItemFailures"] == [
+        {"itemIdentifier": redelivered["messageId"]}]
+    assert lanes.worker("video").handle([record_for(task_id, receive_count=3)]) == {"batchItemFailures": []}
+    assert lanes.task(task_id).stage == "ark_queued" and lanes.ark_calls("tasks.create") == 1
+
+
+def test_a_failed_write_in_one_task_does_not_stop_the_sweep(lanes: Lanes, dynamodb_faults: DynamoFaults) -> None:
+    first, second = lanes.submit(IMAGE_TASK), lanes.submit(IMAGE_TASK)
+    lanes.clock.advance(lanes.settings.task_deadline_s + 60)
+    dynamodb_faults.add("TransactWriteItems", internal_server_error())  # the first timeout's refund
+
+    assert lanes.sweeper().sweep().timed_out == 1
+    assert sorted(lanes.task(task_id).status for task_id in (first, second)) == ["failed", "queued"]
+    assert lanes.sweeper().sweep().timed_out == 1  # the next sweep ends the other
+    assert used_today(IMAGE_MODEL, lanes) == 0
+
+
+# --- 13. transaction conflicts on real DynamoDB ---------------------------------------------------------------
+
+# A create's transaction: the model's condition check, the task, the model's quota counter.
+CREATE_ITEMS, QUOTA_ITEM = 3, 2
+
+
+def test_creates_that_meet_transaction_conflicts_on_the_quota_counter_are_all_accepted(
+    lanes: Lanes, dynamodb_faults: DynamoFaults
+) -> None:
+    """Safeguard: a transaction cancelled by a conflict wrote nothing, so intake runs it again (jittered)."""
+    lanes.set_model(IMAGE_MODEL, daily_quota=3)
+    statuses = []
+    for _ in range(3):  # each create meets two conflicts (a burst of parallel creates for the model) first
+        dynamodb_faults.add("TransactWriteItems", transaction_conflict(CREATE_ITEMS, QUOTA_ITEM), times=2)
+        statuses.append(lanes.api.request("POST", "/api/tasks", IMAGE_TASK, as_user=DEMO).status_code)
+
+    assert statuses == [201, 201, 201] and used_today(IMAGE_MODEL, lanes) == 3
+    assert lanes.api.request("POST", "/api/tasks", IMAGE_TASK, as_user=DEMO).status_code == 429
+
+
+def test_a_create_whose_conflicts_outlast_the_retries_answers_503_and_writes_nothing(
+    lanes: Lanes, dynamodb_faults: DynamoFaults
+) -> None:
+    dynamodb_faults.add("TransactWriteItems", transaction_conflict(CREATE_ITEMS, QUOTA_ITEM), times=1000)
+
+    response = lanes.api.request("POST", "/api/tasks", IMAGE_TASK, as_user=DEMO)
+
+    assert response.status_code == 503 and response.data["error"]["code"] == "unavailable"
+    assert response.headers.get("Retry-After")
+    assert used_today(IMAGE_MODEL, lanes) == 0 and lanes.receive("image") == []
+
+
+def test_a_refund_that_meets_a_conflict_on_the_quota_counter_runs_again(
+    lanes: Lanes, dynamodb_faults: DynamoFaults
+) -> None:
+    """Safeguard: the refund's transaction (task and counter) runs again after a conflict, so a task that never
+    reached Ark is not left queued past its deadline with its quota spent."""
+    task_id = lanes.submit(IMAGE_TASK)
+    lanes.clock.advance(lanes.settings.task_deadline_s + 60)
+    dynamodb_faults.add("TransactWriteItems", transaction_conflict(2, 1))
+
+    assert lanes.sweeper().sweep().timed_out == 1
+    assert lanes.task(task_id).status == "failed" and used_today(IMAGE_MODEL, lanes) == 0
+
+
+def test_a_refund_whose_conflicts_outlast_the_retries_answers_503_and_changes_nothing(
+    lanes: Lanes, dynamodb_faults: DynamoFaults
+) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    dynamodb_faults.add("TransactWriteItems", transaction_conflict(2, 1), times=1000)
+
+    response = lanes.api.request("POST", f"/api/tasks/{task_id}/cancel", as_user=DEMO)
+
+    assert response.status_code == 503 and response.data["error"]["code"] == "unavailable"
+    assert lanes.task(task_id).status == "queued" and used_today(IMAGE_MODEL, lanes) == 1

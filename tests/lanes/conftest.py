@@ -23,6 +23,7 @@ from chalicelib.settings import Settings, get_settings
 from chalicelib.sweeper import Sweeper
 from chalicelib.video import VideoService
 from tests.conftest import ADMIN, DEMO, Api
+from tests.dynamodb_faults import DynamoFaults
 
 ARK_KEY = "sk-lanes-test"
 IMAGE_MODEL, VIDEO_MODEL = "seedream-4.5", "seedance-1.0-pro"
@@ -167,3 +168,9 @@ def listen() -> Iterator[Callable[[], list[tuple[str, str]]]]:
     statemachine.listeners.append(listener)
     yield lambda: seen
     statemachine.listeners.remove(listener)
+
+
+@pytest.fixture
+def dynamodb_faults(monkeypatch: pytest.MonkeyPatch) -> DynamoFaults:
+    """DynamoDB errors injected as AWS sends them (`tests.dynamodb_faults`)."""
+    return DynamoFaults.installed(monkeypatch)

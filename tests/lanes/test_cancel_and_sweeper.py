@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -11,7 +12,8 @@ from chalicelib import catalog, slots, statemachine
 from chalicelib.db import ModelRecord
 from chalicelib.lanes import IMAGE_LEASE_MARGIN_S, Delivery, Retry
 from chalicelib.resources import lane_named
-from tests.conftest import DEMO, user_id_of
+from chalicelib.video import VIDEO_DEADLINE_GRACE_S
+from tests.conftest import ADMIN, DEMO, user_id_of
 from tests.lanes.conftest import IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
 from tests.lanes.test_image_lane import ImagesCallingBack
 from tests.lanes.test_video_lane import ark_status, submitted
@@ -157,23 +159,17 @@ def test_a_release_that_fails_leaves_the_slot_to_the_sweeper_and_the_task_moves_
     assert slots.in_use(IMAGE_MODEL) == 0
 
 
-def test_tasks_past_the_deadline_fail_with_timeout(lanes: Lanes) -> None:
-    lanes.ark.configure(video_run_s=3600, video_queue_s=0)
+def test_a_queued_task_past_the_deadline_fails_with_timeout(lanes: Lanes) -> None:
     queued = lanes.submit(IMAGE_TASK)
-    running_video = submitted(lanes)
-    fresh_clock_start = lanes.clock.now()
     lanes.clock.advance(lanes.settings.task_deadline_s + 60)
 
     report = lanes.sweeper().sweep()
 
-    assert report.timed_out == 2
-    for task_id in (queued, running_video):
-        body = lanes.get(task_id)
-        assert body["status"] == "failed" and body["error"]["code"] == "timeout"
+    assert report.timed_out == 1
+    body = lanes.get(queued)
+    assert body["status"] == "failed" and body["error"]["code"] == "timeout"
     assert used_today(IMAGE_MODEL, lanes) == 0  # never reached Ark: the request is given back
-    assert slots.in_use(VIDEO_MODEL) == 0
     assert lanes.task(queued).finished_at > lanes.task(queued).created_at
-    assert fresh_clock_start < lanes.clock.now()
     # The message of the timed-out image finds it ended and calls nothing.
     assert lanes.run("image") == {"batchItemFailures": []}
     assert lanes.ark_calls("images.generate") == 0
@@ -207,3 +203,189 @@ def test_the_scheduled_functions_run_through_the_app(lanes: Lanes) -> None:
     slots.acquire(IMAGE_MODEL, "tsk_vanished", 4, 0)
     answer = app.handler_map["sweeper"](event, None)
     assert answer == {"timed_out": 0, "leases_reclaimed": 1, "requeued": 0, "reconciling": 0}
+
+
+# --- a video Ark accepted is never queued again; deadlines count from its create --------------------------------
+
+
+def test_a_sweep_in_the_rounding_gap_of_a_videos_lease_leaves_it_running(lanes: Lanes) -> None:
+    lanes.ark.configure(video_run_s=3600)
+    lanes.clock.advance(1.9 - lanes.clock.now() % 1)  # created at .9 of a second
+    task_id = submitted(lanes)
+    external_id = lanes.task(task_id).external_id
+    # Past a lease truncated to whole seconds, not past the deadline it was computed from.
+    lanes.clock.advance(lanes.settings.task_deadline_s - 0.4)
+
+    lanes.sweeper().sweep()
+    lanes.run("video")
+
+    task = lanes.task(task_id)
+    assert (task.status, task.external_id, task.stage) == ("running", external_id, "ark_queued")
+    assert lanes.ark_calls("tasks.create") == 1
+
+
+def test_a_deadline_raised_in_a_deploy_leaves_running_videos_alone(lanes: Lanes) -> None:
+    lanes.ark.configure(video_run_s=24 * 3600)
+    task_id = submitted(lanes)
+    lanes.clock.advance(lanes.settings.task_deadline_s + 60)
+    lanes.settings = dataclasses.replace(lanes.settings, task_deadline_s=2 * lanes.settings.task_deadline_s)
+
+    report = lanes.sweeper().sweep()
+    lanes.run("video")
+
+    assert (report.requeued, report.timed_out) == (0, 0)
+    assert lanes.task(task_id).status == "running" and lanes.ark_calls("tasks.create") == 1
+
+
+def test_a_video_ark_accepted_never_goes_back_to_the_queue(lanes: Lanes) -> None:
+    task_id = submitted(lanes)
+
+    with pytest.raises(statemachine.IllegalTransition):
+        statemachine.transition(lanes.task(task_id), statemachine.QUEUED, clock=lanes.clock)
+    assert lanes.task(task_id).status == "running" and lanes.task(task_id).poll_shard
+
+
+def test_a_videos_deadline_counts_from_its_ark_create_not_from_its_queueing(lanes: Lanes) -> None:
+    lanes.ark.configure(video_run_s=24 * 3600)
+    task_id = lanes.submit(VIDEO_TASK)
+    lanes.clock.advance(lanes.settings.task_deadline_s - 600)  # waited in the queue nearly to its deadline
+    lanes.run("video")
+    lanes.clock.advance(3600)  # an hour into its run at Ark
+
+    assert lanes.sweeper().sweep().timed_out == 0
+    assert lanes.task(task_id).status == "running"
+    assert ark_status(lanes, lanes.task(task_id).external_id) == "running"
+
+
+@pytest.mark.parametrize(("deadline_s", "sent_s"), [(3 * 3600, 3 * 3600), (600, 3600), (10**6, 259200)])
+def test_a_video_create_asks_ark_to_expire_it_within_the_platforms_deadline(
+    lanes: Lanes, deadline_s: int, sent_s: int
+) -> None:
+    lanes.settings = dataclasses.replace(lanes.settings, task_deadline_s=deadline_s)
+    task_id = submitted(lanes)
+    assert lanes.ark.sim.tasks.tasks[lanes.task(task_id).external_id].execution_expires_after == sent_s
+
+
+def test_a_video_past_its_deadline_that_ark_expired_ends_as_ark_says(lanes: Lanes) -> None:
+    lanes.ark.configure(video_run_s=24 * 3600)
+    task_id = submitted(lanes)
+    past_expiry = lanes.ark.sim.tasks.tasks[lanes.task(task_id).external_id].execution_expires_after + 1
+    lanes.ark.advance(past_expiry)
+    lanes.clock.advance(past_expiry + VIDEO_DEADLINE_GRACE_S)
+
+    lanes.sweeper().sweep()
+
+    assert lanes.get(task_id)["status"] == "expired" and slots.in_use(VIDEO_MODEL) == 0
+
+
+def test_a_video_still_running_at_ark_past_its_deadline_fails_only_after_a_second_grace(lanes: Lanes) -> None:
+    lanes.ark.configure(video_run_s=24 * 3600)  # an Ark that overruns its own expiry
+    task_id = submitted(lanes)
+    lanes.clock.advance(lanes.task(task_id).deadline_at - lanes.clock.now() + 1)
+
+    assert lanes.sweeper().sweep().timed_out == 0
+    assert lanes.task(task_id).status == "running" and lanes.task(task_id).stage == "ark_running"
+    lanes.clock.advance(VIDEO_DEADLINE_GRACE_S)
+    assert lanes.sweeper().sweep().timed_out == 1
+    assert lanes.get(task_id)["error"]["code"] == "timeout" and slots.in_use(VIDEO_MODEL) == 0
+
+
+def test_a_video_ark_still_queues_past_its_deadline_is_cancelled_there(lanes: Lanes) -> None:
+    lanes.ark.configure(video_queue_s=24 * 3600)
+    task_id = submitted(lanes)
+    external_id = lanes.task(task_id).external_id
+    lanes.clock.advance(lanes.task(task_id).deadline_at - lanes.clock.now() + 1)
+
+    assert lanes.sweeper().sweep().timed_out == 1
+
+    assert lanes.get(task_id)["error"]["code"] == "timeout"
+    assert ark_status(lanes, external_id) == "cancelled" and slots.in_use(VIDEO_MODEL) == 0
+
+
+def test_the_deadline_never_ends_an_image_whose_worker_is_inside_its_call(lanes: Lanes) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    lanes.clock.advance(lanes.settings.task_deadline_s - 10)  # claimed just before its deadline
+    reports = []
+
+    def deadline_passes_mid_call() -> None:
+        lanes.clock.advance(20)
+        reports.append(lanes.sweeper().sweep())
+
+    lanes.run("image", images=ImagesCallingBack(lanes.ark.base_url, deadline_passes_mid_call))
+
+    assert reports[0].timed_out == 0 and reports[0].leases_reclaimed == 0
+    assert lanes.get(task_id)["status"] == "succeeded" and lanes.ark_calls("images.generate") == 1
+    assert slots.in_use(IMAGE_MODEL) == 0
+
+
+# --- ending a video reads Ark's status first ---------------------------------------------------------------------
+
+
+def finished_at_ark_while_recorded_queued(lanes: Lanes) -> tuple[str, str]:
+    """A video our record still shows `ark_queued` (no poll or callback yet) that Ark has finished."""
+    task_id = submitted(lanes)
+    external_id = lanes.task(task_id).external_id
+    wait_for(lambda: ark_status(lanes, external_id) == "succeeded")
+    assert lanes.task(task_id).stage == "ark_queued"
+    return task_id, external_id
+
+
+def test_cancelling_a_video_ark_already_finished_keeps_it(lanes: Lanes) -> None:
+    task_id, external_id = finished_at_ark_while_recorded_queued(lanes)
+
+    response = cancel(lanes, task_id)
+
+    assert response.status_code == 409 and response.data["error"]["code"] == "not_cancellable"
+    assert response.data["error"]["details"]["status"] == "succeeded"
+    body = lanes.get(task_id)
+    assert body["status"] == "succeeded" and body["video_url"]
+    assert external_id in lanes.ark.sim.tasks.tasks  # never DELETEd: Ark still has the billed video
+
+
+def test_the_deadline_keeps_a_video_ark_already_finished(lanes: Lanes) -> None:
+    task_id, external_id = finished_at_ark_while_recorded_queued(lanes)
+    lanes.clock.advance(lanes.settings.task_deadline_s + VIDEO_DEADLINE_GRACE_S + 60)
+
+    lanes.sweeper().sweep()
+
+    assert lanes.get(task_id)["status"] == "succeeded"
+    assert external_id in lanes.ark.sim.tasks.tasks and slots.in_use(VIDEO_MODEL) == 0
+
+
+def test_an_operator_ending_a_video_ark_already_finished_gets_arks_outcome(lanes: Lanes) -> None:
+    task_id, external_id = finished_at_ark_while_recorded_queued(lanes)
+
+    response = lanes.api.request("PUT", f"/api/tasks/{task_id}/status",
+                                 {"status": "failed", "error": {"code": "operator", "message": "stop"}}, as_user=ADMIN)
+
+    assert response.status_code == 409 and response.data["error"]["code"] == "ended_at_ark"
+    assert lanes.get(task_id)["status"] == "succeeded"
+    assert external_id in lanes.ark.sim.tasks.tasks
+
+
+def test_a_cancel_when_ark_cannot_be_asked_changes_nothing(lanes: Lanes) -> None:
+    lanes.ark.configure(video_queue_s=600)
+    task_id = submitted(lanes)
+    lanes.ark.configure(server_error_fraction=1.0, fault_endpoints=["tasks.get"])
+
+    response = cancel(lanes, task_id)
+
+    assert response.status_code == 503 and response.data["error"]["code"] == "unavailable"
+    assert lanes.task(task_id).status == "running" and lanes.ark_calls("tasks.delete") == 0
+
+
+def test_a_worker_taking_over_a_slot_acquired_by_a_dead_one_is_left_alone_mid_call(lanes: Lanes) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    record = lanes.receive_for("image", task_id)
+    assert slots.acquire(IMAGE_MODEL, task_id, 4, lanes.clock.now() + 300)  # then the worker died, unclaimed
+    lanes.clock.advance(lane_named("image").visibility_timeout_s)  # its message comes back much later
+    reports = []
+
+    def sweep_mid_call() -> None:
+        lanes.clock.advance(1)
+        reports.append(lanes.sweeper().sweep())
+
+    lanes.worker("image", images=ImagesCallingBack(lanes.ark.base_url, sweep_mid_call)).handle([record])
+
+    assert reports[0].requeued == 0 and reports[0].leases_reclaimed == 0
+    assert lanes.task(task_id).status == "succeeded" and lanes.ark_calls("images.generate") == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -13,7 +14,7 @@ from chalicelib.ark.client import VolcVideoClient
 from chalicelib.auth import secret_digest
 from chalicelib.lanes import CREATE_GRACE_S
 from chalicelib.video import ARK_QUEUED, ARK_RUNNING, SUBMITTING, VideoService
-from tests.conftest import DEMO
+from tests.conftest import DEMO, OTHER
 from tests.lanes.conftest import ARK_KEY, VIDEO_MODEL, VIDEO_TASK, Lanes, record_for
 from tests.polling import wait_for
 
@@ -31,7 +32,7 @@ def submitted(lanes: Lanes, body: dict[str, Any] | None = None) -> str:
 class CrashAfterCreate(VideoService):
     """The worker dies between Ark accepting the create and storing its id."""
 
-    def record_submitted(self, task: Any, external_id: str) -> Any:
+    def record_submitted(self, task: Any, external_id: str, **_: Any) -> Any:
         raise RuntimeError("the Lambda was killed here")
 
 
@@ -270,8 +271,166 @@ def _delivery(record: dict[str, Any]) -> Any:
 
 
 def test_other_users_cannot_see_or_cancel_a_video(lanes: Lanes) -> None:
-    from tests.conftest import OTHER
-
     task_id = submitted(lanes)
     assert lanes.api.request("POST", f"/api/tasks/{task_id}/cancel", as_user=OTHER).status_code == 404
     assert lanes.get(task_id, DEMO)["status"] == "running"
+
+
+# --- reconciling: only this task's own video is ever adopted ---------------------------------------------------
+
+SEEDED = {**VIDEO_TASK, "params": {"duration": 2, "seed": 42}}
+
+
+def crashed_before_the_create(lanes: Lanes, body: dict[str, Any], user: tuple[str, str] = DEMO) -> str:
+    task_id = lanes.submit(body, user)
+    dead = lanes.worker("video")
+    dead.video.create = _raise_crash  # type: ignore[method-assign]
+    dead.handle([lanes.receive_for("video", task_id)])
+    assert lanes.task(task_id).stage == SUBMITTING
+    return task_id
+
+
+def crashed_after_the_create(lanes: Lanes, body: dict[str, Any], videos: VolcVideoClient | None = None) -> str:
+    task_id = lanes.submit(body)
+    crashing = lanes.worker("video")
+    crashing.video = CrashAfterCreate(videos or crashing.video.client, s3=crashing.s3, settings=lanes.settings,
+                                      clock=lanes.clock)
+    crashing.handle([lanes.receive_for("video", task_id)])
+    assert lanes.task(task_id).stage == SUBMITTING
+    return task_id
+
+
+def reconciled(lanes: Lanes, task_id: str, receive_count: int = 2, **overrides: Any) -> Any:
+    lanes.clock.advance(CREATE_GRACE_S + 1)
+    return lanes.worker("video", **overrides).handle([record_for(task_id, receive_count)])
+
+
+def test_every_create_names_its_owner_by_a_hash_as_safety_identifier(lanes: Lanes) -> None:
+    mine, theirs = submitted(lanes), lanes.submit(VIDEO_TASK, OTHER)
+    lanes.run("video")
+    sent = {task_id: lanes.ark.sim.tasks.tasks[lanes.task(task_id).external_id].safety_identifier
+            for task_id in (mine, theirs)}
+    assert all(len(value) == 64 and DEMO[0] not in value and OTHER[0] not in value for value in sent.values())
+    assert sent[mine] != sent[theirs]
+
+
+def test_a_crashed_video_never_adopts_another_users_video_of_the_same_seed_and_shape(lanes: Lanes) -> None:
+    crashed = crashed_before_the_create(lanes, SEEDED)
+    theirs = lanes.submit(SEEDED, OTHER)
+    lanes.run("video")
+    their_video = lanes.task(theirs).external_id
+
+    assert reconciled(lanes, crashed) == {"batchItemFailures": []}
+
+    assert lanes.task(crashed).external_id not in (None, their_video)
+    assert lanes.task(theirs).external_id == their_video
+    assert lanes.ark_calls("tasks.create") == 2
+
+
+def test_a_crashed_video_never_adopts_the_video_another_task_of_its_user_holds(lanes: Lanes) -> None:
+    crashed = crashed_before_the_create(lanes, SEEDED)
+    twin = submitted(lanes, SEEDED)  # the same user, seed and shape, created normally
+
+    assert reconciled(lanes, crashed) == {"batchItemFailures": []}
+
+    assert lanes.task(crashed).external_id not in (None, lanes.task(twin).external_id)
+    assert lanes.ark_calls("tasks.create") == 2
+
+
+class CreatingTwice(VolcVideoClient):
+    """An SDK-style automatic retry of a create that Ark had in fact accepted: two billed tasks, one answer."""
+
+    def create_video_task(self, *args: Any, **kwargs: Any) -> str:
+        first = super().create_video_task(*args, **kwargs)
+        super().create_video_task(*args, **kwargs)
+        return first
+
+
+def test_two_ark_videos_that_fit_fail_the_task_as_ambiguous_instead_of_guessing(lanes: Lanes) -> None:
+    lanes.ark.configure(video_queue_s=600)
+    task_id = crashed_after_the_create(lanes, SEEDED, CreatingTwice(lanes.ark.base_url, ARK_KEY))
+    assert lanes.ark_calls("tasks.create") == 2
+
+    assert reconciled(lanes, task_id) == {"batchItemFailures": []}
+
+    body = lanes.get(task_id)
+    assert body["status"] == "failed" and body["error"]["code"] == "reconcile_ambiguous"
+    assert lanes.task(task_id).external_id is None and lanes.ark_calls("tasks.create") == 2
+    assert slots.in_use(VIDEO_MODEL) == 0
+    # Nobody will take them: dropped while Ark still queues them, and never adopted by a later task of the user.
+    set_aside = list(lanes.ark.sim.tasks.tasks)
+    assert [ark_status(lanes, external_id) for external_id in set_aside] == ["cancelled"] * 2
+    later = crashed_before_the_create(lanes, SEEDED)
+    assert reconciled(lanes, later) == {"batchItemFailures": []}
+    assert lanes.task(later).external_id not in (None, *set_aside)
+
+
+class ListingWithout(VolcVideoClient):
+    """Ark's list as an Ark that does not echo one field would answer it."""
+
+    def __init__(self, base_url: str, missing: str) -> None:
+        super().__init__(base_url, ARK_KEY)
+        self.missing = missing
+
+    def list_tasks(self, *args: Any, **kwargs: Any) -> Any:
+        page = super().list_tasks(*args, **kwargs)
+        return dataclasses.replace(page, items=[dataclasses.replace(item, **{self.missing: None})
+                                                for item in page.items])
+
+
+@pytest.mark.parametrize("missing", ["seed", "safety_identifier", "resolution"])
+def test_a_field_ark_does_not_echo_counts_as_no_match(lanes: Lanes, missing: str) -> None:
+    task_id = crashed_after_the_create(lanes, {**SEEDED, "params": {**SEEDED["params"], "resolution": "720p"}})
+    unseen = next(iter(lanes.ark.sim.tasks.tasks))
+
+    reconciled(lanes, task_id, videos=ListingWithout(lanes.ark.base_url, missing))
+
+    assert lanes.task(task_id).external_id not in (None, unseen)
+
+
+class RunningDuringCreate(VolcVideoClient):
+    """Runs `during()` once Ark accepted the create, before its answer reaches the worker."""
+
+    def __init__(self, base_url: str, during: Any) -> None:
+        super().__init__(base_url, ARK_KEY)
+        self.during = during
+
+    def create_video_task(self, *args: Any, **kwargs: Any) -> str:
+        external_id = super().create_video_task(*args, **kwargs)
+        self.during()
+        return external_id
+
+
+def test_a_lone_video_a_sibling_may_still_claim_is_not_adopted(lanes: Lanes) -> None:
+    crashed = crashed_before_the_create(lanes, SEEDED)
+    lanes.clock.advance(CREATE_GRACE_S + 1)
+    sibling = lanes.submit(SEEDED)  # the same user, seed and shape: its create is in flight
+    looks: list[Any] = []
+    creating = RunningDuringCreate(lanes.ark.base_url, lambda: looks.append(
+        lanes.worker("video").handle([record_for(crashed, 2)])))
+
+    lanes.worker("video", videos=creating).handle([lanes.receive_for("video", sibling)])
+    assert len(looks[0]["batchItemFailures"]) == 1  # it looks again later
+    sibling_video = lanes.task(sibling).external_id
+    assert lanes.task(crashed).external_id is None
+
+    assert reconciled(lanes, crashed, receive_count=3) == {"batchItemFailures": []}
+    assert lanes.task(crashed).external_id not in (None, sibling_video)
+    assert lanes.ark_calls("tasks.create") == 2
+
+
+def test_a_crash_after_taking_the_ark_id_adopts_it_on_the_next_look(lanes: Lanes, monkeypatch: Any) -> None:
+    from chalicelib import statemachine
+
+    task_id = lanes.submit(SEEDED)
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("the Lambda was killed after owning the Ark task, before recording it")
+
+    monkeypatch.setattr(statemachine, "update_fields", killed)
+    lanes.worker("video").handle([lanes.receive_for("video", task_id)])
+    monkeypatch.undo()
+    created = next(iter(lanes.ark.sim.tasks.tasks))
+
+    assert reconciled(lanes, task_id) == {"batchItemFailures": []}
+    assert lanes.task(task_id).external_id == created and lanes.ark_calls("tasks.create") == 1
