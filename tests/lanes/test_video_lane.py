@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -374,8 +373,8 @@ class ListingWithout(VolcVideoClient):
 
     def list_tasks(self, *args: Any, **kwargs: Any) -> Any:
         page = super().list_tasks(*args, **kwargs)
-        return dataclasses.replace(page, items=[dataclasses.replace(item, **{self.missing: None})
-                                                for item in page.items])
+        return page.model_copy(update={"items": [item.model_copy(update={self.missing: None})
+                                                 for item in page.items]})
 
 
 @pytest.mark.parametrize("missing", ["seed", "safety_identifier", "resolution"])
