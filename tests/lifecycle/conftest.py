@@ -12,7 +12,12 @@ from tests.lifecycle.harness import Environment
 
 @pytest.fixture
 def lifecycle(monkeypatch: pytest.MonkeyPatch) -> Iterator[Environment]:
-    # The faults the model injects make the code log errors by the thousand; a failure's report is the example.
-    monkeypatch.setattr(logging.getLogger("chalicelib"), "level", logging.CRITICAL)
-    with Environment(monkeypatch).running() as environment:
-        yield environment
+    # The faults the model injects make the code log errors by the thousand; a failure's report is its example.
+    logger = logging.getLogger("chalicelib")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with Environment(monkeypatch).running() as environment:
+            yield environment
+    finally:
+        logger.setLevel(level)

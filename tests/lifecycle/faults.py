@@ -2,9 +2,9 @@
 
 Every piece of the system the model drives (a lane delivery, a poller or sweeper run, an API request) runs as an
 `Actor` on a thread of its own, one at a time: the `Stage` starts it and waits until it ends or stalls. An actor
-carries at most one `Fault`, aimed at its Nth operation, where an operation is a DynamoDB write (seen at botocore,
-below pynamodb) or a call to Ark (seen at the HTTP transport in front of the simulator). So a fault lands between
-any two writes of any path, with nothing in chalicelib knowing about it:
+carries at most one `Fault`, aimed at its Nth operation (of all, or of those on one task), where an operation is a
+DynamoDB write (seen at botocore, below pynamodb) or a call to Ark (seen at the HTTP transport in front of the
+simulator). So a fault lands between any two writes of any path, with nothing in chalicelib knowing about it:
 
   * `crash`        the function instance dies just before the operation (`LambdaCrash`, which no handler catches);
   * `stall`        the actor stops there and the model carries on; a later rule lets it go on. A stall at an Ark
@@ -36,6 +36,7 @@ from botocore.exceptions import ClientError
 
 from arksim.app import create_app
 from arksim.simulator import Simulator
+from chalicelib.db import TaskRecord
 
 # How long (real seconds) the model waits for an actor to end or stall before calling it hung.
 ACTOR_HANG_S = 60.0
@@ -70,6 +71,8 @@ class Fault:
     kind: str
     # Which operation of the kind's target it hits, counted from 0 within one actor's run.
     at: int
+    # Count only the operations on this task (its record's writes, the Ark calls made for it).
+    task_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_TARGETS:
@@ -80,7 +83,8 @@ class Fault:
         return FAULT_TARGETS[self.kind]
 
     def __repr__(self) -> str:  # what Hypothesis prints in a failing example
-        return f"Fault({self.kind!r}, at={self.at})"
+        on = f", task_id={self.task_id!r}" if self.task_id else ""
+        return f"Fault({self.kind!r}, at={self.at}{on})"
 
 
 @dataclass(eq=False)
@@ -104,22 +108,28 @@ class Actor:
     # The op index at which the fault fired (all operations counted together).
     fault_op: int | None = None
     operations: int = 0
+    # The operations its fault counts (all of them, or those on the fault's task), overall and per target.
+    counted: int = 0
     counts: dict[str, int] = field(default_factory=lambda: {"write": 0, "ark": 0})
     # Set while stalled inside an Ark call.
     stalled_call: ArkCall | None = None
     thread: threading.Thread | None = None
 
-    def next_fault(self, target: str) -> str | None:
-        """Count one operation of `target` (write / ark); the fault to apply to it, if the plan aims here."""
-        index_in_target = self.counts[target]
+    def next_fault(self, target: str, task_id: str | None) -> str | None:
+        """Count one operation of `target` (write / ark) on `task_id` (when known); the fault to apply to it, if
+        the plan aims here."""
         index_overall = self.operations
-        self.counts[target] += 1
         self.operations += 1
         fault = self.fault
-        if fault is None or self.fault_fired:
+        if fault is not None and fault.task_id is not None and fault.task_id != task_id:
+            return None  # not one of the operations this fault counts
+        index_in_target = self.counts[target]
+        self.counts[target] += 1
+        index_counted = self.counted
+        self.counted += 1
+        if fault is None or self.fault_fired or fault.target not in ("any", target):
             return None
-        hit = fault.at == (index_overall if fault.target == "any" else index_in_target)
-        if not hit or fault.target not in ("any", target):
+        if fault.at != (index_counted if fault.target == "any" else index_in_target):
             return None
         self.fault_fired = True
         self.fault_op = index_overall
@@ -206,7 +216,7 @@ def dynamodb_faults(stage: Stage) -> Iterator[None]:
         actor = stage.current()
         if actor is None or operation not in DYNAMODB_WRITES or client.meta.service_model.service_name != "dynamodb":
             return original(client, operation, params)
-        fault = actor.next_fault("write")
+        fault = actor.next_fault("write", _task_written(params))
         if fault == "crash":
             raise LambdaCrash
         if fault == "stall":
@@ -222,6 +232,16 @@ def dynamodb_faults(stage: Stage) -> Iterator[None]:
         yield
     finally:
         BaseClient._make_api_call = original  # type: ignore[method-assign]
+
+
+def _task_written(params: dict[str, Any]) -> str | None:
+    """The task whose record a write (or a transaction) changes, if it changes one."""
+    writes = [next(iter(item.values())) for item in params.get("TransactItems", [])] or [params]
+    for write in writes:
+        if write.get("TableName") == TaskRecord.Meta.table_name:
+            key = write.get("Key") or write.get("Item") or {}
+            return key.get("task_id", {}).get("S")
+    return None
 
 
 # --- Ark ----------------------------------------------------------------------------------------------------------
@@ -333,7 +353,7 @@ class ArkDoor(httpx.BaseTransport):
         body = _json_or_none(request.content)
         task_id = owner_in_callback(body) if endpoint == "tasks.create" else None
         call = ArkCall(endpoint, actor, task_id or (actor.task_id if actor else None), request.url.path)
-        fault = actor.next_fault("ark") if actor else None
+        fault = actor.next_fault("ark", call.task_id) if actor else None
         call.op = actor.operations - 1 if actor else None
         if fault == "crash":
             raise LambdaCrash

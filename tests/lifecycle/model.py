@@ -661,21 +661,22 @@ class LifecycleModel(RuleBasedStateMachine):
         self.world.deliver(delivery, fault)
         return delivery
 
-    # Three failures that matter most, with rules of their own so that short runs combine them: a worker that dies
-    # inside its Ark call, one whose call Ark is still working on, and a sweep that acts on what it read earlier.
+    # The failures that matter most get rules of their own, so that short runs combine them: a worker that dies
+    # inside its Ark call, one whose call Ark is still working on, and a sweep or an operator that acts on what it
+    # read earlier.
 
-    @rule(target=deliveries, lane=st.sampled_from(["image", "video"]))
-    def deliver_and_die_at_ark(self, lane: str) -> Any:
-        return self.deliver(lane, Fault("answer_lost", at=0))
+    @rule(task=tasks)
+    def deliver_and_die_at_ark(self, task: str) -> None:
+        self.deliver_duplicate(task, Fault("answer_lost", at=0))
 
-    @rule(target=deliveries, lane=st.sampled_from(["image", "video"]))
-    def deliver_and_hold_at_ark(self, lane: str) -> Any:
-        return self.deliver(lane, Fault("held_at_ark", at=0))
+    @rule(task=tasks)
+    def deliver_and_hold_at_ark(self, task: str) -> None:
+        self.deliver_duplicate(task, Fault("held_at_ark", at=0))
 
-    @rule()
-    def sweep_from_a_stale_read(self) -> None:
-        """A sweep that read the tables, then stalls before its first write (a later rule lets it write)."""
-        self.run_sweeper(Fault("stall", at=0))
+    @rule(task=tasks)
+    def sweep_from_a_stale_read(self, task: str) -> None:
+        """A sweep that read the tables, then stalls before its first write to `task` (a later rule lets it go on)."""
+        self.run_sweeper(Fault("stall", at=0, task_id=task))
 
     @rule(delivery=deliveries, fault=FAULTS)
     def deliver_again(self, delivery: Delivery, fault: Fault | None) -> None:
@@ -720,6 +721,11 @@ class LifecycleModel(RuleBasedStateMachine):
         if response is not None and response.status_code < 500:
             allowed = (404,) if facts.deleted else (200, 409)
             assert response.status_code in allowed, (response.status_code, response.data)
+
+    @rule(task=tasks, status=st.sampled_from(STATUS_CHANGES))
+    def change_status_from_a_stale_read(self, task: str, status: str) -> None:
+        """An operator request that read the task and checked it, then stalls before its write."""
+        self.change_status(task, status, Fault("stall", at=0, task_id=task))
 
     @rule(model_id=st.sampled_from([IMAGE_MODEL, VIDEO_MODEL]), concurrency=st.integers(1, 3),
           user_cap=st.sampled_from([None, 1, 2]))

@@ -108,16 +108,17 @@ def test_the_deadline_counts_from_the_videos_create_at_ark(lifecycle: Environmen
 def test_a_dynamodb_error_after_the_create_never_cancels_the_video(lifecycle: Environment) -> None:
     """Recording Ark's task id meets an InternalServerError: a retry, not a lost race that cancels at Ark."""
     with replaying(lifecycle) as state:
-        state.submit(user="demo", kind="video", seed=None, duration=2)
-        state.deliver(lane="video", fault=Fault("InternalServerError", at=4))
+        task = state.submit(user="demo", kind="video", seed=None, duration=2)
+        state.deliver(lane="video", fault=Fault("InternalServerError", at=1, task_id=task))  # after the claim
 
 
 def test_a_dynamodb_error_while_recording_the_results_copy_is_retried(lifecycle: Environment) -> None:
     """The write pointing the task at its copies meets an InternalServerError: the copy is tried again, never
     deleted and forgotten."""
     with replaying(lifecycle) as state:
-        state.submit(user="demo", kind="image", seed=None, duration=2)
-        state.deliver(lane="image", fault=Fault("InternalServerError", at=6))
+        task = state.submit(user="demo", kind="image", seed=None, duration=2)
+        # The task's third write: after its claim and its success.
+        state.deliver(lane="image", fault=Fault("InternalServerError", at=2, task_id=task))
 
 
 def test_a_malformed_image_answer_is_not_billed_again(lifecycle: Environment) -> None:
@@ -150,13 +151,13 @@ def test_a_reused_username_sees_nothing_of_the_old_account(lifecycle: Environmen
 
 
 def test_a_stale_sweep_cannot_requeue_a_task_another_worker_claimed_again(lifecycle: Environment) -> None:
-    """The transition's version condition: a sweep that read a running image before a worker queued it again and
-    claimed it anew must not send it back to the queue (releasing that worker's slot mid-call)."""
+    """The transition's version condition: a sweep that read a running image whose worker died, then a worker that
+    queued it again and claimed it anew: the sweep's write must not send it back to the queue, releasing the live
+    worker's slot mid-call (and a third worker would call Ark for it once more)."""
     with replaying(lifecycle) as state:
-        state.submit(user="demo", kind="image", seed=None, duration=2)
-        delivery = state.deliver(lane="image", fault=Fault("answer_lost", at=0))
+        task = state.submit(user="demo", kind="image", seed=None, duration=2)
+        state.deliver_and_die_at_ark(task=task)
         state.advance_clock(seconds=361.0)
-        state.run_sweeper(fault=Fault("stall", at=0))
-        state.deliver_again(delivery=delivery, fault=Fault("held_at_ark", at=0))
+        state.sweep_from_a_stale_read(task=task)
+        state.deliver_and_hold_at_ark(task=task)
         state.resume(pick=0)
-        state.deliver(lane="image", fault=None)
