@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint sim bench package clean deps toolchains lock deploy destroy
+.PHONY: run test test-deep lint sim bench package clean deps toolchains lock deploy destroy
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,10 @@ toolchains: $(STAMP)
 test: $(STAMP) $(CHROMIUM) toolchains
 	$(PY) -m ruff check .
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+
+# Every Hypothesis test on its long profile (tests/conftest.py): long runs, kept out of `make test`.
+test-deep: $(STAMP)
+	HYPOTHESIS_PROFILE=deep $(PY) -m pytest -m hypothesis -n $(PYTEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

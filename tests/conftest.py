@@ -33,9 +33,18 @@ os.environ.pop("ADMIN_USERNAME", None)
 os.environ.pop("ADMIN_PASSWORD", None)
 
 from chalice.test import Client  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from devstack.testing import LocalStack, launch_local_stack  # noqa: E402
+
+# Hypothesis budgets: `default` and `ci` (derandomized, so a CI run replays the same examples) keep `make test` short;
+# `deep` (`make test-deep`, HYPOTHESIS_PROFILE=deep) runs long. The stateful tests' runs are slow per example.
+_SLOW_EXAMPLES = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+settings.register_profile("default", max_examples=100, stateful_step_count=50, **_SLOW_EXAMPLES)
+settings.register_profile("ci", settings.get_profile("default"), derandomize=True, database=None, print_blob=True)
+settings.register_profile("deep", max_examples=3000, stateful_step_count=80, print_blob=True, **_SLOW_EXAMPLES)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 ADMIN = ("admin", "admin-pass")
 DEMO = ("demo", "demo-pass")
