@@ -412,7 +412,9 @@ _TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.CON
 
 
 def _lane_access(lane: Lane) -> Access:
-    return Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, consumes=lane,
+    # A video lane records which task owns each Ark task it creates or adopts (`chalicelib.video`).
+    owners = (resources.ARK_TASK_OWNERS,) if lane.task_type == "video" else ()
+    return Access(reads=(resources.MODELS,), writes=(*_TRANSITIONS, *owners), sends_to_lanes=True, consumes=lane,
                   media=RESULTS_COPY, lists_media=True, reads_secret=True, signs_ark_inputs=True,
                   posts_to_connections=True)
 

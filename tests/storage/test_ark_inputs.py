@@ -17,7 +17,7 @@ from PIL import Image
 from chalicelib import media, secret_store
 from chalicelib.ark.limits import VIDEO_MAX_EXPIRES_AFTER
 from chalicelib.db import TaskRecord
-from chalicelib.settings import reload_settings
+from chalicelib.settings import get_settings, reload_settings
 from chalicelib.video import Submission
 from tests.conftest import DEMO, Api
 
@@ -41,7 +41,7 @@ def video_task(api: Api, *frames: bytes) -> TaskRecord:
 
 
 def sent_images(task: TaskRecord) -> list[str]:
-    content = Submission.of(task, boto3.client("s3")).body["content"]
+    content = Submission.of(task, boto3.client("s3"), get_settings()).body["content"]
     return [item["image_url"]["url"] for item in content if item["type"] == "image_url"]
 
 

@@ -33,8 +33,9 @@ def answering(status: int, body: object) -> httpx.Client:
     return httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(status, json=body)))
 
 
-def used_today(lanes: Lanes, model_id: str) -> int:
-    return catalog.usage_today(ModelRecord.get(model_id), lanes.clock.now())["used"]
+def used_on(model_id: str, accepted_at: float) -> int:
+    """The model's quota used on the day a task was accepted (the clock may have moved past midnight since)."""
+    return catalog.usage_today(ModelRecord.get(model_id), accepted_at)["used"]
 
 
 def admin_view(lanes: Lanes, task_id: str) -> dict[str, Any]:
@@ -69,6 +70,7 @@ def _value_bytes(value: dict[str, Any]) -> int:
 @pytest.mark.parametrize("kind", SPOILT)
 def test_an_unreadable_image_answer_fails_the_task_once_and_ark_is_never_called_again(lanes: Lanes, kind: str):
     lanes.ark.configure(malformed_answer_fraction=1.0, malformed_answer_kinds=[kind])
+    accepted_at = lanes.clock.now()
     task_id = lanes.submit(IMAGE_TASK)
     worker = lanes.worker("image")
 
@@ -84,7 +86,7 @@ def test_an_unreadable_image_answer_fails_the_task_once_and_ark_is_never_called_
         lanes.sweeper().sweep()
     assert lanes.ark_calls("images.generate") == 1
     assert lanes.ark.stats()["images_generated"] == {"doubao-seedream-4-5-251128": 1}
-    assert used_today(lanes, IMAGE_MODEL) == 1  # it may have been billed: its quota request stands
+    assert used_on(IMAGE_MODEL, accepted_at) == 1  # it may have been billed: its quota request stands
 
 
 def test_an_unreadable_answer_tells_the_user_plainly_and_the_admin_what_did_not_fit(lanes: Lanes):
@@ -278,6 +280,7 @@ def test_an_image_call_ends_within_the_lambdas_remaining_time_however_slowly_ark
 
 def test_a_full_ark_queue_is_retried_with_backoff_and_ends_with_a_clear_code(lanes: Lanes):
     lanes.ark.configure(video_max_queued=0)  # every create: 429 QuotaExceeded, with Ark's documented text
+    accepted_at = lanes.clock.now()
     task_id = lanes.submit(VIDEO_TASK)
     worker = lanes.worker("video")
 
@@ -290,4 +293,4 @@ def test_a_full_ark_queue_is_retried_with_backoff_and_ends_with_a_clear_code(lan
     assert body["status"] == "failed" and body["error"]["code"] == "upstream_quota_exceeded"
     assert "QuotaExceeded" in body["error"]["message"]
     assert lanes.ark_calls("tasks.create") == VIDEO_LANE.max_receives
-    assert used_today(lanes, VIDEO_MODEL) == 0  # a 429 bills nothing: the quota request is given back
+    assert used_on(VIDEO_MODEL, accepted_at) == 0  # a 429 bills nothing: the quota request is given back
