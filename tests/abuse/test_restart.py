@@ -19,6 +19,7 @@ IMAGE_TASK = {"type": "image", "model_id": "seedream-4.5", "prompt": "restart"}
 VIDEO_TASK = {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "restart",
               "params": {"resolution": "480p", "duration": 2}}
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
+VIDEO_RUN_S = 600  # well inside the hour Ark gives a video task before it expires
 
 
 def login(stack: LocalStack) -> httpx.Client:
@@ -37,8 +38,10 @@ def statuses(api: httpx.Client, task_ids: list[str]) -> dict[str, str]:
 def test_restarting_the_app_mid_run_with_moto_and_ark_kept_ends_every_task(tmp_path: Path) -> None:
     """Safeguards: all task state lives in DynamoDB and SQS (no worker memory), a stopping worker finishes or
     gives back its message, and the new process's pump, poller and callback route pick up where the old left."""
+    # The videos run at Ark until the test moves Ark's clock, after the restart: however slowly the machine runs,
+    # the first process stops with work under way.
     with start_moto_server() as moto, running_simulator(image_latency_s=0.3, video_queue_s=0.5,
-                                                        video_run_s=2.0) as ark:
+                                                        video_run_s=VIDEO_RUN_S) as ark:
         config = dataclasses.replace(free_stack_config(), moto_url=moto.endpoint_url)
         # Ark is external to the app: both processes use this simulator (as the "real" Ark, by key).
         ark_env = {"ARK_API_KEY": "sk-restart-test", "ARK_BASE_URL": ark.base_url,
@@ -59,6 +62,7 @@ def test_restarting_the_app_mid_run_with_moto_and_ark_kept_ends_every_task(tmp_p
         with launch_local_stack(tmp_path / "second.log", ark_env, config=config) as second:
             assert moto.endpoint_url in second.output()
             api = login(second)
+            ark.advance(VIDEO_RUN_S)
             deadline = time.monotonic() + 60
             while set((after := statuses(api, task_ids)).values()) - TERMINAL:
                 assert time.monotonic() < deadline, after
