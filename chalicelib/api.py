@@ -9,11 +9,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from chalice import Chalice, Response
 from chalice.app import Request
+from pynamodb.exceptions import PynamoDBException, TransactWriteError
 
 from chalicelib.auth import Authenticator, Principal, require_admin
-from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge
+from chalicelib.db import transaction_conflicted
+from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge, Unavailable
 from chalicelib.settings import get_settings
 from chalicelib.validation import MAX_JSON_DEPTH, json_depth, path_parameter
 
@@ -22,6 +26,26 @@ logger = logging.getLogger(__name__)
 Access = Literal["public", "user", "admin", "admin_or_service"]
 ALLOWED_HEADERS = "Authorization,Content-Type,Idempotency-Key"
 ALLOWED_METHODS = "GET,POST,PUT,DELETE,OPTIONS"
+# AWS's answers that say "not now" (overloaded, failing, a write under way on the item): the same request may pass.
+_TRANSIENT_AWS_CODES = frozenset({
+    "InternalServerError", "ServiceUnavailable", "ThrottlingException", "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded", "TransactionConflictException", "TransactionInProgressException",
+})
+STORE_RETRY_AFTER_S = 1
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """Whether `error` is AWS (DynamoDB above all) failing for now, not a request it judged: a 5xx or throttling
+    answer, a transaction cancelled only by conflicts, or no answer at all (the endpoint out of reach, a timeout).
+    A failed condition, a missing item or a refused request are not: escaping a route, those are bugs."""
+    if isinstance(error, TransactWriteError) and transaction_conflicted(error):
+        return True
+    if isinstance(error, PynamoDBException):
+        return error.cause is not None and store_unavailable(error.cause)
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return error.response.get("Error", {}).get("Code") in _TRANSIENT_AWS_CODES or status >= 500
+    return isinstance(error, BotocoreConnectionError | HTTPClientError)
 
 
 @dataclass
@@ -108,6 +132,20 @@ class Http:
             raise Forbidden("The service token is only for internal routes.")
         return principal
 
+    @staticmethod
+    def _unhandled(error: Exception, view_name: str, request: Request) -> Response:
+        """AWS failing for now answers 503 with when to retry; anything else is a bug: 500. Logged once, and
+        AWS's own text stays in the log (it names tables and internals the client has no use for)."""
+        if not store_unavailable(error):
+            logger.exception("unhandled error in %s", view_name)
+            return json_response(
+                500, {"error": {"code": "internal_error", "message": "Something went wrong on our side."}})
+        logger.warning("AWS unavailable in %s (request %s): %r", view_name, (request.context or {}).get("requestId"),
+                       error)
+        unavailable = Unavailable("The service is briefly unavailable; try again shortly.",
+                                  headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+        return json_response(unavailable.status, unavailable.body(), unavailable.headers)
+
     def endpoint(self, access: Access = "user") -> Callable[[Callable[..., Any]], Callable[..., Response]]:
         def decorate(view: Callable[..., Any]) -> Callable[..., Response]:
             @functools.wraps(view)
@@ -120,11 +158,8 @@ class Http:
                     response = result if isinstance(result, Response) else json_response(200, result)
                 except ApiError as error:
                     response = json_response(error.status, error.body(), error.headers)
-                except Exception:
-                    logger.exception("unhandled error in %s", view.__name__)
-                    response = json_response(
-                        500, {"error": {"code": "internal_error", "message": "Something went wrong on our side."}}
-                    )
+                except Exception as error:
+                    response = self._unhandled(error, view.__name__, request)
                 response.headers.update(self._cors_headers(request))
                 return response
 

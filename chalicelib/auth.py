@@ -17,7 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pynamodb.exceptions import DoesNotExist, PutError, UpdateError
 
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.db import LoginAttemptRecord, SessionRecord, UserRecord
+from chalicelib.db import LoginAttemptRecord, SessionRecord, UserRecord, condition_failed
 from chalicelib.errors import ApiError, Forbidden, Unauthorized
 from chalicelib.settings import Settings, get_settings
 
@@ -59,7 +59,7 @@ def ensure_user_id(user: UserRecord) -> str:
         user.update(actions=[UserRecord.user_id.set(new_user_id())],
                     condition=UserRecord.username.exists() & UserRecord.user_id.does_not_exist())
     except UpdateError as exc:
-        if exc.cause_response_code != "ConditionalCheckFailedException":
+        if not condition_failed(exc):
             raise
         user.refresh(consistent_read=True)  # given one meanwhile (or deleted: then DoesNotExist)
     assert user.user_id
@@ -215,7 +215,7 @@ class LoginThrottle:
                 )
                 return int(record.expires_at_epoch)
             except UpdateError as exc:
-                if exc.cause_response_code != "ConditionalCheckFailedException":
+                if not condition_failed(exc):
                     raise
             # No live window, or a full one: read which (another attempt may start a window meanwhile).
             try:
@@ -234,7 +234,7 @@ class LoginThrottle:
                 )
                 return window_end
             except PutError as exc:
-                if exc.cause_response_code != "ConditionalCheckFailedException":
+                if not condition_failed(exc):
                     raise
         # Every round lost a race to other attempts on this key: refuse, as a full window would.
         raise TooManyAttempts(1)
@@ -247,7 +247,7 @@ class LoginThrottle:
                 condition=(LoginAttemptRecord.expires_at_epoch == window_end) & (LoginAttemptRecord.failures > 0),
             )
         except UpdateError as exc:
-            if exc.cause_response_code != "ConditionalCheckFailedException":
+            if not condition_failed(exc):
                 raise
 
 

@@ -13,7 +13,7 @@ from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
 from chalicelib.auth import Principal, SocketCloser, ensure_user_id, hash_password, new_user_id
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.db import UserRecord
+from chalicelib.db import UserRecord, condition_failed
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.validation import UserCreate, UserUpdate
 
@@ -57,6 +57,8 @@ def create_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
     try:
         user.save(condition=UserRecord.username.does_not_exist())
     except PutError as exc:
+        if not condition_failed(exc):  # only a false condition says the name is taken
+            raise
         raise Conflict(f"A user named {request.username!r} already exists.", code="user_exists") from exc
     return user
 
@@ -79,7 +81,7 @@ def update_user(actor: Principal, username: str, request: UserUpdate, sockets: S
     try:
         user.update(actions=actions, condition=UserRecord.user_id == user.user_id)
     except UpdateError as exc:
-        if exc.cause_response_code != "ConditionalCheckFailedException":
+        if not condition_failed(exc):
             raise
         raise NotFound(f"No user named {username!r}.", code="user_not_found") from exc  # deleted meanwhile
     if request.disabled or request.password is not None:
@@ -97,7 +99,7 @@ def delete_user(actor: Principal, username: str, sockets: SocketCloser) -> None:
     try:
         user.delete(condition=UserRecord.user_id == user_id)
     except DeleteError as exc:
-        if exc.cause_response_code != "ConditionalCheckFailedException":
+        if not condition_failed(exc):
             raise
         raise NotFound(f"No user named {username!r}.", code="user_not_found") from exc
     sockets.disconnect_user(user_id)

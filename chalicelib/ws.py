@@ -30,7 +30,7 @@ from pynamodb.exceptions import DeleteError, DoesNotExist
 from chalicelib import statemachine
 from chalicelib.auth import Authenticator, Principal, secret_digest
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.db import ConnectionRecord, TaskRecord, WsTicketRecord
+from chalicelib.db import ConnectionRecord, TaskRecord, WsTicketRecord, condition_failed
 from chalicelib.settings import Settings, get_settings
 from chalicelib.tasks import TaskService
 
@@ -92,7 +92,9 @@ class Tickets:
         try:
             # Of two connects racing with one ticket, only the one whose delete finds it still there wins.
             record.delete(condition=WsTicketRecord.ticket_hash.exists())
-        except DeleteError:
+        except DeleteError as error:
+            if not condition_failed(error):  # the store failed: the connect fails, nothing says the ticket was used
+                raise
             return None
         if record.expires_at_epoch <= self.clock.now() or not record.session_id:
             return None  # expired, or issued before tickets named their session (they live a minute)

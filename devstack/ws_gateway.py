@@ -8,10 +8,11 @@ accepts the connection only when its handler answers 2xx; otherwise the handshak
 API Gateway's limits hold here too (`GatewayLimits`, scaled down by tests): a message over 128 KB either way is
 refused (from a client, the connection closes with 1009; through `@connections`, 413 `PayloadTooLargeException`),
 a connection no client message reached for 10 minutes closes with 1001, and so does every connection two hours
-after it opened, each with its `$disconnect`. As on API Gateway, what the app posts does not count as activity and
-no pings are sent: a client that vanished without closing (a half-open connection) ends at the idle timeout. A
-connection `$connect` accepted whose handshake then failed (the client went away first) gets its `$disconnect`
-too, so the app never keeps a connection the gateway has not got.
+after it opened, each with its `$disconnect` (counted on the gateway's `clock`; a test that moves it by hand calls
+`close_expired`). As on API Gateway, what the app posts does not count as activity and no pings are sent: a client
+that vanished without closing (a half-open connection) ends at the idle timeout. A connection `$connect` accepted
+whose handshake then failed (the client went away first) gets its `$disconnect` too, so the app never keeps a
+connection the gateway has not got.
 
 The app answers through API Gateway's management API, `POST|GET|DELETE /@connections/{id}`, served here on
 an HTTP port of its own (the `websockets` server takes only bodiless GETs), with 410 `GoneException` for a
@@ -33,6 +34,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -92,14 +94,14 @@ class _Client:
     connected_at: float
     source_ip: str
     user_agent: str
+    # The limits count on the gateway's monotonic clock: a wall-clock jump neither ends nor prolongs a connection.
+    opened_monotonic: float
+    active_monotonic: float
     socket: ServerConnection | None = None
     last_active_at: float = field(default_factory=time.time)
-    # The limits count on the monotonic clock: a wall-clock jump neither ends nor prolongs a connection.
-    opened_monotonic: float = field(default_factory=time.monotonic)
-    active_monotonic: float = field(default_factory=time.monotonic)
 
     def ends_at(self, limits: GatewayLimits) -> float:
-        """The `time.monotonic()` at which the gateway closes this connection unless the client sends a message."""
+        """The time (on the gateway's clock) at which it closes this connection unless the client sends a message."""
         return min(self.active_monotonic + limits.idle_timeout_s, self.opened_monotonic + limits.max_connection_s)
 
 
@@ -118,9 +120,11 @@ class WebSocketGateway:
     """Binds both ports at construction; serves once `start` gave it the app; `close` (or the `with` block's
     end) closes every connection (each gets its `$disconnect`) and both listeners."""
 
-    def __init__(self, host: str, port: int, management_port: int = 0, limits: GatewayLimits | None = None) -> None:
+    def __init__(self, host: str, port: int, management_port: int = 0, limits: GatewayLimits | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.limits = limits or GatewayLimits()
+        self._clock = clock
         self._routes: _Routes | None = None
         self._clients: dict[str, _Client] = {}
         self._opening: dict[ServerConnection, _Client] = {}
@@ -201,6 +205,8 @@ class WebSocketGateway:
             connected_at=now,
             source_ip=source_ip,
             user_agent=request.headers.get("User-Agent", ""),
+            opened_monotonic=self._clock(),
+            active_monotonic=self._clock(),
         )
         event: dict[str, Any] = {
             "headers": {name: values[-1] for name, values in multi.items()} | {"X-Forwarded-For": source_ip},
@@ -232,18 +238,30 @@ class WebSocketGateway:
         try:
             # An abnormal close ends the connection like a normal one; `$disconnect` gets the code either way.
             with contextlib.suppress(ConnectionClosed):
-                while (left_s := client.ends_at(self.limits) - time.monotonic()) > 0:
+                while (left_s := client.ends_at(self.limits) - self._clock()) > 0:
                     try:
                         message = connection.recv(timeout=left_s)
                     except TimeoutError:
                         continue
-                    client.last_active_at, client.active_monotonic = time.time(), time.monotonic()
+                    client.last_active_at, client.active_monotonic = time.time(), self._clock()
                     self._on_message(client, message)
                 connection.close(CloseCode.GOING_AWAY, "Going away")
         finally:
             with self._lock:
                 self._clients.pop(client.connection_id, None)
             self._disconnect(client, connection.close_code or CloseCode.ABNORMAL_CLOSURE)
+
+    def close_expired(self) -> list[str]:
+        """Close (1001) every connection past its idle timeout or lifetime on the gateway's clock; returns their ids.
+        On the real clock each connection's own thread does this in time; a test that drives the clock calls this
+        after moving it (a waiting thread cannot see a clock that moves by hand)."""
+        now = self._clock()
+        with self._lock:
+            expired = [client for client in self._clients.values() if client.ends_at(self.limits) <= now]
+        for client in expired:
+            assert client.socket is not None
+            client.socket.close(CloseCode.GOING_AWAY, "Going away")
+        return [client.connection_id for client in expired]
 
     def _abandon(self, connection: ServerConnection) -> None:
         """The handshake failed after `$connect` let the connection in (or before it answered): the app learns the

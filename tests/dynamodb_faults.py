@@ -58,7 +58,7 @@ def on_table(logical_name: str) -> Callable[[Request], bool]:
 @dataclass
 class Fault:
     operation: str
-    response: dict[str, Any]
+    response: dict[str, Any] | Exception  # an error answer from DynamoDB, or botocore's own (no answer at all)
     when: Callable[[Request], bool]
     times: int
     raised: int = 0
@@ -76,6 +76,8 @@ class DynamoFaults:
         def make_api_call(client: BaseClient, operation_name: str, api_params: Request) -> Any:
             if client.meta.service_model.service_name == "dynamodb":
                 fault = faults._due(operation_name, api_params)
+                if fault is not None and isinstance(fault.response, Exception):
+                    raise fault.response
                 if fault is not None:
                     raise ClientError(copy.deepcopy(fault.response), operation_name)  # type: ignore[arg-type]
             return real(client, operation_name, api_params)
@@ -83,7 +85,7 @@ class DynamoFaults:
         monkeypatch.setattr(BaseClient, "_make_api_call", make_api_call)
         return faults
 
-    def add(self, operation: str, response: dict[str, Any], *, times: int = 1,
+    def add(self, operation: str, response: dict[str, Any] | Exception, *, times: int = 1,
             when: Callable[[Request], bool] = lambda request: True) -> Fault:
         fault = Fault(operation, response, when, times)
         self.faults.append(fault)

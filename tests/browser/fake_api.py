@@ -120,6 +120,8 @@ class FakeArkflow:
         self.sockets_refused = False
         # Set: result links are presigned like S3's (X-Amz-Date, X-Amz-Expires), each read signing anew.
         self.link_ttl_s: int | None = None
+        # The time links are signed and checked at (epoch seconds); a test moves it with the page's own clock.
+        self.link_clock: Callable[[], float] = time.time
         self._ids = itertools.count(1)
         self._signatures = itertools.count(1)
         self.reset()
@@ -136,6 +138,7 @@ class FakeArkflow:
                 self.state.passwords[username] = password
             self.sockets_refused = False
             self.link_ttl_s = None
+            self.link_clock = time.time
         self.drop_sockets()
 
     def fail_next(self, method: str, path_pattern: str, status: int, code: str, message: str,
@@ -156,7 +159,7 @@ class FakeArkflow:
         """A result link as the API hands it out: presigned now, valid for `link_ttl_s`."""
         if not url or self.link_ttl_s is None:
             return url
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.link_clock()))
         return f"{url}?X-Amz-Date={stamp}&X-Amz-Expires={self.link_ttl_s}&X-Amz-Signature={next(self._signatures)}"
 
     def with_signed_links(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -528,12 +531,12 @@ def media_bytes(name: str) -> tuple[bytes, str] | None:
     return None
 
 
-def link_expired(query: str) -> bool:
+def link_expired(query: str, now: float) -> bool:
     params = {key: values[0] for key, values in parse_qs(query).items()}
     if "X-Amz-Date" not in params:
         return False
     signed_at = datetime.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC).timestamp()
-    return time.time() > signed_at + int(params["X-Amz-Expires"])
+    return now > signed_at + int(params["X-Amz-Expires"])
 
 
 def make_api_handler(fake: FakeArkflow) -> type[BaseHTTPRequestHandler]:
@@ -567,7 +570,7 @@ def make_api_handler(fake: FakeArkflow) -> type[BaseHTTPRequestHandler]:
             raw = self._body()
             if url.path.startswith("/media/"):
                 found = media_bytes(url.path.removeprefix("/media/"))
-                if link_expired(url.query):
+                if link_expired(url.query, fake.link_clock()):
                     self._send(403, b"Request has expired", "text/plain")
                 elif found:
                     self._send(200, *found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,10 +32,17 @@ def gateway_limits() -> GatewayLimits:
 
 
 @pytest.fixture
-def gateway(api: Api, monkeypatch: pytest.MonkeyPatch, gateway_limits: GatewayLimits) -> Iterator[WebSocketGateway]:
+def gateway_clock() -> Callable[[], float]:
+    """The clock the gateway's limits count on; a test module drives its own by overriding this fixture."""
+    return time.monotonic
+
+
+@pytest.fixture
+def gateway(api: Api, monkeypatch: pytest.MonkeyPatch, gateway_limits: GatewayLimits,
+            gateway_clock: Callable[[], float]) -> Iterator[WebSocketGateway]:
     from app import app
 
-    with WebSocketGateway("127.0.0.1", 0, limits=gateway_limits) as running:
+    with WebSocketGateway("127.0.0.1", 0, limits=gateway_limits, clock=gateway_clock) as running:
         for name, value in running.app_environment().items():
             monkeypatch.setenv(name, value)
         reconfigure()

@@ -1,5 +1,9 @@
-"""The local WebSocket gateway holds API Gateway's limits (scaled down here): message size, idle timeout and
-connection lifetime, and a connection the app let in always ends with its `$disconnect`."""
+"""The local WebSocket gateway holds API Gateway's limits: message size, idle timeout and connection lifetime, and a
+connection the app let in always ends with its `$disconnect`.
+
+The limits count on a clock these tests move by hand (`close_expired` applies them after each move), so however
+slowly a loaded machine serves a message, a connection is open or closed at exactly the times API Gateway's own
+numbers say; one test keeps the real clock, scaled down, to show the gateway closes a connection by itself."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,22 +20,35 @@ from chalice import Chalice
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
+from chalicelib.clock import FrozenClock
 from chalicelib.db import ConnectionRecord
 from devstack.ws_gateway import GatewayLimits, WebSocketGateway
 from tests.conftest import DEMO
 from tests.polling import wait_for
 from tests.ws.conftest import receive
 
-IDLE_S, LIFETIME_S = 0.6, 2.5
+IDLE_S, LIFETIME_S = GatewayLimits().idle_timeout_s, GatewayLimits().max_connection_s
 
 
 @pytest.fixture
-def gateway_limits() -> GatewayLimits:
-    return GatewayLimits(idle_timeout_s=IDLE_S, max_connection_s=LIFETIME_S)
+def clock() -> FrozenClock:
+    return FrozenClock(start=0.0)
+
+
+@pytest.fixture
+def gateway_clock(clock: FrozenClock) -> Callable[[], float]:
+    return clock.now
 
 
 def stored_connections() -> list[str]:
     return [record.connection_id for record in ConnectionRecord.scan()]
+
+
+def served_connection(gateway: WebSocketGateway) -> str:
+    """The id of the one connection, once the gateway serves it (its limits apply from then)."""
+    [connection_id] = stored_connections()
+    wait_for(lambda: gateway.info(connection_id) is not None)
+    return connection_id
 
 
 def closed_with(client: Any) -> int:
@@ -42,36 +60,59 @@ def closed_with(client: Any) -> int:
     return closed.value.rcvd.code
 
 
+def ping(client: Any) -> None:
+    """A client message (the pong the app posts back is not one)."""
+    client.send(json.dumps({"action": "ping"}))
+    assert receive(client, timeout_s=15) == {"type": "pong"}
+
+
 def test_a_connection_no_client_message_reaches_closes_at_the_idle_timeout_and_the_app_forgets_it(
-    open_socket
+    open_socket, gateway: WebSocketGateway, clock: FrozenClock
 ) -> None:
     client = open_socket(DEMO)
-    assert len(stored_connections()) == 1
+    connection_id = served_connection(gateway)
+
+    clock.advance(IDLE_S - 1)
+    assert gateway.close_expired() == []
+    clock.advance(1)
+    assert gateway.close_expired() == [connection_id]
 
     assert closed_with(client) == CloseCode.GOING_AWAY
     wait_for(lambda: stored_connections() == [])
 
 
 def test_a_client_that_keeps_talking_stays_past_the_idle_timeout_and_closes_at_the_connection_limit(
-    open_socket
+    open_socket, gateway: WebSocketGateway, clock: FrozenClock
 ) -> None:
     client = open_socket(DEMO)
-    opened = time.monotonic()
-    answered_until = opened
-    with pytest.raises(ConnectionClosed) as closed:
-        while True:  # pings back to back: each is a client message, its pong (posted by the app) is not
-            client.send(json.dumps({"action": "ping"}))
-            assert receive(client, timeout_s=15) == {"type": "pong"}
-            answered_until = time.monotonic()
-    assert closed.value.rcvd is not None and closed.value.rcvd.code == CloseCode.GOING_AWAY
-    assert answered_until - opened > IDLE_S  # talking kept it open past the idle timeout, the lifetime ended it
+    connection_id = served_connection(gateway)
+    talk_every_s = IDLE_S - 60  # a message a minute before each idle timeout
+
+    while clock.now() + talk_every_s < LIFETIME_S:
+        clock.advance(talk_every_s)
+        assert gateway.close_expired() == []
+        ping(client)
+    assert clock.now() > IDLE_S  # talking kept it open many idle timeouts long
+    clock.advance(LIFETIME_S - 1 - clock.now())
+    assert gateway.close_expired() == []
+    clock.advance(1)
+    assert gateway.close_expired() == [connection_id]  # the lifetime ends it, talking or not
+
+    assert closed_with(client) == CloseCode.GOING_AWAY
+    wait_for(lambda: stored_connections() == [])
+
+
+@pytest.mark.parametrize(("gateway_limits", "gateway_clock"), [(GatewayLimits(idle_timeout_s=0.5), time.monotonic)])
+def test_on_the_real_clock_the_gateway_closes_an_idle_connection_by_itself(open_socket) -> None:
+    client = open_socket(DEMO)
+
+    assert closed_with(client) == CloseCode.GOING_AWAY
     wait_for(lambda: stored_connections() == [])
 
 
 def test_a_message_over_128_kb_from_a_client_closes_its_connection_with_1009(open_socket) -> None:
     client = open_socket(DEMO)
-    client.send(json.dumps({"action": "ping"}))
-    assert receive(client) == {"type": "pong"}
+    ping(client)
 
     client.send(json.dumps({"action": "ping", "padding": "x" * (128 * 1024)}))
 
