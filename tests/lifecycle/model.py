@@ -36,7 +36,15 @@ from chalicelib import media, slots
 from chalicelib.db import TaskRecord
 from chalicelib.statemachine import CANCELLED, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
 from chalicelib.video import epoch_of
-from tests.lifecycle.faults import DYNAMODB_ERRORS, FAULT_TARGETS, GENERATION_ENDPOINTS, Actor, ArkCall, Fault
+from tests.lifecycle.faults import (
+    DYNAMODB_ERRORS,
+    FAULT_TARGETS,
+    GENERATION_ENDPOINTS,
+    MALFORMED,
+    Actor,
+    ArkCall,
+    Fault,
+)
 from tests.lifecycle.harness import IMAGE_MODEL, VIDEO_MODEL, Delivery, Environment, World
 
 ADMIN_NAME = "admin"
@@ -685,8 +693,9 @@ class LifecycleModel(RuleBasedStateMachine):
         return delivery
 
     # The failures that matter most get rules of their own, so that short runs combine them: a worker that dies
-    # inside its Ark call, one whose call Ark is still working on, and a sweep or an operator that acts on what it
-    # read earlier.
+    # inside its Ark call, one whose call Ark is still working on, one that gets an answer it cannot read or meets a
+    # transient DynamoDB error on one of the task's own writes, and a sweep or an operator that acts on what it read
+    # earlier.
 
     @rule(task=tasks)
     def deliver_and_die_at_ark(self, task: str) -> None:
@@ -695,6 +704,15 @@ class LifecycleModel(RuleBasedStateMachine):
     @rule(task=tasks)
     def deliver_and_hold_at_ark(self, task: str) -> None:
         self.deliver_duplicate(task, Fault("held_at_ark", at=0))
+
+    @rule(task=tasks, kind=st.sampled_from(MALFORMED))
+    def deliver_an_unreadable_answer(self, task: str, kind: str) -> None:
+        self.deliver_duplicate(task, Fault(kind, at=0))
+
+    @rule(task=tasks, error=st.sampled_from(DYNAMODB_ERRORS), at=st.integers(0, 3))
+    def deliver_meeting_a_dynamodb_error(self, task: str, error: str, at: int) -> None:
+        """Its claim, Ark's id, its outcome or its results copy: the write meets an error that is no lost race."""
+        self.deliver_duplicate(task, Fault(error, at=at, task_id=task))
 
     @rule(task=tasks)
     def sweep_from_a_stale_read(self, task: str) -> None:
