@@ -265,6 +265,8 @@ class ArkCall:
     stalled_at: float | None = None
     # Its place among the actor's operations.
     op: int | None = None
+    # The malformed 200 its caller got in place of Ark's answer (one of MALFORMED), if any.
+    malformed: str | None = None
 
     @property
     def external_id(self) -> str | None:
@@ -375,6 +377,7 @@ class ArkDoor(httpx.BaseTransport):
             raise LambdaCrash
         if fault in MALFORMED and response.status_code == 200:
             response = httpx.Response(200, **malformed_answer(endpoint, call.body, fault))
+            call.malformed = fault
         call.answered = True
         self.observer.call_answered(call)
         return response

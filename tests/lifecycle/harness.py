@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 import boto3
@@ -40,10 +41,13 @@ import arksim.video
 from arksim.clock import SimClock
 from arksim.config import SimConfig
 from arksim.simulator import Simulator
-from chalicelib import aws, queues, slots, statemachine, tasks, video
+from chalicelib import aws, lanes, queues, slots, statemachine, tasks, video
+from chalicelib.ark import client as ark_client
+from chalicelib.ark import deadline as ark_deadline
 from chalicelib.ark.client import VIDEO_TIMEOUT, VolcImageClient, VolcVideoClient
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.db import ModelRecord, QuotaRecord, SlotRecord, TaskRecord
+from chalicelib.downloads import Downloads, ResultHosts
 from chalicelib.lanes import LaneWorker
 from chalicelib.resources import LANES, MEDIA_BUCKET, lane_named
 from chalicelib.settings import Settings, get_settings
@@ -54,7 +58,8 @@ from tests.lifecycle.faults import Actor, ArkDoor, ArkObserver, Fault, Stage, dy
 
 # 2026-01-01T00:00:00.250Z: a start with a fraction of a second, as any real clock has.
 T0 = 1_767_225_600.25
-ARK_BASE_URL = "http://ark.test/api/v3"
+ARK_ROOT_URL = "http://ark.test"
+ARK_BASE_URL = f"{ARK_ROOT_URL}/api/v3"
 ARK_KEY = "sk-lifecycle"
 PUBLIC_API_URL = "https://api.arkflow.test"
 IMAGE_MODEL, VIDEO_MODEL = "seedream-4.5", "seedance-1.0-pro"
@@ -168,7 +173,8 @@ class World:
         self.sim.random.seed(0)
         self.door = ArkDoor(self.sim, self.stage, observer)
         http = httpx.Client(transport=self.door)
-        self.downloads = httpx.Client(transport=self.door, follow_redirects=True)
+        # Results are fetched from the simulator's media URLs, through the same door (not Ark API calls).
+        self.downloads = Downloads(ResultHosts(self.settings.ark_result_hosts), transport_for=lambda _: self.door)
         self.images = VolcImageClient(ARK_BASE_URL, ARK_KEY, http=http)
         self.videos = VolcVideoClient(ARK_BASE_URL, ARK_KEY, http=http)
         self.sqs, self.s3 = aws.sqs(), aws.s3()
@@ -338,6 +344,9 @@ class Environment:
     def running(self) -> Iterator[Environment]:
         patch = self.monkeypatch
         for name, value in {"ARK_BASE_URL": ARK_BASE_URL, "ARK_API_KEY": ARK_KEY, "PUBLIC_API_URL": PUBLIC_API_URL,
+                            # Results come from the simulator's media URLs (as the local stack lets them in),
+                            # and an operator's from https.
+                            "ARK_RESULT_HOSTS": f"{ARK_ROOT_URL},ark.test",
                             # Long enough that the token library's own clock (real time) accepts them too.
                             "TOKEN_TTL_SECONDS": str(20 * 365 * 24 * 3600)}.items():
             patch.setenv(name, value)
@@ -402,6 +411,11 @@ class Environment:
         original_unix_time = moto_sqs.unix_time
         patch.setattr(moto_sqs, "unix_time", unix_time)
         patch.setattr(moto_sqs, "unix_time_millis", lambda dt=None: unix_time(dt) * 1000.0)
+        # Ark calls' deadlines and the lanes' time budget count on the model's clock, as everything else does: a call
+        # held at Ark answers within its deadline however long the model runs meanwhile.
+        model_time = SimpleNamespace(monotonic=self._now)
+        for module in (ark_client, ark_deadline, lanes):
+            patch.setattr(module, "time", model_time)
         patch.setattr(video, "default_service", lambda: self._current().video)
         patch.setattr(tasks, "new_task_id", lambda: self._current().new_task_id())
 

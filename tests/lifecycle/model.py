@@ -36,7 +36,15 @@ from chalicelib import media, slots
 from chalicelib.db import TaskRecord
 from chalicelib.statemachine import CANCELLED, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
 from chalicelib.video import epoch_of
-from tests.lifecycle.faults import DYNAMODB_ERRORS, FAULT_TARGETS, GENERATION_ENDPOINTS, Actor, ArkCall, Fault
+from tests.lifecycle.faults import (
+    DYNAMODB_ERRORS,
+    FAULT_TARGETS,
+    GENERATION_ENDPOINTS,
+    MALFORMED,
+    Actor,
+    ArkCall,
+    Fault,
+)
 from tests.lifecycle.harness import IMAGE_MODEL, VIDEO_MODEL, Delivery, Environment, World
 
 ADMIN_NAME = "admin"
@@ -100,7 +108,8 @@ class RequeueWhileWorking(BrokenPromise):
 
 class EndedMidCall(BrokenPromise):
     """No task ends while its worker is still calling Ark, or while Ark still queues or runs its video (unless an
-    operator chose to leave it running there)."""
+    operator chose to leave a video running there); the deadline never ends an image whose worker holds a live
+    lease."""
 
 
 class ResultDiscarded(BrokenPromise):
@@ -109,6 +118,11 @@ class ResultDiscarded(BrokenPromise):
 
 class WantedVideoCancelled(BrokenPromise):
     """Nothing cancels at Ark the video of a task that still wants it."""
+
+
+class UnreadableAnswer(BrokenPromise):
+    """An Ark answer that does not fit its schema is never taken for a result: an image call's unparseable 200
+    fails the task with `invalid_response` (it may have been billed, so it is never sent again: `TwoArkCalls`)."""
 
 
 class SeenByOthers(BrokenPromise):
@@ -179,7 +193,7 @@ class Referee:
         self.released_lease: dict[str, float] = {}
         # The run that last acquired (or found it already held) each task's slot: the worker holding it.
         self.slot_taken_by: dict[str, Actor | None] = {}
-        self._answers: dict[Actor, list[tuple[int, str]]] = defaultdict(list)
+        self._answers: dict[Actor, list[ArkCall]] = defaultdict(list)
         self._cancelled_at_ark: dict[Actor, list[tuple[str, str | None]]] = defaultdict(list)
         self._ark_status_before_delete: dict[ArkCall, str] = {}
 
@@ -246,7 +260,7 @@ class Referee:
         if previous == RUNNING and new == QUEUED:
             self._check_requeue(task, actor)
         if new in TERMINAL:
-            self._check_ending(task, actor)
+            self._check_ending(task, actor, previous)
 
     def _check_requeue(self, task: TaskRecord, actor: Actor | None) -> None:
         task_id, now = task.task_id, self.world.now()
@@ -258,16 +272,20 @@ class Referee:
         if any(call.task_id == task_id for call in self.stalled_generation_calls()):
             self.violate(RequeueWhileWorking, f"{task_id} went back to queued while its call at Ark is in flight "
                                          f"(by {by})")
-        lease = self.released_lease.pop(task_id, None)
-        if lease is None:
-            lease = self.world.tables.holders(task.model_id).get(task_id)
+        lease = self._lease_left_behind(task)
         if actor is not None and self.slot_taken_by.get(task_id) is actor:
             return  # the worker holding the slot (what its Ark calls may cost is `TwoArkCalls`' to judge)
         if lease is not None and lease >= now:
             self.violate(RequeueWhileWorking, f"{task_id} went back to queued while its worker's lease is live "
                                          f"(until {lease}, now {now:.3f}; by {by})")
 
-    def _check_ending(self, task: TaskRecord, actor: Actor | None) -> None:
+    def _lease_left_behind(self, task: TaskRecord) -> float | None:
+        """The slot lease a task held when it left `running` (its transition released it, or the run died before
+        the release)."""
+        lease = self.released_lease.pop(task.task_id, None)
+        return self.world.tables.holders(task.model_id).get(task.task_id) if lease is None else lease
+
+    def _check_ending(self, task: TaskRecord, actor: Actor | None, previous: str) -> None:
         task_id, new = task.task_id, task.status
         operator = actor is not None and actor.kind == "operator"
         by = actor.name if actor else "a run that died before publishing it"
@@ -275,12 +293,19 @@ class Referee:
             self.operator_results.add(task_id)
         if not task.quota_refunded and task_id not in self.ever_running:
             self.violate(QuotaLedger, f"{task_id} ended {new} without ever running and kept its quota")
+        lease = self._lease_left_behind(task) if previous == RUNNING else None
+        timed_out = task.error is not None and task.error.code == "timeout"
+        if task.type == "image" and timed_out and lease is not None and lease >= self.world.now():
+            self.violate(EndedMidCall, f"the deadline ended {task_id} while its worker's lease is live (until "
+                                       f"{lease}, now {self.world.now():.3f}; by {by})")
         # Still at work at Ark: a call in flight, or a video Ark queues or runs (recorded as this task's or not).
         working = [call.endpoint for call in self.stalled_generation_calls() if call.task_id == task_id]
         working += [f"video {ark_id} {status}" for ark_id, owner in self.ark_owner.items()
                     if owner == task_id and (status := self.ark_status(ark_id)) in ACTIVE_AT_ARK]
-        if working and operator:
-            self.abandoned_owners.add(task_id)  # the operator's choice, documented by the route
+        if working and operator and task.type == "video":
+            # The operator's choice, documented by the route: a video Ark generates, or a create on its way there,
+            # cannot be stopped at Ark. An image's call can be (the route waits out its worker's lease).
+            self.abandoned_owners.add(task_id)
         elif working:
             self.violate(EndedMidCall, f"{task_id} ended {new} while Ark is still at work for it "
                                         f"({', '.join(working)}; by {by})")
@@ -361,7 +386,7 @@ class Referee:
         if call.endpoint == "tasks.create" and call.external_id and task_id:
             self.ark_owner[call.external_id] = task_id
         elif call.endpoint == "images.generate" and actor is not None and task_id and call.op is not None:
-            self._answers[actor].append((call.op, task_id))
+            self._answers[actor].append(call)
         elif call.endpoint == "tasks.delete" and call.external_id:
             before = self._ark_status_before_delete.pop(call, "unknown")
             if before == "queued":
@@ -379,11 +404,17 @@ class Referee:
     # --- runs ending ---------------------------------------------------------------------------------------
 
     def actor_done(self, actor: Actor) -> None:
-        for op, task_id in self._answers.pop(actor, []):
-            lost = actor.crashed or (actor.fault_op is not None and actor.fault_op > op)
-            if not lost:
-                self.billed_and_seen.add(task_id)
         tasks = self.world.tables.tasks()
+        for call in self._answers.pop(actor, []):
+            assert call.op is not None and call.task_id is not None
+            if actor.crashed or (actor.fault_op is not None and actor.fault_op > call.op):
+                continue  # the answer died with its run, or an error after it kept it from being recorded
+            self.billed_and_seen.add(call.task_id)
+            task = tasks.get(call.task_id)
+            error = task.error.code if task is not None and task.error is not None else None
+            if call.malformed and task is not None and (task.status, error) != (FAILED, "invalid_response"):
+                self.violate(UnreadableAnswer, f"{call.task_id}'s image call answered a malformed 200 "
+                                               f"({call.malformed}); the task is {task.status} ({error})")
         for ark_id, owner in self._cancelled_at_ark.pop(actor, []):
             # A cancel, an operator or the deadline set out to end the task; a worker or the poller never may.
             status = tasks[owner].status if owner in tasks else "deleted"
@@ -662,8 +693,9 @@ class LifecycleModel(RuleBasedStateMachine):
         return delivery
 
     # The failures that matter most get rules of their own, so that short runs combine them: a worker that dies
-    # inside its Ark call, one whose call Ark is still working on, and a sweep or an operator that acts on what it
-    # read earlier.
+    # inside its Ark call, one whose call Ark is still working on, one that gets an answer it cannot read or meets a
+    # transient DynamoDB error on one of the task's own writes, and a sweep or an operator that acts on what it read
+    # earlier.
 
     @rule(task=tasks)
     def deliver_and_die_at_ark(self, task: str) -> None:
@@ -672,6 +704,15 @@ class LifecycleModel(RuleBasedStateMachine):
     @rule(task=tasks)
     def deliver_and_hold_at_ark(self, task: str) -> None:
         self.deliver_duplicate(task, Fault("held_at_ark", at=0))
+
+    @rule(task=tasks, kind=st.sampled_from(MALFORMED))
+    def deliver_an_unreadable_answer(self, task: str, kind: str) -> None:
+        self.deliver_duplicate(task, Fault(kind, at=0))
+
+    @rule(task=tasks, error=st.sampled_from(DYNAMODB_ERRORS), at=st.integers(0, 3))
+    def deliver_meeting_a_dynamodb_error(self, task: str, error: str, at: int) -> None:
+        """Its claim, Ark's id, its outcome or its results copy: the write meets an error that is no lost race."""
+        self.deliver_duplicate(task, Fault(error, at=at, task_id=task))
 
     @rule(task=tasks)
     def sweep_from_a_stale_read(self, task: str) -> None:
