@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator
@@ -32,11 +33,24 @@ os.environ.update(
 os.environ.pop("ADMIN_USERNAME", None)
 os.environ.pop("ADMIN_PASSWORD", None)
 
+import botocore.loaders  # noqa: E402
+import botocore.session  # noqa: E402
 from chalice.test import Client  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from devstack.testing import LocalStack, launch_local_stack  # noqa: E402
+
+
+@functools.cache
+def _shared_loader(data_path: str | None = None) -> botocore.loaders.Loader:
+    return botocore.loaders.create_loader(data_path)
+
+
+# Every test makes fresh boto3 and pynamodb sessions (settings and moto change between tests), and each new botocore
+# session would parse botocore's endpoint and service files again: about a second per test. The files never change
+# within a run, so every session reads them through one loader, which keeps what it parsed.
+botocore.session.create_loader = _shared_loader
 
 # Hypothesis budgets: `default` and `ci` (derandomized, so a CI run replays the same examples) keep `make test` short;
 # `deep` (`make test-deep`, HYPOTHESIS_PROFILE=deep) runs long. The stateful tests' runs are slow per example.
