@@ -1,4 +1,4 @@
-"""Ark-style status callbacks [ark-api.md 3.5]: the GET body is POSTed to `callback_url` on each status change.
+"""Ark-style status callbacks (docs/ark.md, "Videos"): the GET body is POSTed to `callback_url` on each status change.
 
 Deliveries for one task go out in order; `succeeded`/`failed` are retried (`callback_retries` more times) when
 the receiver does not answer 2xx within `callback_timeout_s`; other statuses get one attempt.

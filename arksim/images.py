@@ -1,4 +1,4 @@
-"""`POST /api/v3/images/generations` for Seedream 4.x (shared ark-api.md section 2, checklist 5.4-5.8)."""
+"""`POST /api/v3/images/generations` for Seedream 4.x (docs/ark.md, "Images")."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from arksim.errors import SimError, error_item, invalid
 from arksim.fields import optional_bool, optional_enum, optional_int, optional_object, required_str
 from arksim.inputs import inspect_image
 from chalicelib.ark import limits
-from chalicelib.ark.models import IMAGE_MODELS_WITH_1K
+from chalicelib.ark.model_ids import IMAGE_MODELS_WITH_1K
 
 if TYPE_CHECKING:
     from arksim.simulator import Simulator

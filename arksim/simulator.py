@@ -11,7 +11,7 @@ from arksim.config import SimConfig
 from arksim.errors import SimError, documented, invalid, missing
 from arksim.media import MediaStore
 from arksim.video import TaskBoard
-from chalicelib.ark.models import IMAGE_MODELS, VIDEO_MODELS
+from chalicelib.ark.model_ids import IMAGE_MODELS, VIDEO_MODELS
 
 Api = Literal["images", "video"]
 MODELS_BY_API: dict[Api, tuple[str, ...]] = {"images": IMAGE_MODELS, "video": VIDEO_MODELS}

@@ -1,4 +1,4 @@
-"""Seedance video tasks (shared ark-api.md section 3, checklist 5.9-5.16): validation, the task board and its
+"""Seedance video tasks (docs/ark.md, "Videos"): validation, the task board and its
 state machine `queued -> running -> succeeded | failed`, `expired`, `cancelled`, plus list and delete rules."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from arksim.errors import SimError, documented, error_item, invalid, missing
 from arksim.fields import optional_bool, optional_enum, optional_int, optional_str
 from arksim.inputs import InputImage, inspect_image
 from chalicelib.ark import limits
-from chalicelib.ark.models import VIDEO_MODELS_WITHOUT_LAST_FRAME
+from chalicelib.ark.model_ids import VIDEO_MODELS_WITHOUT_LAST_FRAME
 
 if TYPE_CHECKING:
     from arksim.simulator import Simulator
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 ACTIVE = ("queued", "running")
 TERMINAL = ("succeeded", "failed", "expired")
 LISTABLE_STATUSES = ("queued", "running", "cancelled", "succeeded", "failed")
-# Pushed to callback_url; `cancelled` never is [ark-api.md 3.5].
+# Pushed to callback_url; `cancelled` never is (docs/ark.md, "Videos").
 CALLBACK_STATUSES = ("queued", "running", "succeeded", "failed", "expired")
 UNSUPPORTED_FIELDS = ("generate_audio", "draft", "priority", "tools")  # Seedance 1.5 / 2.x only
 FRAME_ROLES = ("first_frame", "last_frame")
@@ -257,7 +257,7 @@ def _nearest_ratio(image: InputImage) -> str:
 
 def _prompt_flags(prompt: str) -> dict[str, Any]:
     """`--name value` suffix parameters that shape the result; weak validation: a bad value is ignored
-    [ark-api.md 3.3]. The body field wins when both are given."""
+    (docs/ark.md, "Videos"). The body field wins when both are given."""
     flags: dict[str, Any] = {}
     for raw_name, raw_value in FLAG.findall(prompt):
         name = FLAG_NAMES.get(raw_name.lower())
@@ -361,7 +361,7 @@ def _apply(sim: Simulator, task: VideoTask, status: str, at: float) -> None:
         task.video_file = sim.media.add("mp4", width, height, at, frames=task.frame_count).filename
         if task.return_last_frame:
             task.last_frame_file = sim.media.add("png", width, height, at).filename
-        # ≈ w × h × 24 fps × seconds / 1024 [ark-api.md 3.6]
+        # ≈ w × h × 24 fps × seconds / 1024 (Ark's pricing)
         task.tokens = width * height * task.frame_count // 1024
 
 
@@ -414,7 +414,7 @@ def _page_param(params: dict[str, str], name: str, default: int) -> int:
 
 
 def delete_task(sim: Simulator, task_id: str) -> None:
-    """queued -> cancelled; finished -> record removed; running or cancelled -> refused [ark-api.md 3.8]."""
+    """queued -> cancelled; finished -> record removed; running or cancelled -> refused (docs/ark.md, "Videos")."""
     task = find_task(sim, task_id)
     if task.status == "queued":
         _apply(sim, task, "cancelled", sim.now())

@@ -1,18 +1,21 @@
-"""The models admins configure: which Ark model each calls, its concurrency and its daily quota."""
+"""The models admins configure (which Ark model each calls, its concurrency and daily quota), their defaults and how
+defaults merge into a request, and the default models a deployment starts with.
+"""
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, PynamoDBException, UpdateError
 
-from chalicelib import db, first_run, quota, slots
+from chalicelib.ark.limits import IMAGE_MAX_TOTAL_IMAGES
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.db import ModelRecord, TaskRecord, optional_int
 from chalicelib.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from chalicelib.resources import DEFAULT_MODELS, default_lane_for, lane_named
-from chalicelib.settings import get_settings
-from chalicelib.validation import MODEL_DEFAULTS, ModelCreate, ModelUpdate
+from chalicelib.schemas import MODEL_DEFAULTS, ImageTaskRequest, ModelCreate, ModelUpdate, VideoTaskRequest
+from chalicelib.store import first_run, quota, slots, writes
+from chalicelib.store.records import ModelRecord, TaskRecord
 
 
 def get_model(model_id: str) -> ModelRecord:
@@ -28,7 +31,7 @@ def _model_not_found(model_id: str) -> NotFound:
 
 def _raise_unless_condition_failed(error: PynamoDBException) -> None:
     """Only a false condition says the model exists (or does not); any other failure is a store to retry."""
-    if not db.condition_failed(error):
+    if not writes.condition_failed(error):
         raise Unavailable("The model could not be saved; try again.", headers={"Retry-After": "1"}) from error
 
 
@@ -41,7 +44,7 @@ def list_models(enabled_only: bool = False) -> list[ModelRecord]:
 def _resolve_lane(model_type: str, lane: str | None) -> str:
     if lane is None:
         return default_lane_for(model_type).name  # type: ignore[arg-type]
-    # The schemas admit only lane names that exist (`validation.LaneName`).
+    # The schemas admit only lane names that exist (`schemas.LaneName`).
     served = lane_named(lane).task_type
     if served != model_type:
         raise ValidationFailed(
@@ -124,44 +127,43 @@ def delete_model(model_id: str) -> None:
         raise _model_not_found(model_id) from exc
 
 
-def usage_today(model: ModelRecord, now: float) -> dict[str, Any]:
-    settings = get_settings()
-    day = quota.quota_day(now, settings.quota_timezone)
+def usage_today(model: ModelRecord, now: float, timezone: str) -> dict[str, Any]:
+    day = quota.quota_day(now, timezone)
     used = quota.used(quota.model_counter_key(model.model_id, day))
     return {
         "day": day,
-        "timezone": settings.quota_timezone,
+        "timezone": timezone,
         "used": used,
         "limit": int(model.daily_quota),
         "remaining": max(0, int(model.daily_quota) - used),
     }
 
 
-def public_body(model: ModelRecord) -> dict[str, Any]:
-    """What any logged-in user sees: no upstream IDs, no limits."""
-    return {
-        "model_id": model.model_id,
-        "type": model.type,
-        "display_name": model.display_name,
-        "enabled": model.enabled,
-        "defaults": model.defaults or {},
-    }
+def params_of(request: ImageTaskRequest | VideoTaskRequest, defaults: dict[str, Any]) -> dict[str, Any]:
+    """What Ark will be sent: the model's defaults, overlaid by what the request set."""
+    if isinstance(request, ImageTaskRequest):
+        requested = {"size": request.size, "max_images": request.max_images, "watermark": request.watermark}
+        requested = {key: value for key, value in requested.items() if value is not None}
+    else:
+        requested = request.params.model_dump(exclude_none=True)
+    return {**_applicable_defaults(request, defaults, requested), **requested}
 
 
-def admin_body(model: ModelRecord, now: float) -> dict[str, Any]:
-    return {
-        **public_body(model),
-        "upstream_model": model.upstream_model,
-        "concurrency": int(model.concurrency),
-        "daily_quota": int(model.daily_quota),
-        "user_daily_quota": optional_int(model.user_daily_quota),
-        "max_running_per_user": optional_int(model.max_running_per_user),
-        "lane": model.lane,
-        "created_at": model.created_at,
-        "updated_at": model.updated_at,
-        "usage_today": usage_today(model, now),
-        "slots_in_use": slots.in_use(model.model_id),
-    }
+def _applicable_defaults(
+    request: ImageTaskRequest | VideoTaskRequest, defaults: dict[str, Any], requested: dict[str, Any]
+) -> dict[str, Any]:
+    """The defaults that fit this request: none may make a valid request one Ark refuses or crops."""
+    applicable = dict(defaults)
+    if isinstance(request, ImageTaskRequest):
+        if "max_images" in applicable:  # reference and generated images share one limit
+            room = IMAGE_MAX_TOTAL_IMAGES - len(request.images)
+            applicable["max_images"] = min(applicable["max_images"], room)
+        return applicable
+    if "frames" in requested:  # a request's frame count replaces any duration
+        applicable.pop("duration", None)
+    if request.images:  # Ark fits the ratio to the first frame unless the request says otherwise
+        applicable.pop("ratio", None)
+    return applicable
 
 
 def default_model_marker(model_id: str) -> str:
@@ -169,7 +171,7 @@ def default_model_marker(model_id: str) -> str:
 
 
 def ensure_default_models(clock: Clock = SYSTEM_CLOCK) -> list[str]:
-    """Create each default model once per deployment (`chalicelib.first_run`); returns the ids created.
+    """Create each default model once per deployment (`chalicelib.store.first_run`); returns the ids created.
 
     A default whose id already names a model is left as it is; one that was created before and deleted since is
     not created again.
@@ -192,3 +194,10 @@ def ensure_default_models(clock: Clock = SYSTEM_CLOCK) -> list[str]:
         if first_run.create_once(markers[default.model_id], model, ModelRecord.model_id.does_not_exist(), clock):
             created.append(default.model_id)
     return created
+
+
+@cache
+def ensure_default_models_once() -> None:
+    """The default models a deployment has never had, created; checked once per container (the call is cached once
+    it returns) by the scheduled sweeper, so a fresh stack on AWS gets its models within a minute of its deploy."""
+    ensure_default_models()

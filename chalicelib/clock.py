@@ -1,4 +1,4 @@
-"""Time in one place, so tests can move it instead of sleeping."""
+"""Time in one place, so tests can move it instead of sleeping, and the API's one time format."""
 
 from __future__ import annotations
 
@@ -12,22 +12,14 @@ class Clock:
         return time.time()
 
 
-class FrozenClock(Clock):
-    """A clock tests set and advance by hand."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self._now = time.time() if start is None else start
-
-    def now(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds
-
-
 SYSTEM_CLOCK = Clock()
 
 
 def iso(epoch: float) -> str:
     """ISO 8601 UTC with millisecond precision and a `Z`, the API's time format."""
     return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(epoch * 1000) % 1000:03d}Z"
+
+
+def epoch_of(iso_time: str) -> float:
+    """Epoch seconds of one of the API's ISO 8601 times."""
+    return datetime.fromisoformat(iso_time.replace("Z", "+00:00")).timestamp()

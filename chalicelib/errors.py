@@ -1,8 +1,15 @@
-"""Errors the API turns into `{"error": {"code", "message", "details"?}}` with their HTTP status."""
+"""Errors the API turns into `{"error": {"code", "message", "details"?}}` with their HTTP status, and the one shape
+of an error object, in API answers and in what a task records (`error`, `image_errors`, `results_copy_error`)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def error_object(code: str, message: str, **more: Any) -> dict[str, Any]:
+    """`{"code", "message", ...}`: an error as the API shows it and a task stores it (fields given as None are
+    left out)."""
+    return {"code": code, "message": message, **{name: value for name, value in more.items() if value is not None}}
 
 
 class ApiError(Exception):
@@ -21,10 +28,7 @@ class ApiError(Exception):
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.details is not None:
-            error["details"] = self.details
-        return {"error": error}
+        return {"error": error_object(self.code, self.message, details=self.details)}
 
 
 class BadRequest(ApiError):

@@ -25,9 +25,10 @@ from typing import Any
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, TransactWriteError, UpdateError
 from pynamodb.expressions.condition import Condition
 
-from chalicelib import db, slots, statemachine
-from chalicelib.auth import ensure_user_id, new_user_id
-from chalicelib.db import (
+from chalicelib.accounts.auth import ensure_user_id
+from chalicelib.ids import USER_ID_PREFIX, new_user_id
+from chalicelib.store import slots, statemachine, writes
+from chalicelib.store.records import (
     ConnectionRecord,
     IdempotencyRecord,
     QuotaRecord,
@@ -38,9 +39,7 @@ from chalicelib.db import (
     UserRecord,
     WsTicketRecord,
 )
-from chalicelib.validation import USER_ID_PATTERN
 
-_USER_ID_PREFIX = USER_ID_PATTERN[1:5]  # "usr_"
 # A counter raced by live traffic is tried again this many times before it is left for the next run.
 _MOVE_ATTEMPTS = 5
 
@@ -152,7 +151,7 @@ class UserIdMigration:
         leases = user_slot.holders.as_dict() if user_slot and user_slot.holders is not None else {}
         if task.task_id in leases:
             slots._ensure_record(new_key)
-        with db.transaction() as transaction:
+        with writes.transaction() as transaction:
             transaction.update(task, actions=actions, condition=unchanged)
             if owners.get(task.task_id) == name:
                 transaction.update(SlotRecord(task.model_id), actions=[SlotRecord.owners[task.task_id].set(owner_id)],
@@ -172,7 +171,7 @@ class UserIdMigration:
         that claimed its task while the task was being migrated is freed once that task no longer runs."""
         for record in SlotRecord.scan(consistent_read=True):
             _, marker, owner = record.model_id.partition("#user#")
-            if not marker or owner.startswith(_USER_ID_PREFIX) or owner in self.account_ids:
+            if not marker or owner.startswith(USER_ID_PREFIX) or owner in self.account_ids:
                 continue
             leases = record.holders.as_dict() if record.holders is not None else {}
             for task_id in leases:
@@ -212,7 +211,7 @@ class UserIdMigration:
             except DoesNotExist:
                 return
             try:
-                with db.transaction() as transaction:
+                with writes.transaction() as transaction:
                     transaction.update(QuotaRecord(new_key), actions=[
                         QuotaRecord.used.add(int(old.used)),
                         QuotaRecord.expires_at_epoch.set(QuotaRecord.expires_at_epoch | int(old.expires_at_epoch)),
@@ -233,7 +232,7 @@ class UserIdMigration:
             self.report.changed["idempotency keys"] += 1
             if self.dry_run:
                 continue
-            moved = IdempotencyRecord(f"{owner_id}#{key}", request_hash=record.request_hash, task_id=record.task_id,
+            moved = IdempotencyRecord(f"{owner_id}#{key}", fingerprint=record.fingerprint, task_id=record.task_id,
                                       status_code=record.status_code, response_body=record.response_body,
                                       expires_at_epoch=record.expires_at_epoch)
             try:
@@ -243,8 +242,8 @@ class UserIdMigration:
                     raise
             record.delete()
 
-    def _owned_by_name(self, model: Any, owner: Any, what: str) -> None:
-        for record in model.scan(consistent_read=True):
+    def _owned_by_name(self, record_class: Any, owner: Any, what: str) -> None:
+        for record in record_class.scan(consistent_read=True):
             owner_id = self._id_for_name(record.user_id)
             if owner_id is None:
                 continue
@@ -257,8 +256,8 @@ class UserIdMigration:
                 if not _is_conflict(error):
                     raise  # else gone meanwhile (closed, expired): nothing to move
 
-    def _delete_old_shape(self, model: Any, marker: Any, what: str) -> None:
-        for record in model.scan(filter_condition=marker.does_not_exist(), consistent_read=True):
+    def _delete_old_shape(self, record_class: Any, marker: Any, what: str) -> None:
+        for record in record_class.scan(filter_condition=marker.does_not_exist(), consistent_read=True):
             self.report.changed[what] += 1
             if not self.dry_run:
                 record.delete()

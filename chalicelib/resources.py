@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from chalicelib.ark.models import SEEDANCE_1_0_PRO, SEEDREAM_4_5
+from chalicelib.ark.model_ids import SEEDANCE_1_0_PRO, SEEDREAM_4_5
 
 AttributeType = Literal["S", "N"]
 TaskType = Literal["image", "video"]
@@ -38,6 +38,9 @@ class Table:
 
     def physical_name(self, prefix: str) -> str:
         return f"{prefix}-{self.logical_name}"
+
+    def index(self, name: str) -> Index:
+        return next(index for index in self.indexes if index.name == name)
 
     def create_table_args(self, prefix: str) -> dict[str, Any]:
         """Name, keys, indexes and billing, in the shape DynamoDB's CreateTable and CloudFormation's
@@ -86,7 +89,8 @@ def _key_schema(hash_key: Key, range_key: Key | None) -> list[dict[str, str]]:
 # Keyed by username (names are unique while they exist); `user_id`, never reused, is what owns everything else.
 USERS = Table("users", Key("username"))
 SESSIONS = Table("sessions", Key("session_id"), ttl_attribute="expires_at_epoch")
-# Login throttle counters; the key attribute keeps its first name, its values are `chalicelib.auth` throttle keys.
+# Login throttle counters; the key attribute keeps its first name, its values are throttle keys
+# (`chalicelib.accounts.auth`).
 LOGIN_ATTEMPTS = Table("login-attempts", Key("username"), ttl_attribute="expires_at_epoch")
 MODELS = Table("models", Key("model_id"))
 TASKS = Table(
@@ -114,7 +118,7 @@ CONNECTIONS = Table(
 )
 WS_TICKETS = Table("ws-tickets", Key("ticket_hash"), ttl_attribute="expires_at_epoch")
 UPLOADS = Table("uploads", Key("upload_id"), ttl_attribute="expires_at_epoch")
-# What a deployment did once and must never do again (`chalicelib.first_run`), e.g. create a default model.
+# What a deployment did once and must never do again (`chalicelib.store.first_run`), e.g. create a default model.
 MARKERS = Table("markers", Key("marker_id"))
 # Which task owns each Ark video task: written conditionally before a task records an Ark id, so no two tasks
 # ever hold one (reconciling a crashed create never adopts a video another task made).
@@ -155,7 +159,6 @@ class Lane:
     max_receives: int = 8
     # SQS wants visibility >= 6x the function timeout for Lambda event sources.
     visibility_timeout_s: int = field(default=0)
-    default_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.visibility_timeout_s:
@@ -184,7 +187,6 @@ LANES: tuple[Lane, ...] = (
         reserved_concurrency=8,
         maximum_concurrency=8,
         lambda_timeout_s=300,
-        default_models=("seedream-4.5",),
     ),
     Lane(
         "video",
@@ -194,7 +196,6 @@ LANES: tuple[Lane, ...] = (
         # Ark answers a video create in seconds, but this worker also streams the finished video (and its last
         # frame) from Ark into the bucket, which can take minutes for a large file.
         lambda_timeout_s=300,
-        default_models=("seedance-1.0-pro",),
     ),
 )
 

@@ -90,9 +90,10 @@ class Settings:
     internal_service_token: str = _secret("INTERNAL_SERVICE_TOKEN", required=False)
     ark_base_url: str = field(default_factory=lambda: os.environ.get("ARK_BASE_URL", DEFAULT_ARK_BASE_URL))
     ark_api_key: str = _secret("ARK_API_KEY")
-    # The first administrator's password (its name is ADMIN_USERNAME), used once per deployment (`chalicelib.seed`).
+    # The first administrator's password (its name is ADMIN_USERNAME), used once per deployment
+    # (`chalicelib.accounts.first_admin`).
     admin_password: str = _secret("ADMIN_PASSWORD", required=False)
-    # Where result files may be copied from (`chalicelib.downloads`): Ark's object storage (TOS) in China and for
+    # Where result files may be copied from (`chalicelib.media.downloads`): Ark's object storage (TOS) in China and for
     # BytePlus; the local stack adds its simulator's origin.
     ark_result_hosts: tuple[str, ...] = field(
         default_factory=lambda: _list("ARK_RESULT_HOSTS", "*.volces.com,*.bytepluses.com")
@@ -125,9 +126,6 @@ class Settings:
     retry_max_s: int = field(default_factory=lambda: _int("RETRY_MAX_SECONDS", 300))
     # Lane queue ARNs are built from it; on AWS the merge template points each event source at its queue.
     aws_account_id: str = field(default_factory=lambda: os.environ.get("AWS_ACCOUNT_ID", "123456789012"))
-
-    def table_name(self, logical_name: str) -> str:
-        return f"{self.resource_prefix}-{logical_name}"
 
 
 @lru_cache(maxsize=1)

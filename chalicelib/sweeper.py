@@ -1,4 +1,4 @@
-"""The scheduled sweeper: nothing stays `running` (or `queued`) forever.
+"""The scheduled sweeper: nothing stays `running` (or `queued`) forever (docs/design.md, "Leases and deadlines").
 
 Per model (a handful: the models table is read whole), it reads the slot record, whose holders are exactly the
 tasks that may be running, and the sparse `queued_by_model` index past the deadline; never a scan of tasks.
@@ -24,28 +24,23 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
-from chalicelib import catalog, queues, slots, statemachine
-from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.db import ModelRecord, TaskRecord
-from chalicelib.lanes import take_reconcile_round
-from chalicelib.settings import Settings, get_settings
-from chalicelib.slots import Holder
-from chalicelib.statemachine import StaleTask
-from chalicelib.video import (
-    CREATE_GRACE_S,
-    SUBMITTING,
-    VIDEO_DEADLINE_GRACE_S,
-    ArkView,
-    VideoService,
-    deadline_of,
-    epoch_of,
-)
+from chalicelib import catalog, queues
+from chalicelib.clock import SYSTEM_CLOCK, Clock, epoch_of, iso
+from chalicelib.errors import error_object
+from chalicelib.settings import Settings
+from chalicelib.store import slots, statemachine
+from chalicelib.store.errors import StaleTask, WriteFailed
+from chalicelib.store.records import ModelRecord, TaskRecord
+from chalicelib.store.slots import Holder
+from chalicelib.video.stages import CREATE_GRACE_S, SUBMITTING, VIDEO_DEADLINE_GRACE_S, deadline_of
+from chalicelib.video.status import ArkView, VideoStatus
+from chalicelib.video.submit import take_reconcile_round
 
 log = logging.getLogger(__name__)
 
-TIMEOUT_ERROR = {"code": "timeout", "message": "The task did not finish before its deadline."}
+TIMEOUT_ERROR = error_object("timeout", "The task did not finish before its deadline.")
 # What one task's trouble may raise; the sweep goes on with the others.
-_WRITE_FAILURES = (statemachine.WriteFailed, PynamoDBException, BotoCoreError, ClientError)
+_WRITE_FAILURES = (WriteFailed, PynamoDBException, BotoCoreError, ClientError)
 
 
 @dataclass
@@ -57,11 +52,10 @@ class SweepReport:
 
 
 class Sweeper:
-    def __init__(self, *, sqs: Any, video: VideoService, settings: Settings | None = None,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, *, sqs: Any, video: VideoStatus, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.sqs = sqs
         self.video = video
-        self.settings = settings or get_settings()
+        self.settings = settings
         self.clock = clock
 
     def sweep(self) -> SweepReport:

@@ -84,11 +84,11 @@ def _start_simulator(config: StackConfig) -> ChildProcess:
 
 
 def _seed_demo_data(config: StackConfig) -> None:
-    from chalicelib.seed import seed  # reads settings: import once the environment points at moto
+    from devstack.demo import create_demo_data  # reads settings: import once the environment points at moto
 
-    seed(
+    create_demo_data(
         admin=(config.admin.username, config.admin.password),
-        users=[config.demo],
+        accounts=[config.demo],
         default_models=True,
     )
 

@@ -401,7 +401,7 @@ class Access:
     # The stage's Secrets Manager secret (Ark key, signing key, first admin's password).
     reads_secret: bool = False
     # Sends Ark a task's inputs, signing those too large to go inline with the long-term key of the secret named
-    # by the `ArkInputsSigningSecret` parameter (`chalicelib.media.ark_input_signer`).
+    # by the `ArkInputsSigningSecret` parameter (`chalicelib.media.storage.ark_input_signer`).
     signs_ark_inputs: bool = False
     # Posting to (and closing) the stack's own WebSocket connections.
     posts_to_connections: bool = False
@@ -428,7 +428,7 @@ FUNCTION_ACCESS: dict[str, Access] = {
     **{lane_function_id(lane): _lane_access(lane) for lane in LANES},
     "VideoPoller": Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, media=PRESIGN,
                           reads_secret=True, posts_to_connections=True),
-    # It also creates the default models a deployment has never had (`chalicelib.first_run`).
+    # It also creates the default models a deployment has never had (`chalicelib.store.first_run`).
     "Sweeper": Access(writes=(*_TRANSITIONS, resources.MODELS, resources.MARKERS), sends_to_lanes=True,
                       media=PRESIGN, reads_secret=True, posts_to_connections=True),
     # Redeems a single-use ticket (read and delete it), checks that the session it was issued to is still live

@@ -222,16 +222,16 @@ class Bench:
         import boto3
         from chalice.local import ChaliceRequestHandler
 
-        from chalicelib import statemachine
-        from chalicelib.seed import seed
+        from chalicelib.store import statemachine
         from devstack import bootstrap
+        from devstack.demo import create_demo_data
         from devstack.processes import serving_in_thread
         from devstack.pump import pumping
         from devstack.rest import STAGE, load_app, make_rest_server
         from devstack.scheduler import scheduling
 
         bootstrap.create_all(boto3.session.Session(), self.prefix)
-        seed(admin=ADMIN, users=[(*USER_A, "user"), (*USER_B, "user")], default_models=True)
+        create_demo_data(admin=ADMIN, accounts=[(*USER_A, "user"), (*USER_B, "user")], default_models=True)
         loaded = load_app()
         # One access-log line per request would bury the figures.
         ChaliceRequestHandler.log_message = lambda *args, **kwargs: None  # type: ignore[method-assign]
@@ -248,32 +248,33 @@ class Bench:
 
     @staticmethod
     def _reconfigure(endpoints_changed: bool = False) -> None:
-        """Settings from the environment again; workers and services are rebuilt and warmed before use."""
-        from chalicelib import aws, db, lanes, video
+        """Settings from the environment again; workers and services are rebuilt and warmed before use (with new
+        endpoints, as a new container: nothing cached is kept)."""
+        from chalicelib import wiring
         from chalicelib.settings import reload_settings
 
-        settings = reload_settings()
         if endpoints_changed:
-            db.configure(settings)
-            aws.reset()
-        lanes.worker.cache_clear()
-        video.default_service.cache_clear()
+            wiring.new_container()
+        else:
+            reload_settings()
+            wiring.install(None)
+        services = wiring.current()
         for lane in LANES:
-            lanes.worker(lane.name)  # builds its HTTP and AWS clients now, not inside a measured run
-        video.default_service()
+            services.lane_worker(lane.name)  # builds its HTTP and AWS clients now, not inside a measured run
+        _ = services.video_status
 
     def _tag_callbacks(self) -> None:
         """Ark's callbacks are served by the REST threads: name them apart from task intake."""
-        from chalicelib.video import VideoService
+        from chalicelib.video.status import VideoStatus
 
-        original = VideoService.on_callback
+        original = VideoStatus.on_callback
         counter = self.counter
 
         def on_callback(service: Any, *args: Any, **kwargs: Any) -> Any:
             with counter.tagged("callback"):
                 return original(service, *args, **kwargs)
 
-        VideoService.on_callback = on_callback  # type: ignore[method-assign]
+        VideoStatus.on_callback = on_callback  # type: ignore[method-assign]
 
     def _login(self, user: tuple[str, str]) -> str:
         response = self.http.post("/api/users/login", json={"username": user[0], "password": user[1]})

@@ -1,12 +1,14 @@
-"""Shared fixtures: in-process moto with arkflow's resources, seeded users, and a Chalice test client."""
+"""Shared fixtures: in-process moto with arkflow's resources, seeded users, a Chalice test client, the local stack.
+
+The lanes' fixtures (the simulator, a wiring on a frozen clock) are `tests.lane_fixtures`; what tests send is
+`tests.factories`.
+"""
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -40,6 +42,10 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
 from devstack.testing import LocalStack, launch_local_stack  # noqa: E402
+from tests.api_client import Api  # noqa: E402
+from tests.factories import ADMIN, DEMO, OTHER  # noqa: E402
+
+pytest_plugins = ["tests.lane_fixtures"]
 
 
 @functools.cache
@@ -60,20 +66,13 @@ settings.register_profile("ci", settings.get_profile("default"), derandomize=Tru
 settings.register_profile("deep", max_examples=3000, stateful_step_count=80, print_blob=True, **_SLOW_EXAMPLES)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
-ADMIN = ("admin", "admin-pass")
-DEMO = ("demo", "demo-pass")
-OTHER = ("other", "other-pass")
 
 
 def reconfigure() -> None:
-    """Make settings, pynamodb models and boto3 clients pick the current environment up again."""
-    from chalicelib import aws, db, secret_store
-    from chalicelib.settings import reload_settings
+    """As a new container: settings, records and clients pick the current environment up again."""
+    from chalicelib import wiring
 
-    settings = reload_settings()
-    db.configure(settings)
-    aws.reset()
-    secret_store.reset()
+    wiring.new_container()
 
 
 @pytest.fixture
@@ -103,62 +102,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 
 @pytest.fixture
 def seeded(aws_resources: None) -> None:
-    from chalicelib.seed import seed
+    from devstack.demo import create_demo_data
 
-    seed(admin=ADMIN, users=[(*DEMO, "user"), (*OTHER, "user")], default_models=True)
-
-
-def user_id_of(username: str) -> str:
-    """The account id of the user holding `username` now (what owns its tasks, quotas and sockets)."""
-    from chalicelib.db import UserRecord
-
-    user_id = UserRecord.get(username, consistent_read=True).user_id
-    assert user_id
-    return user_id
-
-
-def principal_of(user: tuple[str, str]) -> Any:
-    """A fresh login session of `user`, as the API authenticates its requests (`chalicelib.auth.Principal`)."""
-    from chalicelib.auth import Authenticator
-
-    authenticator = Authenticator()
-    return authenticator.authenticate("Bearer " + authenticator.login(*user).token)
-
-
-class Api:
-    """The Chalice test client with JSON helpers and a remembered token per user."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.tokens: dict[str, str] = {}
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        body: Any = None,
-        *,
-        as_user: tuple[str, str] | None = None,
-        token: str | None = None,
-        headers: dict[str, str] | None = None,
-        raw: bytes | str | None = None,
-    ) -> Any:
-        all_headers = {"Content-Type": "application/json", **(headers or {})}
-        if as_user:
-            token = self.token(as_user)
-        if token:
-            all_headers["Authorization"] = f"Bearer {token}"
-        payload = raw if raw is not None else (json.dumps(body) if body is not None else None)
-        response = self.client.http.request(method, path, headers=all_headers, body=payload)
-        response.data = json.loads(response.body) if response.body else None
-        return response
-
-    def token(self, user: tuple[str, str]) -> str:
-        if user[0] not in self.tokens:
-            response = self.request("POST", "/api/users/login", {"username": user[0], "password": user[1]})
-            assert response.status_code == 200, response.body
-            self.tokens[user[0]] = response.data["token"]
-        return self.tokens[user[0]]
+    create_demo_data(admin=ADMIN, accounts=[(*DEMO, "user"), (*OTHER, "user")], default_models=True)
 
 
 @pytest.fixture

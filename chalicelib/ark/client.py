@@ -36,7 +36,7 @@ from chalicelib.ark.errors import (
     error_from_response,
     parse_retry_after,
 )
-from chalicelib.ark.models import SEEDANCE_1_0_PRO, SEEDREAM_4_5
+from chalicelib.ark.model_ids import SEEDANCE_1_0_PRO, SEEDREAM_4_5
 from chalicelib.settings import Settings
 
 log = logging.getLogger(__name__)

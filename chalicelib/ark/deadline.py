@@ -6,7 +6,7 @@ socket operation of an Ark call here waits at most until the call's deadline, wh
 
 * a client gives each call a budget of its own, and `call_deadline(at)` bounds every call made inside it further
   (a worker's remaining Lambda time, less the room it needs to record the outcome);
-* the clients' transport (`deadline_transport`, a `chalicelib.deadlines.DeadlineTransport`) reads the running
+* the clients' transport (`deadline_transport`, a `chalicelib.deadline_transport.DeadlineTransport`) reads the running
   call's deadline at every connect, read and write, and raises httpcore's timeout for that phase once it has
   passed.
 """
@@ -20,7 +20,7 @@ from contextvars import ContextVar
 
 import httpx
 
-from chalicelib.deadlines import DeadlineTransport
+from chalicelib.deadline_transport import DeadlineTransport
 
 _bound: ContextVar[float | None] = ContextVar("ark_call_bound", default=None)
 _running_call: ContextVar[float | None] = ContextVar("ark_running_call_deadline", default=None)

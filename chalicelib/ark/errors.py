@@ -65,10 +65,6 @@ class ArkError(Exception):
         status = f"HTTP {http_status} " if http_status is not None else ""
         super().__init__(f"Ark {status}{code}: {message} ({self.action})")
 
-    def as_task_error(self) -> dict[str, str]:
-        """The `error` a task records for this failure."""
-        return task_error(self.code, self.message)
-
 
 class ArkRetryableError(ArkError):
     action = "retry later with backoff"

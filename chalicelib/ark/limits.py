@@ -1,11 +1,12 @@
-"""Ark's documented limits for Seedream 4.5 and Seedance 1.0 pro (see shared ark-api.md, sections 2 and 3).
+"""Ark's documented limits for Seedream 4.5 and Seedance 1.0 pro (docs/ark.md: "Images", "Input images", "Videos",
+"Limits").
 
 The platform's own validation and the local Ark simulator both read these, so a limit is changed in one place.
 """
 
 from __future__ import annotations
 
-# --- Seedream 4.5 images (ark-api.md 2.1-2.3) ---
+# --- Seedream 4.5 images (docs/ark.md, "Images" and "Input images") ---
 IMAGE_SIZE_PRESETS = ("2K", "4K")  # `1K` is 4.0-family only; case-insensitive on the wire
 IMAGE_SIZE_PRESETS_4_0 = ("1K", "2K", "4K")
 IMAGE_DEFAULT_SIZE = "2048x2048"
@@ -26,7 +27,7 @@ IMAGE_RESPONSE_FORMATS = ("url", "b64_json")
 # The platform caps prompts so a typo cannot send megabytes upstream.
 PROMPT_MAX_CHARS = 4000
 
-# --- Seedance 1.0 pro video (ark-api.md 3.1-3.4) ---
+# --- Seedance 1.0 pro video (docs/ark.md, "Videos" and "Input images") ---
 VIDEO_RESOLUTIONS = ("480p", "720p", "1080p")
 VIDEO_DEFAULT_RESOLUTION = "1080p"
 VIDEO_RATIOS = ("16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive")
@@ -50,10 +51,9 @@ VIDEO_INPUT_MAX_SIDE_EXCLUSIVE = 6000
 VIDEO_INPUT_MAX_BYTES = 30 * 1024 * 1024
 VIDEO_MAX_BODY_BYTES = 64 * 1024 * 1024
 VIDEO_MAX_IMAGES = 2  # first frame, or first + last frame
-VIDEO_PROMPT_RECOMMENDED_CHARS = 500
 VIDEO_STATUSES = ("queued", "running", "cancelled", "succeeded", "failed", "expired")
 
-# Output pixel sizes of the Seedance 1.0 series (ark-api.md 3.4).
+# Output pixel sizes of the Seedance 1.0 series, as Ark's documentation tables them.
 VIDEO_OUTPUT_SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "16:9": {"480p": (864, 480), "720p": (1248, 704), "1080p": (1920, 1088)},
     "4:3": {"480p": (736, 544), "720p": (1120, 832), "1080p": (1664, 1248)},
@@ -63,7 +63,7 @@ VIDEO_OUTPUT_SIZES: dict[str, dict[str, tuple[int, int]]] = {
     "21:9": {"480p": (960, 416), "720p": (1504, 640), "1080p": (2176, 928)},
 }
 
-# --- Account limits (ark-api.md 3.9, 4.3) ---
+# --- Account limits (docs/ark.md, "Limits") ---
 SEEDREAM_IMAGES_PER_MINUTE = 500
 SEEDANCE_REQUESTS_PER_MINUTE = 600
 SEEDANCE_RUNNING_PER_ACCOUNT_MODEL = 10

@@ -24,6 +24,7 @@ from chalicelib.ark.errors import (
     ArkTransportError,
     error_shown,
     gave_up_error,
+    task_error,
     user_message,
 )
 
@@ -164,7 +165,7 @@ def test_a_huge_error_message_is_capped_with_a_marker(size):
     message = raised.value.message
     assert len(message.encode()) <= MAX_TEXT_BYTES
     assert message.startswith("éé") and re.search(r"\[… \d+ more bytes cut\]$", message)
-    stored = raised.value.as_task_error()
+    stored = task_error(raised.value.code, raised.value.message)
     assert stored["upstream_message"] == message
     assert len(json.dumps(stored).encode()) < 4 * MAX_TEXT_BYTES
 
@@ -192,7 +193,7 @@ def test_a_failed_video_tasks_huge_error_is_capped():
 def test_users_read_a_message_of_our_own_for_arks_codes_and_admins_read_arks_text():
     error = ArkError("InvalidEndpointOrModel.NotFound",
                      "The model or endpoint ep-20250101000000-abcde does not exist or you do not have access to it.")
-    stored = error.as_task_error()
+    stored = task_error(error.code, error.message)
     assert stored["code"] == "InvalidEndpointOrModel.NotFound"
     assert "ep-" not in stored["message"] and stored["message"] == user_message("InvalidEndpointOrModel.NotFound")
     assert "ep-" not in json.dumps(error_shown(stored, to_admin=False))

@@ -29,6 +29,7 @@ from chalicelib.ark.errors import (
     ArkServerError,
     ArkTransportError,
     parse_retry_after,
+    task_error,
     user_message,
 )
 from chalicelib.settings import Settings
@@ -38,7 +39,7 @@ from .conftest import API_KEY, VIDEO_MODEL, data_uri
 
 
 def fixture_client(status: int, body: object, headers: dict[str, str] | None = None) -> VolcImageClient:
-    """A client whose Ark answers one canned response, shaped as ark-api.md documents it."""
+    """A client whose Ark answers one canned response, shaped as docs/ark.md describes it."""
     transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body, headers=headers))
     return VolcImageClient("https://ark.example/api/v3", API_KEY, http=httpx.Client(transport=transport))
 
@@ -88,8 +89,8 @@ def test_invalid_parameters_are_permanent_and_carry_arks_code_and_message(ark):
     assert error.code == "InvalidParameter"
     assert error.http_status == 400
     assert "`size`" in error.message
-    assert error.as_task_error() == {"code": "InvalidParameter", "message": user_message("InvalidParameter"),
-                                     "upstream_message": error.message}
+    assert task_error(error.code, error.message) == {
+        "code": "InvalidParameter", "message": user_message("InvalidParameter"), "upstream_message": error.message}
 
 
 def test_input_moderation_is_a_permanent_sensitive_content_error(ark):

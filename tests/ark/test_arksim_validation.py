@@ -1,4 +1,4 @@
-"""The simulator's request validation: one case per limit documented in shared ark-api.md (sections 2, 3, 4)."""
+"""The simulator's request validation: one case per limit in docs/ark.md (images, videos, errors)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def assert_ok(response: httpx.Response) -> dict[str, Any]:
     return response.json()
 
 
-# --- common (checklist 1-2) ---------------------------------------------------------------------------------------
+# --- common ---------------------------------------------------------------------------------------------------
 
 def test_missing_or_malformed_authorization_is_401(sim):
     for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"}):
@@ -89,7 +89,7 @@ def test_body_must_be_a_json_object(sim):
     assert_error(response, 400, "InvalidParameter")
 
 
-# --- images (checklist 4-5) -----------------------------------------------------------------------------------------
+# --- images -----------------------------------------------------------------------------------------------------
 
 def test_prompt_is_required(sim):
     assert_error(image(sim, prompt=None), 400, "MissingParameter", "prompt")
@@ -196,7 +196,7 @@ def test_null_fields_count_as_absent(sim):
     assert_ok(image(sim, image=None, size=None, seed=None, watermark=None, stream=None))
 
 
-# --- video (checklist 9-11, 16) --------------------------------------------------------------------------------------
+# --- video -----------------------------------------------------------------------------------------------------------
 
 def test_content_is_required(sim):
     assert_error(video(sim, content=[]), 400, "MissingParameter", "content")

@@ -9,9 +9,10 @@ from dataclasses import replace
 import pytest
 from chalice.test import Client
 
-from chalicelib import catalog, first_run, seed
-from chalicelib.db import MarkerRecord, ModelRecord
+from chalicelib import catalog
 from chalicelib.resources import DEFAULT_MODELS
+from chalicelib.store import first_run
+from chalicelib.store.records import MarkerRecord, ModelRecord
 
 
 def model_ids() -> list[str]:
@@ -20,7 +21,7 @@ def model_ids() -> list[str]:
 
 @pytest.fixture
 def fresh_container(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(seed, "_default_models_checked", False)
+    catalog.ensure_default_models_once.cache_clear()
 
 
 def test_the_scheduled_sweeper_seeds_a_fresh_stack(aws_resources, fresh_container, monkeypatch) -> None:

@@ -33,9 +33,9 @@ from PIL import Image
 
 from arksim.server import RunningSimulator
 from arksim.testing import running_simulator
-from chalicelib import auth, aws, db, lanes, media, queues, secret_store, seed, video, ws
+from chalicelib import wiring
+from chalicelib.media import storage
 from chalicelib.resources import LANES
-from chalicelib.settings import reload_settings
 from devstack.bootstrap import create_queues, create_tables
 from infra.stages import STAGES, Stage
 from infra.template import MEDIA_BUCKET_ID, WEBSOCKET_API_ID
@@ -111,13 +111,7 @@ class Deployment:
         for name, value in environment.items():
             self.monkeypatch.setenv(name, value)
         self._variables_set = set(environment)
-        settings = reload_settings()
-        db.configure(settings)
-        for cached in (aws.client, secret_store.store, ws.management_client, lanes.worker, video.default_service,
-                       queues._queue_url, media._long_term_signer, auth._hasher, auth._decoy_hash):
-            cached.cache_clear()
-        self.monkeypatch.setattr(seed, "_first_admin_checked", False)
-        self.monkeypatch.setattr(seed, "_default_models_checked", False)
+        wiring.new_container()
         self.functions_run.add(function)
         with self.recorder.running(function):
             yield
@@ -243,7 +237,7 @@ def exercise(deployment: Deployment) -> None:
 
     # The lanes: an image generated and its results copied; a video created (its second frame too large to go
     # inline here, so it is signed by the long-term key), a cancelled task's message acknowledged.
-    run.monkeypatch.setattr(media, "ARK_INLINE_BYTES", len(data_uri(frame)))
+    run.monkeypatch.setattr(storage, "ARK_INLINE_BYTES", len(data_uri(frame)))
     run.run_lane("image", image["id"], failed["id"])
     assert run.task(image["id"])["status"]["S"] == "succeeded"
     run.run_lane("video", clip["id"], cancelled["id"])
@@ -302,9 +296,6 @@ def deployment(request: pytest.FixtureRequest, templates: dict[str, dict[str, An
         })
         monkeypatch.undo()
     reconfigure()
-    for cached in (ws.management_client, lanes.worker, video.default_service, queues._queue_url,
-                   media._long_term_signer, auth._hasher, auth._decoy_hash):
-        cached.cache_clear()
 
 
 def denied_calls(deployment: Deployment) -> dict[str, list[str]]:

@@ -37,13 +37,17 @@ def test_committed_chalice_config_matches_infra() -> None:
 
 
 @pytest.mark.abuse
-def test_config_gives_each_lane_function_its_timeout_memory_and_reserved_concurrency() -> None:
-    for stage in chalice_config()["stages"].values():
+def test_each_lane_function_is_packaged_with_its_timeout_memory_and_reserved_concurrency(
+    templates: dict[str, dict[str, Any]]
+) -> None:
+    """What Lambda is given, read from the packaged templates (not from the config they were made from)."""
+    for stage, template in templates.items():
+        resources = template["Resources"]
         for lane in LANES:
-            function = stage["lambda_functions"][lane.handler_name]
-            assert function["lambda_timeout"] == lane.lambda_timeout_s
-            assert function["lambda_memory_size"] == lane.lambda_memory_mb
-            assert function["reserved_concurrency"] == lane.reserved_concurrency
+            function = resources[lane_function_id(lane)]["Properties"]
+            assert (function["Timeout"], function["MemorySize"], function["ReservedConcurrentExecutions"]) == (
+                lane.lambda_timeout_s, lane.lambda_memory_mb, lane.reserved_concurrency), (stage, lane.name)
+    for stage in chalice_config()["stages"].values():
         assert "environment_variables" not in stage  # the local stack loads `dev`: see infra/stages.py
 
 

@@ -9,6 +9,7 @@ import sys
 import zipfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 from packaging.markers import default_environment
@@ -140,3 +141,19 @@ def test_a_body_the_app_accepts_fits_in_the_event_lambda_is_sent() -> None:
     }
     assert len(body.encode()) <= DEFAULT_MAX_BODY_BYTES
     assert len(json.dumps(event).encode()) < LAMBDA_PAYLOAD_LIMIT_BYTES
+
+
+@PACKAGED
+def test_the_functions_code_holds_the_app_and_every_chalicelib_module_and_nothing_local_only(
+    packaged: dict[str, Path], prod: dict[str, Any]
+) -> None:
+    """Every module under `chalicelib/` (its packages too) ships; the local stack, simulator and tests never do."""
+    code_uris = {resource["Properties"]["CodeUri"] for resource in prod["Resources"].values()
+                 if resource["Type"] == "AWS::Serverless::Function"}
+    assert len(code_uris) == 1  # every function runs the same app
+    with zipfile.ZipFile(packaged["prod"].parent / code_uris.pop()) as code:
+        shipped = set(code.namelist())
+    repo = Path(__file__).resolve().parents[2]
+    modules = {"app.py", *(str(path.relative_to(repo)) for path in (repo / "chalicelib").rglob("*.py"))}
+    assert modules - shipped == set()
+    assert [name for name in shipped if name.split("/")[0] in ("devstack", "arksim", "tests", "scripts")] == []

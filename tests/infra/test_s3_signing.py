@@ -17,10 +17,10 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from chalicelib import aws, media
-from chalicelib.auth import Principal
-from chalicelib.uploads import UPLOAD_FORM_TTL_S, UploadService
-from chalicelib.validation import UploadRequest
+from chalicelib import aws
+from chalicelib.media import storage
+from chalicelib.media.uploads import UPLOAD_FORM_TTL_S, UploadService
+from chalicelib.settings import get_settings
 from tests.conftest import reconfigure
 
 SIGV4 = "AWS4-HMAC-SHA256"
@@ -47,13 +47,13 @@ def _regional_host(region: str) -> str:
 
 def test_result_and_input_links_are_sigv4_on_the_regional_virtual_host(region: str) -> None:
     key = "tasks/t1/results/0.png"
-    url = media.presign_get(aws.s3(), media.s3_ref(os.environ["RESULTS_BUCKET"], key))
+    url = storage.presign_get(aws.s3(), storage.s3_ref(os.environ["RESULTS_BUCKET"], key))
     parts = urlsplit(url)
     query = {name: values[0] for name, values in parse_qs(parts.query).items()}
     assert (parts.scheme, parts.netloc, parts.path) == ("https", _regional_host(region), f"/{key}")
     assert query["X-Amz-Algorithm"] == SIGV4
     assert query["X-Amz-Credential"].endswith(f"/{region}/s3/aws4_request")
-    assert int(query["X-Amz-Expires"]) == media.PRESIGNED_URL_TTL_S
+    assert int(query["X-Amz-Expires"]) == storage.PRESIGNED_URL_TTL_S
     assert "X-Amz-Security-Token" in query  # Lambda's role credentials are temporary: the token must travel along
     assert not {"AWSAccessKeyId", "Signature", "Expires"} & set(query)
 
@@ -73,10 +73,10 @@ def test_inputs_signed_for_ark_by_the_long_term_key_are_sigv4_on_the_regional_vi
     secret = boto3.client("secretsmanager").create_secret(Name="ark-inputs-signer", SecretString=json.dumps(
         {"access_key_id": INPUTS_SIGNER_KEY_ID, "secret_access_key": "long-term-secret-key-of-the-inputs-user"}))
     monkeypatch.setenv("ARK_INPUTS_SIGNING_SECRET", secret["Name"])
-    monkeypatch.setattr(media, "ARK_INLINE_BYTES", 0)
+    monkeypatch.setattr(storage, "ARK_INLINE_BYTES", 0)
     reconfigure()
 
-    [url] = media.urls_for_ark(aws.s3(), [media.s3_ref(bucket, key)])
+    [url] = storage.urls_for_ark(aws.s3(), [storage.s3_ref(bucket, key)], get_settings())
 
     parts = urlsplit(url)
     query = {name: values[0] for name, values in parse_qs(parts.query).items()}
@@ -84,15 +84,13 @@ def test_inputs_signed_for_ark_by_the_long_term_key_are_sigv4_on_the_regional_vi
     assert query["X-Amz-Algorithm"] == SIGV4
     assert query["X-Amz-Credential"].startswith(f"{INPUTS_SIGNER_KEY_ID}/")
     assert query["X-Amz-Credential"].endswith(f"/{region}/s3/aws4_request")
-    assert int(query["X-Amz-Expires"]) == media.ARK_INPUT_URL_TTL_S
+    assert int(query["X-Amz-Expires"]) == storage.ARK_INPUT_URL_TTL_S
     assert not {"X-Amz-Security-Token", "AWSAccessKeyId", "Signature", "Expires"} & set(query)
 
 
 def test_browser_upload_form_is_sigv4_on_the_regional_virtual_host(region: str) -> None:
     before = time.time()
-    form = UploadService(s3=aws.s3()).create(
-        Principal(user_id="demo-id", username="demo", role="user"), UploadRequest(content_type="image/png", size=1000)
-    ).body()
+    form = UploadService(s3=aws.s3(), settings=get_settings()).create("demo-id", "image/png", 1000).body()
     after = time.time()
     assert form["url"] == f"https://{_regional_host(region)}/"
     fields = form["fields"]
@@ -112,7 +110,7 @@ def test_an_endpoint_override_is_addressed_by_path(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://localhost:5999")
     aws.reset()
     try:
-        url = media.presign_get(aws.s3(), "s3://arkflow-dev-media/tasks/t1/results/0.png")
+        url = storage.presign_get(aws.s3(), "s3://arkflow-dev-media/tasks/t1/results/0.png")
     finally:
         monkeypatch.undo()
         aws.reset()

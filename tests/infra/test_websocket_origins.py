@@ -8,12 +8,11 @@ from typing import Any
 
 import pytest
 
-from chalicelib import aws
+from chalicelib import wiring
+from chalicelib.live import LiveUpdates
 from chalicelib.settings import Settings
-from chalicelib.tasks import TaskService
-from chalicelib.ws import LiveUpdates
 from infra.template import PARAMETERS
-from tests.conftest import DEMO, principal_of
+from tests.factories import DEMO, principal_of
 
 WEB_APP = "https://app.example.com"
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -23,7 +22,7 @@ def _connect(origin: str, ws_allowed_origins: str, monkeypatch: pytest.MonkeyPat
     # What the stack sets for every function: both parameters, the second one as given (empty by default).
     monkeypatch.setenv("CORS_ORIGINS", WEB_APP)
     monkeypatch.setenv("WS_ALLOWED_ORIGINS", ws_allowed_origins)
-    live = LiveUpdates(TaskService(s3=aws.s3(), sqs=aws.sqs()), settings=Settings())
+    live = LiveUpdates(wiring.current().bodies, settings=Settings())
     event: dict[str, Any] = {
         "headers": {"Origin": origin},
         "queryStringParameters": {"ticket": live.tickets.issue(principal_of(DEMO)).ticket},

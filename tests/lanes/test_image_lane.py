@@ -9,14 +9,17 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from chalicelib import aws, slots
+from chalicelib import aws
 from chalicelib.ark.client import VolcImageClient
 from chalicelib.ark.errors import ArkError, ArkQuotaExhaustedError
-from chalicelib.db import TaskRecord
-from chalicelib.lanes import Retry, _wake, wake_next
+from chalicelib.lanes.messages import Retry
+from chalicelib.lanes.waits import Waker
 from chalicelib.resources import lane_named
-from tests.conftest import ADMIN, DEMO, OTHER, user_id_of
-from tests.lanes.conftest import ARK_KEY, IMAGE_MODEL, IMAGE_TASK, Lanes, record_for
+from chalicelib.settings import get_settings
+from chalicelib.store import slots
+from chalicelib.store.records import TaskRecord
+from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, user_id_of
+from tests.lane_fixtures import ARK_KEY, Lanes, record_for
 
 IMAGE_LANE = lane_named("image")
 
@@ -54,7 +57,7 @@ def test_duplicate_delivery_while_the_first_is_at_ark_makes_one_call(lanes: Lane
     first = lanes.receive_for("image", task_id)
     worker = lanes.worker("image")
     images = ImagesCallingBack(lanes.ark.base_url, lambda: worker.handle([duplicate]))
-    worker = lanes.worker("image", images=images)
+    worker = lanes.worker("image", image_client=images)
 
     assert worker.handle([first]) == {"batchItemFailures": []}
     # The duplicate found it claimed and came back for later instead of calling Ark.
@@ -133,7 +136,7 @@ def test_a_released_slot_wakes_the_oldest_waiting_task_at_once(lanes: Lanes) -> 
     worker = lanes.worker("image")
     images = ImagesCallingBack(lanes.ark.base_url, lambda: worker.handle(deferred))
 
-    lanes.worker("image", images=images).handle([lanes.receive_for("image", running)])
+    lanes.worker("image", image_client=images).handle([lanes.receive_for("image", running)])
 
     assert images.seen == [{"batchItemFailures": [{"itemIdentifier": record["messageId"]} for record in deferred]}]
     assert lanes.task(running).status == "succeeded"
@@ -155,12 +158,13 @@ def test_each_released_slot_wakes_a_different_waiting_task(lanes: Lanes) -> None
 
     for holder in ("tsk_running_1", "tsk_running_2"):
         slots.release(IMAGE_MODEL, holder)
-        wake_next(TaskRecord(holder, model_id=IMAGE_MODEL))
+        Waker(sqs=aws.sqs()).wake_next(TaskRecord(holder, model_id=IMAGE_MODEL))
 
     assert sorted(_task_ids(lanes.receive("image"))) == sorted(waiting[:2])
     # Two releases that read the same oldest task at once: only one of them wakes it.
     read_by_both = lanes.task(waiting[2])
-    assert [_wake(read_by_both), _wake(read_by_both)] == [True, False]
+    waker = Waker(sqs=aws.sqs())
+    assert [waker.wake(read_by_both), waker.wake(read_by_both)] == [True, False]
 
 
 def test_a_deferred_message_already_visible_again_counts_as_woken(lanes: Lanes, monkeypatch: Any) -> None:
@@ -181,9 +185,7 @@ def test_a_deferred_message_already_visible_again_counts_as_woken(lanes: Lanes, 
             raise ClientError({"Error": {"Code": "AWS.SimpleQueueService.MessageNotInflight", "Message": "x"}},
                               "ChangeMessageVisibility")
 
-    monkeypatch.setattr(aws, "sqs", DeferralOver)
-    assert _wake(lanes.task(waiting))
-    monkeypatch.undo()
+    assert Waker(sqs=DeferralOver()).wake(lanes.task(waiting))
     attributes = aws.sqs().get_queue_attributes(QueueUrl=_queue_url(), AttributeNames=["All"])["Attributes"]
     assert attributes["ApproximateNumberOfMessages"] == "0"  # no second copy was sent
 
@@ -198,7 +200,7 @@ def test_a_released_slot_skips_waiting_tasks_whose_user_is_at_the_cap(lanes: Lan
     assert len(lanes.worker("image").handle(records)["batchItemFailures"]) == 2
 
     slots.release(IMAGE_MODEL, "tsk_other_running", user_id_of(OTHER[0]))
-    wake_next(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL))
+    Waker(sqs=aws.sqs()).wake_next(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL))
 
     # Demo's task waited longer, but demo still runs one: the freed slot goes to the other user's task.
     woken = lanes.receive("image")
@@ -206,22 +208,6 @@ def test_a_released_slot_skips_waiting_tasks_whose_user_is_at_the_cap(lanes: Lan
     lanes.worker("image").handle(woken)
     assert lanes.task(other_waiting).status == "succeeded" and lanes.task(demo_waiting).status == "queued"
 
-
-@pytest.mark.abuse
-def test_an_admin_changing_concurrency_applies_to_the_next_acquire(lanes: Lanes) -> None:
-    lanes.set_model(IMAGE_MODEL, concurrency=2)
-    slots.acquire(IMAGE_MODEL, "tsk_running_elsewhere", 2, lanes.clock.now() + 60)
-    lowered, raised = lanes.submit(IMAGE_TASK), lanes.submit(IMAGE_TASK)
-    worker = lanes.worker("image")
-
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    assert isinstance(worker.process(_delivery(lanes.receive_for("image", lowered))), Retry)
-    assert lanes.task(lowered).status == "queued"
-
-    lanes.set_model(IMAGE_MODEL, concurrency=3)
-    assert worker.handle([lanes.receive_for("image", raised)]) == {"batchItemFailures": []}
-    assert lanes.task(raised).status == "succeeded"
-    assert lanes.ark.stats()["max_in_flight"]["doubao-seedream-4-5-251128"] == 1
 
 
 def test_the_per_user_cap_keeps_one_users_burst_from_taking_every_slot(lanes: Lanes) -> None:
@@ -285,26 +271,6 @@ def test_a_permanent_error_fails_the_task_with_arks_code(lanes: Lanes) -> None:
     assert slots.in_use(IMAGE_MODEL) == 0
 
 
-@pytest.mark.abuse
-def test_after_max_receives_the_task_fails_and_the_message_lands_in_the_dlq(lanes: Lanes) -> None:
-    lanes.ark.configure(server_error_fraction=1.0)  # retry_base_s=0: every retry is visible again at once
-    task_id = lanes.submit(IMAGE_TASK)
-    worker = lanes.worker("image")
-
-    for _ in range(IMAGE_LANE.max_receives):
-        assert lanes.task(task_id).status == "queued"
-        answer = worker.handle([lanes.receive_for("image", task_id)])
-        assert len(answer["batchItemFailures"]) == 1
-
-    body = lanes.get(task_id)
-    assert body["status"] == "failed" and body["error"]["code"] == "upstream_unavailable"
-    assert "InternalServiceError" in body["error"]["message"]
-    assert lanes.ark_calls("images.generate") == IMAGE_LANE.max_receives
-    assert lanes.receive("image") == []  # this receive moved it to the DLQ
-    dlq_url = aws.sqs().get_queue_url(QueueName=IMAGE_LANE.dlq_name(lanes.settings.resource_prefix))["QueueUrl"]
-    dead = aws.sqs().receive_message(QueueUrl=dlq_url)["Messages"]
-    assert [json.loads(message["Body"])["task_id"] for message in dead] == [task_id]
-
 
 @pytest.mark.abuse
 def test_a_task_that_only_met_rate_limits_gets_its_quota_request_back(lanes: Lanes) -> None:
@@ -351,7 +317,7 @@ def test_a_task_ark_refused_for_good_fails_with_arks_code_and_gets_its_quota_req
     lanes: Lanes, refusal: ArkError
 ) -> None:
     task_id = lanes.submit(IMAGE_TASK)
-    lanes.worker("image", images=RefusingImages(lanes.ark.base_url, refusal)).handle(
+    lanes.worker("image", image_client=RefusingImages(lanes.ark.base_url, refusal)).handle(
         [lanes.receive_for("image", task_id)])
 
     assert lanes.get(task_id)["error"]["code"] == refusal.code
@@ -367,9 +333,9 @@ def test_a_task_ark_rejected_after_reading_it_keeps_its_quota_request(lanes: Lan
 
 def _used_today(lanes: Lanes) -> int:
     from chalicelib import catalog
-    from chalicelib.db import ModelRecord
+    from chalicelib.store.records import ModelRecord
 
-    return catalog.usage_today(ModelRecord.get(IMAGE_MODEL), lanes.clock.now())["used"]
+    return catalog.usage_today(ModelRecord.get(IMAGE_MODEL), lanes.clock.now(), get_settings().quota_timezone)["used"]
 
 
 def test_a_task_cancelled_before_its_message_arrives_never_reaches_ark(lanes: Lanes) -> None:
@@ -382,9 +348,9 @@ def test_a_task_cancelled_before_its_message_arrives_never_reaches_ark(lanes: La
 
 def test_the_lambda_handler_answers_with_batch_item_failures(lanes: Lanes, monkeypatch: Any) -> None:
     from app import app
-    from chalicelib import lanes as lanes_module
+    from chalicelib import wiring
 
-    monkeypatch.setattr(lanes_module, "worker", lambda name: lanes.worker(name))
+    wiring.install(lanes.wiring())  # the container's: the lanes' workers (the fixture puts its own back after)
     lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
     slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
                   user_cap=1)
@@ -412,7 +378,7 @@ def _queue_url() -> str:
 
 
 def _delivery(record: dict[str, Any]) -> Any:
-    from chalicelib.lanes import Delivery
+    from chalicelib.lanes.messages import Delivery
 
     return Delivery.of(record)
 

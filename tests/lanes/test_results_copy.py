@@ -10,26 +10,29 @@ import boto3
 import httpx
 import pytest
 
-from chalicelib import media, results
-from chalicelib.downloads import Downloads, ResultHosts
-from chalicelib.lanes import MIN_COPY_TIME_S, Delivery
-from tests.lanes.conftest import IMAGE_TASK, VIDEO_TASK, Lanes, record_for
-from tests.lanes.test_video_lane import ark_status, callback_token, post_callback, submitted
+from chalicelib.lanes.images import MIN_COPY_TIME_S
+from chalicelib.lanes.messages import Delivery
+from chalicelib.media import results, storage
+from chalicelib.media.downloads import Downloads, ResultHosts
+from tests.factories import IMAGE_TASK
+from tests.factories import SHORT_VIDEO_TASK as VIDEO_TASK
+from tests.lane_fixtures import Lanes, record_for
 from tests.polling import wait_for
+from tests.video.test_video_lane import ark_status, callback_token, post_callback, submitted
 
 JPEG_MAGIC, PNG_MAGIC = b"\xff\xd8", b"\x89PNG"
 
 
 def stored_object(lanes: Lanes, ref: str, task_id: str) -> dict:
     """The object behind `ref`, checked to be in the bucket under the task's results."""
-    assert media.is_s3_ref(ref), ref
-    bucket, key = media.split_s3_ref(ref)
+    assert storage.is_s3_ref(ref), ref
+    bucket, key = storage.split_s3_ref(ref)
     assert bucket == lanes.settings.media_bucket and key.startswith(f"tasks/{task_id}/results/")
     return boto3.client("s3").get_object(Bucket=bucket, Key=key)
 
 
 def is_presigned_for(url: str, ref: str) -> bool:
-    _, key = media.split_s3_ref(ref)
+    _, key = storage.split_s3_ref(ref)
     parts = urlsplit(url)
     return parts.path.endswith(key) and "Signature" in parts.query
 
@@ -57,7 +60,7 @@ def test_an_image_call_that_used_most_of_the_lambda_leaves_the_copy_to_a_fresh_m
     assert lanes.worker("image").process(almost_out_of_time) is None
 
     task = lanes.task(task_id)
-    assert task.status == "succeeded" and not media.is_s3_ref(task.result_urls[0])
+    assert task.status == "succeeded" and not storage.is_s3_ref(task.result_urls[0])
     assert task.results_copy_error is None
     assert lanes.run("image") == {"batchItemFailures": []}  # the fresh message, with a whole invocation
     stored_object(lanes, lanes.task(task_id).result_urls[0], task_id)
@@ -151,7 +154,7 @@ def test_a_video_the_poller_finds_succeeded_is_copied_by_its_lane(lanes: Lanes) 
     lanes.clock.advance(lanes.settings.video_poll_interval_s)
 
     assert lanes.video().poll_due(budget_s=10) == 1
-    assert not media.is_s3_ref(lanes.task(task_id).video_url)  # the poller itself streams nothing
+    assert not storage.is_s3_ref(lanes.task(task_id).video_url)  # the poller itself streams nothing
     assert lanes.run("video") == {"batchItemFailures": []}
 
     assert_video_copied(lanes, task_id)
@@ -184,5 +187,5 @@ def test_without_a_bucket_results_stay_at_ark_and_no_copy_is_requested(lanes: La
     assert lanes.video().poll_due(budget_s=10) == 1
 
     task = lanes.task(task_id)
-    assert task.status == "succeeded" and not media.is_s3_ref(task.video_url)
+    assert task.status == "succeeded" and not storage.is_s3_ref(task.video_url)
     assert lanes.receive("video") == []

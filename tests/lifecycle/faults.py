@@ -36,7 +36,7 @@ from botocore.exceptions import ClientError
 
 from arksim.app import create_app
 from arksim.simulator import Simulator
-from chalicelib.db import TaskRecord
+from chalicelib.store.records import TaskRecord
 
 # How long (real seconds) the model waits for an actor to end or stall before calling it hung.
 ACTOR_HANG_S = 60.0

@@ -6,8 +6,8 @@ lane workers, the poller and the sweeper, and the Ark simulator, all on one cloc
 simulator and clock made. The code under test is the deployed code, wired as `app.py` wires it; the test seams are
 those it already has (clients, settings and clocks it takes), plus patches of process-wide singletons:
 `chalicelib.clock.SYSTEM_CLOCK.now` (what the routes read), moto's SQS clock (visibility timeouts follow the
-model's clock), `video.default_service` (the routes' Ark client), and `tasks.new_task_id` (ids in a fixed order,
-so an example replays exactly).
+model's clock), the container's wiring (`chalicelib.wiring.install`: the routes use the world's services), and
+`ids.new_task_id` (ids in a fixed order, so an example replays exactly).
 
 What the model checks is read straight from moto's in-memory tables (`Tables`): no DynamoDB call of its own, so
 the faults it injects and the system's operation counts see only the system's own calls.
@@ -41,19 +41,22 @@ import arksim.video
 from arksim.clock import SimClock
 from arksim.config import SimConfig
 from arksim.simulator import Simulator
-from chalicelib import aws, lanes, queues, slots, statemachine, tasks, video
+from chalicelib import aws, ids, queues, wiring
 from chalicelib.ark import client as ark_client
 from chalicelib.ark import deadline as ark_deadline
 from chalicelib.ark.client import VIDEO_TIMEOUT, VolcImageClient, VolcVideoClient
 from chalicelib.clock import SYSTEM_CLOCK, Clock
-from chalicelib.db import ModelRecord, QuotaRecord, SlotRecord, TaskRecord
-from chalicelib.downloads import Downloads, ResultHosts
-from chalicelib.lanes import LaneWorker
+from chalicelib.lanes import images as lane_images
+from chalicelib.lanes import worker as lane_worker
+from chalicelib.media.downloads import Downloads, ResultHosts
 from chalicelib.resources import LANES, MEDIA_BUCKET, lane_named
 from chalicelib.settings import Settings, get_settings
-from chalicelib.sweeper import Sweeper
-from chalicelib.video import VideoService
-from tests.conftest import ADMIN, DEMO, OTHER, Api, reconfigure
+from chalicelib.store import slots, statemachine
+from chalicelib.store.records import ModelRecord, QuotaRecord, SlotRecord, TaskRecord
+from chalicelib.wiring import Wiring
+from tests.api_client import Api
+from tests.conftest import reconfigure
+from tests.factories import ADMIN, DEMO, OTHER
 from tests.lifecycle.faults import Actor, ArkDoor, ArkObserver, Fault, Stage, dynamodb_faults
 
 # 2026-01-01T00:00:00.250Z: a start with a fraction of a second, as any real clock has.
@@ -178,16 +181,17 @@ class World:
         self.images = VolcImageClient(ARK_BASE_URL, ARK_KEY, http=http)
         self.videos = VolcVideoClient(ARK_BASE_URL, ARK_KEY, http=http)
         self.sqs, self.s3 = aws.sqs(), aws.s3()
-        self.video = VideoService(self.videos, s3=self.s3, sqs=self.sqs, settings=self.settings, clock=self.clock)
-        self.sweeper = Sweeper(sqs=self.sqs, video=self.video, settings=self.settings, clock=self.clock)
-        self.workers = {lane.name: LaneWorker(lane, sqs=self.sqs, s3=self.s3, images=self.images,
-                                              videos=self.videos, settings=self.settings, clock=self.clock,
-                                              rng=random.Random(lane.name), downloads=self.downloads)
-                        for lane in LANES}
+        # The app's services as a container wires them, on the model's clock and Ark; the routes use them too.
+        self.services = Wiring(self.settings, clock=self.clock, s3=self.s3, sqs=self.sqs, image_client=self.images,
+                               video_client=self.videos, downloads=self.downloads, rng_for=random.Random)
+        self.video = self.services.video_status
+        self.sweeper = self.services.sweeper
+        self.workers = {lane.name: self.services.lane_worker(lane.name) for lane in LANES}
+        wiring.install(self.services)
         self._task_ids = itertools.count(1)
 
     def new_task_id(self) -> str:
-        """Ids in creation order (the same 26 base-32 characters `tasks.new_task_id` makes)."""
+        """Ids in creation order (the same 26 base-32 characters `ids.new_task_id` makes)."""
         number = next(self._task_ids).to_bytes(16, "big")
         return "tsk_" + base64.b32encode(number).decode().rstrip("=").lower()
 
@@ -355,10 +359,10 @@ class Environment:
             from devstack.bootstrap import create_all
 
             create_all(boto3, get_settings().resource_prefix)
-            from chalicelib.seed import seed
+            from devstack.demo import create_demo_data
 
-            seed(admin=ADMIN, users=[(*DEMO, "user"), (*OTHER, "user")], default_models=True)
-            from app import app  # first: it adds its own listener to the state machine's
+            create_demo_data(admin=ADMIN, accounts=[(*DEMO, "user"), (*OTHER, "user")], default_models=True)
+            from app import app
 
             self._patch_singletons()
             with Client(app) as client, dynamodb_faults(self.stage):
@@ -414,10 +418,9 @@ class Environment:
         # Ark calls' deadlines and the lanes' time budget count on the model's clock, as everything else does: a call
         # held at Ark answers within its deadline however long the model runs meanwhile.
         model_time = SimpleNamespace(monotonic=self._now)
-        for module in (ark_client, ark_deadline, lanes):
+        for module in (ark_client, ark_deadline, lane_worker, lane_images):
             patch.setattr(module, "time", model_time)
-        patch.setattr(video, "default_service", lambda: self._current().video)
-        patch.setattr(tasks, "new_task_id", lambda: self._current().new_task_id())
+        patch.setattr(ids, "new_task_id", lambda: self._current().new_task_id())
 
         real_acquire, real_release, real_step = slots.acquire, slots.release, arksim.video.step
 

@@ -6,7 +6,7 @@ the poller and the sweeper run; Ark's callbacks arrive late, twice and out of or
 admins change task statuses, models and users; the clock jumps across leases and deadlines; and any run may
 crash, stall, meet a DynamoDB error or a malformed Ark answer at any of its operations (`tests.lifecycle.faults`).
 
-The `Referee` hears every transition (a `chalicelib.statemachine` listener), every slot taken and given back, and
+The `Referee` hears every transition (a `chalicelib.store.statemachine` listener), every slot taken and given back, and
 every call at Ark's door, and checks the promises at the moment they could break; the rest it checks after every
 step from the tables and the simulator, and once more after draining. Each promise has its own exception class,
 so Hypothesis shrinks a failing run per promise broken and reports each of them.
@@ -32,10 +32,11 @@ from hypothesis.stateful import (
 )
 
 import arksim.video
-from chalicelib import media, slots
-from chalicelib.db import TaskRecord
-from chalicelib.statemachine import CANCELLED, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
-from chalicelib.video import epoch_of
+from chalicelib.clock import epoch_of
+from chalicelib.media import storage
+from chalicelib.store import slots
+from chalicelib.store.records import TaskRecord
+from chalicelib.store.statemachine import CANCELLED, EXPIRED, FAILED, QUEUED, RUNNING, SUCCEEDED, TERMINAL
 from tests.lifecycle.faults import (
     DYNAMODB_ERRORS,
     FAULT_TARGETS,
@@ -539,7 +540,7 @@ class Referee:
             if task.status != SUCCEEDED or task.task_id in self.operator_results:
                 continue
             urls = [*(task.result_urls or []), task.video_url, task.last_frame_url]
-            if task.results_copy_error is None and not all(media.is_s3_ref(url) for url in urls if url):
+            if task.results_copy_error is None and not all(storage.is_s3_ref(url) for url in urls if url):
                 self.violate(NotDrained, f"{task.task_id} succeeded, but its results stay at Ark with no "
                                          "results_copy_error")
         self.check()

@@ -1,0 +1,189 @@
+"""The glue between Chalice routes and the services: auth, JSON bodies, one error format, CORS."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from chalice import Chalice, Response
+from chalice.app import Request
+from pynamodb.exceptions import PynamoDBException, TransactWriteError
+
+from chalicelib.accounts.auth import Authenticator, Principal, require_admin
+from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge, Unavailable, error_object
+from chalicelib.ids import path_parameter
+from chalicelib.schemas import MAX_JSON_DEPTH, json_depth
+from chalicelib.settings import get_settings
+from chalicelib.store.writes import transaction_conflicted
+
+logger = logging.getLogger(__name__)
+
+Access = Literal["public", "user", "admin", "admin_or_service"]
+ALLOWED_HEADERS = "Authorization,Content-Type,Idempotency-Key"
+ALLOWED_METHODS = "GET,POST,PUT,DELETE,OPTIONS"
+# AWS's answers that say "not now" (overloaded, failing, a write under way on the item): the same request may pass.
+_TRANSIENT_AWS_CODES = frozenset({
+    "InternalServerError", "ServiceUnavailable", "ThrottlingException", "ProvisionedThroughputExceededException",
+    "RequestLimitExceeded", "TransactionConflictException", "TransactionInProgressException",
+})
+STORE_RETRY_AFTER_S = 1
+
+
+def store_unavailable(error: BaseException) -> bool:
+    """Whether `error` is AWS (DynamoDB above all) failing for now, not a request it judged: a 5xx or throttling
+    answer, a transaction cancelled only by conflicts, or no answer at all (the endpoint out of reach, a timeout).
+    A failed condition, a missing item or a refused request are not: escaping a route, those are bugs."""
+    if isinstance(error, TransactWriteError) and transaction_conflicted(error):
+        return True
+    if isinstance(error, PynamoDBException):
+        return error.cause is not None and store_unavailable(error.cause)
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return error.response.get("Error", {}).get("Code") in _TRANSIENT_AWS_CODES or status >= 500
+    return isinstance(error, BotocoreConnectionError | HTTPClientError)
+
+
+@dataclass
+class RequestContext:
+    request: Request
+    principal: Principal | None
+    _body: Any = field(default=None, init=False)
+    _body_read: bool = field(default=False, init=False)
+
+    @property
+    def user(self) -> Principal:
+        assert self.principal is not None, "route declared public but reads the user"
+        return self.principal
+
+    def json(self, max_bytes: int | None = None) -> Any:
+        """The decoded JSON body; before decoding, 413 when larger than `max_bytes` (default `MAX_BODY_BYTES`)
+        and 400 when nested deeper than any request needs; 400 when malformed."""
+        if not self._body_read:
+            raw = self.request.raw_body or b""
+            limit = min(max_bytes or get_settings().max_body_bytes, get_settings().max_body_bytes)
+            if len(raw) > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.", details={"limit_bytes": limit})
+            if not raw.strip():
+                raise BadRequest("A JSON body is required.", code="malformed_json")
+            if json_depth(raw) > MAX_JSON_DEPTH:
+                # json.loads recurses per level and raises RecursionError (not ValueError) near 1,000 levels.
+                raise BadRequest(f"The request body nests deeper than {MAX_JSON_DEPTH} levels.",
+                                 code="malformed_json", details={"max_depth": MAX_JSON_DEPTH})
+            try:
+                self._body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+                raise BadRequest("The request body is not valid JSON.", code="malformed_json") from exc
+            self._body_read = True
+        return self._body
+
+    def source_address(self) -> str | None:
+        """The client's address as API Gateway saw the connection (never a client-set header)."""
+        identity = (self.request.context or {}).get("identity") or {}
+        return identity.get("sourceIp")
+
+    def query(self) -> dict[str, str]:
+        return dict(self.request.query_params or {})
+
+    def header(self, name: str) -> str | None:
+        return self.request.headers.get(name)
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(body=body, status_code=status, headers={"Content-Type": "application/json", **(headers or {})})
+
+
+class Http:
+    """Wraps view functions: authenticates, maps `ApiError` to the one error body, adds CORS headers."""
+
+    def __init__(self, app: Chalice, authenticator_factory: Callable[[], Authenticator]) -> None:
+        self.app = app
+        self._authenticator_factory = authenticator_factory
+
+    def _cors_headers(self, request: Request | None) -> dict[str, str]:
+        origin = request.headers.get("origin") if request is not None else None
+        allowed = get_settings().cors_origins
+        if not origin or not allowed or (origin not in allowed and "*" not in allowed):
+            return {}
+        return {
+            "Access-Control-Allow-Origin": "*" if "*" in allowed else origin,
+            "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+            "Access-Control-Allow-Methods": ALLOWED_METHODS,
+            "Access-Control-Max-Age": "600",
+            # Lets the web app tell how long to wait after a 429.
+            "Access-Control-Expose-Headers": "Retry-After",
+            "Vary": "Origin",
+        }
+
+    def _authenticate(self, request: Request, access: Access) -> Principal | None:
+        if access == "public":
+            return None
+        principal = self._authenticator_factory().authenticate(request.headers.get("authorization"))
+        if access == "admin":
+            require_admin(principal)
+        elif access == "admin_or_service":
+            if principal.role not in ("admin", "service"):
+                raise Forbidden("This route is for administrators.")
+        elif principal.role == "service":
+            raise Forbidden("The service token is only for internal routes.")
+        return principal
+
+    @staticmethod
+    def _unhandled(error: Exception, view_name: str, request: Request) -> Response:
+        """AWS failing for now answers 503 with when to retry; anything else is a bug: 500. Logged once, and
+        AWS's own text stays in the log (it names tables and internals the client has no use for)."""
+        if not store_unavailable(error):
+            logger.exception("unhandled error in %s", view_name)
+            return json_response(500, {"error": error_object("internal_error", "Something went wrong on our side.")})
+        logger.warning("AWS unavailable in %s (request %s): %r", view_name, (request.context or {}).get("requestId"),
+                       error)
+        unavailable = Unavailable("The service is briefly unavailable; try again shortly.",
+                                  headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
+        return json_response(unavailable.status, unavailable.body(), unavailable.headers)
+
+    def endpoint(self, access: Access = "user") -> Callable[[Callable[..., Any]], Callable[..., Response]]:
+        def decorate(view: Callable[..., Any]) -> Callable[..., Response]:
+            @functools.wraps(view)
+            def wrapper(**path_params: str) -> Response:
+                request = self.app.current_request
+                try:
+                    context = RequestContext(request, self._authenticate(request, access))
+                    canonical = {name: path_parameter(name, value) for name, value in path_params.items()}
+                    result = view(context, **canonical)
+                    response = result if isinstance(result, Response) else json_response(200, result)
+                except ApiError as error:
+                    response = json_response(error.status, error.body(), error.headers)
+                except Exception as error:
+                    response = self._unhandled(error, view.__name__, request)
+                response.headers.update(self._cors_headers(request))
+                return response
+
+            return wrapper
+
+        return decorate
+
+    def route(self, path: str, method: str,
+              access: Access = "user") -> Callable[[Callable[..., Any]], Callable[..., Response]]:
+        """Register `view` as the app's route for `method` on `path`, wrapped by `endpoint(access)`."""
+
+        def decorate(view: Callable[..., Any]) -> Callable[..., Response]:
+            return self.app.route(path, methods=[method])(self.endpoint(access)(view))
+
+        return decorate
+
+    def register_preflight(self) -> None:
+        """Answer CORS preflight on every route, for any origin in CORS_ORIGINS (Chalice's CORS takes one)."""
+        for path, methods in list(self.app.routes.items()):
+            if "OPTIONS" in methods:
+                continue
+
+            def preflight(**_: str) -> Response:
+                return Response(body="", status_code=204, headers=self._cors_headers(self.app.current_request))
+
+            name = "preflight_" + "".join(ch if ch.isalnum() else "_" for ch in path)
+            self.app.route(path, methods=["OPTIONS"], name=name)(preflight)

@@ -1,0 +1,75 @@
+"""The image branch of a lane: one synchronous Ark call per claimed task, its images recorded, their copy kept."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from chalicelib.ark.answers import ImageGenerationResult
+from chalicelib.ark.client import VolcImageClient
+from chalicelib.ark.errors import ArkInvalidResponseError, ArkPermanentError, ArkRetryableError, task_error
+from chalicelib.errors import error_object
+from chalicelib.lanes.copies import ResultCopies
+from chalicelib.lanes.endings import Endings
+from chalicelib.lanes.messages import DONE, Delivery, Outcome
+from chalicelib.media import storage
+from chalicelib.settings import Settings
+from chalicelib.store import statemachine
+from chalicelib.store.records import TaskRecord
+
+# With less time than this left after the Ark call, the copy goes to a fresh message instead.
+MIN_COPY_TIME_S = 30
+
+
+class ImageCalls:
+    def __init__(self, client: VolcImageClient, *, s3: Any, endings: Endings, copies: ResultCopies,
+                 settings: Settings) -> None:
+        self.client = client
+        self.s3 = s3
+        self.endings = endings
+        self.copies = copies
+        self.settings = settings
+
+    def generate(self, task: TaskRecord, delivery: Delivery, reached_ark_before: bool) -> Outcome:
+        params = task.params or {}
+        max_images = params.get("max_images")
+        refs = storage.urls_for_ark(self.s3, task.images, self.settings)
+        try:
+            result = self.client.create_image_task(
+                task.prompt or "", refs or None, params.get("size"), task.upstream_model,
+                sequential_image_generation="auto" if max_images and max_images > 1 else None,
+                max_images=max_images if max_images and max_images > 1 else None,
+                watermark=params.get("watermark"),
+            )
+        except ArkRetryableError as error:
+            return self.endings.retry_later(task, delivery, error, reached_ark_before)
+        except (ArkPermanentError, ArkInvalidResponseError) as error:
+            # An unreadable answer may have been billed: the task fails rather than calling Ark again.
+            self.endings.fail_permanently(task, error, reached_ark_before)
+            return DONE
+        self._store_images(task, result, delivery)
+        return DONE
+
+    def _store_images(self, task: TaskRecord, result: ImageGenerationResult, delivery: Delivery) -> None:
+        errors = [{"index": error.index, **task_error(error.code, error.message)} for error in result.errors]
+        if not result.images:
+            first = task_error(result.errors[0].code, result.errors[0].message) if result.errors else error_object(
+                "no_images", "Ark returned no image.")
+            self.endings.fail_with(task, first, [TaskRecord.image_errors.set(errors)])
+            return
+        meta: dict[str, Any] = {"sizes": [image.size for image in result.images]}
+        if result.usage:
+            meta["usage"] = {"generated_images": result.usage.generated_images,
+                             "output_tokens": result.usage.output_tokens, "total_tokens": result.usage.total_tokens}
+        succeeded = self.endings.transition(task, statemachine.SUCCEEDED, [
+            TaskRecord.result_urls.set([image.url for image in result.images if image.url]),
+            TaskRecord.image_errors.set(errors),
+            TaskRecord.result_meta.set(meta),
+        ])
+        if not succeeded:
+            return
+        if delivery.deadline is not None and delivery.deadline - time.monotonic() < MIN_COPY_TIME_S:
+            # A long Ark call left too little of this invocation: a fresh message copies with a whole one.
+            self.copies.copy_later(succeeded)
+            return
+        self.copies.keep(succeeded, delivery, whole_invocation=False)

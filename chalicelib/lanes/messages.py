@@ -1,0 +1,45 @@
+"""What a lane worker is handed (a `Delivery`: one Lambda-shaped SQS record) and what it answers for it: `DONE`
+(acknowledged) or a `Retry` (the message given back, visible again after a delay)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One Lambda-shaped SQS record."""
+
+    message_id: str
+    receipt_handle: str
+    task_id: str
+    receive_count: int
+    # `time.monotonic()` by which its work must be done, leaving the Lambda time to record the outcome.
+    deadline: float | None = None
+    # Whether it has the invocation's time to itself (the batch's first record), or records before it used some.
+    first_in_invocation: bool = True
+
+    @classmethod
+    def of(cls, record: dict[str, Any], deadline: float | None = None, first_in_invocation: bool = True) -> Delivery:
+        return cls(
+            message_id=record["messageId"],
+            receipt_handle=record["receiptHandle"],
+            task_id=json.loads(record["body"])["task_id"],
+            receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
+            deadline=deadline,
+            first_in_invocation=first_in_invocation,
+        )
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Give the message back: visible again after `delay_s` (or sooner, when `wakeable` and a slot frees)."""
+
+    delay_s: int
+    wakeable: bool = False
+
+
+DONE = None
+Outcome = Retry | None

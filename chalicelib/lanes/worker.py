@@ -1,0 +1,189 @@
+"""Lane workers: one SQS message `{task_id}` in, at most one Ark call out (docs/design.md, "Lanes").
+
+Per message, in this order:
+  1. acquire the model's slot for the task (idempotent per task id; the model's concurrency is read live),
+     with the user's cap when the model sets `max_running_per_user`;
+  2. claim it: the conditional transition `queued -> running` (a duplicate delivery or a second worker finds
+     it claimed and does nothing; a lost claim gives the slot back);
+  3. call Ark: an image is generated and stored (`images`); a video is created once and handed to the poller
+     (`videos`).
+
+A message for a task that already succeeded copies its results into the bucket (`copies`). No free slot: the
+message waits (`waits`); Ark's errors end as `endings` says. A DynamoDB write that fails for any reason but its
+condition raises: the message comes back and nothing done is undone (a video created at Ark is found again by the
+reconcile).
+
+Leases: an image's slot lease covers its worker's whole invocation (plus a margin); a video's lease is its
+deadline, the same value its claim writes to `deadline_at`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+from botocore.exceptions import ClientError
+from pynamodb.exceptions import DoesNotExist
+
+from chalicelib import catalog, queues
+from chalicelib.ark.deadline import call_deadline
+from chalicelib.clock import Clock, epoch_of
+from chalicelib.errors import NotFound
+from chalicelib.lanes.copies import ResultCopies
+from chalicelib.lanes.endings import Endings
+from chalicelib.lanes.images import ImageCalls
+from chalicelib.lanes.messages import DONE, Delivery, Outcome, Retry
+from chalicelib.lanes.videos import VideoCalls
+from chalicelib.lanes.waits import Waiting
+from chalicelib.resources import Lane
+from chalicelib.settings import Settings
+from chalicelib.store import slots, statemachine
+from chalicelib.store.errors import StaleTask
+from chalicelib.store.records import ModelRecord, TaskRecord, optional_int
+from chalicelib.video.stages import ARK_QUEUED, ARK_RUNNING, CREATE_GRACE_S, SUBMITTING, expires_after, video_deadline
+
+log = logging.getLogger(__name__)
+
+# Headroom past the Lambda timeout before an image lease counts as abandoned (a worker that died mid-call).
+IMAGE_LEASE_MARGIN_S = 60
+SQS_MAX_VISIBILITY_S = 12 * 3600
+# A results copy stops this long before the Lambda timeout: the parts in flight and the upload's abort must still
+# end, and the outcome be written.
+RESULTS_COPY_MARGIN_S = 60
+
+
+class LaneWorker:
+    def __init__(self, lane: Lane, *, sqs: Any, images: ImageCalls, videos: VideoCalls, copies: ResultCopies,
+                 waiting: Waiting, endings: Endings, settings: Settings, clock: Clock) -> None:
+        self.lane = lane
+        self.sqs = sqs
+        self.images = images
+        self.videos = videos
+        self.copies = copies
+        self.waiting = waiting
+        self.endings = endings
+        self.settings = settings
+        self.clock = clock
+
+    # --- the batch --------------------------------------------------------------------------------------------
+
+    def handle(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """Process a batch; returns Lambda's partial-batch answer (messages to give back)."""
+        failures = []
+        deadline = time.monotonic() + self.lane.lambda_timeout_s - RESULTS_COPY_MARGIN_S
+        for index, record in enumerate(records):
+            try:
+                delivery = Delivery.of(record, deadline, first_in_invocation=index == 0)
+            except (ValueError, KeyError, TypeError):
+                # Unreadable: it alone comes back, until the redrive policy moves it to the DLQ.
+                log.error("unreadable message %s in lane %s", record.get("messageId"), self.lane.name)
+                failures.append({"itemIdentifier": record["messageId"]})
+                continue
+            try:
+                with call_deadline(delivery.deadline):  # every Ark call ends in time to record its outcome
+                    outcome = self.process(delivery)
+            except Exception:
+                # Not acknowledged, so SQS redelivers it after the visibility timeout (and in the end the DLQ).
+                log.exception("task %s failed in lane %s", delivery.task_id, self.lane.name)
+                failures.append({"itemIdentifier": delivery.message_id})
+                continue
+            if outcome is not None:
+                self._give_back(delivery, outcome)
+                failures.append({"itemIdentifier": delivery.message_id})
+                if outcome.wakeable:
+                    self.waiting.remember(delivery)
+        return {"batchItemFailures": failures}
+
+    def _give_back(self, delivery: Delivery, retry: Retry) -> None:
+        try:
+            self.sqs.change_message_visibility(
+                QueueUrl=queues.queue_url(self.sqs, self.lane.name),
+                ReceiptHandle=delivery.receipt_handle,
+                VisibilityTimeout=min(retry.delay_s, SQS_MAX_VISIBILITY_S),
+            )
+        except ClientError as error:
+            # A stale receipt (another copy was received since): it still comes back, after the lane's timeout.
+            log.warning("could not delay message %s: %s", delivery.message_id, error)
+
+    # --- one message ------------------------------------------------------------------------------------------
+
+    def process(self, delivery: Delivery) -> Outcome:
+        try:
+            task = TaskRecord.get(delivery.task_id, consistent_read=True)
+        except DoesNotExist:
+            return DONE
+        return self._act_on(task, delivery)
+
+    def _act_on(self, task: TaskRecord, delivery: Delivery) -> Outcome:
+        """Do what the message asks of `task`, as just read or written."""
+        if task.status == statemachine.SUCCEEDED:
+            self.copies.keep(task, delivery, whole_invocation=delivery.first_in_invocation)
+            return DONE
+        if task.status == statemachine.RUNNING:
+            return self._resume(task, delivery)
+        if task.status != statemachine.QUEUED:
+            return DONE
+        try:
+            model = catalog.get_model(task.model_id)
+        except NotFound:
+            self.endings.fail(task, "model_not_found", f"Model {task.model_id!r} no longer exists.")
+            return DONE
+        lease_until = self._lease_until(task)
+        if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), lease_until,
+                             user_id=task.user_id, user_cap=optional_int(model.max_running_per_user)):
+            return self.waiting.wait(delivery, self.waiting.slot_wait(delivery), wakeable=True)
+        return self._claim_and_call(task, model, delivery, lease_until)
+
+    def _lease_until(self, task: TaskRecord) -> int:
+        if task.type == "video":
+            # Held until Ark ends it: its deadline if the create goes out now (the record of the create moves it
+            # to count from Ark's answer).
+            return video_deadline(self.clock.now(), expires_after(self.settings))
+        return math.ceil(self.clock.now() + self.lane.lambda_timeout_s + IMAGE_LEASE_MARGIN_S)
+
+    def _claim_and_call(self, task: TaskRecord, model: ModelRecord, delivery: Delivery, lease_until: int) -> Outcome:
+        # Set before the call: a worker that dies mid-call may have had it done at Ark. A refusal (429) undoes it.
+        reached_ark_before = bool(task.ark_called)
+        actions = [TaskRecord.ark_called.set(True), TaskRecord.wait_receipt.remove()]
+        callback_url = None
+        if task.type == "video":
+            callback_url, callback_actions = self.videos.submitter.new_callback(task.task_id)
+            actions += [*callback_actions, TaskRecord.stage.set(SUBMITTING), TaskRecord.deadline_at.set(lease_until)]
+        try:
+            task = statemachine.transition(task, statemachine.RUNNING, actions=actions, clock=self.clock)
+        except StaleTask:
+            return self._after_lost_claim(task.task_id, delivery)
+        if task.type == "video":
+            return self.videos.submit(task, callback_url, delivery, reached_ark_before)
+        return self.images.generate(task, delivery, reached_ark_before)
+
+    def _after_lost_claim(self, task_id: str, delivery: Delivery) -> Outcome:
+        task = TaskRecord.get(task_id, consistent_read=True)
+        if task.status == statemachine.RUNNING:
+            return self._resume(task, delivery)  # another delivery claimed it (and holds the slot)
+        if task.status == statemachine.QUEUED:
+            return self._act_on(task, delivery)  # it changed and came back (a retry): decide again
+        # Ended before it ever ran (cancelled, timed out): the slot acquired for it is nobody's.
+        slots.release(task.model_id, task.task_id, task.user_id)
+        return DONE
+
+    def _resume(self, task: TaskRecord, delivery: Delivery) -> Outcome:
+        """A message for a task already running: a duplicate, or the redelivery after a crash."""
+        if task.type == "video":
+            if task.stage in (ARK_QUEUED, ARK_RUNNING):
+                return DONE  # at Ark: the poller and callbacks own it now
+            waited = self.clock.now() - epoch_of(task.updated_at)
+            if waited < CREATE_GRACE_S:
+                return self.waiting.wait(delivery, int(CREATE_GRACE_S - waited) + 1)
+            return self.videos.reconcile(task, delivery)
+        holder = slots.holders(task.model_id).get(task.task_id)
+        if holder is not None and holder.lease_until >= self.clock.now():
+            # Another worker is calling Ark for it: look again once its lease ends.
+            return self.waiting.wait(delivery, int(holder.lease_until - self.clock.now()) + 1)
+        try:  # the worker died mid-call: back to the queue, then on as a queued task
+            task = statemachine.transition(task, statemachine.QUEUED, clock=self.clock)
+        except StaleTask:
+            return Retry(self.waiting.slot_wait(delivery))
+        return self._act_on(task, delivery)

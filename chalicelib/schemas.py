@@ -1,0 +1,514 @@
+"""Input schemas of the REST API and `parse`, which turns any invalid input into one 400 listing every bad field.
+
+Bodies are strict JSON: nothing is coerced ("5" is not an int, 1 is not a bool) and unknown fields are rejected,
+so a client can never set server-owned fields such as `status` or `user_id`. Query strings arrive as text, so
+the query schemas coerce. Error paths use the API's own naming (`images[1]`, `params.duration`, "" for the
+body itself) and messages never echo input values: those may be megabytes of base64 or a password.
+
+Rules that relate two fields (reference images + max_images, an adaptive ratio without a first frame, ...)
+can only be judged once both fields are valid, so they are reported after the per-field problems are fixed.
+
+Input images are read by `chalicelib.media.references`; identifiers' formats are `chalicelib.ids`'.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any, Literal, Self, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from chalicelib.ark.limits import (
+    IMAGE_INPUT_FORMATS,
+    IMAGE_MAX_IMAGES,
+    IMAGE_MAX_REFERENCE_IMAGES,
+    IMAGE_MAX_TOTAL_IMAGES,
+    IMAGE_SIZE_PRESETS,
+    PROMPT_MAX_CHARS,
+    VIDEO_INPUT_MAX_BYTES,
+    VIDEO_MAX_DURATION,
+    VIDEO_MAX_FRAMES,
+    VIDEO_MAX_IMAGES,
+    VIDEO_MAX_SEED,
+    VIDEO_MIN_DURATION,
+    VIDEO_MIN_FRAMES,
+    VIDEO_MIN_SEED,
+    VIDEO_RATIOS,
+    VIDEO_RESOLUTIONS,
+    VIDEO_STATUSES,
+    is_valid_frames,
+    parse_pixel_size,
+    pixel_size_problem,
+)
+from chalicelib.errors import ValidationFailed
+from chalicelib.ids import MODEL_ID_PATTERN, USER_ID_PATTERN, USERNAME_PATTERN
+from chalicelib.media.inspection import frame_image_problem, reference_image_problem
+from chalicelib.media.references import BadReference, ImageProblem, ImageRef, https_url, image_ref
+from chalicelib.resources import LANES, TaskType
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+# Ark's task ids and statuses are short words: anything longer is no callback of Ark's.
+ARK_CALLBACK_MAX_FIELD_CHARS = 128
+UNKNOWN_FIELD_MESSAGE = "is not an accepted field here (unknown, set by the server, or not changeable)"
+
+
+def _problem(kind: str, message: str) -> PydanticCustomError:
+    return PydanticCustomError(kind, message)
+
+
+def _raise_problems(title: str, problems: list[tuple[tuple[str | int, ...], str, str]]) -> None:
+    """Report several cross-field problems at once, each at its own path (relative to the model)."""
+    if problems:
+        raise ValidationError.from_exception_data(
+            title,
+            [InitErrorDetails(type=_problem(kind, message), loc=loc, input=None) for loc, kind, message in problems],
+        )
+
+
+def _not_null(value: Any) -> Any:
+    """For partial updates: a field may be left out, but null is not a value it can take."""
+    if value is None:
+        raise _problem("not_null", "cannot be null")
+    return value
+
+
+# --- Images ------------------------------------------------------------------------------------------------
+
+
+def _reported(read: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A reader of `chalicelib.media.references` whose `BadReference` becomes a problem at the field's path."""
+
+    def validate(value: Any) -> Any:
+        try:
+            return read(value)
+        except BadReference as bad:
+            raise _problem(bad.kind, bad.message) from None
+
+    return validate
+
+
+def _image_ref_of(image_problem: ImageProblem) -> Callable[[Any], Any]:
+    return _reported(lambda value: image_ref(value, image_problem))
+
+
+# Only https: the API presigns `s3://` references, so one here would hand out any object of any bucket.
+_result_url = _reported(lambda value: https_url(value, "result_url", "must be an https URL with a host"))
+
+
+ReferenceImage = Annotated[ImageRef, PlainValidator(_image_ref_of(reference_image_problem))]
+FrameImage = Annotated[ImageRef, PlainValidator(_image_ref_of(frame_image_problem))]
+
+
+def _image_size(value: str) -> str:
+    if value.upper() in IMAGE_SIZE_PRESETS:
+        return value.upper()
+    # isascii: str.isdigit also accepts digits int() cannot read, such as superscripts.
+    dimensions = parse_pixel_size(value) if value.isascii() else None
+    if dimensions is None:
+        raise _problem("image_size", f"must be {' or '.join(IMAGE_SIZE_PRESETS)} or WxH such as 2048x2048")
+    if problem := pixel_size_problem(*dimensions):
+        raise _problem("image_size", problem)
+    return "{}x{}".format(*dimensions)
+
+
+def _frames(value: int) -> int:
+    if not is_valid_frames(value):
+        raise _problem("frames", f"must be 25 + 4n within [{VIDEO_MIN_FRAMES}, {VIDEO_MAX_FRAMES}]")
+    return value
+
+
+def _not_adaptive(value: str) -> str:
+    if value == "adaptive":
+        raise _problem("ratio_adaptive", "adaptive follows each request's first frame and cannot be a default")
+    return value
+
+
+def _blank_to_none(value: Any) -> Any:
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+# --- Request caps ------------------------------------------------------------------------------------------
+
+# Clients' keys (UUIDs, order numbers) fit easily; with the owner's id the item key stays far under DynamoDB's.
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+# No request body nests more than 4 levels; the cap stops a body of brackets before the decoder recurses.
+MAX_JSON_DEPTH = 32
+
+_IDEMPOTENCY_KEY = re.compile(r"[\x20-\x7e]+")  # printable ASCII, as HTTP header values are
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_NOT_A_BRACKET = bytes(byte for byte in range(256) if byte not in b"[]{}")
+_NESTING = {ord("["): 1, ord("{"): 1, ord("]"): -1, ord("}"): -1}
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep the JSON text's arrays and objects nest, measured without decoding it (brackets in strings
+    do not count). Linear, in C for the most part: a 6 MB body takes milliseconds."""
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_A_BRACKET)
+    return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
+def idempotency_key(value: str | None) -> str | None:
+    """The `Idempotency-Key` header as used (None when absent or blank); 400 when too long or not printable."""
+    if value is None or not value.strip():
+        return None
+    key = value.strip()
+    if len(key) > MAX_IDEMPOTENCY_KEY_CHARS or not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise ValidationFailed("1 invalid field(s)", details=[{
+            "field": "Idempotency-Key",
+            "message": f"must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} printable ASCII characters",
+            "type": "idempotency_key",
+        }])
+    return key
+
+
+# --- Field types -------------------------------------------------------------------------------------------
+
+ModelSlug = Annotated[str, StringConstraints(pattern=MODEL_ID_PATTERN)]
+# Ark Model IDs (`doubao-seedream-4-5-251128`) and endpoint IDs (`ep-20250101123456-abcde`).
+UpstreamModel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{1,127}$")]
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=PROMPT_MAX_CHARS)]
+ImageSize = Annotated[str, StringConstraints(max_length=16), AfterValidator(_image_size)]
+MaxImages = Annotated[int, Field(ge=1, le=IMAGE_MAX_IMAGES)]
+Resolution = Literal[VIDEO_RESOLUTIONS]
+Ratio = Literal[VIDEO_RATIOS]
+Duration = Annotated[int, Field(ge=VIDEO_MIN_DURATION, le=VIDEO_MAX_DURATION)]
+Frames = Annotated[int, AfterValidator(_frames)]
+Seed = Annotated[int, Field(ge=VIDEO_MIN_SEED, le=VIDEO_MAX_SEED)]
+# Usernames are case-insensitive: stored and compared in lower case.
+Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USERNAME_PATTERN)]
+UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
+Role = Literal["user", "admin"]
+NewPassword = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Concurrency = Annotated[int, Field(ge=1, le=1000)]
+Quota = Annotated[int, Field(ge=0)]
+MaxRunningPerUser = Annotated[int, Field(ge=1)]
+LaneName = Literal[tuple(lane.name for lane in LANES)]
+# The platform's task states are Ark's video task states.
+TaskStatus = Literal[VIDEO_STATUSES]
+ResultUrl = Annotated[str, AfterValidator(_result_url)]
+UploadContentType = Literal[tuple(f"image/{image_format}" for image_format in IMAGE_INPUT_FORMATS)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Query(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Update(_Body):
+    """A partial update: the fields left out stay as they are."""
+
+    @model_validator(mode="after")
+    def _changes_something(self) -> Self:
+        if not self.model_fields_set:
+            raise _problem("empty_update", "give at least one field to change")
+        return self
+
+
+# --- Tasks -------------------------------------------------------------------------------------------------
+
+
+class ImageTaskRequest(_Body):
+    type: Literal["image"]
+    model_id: ModelSlug
+    prompt: Prompt
+    images: list[ReferenceImage] = Field(default_factory=list, max_length=IMAGE_MAX_REFERENCE_IMAGES)
+    size: ImageSize | None = None
+    max_images: MaxImages | None = None
+    watermark: bool | None = None
+
+    @model_validator(mode="after")
+    def _within_total_images(self) -> Self:
+        if self.max_images is not None and len(self.images) + self.max_images > IMAGE_MAX_TOTAL_IMAGES:
+            _raise_problems("ImageTaskRequest", [(
+                ("max_images",), "too_many_images",
+                f"reference images plus max_images must be at most {IMAGE_MAX_TOTAL_IMAGES}",
+            )])
+        return self
+
+
+class VideoParams(_Body):
+    resolution: Resolution | None = None
+    ratio: Ratio | None = None
+    duration: Duration | None = None
+    frames: Frames | None = None
+    seed: Seed | None = None
+    camera_fixed: bool | None = None
+    watermark: bool | None = None
+    return_last_frame: bool | None = None
+
+    @model_validator(mode="after")
+    def _duration_or_frames(self) -> Self:
+        if self.duration is not None and self.frames is not None:
+            _raise_problems("VideoParams", [(("frames",), "duration_and_frames", "give duration or frames, not both")])
+        return self
+
+
+class VideoTaskRequest(_Body):
+    type: Literal["video"]
+    model_id: ModelSlug
+    prompt: Annotated[Prompt | None, BeforeValidator(_blank_to_none)] = None
+    # images[0] is the first frame, images[1] the optional last frame.
+    images: list[FrameImage] = Field(default_factory=list, max_length=VIDEO_MAX_IMAGES)
+    params: VideoParams = Field(default_factory=VideoParams)
+
+    @model_validator(mode="after")
+    def _prompt_and_frames_agree(self) -> Self:
+        problems: list[tuple[tuple[str | int, ...], str, str]] = []
+        if self.prompt is None and not self.images:
+            problems.append((("prompt",), "prompt_or_image", "a video needs a prompt, a first-frame image or both"))
+        if self.params.ratio == "adaptive" and not self.images:
+            problems.append((("params", "ratio"), "ratio_adaptive", "adaptive needs a first-frame image"))
+        _raise_problems("VideoTaskRequest", problems)
+        return self
+
+
+TASK_SCHEMAS: dict[str, type[ImageTaskRequest] | type[VideoTaskRequest]] = {
+    "image": ImageTaskRequest,
+    "video": VideoTaskRequest,
+}
+
+
+class TaskListQuery(_Query):
+    status: TaskStatus | None = None
+    type: TaskType | None = None
+    model_id: ModelSlug | None = None
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+
+
+class AdminTaskListQuery(TaskListQuery):
+    user: Username | None = None  # the account that holds this name now
+    user_id: UserId | None = None  # any account, a deleted one included
+
+
+class OperatorError(_Body):
+    """The error an operator sets on a task it fails (`PUT /api/tasks/{id}/status`)."""
+
+    code: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    message: Annotated[str, StringConstraints(max_length=4096)]
+
+
+# What an operator may set with each target status: exactly what a task in that status carries (a task sent back
+# to the queue, cancelled or started carries neither results nor an error).
+STATUS_FIELDS: dict[str, frozenset[str]] = {
+    "succeeded": frozenset({"result_urls", "video_url", "last_frame_url"}),
+    "failed": frozenset({"error"}),
+    "expired": frozenset({"error"}),
+}
+
+
+class StatusUpdateRequest(_Body):
+    status: TaskStatus
+    error: OperatorError | None = None
+    result_urls: list[ResultUrl] | None = Field(default=None, max_length=IMAGE_MAX_IMAGES)
+    video_url: ResultUrl | None = None
+    last_frame_url: ResultUrl | None = None
+
+    @model_validator(mode="after")
+    def _fields_fit_the_status(self) -> Self:
+        allowed = STATUS_FIELDS.get(self.status, frozenset())
+        _raise_problems("StatusUpdateRequest", [
+            ((name,), "not_carried", f"a {self.status} task carries no {name}")
+            for name in self.carried() if name not in allowed
+        ])
+        return self
+
+    def carried(self) -> list[str]:
+        """The fields given besides the status (null counts as not given)."""
+        return [name for name in type(self).model_fields if name != "status" and getattr(self, name) is not None]
+
+
+class ArkCallback(BaseModel):
+    """Ark's status push (`POST /api/queue/callback`): its task object, of which only `id` and `status` are read
+    (the callback is a hint: a status read decides). Ark's other fields, present or added later, are ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    id: Annotated[str, StringConstraints(min_length=1, max_length=ARK_CALLBACK_MAX_FIELD_CHARS)]
+    status: Annotated[str, StringConstraints(min_length=1, max_length=ARK_CALLBACK_MAX_FIELD_CHARS)]
+
+
+class UploadRequest(_Body):
+    content_type: UploadContentType
+    size: Annotated[int, Field(ge=1, le=VIDEO_INPUT_MAX_BYTES)]
+
+
+# --- Models (admin) ----------------------------------------------------------------------------------------
+
+
+class ImageModelDefaults(_Body):
+    size: ImageSize | None = None
+    watermark: bool | None = None
+    max_images: MaxImages | None = None
+
+
+class VideoModelDefaults(_Body):
+    resolution: Resolution | None = None
+    ratio: Annotated[Ratio, AfterValidator(_not_adaptive)] | None = None
+    duration: Duration | None = None
+    watermark: bool | None = None
+    return_last_frame: bool | None = None
+
+
+MODEL_DEFAULTS: dict[str, type[ImageModelDefaults] | type[VideoModelDefaults]] = {
+    "image": ImageModelDefaults,
+    "video": VideoModelDefaults,
+}
+VIDEO_ONLY_DEFAULTS = frozenset(VideoModelDefaults.model_fields) - frozenset(ImageModelDefaults.model_fields)
+
+
+class ModelCreate(_Body):
+    model_id: ModelSlug
+    type: TaskType
+    upstream_model: UpstreamModel
+    display_name: DisplayName | None = None  # set to model_id when not given
+    concurrency: Concurrency
+    daily_quota: Quota
+    user_daily_quota: Quota | None = None
+    max_running_per_user: MaxRunningPerUser | None = None
+    lane: LaneName | None = None
+    enabled: bool = True
+    defaults: ImageModelDefaults | VideoModelDefaults | None = None
+
+    @field_validator("defaults", mode="before")
+    @classmethod
+    def _defaults_of_type(cls, raw: Any, info: ValidationInfo) -> ImageModelDefaults | VideoModelDefaults | None:
+        schema = MODEL_DEFAULTS.get(info.data.get("type", ""))
+        # Without a valid `type` (reported on its own) the defaults cannot be judged.
+        return schema.model_validate(raw) if schema and raw is not None else None
+
+    @model_validator(mode="after")
+    def _display_name_defaults_to_model_id(self) -> Self:
+        if self.display_name is None:
+            self.display_name = self.model_id
+        return self
+
+
+class ModelUpdate(_Update):
+    """Partial update; `model_id` and `type` cannot change.
+
+    The stored model's type is not known here, so the keys of `defaults` pick its schema (video-only keys mean
+    video defaults); whoever applies the update checks `isinstance(defaults, MODEL_DEFAULTS[model.type])`, as
+    it checks the lane against the type.
+    """
+
+    upstream_model: UpstreamModel | None = None
+    display_name: DisplayName | None = None
+    concurrency: Concurrency | None = None
+    daily_quota: Quota | None = None
+    user_daily_quota: Quota | None = None  # null removes the per-user quota
+    max_running_per_user: MaxRunningPerUser | None = None  # null removes the limit
+    lane: LaneName | None = None  # null returns the model to its type's default lane
+    enabled: bool | None = None
+    defaults: ImageModelDefaults | VideoModelDefaults | None = None  # null clears the defaults
+
+    _required_values = field_validator(
+        "upstream_model", "display_name", "concurrency", "daily_quota", "enabled", mode="before"
+    )(_not_null)
+
+    @field_validator("defaults", mode="before")
+    @classmethod
+    def _defaults_by_keys(cls, raw: Any) -> ImageModelDefaults | VideoModelDefaults | None:
+        if raw is None:
+            return None
+        video = isinstance(raw, Mapping) and not VIDEO_ONLY_DEFAULTS.isdisjoint(raw)
+        return (VideoModelDefaults if video else ImageModelDefaults).model_validate(raw)
+
+
+# --- Users -------------------------------------------------------------------------------------------------
+
+
+class LoginRequest(_Body):
+    username: Username
+    # repr=False keeps passwords out of logged reprs.
+    password: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(repr=False)
+
+
+class UserCreate(_Body):
+    username: Username
+    password: NewPassword = Field(repr=False)
+    role: Role = "user"
+    disabled: bool = False
+
+
+class UserUpdate(_Update):
+    role: Role | None = None
+    disabled: bool | None = None
+    password: NewPassword | None = Field(default=None, repr=False)
+
+    _required_values = field_validator("role", "disabled", "password", mode="before")(_not_null)
+
+
+# --- Parsing -----------------------------------------------------------------------------------------------
+
+
+def parse_task_request(data: Any) -> ImageTaskRequest | VideoTaskRequest:
+    """`POST /api/tasks`: the schema is chosen by `type`."""
+    if not isinstance(data, Mapping):
+        raise _not_an_object()
+    task_type = data.get("type")
+    schema = TASK_SCHEMAS.get(task_type) if isinstance(task_type, str) else None
+    if schema is None:
+        raise ValidationFailed("1 invalid field(s)", details=[
+            {"field": "type", "message": f"must be one of {', '.join(TASK_SCHEMAS)}", "type": "task_type"},
+        ])
+    return parse(schema, data)
+
+
+def parse(schema: type[Schema], data: Any) -> Schema:
+    """Validate a JSON-decoded body or a query-string dict; ValidationFailed lists every bad field."""
+    if not isinstance(data, Mapping):
+        raise _not_an_object()
+    try:
+        return schema.model_validate(dict(data))
+    except ValidationError as error:
+        details = [
+            {
+                "field": _field_path(problem["loc"]),
+                "message": UNKNOWN_FIELD_MESSAGE if problem["type"] == "extra_forbidden" else problem["msg"],
+                "type": problem["type"],
+            }
+            for problem in error.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        # `from None`: the pydantic error's text quotes input values, which must not reach logs.
+        raise ValidationFailed(f"{len(details)} invalid field(s)", details=details) from None
+
+
+def _not_an_object() -> ValidationFailed:
+    return ValidationFailed("request body must be a JSON object", details=[
+        {"field": "", "message": "must be a JSON object", "type": "object_type"},
+    ])
+
+
+def _field_path(loc: tuple[str | int, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path

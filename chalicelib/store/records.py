@@ -1,0 +1,301 @@
+"""pynamodb records of arkflow's tables, derived from `chalicelib.resources`: each record's table and every index
+(its keys, all attributes projected) come from the table's definition there, never restated here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pynamodb.attributes import (
+    Attribute,
+    BooleanAttribute,
+    JSONAttribute,
+    ListAttribute,
+    MapAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+)
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib import resources
+from chalicelib.settings import Settings, get_settings
+from chalicelib.store import writes
+
+
+def table_meta(definition: resources.Table) -> type:
+    """A record's `Meta`: its table as `resources` defines it (the deployment's name is set by `configure`)."""
+    return type("Meta", (), {"table_name": definition.logical_name, "definition": definition})
+
+
+def _key_attribute(key: resources.Key, **role: bool) -> Attribute[Any]:
+    return UnicodeAttribute(**role) if key.type == "S" else NumberAttribute(**role)
+
+
+def index_of(definition: resources.Table, name: str) -> Any:
+    """The pynamodb index `name` of the table, with the keys `resources` gives it and every attribute projected."""
+    index = definition.index(name)
+    attributes = {index.hash_key.name: _key_attribute(index.hash_key, hash_key=True)}
+    if index.range_key is not None:
+        attributes[index.range_key.name] = _key_attribute(index.range_key, range_key=True)
+    meta = type("Meta", (), {"index_name": name, "projection": AllProjection()})
+    return type(f"{definition.logical_name}.{name}", (GlobalSecondaryIndex,), {"Meta": meta, **attributes})()
+
+
+class _Base(Model):
+    class Meta:
+        abstract = True
+
+
+def optional_int(value: Any) -> int | None:
+    """A nullable number attribute as an int (pynamodb reads numbers as floats)."""
+    return None if value is None else int(value)
+
+
+class UserRecord(_Base):
+    Meta = table_meta(resources.USERS)
+
+    username = UnicodeAttribute(hash_key=True)
+    # The account's identity, never reused: tasks, quotas, uploads and sockets belong to it, not to the name,
+    # so a new account with a deleted user's name starts empty. Missing only on accounts made before it existed
+    # (`chalicelib.migrations` and the next login give them one).
+    user_id = UnicodeAttribute(null=True)
+    password_hash = UnicodeAttribute()
+    role = UnicodeAttribute(default="user")
+    disabled = BooleanAttribute(default=False)
+    # Bumped on every password change; tokens carry it, so old tokens stop working.
+    password_version = NumberAttribute(default=1)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+class SessionRecord(_Base):
+    Meta = table_meta(resources.SESSIONS)
+
+    session_id = UnicodeAttribute(hash_key=True)
+    username = UnicodeAttribute()
+    # Missing on sessions opened before user ids: those no longer authenticate.
+    user_id = UnicodeAttribute(null=True)
+    # The user's password version at login: a password change ends the session (and its sockets).
+    password_version = NumberAttribute(null=True)
+    expires_at_epoch = NumberAttribute()
+
+
+class LoginAttemptRecord(_Base):
+    Meta = table_meta(resources.LOGIN_ATTEMPTS)
+
+    # A throttle key of `chalicelib.auth.LoginThrottle`; the attribute keeps the table's original key name.
+    throttle_key = UnicodeAttribute(hash_key=True, attr_name="username")
+    # Attempts counted in the window that ends at `expires_at_epoch`.
+    failures = NumberAttribute(default=0)
+    expires_at_epoch = NumberAttribute()
+
+
+class ModelRecord(_Base):
+    Meta = table_meta(resources.MODELS)
+
+    model_id = UnicodeAttribute(hash_key=True)
+    type = UnicodeAttribute()
+    upstream_model = UnicodeAttribute()
+    display_name = UnicodeAttribute()
+    concurrency = NumberAttribute()
+    daily_quota = NumberAttribute()
+    user_daily_quota = NumberAttribute(null=True)
+    max_running_per_user = NumberAttribute(null=True)
+    lane = UnicodeAttribute()
+    enabled = BooleanAttribute(default=True)
+    defaults = JSONAttribute(null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+
+
+class ErrorAttribute(MapAttribute[str, Any]):
+    """An error a task records (`chalicelib.errors.error_object`'s shape)."""
+
+    code = UnicodeAttribute()
+    # For the task's user: arkflow's own words (Ark's text names internal ids).
+    message = UnicodeAttribute()
+    # What Ark said, capped (`chalicelib.ark.errors`): shown to admins only.
+    upstream_message = UnicodeAttribute(null=True)
+
+
+class TaskRecord(_Base):
+    Meta = table_meta(resources.TASKS)
+
+    task_id = UnicodeAttribute(hash_key=True)
+    # The owner's account id (`UserRecord.user_id`), never its name.
+    user_id = UnicodeAttribute()
+    # The owner's username when the task was made, for admins' listings. Missing only on tasks written before
+    # user ids, whose `user_id` still holds the name (`chalicelib.migrations` rewrites both).
+    username = UnicodeAttribute(null=True)
+    model_id = UnicodeAttribute()
+    type = UnicodeAttribute()
+    status = UnicodeAttribute()
+    # A video's stage inside `running` (`chalicelib.video.stages`; docs/design.md, "Videos").
+    stage = UnicodeAttribute(null=True)
+    version = NumberAttribute(default=1)
+    prompt = UnicodeAttribute(null=True)
+    # References: https URLs as given, or `s3://bucket/key` for images stored by arkflow.
+    images = ListAttribute(of=UnicodeAttribute, default=list)
+    params = JSONAttribute(default=dict)
+    upstream_model = UnicodeAttribute()
+    lane = UnicodeAttribute()
+    external_id = UnicodeAttribute(null=True)
+    error = ErrorAttribute(null=True)
+    result_urls = ListAttribute(of=UnicodeAttribute, null=True)
+    image_errors = JSONAttribute(null=True)
+    video_url = UnicodeAttribute(null=True)
+    last_frame_url = UnicodeAttribute(null=True)
+    result_meta = JSONAttribute(null=True)
+    # Why results could not be copied to the bucket; the task then keeps Ark's (24 h) URLs.
+    results_copy_error = ErrorAttribute(null=True)
+    created_at = UnicodeAttribute()
+    updated_at = UnicodeAttribute()
+    started_at = UnicodeAttribute(null=True)
+    finished_at = UnicodeAttribute(null=True)
+    created_key = UnicodeAttribute()
+    list_shard = UnicodeAttribute()
+    queued_model = UnicodeAttribute(null=True)
+    poll_shard = UnicodeAttribute(null=True)
+    next_poll_at = NumberAttribute(null=True)
+    poll_count = NumberAttribute(default=0)
+    # Quota counters this task consumed; given back once if it ends before any Ark call.
+    quota_keys = ListAttribute(of=UnicodeAttribute, default=list)
+    quota_refunded = BooleanAttribute(default=False)
+    # Whether Ark may have acted on a call for this task (a refusal with 429 does not count): no quota refund then.
+    ark_called = BooleanAttribute(default=False)
+    callback_secret_hash = UnicodeAttribute(null=True)
+    # Reconciles of a video left `submitting` claim a round by bumping this, so only one may create at Ark.
+    create_attempt = NumberAttribute(default=0)
+    # The receipt of the message deferred for want of a slot: a released slot makes that message visible at once.
+    wait_receipt = UnicodeAttribute(null=True)
+    # A running video's deadline (epoch seconds): written with its claim (the value its slot lease holds too) and
+    # again from its Ark create. The sweeper reads it as stored, so a changed setting never moves it.
+    deadline_at = NumberAttribute(null=True)
+
+    by_user = index_of(resources.TASKS, "by_user")
+    by_list_shard = index_of(resources.TASKS, "by_list_shard")
+    queued_by_model = index_of(resources.TASKS, "queued_by_model")
+    video_polls_due = index_of(resources.TASKS, "video_polls_due")
+
+
+class QuotaRecord(_Base):
+    Meta = table_meta(resources.QUOTA)
+
+    quota_key = UnicodeAttribute(hash_key=True)
+    used = NumberAttribute(default=0)
+    expires_at_epoch = NumberAttribute()
+
+
+class IdempotencyRecord(_Base):
+    Meta = table_meta(resources.IDEMPOTENCY)
+
+    idempotency_key = UnicodeAttribute(hash_key=True)
+    # What the request was (`idempotency.fingerprint`); stored under its first name.
+    fingerprint = UnicodeAttribute(attr_name="request_hash")
+    task_id = UnicodeAttribute()
+    status_code = NumberAttribute()
+    response_body = JSONAttribute()
+    expires_at_epoch = NumberAttribute()
+
+
+class SlotRecord(_Base):
+    Meta = table_meta(resources.SLOTS)
+
+    model_id = UnicodeAttribute(hash_key=True)
+    holders = MapAttribute[str, Any](default=dict)
+    # task id -> user id, beside `holders`: freeing a vanished task's slot frees its user's slot too.
+    owners = MapAttribute[str, Any](default=dict)
+    count = NumberAttribute(default=0)
+
+
+class ConnectionRecord(_Base):
+    """An open API Gateway WebSocket connection and the user it was opened for."""
+
+    Meta = table_meta(resources.CONNECTIONS)
+
+    connection_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    # The login session whose ticket opened it: logging that session out closes the connection.
+    session_id = UnicodeAttribute(null=True)
+    connected_at = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute()
+
+    by_user = index_of(resources.CONNECTIONS, "by_user")
+
+
+class WsTicketRecord(_Base):
+    """A single-use WebSocket ticket; only its hash is stored, so the table never holds a usable ticket."""
+
+    Meta = table_meta(resources.WS_TICKETS)
+
+    ticket_hash = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    # The login session that asked for it: `$connect` checks it is still live (null: an older ticket).
+    session_id = UnicodeAttribute(null=True)
+    expires_at_epoch = NumberAttribute()
+
+
+class UploadRecord(_Base):
+    """An image a user uploads straight to S3 with a presigned POST; only that user may name it in a task."""
+
+    Meta = table_meta(resources.UPLOADS)
+
+    upload_id = UnicodeAttribute(hash_key=True)
+    user_id = UnicodeAttribute()
+    object_key = UnicodeAttribute()
+    content_type = UnicodeAttribute()
+    max_bytes = NumberAttribute()
+    created_at = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute()
+    # The ETag of the object the first task to name the upload copied: every later task must find that same object.
+    used_etag = UnicodeAttribute(null=True)
+
+
+class MarkerRecord(_Base):
+    """Something this deployment did once (`chalicelib.first_run`); its existence is all it says."""
+
+    Meta = table_meta(resources.MARKERS)
+
+    marker_id = UnicodeAttribute(hash_key=True)
+    created_at = UnicodeAttribute()
+
+
+class ArkTaskOwnerRecord(_Base):
+    """The one task that owns an Ark video task (written before the task records the id, conditionally)."""
+
+    Meta = table_meta(resources.ARK_TASK_OWNERS)
+
+    external_id = UnicodeAttribute(hash_key=True)
+    task_id = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute()
+
+
+ALL_RECORDS: tuple[type[_Base], ...] = (
+    UserRecord,
+    SessionRecord,
+    LoginAttemptRecord,
+    ModelRecord,
+    TaskRecord,
+    QuotaRecord,
+    IdempotencyRecord,
+    SlotRecord,
+    ConnectionRecord,
+    WsTicketRecord,
+    UploadRecord,
+    MarkerRecord,
+    ArkTaskOwnerRecord,
+)
+
+
+def configure(settings: Settings | None = None) -> None:
+    """Point every record at this deployment's tables; drops cached connections (endpoints may have changed)."""
+    settings = settings or get_settings()
+    writes.forget_connection()
+    for record in ALL_RECORDS:
+        record.Meta.table_name = record.Meta.definition.physical_name(settings.resource_prefix)
+        record.Meta.region = settings.region
+        record._connection = None
+
+
+configure()

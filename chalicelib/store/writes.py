@@ -1,0 +1,90 @@
+"""How arkflow writes to DynamoDB: transactions that run again after a conflict, and how a failed write is read.
+
+Only a false condition means another writer got there first (`condition_failed`); anything else (throttling, an
+internal error, a transaction conflict) is an error that says nothing about the item, to be retried, never taken as
+a lost race.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from pynamodb.connection import Connection
+from pynamodb.exceptions import PynamoDBException, TransactWriteError
+from pynamodb.transactions import TransactWrite
+
+from chalicelib.backoff import compute_backoff
+from chalicelib.settings import get_settings
+
+CONDITION_FAILED = "ConditionalCheckFailedException"
+# Cancellation reasons that mean "another request was writing the item at that moment": nothing was written and
+# no condition was judged false, so the same transaction may simply run again.
+_RETRYABLE_CANCELLATIONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
+TRANSACTION_ATTEMPTS = 5
+TRANSACTION_BACKOFF_S = 0.025
+
+
+_transaction_connection: Connection | None = None
+
+
+def forget_connection() -> None:
+    """Drop the transactions' connection (the endpoint or region may have changed)."""
+    global _transaction_connection
+    _transaction_connection = None
+
+
+def transaction() -> TransactWrite:
+    """A DynamoDB transaction over arkflow's tables (pynamodb sends condition checks, puts, then updates)."""
+    global _transaction_connection
+    if _transaction_connection is None:
+        _transaction_connection = Connection(region=get_settings().region)
+    return TransactWrite(connection=_transaction_connection)
+
+
+def condition_failed(error: PynamoDBException) -> bool:
+    """Whether DynamoDB refused the write because one of its conditions was false: the one failure that means
+    "the item is not as the writer read it". A transaction counts when any of its items failed its condition."""
+    code = error.cause_response_code
+    if code == CONDITION_FAILED:
+        return True
+    return code == "TransactionCanceledException" and isinstance(error, TransactWriteError) and any(
+        reason is not None and reason.code == "ConditionalCheckFailed" for reason in error.cancellation_reasons)
+
+
+def transaction_conflicted(error: TransactWriteError) -> bool:
+    """A transaction cancelled only because another request was writing one of its items at once. Real DynamoDB
+    does this to concurrent transactions on one item (moto never does), and botocore does not retry it."""
+    if error.cause_response_code != "TransactionCanceledException":
+        return False
+    codes = {reason.code for reason in error.cancellation_reasons if reason is not None}
+    return bool(codes) and codes <= _RETRYABLE_CANCELLATIONS
+
+
+def is_write_conflict(error: Exception) -> bool:
+    """A single-item write refused because a transaction was writing the same item at that moment."""
+    if isinstance(error, PynamoDBException):
+        code = error.cause_response_code
+    else:
+        code = getattr(error, "response", {}).get("Error", {}).get("Code")
+    return code == "TransactionConflictException"
+
+
+def pause_before_retry(attempt: int, sleep: Callable[[float], None] = time.sleep) -> None:
+    """A jittered pause that grows with each attempt (full jitter: retries of racing writers spread out)."""
+    sleep(compute_backoff(attempt, base=TRANSACTION_BACKOFF_S, spread=(0.0, 1.0)))
+
+
+def write_transaction(build: Callable[[TransactWrite], None], *, attempts: int = TRANSACTION_ATTEMPTS) -> None:
+    """Run the transaction `build` fills in; one cancelled by a conflict runs again after a jittered,
+    growing pause (it wrote nothing, and its conditions are judged afresh). The last conflict, and every other
+    failure, is raised."""
+    for attempt in range(attempts):
+        try:
+            with transaction() as writes:
+                build(writes)
+            return
+        except TransactWriteError as error:
+            if attempt == attempts - 1 or not transaction_conflicted(error):
+                raise
+        pause_before_retry(attempt)

@@ -1,0 +1,258 @@
+"""A running video's status at Ark, read by the scheduled poller and on Ark's callback, and applied here
+(docs/design.md, "Status reads").
+
+Both paths end in the same idempotent `apply_remote`: the poller reads running tasks whose `next_poll_at` is due,
+from the sparse `video_polls_due` index; Ark's callback is a hint: a terminal callback triggers a status read at once,
+a queued/running one only advances `stage`. A success sends the task to its lane again, whose worker copies the video
+and last frame into the bucket: the callback route (the API's 28 s) and the poller (many tasks per run) have no time
+to stream a video.
+
+A running video is ended here (cancel, the deadline, an operator) only after reading Ark's status: Ark's DELETE also
+deletes a finished task, so only a task Ark still queues is cancelled at Ark; a finished one gets Ark's outcome
+applied instead (`stop_at_ark`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from enum import StrEnum
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
+from pynamodb.expressions.update import Action
+
+from chalicelib import queues
+from chalicelib.accounts.auth import secret_digest
+from chalicelib.ark.answers import VideoTask
+from chalicelib.ark.client import VolcVideoClient
+from chalicelib.ark.errors import NO_USABLE_ANSWER, ArkError, ArkNotFoundError, task_error
+from chalicelib.backoff import compute_backoff
+from chalicelib.clock import SYSTEM_CLOCK, Clock
+from chalicelib.errors import Unauthorized, error_object
+from chalicelib.ids import is_task_id
+from chalicelib.settings import Settings
+from chalicelib.store import statemachine
+from chalicelib.store.errors import StaleTask, WriteFailed
+from chalicelib.store.records import TaskRecord
+from chalicelib.video.stages import ARK_STAGES, ARK_TERMINAL, STAGE_ORDER, SUBMITTING
+
+log = logging.getLogger(__name__)
+
+# Spreads the index's writes; every poller run queries each shard once, so keep it small.
+POLL_SHARDS = 2
+# Polls at the base interval this many times before backing off.
+POLLS_BEFORE_BACKOFF = 6
+
+
+def poll_shard_name(shard: int) -> str:
+    return f"video-{shard}"
+
+
+def poll_shard_of(task_id: str) -> str:
+    return poll_shard_name(int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % POLL_SHARDS)
+
+
+def poll_delay(poll_count: int, settings: Settings) -> float:
+    return compute_backoff(poll_count - POLLS_BEFORE_BACKOFF, base=settings.video_poll_interval_s,
+                           cap=settings.video_poll_max_interval_s, max_exponent=16)
+
+
+def poll_schedule(task: TaskRecord, now: float, settings: Settings) -> list[Action]:
+    """Put (or keep) the task in the poller's sparse index, due after the back-off for its poll count."""
+    return [TaskRecord.poll_shard.set(poll_shard_of(task.task_id)),
+            TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0), settings))]
+
+
+
+class ArkView(StrEnum):
+    """What Ark said of a running video about to be ended here (`VideoStatus.stop_at_ark`)."""
+
+    GONE = "gone"  # no longer at Ark: dropped from its queue just now, or unknown to it; end it here
+    FINISHED = "finished"  # Ark had ended it: its outcome is applied, the task as written comes back
+    RUNNING = "running"  # Ark is generating it: it cannot be stopped there
+    UNREACHABLE = "unreachable"  # Ark's status could not be read (or the DELETE not confirmed): nothing changed
+
+
+
+class VideoStatus:
+    def __init__(self, client: VolcVideoClient, *, sqs: Any, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.client = client
+        self.sqs = sqs
+        self.settings = settings
+        self.clock = clock
+
+    # --- status reads ---------------------------------------------------------------------------------------
+
+    def apply_remote(self, task: TaskRecord, remote: VideoTask, extra: list[Action] | None = None) -> TaskRecord:
+        """Make the task reflect Ark's view: terminal states end it, others advance `stage`. Idempotent.
+
+        `extra` (the next poll's schedule) goes into the same write when the task stays running.
+        """
+        if task.status != statemachine.RUNNING or remote.id != task.external_id:
+            return task
+        target = ARK_TERMINAL.get(remote.status)
+        if target is None:
+            return self._advance(task, ARK_STAGES.get(remote.status), extra or [])
+        task = statemachine.transition(task, target, actions=_outcome_actions(remote), clock=self.clock)
+        if target == statemachine.SUCCEEDED:
+            self._request_results_copy(task)
+        return task
+
+    def _request_results_copy(self, task: TaskRecord) -> None:
+        """Hand the succeeded task to its lane, whose worker copies the results (`chalicelib.lanes`)."""
+        if not self.settings.media_bucket:
+            return
+        try:
+            queues.enqueue(self.sqs, task.lane, task.task_id)
+        except (BotoCoreError, ClientError) as error:
+            # The task stays succeeded with Ark's links, valid for 24 h.
+            log.warning("could not request the results copy of %s: %s", task.task_id, error)
+
+    def _advance(self, task: TaskRecord, stage: str | None, extra: list[Action]) -> TaskRecord:
+        """Move `stage` forward only (a late `queued` never undoes `running`), with `extra` in the same write."""
+        current = task.stage or SUBMITTING
+        advanced = stage is not None and STAGE_ORDER[stage] > STAGE_ORDER.get(current, 0)
+        actions = [*extra, TaskRecord.stage.set(stage)] if advanced else list(extra)
+        if not actions:
+            return task
+        return statemachine.update_fields(task, actions, publish=advanced, condition=TaskRecord.stage == current,
+                                          clock=self.clock)
+
+    def poll(self, task: TaskRecord) -> TaskRecord:
+        """One status read for a running task; unless it ended, its next poll comes after the back-off."""
+        next_poll = [TaskRecord.poll_count.add(1),
+                     TaskRecord.next_poll_at.set(self.clock.now() + poll_delay(int(task.poll_count or 0) + 1,
+                                                                               self.settings))]
+        try:
+            remote = self.client.get_task_status(task.external_id or "")
+        except ArkNotFoundError as error:
+            return statemachine.transition(
+                task, statemachine.FAILED, clock=self.clock,
+                actions=[TaskRecord.error.set(task_error("upstream_lost", error.message))],
+            )
+        except NO_USABLE_ANSWER as error:
+            log.warning("status read of %s failed, polling again later: %s", task.task_id, error.code)
+            return self._advance(task, None, next_poll)
+        return self.apply_remote(task, remote, next_poll)
+
+    def poll_due(self, budget_s: float) -> int:
+        """Poll every running video task whose next poll is due (sparse index, no scan); returns the count."""
+        started = time.monotonic()
+        polled = 0
+        now = self.clock.now()
+        for shard in range(POLL_SHARDS):
+            for due in TaskRecord.video_polls_due.query(poll_shard_name(shard), TaskRecord.next_poll_at <= now):
+                if time.monotonic() - started > budget_s:
+                    return polled  # the rest stay due: the next run takes them
+                try:
+                    task = TaskRecord.get(due.task_id, consistent_read=True)
+                    if task.status == statemachine.RUNNING and task.external_id:
+                        # Claim this read first: an overlapping run (EventBridge delivers at least once) then
+                        # finds the task no longer due and leaves it alone.
+                        statemachine.update_fields(task, poll_schedule(task, now, self.settings),
+                                                   condition=TaskRecord.next_poll_at == due.next_poll_at,
+                                                   clock=self.clock)
+                        self.poll(task)
+                        polled += 1
+                except (DoesNotExist, StaleTask):
+                    continue  # ended or changed meanwhile (a callback won the race): nothing left to do
+                except ArkError as error:  # this task's read is retried by a later run; the others go on
+                    log.warning("status read of %s failed: %s", due.task_id, error)
+                except (WriteFailed, PynamoDBException) as error:
+                    # Its poll is still due (or due again soon): the next run reads it; the others go on now.
+                    log.warning("poll of %s not recorded: %s", due.task_id, error)
+        return polled
+
+    def on_callback(self, task_id: str, token: str, payload: dict[str, Any]) -> None:
+        """Ark's status push: authenticated by the task's secret; a hint, acted on through a status read."""
+        task = _task_with_secret(task_id, token)
+        if task.status != statemachine.RUNNING or not task.external_id or payload.get("id") != task.external_id:
+            return  # ended already, or not yet recorded as submitted: the poller has it covered
+        status = payload.get("status")
+        try:
+            if status in ARK_TERMINAL:
+                self.apply_remote(task, self.client.get_task_status(task.external_id))
+            elif status in ARK_STAGES:
+                self._advance(task, ARK_STAGES[status], [])
+        except StaleTask:
+            return  # the poller (or a retried callback) applied it first
+
+    # --- ending at Ark -------------------------------------------------------------------------------------
+
+    def stop_at_ark(self, task: TaskRecord) -> tuple[ArkView, TaskRecord]:
+        """Before a running video is ended here: read Ark's status first, since Ark's DELETE also deletes a
+        finished task. A task Ark still queues is cancelled there (`GONE`); a finished one gets Ark's outcome
+        applied (`FINISHED`, with the task as written); one Ark runs is left to finish (`RUNNING`). StaleTask
+        when the task changed meanwhile."""
+        view, remote = self._drop_if_queued(task.external_id or "")
+        return view, task if remote is None else self.apply_remote(task, remote)
+
+    def drop_if_queued(self, external_id: str) -> None:
+        """Best effort for an Ark task nobody holds: cancelled at Ark if still queued, else left as it is."""
+        view, _ = self._drop_if_queued(external_id)
+        log.warning("Ark task %s is no task's; at Ark it is %s", external_id, view)
+
+    def _drop_if_queued(self, external_id: str) -> tuple[ArkView, VideoTask | None]:
+        try:
+            remote = self.client.get_task_status(external_id)
+        except ArkNotFoundError:
+            return ArkView.GONE, None
+        except ArkError as error:
+            log.warning("could not read Ark task %s before ending it: %s", external_id, error.code)
+            return ArkView.UNREACHABLE, None
+        if remote.status in ARK_TERMINAL:
+            return ArkView.FINISHED, remote
+        if remote.status != "queued":
+            return ArkView.RUNNING, remote
+        try:
+            self.client.cancel_or_delete(external_id)
+        except ArkError as error:
+            # Refused: it started meanwhile (a queued task is always cancellable); or no answer: not confirmed.
+            log.info("Ark did not cancel %s: %s", external_id, error.code)
+            return ArkView.UNREACHABLE if isinstance(error, NO_USABLE_ANSWER) else ArkView.RUNNING, None
+        return ArkView.GONE, None
+
+
+
+def _task_with_secret(task_id: str, token: str) -> TaskRecord:
+    denied = Unauthorized("The callback token is missing or wrong.", code="invalid_callback_token")
+    if not token or not is_task_id(task_id):  # checked before the read: DynamoDB refuses oversized keys
+        raise denied
+    try:
+        task = TaskRecord.get(task_id, consistent_read=True)
+    except DoesNotExist:
+        raise denied from None
+    if not task.callback_secret_hash or not hmac.compare_digest(task.callback_secret_hash, secret_digest(token)):
+        raise denied
+    return task
+
+
+def _outcome_actions(remote: VideoTask) -> list[Action]:
+    if remote.status == "succeeded":
+        meta = {
+            "duration": remote.duration,
+            "frames": remote.frames,
+            "resolution": remote.resolution,
+            "ratio": remote.ratio,
+            "seed": remote.seed,
+            "usage": {"completion_tokens": remote.usage.completion_tokens,
+                      "total_tokens": remote.usage.total_tokens} if remote.usage else None,
+        }
+        actions: list[Action] = [TaskRecord.result_meta.set({key: value for key, value in meta.items()
+                                                             if value is not None})]
+        if remote.video_url:
+            actions.append(TaskRecord.video_url.set(remote.video_url))
+        if remote.last_frame_url:
+            actions.append(TaskRecord.last_frame_url.set(remote.last_frame_url))
+        return actions
+    if remote.status == "failed":
+        error = remote.error
+        return [TaskRecord.error.set(task_error(error.code, error.message) if error else task_error("upstream_failed"))]
+    if remote.status == "expired":
+        return [TaskRecord.error.set(error_object("expired", "Ark did not finish the video in time."))]
+    return []
+

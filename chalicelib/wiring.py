@@ -1,0 +1,212 @@
+"""The one place arkflow's services are built and the state machine's listeners registered.
+
+A `Wiring` holds one deployment's services, each given its clients, settings and clock, and built on first use.
+A Lambda container has one (`current()`), built from the environment and kept for its life, so its HTTP and AWS
+connections are reused across invocations. Tests and the local stack build their own (their settings, their clock,
+an Ark client of their choosing) and `install` it, so the app's handlers use it too; `new_container()` forgets
+everything a container caches, as a fresh container would start.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+import httpx
+
+from chalicelib import aws, catalog, live, queues, secret_store
+from chalicelib.accounts import auth, first_admin
+from chalicelib.accounts.auth import Authenticator
+from chalicelib.api.bodies import TaskBodies
+from chalicelib.ark.client import IMAGE_TIMEOUT, VolcImageClient, VolcVideoClient
+from chalicelib.clock import SYSTEM_CLOCK, Clock
+from chalicelib.lanes.copies import ResultCopies
+from chalicelib.lanes.endings import Endings
+from chalicelib.lanes.images import ImageCalls
+from chalicelib.lanes.videos import VideoCalls
+from chalicelib.lanes.waits import Waiting, Waker
+from chalicelib.lanes.worker import LaneWorker
+from chalicelib.live import LiveUpdates
+from chalicelib.media import storage
+from chalicelib.media.downloads import Downloads
+from chalicelib.media.uploads import UploadService
+from chalicelib.resources import Lane, lane_named
+from chalicelib.settings import Settings, get_settings, reload_settings
+from chalicelib.store import records, statemachine
+from chalicelib.store.records import TaskRecord
+from chalicelib.sweeper import Sweeper
+from chalicelib.tasks.intake import Intake
+from chalicelib.tasks.queries import TaskQueries
+from chalicelib.video.status import VideoStatus
+from chalicelib.video.submit import VideoSubmitter
+
+# Time an image worker keeps after its Ark call's timeout to record the outcome before the Lambda timeout.
+IMAGE_RECORD_MARGIN_S = 20
+
+
+def _new_rng(_lane_name: str) -> random.Random:
+    return random.Random()
+
+
+class Wiring:
+    """One deployment's services. Every argument but `settings` defaults to what a Lambda container uses; a test
+    gives its own (`but(...)` makes a copy with some of them changed, and services of its own)."""
+
+    def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK, s3: Any = None, sqs: Any = None,
+                 image_client: VolcImageClient | None = None, video_client: VolcVideoClient | None = None,
+                 downloads: Downloads | None = None, rng_for: Callable[[str], random.Random] = _new_rng) -> None:
+        self._arguments = {"settings": settings, "clock": clock, "s3": s3, "sqs": sqs, "image_client": image_client,
+                           "video_client": video_client, "downloads": downloads, "rng_for": rng_for}
+        self.settings = settings
+        self.clock = clock
+        self.s3 = s3 if s3 is not None else aws.s3()
+        self.sqs = sqs if sqs is not None else aws.sqs()
+        self._image_client = image_client
+        self._video_client = video_client
+        self._downloads = downloads
+        self._rng_for = rng_for
+        self._lane_workers: dict[str, LaneWorker] = {}
+
+    def but(self, **changes: Any) -> Wiring:
+        """A new wiring with the same arguments but `changes`, and none of this one's services."""
+        return Wiring(**{**self._arguments, **changes})
+
+    # --- Ark and results ------------------------------------------------------------------------------------
+
+    @cached_property
+    def video_client(self) -> VolcVideoClient:
+        return self._video_client or VolcVideoClient.from_settings(self.settings)
+
+    def image_client(self, lane: Lane) -> VolcImageClient:
+        """The image lane's client: an image call may take minutes, so the whole request (every phase) may use the
+        Lambda's time, minus room to record the outcome."""
+        if self._image_client is not None:
+            return self._image_client
+        other_phases = {"connect": IMAGE_TIMEOUT.connect, "write": IMAGE_TIMEOUT.write, "pool": IMAGE_TIMEOUT.pool}
+        read_s = lane.lambda_timeout_s - IMAGE_RECORD_MARGIN_S - sum(phase or 0.0 for phase in other_phases.values())
+        return VolcImageClient.from_settings(self.settings, timeout=httpx.Timeout(read=read_s, **other_phases))
+
+    @cached_property
+    def downloads(self) -> Downloads:
+        return self._downloads or Downloads.from_settings(self.settings)
+
+    # --- videos, lanes and the sweeper ----------------------------------------------------------------------
+
+    @cached_property
+    def video_status(self) -> VideoStatus:
+        return VideoStatus(self.video_client, sqs=self.sqs, settings=self.settings, clock=self.clock)
+
+    @cached_property
+    def video_submitter(self) -> VideoSubmitter:
+        return VideoSubmitter(self.video_client, s3=self.s3, status=self.video_status, settings=self.settings,
+                              clock=self.clock)
+
+    def lane_worker(self, lane_name: str) -> LaneWorker:
+        """The lane's worker, made once per wiring (its HTTP connections are reused)."""
+        if lane_name not in self._lane_workers:
+            self._lane_workers[lane_name] = self.new_lane_worker(lane_named(lane_name))
+        return self._lane_workers[lane_name]
+
+    def new_lane_worker(self, lane: Lane) -> LaneWorker:
+        rng = self._rng_for(lane.name)
+        endings = Endings(lane, settings=self.settings, clock=self.clock, rng=rng)
+        copies = ResultCopies(lane, s3=self.s3, sqs=self.sqs, downloads=self.downloads, settings=self.settings,
+                              clock=self.clock)
+        return LaneWorker(
+            lane,
+            sqs=self.sqs,
+            images=ImageCalls(self.image_client(lane), s3=self.s3, endings=endings, copies=copies,
+                              settings=self.settings),
+            videos=VideoCalls(lane, submitter=self.video_submitter, endings=endings, clock=self.clock),
+            copies=copies,
+            waiting=Waiting(lane, sqs=self.sqs, settings=self.settings, rng=rng),
+            endings=endings,
+            settings=self.settings,
+            clock=self.clock,
+        )
+
+    @cached_property
+    def waker(self) -> Waker:
+        return Waker(sqs=self.sqs)
+
+    @cached_property
+    def sweeper(self) -> Sweeper:
+        return Sweeper(sqs=self.sqs, video=self.video_status, settings=self.settings, clock=self.clock)
+
+    # --- the API's services -----------------------------------------------------------------------------------
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        return Authenticator(self.settings, self.clock)
+
+    @cached_property
+    def uploads(self) -> UploadService:
+        return UploadService(s3=self.s3, settings=self.settings, clock=self.clock)
+
+    @cached_property
+    def intake(self) -> Intake:
+        return Intake(s3=self.s3, sqs=self.sqs, uploads=self.uploads, settings=self.settings, clock=self.clock)
+
+    @cached_property
+    def queries(self) -> TaskQueries:
+        return TaskQueries()
+
+    @cached_property
+    def bodies(self) -> TaskBodies:
+        return TaskBodies(s3=self.s3, queries=self.queries)
+
+    @cached_property
+    def live(self) -> LiveUpdates:
+        return LiveUpdates(self.bodies, settings=self.settings, clock=self.clock)
+
+
+# --- the container's wiring ---------------------------------------------------------------------------------
+
+_current: Wiring | None = None
+
+
+def current() -> Wiring:
+    """The container's wiring: built from the environment on first use, then kept."""
+    global _current
+    if _current is None:
+        _current = Wiring(get_settings())
+    return _current
+
+
+def install(wiring: Wiring | None) -> None:
+    """Make `wiring` the container's (None: the next `current()` builds one from the environment again)."""
+    global _current
+    _current = wiring
+
+
+def new_container() -> None:
+    """Start afresh as a new Lambda container would: settings read from the environment again, records pointed at
+    its tables, and nothing cached: no wiring, client, connection, secret or once-per-container check."""
+    install(None)
+    records.configure(reload_settings())
+    aws.reset()
+    secret_store.reset()
+    # Every cache a container keeps beside its wiring.
+    for cached in (live.management_client, queues._queue_url, storage._long_term_signer, auth._hasher,
+                   auth._decoy_hash, first_admin.ensure_first_admin, catalog.ensure_default_models_once):
+        cached.cache_clear()
+
+
+# --- the state machine's listeners --------------------------------------------------------------------------
+
+
+def publish(task: TaskRecord) -> None:
+    """Every change the state machine writes, wherever (worker, poller, callback, cancel, admin, sweeper), reaches
+    the task's owner over WebSockets: all of them run in this app's functions."""
+    current().live.publish(task)
+
+
+def wake_next(released: TaskRecord) -> None:
+    """A slot given back wakes the oldest task waiting for it."""
+    current().waker.wake_next(released)
+
+
+statemachine.listeners.append(publish)
+statemachine.slot_listeners.append(wake_next)

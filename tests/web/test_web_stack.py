@@ -1,0 +1,139 @@
+"""The web app end to end in headless Chromium, against the real local stack (`python -m devstack`)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect
+
+from devstack.config import Credentials
+from devstack.testing import LocalStack
+from tests.web.conftest import screenshot
+from tests.web.ui import IMAGE_FORM, file_payload, log_in, open_video_tab, png
+
+pytestmark = [pytest.mark.browser, pytest.mark.stack]
+
+RESULT_TIMEOUT_MS = 60_000
+
+
+@pytest.fixture
+def stack(local_stack: LocalStack) -> LocalStack:
+    return local_stack
+
+
+def api_headers(stack: LocalStack, credentials: Credentials) -> dict[str, str]:
+    response = httpx.post(f"{stack.api_url}/api/users/login",
+                          json={"username": credentials.username, "password": credentials.password})
+    response.raise_for_status()
+    return {"Authorization": f"Bearer {response.json()['token']}"}
+
+
+def new_image_model(stack: LocalStack, **settings: Any) -> tuple[str, str]:
+    """A model of this test's own, so changing its limits touches no other test; returns (id, display name)."""
+    model_id = f"web-{uuid.uuid4().hex[:8]}"
+    display_name = f"Test model {model_id}"
+    response = httpx.post(f"{stack.api_url}/api/admin/models", headers=api_headers(stack, stack.admin), json={
+        "model_id": model_id, "type": "image", "upstream_model": "doubao-seedream-4-5-251128",
+        "display_name": display_name, "concurrency": 2, "daily_quota": 100, **settings,
+    })
+    response.raise_for_status()
+    return model_id, display_name
+
+
+def newest_card(page: Page):
+    return page.locator(".task-card").first
+
+
+def test_image_task_shows_its_image(page: Page, stack: LocalStack, tmp_path: Path) -> None:
+    large_reference = tmp_path / "large.png"
+    large_reference.write_bytes(png(400, 300, noisy=True))
+    log_in(page, stack.web_url, stack.demo.username, stack.demo.password)
+    form = page.locator(IMAGE_FORM)
+    form.get_by_label("Model").select_option(label="Seedream 4.5")
+    form.get_by_label("Prompt").fill("A paper boat on a puddle, end to end")
+    form.locator("input[type=file]").set_input_files(file_payload("small.png", png(64, 64)))
+    form.locator("input[type=file]").set_input_files(large_reference)
+    expect(form.locator(".reference")).to_have_count(2)
+    form.get_by_role("button", name="Generate image").click()
+    expect(page.locator(".toast").first).to_have_text("Image task queued.")
+
+    item = newest_card(page)
+    expect(item.locator(".task-prompt")).to_have_text("A paper boat on a puddle, end to end")
+    expect(item.locator(".status-pill")).to_have_text("Succeeded", timeout=RESULT_TIMEOUT_MS)
+    image = item.locator(".gallery img").first
+    expect(image).to_be_visible()
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    screenshot(page, "20-stack-image-result", full_page=False)
+    item.get_by_role("button", name=re.compile(r"View image 1 of \d+ full size")).click()
+    expect(page.get_by_role("dialog").get_by_role("link", name="Download")).to_be_visible()
+    page.keyboard.press("Escape")
+
+
+def test_video_task_shows_a_player(page: Page, stack: LocalStack) -> None:
+    log_in(page, stack.web_url, stack.demo.username, stack.demo.password)
+    form = open_video_tab(page)
+    form.get_by_label("Model").select_option(label="Seedance 1.0 pro")
+    form.get_by_label("Prompt (optional with a first frame)").fill("Waves rolling in, end to end")
+    form.get_by_label("Resolution").select_option("480p")
+    form.get_by_label("Duration (seconds)").fill("2")
+    form.get_by_role("button", name="Generate video").click()
+
+    item = newest_card(page)
+    expect(item.locator(".task-prompt")).to_have_text("Waves rolling in, end to end")
+    expect(item.locator(".status-pill")).to_have_text("Succeeded", timeout=RESULT_TIMEOUT_MS)
+    video = item.locator("video")
+    expect(video).to_have_attribute("src", re.compile(r"^https?://"))
+    expect(video).to_have_attribute("poster", re.compile(r"^https?://"))
+    page.wait_for_function("video => video.readyState >= 1 && video.duration > 0", arg=video.element_handle())
+    screenshot(page, "21-stack-video-result", full_page=False)
+
+
+def test_cancel_a_queued_task(page: Page, stack: LocalStack) -> None:
+    model_id, display_name = new_image_model(stack, concurrency=1)
+    with stack.simulator_config(image_latency_s=30.0):  # the first task holds the only slot meanwhile
+        log_in(page, stack.web_url, stack.demo.username, stack.demo.password)
+        form = page.locator(IMAGE_FORM)
+        form.get_by_label("Model").select_option(label=display_name)
+        form.get_by_label("Prompt").fill("holds the slot")
+        form.get_by_role("button", name="Generate image").click()
+        expect(newest_card(page).locator(".status-pill")).to_have_text("Running", timeout=RESULT_TIMEOUT_MS)
+        form.get_by_label("Prompt").fill("waits for the slot")
+        form.get_by_role("button", name="Generate image").click()
+        waiting = page.locator(".task-card", has_text="waits for the slot")
+        expect(waiting.locator(".status-pill")).to_have_text("Queued")
+        waiting.get_by_role("button", name="Cancel task").click()
+        expect(waiting.locator(".status-pill")).to_have_text("Cancelled")
+        expect(waiting.get_by_role("button", name="Cancel task")).to_be_hidden()
+        screenshot(page, "22-stack-cancelled", full_page=False)
+
+    task_id = waiting.get_attribute("data-task-id")
+    response = httpx.get(f"{stack.api_url}/api/tasks/{task_id}", headers=api_headers(stack, stack.demo))
+    assert (response.json()["status"], response.json()["model_id"]) == ("cancelled", model_id)
+
+
+def test_admin_lowers_a_quota_and_the_user_sees_it(page: Page, new_page, stack: LocalStack,
+                                                   console) -> None:
+    console.allow(r"Failed to load resource: the server responded with a status of 429")
+    model_id, display_name = new_image_model(stack, daily_quota=50)
+    admin = new_page()
+    log_in(admin, stack.web_url, stack.admin.username, stack.admin.password)
+    admin.get_by_role("link", name="Models").click()
+    row = admin.locator(f"tr[data-model-id='{model_id}']")
+    expect(row).to_contain_text("0 / 50")
+    row.get_by_role("button", name=f"Edit {model_id}").click()
+    admin.get_by_role("dialog").get_by_label("Daily quota (all users)").fill("0")
+    admin.get_by_role("dialog").get_by_role("button", name="Save changes").click()
+    expect(row).to_contain_text("0 / 0")
+
+    log_in(page, stack.web_url, stack.demo.username, stack.demo.password)
+    form = page.locator(IMAGE_FORM)
+    form.get_by_label("Model").select_option(label=display_name)
+    form.get_by_label("Prompt").fill("one too many")
+    form.get_by_role("button", name="Generate image").click()
+    expect(form.locator(".form-errors")).to_contain_text("Quota reached")
+    screenshot(page, "23-stack-quota-error", full_page=False)
