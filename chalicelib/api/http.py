@@ -19,6 +19,7 @@ from chalicelib.accounts.auth import Authenticator, Principal, require_admin
 from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge, Unavailable, error_object
 from chalicelib.ids import path_parameter
 from chalicelib.schemas import MAX_JSON_DEPTH, json_depth
+from chalicelib.secret_store import SecretUnavailable
 from chalicelib.settings import get_settings
 from chalicelib.store.writes import transaction_conflicted
 
@@ -38,7 +39,10 @@ STORE_RETRY_AFTER_S = 1
 def store_unavailable(error: BaseException) -> bool:
     """Whether `error` is AWS (DynamoDB above all) failing for now, not a request it judged: a 5xx or throttling
     answer, a transaction cancelled only by conflicts, or no answer at all (the endpoint out of reach, a timeout).
-    A failed condition, a missing item or a refused request are not: escaping a route, those are bugs."""
+    A failed condition, a missing item or a refused request are not: escaping a route, those are bugs. The stage's
+    secret out of reach (no copy held, Secrets Manager failing or the secret missing) is the same "not now"."""
+    if isinstance(error, SecretUnavailable):
+        return True
     if isinstance(error, TransactWriteError) and transaction_conflicted(error):
         return True
     if isinstance(error, PynamoDBException):

@@ -18,6 +18,7 @@ from chalicelib.settings import get_settings
 from chalicelib.store import quota
 from chalicelib.store.records import IdempotencyRecord, TaskRecord, UserRecord
 from tests.api_client import Api
+from tests.conftest import reconfigure
 from tests.dynamodb_faults import DynamoFaults, internal_server_error, on_table
 from tests.factories import ADMIN, DEMO, principal_of
 
@@ -135,3 +136,15 @@ def test_creating_a_user_while_dynamodb_fails_answers_503_not_that_the_name_is_t
 
     assert_unavailable(api.request("POST", "/api/admin/users", user, token=token))
     assert api.request("POST", "/api/admin/users", user, token=token).status_code == 201
+
+
+def test_a_login_while_the_stages_secret_cannot_be_read_answers_503(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On AWS the signing key comes from the stage's secret; here that secret does not exist (a cold container
+    # whose Secrets Manager read fails holds no copy to fall back on).
+    monkeypatch.delenv("TOKEN_SIGNING_KEY")
+    monkeypatch.setenv("ARKFLOW_SECRET_ID", "arkflow-test-missing")
+    reconfigure()
+
+    assert_unavailable(api.request("POST", "/api/users/login", {"username": DEMO[0], "password": DEMO[1]}))
