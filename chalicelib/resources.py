@@ -103,6 +103,9 @@ TASKS = Table(
         Index("by_list_shard", Key("list_shard"), Key("created_key")),
         # Sparse: only queued tasks carry `queued_model`, so counting queue position reads queued tasks only.
         Index("queued_by_model", Key("queued_model"), Key("created_key")),
+        # Sparse: only parked tasks (no free slot, their message acknowledged) carry `parked_model`; a released
+        # slot hands itself to the oldest of its model's (docs/design.md, "Parked tasks").
+        Index("parked_by_model", Key("parked_model"), Key("created_key")),
         # Sparse: only video tasks running at Ark carry `poll_shard`; the poller reads what is due.
         Index("video_polls_due", Key("poll_shard"), Key("next_poll_at", "N")),
     ),

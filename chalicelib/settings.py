@@ -118,8 +118,8 @@ class Settings:
     video_poll_max_interval_s: float = field(
         default_factory=lambda: _float("VIDEO_POLL_MAX_INTERVAL_SECONDS", 120.0)
     )
-    # A message whose model has no free slot comes back after 1-2x this many seconds (SQS counts whole seconds).
-    # It is the fallback: a released slot wakes the oldest deferred task (whose user is under its cap) at once.
+    # A task with no free slot is parked (a released slot hands itself over); a message that kept losing its park
+    # to slots freeing under it comes back after 1-2x this many seconds (SQS counts whole seconds).
     slot_wait_s: int = field(default_factory=lambda: _int("SLOT_WAIT_SECONDS", 3))
     # Retryable Ark errors: exponential backoff from the base, capped, with jitter.
     retry_base_s: int = field(default_factory=lambda: _int("RETRY_BASE_SECONDS", 2))

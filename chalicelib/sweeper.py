@@ -2,7 +2,9 @@
 
 Per model (a handful: the models table is read whole), it reads the slot record, whose holders are exactly the
 tasks that may be running, and the sparse `queued_by_model` index past the deadline; never a scan of tasks.
-  * a holder whose task ended, vanished, or never got claimed before its lease ran out: slot released;
+  * a holder whose task ended, vanished, or never got claimed before its lease ran out: slot released (a queued
+    task whose handed slot lapsed is parked again);
+  * free slots of a model with parked tasks: handed to the oldest (a lost hand-off waits at most one sweep);
   * a queued task past `task_deadline_s` since creation: `failed` with `timeout`;
   * a running image whose worker holds a live lease: left alone, whatever its deadline (its call may be billed);
     once the lease ran out, past its deadline `failed` with `timeout`, else back to `queued` with a fresh message;
@@ -27,6 +29,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from chalicelib import catalog, queues
 from chalicelib.clock import SYSTEM_CLOCK, Clock, epoch_of, iso
 from chalicelib.errors import error_object
+from chalicelib.lanes.waits import Waker
 from chalicelib.settings import Settings
 from chalicelib.store import slots, statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
@@ -49,12 +52,15 @@ class SweepReport:
     leases_reclaimed: int = 0
     requeued: int = 0
     reconciling: int = 0
+    woken: int = 0
 
 
 class Sweeper:
-    def __init__(self, *, sqs: Any, video: VideoStatus, settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, *, sqs: Any, video: VideoStatus, waker: Waker, settings: Settings,
+                 clock: Clock = SYSTEM_CLOCK) -> None:
         self.sqs = sqs
         self.video = video
+        self.waker = waker
         self.settings = settings
         self.clock = clock
 
@@ -63,7 +69,14 @@ class Sweeper:
         for model in catalog.list_models():
             self._expire_queued(model, report)
             self._check_holders(model, report)
+            self._wake_parked(model, report)
         return report
+
+    def _wake_parked(self, model: ModelRecord, report: SweepReport) -> None:
+        try:
+            report.woken += self.waker.wake_free_slots(model)
+        except _WRITE_FAILURES as error:
+            log.warning("parked tasks of %s left for the next sweep: %s", model.model_id, error)
 
     def _time_out(self, task: TaskRecord, report: SweepReport) -> None:
         try:
@@ -104,6 +117,8 @@ class Sweeper:
             stale = task.status in statemachine.TERMINAL or holder.lease_until < now
             if stale and slots.release(model.model_id, task_id, task.user_id):
                 report.leases_reclaimed += 1
+                if task.status == statemachine.QUEUED:
+                    self.waker.park_again(task)
             return
         if task.type == "video":
             self._check_video(task, now, report)

@@ -129,11 +129,12 @@ class Wiring:
 
     @cached_property
     def waker(self) -> Waker:
-        return Waker(sqs=self.sqs)
+        return Waker(sqs=self.sqs, clock=self.clock)
 
     @cached_property
     def sweeper(self) -> Sweeper:
-        return Sweeper(sqs=self.sqs, video=self.video_status, settings=self.settings, clock=self.clock)
+        return Sweeper(sqs=self.sqs, video=self.video_status, waker=self.waker, settings=self.settings,
+                       clock=self.clock)
 
     # --- the API's services -----------------------------------------------------------------------------------
 
@@ -204,7 +205,7 @@ def publish(task: TaskRecord) -> None:
 
 
 def wake_next(released: TaskRecord) -> None:
-    """A slot given back wakes the oldest task waiting for it."""
+    """A slot given back hands itself to the oldest parked task of its model."""
     current().waker.wake_next(released)
 
 

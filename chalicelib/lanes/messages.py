@@ -35,10 +35,9 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Retry:
-    """Give the message back: visible again after `delay_s` (or sooner, when `wakeable` and a slot frees)."""
+    """Give the message back: visible again after `delay_s`."""
 
     delay_s: int
-    wakeable: bool = False
 
 
 DONE = None

@@ -9,9 +9,9 @@ Per message, in this order:
      (`videos`).
 
 A message for a task that already succeeded copies its results into the bucket (`copies`). No free slot: the
-message waits (`waits`); Ark's errors end as `endings` says. A DynamoDB write that fails for any reason but its
-condition raises: the message comes back and nothing done is undone (a video created at Ark is found again by the
-reconcile).
+task is parked and its message acknowledged, until a released slot hands itself over (`waits`); Ark's errors end
+as `endings` says. A DynamoDB write that fails for any reason but its condition raises: the message comes back
+and nothing done is undone (a video created at Ark is found again by the reconcile).
 
 Leases: an image's slot lease covers its worker's whole invocation (plus a margin); a video's lease is its
 deadline, the same value its claim writes to `deadline_at`.
@@ -36,7 +36,7 @@ from chalicelib.lanes.endings import Endings
 from chalicelib.lanes.images import ImageCalls
 from chalicelib.lanes.messages import DONE, Delivery, Outcome, Retry
 from chalicelib.lanes.videos import VideoCalls
-from chalicelib.lanes.waits import Waiting
+from chalicelib.lanes.waits import PARK_ROUNDS, Waiting
 from chalicelib.resources import Lane
 from chalicelib.settings import Settings
 from chalicelib.store import slots, statemachine
@@ -92,8 +92,6 @@ class LaneWorker:
             if outcome is not None:
                 self._give_back(delivery, outcome)
                 failures.append({"itemIdentifier": delivery.message_id})
-                if outcome.wakeable:
-                    self.waiting.remember(delivery)
         return {"batchItemFailures": failures}
 
     def _give_back(self, delivery: Delivery, retry: Retry) -> None:
@@ -131,10 +129,16 @@ class LaneWorker:
             self.endings.fail(task, "model_not_found", f"Model {task.model_id!r} no longer exists.")
             return DONE
         lease_until = self._lease_until(task)
-        if not slots.acquire(task.model_id, task.task_id, int(model.concurrency), lease_until,
-                             user_id=task.user_id, user_cap=optional_int(model.max_running_per_user)):
-            return self.waiting.wait(delivery, self.waiting.slot_wait(delivery), wakeable=True)
-        return self._claim_and_call(task, model, delivery, lease_until)
+        concurrency, user_cap = int(model.concurrency), optional_int(model.max_running_per_user)
+        for _ in range(PARK_ROUNDS):
+            full = slots.try_acquire(task.model_id, task.task_id, concurrency, lease_until, user_id=task.user_id,
+                                     user_cap=user_cap)
+            if full is None:
+                return self._claim_and_call(task, model, delivery, lease_until)
+            # No free slot: parked, the message acknowledged; a released slot hands itself over (waits.Waker).
+            if self.waiting.park(task, full, concurrency if full == task.model_id else int(user_cap or 0)):
+                return DONE
+        return self.waiting.wait(delivery, self.waiting.slot_wait(delivery))
 
     def _lease_until(self, task: TaskRecord) -> int:
         if task.type == "video":
@@ -146,7 +150,7 @@ class LaneWorker:
     def _claim_and_call(self, task: TaskRecord, model: ModelRecord, delivery: Delivery, lease_until: int) -> Outcome:
         # Set before the call: a worker that dies mid-call may have had it done at Ark. A refusal (429) undoes it.
         reached_ark_before = bool(task.ark_called)
-        actions = [TaskRecord.ark_called.set(True), TaskRecord.wait_receipt.remove()]
+        actions = [TaskRecord.ark_called.set(True)]
         callback_url = None
         if task.type == "video":
             callback_url, callback_actions = self.videos.submitter.new_callback(task.task_id)

@@ -167,8 +167,8 @@ class TaskRecord(_Base):
     callback_secret_hash = UnicodeAttribute(null=True)
     # Reconciles of a video left `submitting` claim a round by bumping this, so only one may create at Ark.
     create_attempt = NumberAttribute(default=0)
-    # The receipt of the message deferred for want of a slot: a released slot makes that message visible at once.
-    wait_receipt = UnicodeAttribute(null=True)
+    # Set while the task is parked (it found no free slot; its message left the queue): its model's id.
+    parked_model = UnicodeAttribute(null=True)
     # A running video's deadline (epoch seconds): written with its claim (the value its slot lease holds too) and
     # again from its Ark create. The sweeper reads it as stored, so a changed setting never moves it.
     deadline_at = NumberAttribute(null=True)
@@ -176,6 +176,7 @@ class TaskRecord(_Base):
     by_user = index_of(resources.TASKS, "by_user")
     by_list_shard = index_of(resources.TASKS, "by_list_shard")
     queued_by_model = index_of(resources.TASKS, "queued_by_model")
+    parked_by_model = index_of(resources.TASKS, "parked_by_model")
     video_polls_due = index_of(resources.TASKS, "video_polls_due")
 
 

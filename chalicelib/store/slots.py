@@ -59,7 +59,29 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
     With `user_cap`, the task must also fit under its user's cap for this model. A refusal costs one request:
     DynamoDB returns the record as it was, which tells "full" from "already holding" and "no record yet".
     """
-    keys = [model_id] if user_cap is None or user_id is None else [model_id, user_slot_key(model_id, user_id)]
+    return try_acquire(model_id, task_id, concurrency, lease_until, user_id=user_id, user_cap=user_cap) is None
+
+
+def _keys(model_id: str, user_id: str | None, user_cap: int | None) -> list[str]:
+    return [model_id] if user_cap is None or user_id is None else [model_id, user_slot_key(model_id, user_id)]
+
+
+def take_in(transaction: TransactWrite, model_id: str, task_id: str, concurrency: int, lease_until: float, *,
+            user_id: str | None = None, user_cap: int | None = None) -> list[str]:
+    """Add the acquire's conditional updates to `transaction` (a hand-off takes a slot for a parked task and
+    unparks it at once); returns the slot keys in the order their updates were added."""
+    keys = _keys(model_id, user_id, user_cap)
+    transaction.update(SlotRecord(model_id), **_take_update(task_id, concurrency, lease_until, user_id))
+    if len(keys) > 1:
+        transaction.update(SlotRecord(keys[1]), **_take_update(task_id, int(user_cap or 0), lease_until, None))
+    return keys
+
+
+def try_acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *,
+                user_id: str | None = None, user_cap: int | None = None) -> str | None:
+    """`acquire`, telling why not: None when the task holds a slot, else the key of the slot record that was
+    full (the model's, or its user's under `user_cap`): what a parked task waits on."""
+    keys = _keys(model_id, user_id, user_cap)
     refusal_cause: BaseException | None = None
     for attempt in range(2):
         try:
@@ -73,7 +95,7 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
                                        **_take_update(task_id, int(user_cap or 0), lease_until, None))
 
                 writes.write_transaction(take_both)
-            return True
+            return None
         except SlotRefused as refusal:
             records, refusal_cause = {model_id: refusal.item}, refusal.__cause__
         except TransactWriteError as error:
@@ -86,9 +108,11 @@ def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *
         missing = [key for key in keys if records.get(key, {}) is None]
         if not missing:
             held = (records.get(model_id) or {}).get("holders", {}).get("M", {}).get(task_id)
-            if held is not None and int(held.get("N", 0)) < math.ceil(lease_until):
+            if held is None:  # the first full record: a conflicted acquire (state unknown) counts as the model's
+                return next((key for key in keys if records.get(key)), model_id)
+            if int(held.get("N", 0)) < math.ceil(lease_until):
                 _extend_lease(model_id, task_id, lease_until)
-            return held is not None
+            return None
         if attempt:
             raise RuntimeError(f"slot records {missing} cannot be used even after completing them") from refusal_cause
         for key in missing:  # first acquire for this model (or user): create the record, then try once more

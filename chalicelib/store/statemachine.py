@@ -80,7 +80,7 @@ def transition(
         *(actions or []),
     ]
     if task.status == QUEUED:
-        changes.append(TaskRecord.queued_model.remove())
+        changes += [TaskRecord.queued_model.remove(), TaskRecord.parked_model.remove()]
     guard = (TaskRecord.status == task.status) & (TaskRecord.version == task.version)
     if target == QUEUED:
         if task.type == "video":

@@ -7,17 +7,14 @@ import json
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
 
 from chalicelib import aws
 from chalicelib.ark.client import VolcImageClient
 from chalicelib.ark.errors import ArkError, ArkQuotaExhaustedError
 from chalicelib.lanes.messages import Retry
-from chalicelib.lanes.waits import Waker
 from chalicelib.resources import lane_named
 from chalicelib.settings import get_settings
 from chalicelib.store import slots
-from chalicelib.store.records import TaskRecord
 from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, user_id_of
 from tests.lane_fixtures import ARK_KEY, Lanes, record_for
 
@@ -77,25 +74,7 @@ def test_a_second_delivery_after_success_calls_nothing(lanes: Lanes) -> None:
     assert lanes.task(task_id).version == 4  # queued -> running -> succeeded -> results copied, nothing more
 
 
-def test_no_free_slot_defers_the_message_briefly_then_it_runs(lanes: Lanes) -> None:
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
-    task_id = lanes.submit(IMAGE_TASK)
-    record = lanes.receive_for("image", task_id)
-
-    outcome = lanes.worker("image").process(_delivery(record))
-
-    assert isinstance(outcome, Retry) and 1 <= outcome.delay_s <= 2
-    assert lanes.get(task_id)["status"] == "queued"
-    assert lanes.get(task_id)["queue_position"] == 1
-    assert lanes.ark_calls("images.generate") == 0
-
-    slots.release(IMAGE_MODEL, "tsk_elsewhere")
-    lanes.worker("image").handle([record])
-    assert lanes.task(task_id).status == "succeeded"
-
-
-def test_the_batch_answer_names_only_the_deferred_message(lanes: Lanes) -> None:
+def test_a_batch_acknowledges_both_the_task_that_ran_and_the_one_parked(lanes: Lanes) -> None:
     runs, waits = lanes.submit(IMAGE_TASK, OTHER), lanes.submit(IMAGE_TASK, DEMO)
     lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
     slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
@@ -104,110 +83,13 @@ def test_the_batch_answer_names_only_the_deferred_message(lanes: Lanes) -> None:
 
     answer = lanes.worker("image").handle(records)
 
-    assert answer == {"batchItemFailures": [{"itemIdentifier": records[1]["messageId"]}]}
+    assert answer == {"batchItemFailures": []}
     assert lanes.task(runs).status == "succeeded"
-    assert lanes.task(waits).status == "queued"
-
-
-def test_waiting_for_a_slot_never_sends_a_message_to_the_dlq(lanes: Lanes) -> None:
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
-    task_id = lanes.submit(IMAGE_TASK)
-    lanes.receive_for("image", task_id)  # the original is in flight; the worker sees its last receives
-    near_the_limit = record_for(task_id, receive_count=IMAGE_LANE.max_receives - 1)
-
-    assert lanes.worker("image").handle([near_the_limit]) == {"batchItemFailures": []}
-
-    # Acknowledged and replaced by a fresh copy (its receive count starts again), delayed by the backed-off wait.
-    attributes = aws.sqs().get_queue_attributes(QueueUrl=_queue_url(), AttributeNames=["All"])["Attributes"]
-    assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
-    assert lanes.task(task_id).status == "queued"
+    assert lanes.task(waits).status == "queued" and lanes.task(waits).parked_model == IMAGE_MODEL
 
 
 def _task_ids(records: list[dict[str, Any]]) -> list[str]:
     return [json.loads(record["body"])["task_id"] for record in records]
-
-
-def test_a_released_slot_wakes_the_oldest_waiting_task_at_once(lanes: Lanes) -> None:
-    lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)  # a deferred message stays away
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    running, first, second = (lanes.submit(IMAGE_TASK) for _ in range(3))
-    deferred = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
-    worker = lanes.worker("image")
-    images = ImagesCallingBack(lanes.ark.base_url, lambda: worker.handle(deferred))
-
-    lanes.worker("image", image_client=images).handle([lanes.receive_for("image", running)])
-
-    assert images.seen == [{"batchItemFailures": [{"itemIdentifier": record["messageId"]} for record in deferred]}]
-    assert lanes.task(running).status == "succeeded"
-    # Its release made the oldest deferred message visible again: the same message, no second copy.
-    woken = lanes.receive("image")
-    assert [record["messageId"] for record in woken] == [deferred[0]["messageId"]]
-    worker.handle(woken)
-    assert lanes.task(first).status == "succeeded"
-    assert _task_ids(lanes.receive("image")) == [second]  # and that release woke the next one
-
-
-def test_each_released_slot_wakes_a_different_waiting_task(lanes: Lanes) -> None:
-    lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)
-    lanes.set_model(IMAGE_MODEL, concurrency=2)
-    for holder in ("tsk_running_1", "tsk_running_2"):
-        slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60)
-    waiting = [lanes.submit(IMAGE_TASK) for _ in range(3)]
-    lanes.worker("image").handle([lanes.receive_for("image", task_id) for task_id in waiting])
-
-    for holder in ("tsk_running_1", "tsk_running_2"):
-        slots.release(IMAGE_MODEL, holder)
-        Waker(sqs=aws.sqs()).wake_next(TaskRecord(holder, model_id=IMAGE_MODEL))
-
-    assert sorted(_task_ids(lanes.receive("image"))) == sorted(waiting[:2])
-    # Two releases that read the same oldest task at once: only one of them wakes it.
-    read_by_both = lanes.task(waiting[2])
-    waker = Waker(sqs=aws.sqs())
-    assert [waker.wake(read_by_both), waker.wake(read_by_both)] == [True, False]
-
-
-def test_a_deferred_message_already_visible_again_counts_as_woken(lanes: Lanes, monkeypatch: Any) -> None:
-    lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_running", 1, lanes.clock.now() + 60)
-    waiting = lanes.submit(IMAGE_TASK)
-    lanes.worker("image").handle([lanes.receive_for("image", waiting)])
-    real_sqs = aws.sqs()
-
-    class DeferralOver:
-        """SQS as AWS answers once the deferral ended: the message is visible, no longer in flight."""
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(real_sqs, name)
-
-        def change_message_visibility(self, **kwargs: Any) -> Any:
-            raise ClientError({"Error": {"Code": "AWS.SimpleQueueService.MessageNotInflight", "Message": "x"}},
-                              "ChangeMessageVisibility")
-
-    assert Waker(sqs=DeferralOver()).wake(lanes.task(waiting))
-    attributes = aws.sqs().get_queue_attributes(QueueUrl=_queue_url(), AttributeNames=["All"])["Attributes"]
-    assert attributes["ApproximateNumberOfMessages"] == "0"  # no second copy was sent
-
-
-def test_a_released_slot_skips_waiting_tasks_whose_user_is_at_the_cap(lanes: Lanes) -> None:
-    lanes.settings = dataclasses.replace(lanes.settings, slot_wait_s=300)
-    lanes.set_model(IMAGE_MODEL, concurrency=2, max_running_per_user=1)
-    for holder, user in (("tsk_demo_running", user_id_of(DEMO[0])), ("tsk_other_running", user_id_of(OTHER[0]))):
-        slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60, user_id=user, user_cap=1)
-    demo_waiting, other_waiting = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
-    records = [lanes.receive_for("image", demo_waiting), lanes.receive_for("image", other_waiting)]
-    assert len(lanes.worker("image").handle(records)["batchItemFailures"]) == 2
-
-    slots.release(IMAGE_MODEL, "tsk_other_running", user_id_of(OTHER[0]))
-    Waker(sqs=aws.sqs()).wake_next(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL))
-
-    # Demo's task waited longer, but demo still runs one: the freed slot goes to the other user's task.
-    woken = lanes.receive("image")
-    assert _task_ids(woken) == [other_waiting]
-    lanes.worker("image").handle(woken)
-    assert lanes.task(other_waiting).status == "succeeded" and lanes.task(demo_waiting).status == "queued"
-
 
 
 def test_the_per_user_cap_keeps_one_users_burst_from_taking_every_slot(lanes: Lanes) -> None:
@@ -217,7 +99,7 @@ def test_the_per_user_cap_keeps_one_users_burst_from_taking_every_slot(lanes: La
     demo_task, other_task = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
     worker = lanes.worker("image")
 
-    assert isinstance(worker.process(_delivery(lanes.receive_for("image", demo_task))), Retry)
+    assert worker.process(_delivery(lanes.receive_for("image", demo_task))) is None  # parked
     worker.handle([lanes.receive_for("image", other_task)])
 
     assert lanes.task(demo_task).status == "queued"
@@ -249,7 +131,6 @@ def test_a_retryable_error_requeues_with_backoff_and_frees_the_slot(lanes: Lanes
 
 @pytest.mark.abuse
 def test_backoff_grows_exponentially_with_jitter(lanes: Lanes) -> None:
-    import dataclasses
 
     lanes.settings = dataclasses.replace(lanes.settings, retry_base_s=2, retry_max_s=300)
     lanes.ark.configure(server_error_fraction=1.0)
@@ -359,7 +240,8 @@ def test_the_lambda_handler_answers_with_batch_item_failures(lanes: Lanes, monke
 
     answer = app.handler_map[IMAGE_LANE.handler_name]({"Records": records}, None)
 
-    assert answer == {"batchItemFailures": [{"itemIdentifier": records[1]["messageId"]}]}
+    assert answer == {"batchItemFailures": []}  # one ran, the other was parked
+    assert lanes.task(second).parked_model == IMAGE_MODEL
 
 
 def test_queue_position_counts_the_models_queued_tasks_ahead(lanes: Lanes) -> None:
@@ -395,13 +277,3 @@ def test_a_task_whose_worker_died_after_taking_its_slot_runs_on_redelivery(lanes
     assert slots.in_use(IMAGE_MODEL) == 0
 
 
-def test_rechecks_for_a_slot_back_off_while_the_model_stays_full(lanes: Lanes) -> None:
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
-    task_id = lanes.submit(IMAGE_TASK)
-    worker = lanes.worker("image")
-
-    waits = [worker.process(_delivery(record_for(task_id, receive_count=count))) for count in (1, 2, 4, 6)]
-
-    lows = (1, 2, 8, 8)  # SLOT_WAIT_SECONDS=1 here, doubling per recheck up to 8x
-    assert all(low <= wait.delay_s <= 2 * low for wait, low in zip(waits, lows, strict=True))

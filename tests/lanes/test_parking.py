@@ -1,0 +1,217 @@
+"""Parked tasks: a task with no free slot leaves the queue, and a released slot hands itself to the oldest parked
+task its model may run (docs/design.md, "Parked tasks")."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from chalicelib import aws, catalog, queues
+from chalicelib.lanes import waits
+from chalicelib.lanes.waits import HANDOFF_LEASE_S, Waker
+from chalicelib.store import slots
+from chalicelib.store.records import TaskRecord
+from tests.factories import DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, user_id_of
+from tests.lane_fixtures import Lanes, record_for
+from tests.lanes.test_image_lane import ImagesCallingBack
+
+
+def _task_ids(records: list[dict[str, Any]]) -> list[str]:
+    return [json.loads(record["body"])["task_id"] for record in records]
+
+
+def _messages_in_queue() -> int:
+    attributes = aws.sqs().get_queue_attributes(QueueUrl=queues.queue_url(aws.sqs(), "image"),
+                                                AttributeNames=["All"])["Attributes"]
+    return sum(int(attributes[name]) for name in (
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"))
+
+
+def _park(lanes: Lanes, *task_ids: str) -> None:
+    """Deliver each task's message to a worker while no slot is free: every one is parked and acknowledged."""
+    records = [lanes.receive_for("image", task_id) for task_id in task_ids]
+    assert lanes.worker("image").handle(records) == {"batchItemFailures": []}
+    for record in records:  # the event source deletes what the batch answer acknowledged
+        aws.sqs().delete_message(QueueUrl=queues.queue_url(aws.sqs(), "image"), ReceiptHandle=record["receiptHandle"])
+
+
+def _waker(lanes: Lanes) -> Waker:
+    return Waker(sqs=aws.sqs(), clock=lanes.clock)
+
+
+def test_a_task_with_no_free_slot_is_parked_and_leaves_the_queue(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    task_id = lanes.submit(IMAGE_TASK)
+
+    _park(lanes, task_id)
+
+    assert lanes.task(task_id).parked_model == IMAGE_MODEL
+    assert lanes.get(task_id)["status"] == "queued" and lanes.get(task_id)["queue_position"] == 1
+    assert _messages_in_queue() == 0  # nothing polls: the message is gone
+    assert lanes.ark_calls("images.generate") == 0
+
+
+def test_released_slots_hand_themselves_to_parked_tasks_in_the_order_they_were_accepted(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    running, first, second = (lanes.submit(IMAGE_TASK) for _ in range(3))
+    parked = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
+    worker = lanes.worker("image")
+    images = ImagesCallingBack(lanes.ark.base_url, lambda: worker.handle(parked))
+
+    lanes.worker("image", image_client=images).handle([lanes.receive_for("image", running)])
+
+    assert images.seen == [{"batchItemFailures": []}]  # both parked while the first ran
+    assert lanes.task(running).status == "succeeded"
+    # Its release took the slot for the oldest parked task and sent it one message.
+    assert set(slots.holders(IMAGE_MODEL)) == {first}
+    woken = lanes.receive("image")
+    assert _task_ids(woken) == [first]
+    worker.handle(woken)
+    assert lanes.task(first).status == "succeeded" and lanes.task(first).parked_model is None
+    assert _task_ids(lanes.receive("image")) == [second]  # and that release woke the next one
+    assert lanes.ark_calls("images.generate") == 2
+
+
+def test_two_hand_offs_at_once_wake_two_different_tasks(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=2)
+    for holder in ("tsk_running_1", "tsk_running_2"):
+        slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60)
+    parked = [lanes.submit(IMAGE_TASK) for _ in range(3)]
+    _park(lanes, *parked)
+    for holder in ("tsk_running_1", "tsk_running_2"):
+        slots.release(IMAGE_MODEL, holder)
+
+    # Two releases that read the same oldest parked task at once: only one takes the slot for it.
+    read_by_both = lanes.task(parked[0])
+    model = catalog.get_model(IMAGE_MODEL)
+    assert [_waker(lanes)._take_for(read_by_both, model, None), _waker(lanes)._take_for(read_by_both, model, None)] \
+        == [True, False]
+    assert _waker(lanes).hand_off(model) == parked[1]
+    assert _waker(lanes).hand_off(model) is None  # both slots are taken: the third stays parked
+    assert set(slots.holders(IMAGE_MODEL)) == set(parked[:2]) and lanes.task(parked[2]).parked_model == IMAGE_MODEL
+
+
+def test_a_released_slot_skips_parked_tasks_whose_user_is_at_the_cap(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=2, max_running_per_user=1)
+    for holder, user in (("tsk_demo_running", user_id_of(DEMO[0])), ("tsk_other_running", user_id_of(OTHER[0]))):
+        slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60, user_id=user, user_cap=1)
+    demo_parked, other_parked = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
+    _park(lanes, demo_parked, other_parked)
+
+    slots.release(IMAGE_MODEL, "tsk_other_running", user_id_of(OTHER[0]))
+    _waker(lanes).wake_next(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL))
+
+    # Demo's task waited longer, but demo still runs one: the freed slot goes to the other user's task.
+    woken = lanes.receive("image")
+    assert _task_ids(woken) == [other_parked]
+    lanes.worker("image").handle(woken)
+    assert lanes.task(other_parked).status == "succeeded"
+    assert lanes.task(demo_parked).status == "queued" and lanes.task(demo_parked).parked_model == IMAGE_MODEL
+
+
+def test_a_parked_user_capped_task_runs_once_its_user_is_under_the_cap(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=3, max_running_per_user=1)
+    assert slots.acquire(IMAGE_MODEL, "tsk_demo_running", 3, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
+                         user_cap=1)
+    demo_task = lanes.submit(IMAGE_TASK, DEMO)
+    _park(lanes, demo_task)  # refused by demo's own record: parked on it, though the model has free slots
+    assert lanes.task(demo_task).parked_model == IMAGE_MODEL
+
+    slots.release(IMAGE_MODEL, "tsk_demo_running", user_id_of(DEMO[0]))
+    _waker(lanes).wake_next(TaskRecord("tsk_demo_running", model_id=IMAGE_MODEL))
+    lanes.worker("image").handle(lanes.receive("image"))
+    assert lanes.task(demo_task).status == "succeeded"
+
+
+def test_a_slot_freed_between_the_refusal_and_the_park_is_taken_at_once(lanes: Lanes, monkeypatch: Any) -> None:
+    """The park's condition on the full slot record: without it, the task would park after the last release and
+    wait for the sweeper."""
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    task_id = lanes.submit(IMAGE_TASK)
+    real_try_acquire = slots.try_acquire
+
+    def refused_then_released(*args: Any, **kwargs: Any) -> str | None:
+        refusal = real_try_acquire(*args, **kwargs)
+        if refusal is not None:
+            slots.release(IMAGE_MODEL, "tsk_elsewhere")  # a release with nothing parked yet to hand over to
+        return refusal
+
+    monkeypatch.setattr(slots, "try_acquire", refused_then_released)
+    lanes.worker("image").handle([lanes.receive_for("image", task_id)])
+
+    assert lanes.task(task_id).status == "succeeded"
+
+
+def test_a_lost_wake_up_is_made_good_by_the_next_sweep(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    task_id = lanes.submit(IMAGE_TASK)
+    _park(lanes, task_id)
+    slots.release(IMAGE_MODEL, "tsk_elsewhere")  # released with no hand-off (the waker's requests failed)
+    assert lanes.receive("image") == []
+
+    assert lanes.sweeper().sweep().woken == 1
+
+    lanes.worker("image").handle(lanes.receive("image"))
+    assert lanes.task(task_id).status == "succeeded"
+
+
+def test_a_waker_dying_between_the_hand_off_and_its_message_strands_nothing(lanes: Lanes, monkeypatch: Any) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    task_id = lanes.submit(IMAGE_TASK)
+    _park(lanes, task_id)
+    slots.release(IMAGE_MODEL, "tsk_elsewhere")
+
+    def dies(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the Lambda died")
+
+    monkeypatch.setattr(waits.queues, "enqueue", dies)
+    with pytest.raises(RuntimeError):
+        _waker(lanes).hand_off(catalog.get_model(IMAGE_MODEL))
+    monkeypatch.undo()
+    assert set(slots.holders(IMAGE_MODEL)) == {task_id} and lanes.task(task_id).parked_model is None
+
+    lanes.sweeper().sweep()  # within the hand-off lease: left alone
+    assert lanes.receive("image") == []
+    lanes.clock.advance(HANDOFF_LEASE_S + 1)
+    report = lanes.sweeper().sweep()  # the lapsed hand-off: freed, parked again and handed over again
+
+    assert report.leases_reclaimed == 1 and report.woken == 1
+    lanes.worker("image").handle(lanes.receive("image"))
+    assert lanes.task(task_id).status == "succeeded"
+    assert lanes.ark_calls("images.generate") == 1
+
+
+def test_a_worker_dying_after_parking_leaves_one_task_that_runs_once(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    task_id = lanes.submit(IMAGE_TASK)
+    worker = lanes.worker("image")
+    worker.handle([record_for(task_id)])  # parked; the worker died before its message was acknowledged
+    worker.handle([record_for(task_id, receive_count=2)])  # redelivered: still full, parked again
+    assert lanes.task(task_id).parked_model == IMAGE_MODEL
+
+    slots.release(IMAGE_MODEL, "tsk_elsewhere")
+    worker.handle([record_for(task_id, receive_count=3)])  # the old message once more, now a slot is free
+    _waker(lanes).hand_off(catalog.get_model(IMAGE_MODEL))  # a hand-off racing it finds nothing parked
+    worker.handle(lanes.receive("image"))
+
+    assert lanes.task(task_id).status == "succeeded" and lanes.task(task_id).parked_model is None
+    assert lanes.ark_calls("images.generate") == 1 and slots.in_use(IMAGE_MODEL) == 0
+
+
+def test_a_cancelled_parked_task_is_never_woken(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    cancelled, kept = lanes.submit(IMAGE_TASK), lanes.submit(IMAGE_TASK)
+    _park(lanes, cancelled, kept)
+    assert lanes.api.request("POST", f"/api/tasks/{cancelled}/cancel", as_user=DEMO).status_code == 200
+    assert lanes.task(cancelled).parked_model is None
+
+    slots.release(IMAGE_MODEL, "tsk_elsewhere")
+    assert _waker(lanes).hand_off(catalog.get_model(IMAGE_MODEL)) == kept
