@@ -3,7 +3,7 @@
 Per model (a handful: the models table is read whole), it reads the slot record, whose holders are exactly the
 tasks that may be running, and the sparse `queued_by_model` index past the deadline; never a scan of tasks.
   * a holder whose task ended, vanished, or never got claimed before its lease ran out: slot released (a queued
-    task whose handed slot lapsed is parked again);
+    task, whose handed slot lapsed or whose worker died before its claim, gets a fresh message);
   * free slots of a model with parked tasks: handed to the oldest (a lost hand-off waits at most one sweep);
   * a queued task past `task_deadline_s` since creation: `failed` with `timeout`;
   * a running image whose worker holds a live lease: left alone, whatever its deadline (its call may be billed);
@@ -118,7 +118,9 @@ class Sweeper:
             if stale and slots.release(model.model_id, task_id, task.user_id):
                 report.leases_reclaimed += 1
                 if task.status == statemachine.QUEUED:
-                    self.waker.park_again(task)
+                    # A slot handed to a parked task whose message was never sent (the waker died), or a worker that
+                    # died before its claim: one message more, so it is not stranded (a duplicate changes nothing).
+                    queues.enqueue(self.sqs, task.lane, task.task_id)
             return
         if task.type == "video":
             self._check_video(task, now, report)

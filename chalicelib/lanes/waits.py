@@ -38,7 +38,7 @@ SQS_MAX_DELAY_S = 900
 # Parked tasks a hand-off reads at a time, and at most: usually the first page has one whose user is under the cap.
 WAKE_PAGE_SIZE, WAKE_LOOKAHEAD = 10, 50
 # A slot handed to a parked task is held this long for it; its worker's acquire extends it to the worker's lease.
-# A hand-off whose message was never sent (the waker died) frees the slot after this, at the next sweep.
+# A hand-off whose message was never sent (the waker died) frees the slot after this, and the next sweep sends one.
 HANDOFF_LEASE_S = 30
 # Rounds of "refused acquire, park" a delivery tries when slots free under it; then it comes back after a wait.
 PARK_ROUNDS = 3
@@ -148,13 +148,6 @@ class Waker:
             # on (another hand-off took the slot for it first) or its user is full: the next one may run.
             return None if refused and refused[0] and not refused[-1] else False
         return True
-
-    @staticmethod
-    def park_again(task: TaskRecord) -> None:
-        """A queued task whose handed slot lapsed unused (its message was never sent): parked again, for the
-        next hand-off. StaleTask when it is no longer queued."""
-        statemachine.write_fields(task, [TaskRecord.parked_model.set(task.model_id)],
-                                  condition=TaskRecord.status == statemachine.QUEUED)
 
     def wake_free_slots(self, model: ModelRecord) -> int:
         """The safety net: hand every free slot of `model` to a parked task; how many were woken."""

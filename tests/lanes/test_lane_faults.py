@@ -80,15 +80,15 @@ def test_two_records_for_one_task_make_one_ark_call_one_transition_and_one_publi
     """
     task_id = lanes.submit(IMAGE_TASK)
     original, twin = lanes.receive_for("image", task_id), record_for(task_id)
-    real_acquire = slots.acquire
+    real_acquire = slots.try_acquire
     first_worker_answers: list[dict[str, Any]] = []
 
-    def acquire_after_the_first_worker_finished(*args: Any, **kwargs: Any) -> bool:
-        monkeypatch.setattr(slots, "acquire", real_acquire)
+    def acquire_after_the_first_worker_finished(*args: Any, **kwargs: Any) -> str | None:
+        monkeypatch.setattr(slots, "try_acquire", real_acquire)
         first_worker_answers.append(lanes.worker("image").handle([original]))
         return real_acquire(*args, **kwargs)
 
-    monkeypatch.setattr(slots, "acquire", acquire_after_the_first_worker_finished)
+    monkeypatch.setattr(slots, "try_acquire", acquire_after_the_first_worker_finished)
     assert lanes.worker("image").handle([twin]) == {"batchItemFailures": []}
     again = lanes.worker("image").handle([{**original, "messageId": "copy-1"}, {**original, "messageId": "copy-2"}])
 
@@ -362,8 +362,8 @@ def test_a_concurrency_changed_mid_run_applies_to_the_next_acquire(lanes: Lanes)
     lanes.set_model(IMAGE_MODEL, concurrency=1)
 
     for finished in running:
-        assert isinstance(lanes.worker("image").process(Delivery.of(record)), Retry), f"{slots.in_use(IMAGE_MODEL)}"
-        assert lanes.task(waiting).status == "queued"
+        assert lanes.worker("image").process(Delivery.of(record)) is None, f"{slots.in_use(IMAGE_MODEL)}"  # parked
+        assert lanes.task(waiting).status == "queued" and lanes.task(waiting).parked_model == IMAGE_MODEL
         slots.release(IMAGE_MODEL, finished)
 
     assert lanes.worker("image").handle([record]) == {"batchItemFailures": []}
