@@ -52,6 +52,9 @@ LANE_MINIMUM = {
     "video": {"dynamodb": 9, "sqs": 0},
 }
 LANE_PARTS = ("worker", "callback", "video_poller")
+# The image scenario again at growing backlogs: the cost per task must stay flat (docs/design.md, "Parked tasks").
+SCALING_NS = (40, 160, 640)
+LANE_CONCURRENCY_IMAGE = next(lane.reserved_concurrency for lane in LANES if lane.name == "image")
 
 
 # --- AWS request counting ------------------------------------------------------------------------------------
@@ -62,6 +65,8 @@ class RequestCounter:
     """Counts every botocore call by (service, who) where `who` is the part of the system that made it."""
 
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    # Estimated capacity units by ("wcu" | "rcu", who): `capacity_units`.
+    capacity: Counter[tuple[str, str]] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     local: threading.local = field(default_factory=threading.local)
 
@@ -78,11 +83,14 @@ class RequestCounter:
 
         botocore.session.Session.create_client = create_client  # type: ignore[method-assign]
 
-    def on_call(self, model: Any, **_: Any) -> None:
+    def on_call(self, model: Any, params: Any = None, **_: Any) -> None:
         service = model.service_model.service_name
         who = self.who(model.name)
+        units = capacity_units(model.name, params or {}) if service == "dynamodb" else {}
         with self.lock:
             self.counts[(service, who)] += 1
+            for kind, value in units.items():
+                self.capacity[(kind, who)] += value
 
     def who(self, operation: str) -> str:
         tagged = getattr(self.local, "tag", None)
@@ -99,15 +107,42 @@ class RequestCounter:
 
     @contextmanager
     def tagged(self, tag: str) -> Iterator[None]:
-        self.local.tag = tag
+        outer, self.local.tag = getattr(self.local, "tag", None), tag
         try:
             yield
         finally:
-            self.local.tag = None
+            self.local.tag = outer
 
     def snapshot(self) -> Counter[tuple[str, str]]:
         with self.lock:
             return Counter(self.counts)
+
+    def capacity_snapshot(self) -> Counter[tuple[str, str]]:
+        with self.lock:
+            return Counter(self.capacity)
+
+
+# On-demand capacity of one request, for items up to 1 KB (arkflow's tasks and slot records are that small): a write
+# is 1 WCU, a strongly consistent read 1 RCU and an eventually consistent one (a query of an index) 0.5, and a
+# transaction 2 units per item (a condition check is 2 read units).
+def capacity_units(operation: str, params: dict[str, Any]) -> dict[str, float]:
+    if operation in ("PutItem", "UpdateItem", "DeleteItem"):
+        return {"wcu": 1.0}
+    if operation == "GetItem":
+        return {"rcu": 1.0 if params.get("ConsistentRead") else 0.5}
+    if operation in ("Query", "Scan"):
+        return {"rcu": 1.0 if params.get("ConsistentRead") else 0.5}
+    if operation == "TransactWriteItems":
+        items = params.get("TransactItems", [])
+        checks = sum(1 for item in items if "ConditionCheck" in item)
+        return {"wcu": 2.0 * (len(items) - checks), "rcu": 2.0 * checks}
+    if operation == "TransactGetItems":
+        return {"rcu": 2.0 * len(params.get("TransactItems", []))}
+    if operation == "BatchWriteItem":
+        return {"wcu": float(sum(len(requests) for requests in params.get("RequestItems", {}).values()))}
+    if operation == "BatchGetItem":
+        return {"rcu": float(sum(len(keys.get("Keys", [])) for keys in params.get("RequestItems", {}).values()))}
+    return {}
 
 
 # --- the stack -------------------------------------------------------------------------------------------------
@@ -276,6 +311,16 @@ class Bench:
 
         VideoStatus.on_callback = on_callback  # type: ignore[method-assign]
 
+        from chalicelib.live import LiveUpdates
+
+        original_publish = LiveUpdates.publish
+
+        def publish(publisher: Any, *args: Any, **kwargs: Any) -> Any:
+            with counter.tagged("publisher"):
+                return original_publish(publisher, *args, **kwargs)
+
+        LiveUpdates.publish = publish  # type: ignore[method-assign]
+
     def _login(self, user: tuple[str, str]) -> str:
         response = self.http.post("/api/users/login", json={"username": user[0], "password": user[1]})
         response.raise_for_status()
@@ -340,16 +385,18 @@ def per_task(before: Counter[tuple[str, str]], after: Counter[tuple[str, str]], 
     return table
 
 
-def run_images(bench: Bench) -> dict[str, Any]:
+def run_images(bench: Bench, n: int = IMAGE_N) -> dict[str, Any]:
     bench.configure_model(IMAGE_MODEL, concurrency=IMAGE_C, max_running_per_user=None)
-    before = bench.counter.snapshot()
-    ids = bench.submit(USER_A, [image_body(index) for index in range(IMAGE_N)])
+    before, capacity_before = bench.counter.snapshot(), bench.counter.capacity_snapshot()
+    ids = bench.submit(USER_A, [image_body(index) for index in range(n)])
     with bench.lanes_running() as started:
-        finished = bench.transitions.wait_terminal(ids, timeout_s=120)
+        finished = bench.transitions.wait_terminal(ids, timeout_s=120 + 2 * n * IMAGE_L_S / IMAGE_C)
     stats = bench.ark.stats()
-    requests = per_task(before, bench.counter.snapshot(), IMAGE_N)
-    ideal = math.ceil(IMAGE_N / IMAGE_C) * IMAGE_L_S
+    requests = per_task(before, bench.counter.snapshot(), n)
+    ideal = math.ceil(n / IMAGE_C) * IMAGE_L_S
     return {
+        "n": n,
+        "capacity": per_task(capacity_before, bench.counter.capacity_snapshot(), n),
         "outcomes": dict(bench.transitions.statuses(ids)),
         "max_in_flight": stats["max_in_flight"].get(UPSTREAM[IMAGE_MODEL]),
         "ark_calls": sum(stats["calls"].get("images.generate", {}).values()),
@@ -416,6 +463,20 @@ def check(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
+def lane_share(parts: dict[str, float], *extra: str) -> float:
+    return sum(count for who, count in parts.items() if who in (*LANE_PARTS, *extra))
+
+
+def scaling_line(run: dict[str, Any]) -> str:
+    dynamodb, capacity = run["requests"].get("dynamodb", {}), run["capacity"]
+    return (f"scaling images N={run['n']} C={IMAGE_C} L={IMAGE_L_S:g}s: makespan "
+            f"{run['makespan_s'] / run['ideal_s']:.3f} x ideal, dynamodb {lane_share(dynamodb):.2f} per task "
+            f"(lane work), {lane_share(dynamodb, 'publisher'):.2f} with publisher, capacity "
+            f"{lane_share(capacity.get('wcu', {}), 'publisher'):.2f} WCU "
+            f"{lane_share(capacity.get('rcu', {}), 'publisher'):.2f} RCU per task, sqs "
+            f"{lane_share(run['requests'].get('sqs', {})):.2f} per task, max in flight {run['max_in_flight']}")
+
+
 def requests_lines(kind: str, requests: dict[str, Any]) -> list[str]:
     lines = []
     for service in ("dynamodb", "sqs"):
@@ -440,6 +501,10 @@ def main() -> int:
         os.environ["PUBLIC_API_URL"] = bench.api_url
         bench._reconfigure()
         fairness = run_fairness(bench)
+        scaling = []
+        for n in SCALING_NS:
+            bench.quiet()
+            scaling.append(run_images(bench, n))
 
     image_ratio = images["makespan_s"] / images["ideal_s"]
     video_ratio = videos["makespan_s"] / videos["ideal_s"]
@@ -477,6 +542,9 @@ def main() -> int:
         *requests_lines("video", videos["requests"]),
         "  video task without callbacks (polled):",
         *requests_lines("video", polled["requests"]),
+        f"scaling series (lane concurrency {LANE_CONCURRENCY_IMAGE} as deployed; capacity estimated for items up to "
+        "1 KB; lane work = worker, callbacks, poller; sqs = ours, not the event source's):",
+        *(scaling_line(run) for run in scaling),
     ]
     print("\n".join(lines))
     return 0
