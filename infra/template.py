@@ -392,7 +392,7 @@ class Access:
 
     reads: tuple[Table, ...] = ()
     writes: tuple[Table, ...] = ()
-    # Sending to lane queues: enqueueing, redelivery, and waking a deferred message (a visibility change).
+    # Sending to lane queues: enqueueing, redelivery, and the message of a task a released slot was handed to.
     sends_to_lanes: bool = False
     # The lane whose queue is the function's event source.
     consumes: Lane | None = None
