@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+MAX_COMPLETIONS = 10_000
 
 
 class SlidingWindow:
@@ -43,6 +46,9 @@ class Stats:
         self.images_generated: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
         self.callbacks: Counter[str] = Counter()  # attempts / delivered / failed_attempts / given_up
+        # When each generation was done, on the simulator's wall clock (`GET /_sim/completions`): the moment a
+        # client could first learn of it, so a delay measured from it is never negative.
+        self.completions: deque[dict[str, Any]] = deque(maxlen=MAX_COMPLETIONS)
 
     def record_call(self, endpoint: str, model: str, status: int) -> None:
         self.calls[endpoint][model] += 1
@@ -56,6 +62,10 @@ class Stats:
             yield
         finally:
             self.in_flight[model] -= 1
+
+    def record_completion(self, kind: str, model: str, ark_id: str) -> None:
+        """A generation done: an image answer about to be sent, a video task turning `succeeded`."""
+        self.completions.append({"kind": kind, "model": model, "id": ark_id, "completed_at": time.time()})
 
     def observe_running(self, model: str, running: int) -> None:
         self.max_running[model] = max(self.max_running[model], running)

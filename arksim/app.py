@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -49,7 +50,11 @@ def create_app(sim: Simulator) -> Starlette:
             callbacks.dispatch(changes)
 
     def advance_tasks() -> None:
-        dispatch(video.step(sim))
+        changes = video.step(sim)
+        for change in changes:
+            if change.status == "succeeded":
+                sim.stats.record_completion("video", change.task.model, change.task.id)
+        dispatch(changes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -99,12 +104,15 @@ def create_app(sim: Simulator) -> Starlette:
         images.check_rate_limits(sim, parsed)
         if parsed.stream:
             return StreamingResponse(_streamed(parsed, call), media_type="text/event-stream")
-        return JSONResponse(await images.generate(sim, parsed, call.base_url))
+        answer = await images.generate(sim, parsed, call.base_url)
+        sim.stats.record_completion("image", parsed.model, call.request_id)
+        return JSONResponse(answer)
 
     async def _streamed(parsed: images.ImageRequest, call: Call) -> AsyncIterator[str]:
         with sim.stats.serving(parsed.model):
             async for event in images.generate_stream(sim, parsed, call.base_url):
                 yield event
+        sim.stats.record_completion("image", parsed.model, call.request_id)
 
     async def create_task(request: Request, call: Call, body: dict[str, Any]) -> Response:
         advance_tasks()
@@ -159,6 +167,10 @@ def create_app(sim: Simulator) -> Starlette:
             "tasks": {status: sim.tasks.count(status) for status in VIDEO_STATUSES},
         })
 
+    async def completions(request: Request) -> Response:
+        advance_tasks()
+        return JSONResponse({"completions": list(sim.stats.completions), "now": time.time()})
+
     async def reset(request: Request) -> Response:
         sim.reset(everything=request.query_params.get("everything") in ("1", "true"))
         return JSONResponse({})
@@ -184,6 +196,7 @@ def create_app(sim: Simulator) -> Starlette:
             Route("/_sim/media/{filename}", download, methods=["GET"]),
             Route("/_sim/config", config, methods=["GET", "PUT"]),
             Route("/_sim/stats", stats, methods=["GET"]),
+            Route("/_sim/completions", completions, methods=["GET"]),
             Route("/_sim/reset", reset, methods=["POST"]),
             Route("/_sim/clock", clock, methods=["GET", "POST"]),
         ],

@@ -66,6 +66,10 @@ class RunningSimulator:
     def stats(self) -> dict[str, Any]:
         return self._admin("GET", "/stats")
 
+    def completions(self) -> list[dict[str, Any]]:
+        """Each generation done, stamped on the simulator's wall clock (`GET /_sim/completions`)."""
+        return list(self._admin("GET", "/completions")["completions"])
+
     def reset(self, everything: bool = False) -> None:
         self._admin("POST", "/reset", params={"everything": "true" if everything else "false"})
 

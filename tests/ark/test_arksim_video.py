@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 from typing import Any
 
 import av
@@ -228,3 +229,20 @@ def test_adaptive_ratio_follows_the_first_frame_and_unreadable_urls_fall_back_to
     assert get(frozen_ark, image_task(data_uri(960, 960)))["ratio"] == "1:1"
     assert get(frozen_ark, image_task(data_uri(1280, 560)))["ratio"] == "21:9"
     assert get(frozen_ark, image_task("https://example.com/a.png"))["ratio"] == "16:9"
+
+
+def test_the_simulator_stamps_each_completion_before_anyone_can_see_it(ark):
+    from tests.polling import wait_for
+
+    from .test_arksim_faults import generate
+
+    before_image = time.time()
+    assert generate(ark).status_code == 200
+    seen_image = time.time()
+    task_id = create_id(ark, resolution="480p", duration=2)
+    wait_for(lambda: get(ark, task_id)["status"] == "succeeded")
+    seen_video = time.time()
+
+    image, video = ark.completions()
+    assert image["kind"] == "image" and before_image <= image["completed_at"] <= seen_image
+    assert (video["kind"], video["id"]) == ("video", task_id) and video["completed_at"] <= seen_video
