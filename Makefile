@@ -49,6 +49,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m scripts.bench
+	$(PY) -m scripts.ws_latency
 
 package: $(STAMP)
 	$(PY) -m infra.package
