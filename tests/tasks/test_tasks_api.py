@@ -16,6 +16,7 @@ from PIL import Image
 from chalicelib import aws, queues, wiring
 from chalicelib.ark.answers import VideoTask
 from chalicelib.ark.client import VolcVideoClient
+from chalicelib.ark.errors import ArkNotFoundError
 from chalicelib.ark.model_ids import SEEDANCE_1_0_PRO
 from chalicelib.schemas import ImageTaskRequest, parse
 from chalicelib.store import slots, statemachine
@@ -506,6 +507,8 @@ class RecordingVideos(VolcVideoClient):
                                     "created_at": 0, "updated_at": 0})
 
     def cancel_or_delete(self, task_id: str) -> None:
+        if task_id.startswith("cgt-vanished"):  # queued when read, gone when dropped
+            raise ArkNotFoundError("ResourceNotFound", "The task does not exist.", 404)
         self.cancelled.append(task_id)
 
 
@@ -677,3 +680,15 @@ def test_a_video_whose_create_is_on_its_way_to_ark_is_not_ended_by_an_operator(a
     assert (refused.status_code, refused.data["error"]["code"]) == (409, "generating_at_ark")
     assert TaskRecord.get(task_id, consistent_read=True).status == "running"
     assert slots.in_use("seedance-1.0-pro") == 1
+
+
+def test_a_video_that_leaves_ark_between_the_read_and_the_drop_is_ended_not_taken_for_generating(
+    api: Api, ark_videos: RecordingVideos
+) -> None:
+    task_id = create(api, VIDEO_TASK).data["id"]
+    claim(task_id, stage="ark_queued", external_id="cgt-vanished-queued")
+
+    ended = put_status(api, task_id, {"status": "failed", "error": {"code": "operator", "message": "stop"}})
+
+    assert (ended.status_code, ended.data["status"]) == (200, "failed")
+    assert slots.in_use("seedance-1.0-pro") == 0
