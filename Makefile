@@ -36,9 +36,11 @@ toolchains: $(STAMP)
 	$(PY) -m infra.toolchain
 	$(PY) -m infra.toolchain --scan
 
+# Hypothesis runs its derandomized `ci` profile here, so every run tries the same examples (the random search
+# belongs to `make test-deep`).
 test: $(STAMP) $(CHROMIUM) toolchains
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 # Every Hypothesis test on its long profile (tests/conftest.py): long runs, kept out of `make test`.
 test-deep: $(STAMP)

@@ -7,11 +7,11 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, PynamoDBException, UpdateError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
 from chalicelib.ark.limits import IMAGE_MAX_TOTAL_IMAGES
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.resources import DEFAULT_MODELS, default_lane_for, lane_named
 from chalicelib.schemas import MODEL_DEFAULTS, ImageTaskRequest, ModelCreate, ModelUpdate, VideoTaskRequest
 from chalicelib.store import first_run, quota, slots, writes
@@ -27,12 +27,6 @@ def get_model(model_id: str) -> ModelRecord:
 
 def _model_not_found(model_id: str) -> NotFound:
     return NotFound(f"No model named {model_id!r}.", code="model_not_found")
-
-
-def _raise_unless_condition_failed(error: PynamoDBException) -> None:
-    """Only a false condition says the model exists (or does not); any other failure is a store to retry."""
-    if not writes.condition_failed(error):
-        raise Unavailable("The model could not be saved; try again.", headers={"Retry-After": "1"}) from error
 
 
 def list_models(enabled_only: bool = False) -> list[ModelRecord]:
@@ -78,7 +72,8 @@ def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelReco
     try:
         model.save(condition=ModelRecord.model_id.does_not_exist())
     except PutError as exc:
-        _raise_unless_condition_failed(exc)
+        if not writes.condition_failed(exc):  # only a false condition says the model exists (or does not)
+            raise  # the store failing: the API answers 503 for it (`chalicelib.api.http.store_unavailable`)
         raise Conflict(f"A model named {request.model_id!r} already exists.", code="model_exists") from exc
     return model
 
@@ -102,7 +97,8 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
     try:
         model.update(actions=actions, condition=ModelRecord.model_id.exists())
     except UpdateError as exc:
-        _raise_unless_condition_failed(exc)
+        if not writes.condition_failed(exc):  # only a false condition says the model exists (or does not)
+            raise  # the store failing: the API answers 503 for it (`chalicelib.api.http.store_unavailable`)
         raise _model_not_found(model_id) from exc
     return model
 
@@ -123,7 +119,8 @@ def delete_model(model_id: str) -> None:
     try:
         model.delete(condition=ModelRecord.model_id.exists())
     except DeleteError as exc:
-        _raise_unless_condition_failed(exc)
+        if not writes.condition_failed(exc):  # only a false condition says the model exists (or does not)
+            raise  # the store failing: the API answers 503 for it (`chalicelib.api.http.store_unavailable`)
         raise _model_not_found(model_id) from exc
 
 

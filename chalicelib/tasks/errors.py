@@ -32,3 +32,7 @@ class WorkerBusy(Conflict):
 
 class EndedAtArk(Conflict):
     code = "ended_at_ark"
+
+
+class GeneratingAtArk(Conflict):
+    code = "generating_at_ark"

@@ -29,12 +29,12 @@ from pynamodb.expressions.update import Action
 
 from chalicelib import queues
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.errors import ApiError, ValidationFailed
+from chalicelib.errors import ApiError, Unavailable, ValidationFailed
 from chalicelib.schemas import StatusUpdateRequest
 from chalicelib.store import slots, statemachine
 from chalicelib.store.records import TaskRecord
-from chalicelib.tasks.errors import EndedAtArk, VideoAtArk, WorkerBusy, WorkerOnly
-from chalicelib.video.stages import at_ark
+from chalicelib.tasks.errors import EndedAtArk, GeneratingAtArk, VideoAtArk, WorkerBusy, WorkerOnly
+from chalicelib.video.stages import SUBMITTING, at_ark
 from chalicelib.video.status import ArkView, VideoStatus
 
 # The result field a succeeded task of each type must carry, and every result field it may carry.
@@ -65,6 +65,15 @@ def apply(task: TaskRecord, request: StatusUpdateRequest, *, sqs: Any, video: Ca
                     f"Ark had already finished this video; it is now {task.status}, as Ark reported.",
                     details={"status": task.status},
                 )
+            # Ark cannot stop a video it generates: ending the task would hand its slot on while Ark still works
+            # for it, one call more in flight at Ark than the model's concurrency.
+            if view == ArkView.RUNNING:
+                raise GeneratingAtArk(
+                    "Ark is generating this video and cannot stop it; it ends when Ark finishes it, or at its "
+                    "deadline.", details={"stage": task.stage})
+            if view == ArkView.UNREACHABLE:
+                raise Unavailable("Ark could not be asked whether it still generates this video; try again.",
+                                  headers={"Retry-After": "5"})
     return statemachine.transition(task, target, actions=_carried_fields(request), clock=clock)
 
 
@@ -80,6 +89,12 @@ def _check_operator_may(task: TaskRecord, request: StatusUpdateRequest, now: flo
             "Fail or cancel it instead.",
             details={"status": task.status, "stage": task.stage},
         )
+    if (request.status in statemachine.TERMINAL and task.status == statemachine.RUNNING and task.type == "video"
+            and task.stage == SUBMITTING):
+        # Its create may be at Ark already (answered or not): its slot must stay held until that is settled.
+        raise GeneratingAtArk(
+            "This video's create is on its way to Ark; once Ark has it, it can be ended (or it ends at its deadline).",
+            details={"stage": task.stage})
     if task.status == statemachine.RUNNING and task.type == "image":
         # Its call at Ark would be dropped, and its slot handed on while that call still runs: the model would
         # have one call more in flight than its concurrency.

@@ -210,6 +210,8 @@ class VideoStatus:
             return ArkView.RUNNING, remote
         try:
             self.client.cancel_or_delete(external_id)
+        except ArkNotFoundError:
+            return ArkView.GONE, None  # it left Ark between the read and the delete: nothing there to wait for
         except ArkError as error:
             # Refused: it started meanwhile (a queued task is always cancellable); or no answer: not confirmed.
             log.info("Ark did not cancel %s: %s", external_id, error.code)

@@ -180,6 +180,8 @@ class Referee:
         self.accepted: Counter[str] = Counter()
         self.refunded: set[str] = set()
         self.statuses: dict[str, str] = {}
+        # The version of the last change seen per task (changes are published in any order, as on AWS).
+        self.versions: dict[str, int] = {}
         self.ever_running: set[str] = set()
         self.may_have_worked: set[str] = set()
         # Images whose Ark call answered 200 to a worker that lived on: billed, and seen.
@@ -247,6 +249,10 @@ class Referee:
             if task_id in self.may_have_worked:
                 self.violate(QuotaLedger, f"{task_id}: quota given back although an Ark call for it may have "
                                           "done work")
+        version = int(task.version or 0)
+        if version <= self.versions.get(task_id, -1):
+            return  # an earlier transition whose publishing ran late: readers order a task's changes by version
+        self.versions[task_id] = version
         previous = self.statuses.get(task_id)
         if previous == new:
             return
@@ -323,16 +329,20 @@ class Referee:
 
     def acquiring(self, model_id: str, task_id: str, concurrency: int, user_id: str | None,
                   user_cap: int | None) -> Any:
-        holders = self.world.tables.holders(model_id)
-        user_holders = (self.world.tables.holders(slots.user_slot_key(model_id, user_id))
-                        if user_id is not None and user_cap is not None else {})
-        in_flight = self.in_flight_at_ark(model_id)
+        held_before = task_id in self.world.tables.holders(model_id)
 
         def acquired(taken: bool) -> None:
             if taken:
                 self.slot_taken_by[task_id] = self.world.stage.current()
-            if not taken or task_id in holders:
+            if not taken or held_before:
                 return
+            # Judged as the write took effect, not as it was sent: a stalled acquire may land after others left.
+            holders = {other: lease for other, lease in self.world.tables.holders(model_id).items()
+                       if other != task_id}
+            user_holders = {other: lease for other, lease in self.world.tables.holders(
+                slots.user_slot_key(model_id, user_id)).items() if other != task_id} \
+                if user_id is not None and user_cap is not None else {}
+            in_flight = self.in_flight_at_ark(model_id)
             if len(holders) >= concurrency:
                 self.violate(OverConcurrency, f"{task_id} took a slot of {model_id} held by {len(holders)} "
                                               f"at concurrency {concurrency}")

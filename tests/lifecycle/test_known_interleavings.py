@@ -161,3 +161,17 @@ def test_a_stale_sweep_cannot_requeue_a_task_another_worker_claimed_again(lifecy
         state.sweep_from_a_stale_read(task=task)
         state.deliver_and_hold_at_ark(task=task)
         state.resume(pick=0)
+
+
+def test_a_requeue_published_after_the_deadline_ended_the_task_leaves_it_ended(lifecycle: Environment) -> None:
+    """A worker requeues an image whose earlier worker died at Ark, then stalls before its next step; the deadline
+    fails the task meanwhile. The late run and the late publish of its requeue must leave the task failed (readers
+    order a task's changes by version)."""
+    with replaying(lifecycle) as state:
+        state.advance_clock(seconds=0.5)
+        task = state.submit(duration=2, kind="image", seed=None, user="demo")
+        state.deliver_and_die_at_ark(task=task)
+        state.advance_to(moment="past_deadline", task=task)
+        state.deliver_duplicate(fault=Fault("stall", 1), task=task)
+        state.run_sweeper(fault=None)
+        state.resume(pick=0)

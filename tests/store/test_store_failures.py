@@ -148,3 +148,15 @@ def test_a_login_while_the_stages_secret_cannot_be_read_answers_503(
     reconfigure()
 
     assert_unavailable(api.request("POST", "/api/users/login", {"username": DEMO[0], "password": DEMO[1]}))
+
+
+def test_creating_a_model_while_dynamodb_fails_answers_503_not_that_the_model_exists(
+    api: Api, faults: DynamoFaults
+) -> None:
+    token = api.token(ADMIN)
+    faults.add("PutItem", aws_error("InternalServerError", 500), when=on_table("models"))
+    model = {"model_id": "seedream-spare", "type": "image", "upstream_model": "doubao-seedream-4-5-251128",
+             "display_name": "Spare", "concurrency": 1, "daily_quota": 10}
+
+    assert_unavailable(api.request("POST", "/api/admin/models", model, token=token))
+    assert api.request("POST", "/api/admin/models", model, token=token).status_code == 201

@@ -16,6 +16,7 @@ from PIL import Image
 from chalicelib import aws, queues, wiring
 from chalicelib.ark.answers import VideoTask
 from chalicelib.ark.client import VolcVideoClient
+from chalicelib.ark.errors import ArkNotFoundError
 from chalicelib.ark.model_ids import SEEDANCE_1_0_PRO
 from chalicelib.schemas import ImageTaskRequest, parse
 from chalicelib.store import slots, statemachine
@@ -506,6 +507,8 @@ class RecordingVideos(VolcVideoClient):
                                     "created_at": 0, "updated_at": 0})
 
     def cancel_or_delete(self, task_id: str) -> None:
+        if task_id.startswith("cgt-vanished"):  # queued when read, gone when dropped
+            raise ArkNotFoundError("ResourceNotFound", "The task does not exist.", 404)
         self.cancelled.append(task_id)
 
 
@@ -648,17 +651,44 @@ def test_result_urls_must_be_https(api: Api) -> None:
     assert stored(task_id).status == "running" and stored(task_id).result_urls is None
 
 
-def test_a_video_forced_to_fail_is_dropped_at_ark_while_ark_still_queues_it(
+def test_a_video_forced_to_fail_is_dropped_at_ark_while_ark_still_queues_it_and_kept_while_ark_generates_it(
     api: Api, ark_videos: RecordingVideos
 ) -> None:
     ark_queued, ark_running = create(api, VIDEO_TASK).data["id"], create(api, VIDEO_TASK).data["id"]
     claim(ark_queued, stage="ark_queued", external_id="cgt-queued")
     claim(ark_running, stage="ark_running", external_id="cgt-running")
+    stop = {"status": "failed", "error": {"code": "operator", "message": "stop"}}
 
-    for task_id in (ark_queued, ark_running):
-        response = put_status(api, task_id, {"status": "failed", "error": {"code": "operator", "message": "stop"}})
-        assert response.status_code == 200
-        assert (response.data["status"], response.data["error"]["code"]) == ("failed", "operator")
+    dropped = put_status(api, ark_queued, stop)
+    assert dropped.status_code == 200
+    assert (dropped.data["status"], dropped.data["error"]["code"]) == ("failed", "operator")
+    # Ark cannot stop one it already generates: ending it here would hand its slot on while Ark still works for it.
+    refused = put_status(api, ark_running, stop)
+    assert (refused.status_code, refused.data["error"]["code"]) == (409, "generating_at_ark")
 
-    assert ark_videos.cancelled == ["cgt-queued"]  # Ark cannot stop one it already generates
+    assert ark_videos.cancelled == ["cgt-queued"]
+    assert TaskRecord.get(ark_running, consistent_read=True).status == "running"
+    assert slots.in_use("seedance-1.0-pro") == 1  # the generating video's slot, still held
+
+
+def test_a_video_whose_create_is_on_its_way_to_ark_is_not_ended_by_an_operator(api: Api) -> None:
+    task_id = create(api, VIDEO_TASK).data["id"]
+    claim(task_id, stage="submitting")
+
+    refused = put_status(api, task_id, {"status": "expired"})
+
+    assert (refused.status_code, refused.data["error"]["code"]) == (409, "generating_at_ark")
+    assert TaskRecord.get(task_id, consistent_read=True).status == "running"
+    assert slots.in_use("seedance-1.0-pro") == 1
+
+
+def test_a_video_that_leaves_ark_between_the_read_and_the_drop_is_ended_not_taken_for_generating(
+    api: Api, ark_videos: RecordingVideos
+) -> None:
+    task_id = create(api, VIDEO_TASK).data["id"]
+    claim(task_id, stage="ark_queued", external_id="cgt-vanished-queued")
+
+    ended = put_status(api, task_id, {"status": "failed", "error": {"code": "operator", "message": "stop"}})
+
+    assert (ended.status_code, ended.data["status"]) == (200, "failed")
     assert slots.in_use("seedance-1.0-pro") == 0

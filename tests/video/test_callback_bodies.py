@@ -5,6 +5,7 @@ else, and a refused one changes nothing and reads nothing at Ark."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pytest
@@ -13,6 +14,8 @@ from hypothesis import strategies as st
 
 from tests.lane_fixtures import Lanes
 from tests.video.test_video_lane import callback_token, submitted
+
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
 
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
@@ -85,6 +88,8 @@ def test_arks_other_fields_are_ignored_and_the_callback_stays_a_hint(lanes: Lane
 
 
 @pytest.mark.abuse
+@pytest.mark.hypothesis  # what `make test-deep` selects
+@pytest.mark.timeout(3600 if DEEP else 180)
 def test_no_body_of_any_shape_gets_a_500(lanes: Lanes) -> None:
     task_id, external_id, query = running_video(lanes)
     field_values = JSON_VALUES | st.just(external_id) | st.sampled_from(["queued", "running", "succeeded", "failed"])
@@ -95,7 +100,7 @@ def test_no_body_of_any_shape_gets_a_500(lanes: Lanes) -> None:
         | st.binary(max_size=64)
     )
 
-    @settings(max_examples=80, deadline=None, database=None,
+    @settings(max_examples=1000 if DEEP else 80, deadline=None, database=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(raw=bodies)
     def answer_is_never_a_server_error(raw: str | bytes) -> None:

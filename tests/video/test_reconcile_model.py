@@ -91,6 +91,7 @@ def crashing_worker(lanes: Lanes, videos: VolcVideoClient, crash: str) -> LaneWo
     return lanes.video_worker(CrashAfterCreate if crash == "after_create" else CrashAfterOwning, video_client=videos)
 
 
+@pytest.mark.hypothesis  # what `make test-deep` selects
 @pytest.mark.timeout(3 * 3600 if DEEP else 180)
 def test_videos_are_created_once_and_only_their_own_are_adopted(lanes: Lanes) -> None:
     lanes.set_model(VIDEO_MODEL, concurrency=50, daily_quota=100_000)

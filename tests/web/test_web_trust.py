@@ -71,6 +71,9 @@ def test_result_links_are_refreshed_before_they_expire_without_rebuilding_an_ope
     page.clock.install(time=clock.now())
     task_id = succeeded_image(fake)
     log_in(page, fake_stack.web_url, *DEMO)
+    # Settled: the socket is up and the listing its connect asks for has come back (each listing signs anew).
+    wait_for(lambda: fake.connected_sockets() == 1)
+    page.wait_for_load_state("networkidle")
     item = card(page, task_id)
     thumbnail = item.locator(".gallery img").first
     expect(thumbnail).to_have_attribute("src", re.compile(rf"X-Amz-Expires={LINK_TTL_S}"))
