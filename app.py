@@ -127,7 +127,9 @@ def admin_get_model(_: RequestContext, model_id: str) -> dict[str, Any]:
 
 @http.route("/api/admin/models/{model_id}", "PUT", access="admin")
 def admin_update_model(context: RequestContext, model_id: str) -> dict[str, Any]:
-    return _admin_model_body(catalog.update_model(model_id, parse(ModelUpdate, context.json())))
+    model = catalog.update_model(model_id, parse(ModelUpdate, context.json()))
+    wiring.current().waker.after_limits_changed(model_id)  # raised limits: parked tasks start now, not at a sweep
+    return _admin_model_body(model)
 
 
 @http.route("/api/admin/models/{model_id}", "DELETE", access="admin")

@@ -7,7 +7,8 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
+from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError
+from pynamodb.transactions import TransactWrite
 
 from chalicelib.ark.limits import IMAGE_MAX_TOTAL_IMAGES
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
@@ -15,7 +16,10 @@ from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.resources import DEFAULT_MODELS, default_lane_for, lane_named
 from chalicelib.schemas import MODEL_DEFAULTS, ImageTaskRequest, ModelCreate, ModelUpdate, VideoTaskRequest
 from chalicelib.store import first_run, quota, slots, writes
-from chalicelib.store.records import ModelRecord, TaskRecord
+from chalicelib.store.records import ModelRecord, TaskRecord, optional_int
+
+# Rounds of "read the model, write it with its slot limits" an update tries when other changes land in between.
+MODEL_WRITE_ROUNDS = 3
 
 
 def get_model(model_id: str) -> ModelRecord:
@@ -90,17 +94,32 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
                 details=[{"field": "defaults", "message": f"these are not defaults of a {model.type} model"}],
             )
         changes["defaults"] = request.defaults.model_dump(exclude_none=True) if request.defaults else None
-    actions = [ModelRecord.updated_at.set(iso(clock.now()))]
-    for field, value in changes.items():
-        attribute = getattr(ModelRecord, field)
-        actions.append(attribute.remove() if value is None else attribute.set(value))
-    try:
-        model.update(actions=actions, condition=ModelRecord.model_id.exists())
-    except UpdateError as exc:
-        if not writes.condition_failed(exc):  # only a false condition says the model exists (or does not)
-            raise  # the store failing: the API answers 503 for it (`chalicelib.api.http.store_unavailable`)
-        raise _model_not_found(model_id) from exc
-    return model
+    for _ in range(MODEL_WRITE_ROUNDS):
+        actions = [ModelRecord.updated_at.set(iso(clock.now()))]
+        for field, value in changes.items():
+            attribute = getattr(ModelRecord, field)
+            actions.append(attribute.remove() if value is None else attribute.set(value))
+        limits = {"concurrency": model.concurrency, "max_running_per_user": model.max_running_per_user,
+                  **{key: value for key, value in changes.items() if key in ("concurrency", "max_running_per_user")}}
+        read_at = model.updated_at
+
+        def write(transaction: TransactWrite, model: ModelRecord = model, actions: list[Any] = actions,
+                  limits: dict[str, Any] = limits, read_at: str | None = read_at) -> None:
+            # The slot record's limits are written from the model as read: only if no other change came between.
+            transaction.update(model, actions=actions, condition=ModelRecord.model_id.exists()
+                               & (ModelRecord.updated_at == read_at))
+            slots.configure_in(transaction, model_id, int(limits["concurrency"]),
+                               optional_int(limits["max_running_per_user"]))
+
+        try:
+            writes.write_transaction(write)
+        except TransactWriteError as exc:
+            if not writes.condition_failed(exc):  # only a false condition says the model changed (or is gone)
+                raise  # the store failing: the API answers 503 for it (`chalicelib.api.http.store_unavailable`)
+            model = get_model(model_id)  # changed meanwhile (or deleted: NotFound): apply the change to it
+            continue
+        return get_model(model_id)
+    raise Conflict(f"Model {model_id!r} keeps changing; try again.", code="model_changed")
 
 
 def has_unfinished_tasks(model_id: str) -> bool:
@@ -116,9 +135,13 @@ def delete_model(model_id: str) -> None:
             f"Model {model_id!r} has unfinished tasks; disable it and wait for them to end.",
             code="model_in_use",
         )
+    def delete(transaction: TransactWrite) -> None:
+        transaction.delete(model, condition=ModelRecord.model_id.exists())
+        slots.unconfigure_in(transaction, model_id)  # an acquire for it now looks the model up, and finds none
+
     try:
-        model.delete(condition=ModelRecord.model_id.exists())
-    except DeleteError as exc:
+        writes.write_transaction(delete)
+    except TransactWriteError as exc:
         if not writes.condition_failed(exc):  # only a false condition says the model exists (or does not)
             raise  # the store failing: the API answers 503 for it (`chalicelib.api.http.store_unavailable`)
         raise _model_not_found(model_id) from exc

@@ -16,6 +16,9 @@ import json
 import logging
 import math
 import secrets
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -40,6 +43,9 @@ logger = logging.getLogger(__name__)
 TICKET_TTL_S = 60
 # API Gateway closes every WebSocket two hours after it opened, whatever happens on it.
 CONNECTION_TTL_S = 2 * 3600
+# A task's change this soon after its previous one goes to the connections that one read (docs/design.md, "Parked
+# tasks": what a task costs): a connection opened in between gets the task from the listing its connect asks for.
+FOLLOW_UP_S = 0.5
 # Task body fields every update carries, then those it carries only when they have a value.
 UPDATE_FIELDS = ("id", "status", "version", "updated_at")
 OPTIONAL_UPDATE_FIELDS = ("queue_position", "result_urls", "video_url", "last_frame_url", "error")
@@ -202,6 +208,10 @@ class LiveUpdates:
         self.connections = Connections(clock)
         self.sessions = Authenticator(self.settings, clock)
         self._client_for = client_for
+        # task id -> (monotonic time, its owner's connections) of its last publish: a change that follows within
+        # FOLLOW_UP_S (the results copy right after the success) goes to the same connections, read once.
+        self._last_publish: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
+        self._last_publish_lock = threading.Lock()
 
     # --- WebSocket routes (events as API Gateway sends them to Lambda) -------------------------------------
 
@@ -299,7 +309,7 @@ class LiveUpdates:
         if not endpoint:
             return  # no WebSocket API in this deployment
         try:
-            connection_ids = self.connections.of_user(task.user_id)
+            connection_ids = self._connections_for(task)
             if not connection_ids:
                 return
             message = self.update_message(task)
@@ -308,6 +318,18 @@ class LiveUpdates:
                 self._deliver(client, connection_id, message)
         except Exception:
             logger.exception("could not publish the update of task %s", task.task_id)
+
+    def _connections_for(self, task: TaskRecord) -> list[str]:
+        now = time.monotonic()
+        with self._last_publish_lock:
+            last = self._last_publish.pop(task.task_id, None)
+            while self._last_publish and next(iter(self._last_publish.values()))[0] < now - FOLLOW_UP_S:
+                self._last_publish.popitem(last=False)
+        connection_ids = last[1] if last is not None and now - last[0] <= FOLLOW_UP_S else \
+            self.connections.of_user(task.user_id)
+        with self._last_publish_lock:
+            self._last_publish[task.task_id] = (now, connection_ids)
+        return connection_ids
 
     def _deliver(self, client: Any, connection_id: str, message: bytes) -> None:
         try:

@@ -150,7 +150,7 @@ class UserIdMigration:
         user_slot = _slot(old_key)
         leases = user_slot.holders.as_dict() if user_slot and user_slot.holders is not None else {}
         if task.task_id in leases:
-            slots._ensure_record(new_key)
+            slots.ensure_record(new_key)
         with writes.transaction() as transaction:
             transaction.update(task, actions=actions, condition=unchanged)
             if owners.get(task.task_id) == name:

@@ -19,9 +19,11 @@ def queue_url(sqs: Any, lane_name: str) -> str:
     return _queue_url(sqs, lane_named(lane_name).queue_name(get_settings().resource_prefix))
 
 
-def enqueue(sqs: Any, lane_name: str, task_id: str, delay_s: int = 0) -> None:
-    sqs.send_message(
-        QueueUrl=queue_url(sqs, lane_name),
-        MessageBody=json.dumps({"task_id": task_id}),
-        DelaySeconds=delay_s,
-    )
+def enqueue(sqs: Any, lane_name: str, task_id: str, delay_s: int = 0, *,
+            start: tuple[str, str] | None = None) -> None:
+    """One lane message for `task_id`. `start` (model id, user id): a new task's first message, whose worker
+    acquires its slot before reading it (docs/design.md, "Parked tasks")."""
+    body: dict[str, str] = {"task_id": task_id}
+    if start is not None:
+        body["model_id"], body["user_id"] = start
+    sqs.send_message(QueueUrl=queue_url(sqs, lane_name), MessageBody=json.dumps(body), DelaySeconds=delay_s)

@@ -29,7 +29,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from chalicelib import catalog, queues
 from chalicelib.clock import SYSTEM_CLOCK, Clock, epoch_of, iso
 from chalicelib.errors import error_object
-from chalicelib.lanes.waits import Waker
+from chalicelib.lanes.waits import HANDOFF_LEASE_S, Waker
 from chalicelib.settings import Settings
 from chalicelib.store import slots, statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
@@ -74,7 +74,7 @@ class Sweeper:
 
     def _wake_parked(self, model: ModelRecord, report: SweepReport) -> None:
         try:
-            report.woken += self.waker.wake_free_slots(model)
+            report.woken += self.waker.wake_free_slots(model.model_id)
         except _WRITE_FAILURES as error:
             log.warning("parked tasks of %s left for the next sweep: %s", model.model_id, error)
 
@@ -112,14 +112,20 @@ class Sweeper:
             if slots.release(model.model_id, task_id, holder.user_id):
                 report.leases_reclaimed += 1
             return
+        if task.status == statemachine.QUEUED and task.slot_handed_at is not None:
+            if now - float(task.slot_handed_at) > HANDOFF_LEASE_S and self.waker.take_back(task):
+                # Handed a slot but never claimed it (its message lost, the waker dead before sending it): the
+                # slot goes on, and the task gets a message so it is not stranded (a duplicate changes nothing).
+                queues.enqueue(self.sqs, task.lane, task.task_id)
+                report.leases_reclaimed += 1
+            return
         if task.status != statemachine.RUNNING:
             # Ended (its release was lost), or acquired by a worker that died before claiming it.
             stale = task.status in statemachine.TERMINAL or holder.lease_until < now
             if stale and slots.release(model.model_id, task_id, task.user_id):
                 report.leases_reclaimed += 1
                 if task.status == statemachine.QUEUED:
-                    # A slot handed to a parked task whose message was never sent (the waker died), or a worker that
-                    # died before its claim: one message more, so it is not stranded (a duplicate changes nothing).
+                    # A worker that died before its claim: one message more, so it is not stranded.
                     queues.enqueue(self.sqs, task.lane, task.task_id)
             return
         if task.type == "video":

@@ -129,7 +129,7 @@ class Wiring:
 
     @cached_property
     def waker(self) -> Waker:
-        return Waker(sqs=self.sqs, clock=self.clock)
+        return Waker(sqs=self.sqs, clock=self.clock, settings=self.settings)
 
     @cached_property
     def sweeper(self) -> Sweeper:
@@ -204,10 +204,10 @@ def publish(task: TaskRecord) -> None:
     current().live.publish(task)
 
 
-def wake_next(released: TaskRecord) -> None:
+def release_slot(task: TaskRecord) -> bool:
     """A slot given back hands itself to the oldest parked task of its model."""
-    current().waker.wake_next(released)
+    return current().waker.release(task)
 
 
 statemachine.listeners.append(publish)
-statemachine.slot_listeners.append(wake_next)
+statemachine.slot_releaser[:] = [release_slot]

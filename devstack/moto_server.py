@@ -1,8 +1,10 @@
-"""moto's server with AWS's atomicity: one request at a time inside moto.
+"""moto's server with AWS's atomicity: one request at a time inside each of moto's services.
 
 `moto_server` is always threaded and moto's backends take no lock, so parallel clients can interleave a
 conditional write's check and its write, or receive one SQS message twice. Here requests are still accepted
-by a threaded server (slow uploads block nobody), but each runs through moto alone. An SQS long poll
+by a threaded server (slow uploads block nobody), but each runs through its service's backend alone
+(DynamoDB, SQS and the rest each have their own turn, as separate AWS services would: a slow receive from a
+deep queue never holds up a DynamoDB write). An SQS long poll
 (`WaitTimeSeconds`, in the JSON protocol boto3 speaks) waits outside the lock and looks again whenever a
 message is sent or made visible.
 
@@ -29,6 +31,7 @@ import httpx
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
 from werkzeug.serving import make_server
 
+from devstack import moto_speedups
 from devstack.processes import ChildProcess, spawn, wait_until_answers
 
 WsgiEnviron = dict[str, Any]
@@ -84,17 +87,30 @@ def _received_messages(captured: Captured) -> bool:
     return bool(json.loads(b"".join(chunks) or b"{}").get("Messages"))
 
 
+def _service_of(environ: WsgiEnviron) -> str:
+    """Which of moto's services a request goes to: DynamoDB and SQS by their JSON protocol's target, the rest
+    (S3, Secrets Manager, ...) share one turn."""
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target.startswith("AmazonSQS."):
+        return "sqs"
+    if target.startswith("DynamoDB_"):
+        return "dynamodb"
+    return "other"
+
+
 class SerializedMotoApp:
-    """A WSGI app running every request through moto under one lock, as one DynamoDB/SQS/S3 would behave."""
+    """A WSGI app running each request through moto under its service's lock, as one DynamoDB, one SQS, one S3
+    would behave."""
 
     def __init__(self, app: Any | None = None) -> None:
         self._app = app if app is not None else DomainDispatcherApplication(create_backend_app)
-        self._turn = threading.Condition()
+        self._turns = {service: threading.Condition() for service in ("dynamodb", "sqs", "other")}
+        self._turn = self._turns["sqs"]  # long polls wait on SQS's
 
     def __call__(self, environ: WsgiEnviron, start_response: StartResponse) -> Iterable[bytes]:
         body = _read_body(environ)  # outside the lock: a slow upload must not stall everyone
         sqs = _as_sqs_request(environ, body)
-        with self._turn:
+        with self._turns[_service_of(environ)]:
             if sqs is not None and sqs.long_poll_s > 0:
                 captured = self._long_poll(environ, sqs)
             else:
@@ -136,6 +152,7 @@ class SerializedMotoApp:
 
 def serve(host: str, port: int, listen_fd: int | None = None) -> None:
     """Serve until SIGTERM/SIGINT; `listen_fd` is an already listening socket (see `start_moto_server`)."""
+    moto_speedups.install()
     server = make_server(
         host, port, SerializedMotoApp(), threaded=True, request_handler=MotoRequestHandler, fd=listen_fd
     )

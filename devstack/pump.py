@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_CONCURRENCY = 2
 # Receives wait this long at most, so a stop is noticed quickly.
 RECEIVE_WAIT_S = 1
+# SQS hands out at most this many messages per receive.
+SQS_MAX_RECEIVE = 10
 
 
 @dataclass(frozen=True)
@@ -135,10 +137,15 @@ class SqsPump:
         while not self._stopping.is_set():
             if not free.acquire(timeout=RECEIVE_WAIT_S):
                 continue
+            # As Lambda's pollers do, one receive takes up to 10 messages and hands them out in batches of the
+            # source's size, one invocation each, as far as free concurrency allows (the first permit is held).
+            permits = 1
+            while permits * subscription.batch_size < SQS_MAX_RECEIVE and free.acquire(blocking=False):
+                permits += 1
             try:
                 messages = self._sqs.receive_message(
                     QueueUrl=queue_url,
-                    MaxNumberOfMessages=subscription.batch_size,
+                    MaxNumberOfMessages=min(SQS_MAX_RECEIVE, permits * subscription.batch_size),
                     WaitTimeSeconds=RECEIVE_WAIT_S,
                     AttributeNames=["All"],
                     MessageAttributeNames=["All"],
@@ -147,18 +154,20 @@ class SqsPump:
                 logger.exception("receiving from %s failed", subscription.queue_name)
                 messages = []
                 self._stopping.wait(RECEIVE_WAIT_S)
-            if not messages:
+            batches = [messages[start:start + subscription.batch_size]
+                       for start in range(0, len(messages), subscription.batch_size)]
+            for _ in range(permits - len(batches)):
                 free.release()
-                continue
-            invocation = threading.Thread(
-                target=self._invoke,
-                args=(subscription, queue_url, queue_arn, messages, free),
-                name=f"lambda-{subscription.function_name}",
-                daemon=True,  # a hung handler must not keep the stack from exiting
-            )
-            with self._invocations_lock:
-                self._invocations.add(invocation)
-            invocation.start()
+            for batch in batches:
+                invocation = threading.Thread(
+                    target=self._invoke,
+                    args=(subscription, queue_url, queue_arn, batch, free),
+                    name=f"lambda-{subscription.function_name}",
+                    daemon=True,  # a hung handler must not keep the stack from exiting
+                )
+                with self._invocations_lock:
+                    self._invocations.add(invocation)
+                invocation.start()
 
     def _invoke(
         self,

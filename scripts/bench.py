@@ -33,6 +33,7 @@ import httpx
 from chalicelib.resources import DEFAULT_MODELS, LANES, MEDIA_BUCKET
 
 BENCH_SCHEDULE_S = 1.0
+BENCH_ORIGIN = "http://127.0.0.1:8080"
 SUBMIT_THREADS = 16
 ADMIN = ("admin", "bench-admin-pass")
 USER_A, USER_B = ("alice", "alice-pass"), ("bob", "bob-pass")
@@ -51,7 +52,9 @@ LANE_MINIMUM = {
     # get task, get model, acquire, claim, own Ark's id, submitted; callback: get, end, release
     "video": {"dynamodb": 9, "sqs": 0},
 }
-LANE_PARTS = ("worker", "callback", "video_poller")
+# The parts that work for a task of each kind. The video poller runs on its schedule whatever the images do (its
+# reads are per run, shown under "all parts"): an image's lane work is its worker's.
+LANE_PARTS = {"image": ("worker",), "video": ("worker", "callback", "video_poller")}
 # The image scenario again at growing backlogs: the cost per task must stay flat (docs/design.md, "Parked tasks").
 SCALING_NS = (40, 160, 640)
 LANE_CONCURRENCY_IMAGE = next(lane.reserved_concurrency for lane in LANES if lane.name == "image")
@@ -234,10 +237,13 @@ class Bench:
         from devstack.config import AWS_REGION, FAKE_AWS_CREDENTIALS
         from devstack.moto_server import start_moto_server
         from devstack.testing import free_port
+        from devstack.ws_gateway import WebSocketGateway
 
         self.counter = RequestCounter()
         self.counter.install()
         self.moto = stack.enter_context(start_moto_server())
+        # One WebSocket client per user stays connected, so every change pays the publisher's reads as on AWS.
+        self.gateway = stack.enter_context(WebSocketGateway("127.0.0.1", 0))
         self.ark = SimulatorProcess.start(stack)
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
@@ -249,6 +255,7 @@ class Bench:
             VIDEO_POLL_INTERVAL_SECONDS=str(POLL_INTERVAL_WITH_CALLBACKS_S),
             RESULTS_BUCKET=MEDIA_BUCKET.physical_name(self.prefix),
             ARK_RESULT_HOSTS=self.ark.base_url.removesuffix("/api/v3"),  # results are copied from the simulator
+            WS_ALLOWED_ORIGINS=BENCH_ORIGIN, **self.gateway.app_environment(),
         )
         for name in ("ADMIN_USERNAME", "ADMIN_PASSWORD"):
             os.environ.pop(name, None)
@@ -274,12 +281,32 @@ class Bench:
         statemachine.listeners.append(self.transitions.listener)
         self._tag_callbacks()
         stack.enter_context(serving_in_thread(make_rest_server(loaded, "127.0.0.1", self.api_port).server, "rest"))
+        self.gateway.start(loaded.app, loaded.config, STAGE)
         self._pumping = lambda: pumping(loaded.app, loaded.config, STAGE, boto3.session.Session().client("sqs"),
                                         AWS_REGION)
         stack.enter_context(scheduling(loaded.app, loaded.config, STAGE, BENCH_SCHEDULE_S, AWS_REGION))
         self.http = httpx.Client(base_url=self.api_url, timeout=30.0)
         stack.callback(self.http.close)
         self.tokens = {user[0]: self._login(user) for user in (ADMIN, USER_A, USER_B)}
+        for user in (USER_A, USER_B):
+            self._watch(stack, user)
+
+    def _watch(self, stack: ExitStack, user: tuple[str, str]) -> None:
+        """Connect a WebSocket client for `user` and read (and drop) what it is sent, as a browser tab would."""
+        from websockets.sync.client import connect
+
+        ticket = self.http.post("/api/ws/ticket", headers={"Authorization": f"Bearer {self.tokens[user[0]]}"})
+        socket = stack.enter_context(connect(ticket.raise_for_status().json()["url"], origin=BENCH_ORIGIN,
+                                             open_timeout=10))
+
+        def read() -> None:
+            try:
+                for _ in socket:
+                    pass
+            except Exception:  # the socket closes when the bench ends
+                return
+
+        threading.Thread(target=read, name=f"ws-client-{user[0]}", daemon=True).start()
 
     @staticmethod
     def _reconfigure(endpoints_changed: bool = False) -> None:
@@ -463,8 +490,8 @@ def check(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
 
-def lane_share(parts: dict[str, float], *extra: str) -> float:
-    return sum(count for who, count in parts.items() if who in (*LANE_PARTS, *extra))
+def lane_share(parts: dict[str, float], *extra: str, kind: str = "image") -> float:
+    return sum(count for who, count in parts.items() if who in (*LANE_PARTS[kind], *extra))
 
 
 def scaling_line(run: dict[str, Any]) -> str:
@@ -481,7 +508,7 @@ def requests_lines(kind: str, requests: dict[str, Any]) -> list[str]:
     lines = []
     for service in ("dynamodb", "sqs"):
         parts = requests.get(service, {})
-        lane = sum(count for who, count in parts.items() if who in LANE_PARTS)
+        lane = lane_share(parts, kind=kind)
         detail = ", ".join(f"{who} {count:g}" for who, count in sorted(parts.items()))
         lines.append(f"  {kind} task, {service}: lane work {lane:.2f} (design minimum {LANE_MINIMUM[kind][service]})"
                      f"; all parts [{detail}]")
@@ -490,7 +517,8 @@ def requests_lines(kind: str, requests: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     with ExitStack() as stack:
-        print("starting moto (locked), the Ark simulator, REST routes, SQS pump and scheduler ...", flush=True)
+        print("starting moto (locked per service), the Ark simulator, REST routes, SQS pump and scheduler ...",
+              flush=True)
         bench = Bench(stack)
         images = run_images(bench)
         bench.quiet()

@@ -41,11 +41,14 @@ from chalice.test import Client  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 from moto import mock_aws  # noqa: E402
 
+from devstack import moto_speedups  # noqa: E402
 from devstack.testing import LocalStack, launch_local_stack  # noqa: E402
 from tests.api_client import Api  # noqa: E402
 from tests.factories import ADMIN, DEMO, OTHER  # noqa: E402
 
 pytest_plugins = ["tests.lane_fixtures"]
+# In-process moto without the costs AWS never charges (devstack/moto_speedups.py).
+moto_speedups.install()
 
 
 @functools.cache

@@ -20,13 +20,19 @@ class Delivery:
     deadline: float | None = None
     # Whether it has the invocation's time to itself (the batch's first record), or records before it used some.
     first_in_invocation: bool = True
+    # A new task's first message names its model and user: its worker acquires before reading the task.
+    start: tuple[str, str] | None = None
 
     @classmethod
     def of(cls, record: dict[str, Any], deadline: float | None = None, first_in_invocation: bool = True) -> Delivery:
+        body = json.loads(record["body"])
+        start = (str(body["model_id"]), str(body["user_id"])) if body.get("model_id") and body.get("user_id") \
+            else None
         return cls(
             message_id=record["messageId"],
             receipt_handle=record["receiptHandle"],
-            task_id=json.loads(record["body"])["task_id"],
+            task_id=str(body["task_id"]),
+            start=start,
             receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
             deadline=deadline,
             first_in_invocation=first_in_invocation,

@@ -19,16 +19,16 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from chalicelib import catalog, queues
+from chalicelib import queues
 from chalicelib.backoff import compute_backoff
 from chalicelib.clock import Clock
-from chalicelib.errors import NotFound
 from chalicelib.lanes.messages import DONE, Delivery, Outcome, Retry
-from chalicelib.resources import Lane
+from chalicelib.resources import Lane, lane_named
 from chalicelib.settings import Settings
 from chalicelib.store import slots, statemachine, writes
 from chalicelib.store.errors import WriteFailed
-from chalicelib.store.records import ModelRecord, SlotRecord, TaskRecord, optional_int
+from chalicelib.store.records import SlotRecord, TaskRecord
+from chalicelib.video.stages import expires_after, video_deadline
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,12 @@ MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
 # Parked tasks a hand-off reads at a time, and at most: usually the first page has one whose user is under the cap.
 WAKE_PAGE_SIZE, WAKE_LOOKAHEAD = 10, 50
-# A slot handed to a parked task is held this long for it; its worker's acquire extends it to the worker's lease.
-# A hand-off whose message was never sent (the waker died) frees the slot after this, and the next sweep sends one.
+# A slot handed to a parked task waits this long for its worker's claim; a hand-off never claimed (its message
+# lost, the waker dead before sending it) is taken back by the sweeper after this, and the task sent a message. The
+# handed lease is the worker's own plus this, so a worker woken late still has its whole lease.
 HANDOFF_LEASE_S = 30
+# Headroom past the Lambda timeout before an image lease counts as abandoned (a worker that died mid-call).
+IMAGE_LEASE_MARGIN_S = 60
 # Rounds of "refused acquire, park" a delivery tries when slots free under it; then it comes back after a wait.
 PARK_ROUNDS = 3
 
@@ -66,94 +69,218 @@ class Waiting:
         return round(compute_backoff(delivery.receive_count - 1, base=self.settings.slot_wait_s,
                                      max_exponent=MAX_SLOT_WAIT_DOUBLINGS, spread=(1.0, 2.0), rng=self.rng))
 
-    def park(self, task: TaskRecord, full_slot_key: str, limit: int) -> bool:
-        """Park `task` (queued) while the slot record `full_slot_key` is still at `limit`; the caller then
-        acknowledges its message. False when a slot freed meanwhile (the caller acquires again); a task no longer
-        queued counts as parked: there is nothing to wait for, and the message is done."""
+    def park(self, task: TaskRecord, refused: slots.Refused) -> bool:
+        """Park `task` (queued) while the record that refused it is still full; the caller then acknowledges its
+        message. False when a slot freed meanwhile (the caller acquires again); a task no longer queued counts as
+        parked: there is nothing to wait for, and the message is done."""
         def build(transaction: TransactWrite) -> None:
-            transaction.condition_check(SlotRecord, full_slot_key, condition=SlotRecord.count >= limit)
+            slots.count_parked_in(transaction, task.model_id, +1,
+                                  condition=refused.still_full() if refused.slot_key == task.model_id else None)
+            if refused.slot_key != task.model_id:
+                transaction.condition_check(SlotRecord, refused.slot_key, condition=refused.still_full())
             transaction.update(TaskRecord(task.task_id), actions=[TaskRecord.parked_model.set(task.model_id)],
-                               condition=TaskRecord.status == statemachine.QUEUED)
+                               condition=(TaskRecord.status == statemachine.QUEUED)
+                               & TaskRecord.slot_handed_at.does_not_exist())
 
+        on_model = refused.slot_key == task.model_id
         try:
             writes.write_transaction(build)
         except TransactWriteError as error:
             reasons = error.cancellation_reasons or []
-            if not writes.condition_failed(error) or len(reasons) != 2:
+            if not writes.condition_failed(error) or not reasons:
                 raise
-            _, task_reason = reasons
-            # The task's condition false: claimed or ended meanwhile. Else the slot record is no longer full.
-            return task_reason is not None and task_reason.code == "ConditionalCheckFailed"
+            # The task's condition false: claimed, ended or handed a slot meanwhile. Else the record is not full.
+            if reasons[-1] is not None and reasons[-1].code == "ConditionalCheckFailed":
+                return True
+            if on_model:
+                slots.note_full(task.model_id, False)
+            return False
+        if on_model:
+            slots.note_full(task.model_id, True)
         return True
 
 
-class Waker:
-    """Hands a released slot to the oldest parked task of its model (a listener of the state machine; the
-    sweeper's safety net too)."""
+def lease_until(task: TaskRecord, lane: Lane, now: float, settings: Settings) -> int:
+    """How long a task's slot is held for its worker: an image's whole invocation plus a margin; a video's deadline
+    if the create goes out now (the record of the create moves it to count from Ark's answer)."""
+    if task.type == "video":
+        return video_deadline(now, expires_after(settings))
+    return math.ceil(now + lane.lambda_timeout_s + IMAGE_LEASE_MARGIN_S)
 
-    def __init__(self, *, sqs: Any, clock: Clock) -> None:
+
+class Waker:
+    """Gives a slot back as a hand-off: to the oldest parked task its model may run, in one transaction with the
+    release (the state machine's slot releaser), and, as the sweeper's safety net, free slots to parked tasks."""
+
+    def __init__(self, *, sqs: Any, clock: Clock, settings: Settings) -> None:
         self.sqs = sqs
         self.clock = clock
+        self.settings = settings
 
-    def wake_next(self, released: TaskRecord) -> None:
-        """A slot was given back: hand it to the oldest parked task its model may run now."""
-        try:
-            self.hand_off(catalog.get_model(released.model_id))
-        except (PynamoDBException, BotoCoreError, ClientError, NotFound, WriteFailed) as error:
-            # Only promptness is lost: the sweeper wakes parked tasks into free slots.
-            log.warning("could not hand a slot of %s to a parked task: %s", released.model_id, error)
-
-    def hand_off(self, model: ModelRecord) -> str | None:
-        """Take a free slot of `model` for its oldest parked task whose user is under the cap, unpark it and send
-        it a message; the task id, or None when no slot is free or nothing parked may run."""
-        user_cap = optional_int(model.max_running_per_user)
+    def release(self, task: TaskRecord) -> bool:
+        """Give back the slot `task` holds, handing it to the oldest parked task whose user is under the cap (one
+        transaction: the holder changes, the count stays). True when the slot left `task`."""
+        model_id, user_cap = task.model_id, slots.user_cap_seen(task.model_id)
         running_per_user: Counter[str] | None = None
-        for candidate in TaskRecord.parked_by_model.query(model.model_id, limit=WAKE_LOOKAHEAD,
+        try:
+            candidates = list(TaskRecord.parked_by_model.query(model_id, limit=WAKE_PAGE_SIZE,
+                                                               scan_index_forward=True))
+            for candidate in candidates:
+                if user_cap is not None and candidate.user_id != task.user_id:
+                    if running_per_user is None:  # the model's record names every holder's owner: one read
+                        running_per_user = Counter(holder.user_id for holder in slots.holders(model_id).values())
+                    if running_per_user[candidate.user_id] >= user_cap:
+                        continue
+                moved = self._move(task, candidate, user_cap)
+                if moved is None:
+                    break  # the model's record refused (the releaser no longer holds, limits changed): plainly
+                if moved:
+                    queues.enqueue(self.sqs, candidate.lane, candidate.task_id)
+                    return True
+                if running_per_user is not None:
+                    running_per_user[candidate.user_id] = user_cap or 0  # full meanwhile, or it moved on
+        except (PynamoDBException, BotoCoreError, ClientError, WriteFailed) as error:
+            # Only promptness is lost: the slot is released below and the sweeper wakes parked tasks into it.
+            log.warning("could not hand a slot of %s to a parked task: %s", model_id, error)
+        released, parked = slots.release_counting_parked(model_id, task.task_id, _user_of_slot(task))
+        if released and parked > 0:
+            # A task parked after the page was read (or the count is ahead of the index): hand the freed slot over.
+            try:
+                self.hand_off(model_id)
+            except (PynamoDBException, BotoCoreError, ClientError, WriteFailed) as error:
+                log.warning("could not hand a slot of %s to a parked task: %s", model_id, error)
+        return released
+
+    def _move(self, releasing: TaskRecord, candidate: TaskRecord, user_cap: int | None) -> bool | None:
+        """One transaction: `releasing`'s slot becomes `candidate`'s, and `candidate` is unparked. True when done,
+        False when the candidate (or its user's cap) refused, None when the model's record refused."""
+        now = self.clock.now()
+        lease = lease_until(candidate, lane_named(candidate.lane), now, self.settings) + HANDOFF_LEASE_S
+        capped = user_cap is not None
+        if releasing.user_slot is None:
+            return None  # whether it took its user's slot too is not known: released plainly, both records
+        roles: list[tuple[str, str]] = []
+
+        def build(transaction: TransactWrite) -> None:
+            roles.extend(slots.move_in(transaction, releasing.model_id, releasing.task_id, releasing.user_id,
+                                      candidate.task_id, candidate.user_id, lease, user_cap=user_cap,
+                                      released_user_slot=bool(releasing.user_slot)))
+            transaction.update(TaskRecord(candidate.task_id), actions=[
+                TaskRecord.parked_model.remove(), TaskRecord.slot_handed_at.set(math.floor(now)),
+                TaskRecord.user_slot.set(capped)], return_values="ALL_OLD",
+                condition=(TaskRecord.parked_model == releasing.model_id) & (TaskRecord.status == statemachine.QUEUED))
+
+        for attempt in range(2):
+            try:
+                writes.write_transaction(build)
+                return True
+            except TransactWriteError as error:
+                reasons = error.cancellation_reasons or []
+                if not writes.condition_failed(error) and error.cause_response_code != "ValidationException":
+                    raise
+                outcome = {role: slots.refusal_of(reason) for (_, role), reason in
+                           zip([*roles, ("", "task")], reasons, strict=False)}
+            if outcome.get("task") == "refused":
+                return False  # it moved on: another hand-off took it, or its own acquire won
+            if outcome.get("to_user") == "missing" and not attempt:
+                slots.ensure_record(roles[-1][0])  # the user's first slot of this model: its record, then again
+                roles.clear()
+                continue
+            if outcome.get("to_user") == "refused" and all(outcome.get(role) is None for role in ("model",
+                                                                                                  "from_user")):
+                return False  # the candidate's user is at the cap
+            return None
+        return None
+
+    def hand_off(self, model_id: str) -> str | None:
+        """Take a free slot of the model for its oldest parked task whose user is under the cap, unpark it and send
+        it a message; the task id, or None when no slot is free or nothing parked may run."""
+        state = slots.state(model_id)
+        if state.limit is None or state.count >= state.limit:
+            return None
+        running_per_user = Counter(holder.user_id for holder in state.holders.values())
+        seen_any = False
+        for candidate in TaskRecord.parked_by_model.query(model_id, limit=WAKE_LOOKAHEAD,
                                                           page_size=WAKE_PAGE_SIZE, scan_index_forward=True):
-            if user_cap is not None:
-                if running_per_user is None:  # the model's record names every holder's owner: one read
-                    running_per_user = Counter(holder.user_id for holder in slots.holders(model.model_id).values())
-                if running_per_user[candidate.user_id] >= user_cap:
-                    continue
-            taken = self._take_for(candidate, model, user_cap)
+            seen_any = True
+            if state.user_cap is not None and running_per_user[candidate.user_id] >= state.user_cap:
+                continue
+            taken = self._take_for(candidate, state.user_cap)
             if taken is None:
                 return None  # the free slot went to an arriving task: its release hands it over later
             if taken:
                 queues.enqueue(self.sqs, candidate.lane, candidate.task_id)
                 return candidate.task_id
-            if running_per_user is not None:
-                running_per_user[candidate.user_id] = user_cap  # its user filled up meanwhile, or it moved on
+            running_per_user[candidate.user_id] = state.user_cap or 0  # its user filled up meanwhile, or it moved on
+        if not seen_any and state.parked:
+            slots.reset_parked(model_id, state.parked)  # counted ahead of the index: releases read it for nothing
         return None
 
-    def _take_for(self, candidate: TaskRecord, model: ModelRecord, user_cap: int | None) -> bool | None:
-        """One transaction: the slot taken for `candidate` and `candidate` unparked. True when done, False when
+    def _take_for(self, candidate: TaskRecord, user_cap: int | None) -> bool | None:
+        """One transaction: a free slot taken for `candidate` and `candidate` unparked. True when done, False when
         the candidate (or its user's cap) refused, None when the model's slots are all taken."""
-        lease_until = math.ceil(self.clock.now() + HANDOFF_LEASE_S)
+        now = self.clock.now()
+        lease = lease_until(candidate, lane_named(candidate.lane), now, self.settings) + HANDOFF_LEASE_S
 
         def build(transaction: TransactWrite) -> None:
-            slots.take_in(transaction, model.model_id, candidate.task_id, int(model.concurrency), lease_until,
-                          user_id=candidate.user_id, user_cap=user_cap)
-            transaction.update(TaskRecord(candidate.task_id), actions=[TaskRecord.parked_model.remove()],
-                               condition=(TaskRecord.parked_model == model.model_id)
-                               & (TaskRecord.status == statemachine.QUEUED))
+            slots.take_in(transaction, candidate.model_id, candidate.task_id, lease, user_id=candidate.user_id,
+                          user_cap=user_cap, unparking=True)
+            transaction.update(TaskRecord(candidate.task_id), actions=[
+                TaskRecord.parked_model.remove(), TaskRecord.slot_handed_at.set(math.floor(now)),
+                TaskRecord.user_slot.set(user_cap is not None)], return_values="ALL_OLD",
+                condition=(TaskRecord.parked_model == candidate.model_id)
+                & (TaskRecord.status == statemachine.QUEUED))
+
+        for attempt in range(2):
+            try:
+                writes.write_transaction(build)
+                return True
+            except TransactWriteError as error:
+                if not writes.condition_failed(error) and error.cause_response_code != "ValidationException":
+                    raise
+                outcome = [slots.refusal_of(reason) for reason in error.cancellation_reasons or []]
+            if user_cap is not None and len(outcome) == 3 and outcome[1] == "missing" and not attempt:
+                slots.ensure_record(slots.user_slot_key(candidate.model_id, candidate.user_id))
+                continue
+            # The model's record refused while the candidate was still parked: no free slot. The candidate moved
+            # on (another hand-off took the slot for it first) or its user is full: the next one may run.
+            return None if outcome and outcome[0] is not None and outcome[-1] is None else False
+        return False
+
+    def take_back(self, task: TaskRecord) -> bool:
+        """A slot handed to `task` that it never claimed: one transaction frees it and clears the hand-off (so no
+        worker claims without a slot), then the slot goes on to the next parked task. False when `task` moved on
+        (claimed it meanwhile, or ended)."""
+        def build(transaction: TransactWrite) -> None:
+            transaction.update(TaskRecord(task.task_id), actions=[TaskRecord.slot_handed_at.remove()],
+                               condition=(TaskRecord.status == statemachine.QUEUED)
+                               & (TaskRecord.slot_handed_at == task.slot_handed_at))
+            slots.release_in(transaction, task.model_id, task.task_id, _user_of_slot(task))
 
         try:
             writes.write_transaction(build)
         except TransactWriteError as error:
             if not writes.condition_failed(error):
                 raise
-            refused = [reason is not None and reason.code == "ConditionalCheckFailed"
-                       for reason in error.cancellation_reasons or []]
-            # The model's record refused while the candidate was still parked: no free slot. The candidate moved
-            # on (another hand-off took the slot for it first) or its user is full: the next one may run.
-            return None if refused and refused[0] and not refused[-1] else False
+            return False
+        self.hand_off(task.model_id)
         return True
 
-    def wake_free_slots(self, model: ModelRecord) -> int:
-        """The safety net: hand every free slot of `model` to a parked task; how many were woken."""
+    def after_limits_changed(self, model_id: str) -> None:
+        """A model's limits changed: slots a raise made free go to parked tasks now (the sweeper would, later)."""
+        try:
+            self.wake_free_slots(model_id)
+        except (PynamoDBException, BotoCoreError, ClientError, WriteFailed) as error:
+            log.warning("parked tasks of %s left for the next sweep: %s", model_id, error)
+
+    def wake_free_slots(self, model_id: str) -> int:
+        """The safety net: hand every free slot of the model to a parked task; how many were woken."""
         woken = 0
-        for _ in range(max(0, int(model.concurrency) - slots.in_use(model.model_id))):
-            if self.hand_off(model) is None:
-                break
+        while self.hand_off(model_id) is not None:
             woken += 1
         return woken
+
+
+def _user_of_slot(task: TaskRecord) -> str | None:
+    """The user whose slot the task holds beside the model's: none when it took none (unknown: both)."""
+    return None if task.user_slot is False else task.user_id

@@ -20,7 +20,6 @@ deadline, the same value its claim writes to `deadline_at`.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from typing import Any
 
@@ -36,18 +35,17 @@ from chalicelib.lanes.endings import Endings
 from chalicelib.lanes.images import ImageCalls
 from chalicelib.lanes.messages import DONE, Delivery, Outcome, Retry
 from chalicelib.lanes.videos import VideoCalls
-from chalicelib.lanes.waits import PARK_ROUNDS, Waiting
+from chalicelib.lanes.waits import HANDOFF_LEASE_S, PARK_ROUNDS, Waiting, lease_until
 from chalicelib.resources import Lane
 from chalicelib.settings import Settings
 from chalicelib.store import slots, statemachine
 from chalicelib.store.errors import StaleTask
-from chalicelib.store.records import ModelRecord, TaskRecord, optional_int
-from chalicelib.video.stages import ARK_QUEUED, ARK_RUNNING, CREATE_GRACE_S, SUBMITTING, expires_after, video_deadline
+from chalicelib.store.records import TaskRecord, optional_int
+from chalicelib.video.stages import ARK_QUEUED, ARK_RUNNING, CREATE_GRACE_S, SUBMITTING
 
 log = logging.getLogger(__name__)
+_READ_FIRST = object()
 
-# Headroom past the Lambda timeout before an image lease counts as abandoned (a worker that died mid-call).
-IMAGE_LEASE_MARGIN_S = 60
 SQS_MAX_VISIBILITY_S = 12 * 3600
 # A results copy stops this long before the Lambda timeout: the parts in flight and the upload's abort must still
 # end, and the outcome be written.
@@ -108,11 +106,47 @@ class LaneWorker:
     # --- one message ------------------------------------------------------------------------------------------
 
     def process(self, delivery: Delivery) -> Outcome:
+        if delivery.start is not None:
+            started = self._start(delivery, *delivery.start)
+            if started is not _READ_FIRST:
+                return started
         try:
             task = TaskRecord.get(delivery.task_id, consistent_read=True)
         except DoesNotExist:
             return DONE
         return self._act_on(task, delivery)
+
+    def _start(self, delivery: Delivery, model_id: str, user_id: str) -> Outcome | object:
+        """A new task's first message: acquire (or park) before reading the task, which a parked task never needs.
+        `_READ_FIRST` when the task must be read first (the slot record has no limits yet)."""
+        placeholder = TaskRecord(delivery.task_id, model_id=model_id, user_id=user_id, type=self.lane.task_type)
+        if slots.looked_full(model_id) and self.waiting.park(placeholder, slots.Refused(model_id)):
+            return DONE  # parked at once (or it is no longer waiting): the model's record is still full
+        lease = lease_until(placeholder, self.lane, self.clock.now(), self.settings)
+        for _ in range(PARK_ROUNDS):
+            try:
+                acquired = slots.try_acquire(model_id, delivery.task_id, lease, user_id=user_id, extend_held=False)
+            except slots.SlotsUnconfigured:
+                return _READ_FIRST
+            if isinstance(acquired, slots.Refused):
+                if self.waiting.park(placeholder, acquired):  # conditional on the task being queued
+                    return DONE
+                continue
+            try:
+                task = TaskRecord.get(delivery.task_id, consistent_read=True)
+            except DoesNotExist:
+                task = None
+            if task is None or task.model_id != model_id or task.status != statemachine.QUEUED:
+                if acquired.user_slot is not None:  # taken just now for a task that is not waiting: given back
+                    placeholder.user_slot = acquired.user_slot
+                    statemachine.slot_releaser[0](placeholder)
+                return DONE if task is None else self._act_on(task, delivery)
+            if task.slot_handed_at is not None:
+                return self._act_on(task, delivery)
+            if acquired.user_slot is None:  # held from before: an earlier worker died before its claim
+                slots.extend_lease(model_id, task.task_id, lease)
+            return self._claim_and_call(task, delivery, lease, user_slot=acquired.user_slot)
+        return self.waiting.wait(delivery, self.waiting.slot_wait(delivery))
 
     def _act_on(self, task: TaskRecord, delivery: Delivery) -> Outcome:
         """Do what the message asks of `task`, as just read or written."""
@@ -123,34 +157,49 @@ class LaneWorker:
             return self._resume(task, delivery)
         if task.status != statemachine.QUEUED:
             return DONE
+        if task.slot_handed_at is not None:
+            # A released slot was handed to it (`waits.Waker`): it holds one already, and claims.
+            return self._claim_and_call(task, delivery, self._handed_lease(task), user_slot=task.user_slot)
+        lease = lease_until(task, self.lane, self.clock.now(), self.settings)
+        for _ in range(PARK_ROUNDS):
+            try:
+                acquired = slots.try_acquire(task.model_id, task.task_id, lease, user_id=task.user_id)
+            except slots.SlotsUnconfigured:
+                if not self._configure_slots(task):
+                    return DONE
+                acquired = slots.try_acquire(task.model_id, task.task_id, lease, user_id=task.user_id)
+            if isinstance(acquired, slots.Held):
+                return self._claim_and_call(task, delivery, lease, user_slot=acquired.user_slot)
+            # No free slot: parked, the message acknowledged; a released slot hands itself over (waits.Waker).
+            if self.waiting.park(task, acquired):
+                return DONE
+        return self.waiting.wait(delivery, self.waiting.slot_wait(delivery))
+
+    def _configure_slots(self, task: TaskRecord) -> bool:
+        """The model's slot record has no limits yet (or its model was deleted): write them from the model. False
+        when the model no longer exists (the task is failed)."""
         try:
             model = catalog.get_model(task.model_id)
         except NotFound:
             self.endings.fail(task, "model_not_found", f"Model {task.model_id!r} no longer exists.")
-            return DONE
-        lease_until = self._lease_until(task)
-        concurrency, user_cap = int(model.concurrency), optional_int(model.max_running_per_user)
-        for _ in range(PARK_ROUNDS):
-            full = slots.try_acquire(task.model_id, task.task_id, concurrency, lease_until, user_id=task.user_id,
-                                     user_cap=user_cap)
-            if full is None:
-                return self._claim_and_call(task, model, delivery, lease_until)
-            # No free slot: parked, the message acknowledged; a released slot hands itself over (waits.Waker).
-            if self.waiting.park(task, full, concurrency if full == task.model_id else int(user_cap or 0)):
-                return DONE
-        return self.waiting.wait(delivery, self.waiting.slot_wait(delivery))
+            return False
+        slots.configure(model.model_id, int(model.concurrency), optional_int(model.max_running_per_user),
+                        if_missing=True)
+        return True
 
-    def _lease_until(self, task: TaskRecord) -> int:
-        if task.type == "video":
-            # Held until Ark ends it: its deadline if the create goes out now (the record of the create moves it
-            # to count from Ark's answer).
-            return video_deadline(self.clock.now(), expires_after(self.settings))
-        return math.ceil(self.clock.now() + self.lane.lambda_timeout_s + IMAGE_LEASE_MARGIN_S)
+    def _handed_lease(self, task: TaskRecord) -> int:
+        """The lease of a handed slot covers a worker woken within `HANDOFF_LEASE_S`; one woken later extends it."""
+        lease = lease_until(task, self.lane, self.clock.now(), self.settings)
+        if self.clock.now() - float(task.slot_handed_at or 0) > HANDOFF_LEASE_S:
+            slots.extend_lease(task.model_id, task.task_id, lease)
+        return lease
 
-    def _claim_and_call(self, task: TaskRecord, model: ModelRecord, delivery: Delivery, lease_until: int) -> Outcome:
+    def _claim_and_call(self, task: TaskRecord, delivery: Delivery, lease_until: int, *,
+                        user_slot: bool | None) -> Outcome:
         # Set before the call: a worker that dies mid-call may have had it done at Ark. A refusal (429) undoes it.
         reached_ark_before = bool(task.ark_called)
-        actions = [TaskRecord.ark_called.set(True)]
+        actions = [TaskRecord.ark_called.set(True),
+                   TaskRecord.user_slot.remove() if user_slot is None else TaskRecord.user_slot.set(user_slot)]
         callback_url = None
         if task.type == "video":
             callback_url, callback_actions = self.videos.submitter.new_callback(task.task_id)
@@ -170,7 +219,7 @@ class LaneWorker:
         if task.status == statemachine.QUEUED:
             return self._act_on(task, delivery)  # it changed and came back (a retry): decide again
         # Ended before it ever ran (cancelled, timed out): the slot acquired for it is nobody's.
-        slots.release(task.model_id, task.task_id, task.user_id)
+        statemachine.slot_releaser[0](task)
         return DONE
 
     def _resume(self, task: TaskRecord, delivery: Delivery) -> Outcome:

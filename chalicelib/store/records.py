@@ -156,6 +156,8 @@ class TaskRecord(_Base):
     created_key = UnicodeAttribute()
     list_shard = UnicodeAttribute()
     queued_model = UnicodeAttribute(null=True)
+    # Its number among its model's accepted tasks: `queue_position` is its distance from the oldest one queued.
+    queue_seq = NumberAttribute(null=True)
     poll_shard = UnicodeAttribute(null=True)
     next_poll_at = NumberAttribute(null=True)
     poll_count = NumberAttribute(default=0)
@@ -169,6 +171,12 @@ class TaskRecord(_Base):
     create_attempt = NumberAttribute(default=0)
     # Set while the task is parked (it found no free slot; its message left the queue): its model's id.
     parked_model = UnicodeAttribute(null=True)
+    # Set (epoch seconds) when a released slot was handed to this queued task: its worker claims without an acquire.
+    # The claim removes it; a hand-off never claimed is taken back by the sweeper after `HANDOFF_LEASE_S`.
+    slot_handed_at = NumberAttribute(null=True)
+    # Whether the slot this task holds took its user's slot too (`max_running_per_user`); unknown (absent) means
+    # both are released.
+    user_slot = BooleanAttribute(null=True)
     # A running video's deadline (epoch seconds): written with its claim (the value its slot lease holds too) and
     # again from its Ark create. The sweeper reads it as stored, so a changed setting never moves it.
     deadline_at = NumberAttribute(null=True)
@@ -208,6 +216,15 @@ class SlotRecord(_Base):
     # task id -> user id, beside `holders`: freeing a vanished task's slot frees its user's slot too.
     owners = MapAttribute[str, Any](default=dict)
     count = NumberAttribute(default=0)
+    # The model's `concurrency` and `max_running_per_user`, written with the model itself (`slots.configure_in`):
+    # an acquire's condition reads them here, so it needs no model read and a change applies to the next acquire.
+    limit = NumberAttribute(null=True)
+    user_cap = NumberAttribute(null=True)
+    # Tasks parked on this model (`parked_by_model`), counted by parks and hand-offs: a release that finds it 0
+    # reads no index. Never below the truth (an end of a parked task counts down too); above it costs one read.
+    parked = NumberAttribute(null=True)
+    # Tasks accepted so far: each takes the next number as its `queue_seq` (`slots.take_queue_number`).
+    accepted = NumberAttribute(null=True)
 
 
 class ConnectionRecord(_Base):

@@ -2,8 +2,9 @@
 
 One record per model holds `holders` (task id -> lease expiry, epoch seconds), `owners` (task id -> user) and
 `count`. Acquire is a
-conditional update (`count < concurrency` and the task not already holding), release is conditional and
-idempotent, and the sweeper frees leases of workers that died mid-call.
+conditional update (`count < limit` and the task not already holding), release is conditional and idempotent,
+and the sweeper frees leases of workers that died mid-call. The record carries the model's limits (`limit`,
+`user_cap`), written in the same transaction as the model (`configure_in`): an acquire reads no model.
 
 A model with `max_running_per_user` also keeps one record of the same shape per (model, user), keyed
 `<model>#user#<user>`; acquire then takes both in one transaction, so a user's burst never holds every slot.
@@ -16,6 +17,7 @@ already holds (its earlier worker died before claiming it) extends the lease to 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -33,7 +35,7 @@ def user_slot_key(model_id: str, user_id: str) -> str:
     return f"{model_id}#user#{user_id}"
 
 
-def _ensure_record(slot_key: str) -> None:
+def ensure_record(slot_key: str) -> None:
     """Create the record, or complete one written before it had every map (`owners` came later): DynamoDB refuses
     to set or remove a key of a map that is not there. Idempotent, and harmless to a record in use."""
     SlotRecord(slot_key).update(actions=[
@@ -52,50 +54,127 @@ def _take_update(task_id: str, limit: int, lease_until: float, owner: str | None
             "condition": SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < limit)}
 
 
-def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *,
-            user_id: str | None = None, user_cap: int | None = None) -> bool:
-    """Take a slot for `task_id`; True when it holds one (also when it already did). Never waits.
+class SlotsUnconfigured(Exception):
+    """The model's slot record carries no `limit` yet (written before limits lived there, or its model was
+    deleted): the caller reads the model and writes it with `configure` (`if_missing`), then acquires again."""
 
-    With `user_cap`, the task must also fit under its user's cap for this model. A refusal costs one request:
-    DynamoDB returns the record as it was, which tells "full" from "already holding" and "no record yet".
-    """
-    return try_acquire(model_id, task_id, concurrency, lease_until, user_id=user_id, user_cap=user_cap) is None
+
+@dataclass(frozen=True)
+class Held:
+    """The task holds a slot. `user_slot`: whether its user's slot was taken too (None: held from before)."""
+
+    user_slot: bool | None
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The record `slot_key` was full: what a parked task waits on (the park checks it still is). `user_cap`: the
+    user record's limit (a model record carries its own)."""
+
+    slot_key: str
+    user_cap: int | None = None
+
+    def still_full(self) -> Any:
+        """The condition a park checks on `slot_key`, in the same transaction."""
+        if self.user_cap is None:
+            return SlotRecord.count >= SlotRecord.limit
+        return SlotRecord.count >= self.user_cap
+
+
+# model id -> the `user_cap` its slot record had when last seen: which acquire to try first. Only a guess: the
+# acquire's condition checks it against the record, and a wrong guess costs one refused request, then the truth.
+_user_cap_seen: dict[str, int | None] = {}
+# model id -> whether its record was full when last seen here: a new task of a model seen full parks first (one
+# request; its condition is that the record is still full) instead of a refused acquire and then a park.
+_full_seen: dict[str, bool] = {}
+
+
+def looked_full(model_id: str) -> bool:
+    return _full_seen.get(model_id, False)
+
+
+def note_full(model_id: str, full: bool) -> None:
+    _full_seen[model_id] = full
+
+
+def configure(model_id: str, concurrency: int, user_cap: int | None, *, if_missing: bool = False) -> None:
+    """Write the model's limits on its slot record (creating or completing it). With `if_missing`, only where
+    none is written yet: a model change written meanwhile is never overwritten with an older read."""
+    try:
+        SlotRecord(model_id).update(actions=_configure_actions(concurrency, user_cap),
+                                    condition=SlotRecord.limit.does_not_exist() if if_missing else None)
+    except UpdateError as error:
+        if not (if_missing and writes.condition_failed(error)):
+            raise
+
+
+def configure_in(transaction: TransactWrite, model_id: str, concurrency: int, user_cap: int | None) -> None:
+    """`configure` inside the model's own write, so the limits acquires read are always the model's."""
+    transaction.update(SlotRecord(model_id), actions=_configure_actions(concurrency, user_cap))
+
+
+def unconfigure_in(transaction: TransactWrite, model_id: str) -> None:
+    """The model is deleted: its slot record loses its limits, so an acquire looks the model up (and finds none)."""
+    transaction.update(SlotRecord(model_id), actions=[SlotRecord.limit.remove(), SlotRecord.user_cap.remove()])
+
+
+def _configure_actions(concurrency: int, user_cap: int | None) -> list[Action]:
+    return [SlotRecord.holders.set(SlotRecord.holders | {}), SlotRecord.owners.set(SlotRecord.owners | {}),
+            SlotRecord.count.set(SlotRecord.count | 0), SlotRecord.limit.set(int(concurrency)),
+            SlotRecord.user_cap.remove() if user_cap is None else SlotRecord.user_cap.set(int(user_cap))]
 
 
 def _keys(model_id: str, user_id: str | None, user_cap: int | None) -> list[str]:
     return [model_id] if user_cap is None or user_id is None else [model_id, user_slot_key(model_id, user_id)]
 
 
-def take_in(transaction: TransactWrite, model_id: str, task_id: str, concurrency: int, lease_until: float, *,
-            user_id: str | None = None, user_cap: int | None = None) -> list[str]:
-    """Add the acquire's conditional updates to `transaction` (a hand-off takes a slot for a parked task and
-    unparks it at once); returns the slot keys in the order their updates were added."""
+def _model_condition(task_id: str, user_cap: int | None) -> Any:
+    """The model record's side of an acquire: free, not yet held by the task, and capped as the caller thinks."""
+    cap = SlotRecord.user_cap.does_not_exist() if user_cap is None else SlotRecord.user_cap == user_cap
+    return SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < SlotRecord.limit) & cap
+
+
+def take_in(transaction: TransactWrite, model_id: str, task_id: str, lease_until: float, *,
+            user_id: str | None = None, user_cap: int | None = None, unparking: bool = False) -> list[str]:
+    """Add an acquire's conditional updates to `transaction` (a hand-off takes a slot for a parked task and unparks
+    it at once, `unparking`: counted down); returns the slot keys in the order their updates were added."""
     keys = _keys(model_id, user_id, user_cap)
-    transaction.update(SlotRecord(model_id), **_take_update(task_id, concurrency, lease_until, user_id))
+    update = _model_take(task_id, lease_until, user_id, user_cap)
+    if unparking:
+        update["actions"].append(SlotRecord.parked.add(-1))
+    transaction.update(SlotRecord(model_id), return_values="ALL_OLD", **update)
     if len(keys) > 1:
-        transaction.update(SlotRecord(keys[1]), **_take_update(task_id, int(user_cap or 0), lease_until, None))
+        transaction.update(SlotRecord(keys[1]), return_values="ALL_OLD",
+                           **_take_update(task_id, int(user_cap or 0), lease_until, None))
     return keys
 
 
-def try_acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *,
-                user_id: str | None = None, user_cap: int | None = None) -> str | None:
-    """`acquire`, telling why not: None when the task holds a slot, else the key of the slot record that was
-    full (the model's, or its user's under `user_cap`): what a parked task waits on."""
-    keys = _keys(model_id, user_id, user_cap)
+def _model_take(task_id: str, lease_until: float, owner: str | None, user_cap: int | None) -> dict[str, Any]:
+    update = _take_update(task_id, 0, lease_until, owner)
+    update["condition"] = _model_condition(task_id, user_cap)
+    return update
+
+
+def try_acquire(model_id: str, task_id: str, lease_until: float, *, user_id: str | None = None,
+                extend_held: bool = True) -> Held | Refused:
+    """Take a slot of `model_id` for `task_id` under the limits its slot record carries (and its user's slot too
+    when the record has a `user_cap`). Never waits. A refusal costs one request: DynamoDB returns the record as it
+    was, which tells "full" from "already holding", "capped otherwise than guessed" and "not configured". A slot
+    already held has its lease extended to `lease_until` unless `extend_held` is false (the caller has not read
+    the task yet: a running task's lease is its worker's, never a duplicate message's)."""
     refusal_cause: BaseException | None = None
-    for attempt in range(2):
+    for _ in range(4):
+        user_cap = _user_cap_seen.get(model_id)
+        keys = _keys(model_id, user_id, user_cap)
         try:
             if len(keys) == 1:
-                _take_one(model_id, _take_update(task_id, concurrency, lease_until, user_id))
+                _take_one(model_id, _model_take(task_id, lease_until, user_id, None))
             else:
-                def take_both(transaction: TransactWrite) -> None:
-                    transaction.update(SlotRecord(model_id), return_values="ALL_OLD",
-                                       **_take_update(task_id, concurrency, lease_until, user_id))
-                    transaction.update(SlotRecord(keys[1]), return_values="ALL_OLD",
-                                       **_take_update(task_id, int(user_cap or 0), lease_until, None))
-
-                writes.write_transaction(take_both)
-            return None
+                writes.write_transaction(functools.partial(
+                    _take_both, (model_id, _model_take(task_id, lease_until, user_id, user_cap)),
+                    (keys[1], _take_update(task_id, int(user_cap or 0), lease_until, None))))
+            _full_seen[model_id] = False
+            return Held(user_slot=len(keys) > 1)
         except SlotRefused as refusal:
             records, refusal_cause = {model_id: refusal.item}, refusal.__cause__
         except TransactWriteError as error:
@@ -105,22 +184,42 @@ def try_acquire(model_id: str, task_id: str, concurrency: int, lease_until: floa
             reasons = error.cancellation_reasons or []
             records = {key: None for key in keys} if error.cause_response_code == "ValidationException" else {
                 key: _refused_record(reason) for key, reason in zip(keys, reasons, strict=False)}
-        missing = [key for key in keys if records.get(key, {}) is None]
-        if not missing:
-            held = (records.get(model_id) or {}).get("holders", {}).get("M", {}).get(task_id)
-            if held is None:  # the first full record: a conflicted acquire (state unknown) counts as the model's
-                return next((key for key in keys if records.get(key)), model_id)
-            if int(held.get("N", 0)) < math.ceil(lease_until):
-                _extend_lease(model_id, task_id, lease_until)
-            return None
-        if attempt:
-            raise RuntimeError(f"slot records {missing} cannot be used even after completing them") from refusal_cause
-        for key in missing:  # first acquire for this model (or user): create the record, then try once more
-            _ensure_record(key)
-    raise AssertionError("unreachable: the second attempt returns or raises")
+        model_record = records.get(model_id, {})
+        if model_record:
+            held = model_record.get("holders", {}).get("M", {}).get(task_id)
+            if held is not None:
+                if extend_held and int(held.get("N", 0)) < math.ceil(lease_until):
+                    extend_lease(model_id, task_id, lease_until)
+                return Held(user_slot=None)
+            if "limit" not in model_record:
+                raise SlotsUnconfigured(model_id) from refusal_cause
+            seen_cap = int(model_record["user_cap"]["N"]) if "user_cap" in model_record else None
+            if seen_cap != user_cap:
+                _user_cap_seen[model_id] = seen_cap
+                continue  # capped otherwise than guessed: again, the way the record says
+            _full_seen[model_id] = True
+            return Refused(model_id)
+        if model_record is None:  # no record, or one lacking a map: complete it (its limits decide next round)
+            ensure_record(model_id)
+            continue
+        user_record = records.get(keys[-1]) if len(keys) > 1 else {}
+        if user_record is None:
+            ensure_record(keys[-1])
+            continue
+        if user_record:
+            return Refused(keys[-1], int(user_cap or 0))
+        # Conflicted (state unknown): counts as the model's record full, so the task waits its turn.
+        return Refused(model_id)
+    raise RuntimeError(f"slot record {model_id} cannot be used even after completing it") from refusal_cause
 
 
-def _extend_lease(model_id: str, task_id: str, lease_until: float) -> None:
+def _take_both(model_take: tuple[str, dict[str, Any]], user_take: tuple[str, dict[str, Any]],
+               transaction: TransactWrite) -> None:
+    for key, update in (model_take, user_take):
+        transaction.update(SlotRecord(key), return_values="ALL_OLD", **update)
+
+
+def extend_lease(model_id: str, task_id: str, lease_until: float) -> None:
     """A task acquiring a slot it already holds (an earlier worker took it, then died before the claim): the
     lease now covers this worker, or the sweeper would take the slot from under its call."""
     lease, held = math.ceil(lease_until), SlotRecord.holders[task_id]
@@ -129,6 +228,16 @@ def _extend_lease(model_id: str, task_id: str, lease_until: float) -> None:
     except UpdateError as error:
         if not writes.condition_failed(error):  # else released, or extended further meanwhile
             raise
+
+
+def refusal_of(reason: Any) -> str | None:
+    """One record's part in a cancelled transaction: None (it passed, or was not judged), "refused" (its condition
+    false on a record that exists), or "missing" (no record, or one lacking a map its update writes into)."""
+    if reason is None or reason.code in (None, "None"):
+        return None
+    if reason.code == "ConditionalCheckFailed":
+        return "refused" if reason.raw_item else "missing"
+    return "missing" if reason.code == "ValidationError" else None
 
 
 def _refused_record(reason: Any) -> dict[str, Any] | None:
@@ -178,27 +287,35 @@ def release(model_id: str, task_id: str, user_id: str | None = None) -> bool:
     Idempotent. The user's slot goes first: a crash in between leaves the model slot held, which the sweeper
     frees (with the user's) once its lease expires, whereas the reverse order could leak a user slot forever.
     """
+    return release_counting_parked(model_id, task_id, user_id)[0]
+
+
+def release_counting_parked(model_id: str, task_id: str, user_id: str | None = None) -> tuple[bool, int]:
+    """`release`, and how many tasks the model's record counts parked once it is done (what a release that read
+    no parked task checks: one may have parked since)."""
     if user_id is not None:
         _release_one(user_slot_key(model_id, user_id), task_id)
-    return _release_one(model_id, task_id, SlotRecord.owners[task_id].remove())
+    record = _release_one(model_id, task_id, SlotRecord.owners[task_id].remove())
+    return record is not None, int(record.parked or 0) if record is not None else 0
 
 
-def _release_one(slot_key: str, task_id: str, *extra: Action) -> bool:
-    """True when it released; False when the task held nothing. Any other failure raises: a release that did not
+def _release_one(slot_key: str, task_id: str, *extra: Action) -> SlotRecord | None:
+    """The record as released; None when the task held nothing. Any other failure raises: a release that did not
     happen must not look done, or the slot would leak past the sweeper."""
     completed = False
     for attempt in range(writes.TRANSACTION_ATTEMPTS):
+        record = SlotRecord(slot_key)
         try:
-            SlotRecord(slot_key).update(
+            record.update(
                 actions=[SlotRecord.holders[task_id].remove(), SlotRecord.count.add(-1), *extra],
                 condition=SlotRecord.holders[task_id].exists(),
             )
-            return True
+            return record
         except UpdateError as error:
             if writes.condition_failed(error):
-                return False
+                return None
             if error.cause_response_code == "ValidationException" and not completed:
-                _ensure_record(slot_key)
+                ensure_record(slot_key)
                 completed = True
                 continue
             # A user-capped acquire's transaction on the same record: this conditional release may run again.
@@ -208,12 +325,118 @@ def _release_one(slot_key: str, task_id: str, *extra: Action) -> bool:
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def release_in(transaction: TransactWrite, model_id: str, task_id: str, user_id: str | None) -> None:
+    """The release's updates in `transaction` (conditional: the task holds; its user's slot when `user_id`)."""
+    held = SlotRecord.holders[task_id]
+    transaction.update(SlotRecord(model_id), actions=[held.remove(), SlotRecord.owners[task_id].remove(),
+                                                      SlotRecord.count.add(-1)], condition=held.exists())
+    if user_id is not None:
+        transaction.update(SlotRecord(user_slot_key(model_id, user_id)),
+                           actions=[held.remove(), SlotRecord.count.add(-1)], condition=held.exists())
+
+
+def count_parked_in(transaction: TransactWrite, model_id: str, delta: int, *, condition: Any = None) -> None:
+    """Count a park (+1) or an unpark (-1) on the model's record, in the transaction that parks or unparks."""
+    transaction.update(SlotRecord(model_id), actions=[SlotRecord.parked.add(delta)], condition=condition)
+
+
+def count_parked(model_id: str, delta: int) -> None:
+    """`count_parked_in` on its own: a parked task that ended (or ran) without a hand-off."""
+    SlotRecord(model_id).update(actions=[SlotRecord.parked.add(delta)])
+
+
+def reset_parked(model_id: str, seen: int) -> None:
+    """The index holds no parked task of the model: its count goes back to 0 unless a park counted meanwhile."""
+    try:
+        SlotRecord(model_id).update(actions=[SlotRecord.parked.set(0)], condition=SlotRecord.parked == seen)
+    except UpdateError as error:
+        if not writes.condition_failed(error):
+            raise
+
+
+def move_in(transaction: TransactWrite, model_id: str, from_task: str, from_user: str | None, to_task: str,
+            to_user: str | None, lease_until: float, *, user_cap: int | None,
+            released_user_slot: bool) -> list[tuple[str, str]]:
+    """Add to `transaction` the updates that hand `from_task`'s slot to `to_task` (a parked task): the holder
+    changes, the count stays, the parked count goes down. Refused when `from_task` no longer holds, the model's
+    limits went below its count or differ from `user_cap`, or `to_task`'s user is at the cap. Returns each
+    record's key and role (`model`, `from_user`, `to_user`) in the order their updates were added."""
+    lease = math.ceil(lease_until)
+    cap = SlotRecord.user_cap.does_not_exist() if user_cap is None else SlotRecord.user_cap == user_cap
+    actions: list[Action] = [SlotRecord.holders[from_task].remove(), SlotRecord.owners[from_task].remove(),
+                             SlotRecord.holders[to_task].set(lease), SlotRecord.parked.add(-1)]
+    if to_user is not None:
+        actions.append(SlotRecord.owners[to_task].set(to_user))
+    transaction.update(SlotRecord(model_id), actions=actions, return_values="ALL_OLD", condition=(
+        SlotRecord.holders[from_task].exists() & SlotRecord.holders[to_task].does_not_exist()
+        & (SlotRecord.count <= SlotRecord.limit) & cap))
+    roles = [(model_id, "model")]
+    capped_to = user_cap is not None and to_user is not None
+    if capped_to and released_user_slot and from_user == to_user:
+        user_key = user_slot_key(model_id, to_user)  # type: ignore[arg-type]
+        transaction.update(SlotRecord(user_key), actions=[SlotRecord.holders[from_task].remove(),
+                                                          SlotRecord.holders[to_task].set(lease)],
+                           return_values="ALL_OLD", condition=SlotRecord.holders[from_task].exists()
+                           & SlotRecord.holders[to_task].does_not_exist())
+        return [*roles, (user_key, "from_user")]
+    if released_user_slot and from_user is not None:  # given back even when the model is no longer capped
+        from_key = user_slot_key(model_id, from_user)
+        transaction.update(SlotRecord(from_key), actions=[SlotRecord.holders[from_task].remove(),
+                                                          SlotRecord.count.add(-1)],
+                           return_values="ALL_OLD", condition=SlotRecord.holders[from_task].exists())
+        roles.append((from_key, "from_user"))
+    if capped_to:
+        to_key = user_slot_key(model_id, to_user)  # type: ignore[arg-type]
+        transaction.update(SlotRecord(to_key), return_values="ALL_OLD",
+                           **_take_update(to_task, int(user_cap), lease, None))  # type: ignore[arg-type]
+        roles.append((to_key, "to_user"))
+    return roles
+
+
+def take_queue_number(model_id: str) -> tuple[int, bool]:
+    """The next number of the model's accepted tasks, and whether its slots were all taken at that moment (a new
+    task then parks at once, in its intake's transaction, if they still are)."""
+    record = SlotRecord(model_id)
+    record.update(actions=[SlotRecord.accepted.add(1)])
+    full = record.limit is not None and int(record.count or 0) >= int(record.limit)
+    return int(record.accepted or 0), full
+
+
+def user_cap_seen(model_id: str) -> int | None:
+    """The model's `user_cap` as last seen here (a guess every write using it checks)."""
+    return _user_cap_seen.get(model_id)
+
+
 def in_use(slot_key: str) -> int:
     """Slots held on a model's record (or, with `user_slot_key`, by one user of it)."""
     try:
         return int(SlotRecord.get(slot_key, consistent_read=True).count or 0)
     except DoesNotExist:
         return 0
+
+
+@dataclass(frozen=True)
+class SlotState:
+    holders: dict[str, Holder]
+    count: int
+    limit: int | None
+    user_cap: int | None
+    parked: int
+
+
+def state(model_id: str) -> SlotState:
+    """The model's slot record as it is now (one consistent read)."""
+    try:
+        record = SlotRecord.get(model_id, consistent_read=True)
+    except DoesNotExist:
+        return SlotState({}, 0, None, None, 0)
+    _user_cap_seen[model_id] = optional(record.user_cap)
+    return SlotState(_holders_of(record), int(record.count or 0), optional(record.limit), optional(record.user_cap),
+                     int(record.parked or 0))
+
+
+def optional(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 @dataclass(frozen=True)
@@ -228,6 +451,10 @@ def holders(model_id: str) -> dict[str, Holder]:
         record = SlotRecord.get(model_id, consistent_read=True)
     except DoesNotExist:
         return {}
+    return _holders_of(record)
+
+
+def _holders_of(record: SlotRecord) -> dict[str, Holder]:
     leases = record.holders.as_dict() if record.holders is not None else {}
     owners = record.owners.as_dict() if record.owners is not None else {}
     return {task: Holder(int(lease), owners.get(task)) for task, lease in leases.items()}

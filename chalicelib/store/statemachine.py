@@ -50,8 +50,16 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 # Called with the task as written, after every successful transition (the WebSocket publisher listens here).
 Listener = Callable[[TaskRecord], None]
 listeners: list[Listener] = []
-# Called with the task after its transition out of `running` gave its model slot back (lanes wake a waiter).
-slot_listeners: list[Listener] = []
+# Gives back the slot of a task leaving `running` (or ending while a slot was handed to it); True when it left the
+# task. The lanes' waker replaces the plain release with a hand-off to a parked task (`chalicelib.wiring`).
+SlotReleaser = Callable[[TaskRecord], bool]
+
+
+def release_plainly(task: TaskRecord) -> bool:
+    return slots.release(task.model_id, task.task_id, None if task.user_slot is False else task.user_id)
+
+
+slot_releaser: list[SlotReleaser] = [release_plainly]
 
 
 def is_allowed(current: str, target: str) -> bool:
@@ -79,9 +87,15 @@ def transition(
         TaskRecord.updated_at.set(now),
         *(actions or []),
     ]
-    if task.status == QUEUED:
-        changes += [TaskRecord.queued_model.remove(), TaskRecord.parked_model.remove()]
     guard = (TaskRecord.status == task.status) & (TaskRecord.version == task.version)
+    if task.status == QUEUED:
+        changes += [TaskRecord.queued_model.remove(), TaskRecord.parked_model.remove(),
+                    TaskRecord.slot_handed_at.remove()]
+        # A hand-off or a park writes no version: what the caller read of them must still hold.
+        guard &= TaskRecord.slot_handed_at.does_not_exist() if task.slot_handed_at is None else (
+            TaskRecord.slot_handed_at == task.slot_handed_at)
+        guard &= TaskRecord.parked_model.does_not_exist() if task.parked_model is None else (
+            TaskRecord.parked_model == task.parked_model)
     if target == QUEUED:
         if task.type == "video":
             # Ark has it (or may): queueing it again would make a worker create it a second time.
@@ -97,6 +111,9 @@ def transition(
     if condition is not None:
         guard &= condition
     leaves_running = task.status == RUNNING
+    # Ending while a slot was handed to it (never claimed): the slot goes on to the next parked task.
+    gives_back_handed = task.status == QUEUED and task.slot_handed_at is not None and target != RUNNING
+    unparks = task.status == QUEUED and task.parked_model is not None
     refund = target in TERMINAL and not task.ark_called and not task.quota_refunded and bool(task.quota_keys)
     try:
         if refund:
@@ -105,7 +122,9 @@ def transition(
             task.update(actions=changes, condition=guard)
     except (UpdateError, TransactWriteError) as exc:
         raise write_error(exc) from exc
-    if leaves_running:
+    if unparks:
+        _count_unparked(task)
+    if leaves_running or gives_back_handed:
         _release_slot(task)
     notify(task)
     return task
@@ -119,15 +138,20 @@ def notify(task: TaskRecord) -> None:
 
 def _release_slot(task: TaskRecord) -> None:
     try:
-        released = slots.release(task.model_id, task.task_id, task.user_id)
+        slot_releaser[0](task)
     except (PynamoDBException, ClientError) as error:
         # The transition is written and must still be published and acted on. The slot stays held (its user's
         # too, if that release failed first), and the sweeper frees both: the task is no longer running.
         log.warning("slot of task %s stays held for the sweeper to free: %s", task.task_id, error)
-        return
-    if released:
-        for listener in slot_listeners:
-            listener(task)
+
+
+def _count_unparked(task: TaskRecord) -> None:
+    """A parked task left `queued` without a hand-off (its own acquire won, it was cancelled or timed out)."""
+    try:
+        slots.count_parked(task.model_id, -1)
+    except (PynamoDBException, ClientError) as error:
+        # Counted ahead of the index: releases read it once more for nothing until a hand-off finds it empty.
+        log.warning("parked count of %s stays ahead: %s", task.model_id, error)
 
 
 def _write_with_refund(task: TaskRecord, actions: list[Action], guard: Condition) -> None:

@@ -25,7 +25,7 @@ from chalicelib.media.uploads import UploadService
 from chalicelib.resources import TASK_LIST_SHARDS, TaskType
 from chalicelib.schemas import ImageTaskRequest, VideoTaskRequest, idempotency_key
 from chalicelib.settings import Settings
-from chalicelib.store import idempotency, quota, statemachine, writes
+from chalicelib.store import idempotency, quota, slots, statemachine, writes
 from chalicelib.store.records import ModelRecord, TaskRecord
 
 # Without a bucket, inline images stay in the task item, which DynamoDB caps at 400 KB.
@@ -73,6 +73,7 @@ class Intake:
             )
 
         task_id = ids.new_task_id()
+        queue_seq, slots_full = slots.take_queue_number(model.model_id)
         now = self.clock.now()
         created_at = iso(now)
         counters = quota.counters(model, principal.user_id, now, self.settings.quota_timezone)
@@ -96,20 +97,27 @@ class Intake:
             created_key=f"{created_at}#{task_id}",
             list_shard=f"shard-{int(task_id[-2:], 36) % TASK_LIST_SHARDS}",
             queued_model=model.model_id,
+            queue_seq=queue_seq,
             quota_keys=[counter.key for counter in counters],
         )
         response = {"id": task_id, "status": statemachine.QUEUED}
         try:
-            replay = self._commit(task, model, counters, idempotency_id, fingerprint, response, now)
+            replay, parked = self._commit(task, model, counters, idempotency_id, fingerprint, response, now,
+                                          park=slots_full)
         except BaseException:
             self._delete_stored_images(images)
             raise
         if replay:  # a parallel request with the same Idempotency-Key won the race
             self._delete_stored_images(images)
             return replay
+        if parked:
+            # Its model's slots are all taken: parked with its creation, it needs no message until a released
+            # slot hands itself over (docs/design.md, "Parked tasks").
+            statemachine.notify(task)
+            return Created(201, response)
 
         try:
-            queues.enqueue(self.sqs, model.lane, task_id)
+            queues.enqueue(self.sqs, model.lane, task_id, start=(model.model_id, principal.user_id))
         except Exception as exc:
             # Nothing may stay queued with no message to carry it: end the task and give the request back.
             statemachine.transition(
@@ -137,21 +145,34 @@ class Intake:
         fingerprint: str,
         response: dict[str, Any],
         now: float,
-    ) -> Created | None:
+        *,
+        park: bool,
+    ) -> tuple[Created | None, bool]:
+        """Write the task (parked, when `park` and its model's slots are still all taken); the replay of a
+        parallel twin, if one won, and whether it was parked."""
         def create(transaction: TransactWrite) -> None:
             # The model must still exist and be enabled when the task is written.
             transaction.condition_check(ModelRecord, model.model_id, condition=ModelRecord.enabled == True)  # noqa: E712
+            task.parked_model = model.model_id if park else None
             transaction.save(task, condition=TaskRecord.task_id.does_not_exist())
             if idempotency_id:
                 idempotency.remember(transaction, idempotency_id, fingerprint, task.task_id, (201, response), now)
             quota.consume(transaction, counters, now)
+            if park:  # added last: its refusal is the last reason
+                slots.count_parked_in(transaction, model.model_id, +1, condition=slots.Refused(model.model_id)
+                                      .still_full())
 
         try:
             # Parallel creates for one model meet on its quota counter: a conflicted transaction runs again.
             writes.write_transaction(create)
         except TransactWriteError as exc:
-            return self._explain_cancellation(exc, model, idempotency_id, fingerprint)
-        return None
+            reasons = exc.cancellation_reasons or []
+            refused = [slots.refusal_of(reason) for reason in reasons]
+            if park and refused and refused[-1] is not None and not any(refused[:-1]):
+                task.parked_model = None  # a slot freed since it was looked at: queued as usual instead
+                return self._commit(task, model, counters, idempotency_id, fingerprint, response, now, park=False)
+            return self._explain_cancellation(exc, model, idempotency_id, fingerprint, parking=park), False
+        return None, park
 
     def _explain_cancellation(
         self,
@@ -159,6 +180,8 @@ class Intake:
         model: ModelRecord,
         idempotency_id: str | None,
         fingerprint: str,
+        *,
+        parking: bool = False,
     ) -> Created:
         """The replayed response when a parallel twin won; otherwise raises the error that explains it."""
         unavailable = ApiError("The task could not be created; try again.", status=503, code="unavailable",
@@ -167,6 +190,8 @@ class Intake:
             raise unavailable from exc
         # pynamodb sends condition checks, then puts, then updates, in the order each was added.
         failed = [reason is not None and reason.code == "ConditionalCheckFailed" for reason in exc.cancellation_reasons]
+        if parking:
+            failed = failed[:-1]  # the slot record's, added last: a refusal of it alone was retried unparked
         model_failed, _task_failed, *rest = failed
         idempotency_failed = bool(idempotency_id) and rest.pop(0)
         quota_failed = rest

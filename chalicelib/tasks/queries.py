@@ -36,6 +36,10 @@ assert PAGE_READ_BUDGET > TASK_LIST_SHARDS * LISTING_QUERY_PAGE, "every shard is
 _CREATED_KEY = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z#" + TASK_ID_PATTERN.strip("^$"))
 
 
+# Queued tasks a queue position reads at the front of its model's queue, at most (one request).
+QUEUE_HEAD_LOOKAHEAD = 5
+
+
 class TaskQueries:
     """Reads of the tasks table; no write."""
 
@@ -52,11 +56,20 @@ class TaskQueries:
             raise task_not_found(task_id) from exc
 
     def queue_position(self, task: TaskRecord) -> int | None:
+        """1 for the oldest queued task of its model. From the task numbers intake hands out: its distance from
+        the oldest one still queued (one item read, whatever the queue's depth). Tasks between the two that left
+        early (cancelled, or started past a user at the cap) and refused requests count until that oldest task
+        starts. A task from before the numbers counts the queue ahead of it."""
         if task.status != statemachine.QUEUED or not task.queued_model:
             return None
-        ahead = TaskRecord.queued_by_model.count(
-            task.queued_model, TaskRecord.created_key < task.created_key
-        )
+        # A task queued again after Ark's retryable error keeps its place at the front: the head is the oldest
+        # that never started.
+        head = TaskRecord.queued_by_model.query(task.queued_model, limit=QUEUE_HEAD_LOOKAHEAD)
+        oldest = next((queued for queued in head if queued.started_at is None), None)
+        if task.queue_seq is not None and oldest is not None and oldest.queue_seq is not None:
+            ahead_of_oldest = 0 if task.started_at is not None else int(task.queue_seq) - int(oldest.queue_seq)
+            return max(1, ahead_of_oldest + 1)
+        ahead = TaskRecord.queued_by_model.count(task.queued_model, TaskRecord.created_key < task.created_key)
         return ahead + 1
 
     def list(

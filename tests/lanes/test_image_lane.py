@@ -17,6 +17,7 @@ from chalicelib.settings import get_settings
 from chalicelib.store import slots
 from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, user_id_of
 from tests.lane_fixtures import ARK_KEY, Lanes, record_for
+from tests.slot_helpers import hold_slot
 
 IMAGE_LANE = lane_named("image")
 
@@ -77,7 +78,7 @@ def test_a_second_delivery_after_success_calls_nothing(lanes: Lanes) -> None:
 def test_a_batch_acknowledges_both_the_task_that_ran_and_the_one_parked(lanes: Lanes) -> None:
     runs, waits = lanes.submit(IMAGE_TASK, OTHER), lanes.submit(IMAGE_TASK, DEMO)
     lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
-    slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
+    hold_slot(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
                   user_cap=1)
     records = [lanes.receive_for("image", runs), lanes.receive_for("image", waits)]
 
@@ -95,7 +96,7 @@ def _task_ids(records: list[dict[str, Any]]) -> list[str]:
 def test_the_per_user_cap_keeps_one_users_burst_from_taking_every_slot(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=3, max_running_per_user=1)
     lease = lanes.clock.now() + 60
-    assert slots.acquire(IMAGE_MODEL, "tsk_demo_running", 3, lease, user_id=user_id_of(DEMO[0]), user_cap=1)
+    assert hold_slot(IMAGE_MODEL, "tsk_demo_running", 3, lease, user_id=user_id_of(DEMO[0]), user_cap=1)
     demo_task, other_task = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
     worker = lanes.worker("image")
 
@@ -233,7 +234,7 @@ def test_the_lambda_handler_answers_with_batch_item_failures(lanes: Lanes, monke
 
     wiring.install(lanes.wiring())  # the container's: the lanes' workers (the fixture puts its own back after)
     lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
-    slots.acquire(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
+    hold_slot(IMAGE_MODEL, "tsk_demo_elsewhere", 4, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
                   user_cap=1)
     first, second = lanes.submit(IMAGE_TASK, OTHER), lanes.submit(IMAGE_TASK, DEMO)
     records = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
@@ -269,7 +270,7 @@ def test_a_task_whose_worker_died_after_taking_its_slot_runs_on_redelivery(lanes
     lanes.set_model(IMAGE_MODEL, concurrency=1)
     task_id = lanes.submit(IMAGE_TASK)
     # The slot is this task's own (taken just before the crash): a full model must not keep it waiting.
-    assert slots.acquire(IMAGE_MODEL, task_id, 1, lanes.clock.now() + 60)
+    assert hold_slot(IMAGE_MODEL, task_id, 1, lanes.clock.now() + 60)
 
     assert lanes.worker("image").handle([lanes.receive_for("image", task_id)]) == {"batchItemFailures": []}
 

@@ -35,6 +35,7 @@ from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL
 from tests.factories import SHORT_VIDEO_TASK as VIDEO_TASK
 from tests.lane_fixtures import ARK_KEY, Lanes, record_for
 from tests.polling import wait_for
+from tests.slot_helpers import hold_slot
 from tests.video.test_video_lane import CrashAfterCreate, ark_status, callback_token, crashed_before_the_create
 
 pytestmark = pytest.mark.abuse
@@ -57,13 +58,17 @@ def used_today(model_id: str, lanes: Lanes) -> int:
 def slot_releases() -> Iterator[list[str]]:
     """Task ids, once per slot given back by a transition out of `running`."""
     released: list[str] = []
+    releaser = statemachine.slot_releaser[0]
 
-    def count(task: TaskRecord) -> None:
-        released.append(task.task_id)
+    def count(task: TaskRecord) -> bool:
+        gone = releaser(task)
+        if gone:
+            released.append(task.task_id)
+        return gone
 
-    statemachine.slot_listeners.append(count)
+    statemachine.slot_releaser[:] = [count]
     yield released
-    statemachine.slot_listeners.remove(count)
+    statemachine.slot_releaser[:] = [releaser]
 
 
 # --- 1. duplicates ----------------------------------------------------------------------------------------------
@@ -354,11 +359,11 @@ def test_a_concurrency_changed_mid_run_applies_to_the_next_acquire(lanes: Lanes)
     """Safeguard: the slot semaphore reads the model's concurrency live on every acquire (`count < limit`): once
     lowered, nothing starts until in-flight drops below it; once raised, the next task starts."""
     lanes.set_model(IMAGE_MODEL, concurrency=3)
+    waiting = lanes.submit(IMAGE_TASK)  # accepted while slots were free: it has its message
+    record = lanes.receive_for("image", waiting)
     running = ["tsk_running_a", "tsk_running_b", "tsk_running_c"]
     for holder in running:
-        assert slots.acquire(IMAGE_MODEL, holder, 3, lanes.clock.now() + 600)
-    waiting = lanes.submit(IMAGE_TASK)
-    record = lanes.receive_for("image", waiting)
+        assert hold_slot(IMAGE_MODEL, holder, 3, lanes.clock.now() + 600)
     lanes.set_model(IMAGE_MODEL, concurrency=1)
 
     for finished in running:
@@ -370,9 +375,9 @@ def test_a_concurrency_changed_mid_run_applies_to_the_next_acquire(lanes: Lanes)
     assert lanes.task(waiting).status == "succeeded"
     assert lanes.ark_calls("images.generate") == 1
 
-    assert slots.acquire(IMAGE_MODEL, "tsk_running_elsewhere", 1, lanes.clock.now() + 600)
-    lanes.set_model(IMAGE_MODEL, concurrency=3)
     raised = lanes.submit(IMAGE_TASK)
+    assert hold_slot(IMAGE_MODEL, "tsk_running_elsewhere", 1, lanes.clock.now() + 600)
+    lanes.set_model(IMAGE_MODEL, concurrency=3)
     assert lanes.worker("image").handle([lanes.receive_for("image", raised)]) == {"batchItemFailures": []}
     assert lanes.task(raised).status == "succeeded"
     assert lanes.ark.stats()["max_in_flight"]["doubao-seedream-4-5-251128"] == 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib import aws, catalog, queues
+from chalicelib import aws, queues
 from chalicelib.lanes import waits
 from chalicelib.lanes.waits import HANDOFF_LEASE_S, Waker
 from chalicelib.store import slots
@@ -16,6 +16,7 @@ from chalicelib.store.records import TaskRecord
 from tests.factories import DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, user_id_of
 from tests.lane_fixtures import Lanes, record_for
 from tests.lanes.test_image_lane import ImagesCallingBack
+from tests.slot_helpers import hold_slot
 
 
 def _task_ids(records: list[dict[str, Any]]) -> list[str]:
@@ -38,13 +39,13 @@ def _park(lanes: Lanes, *task_ids: str) -> None:
 
 
 def _waker(lanes: Lanes) -> Waker:
-    return Waker(sqs=aws.sqs(), clock=lanes.clock)
+    return Waker(sqs=aws.sqs(), clock=lanes.clock, settings=lanes.settings)
 
 
 def test_a_task_with_no_free_slot_is_parked_and_leaves_the_queue(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     task_id = lanes.submit(IMAGE_TASK)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
 
     _park(lanes, task_id)
 
@@ -77,32 +78,30 @@ def test_released_slots_hand_themselves_to_parked_tasks_in_the_order_they_were_a
 
 def test_two_hand_offs_at_once_wake_two_different_tasks(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=2)
+    parked = [lanes.submit(IMAGE_TASK) for _ in range(3)]  # queued before the slots were taken: each has a message
     for holder in ("tsk_running_1", "tsk_running_2"):
-        slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60)
-    parked = [lanes.submit(IMAGE_TASK) for _ in range(3)]
+        hold_slot(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60)
     _park(lanes, *parked)
     for holder in ("tsk_running_1", "tsk_running_2"):
         slots.release(IMAGE_MODEL, holder)
 
     # Two releases that read the same oldest parked task at once: only one takes the slot for it.
     read_by_both = lanes.task(parked[0])
-    model = catalog.get_model(IMAGE_MODEL)
-    assert [_waker(lanes)._take_for(read_by_both, model, None), _waker(lanes)._take_for(read_by_both, model, None)] \
-        == [True, False]
-    assert _waker(lanes).hand_off(model) == parked[1]
-    assert _waker(lanes).hand_off(model) is None  # both slots are taken: the third stays parked
+    assert [_waker(lanes)._take_for(read_by_both, None), _waker(lanes)._take_for(read_by_both, None)] == [True, False]
+    assert _waker(lanes).hand_off(IMAGE_MODEL) == parked[1]
+    assert _waker(lanes).hand_off(IMAGE_MODEL) is None  # both slots are taken: the third stays parked
     assert set(slots.holders(IMAGE_MODEL)) == set(parked[:2]) and lanes.task(parked[2]).parked_model == IMAGE_MODEL
 
 
 def test_a_released_slot_skips_parked_tasks_whose_user_is_at_the_cap(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=2, max_running_per_user=1)
-    for holder, user in (("tsk_demo_running", user_id_of(DEMO[0])), ("tsk_other_running", user_id_of(OTHER[0]))):
-        slots.acquire(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60, user_id=user, user_cap=1)
     demo_parked, other_parked = lanes.submit(IMAGE_TASK, DEMO), lanes.submit(IMAGE_TASK, OTHER)
+    for holder, user in (("tsk_demo_running", user_id_of(DEMO[0])), ("tsk_other_running", user_id_of(OTHER[0]))):
+        hold_slot(IMAGE_MODEL, holder, 2, lanes.clock.now() + 60, user_id=user, user_cap=1)
     _park(lanes, demo_parked, other_parked)
 
-    slots.release(IMAGE_MODEL, "tsk_other_running", user_id_of(OTHER[0]))
-    _waker(lanes).wake_next(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL))
+    _waker(lanes).release(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL, user_id=user_id_of(OTHER[0]),
+                                     user_slot=True))
 
     # Demo's task waited longer, but demo still runs one: the freed slot goes to the other user's task.
     woken = lanes.receive("image")
@@ -114,14 +113,14 @@ def test_a_released_slot_skips_parked_tasks_whose_user_is_at_the_cap(lanes: Lane
 
 def test_a_parked_user_capped_task_runs_once_its_user_is_under_the_cap(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=3, max_running_per_user=1)
-    assert slots.acquire(IMAGE_MODEL, "tsk_demo_running", 3, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
+    assert hold_slot(IMAGE_MODEL, "tsk_demo_running", 3, lanes.clock.now() + 60, user_id=user_id_of(DEMO[0]),
                          user_cap=1)
     demo_task = lanes.submit(IMAGE_TASK, DEMO)
     _park(lanes, demo_task)  # refused by demo's own record: parked on it, though the model has free slots
     assert lanes.task(demo_task).parked_model == IMAGE_MODEL
 
-    slots.release(IMAGE_MODEL, "tsk_demo_running", user_id_of(DEMO[0]))
-    _waker(lanes).wake_next(TaskRecord("tsk_demo_running", model_id=IMAGE_MODEL))
+    _waker(lanes).release(TaskRecord("tsk_demo_running", model_id=IMAGE_MODEL, user_id=user_id_of(DEMO[0]),
+                                     user_slot=True))
     lanes.worker("image").handle(lanes.receive("image"))
     assert lanes.task(demo_task).status == "succeeded"
 
@@ -130,15 +129,15 @@ def test_a_slot_freed_between_the_refusal_and_the_park_is_taken_at_once(lanes: L
     """The park's condition on the full slot record: without it, the task would park after the last release and
     wait for the sweeper."""
     lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     task_id = lanes.submit(IMAGE_TASK)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     real_try_acquire = slots.try_acquire
 
-    def refused_then_released(*args: Any, **kwargs: Any) -> str | None:
-        refusal = real_try_acquire(*args, **kwargs)
-        if refusal is not None:
+    def refused_then_released(*args: Any, **kwargs: Any) -> slots.Held | slots.Refused:
+        acquired = real_try_acquire(*args, **kwargs)
+        if isinstance(acquired, slots.Refused):
             slots.release(IMAGE_MODEL, "tsk_elsewhere")  # a release with nothing parked yet to hand over to
-        return refusal
+        return acquired
 
     monkeypatch.setattr(slots, "try_acquire", refused_then_released)
     lanes.worker("image").handle([lanes.receive_for("image", task_id)])
@@ -148,8 +147,8 @@ def test_a_slot_freed_between_the_refusal_and_the_park_is_taken_at_once(lanes: L
 
 def test_a_lost_wake_up_is_made_good_by_the_next_sweep(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     task_id = lanes.submit(IMAGE_TASK)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     _park(lanes, task_id)
     slots.release(IMAGE_MODEL, "tsk_elsewhere")  # released with no hand-off (the waker's requests failed)
     assert lanes.receive("image") == []
@@ -162,8 +161,8 @@ def test_a_lost_wake_up_is_made_good_by_the_next_sweep(lanes: Lanes) -> None:
 
 def test_a_waker_dying_between_the_hand_off_and_its_message_strands_nothing(lanes: Lanes, monkeypatch: Any) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     task_id = lanes.submit(IMAGE_TASK)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     _park(lanes, task_id)
     slots.release(IMAGE_MODEL, "tsk_elsewhere")
 
@@ -172,7 +171,7 @@ def test_a_waker_dying_between_the_hand_off_and_its_message_strands_nothing(lane
 
     monkeypatch.setattr(waits.queues, "enqueue", dies)
     with pytest.raises(RuntimeError):
-        _waker(lanes).hand_off(catalog.get_model(IMAGE_MODEL))
+        _waker(lanes).hand_off(IMAGE_MODEL)
     monkeypatch.undo()
     assert set(slots.holders(IMAGE_MODEL)) == {task_id} and lanes.task(task_id).parked_model is None
 
@@ -189,8 +188,8 @@ def test_a_waker_dying_between_the_hand_off_and_its_message_strands_nothing(lane
 
 def test_a_worker_dying_after_parking_leaves_one_task_that_runs_once(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     task_id = lanes.submit(IMAGE_TASK)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     worker = lanes.worker("image")
     worker.handle([record_for(task_id)])  # parked; the worker died before its message was acknowledged
     worker.handle([record_for(task_id, receive_count=2)])  # redelivered: still full, parked again
@@ -198,7 +197,7 @@ def test_a_worker_dying_after_parking_leaves_one_task_that_runs_once(lanes: Lane
 
     slots.release(IMAGE_MODEL, "tsk_elsewhere")
     worker.handle([record_for(task_id, receive_count=3)])  # the old message once more, now a slot is free
-    _waker(lanes).hand_off(catalog.get_model(IMAGE_MODEL))  # a hand-off racing it finds nothing parked
+    _waker(lanes).hand_off(IMAGE_MODEL)  # a hand-off racing it finds nothing parked
     worker.handle(lanes.receive("image"))
 
     assert lanes.task(task_id).status == "succeeded" and lanes.task(task_id).parked_model is None
@@ -207,11 +206,72 @@ def test_a_worker_dying_after_parking_leaves_one_task_that_runs_once(lanes: Lane
 
 def test_a_cancelled_parked_task_is_never_woken(lanes: Lanes) -> None:
     lanes.set_model(IMAGE_MODEL, concurrency=1)
-    slots.acquire(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     cancelled, kept = lanes.submit(IMAGE_TASK), lanes.submit(IMAGE_TASK)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
     _park(lanes, cancelled, kept)
     assert lanes.api.request("POST", f"/api/tasks/{cancelled}/cancel", as_user=DEMO).status_code == 200
     assert lanes.task(cancelled).parked_model is None
 
     slots.release(IMAGE_MODEL, "tsk_elsewhere")
-    assert _waker(lanes).hand_off(catalog.get_model(IMAGE_MODEL)) == kept
+    assert _waker(lanes).hand_off(IMAGE_MODEL) == kept
+
+
+def test_a_task_accepted_while_every_slot_is_taken_is_parked_with_its_creation_and_sent_no_message(
+        lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    running = lanes.submit(IMAGE_TASK)
+    worker = lanes.worker("image")
+    accepted_while_busy: list[tuple[str, str | None, int]] = []
+
+    def submit_while_running() -> None:
+        task_id = lanes.submit(IMAGE_TASK)
+        accepted_while_busy.append((task_id, lanes.task(task_id).parked_model, _messages_in_queue()))
+
+    images = ImagesCallingBack(lanes.ark.base_url, submit_while_running)
+    lanes.worker("image", image_client=images).handle([lanes.receive_for("image", running)])
+
+    ((parked, parked_model, messages),) = accepted_while_busy
+    assert parked_model == IMAGE_MODEL and messages == 1  # only the running task's own message: none for it
+    assert lanes.task(parked).slot_handed_at is not None  # the release handed it the slot, and sent its message
+    worker.handle(lanes.receive("image"))
+    assert lanes.task(parked).status == "succeeded"
+    assert lanes.ark_calls("images.generate") == 2
+
+
+def test_a_slot_freed_between_intake_looking_and_writing_queues_the_task_as_usual(
+        lanes: Lanes, monkeypatch: Any) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    real_take = slots.take_queue_number
+    monkeypatch.setattr(slots, "take_queue_number", lambda model_id: (real_take(model_id)[0], True))  # "full"
+
+    task_id = lanes.submit(IMAGE_TASK)
+
+    assert lanes.task(task_id).parked_model is None and slots.state(IMAGE_MODEL).parked == 0
+    lanes.worker("image").handle(lanes.receive("image"))
+    assert lanes.task(task_id).status == "succeeded"
+
+
+def test_a_first_message_that_finds_its_task_cancelled_gives_the_slot_it_took_back(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    task_id = lanes.submit(IMAGE_TASK)
+    assert lanes.api.request("POST", f"/api/tasks/{task_id}/cancel", as_user=DEMO).status_code == 200
+
+    # The first message acquires before it reads the task: the slot it took for a cancelled task goes back.
+    assert lanes.worker("image").handle([lanes.receive_for("image", task_id)]) == {"batchItemFailures": []}
+
+    assert slots.in_use(IMAGE_MODEL) == 0 and lanes.ark_calls("images.generate") == 0
+
+
+def test_queue_positions_count_from_the_oldest_task_still_waiting(lanes: Lanes) -> None:
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    first, second, third = (lanes.submit(IMAGE_TASK) for _ in range(3))  # parked with their creation
+    assert [lanes.get(task)["queue_position"] for task in (first, second, third)] == [1, 2, 3]
+
+    _waker(lanes).release(TaskRecord("tsk_elsewhere", model_id=IMAGE_MODEL, user_id=None, user_slot=False))
+    lanes.worker("image").handle(lanes.receive("image"))
+
+    assert lanes.get(first)["status"] == "succeeded"
+    assert [lanes.get(task)["queue_position"] for task in (second, third)] == [1, 2]
+
+

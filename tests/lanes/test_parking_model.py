@@ -1,9 +1,10 @@
 """Parking and hand-offs keep their promises under any interleaving of arrivals, parks, releases, duplicate
 messages, lost wake-ups and sweeps (a Hypothesis state machine on the real store, in-process moto).
 
-Invariants, after every step: the model's slots never exceed its concurrency nor a user's its cap, every running
-task holds a slot, no task is claimed twice. At the end: with hand-offs alone every task runs unless a wake-up was
-lost, and after one sweep every task has run.
+Invariants, after every step: the model's slots never exceed its concurrency nor a user's its cap (once lowered,
+no slot is taken until the holders are under the new limit), every running task holds a slot, no task is claimed
+twice, a task handed a slot holds it, and the model's parked count is never below the parked tasks. At the end: with
+hand-offs alone every task runs unless a wake-up was lost, and after one sweep every task has run.
 
 The steps a worker does between its refused acquire and its park are separate rules, so a release can fall between
 them (the race the park's condition check closes).
@@ -11,6 +12,7 @@ them (the race the park's condition check closes).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 import uuid
@@ -22,10 +24,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from chalicelib import queues
+from chalicelib import catalog, queues
 from chalicelib.clock import SYSTEM_CLOCK, iso
 from chalicelib.lanes.waits import Waiting, Waker
 from chalicelib.resources import lane_named
+from chalicelib.schemas import ModelUpdate
 from chalicelib.settings import get_settings
 from chalicelib.store import slots, statemachine
 from chalicelib.store.errors import StaleTask
@@ -33,6 +36,7 @@ from chalicelib.store.records import ModelRecord, TaskRecord
 
 USERS = ("u-ana", "u-bo", "u-cy")
 LEASE_S = 600
+ENDED = (statemachine.SUCCEEDED, statemachine.CANCELLED)
 _sequence = itertools.count()
 
 
@@ -44,25 +48,28 @@ class ParkingModel(RuleBasedStateMachine):
         self.model_id = f"sm-{uuid.uuid4().hex[:10]}"
         self.concurrency, self.cap = 0, None
         self.messages: list[str] = []  # deliveries not yet handled (originals, hand-offs, duplicates)
-        self.refused: list[tuple[str, str, int]] = []  # refused acquires whose park has not happened yet
+        self.refused: list[tuple[str, slots.Refused]] = []  # refused acquires whose park has not happened yet
         self.tasks: list[str] = []
         self.claims: Counter[str] = Counter()
         self.running: list[str] = []  # claimed here, not finished yet
         self.lost_wakeups = False
         self.waiting = Waiting(lane_named("image"), sqs=None, settings=get_settings(), rng=None)  # type: ignore
-        self.waker = Waker(sqs=None, clock=SYSTEM_CLOCK)
+        self.waker = Waker(sqs=None, clock=SYSTEM_CLOCK, settings=get_settings())
         self.listening = True
-        self._listeners = statemachine.slot_listeners[:]
-        statemachine.slot_listeners[:] = [self._on_release]
+        # Holders above the limit are allowed only after a lowering, and only as many as were held then.
+        self.ceiling = 0
+        self.user_ceiling: Counter[str] = Counter()
+        self._releaser = statemachine.slot_releaser[:]
+        statemachine.slot_releaser[:] = [self._on_release]
 
-    def _on_release(self, task: TaskRecord) -> None:
+    def _on_release(self, task: TaskRecord) -> bool:
         if self.listening:
-            self.waker.wake_next(task)
-        else:
-            self.lost_wakeups = True
+            return self.waker.release(task)
+        self.lost_wakeups = True
+        return statemachine.release_plainly(task)
 
     def teardown(self) -> None:
-        statemachine.slot_listeners[:] = self._listeners
+        statemachine.slot_releaser[:] = self._releaser
 
     # --- set-up ---------------------------------------------------------------------------------------------
 
@@ -74,6 +81,23 @@ class ParkingModel(RuleBasedStateMachine):
         ModelRecord(self.model_id, type="image", upstream_model="m", display_name="m", concurrency=concurrency,
                     daily_quota=1000, max_running_per_user=cap, lane="image", created_at=now,
                     updated_at=now).save()
+        self.ceiling = concurrency
+
+    @precondition(lambda self: self.concurrency)
+    @rule(concurrency=st.integers(1, 3), cap=st.integers(1, 2))
+    def reconfigure(self, concurrency: int, cap: int) -> None:
+        """An admin changes the model's limits (the slot record's with them) while tasks wait and run, as the
+        admin route does: slots a raise made free go to parked tasks at once. A cap is changed, never set on a
+        model without one (tasks running uncapped hold no user slot: docs/design.md, "Parked tasks")."""
+        cap_now = None if self.cap is None else cap
+        catalog.update_model(self.model_id, ModelUpdate(concurrency=concurrency, max_running_per_user=cap_now))
+        self.waker.after_limits_changed(self.model_id)
+        self._take_sent()
+        cap = cap_now  # type: ignore[assignment]
+        holders = slots.holders(self.model_id)
+        self.concurrency, self.cap = concurrency, cap
+        self.ceiling = max(concurrency, len(holders))
+        self.user_ceiling = Counter(holder.user_id for holder in holders.values())
 
     # --- the rules ------------------------------------------------------------------------------------------
 
@@ -97,13 +121,21 @@ class ParkingModel(RuleBasedStateMachine):
         task = TaskRecord.get(task_id, consistent_read=True)
         if task.status != statemachine.QUEUED:
             return  # a duplicate of a task running or done
-        full = slots.try_acquire(self.model_id, task_id, self.concurrency, time.time() + LEASE_S,
-                                 user_id=task.user_id, user_cap=self.cap)
-        if full is not None:
-            self.refused.append((task_id, full, self.concurrency if full == self.model_id else int(self.cap or 0)))
-            return
+        user_slot = task.user_slot
+        if task.slot_handed_at is None:  # else a released slot was handed to it: it claims (as the worker does)
+            try:
+                acquired = slots.try_acquire(self.model_id, task_id, time.time() + LEASE_S, user_id=task.user_id)
+            except slots.SlotsUnconfigured:
+                slots.configure(self.model_id, self.concurrency, self.cap, if_missing=True)
+                self.messages.append(task_id)
+                return
+            if isinstance(acquired, slots.Refused):
+                self.refused.append((task_id, acquired))
+                return
+            user_slot = acquired.user_slot
         try:
-            statemachine.transition(task, statemachine.RUNNING)
+            statemachine.transition(task, statemachine.RUNNING, actions=[
+                TaskRecord.user_slot.remove() if user_slot is None else TaskRecord.user_slot.set(user_slot)])
             self.claims[task_id] += 1
             self.running.append(task_id)
         except StaleTask:
@@ -112,9 +144,9 @@ class ParkingModel(RuleBasedStateMachine):
     @precondition(lambda self: self.refused)
     @rule(data=st.data())
     def park(self, data: st.DataObject) -> None:
-        task_id, full, limit = self.refused.pop(data.draw(st.integers(0, len(self.refused) - 1)))
+        task_id, refused = self.refused.pop(data.draw(st.integers(0, len(self.refused) - 1)))
         task = TaskRecord.get(task_id, consistent_read=True)
-        if not self.waiting.park(task, full, limit):
+        if not self.waiting.park(task, refused):
             self.messages.append(task_id)  # a slot freed meanwhile: the worker acquires again
 
     @precondition(lambda self: self.running)
@@ -138,10 +170,25 @@ class ParkingModel(RuleBasedStateMachine):
     def duplicate(self, data: st.DataObject) -> None:
         self.messages.append(data.draw(st.sampled_from(self.tasks)))
 
+    @precondition(lambda self: self.tasks)
+    @rule(data=st.data())
+    def cancel(self, data: st.DataObject) -> None:
+        """The user cancels a task that is still queued (parked, or handed a slot it has not claimed yet)."""
+        task = TaskRecord.get(data.draw(st.sampled_from(self.tasks)), consistent_read=True)
+        if task.status == statemachine.QUEUED:
+            with contextlib.suppress(StaleTask):  # parked, handed or claimed meanwhile: the user would try again
+                statemachine.transition(task, statemachine.CANCELLED)
+        self._take_sent()
+
     @precondition(lambda self: self.concurrency)
     @rule()
     def sweep(self) -> None:
-        self.waker.wake_free_slots(ModelRecord.get(self.model_id, consistent_read=True))
+        """The sweeper: hand-offs never claimed are taken back (their task sent a message), free slots handed."""
+        for task_id in self.tasks:
+            task = TaskRecord.get(task_id, consistent_read=True)
+            if task.status == statemachine.QUEUED and task.slot_handed_at is not None and self.waker.take_back(task):
+                self.messages.append(task_id)
+        self.waker.wake_free_slots(self.model_id)
         self._take_sent()
 
     # --- invariants -----------------------------------------------------------------------------------------
@@ -151,10 +198,22 @@ class ParkingModel(RuleBasedStateMachine):
         if not self.concurrency:
             return
         holders = slots.holders(self.model_id)
-        assert len(holders) == slots.in_use(self.model_id) <= self.concurrency
+        assert len(holders) == slots.in_use(self.model_id) <= self.ceiling
+        self.ceiling = max(self.concurrency, min(self.ceiling, len(holders)))
         if self.cap is not None:
-            assert max(Counter(holder.user_id for holder in holders.values()).values(), default=0) <= self.cap
+            for user, held in Counter(holder.user_id for holder in holders.values()).items():
+                assert held <= max(self.cap, self.user_ceiling[user])
+                self.user_ceiling[user] = min(self.user_ceiling[user], held)
         assert set(self.running) <= set(holders)
+
+    @invariant()
+    def hand_offs_hold_their_slots_and_parks_are_counted(self) -> None:
+        if not self.concurrency:
+            return
+        tasks = [TaskRecord.get(task_id, consistent_read=True) for task_id in self.tasks]
+        handed = {task.task_id for task in tasks if task.status == statemachine.QUEUED and task.slot_handed_at}
+        assert handed <= set(slots.holders(self.model_id))
+        assert slots.state(self.model_id).parked >= sum(task.parked_model is not None for task in tasks)
 
     @invariant()
     def no_task_is_claimed_twice(self) -> None:
@@ -163,11 +222,11 @@ class ParkingModel(RuleBasedStateMachine):
     def check_nothing_stranded(self) -> None:
         """Run everything out; only a lost wake-up may need the sweep."""
         self._drain()
-        stranded = [task_id for task_id in self.tasks if self._status(task_id) != statemachine.SUCCEEDED]
+        stranded = [task_id for task_id in self.tasks if self._status(task_id) not in ENDED]
         assert not stranded or self.lost_wakeups, f"stranded without a lost wake-up: {stranded}"
         self.sweep()
         self._drain()
-        assert all(self._status(task_id) == statemachine.SUCCEEDED for task_id in self.tasks)
+        assert all(self._status(task_id) in ENDED for task_id in self.tasks)
 
     # --- helpers --------------------------------------------------------------------------------------------
 

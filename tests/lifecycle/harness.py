@@ -48,6 +48,7 @@ from chalicelib.ark.client import VIDEO_TIMEOUT, VolcImageClient, VolcVideoClien
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.lanes import images as lane_images
 from chalicelib.lanes import worker as lane_worker
+from chalicelib.lanes.waits import Waker
 from chalicelib.media.downloads import Downloads, ResultHosts
 from chalicelib.resources import LANES, MEDIA_BUCKET, lane_named
 from chalicelib.settings import Settings, get_settings
@@ -422,18 +423,49 @@ class Environment:
             patch.setattr(module, "time", model_time)
         patch.setattr(ids, "new_task_id", lambda: self._current().new_task_id())
 
-        real_acquire, real_release, real_step = slots.acquire, slots.release, arksim.video.step
+        real_acquire, real_release, real_step = slots.try_acquire, slots.release_counting_parked, arksim.video.step
+        real_move, real_take_for, real_take_back = Waker._move, Waker._take_for, Waker.take_back
 
-        def acquire(model_id: str, task_id: str, concurrency: int, lease_until: float, *,
-                    user_id: str | None = None, user_cap: int | None = None) -> bool:
-            after = self._current().observer.acquiring(model_id, task_id, concurrency, user_id, user_cap)
-            acquired = real_acquire(model_id, task_id, concurrency, lease_until, user_id=user_id, user_cap=user_cap)
-            after(acquired)
+        def limits(model_id: str) -> tuple[int, int | None]:
+            """What the admin configured, the referee's measure (the slot record's copy is what is judged)."""
+            model = self._current().tables.models().get(model_id)
+            if model is None:
+                return 0, None
+            cap = model.max_running_per_user
+            return int(model.concurrency), None if cap is None else int(cap)
+
+        def acquire(model_id: str, task_id: str, lease_until: float, *, user_id: str | None = None,
+                    extend_held: bool = True) -> slots.Held | slots.Refused:
+            after = self._current().observer.acquiring(model_id, task_id, *limits(model_id)[:1], user_id,
+                                                       limits(model_id)[1])
+            acquired = real_acquire(model_id, task_id, lease_until, user_id=user_id, extend_held=extend_held)
+            after(isinstance(acquired, slots.Held))
             return acquired
 
-        def release(model_id: str, task_id: str, user_id: str | None = None) -> bool:
+        def release(model_id: str, task_id: str, user_id: str | None = None) -> tuple[bool, int]:
             self._current().observer.releasing(model_id, task_id)
             return real_release(model_id, task_id, user_id)
+
+        def move(waker: Waker, releasing: TaskRecord, candidate: TaskRecord, user_cap: int | None) -> bool | None:
+            concurrency, cap = limits(releasing.model_id)
+            observer = self._current().observer
+            observer.releasing(releasing.model_id, releasing.task_id)
+            after = observer.acquiring(releasing.model_id, candidate.task_id, concurrency, candidate.user_id, cap)
+            moved = real_move(waker, releasing, candidate, user_cap)
+            after(moved is True)
+            return moved
+
+        def take_for(waker: Waker, candidate: TaskRecord, user_cap: int | None) -> bool | None:
+            after = self._current().observer.acquiring(candidate.model_id, candidate.task_id,
+                                                       *limits(candidate.model_id)[:1], candidate.user_id,
+                                                       limits(candidate.model_id)[1])
+            taken = real_take_for(waker, candidate, user_cap)
+            after(taken is True)
+            return taken
+
+        def take_back(waker: Waker, task: TaskRecord) -> bool:
+            self._current().observer.releasing(task.model_id, task.task_id)
+            return real_take_back(waker, task)
 
         def step(sim: Simulator) -> list[arksim.video.StatusChange]:
             changes = real_step(sim)
@@ -441,8 +473,11 @@ class Environment:
                 self.world.observer.ark_changed(changes)
             return changes
 
-        patch.setattr(slots, "acquire", acquire)
-        patch.setattr(slots, "release", release)
+        patch.setattr(slots, "try_acquire", acquire)
+        patch.setattr(slots, "release_counting_parked", release)
+        patch.setattr(Waker, "_move", move)
+        patch.setattr(Waker, "_take_for", take_for)
+        patch.setattr(Waker, "take_back", take_back)
         patch.setattr(arksim.video, "step", step)
         # Only the model's: the app's WebSocket publisher is not part of the lifecycle (tests/ws covers it), and
         # its reads on every transition would cost a quarter of the run time.

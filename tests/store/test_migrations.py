@@ -29,6 +29,7 @@ from chalicelib.store.records import (
 )
 from tests.api_client import Api
 from tests.factories import DEMO, user_id_of
+from tests.slot_helpers import hold_slot
 
 MODEL = "seedream-4.5"
 IMAGE_TASK = {"type": "image", "model_id": MODEL, "prompt": "an old fox"}
@@ -68,7 +69,7 @@ def old_stage(aws_resources: None) -> dict[str, Any]:
     queued = old_task("demo", idempotency_key="order-1")
     finished = statemachine.transition(old_task("demo"), statemachine.CANCELLED)
     running = old_task("demo")
-    assert slots.acquire(MODEL, running.task_id, 4, now + 600, user_id="demo", user_cap=2)
+    assert hold_slot(MODEL, running.task_id, 4, now + 600, user_id="demo", user_cap=2)
     running = statemachine.transition(running, statemachine.RUNNING)
     # A holding a worker left on the name's record after its task ended (claimed while being migrated).
     SlotRecord(LEGACY_USER_SLOT).update(actions=[SlotRecord.holders[finished.task_id].set(int(now + 600)),

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from chalicelib import catalog
 from chalicelib.clock import iso
 from chalicelib.lanes.messages import Delivery, Retry
-from chalicelib.lanes.worker import IMAGE_LEASE_MARGIN_S
+from chalicelib.lanes.waits import IMAGE_LEASE_MARGIN_S
 from chalicelib.resources import lane_named
 from chalicelib.settings import get_settings
 from chalicelib.store import slots, statemachine
@@ -22,6 +22,7 @@ from tests.factories import SHORT_VIDEO_TASK as VIDEO_TASK
 from tests.lane_fixtures import Lanes, record_for
 from tests.lanes.test_image_lane import ImagesCallingBack
 from tests.polling import wait_for
+from tests.slot_helpers import hold_slot
 from tests.video.test_video_lane import ark_status, submitted
 
 
@@ -94,7 +95,7 @@ def test_a_dead_workers_lease_is_reclaimed_and_the_image_runs_again(lanes: Lanes
     task_id = lanes.submit(IMAGE_TASK)
     lanes.receive_for("image", task_id)  # received by a worker that then died mid-call
     task = lanes.task(task_id)
-    assert slots.acquire(IMAGE_MODEL, task_id, 4, lanes.clock.now() + 300)
+    assert hold_slot(IMAGE_MODEL, task_id, 4, lanes.clock.now() + 300)
     statemachine.transition(task, statemachine.RUNNING, actions=[], clock=lanes.clock)
 
     assert lanes.sweeper().sweep().leases_reclaimed == 0  # lease still valid: leave it alone
@@ -112,7 +113,7 @@ def test_a_redelivery_after_a_dead_worker_takes_over_once_the_lease_ended(lanes:
     task_id = lanes.submit(IMAGE_TASK)
     record = lanes.receive_for("image", task_id)
     lease = lanes.clock.now() + lane_named("image").lambda_timeout_s + IMAGE_LEASE_MARGIN_S
-    assert slots.acquire(IMAGE_MODEL, task_id, 4, lease)
+    assert hold_slot(IMAGE_MODEL, task_id, 4, lease)
     statemachine.transition(lanes.task(task_id), statemachine.RUNNING, clock=lanes.clock)
 
     assert len(lanes.worker("image").handle([record])["batchItemFailures"]) == 1  # still leased
@@ -125,7 +126,7 @@ def test_slots_leaked_by_ended_or_unclaimed_tasks_are_freed(lanes: Lanes) -> Non
     ended, unclaimed = lanes.submit(IMAGE_TASK), lanes.submit(IMAGE_TASK)
     cancel(lanes, ended)
     for task_id in (ended, unclaimed, "tsk_vanished"):
-        slots.acquire(IMAGE_MODEL, task_id, 4, lanes.clock.now() + 10)
+        hold_slot(IMAGE_MODEL, task_id, 4, lanes.clock.now() + 10)
 
     lanes.sweeper().sweep()
     assert set(slots.holders(IMAGE_MODEL)) == {unclaimed}  # an unclaimed one keeps its lease until it ends
@@ -136,7 +137,7 @@ def test_slots_leaked_by_ended_or_unclaimed_tasks_are_freed(lanes: Lanes) -> Non
 
 def test_a_vanished_tasks_slot_is_freed_with_its_users_slot(lanes: Lanes) -> None:
     user_slot = slots.user_slot_key(IMAGE_MODEL, user_id_of(DEMO[0]))
-    slots.acquire(IMAGE_MODEL, "tsk_vanished", 4, lanes.clock.now() + 600, user_id=user_id_of(DEMO[0]), user_cap=1)
+    hold_slot(IMAGE_MODEL, "tsk_vanished", 4, lanes.clock.now() + 600, user_id=user_id_of(DEMO[0]), user_cap=1)
     assert slots.in_use(user_slot) == 1
 
     assert lanes.sweeper().sweep().leases_reclaimed == 1
@@ -152,7 +153,7 @@ def test_a_release_that_fails_leaves_the_slot_to_the_sweeper_and_the_task_moves_
     def throttled(*args: Any, **kwargs: Any) -> bool:
         raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
 
-    monkeypatch.setattr(slots, "release", throttled)
+    monkeypatch.setattr(slots, "release_counting_parked", throttled)
     outcome = lanes.worker("image").process(Delivery.of(lanes.receive_for("image", task_id)))
     monkeypatch.undo()
 
@@ -205,7 +206,7 @@ def test_the_scheduled_functions_run_through_the_app(lanes: Lanes) -> None:
              "resources": [], "detail": {}}
     assert app.handler_map["video_poller"](event, None) == {"polled": 0}
     lanes.submit(IMAGE_TASK)
-    slots.acquire(IMAGE_MODEL, "tsk_vanished", 4, 0)
+    hold_slot(IMAGE_MODEL, "tsk_vanished", 4, 0)
     answer = app.handler_map["sweeper"](event, None)
     assert answer == {"timed_out": 0, "leases_reclaimed": 1, "requeued": 0, "reconciling": 0, "woken": 0}
 
@@ -382,7 +383,7 @@ def test_a_cancel_when_ark_cannot_be_asked_changes_nothing(lanes: Lanes) -> None
 def test_a_worker_taking_over_a_slot_acquired_by_a_dead_one_is_left_alone_mid_call(lanes: Lanes) -> None:
     task_id = lanes.submit(IMAGE_TASK)
     record = lanes.receive_for("image", task_id)
-    assert slots.acquire(IMAGE_MODEL, task_id, 4, lanes.clock.now() + 300)  # then the worker died, unclaimed
+    assert hold_slot(IMAGE_MODEL, task_id, 4, lanes.clock.now() + 300)  # then the worker died, unclaimed
     lanes.clock.advance(lane_named("image").visibility_timeout_s)  # its message comes back much later
     reports = []
 

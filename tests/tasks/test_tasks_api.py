@@ -23,6 +23,7 @@ from chalicelib.store import slots, statemachine
 from chalicelib.store.records import TaskRecord
 from tests.api_client import Api
 from tests.factories import ADMIN, DEMO, OTHER, principal_of, user_id_of
+from tests.slot_helpers import hold_slot
 
 IMAGE_TASK = {"type": "image", "model_id": "seedream-4.5", "prompt": "a red fox in snow"}
 VIDEO_TASK = {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "waves", "params": {"duration": 5}}
@@ -123,7 +124,9 @@ def test_an_image_task_is_accepted_queued_and_enqueued(api: Api) -> None:
     sqs = boto3.client("sqs")
     url = sqs.get_queue_url(QueueName="arkflow-test-lane-image")["QueueUrl"]
     messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10)["Messages"]
-    assert [message["Body"] for message in messages] == [f'{{"task_id": "{task_id}"}}']
+    # A first message names the model and user too: its worker acquires the slot before reading the task.
+    assert [json.loads(message["Body"]) for message in messages] == [
+        {"task_id": task_id, "model_id": task["model_id"], "user_id": user_id_of(DEMO[0])}]
 
 
 def test_a_video_task_keeps_its_params(api: Api) -> None:
@@ -477,7 +480,7 @@ def put_status(api: Api, task_id: str, body: dict, **auth):
 def claim(task_id: str, lease_s: float = 300, **fields) -> None:
     """What a lane worker does before calling Ark: take a slot of the task's model, then `queued -> running`."""
     task = TaskRecord.get(task_id, consistent_read=True)
-    assert slots.acquire(task.model_id, task_id, 4, time.time() + lease_s)
+    assert hold_slot(task.model_id, task_id, 4, time.time() + lease_s)
     actions = [TaskRecord.ark_called.set(True)]
     actions += [getattr(TaskRecord, name).set(value) for name, value in fields.items()]
     statemachine.transition(task, statemachine.RUNNING, actions=actions)
