@@ -84,7 +84,7 @@ def test_an_internal_error_stops_the_rest_of_a_group(ark):
 
 def test_output_moderation_per_image_keeps_the_group_going(ark):
     ark.configure(output_sensitive_fraction=1.0)
-    response = generate(ark, sequential_image_generation="auto",
+    response = generate(ark, prompt="three views of a cat", sequential_image_generation="auto",
                         sequential_image_generation_options={"max_images": 3})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "OutputImageSensitiveContentDetected"
@@ -93,7 +93,7 @@ def test_output_moderation_per_image_keeps_the_group_going(ark):
 
 def test_images_per_minute_is_a_sliding_window_on_the_clock(ark):
     ark.configure(images_per_minute=3)
-    assert generate(ark, sequential_image_generation="auto",
+    assert generate(ark, prompt="2 images of a cat", sequential_image_generation="auto",
                     sequential_image_generation_options={"max_images": 2}).status_code == 200
     assert generate(ark).status_code == 200
     limited = generate(ark)
@@ -145,7 +145,7 @@ def test_reset_everything_forgets_tasks_and_results(ark):
 
 
 def test_config_is_readable_and_rejects_unknown_fields_and_bad_values(ark):
-    assert ark.config()["images_per_minute"] == 500
+    assert ark.config()["images_per_minute"] is None  # each model's own limit
     for change in ({"no_such_field": 1}, {"rate_limit_fraction": 2}, {"fault_endpoints": ["images.edit"]}):
         response = httpx.put(f"{ark.admin_url}/config", json=change)
         assert response.status_code == 400
@@ -166,12 +166,13 @@ def test_configuration_from_the_environment():
         "ARKSIM_SERVER_ERROR_FRACTION": "0.1",
         "ARKSIM_FAULT_ENDPOINTS": '["tasks.create"]',
         "ARKSIM_ENDPOINTS": '{"ep-20250101000000-abcde": "doubao-seedance-1-0-pro-250528"}',
-        "ARKSIM_REJECT_UNSUPPORTED_VIDEO_FIELDS": "false",
+        "ARKSIM_IGNORE_UNSUPPORTED_FIELDS": '["seedance-1.0-pro"]',
+        "ARKSIM_VIDEO_MAX_RUNNING": "3",
     })
     assert (config.image_latency_s, config.server_error_fraction) == (0.25, 0.1)
     assert config.fault_endpoints == ["tasks.create"]
     assert config.endpoints == {"ep-20250101000000-abcde": VIDEO_MODEL}
-    assert config.reject_unsupported_video_fields is False
+    assert (config.ignore_unsupported_fields, config.video_max_running) == (["seedance-1.0-pro"], 3)
     assert SimConfig.from_env({}) == SimConfig()
 
 
@@ -183,7 +184,7 @@ def test_running_simulator_ignores_the_environment(monkeypatch):
 
 def test_stream_sends_one_event_per_image_then_completed_and_done(ark):
     ark.configure(output_sensitive_marker="SKIP-FIRST")
-    response = generate(ark, prompt="SKIP-FIRST set", stream=True, sequential_image_generation="auto",
+    response = generate(ark, prompt="SKIP-FIRST set of 3", stream=True, sequential_image_generation="auto",
                         sequential_image_generation_options={"max_images": 3})
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [line.removeprefix("event: ") for line in response.text.splitlines() if line.startswith("event: ")]

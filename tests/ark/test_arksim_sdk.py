@@ -40,7 +40,7 @@ def test_image_generation(sdk):
 
 def test_group_generation_and_streaming(sdk):
     group = sdk.images.generate(
-        model=IMAGE_MODEL, prompt="four seasons", sequential_image_generation="auto",
+        model=IMAGE_MODEL, prompt="four images of the seasons", sequential_image_generation="auto",
         sequential_image_generation_options=SequentialImageGenerationOptions(max_images=4), response_format="url",
     )
     assert len(group.data) == 4

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from arksim.media import render_image, render_mp4
+from arksim.media import Look, render_picture, render_still, render_video
 from chalicelib.ark.limits import PROMPT_MAX_CHARS
 from chalicelib.clock import iso
 from devstack.webapp import make_web_server
@@ -36,7 +36,7 @@ HOST = "127.0.0.1"
 ADMIN = ("admin", "admin-pass")
 DEMO = ("demo", "demo-pass")
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
-MEDIA_COLORS = {"image": (60, 140, 200), "frame": (220, 180, 60), "video": (90, 170, 90)}
+FAKE_LOOK = Look("a result of the fake API", "fake")
 
 
 def now_iso() -> str:
@@ -521,13 +521,13 @@ class FakeArkflow:
 
 
 def media_bytes(name: str) -> tuple[bytes, str] | None:
-    """Images and videos for result URLs: small solid-colour PNGs and a one-second MP4."""
+    """Images and videos for result URLs: small PNGs and a one-second MP4 (with its last frame)."""
     if name.endswith("-last.png"):
-        return render_image("png", 320, 180, MEDIA_COLORS["frame"]), "image/png"
+        return render_still(320, 176, 24, 23, FAKE_LOOK), "image/png"
     if name.endswith(".png"):
-        return render_image("png", 256, 256, MEDIA_COLORS["image"]), "image/png"
+        return render_picture("png", 256, 256, FAKE_LOOK), "image/png"
     if name.endswith(".mp4"):
-        return render_mp4(320, 176, 24, MEDIA_COLORS["video"]), "video/mp4"
+        return render_video(320, 176, 24, FAKE_LOOK), "video/mp4"
     return None
 
 
