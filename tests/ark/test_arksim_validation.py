@@ -10,6 +10,7 @@ import pytest
 
 from arksim.server import RunningSimulator
 from arksim.testing import running_simulator
+from chalicelib.ark.capabilities import SEED
 
 from .conftest import FAST, IMAGE_MODEL, VIDEO_MODEL, auth, data_uri
 
@@ -242,7 +243,7 @@ def test_request_body_at_most_64_mb(sim):
     ("duration", 2, 1),
     ("frames", 29, 30),
     ("frames", 289, 293),
-    ("seed", 4294967295, 4294967296),
+    ("seed", SEED.maximum, SEED.maximum + 1),
     ("seed", -1, -2),
     ("camera_fixed", True, "yes"),
     ("watermark", False, 0),
@@ -288,7 +289,7 @@ def test_defaults_and_id_format(sim):
     task = httpx.get(f"{sim.base_url}/contents/generations/tasks/{created['id']}", headers=auth()).json()
     assert (task["resolution"], task["ratio"], task["duration"], task["framespersecond"]) == ("1080p", "16:9", 5, 24)
     assert (task["service_tier"], task["execution_expires_after"]) == ("default", 172800)
-    assert 0 <= task["seed"] <= 4294967295
+    assert 0 <= task["seed"] <= SEED.maximum
     assert "frames" not in task
 
 
