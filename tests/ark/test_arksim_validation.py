@@ -10,6 +10,7 @@ import pytest
 
 from arksim.server import RunningSimulator
 from arksim.testing import running_simulator
+from chalicelib.ark.capabilities import SEED
 
 from .conftest import FAST, IMAGE_MODEL, VIDEO_MODEL, auth, data_uri
 
@@ -250,7 +251,7 @@ def test_request_body_at_most_64_mb(sim):
     ("duration", 2, 1),
     ("frames", 29, 30),
     ("frames", 289, 293),
-    ("seed", 2147483647, 2147483648),  # the newest doc's bound, which holds for every model
+    ("seed", SEED.maximum, SEED.maximum + 1),
     ("seed", -1, -2),
     ("camera_fixed", True, "yes"),
     ("watermark", False, 0),
@@ -303,7 +304,7 @@ def test_defaults_and_id_format(sim):
     task = httpx.get(f"{sim.base_url}/contents/generations/tasks/{created['id']}", headers=auth()).json()
     assert (task["resolution"], task["ratio"], task["duration"], task["framespersecond"]) == ("1080p", "16:9", 5, 24)
     assert (task["service_tier"], task["execution_expires_after"]) == ("default", 172800)
-    assert 0 <= task["seed"] <= 4294967295
+    assert 0 <= task["seed"] <= SEED.maximum
     assert "frames" not in task
 
 
