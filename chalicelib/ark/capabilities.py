@@ -269,6 +269,12 @@ class VideoCapabilities:
     default_output_format: str = "mp4"
     fps: int = VIDEO_FPS
     inputs: InputImageRules = SEEDANCE_INPUT_IMAGES
+    # A clip of d seconds has d × fps frames, or one more on the models whose documented usage examples count
+    # them so (docs/ark.md, "Frames and tokens"); tokens are w × h × frames / 1024.
+    extra_frame: bool = False
+
+    def frame_count(self, duration: int) -> int:
+        return duration * self.fps + (1 if self.extra_frame else 0)
 
     @property
     def service_tiers(self) -> tuple[str, ...]:
@@ -315,7 +321,7 @@ _SEEDANCE_1_0 = {"output_sizes": SEEDANCE_1_0_SIZES, "frames": True, "seed": Tru
 _SEEDANCE_2_0 = {"text": True, "first_frame": True, "first_last_frame": True, "references": _SEEDANCE_2_REFERENCES,
                  "default_resolution": "720p", "duration": Range(4, 15), "auto_duration": True,
                  "output_sizes": SEEDANCE_1_5_SIZES, "adaptive_without_image": True, "default_ratio_text": ADAPTIVE,
-                 "generate_audio": True, "priority": True}
+                 "generate_audio": True, "priority": True, "extra_frame": True}
 
 
 MODELS: tuple[ArkModel, ...] = (
@@ -397,7 +403,7 @@ MODELS: tuple[ArkModel, ...] = (
                                 duration=Range(4, 12), auto_duration=True, output_sizes=SEEDANCE_1_5_SIZES,
                                 requests_per_minute=600, concurrency=10, adaptive_without_image=True,
                                 default_ratio_text=ADAPTIVE, seed=True, camera_fixed=True, generate_audio=True,
-                                draft=True, flex=True),
+                                draft=True, flex=True, extra_frame=True),
     ),
     ArkModel(
         "seedance-2.0", "Seedance 2.0", "video",
@@ -434,7 +440,7 @@ MODELS: tuple[ArkModel, ...] = (
             resolutions=("480p", "720p"), default_resolution="720p", duration=Range(4, 30), auto_duration=True,
             default_duration=AUTO_DURATION, output_sizes=SEEDANCE_2_5_SIZES, requests_per_minute=300,
             concurrency=5, adaptive_without_image=True, default_ratio_text=ADAPTIVE, frames_only_adaptive=True,
-            generate_audio=True, priority=True, output_formats=("mp4", "mov")),
+            generate_audio=True, priority=True, output_formats=("mp4", "mov"), extra_frame=True),
     ),
 )
 
