@@ -162,7 +162,9 @@ def read_create(sim: Simulator, target: Target, body: dict[str, Any]) -> VideoSp
         # An auto duration is answered with the seconds the model chose: floor(frames / fps).
         duration=frame_count // caps.fps if duration == AUTO_DURATION else duration,
         frames=frames, frame_count=frame_count, seed=seed, generate_audio=generate_audio,
-        draft=(False if reused is not None else draft), draft_task_id=content.draft_task_id, priority=priority,
+        draft=(False if reused is not None else draft), draft_task_id=content.draft_task_id,
+        # Echoed (as Ark's examples show) with its default when the model has priorities.
+        priority=priority if priority is not None or not caps.priority else PRIORITY.minimum,
         output_format=output_format or caps.default_output_format, return_last_frame=return_last_frame,
         service_tier=service_tier, execution_expires_after=expires_after or DEFAULT_EXPIRES_AFTER,
         callback_url=callback_url, safety_identifier=safety_identifier,
