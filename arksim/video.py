@@ -1,4 +1,4 @@
-"""Seedance video tasks (docs/ark.md, "Videos"): validation, the task board and its
+"""Seedance video tasks (docs/ark.md, "Videos"): creation (`video_request` reads the body), the task board and its
 state machine `queued -> running -> succeeded | failed`, `expired`, `cancelled`, plus list and delete rules."""
 
 from __future__ import annotations
@@ -68,6 +68,10 @@ class VideoTask:
     @property
     def execution_expires_after(self) -> int:
         return self.spec.execution_expires_after
+
+    @property
+    def safety_identifier(self) -> str | None:
+        return self.spec.safety_identifier
 
     def to_wire(self) -> dict[str, Any]:
         """The GET body (also what callbacks and list items carry)."""

@@ -14,7 +14,6 @@ import pytest
 
 from arksim.config import SimConfig
 from arksim.testing import running_simulator
-
 from tests.polling import wait_for
 
 from .conftest import FAST, IMAGE_MODEL, START, VIDEO_MODEL, auth

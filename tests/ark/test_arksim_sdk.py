@@ -157,7 +157,7 @@ def test_the_sdk_makes_a_2_0_video_from_reference_images(sdk):
 
 # --- every answer, as the SDK's types read it, against Ark's documented examples ---------------------------------
 
-# Ark's documented example answers (docs/ark.md, "Documented examples"). Values of the keys in VOLATILE differ per
+# Ark's documented example answers (docs/ark.md, "Frames and tokens"). Values of the keys in VOLATILE differ per
 # call and are compared by type only.
 IMAGE_EXAMPLE = {"model": IMAGE_MODEL, "created": 1757321139,
                  "data": [{"url": "https://ark.example/a.jpeg", "size": "2048x2048"}],

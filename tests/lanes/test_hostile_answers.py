@@ -244,7 +244,7 @@ def test_users_never_see_the_upstream_endpoint_in_a_tasks_error(lanes: Lanes, mo
 
 def test_per_image_errors_show_our_message_to_users_and_arks_to_admins(lanes: Lanes):
     lanes.ark.configure(output_sensitive_marker="FORBIDDEN")
-    task_id = lanes.submit({**IMAGE_TASK, "prompt": "FORBIDDEN comic strip", "max_images": 3})
+    task_id = lanes.submit({**IMAGE_TASK, "prompt": "FORBIDDEN comic strip of 3 panels", "max_images": 3})
     lanes.run("image")
 
     (shown,) = lanes.get(task_id)["image_errors"]
