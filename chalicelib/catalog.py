@@ -1,21 +1,46 @@
 """The models admins configure (which Ark model each calls, its concurrency and daily quota), their defaults and how
 defaults merge into a request, and the default models a deployment starts with.
+
+Each model calls one model of the capability table (`chalicelib.ark.capabilities`), by its Ark id or through an
+endpoint (`ep-...`, with `family` naming the table's model it serves): the table says what its requests may carry
+and where it is in its lifecycle at the deployment's provider. A model whose upstream changes takes its queued
+tasks along, once each is judged against the new capabilities (docs/api.md, "Models").
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
-from chalicelib.ark.limits import IMAGE_MAX_TOTAL_IMAGES
+from chalicelib.ark import capabilities
+from chalicelib.ark.capabilities import ArkModel, ModelStatus, Provider
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.errors import Conflict, NotFound, ValidationFailed
+from chalicelib.errors import Conflict, NotFound, ValidationFailed, error_object
 from chalicelib.resources import DEFAULT_MODELS, default_lane_for, lane_named
-from chalicelib.schemas import MODEL_DEFAULTS, ImageTaskRequest, ModelCreate, ModelUpdate, VideoTaskRequest
-from chalicelib.store import first_run, quota, slots, writes
+from chalicelib.schemas import (
+    MODEL_DEFAULTS,
+    ImageTaskRequest,
+    ModelCreate,
+    ModelUpdate,
+    VideoTaskRequest,
+    problems_failure,
+)
+from chalicelib.settings import get_settings
+from chalicelib.store import first_run, quota, slots, statemachine, writes
+from chalicelib.store.errors import StaleTask
 from chalicelib.store.records import ModelRecord, TaskRecord
+from chalicelib.tasks import checks
+
+log = logging.getLogger(__name__)
+
+# The error of a queued task its model's new upstream cannot take (`PUT /api/admin/models/{id}` with `force`).
+INCOMPATIBLE_UPSTREAM = "incompatible_upstream"
+# How many of the incompatible tasks a refused change names.
+NAMED_TASKS = 20
 
 
 def get_model(model_id: str) -> ModelRecord:
@@ -23,6 +48,13 @@ def get_model(model_id: str) -> ModelRecord:
         return ModelRecord.get(model_id, consistent_read=True)
     except DoesNotExist as exc:
         raise _model_not_found(model_id) from exc
+
+
+def find_model(model_id: str) -> ModelRecord | None:
+    try:
+        return ModelRecord.get(model_id, consistent_read=True)
+    except DoesNotExist:
+        return None
 
 
 def _model_not_found(model_id: str) -> NotFound:
@@ -48,12 +80,112 @@ def _resolve_lane(model_type: str, lane: str | None) -> str:
     return lane
 
 
+# --- the capability table's view of a model ---------------------------------------------------------------------
+
+
+def provider() -> Provider:
+    """The provider this deployment calls (from `ARK_BASE_URL`)."""
+    return capabilities.provider_of(get_settings().ark_base_url)
+
+
+def ark_model_of(model: ModelRecord) -> ArkModel | None:
+    """The table's model `model` calls; None only for a model made before the table with an id it lacks."""
+    return capabilities.find(model.family or model.upstream_model)
+
+
+def status_of(model: ModelRecord) -> ModelStatus:
+    entry = ark_model_of(model)
+    if entry is None:
+        return ModelStatus("active", None, "not in the capability table")
+    return capabilities.lifecycle(entry, provider())
+
+
+def warnings_of(model: ModelRecord) -> list[dict[str, Any]]:
+    """`[{code, message, replacement}]` for a model on its way out (none for an active one)."""
+    status = status_of(model)
+    if status.status == "active":
+        return []
+    entry = ark_model_of(model)
+    name = entry.display_name if entry else model.upstream_model
+    instead = ""
+    if status.replacement:
+        instead = f"; use {capabilities.model(status.replacement).display_name} ({status.replacement}) instead"
+    verb = "is deprecated by" if status.status == "deprecated" else "was retired by"
+    return [error_object(f"model_{status.status}", f"{name} {verb} its provider{instead}.",
+                         replacement=status.replacement)]
+
+
+def client_capabilities(model: ModelRecord) -> dict[str, Any] | None:
+    entry = ark_model_of(model)
+    return capabilities.client_capabilities(entry) if entry else None
+
+
+def resolve_upstream(upstream_model: str, family: str | None, model_type: str) -> ArkModel:
+    """The table's model an upstream names (an Ark id, or an endpoint with `family`); 400 naming the field
+    otherwise."""
+    problems: list[checks.Problem] = []
+    entry: ArkModel | None = None
+    known = ", ".join(model.key for model in capabilities.MODELS)
+    if capabilities.is_endpoint(upstream_model):
+        if family is None:
+            problems.append(checks.Problem("family", "family_required",
+                                           f"name the model the endpoint serves: one of {known}"))
+        elif (entry := capabilities.find(family)) is None:
+            problems.append(checks.Problem("family", "unknown_family", f"is not a known model: one of {known}"))
+    elif (entry := capabilities.find(upstream_model)) is None:
+        problems.append(checks.Problem(
+            "upstream_model", "unknown_upstream",
+            "is neither the Ark id of a known model (GET /api/admin/ark-models lists them) nor an ep-... "
+            "endpoint id"))
+    elif family is not None and capabilities.find(family) is not entry:
+        problems.append(checks.Problem("family", "family_mismatch", f"{upstream_model} is {entry.key}"))
+    if entry is not None and entry.api != model_type:
+        field = "family" if capabilities.is_endpoint(upstream_model) else "upstream_model"
+        problems.append(checks.Problem(field, "type_mismatch", f"{entry.key} makes {entry.api}s, not {model_type}s"))
+    if problems or entry is None:
+        raise problems_failure(problems)
+    return entry
+
+
+def defaults_problems(entry: ArkModel, defaults: Mapping[str, Any]) -> list[checks.Problem]:
+    """What the model cannot take of the defaults an admin set (each named `defaults.<field>`)."""
+    if entry.image is not None:
+        return checks.image_problems(entry, references=0, fields=defaults, prefix="defaults.")
+    return checks.video_problems(entry, prompt=True, frames=0, references=[], params=defaults, prefix="defaults.",
+                                 inputs=False)
+
+
+def task_problems(entry: ArkModel, task: TaskRecord) -> list[checks.Problem]:
+    """What `entry` cannot take of a stored task (its prompt, inputs and params as they will be sent)."""
+    params = task.params or {}
+    if entry.image is not None:
+        return checks.image_problems(entry, references=len(task.images or []), fields=params)
+    if task.render_of:
+        if task.family == entry.key:
+            return []
+        return [checks.Problem("render_of", "render", "a draft renders only on the model that made it")]
+    return checks.video_problems(entry, prompt=bool(task.prompt), frames=len(task.images or []),
+                                 references=[ref["type"] for ref in task.references or []], params=params)
+
+
+def checked_upstream(request: ModelCreate) -> ArkModel:
+    """The table's model a new model calls, once its upstream and defaults are found to fit; 400 otherwise."""
+    entry = resolve_upstream(request.upstream_model, request.family, request.type)
+    defaults = request.defaults.model_dump(exclude_none=True) if request.defaults else None
+    if defaults and (problems := defaults_problems(entry, defaults)):
+        raise problems_failure(problems)
+    return entry
+
+
 def _new_model(request: ModelCreate, clock: Clock) -> ModelRecord:
+    entry = checked_upstream(request)
+    defaults = request.defaults.model_dump(exclude_none=True) if request.defaults else None
     now = iso(clock.now())
     return ModelRecord(
         request.model_id,
         type=request.type,
         upstream_model=request.upstream_model,
+        family=entry.key,
         display_name=request.display_name,
         concurrency=request.concurrency,
         daily_quota=request.daily_quota,
@@ -61,7 +193,7 @@ def _new_model(request: ModelCreate, clock: Clock) -> ModelRecord:
         max_running_per_user=request.max_running_per_user,
         lane=_resolve_lane(request.type, request.lane),
         enabled=request.enabled,
-        defaults=request.defaults.model_dump(exclude_none=True) if request.defaults else None,
+        defaults=defaults,
         created_at=now,
         updated_at=now,
     )
@@ -81,6 +213,7 @@ def create_model(request: ModelCreate, clock: Clock = SYSTEM_CLOCK) -> ModelReco
 def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOCK) -> ModelRecord:
     model = get_model(model_id)
     changes = request.model_dump(exclude_unset=True)
+    force = bool(changes.pop("force", False))
     if "lane" in changes:
         changes["lane"] = _resolve_lane(model.type, changes["lane"])
     if "defaults" in changes:
@@ -90,6 +223,33 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
                 details=[{"field": "defaults", "message": f"these are not defaults of a {model.type} model"}],
             )
         changes["defaults"] = request.defaults.model_dump(exclude_none=True) if request.defaults else None
+    moved: ArkModel | None = None
+    if "upstream_model" in changes or "family" in changes:
+        upstream = changes.get("upstream_model", model.upstream_model)
+        family = changes.get("family") if "family" in changes or "upstream_model" in changes else model.family
+        moved = resolve_upstream(upstream, family, model.type)
+        changes["family"] = moved.key
+        changes["upstream_unavailable"] = None  # judged again by the next call
+    entry = moved or ark_model_of(model)
+    defaults = changes.get("defaults", model.defaults)
+    if entry is not None and defaults and (problems := defaults_problems(entry, defaults)):
+        raise problems_failure(problems)
+    if moved is not None and not force:
+        incompatible = [task.task_id for task in _queued_tasks(model_id) if task_problems(moved, task)]
+        if incompatible:
+            raise Conflict(
+                f"{len(incompatible)} queued task(s) of {model_id!r} ask for what {moved.display_name} cannot do; "
+                "send force: true to fail them (their quota is given back), or wait for them to run.",
+                code="incompatible_queued_tasks",
+                details={"count": len(incompatible), "task_ids": incompatible[:NAMED_TASKS]},
+            )
+    _write_changes(model, changes, clock)
+    if moved is not None:
+        _move_queued_tasks(model, moved, clock)
+    return model
+
+
+def _write_changes(model: ModelRecord, changes: dict[str, Any], clock: Clock) -> None:
     actions = [ModelRecord.updated_at.set(iso(clock.now()))]
     for field, value in changes.items():
         attribute = getattr(ModelRecord, field)
@@ -99,8 +259,56 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
     except UpdateError as exc:
         if not writes.condition_failed(exc):  # only a false condition says the model exists (or does not)
             raise  # the store failing: the API answers 503 for it (`chalicelib.api.http.store_unavailable`)
-        raise _model_not_found(model_id) from exc
-    return model
+        raise _model_not_found(model.model_id) from exc
+
+
+def _queued_tasks(model_id: str) -> list[TaskRecord]:
+    return [TaskRecord.get(task.task_id, consistent_read=True)
+            for task in TaskRecord.queued_by_model.query(model_id)]
+
+
+def _move_queued_tasks(model: ModelRecord, entry: ArkModel, clock: Clock) -> None:
+    """Every task still queued for `model` goes to its new upstream, or fails (its quota given back) when the new
+    upstream cannot take it. A task a worker claims meanwhile runs as it was claimed."""
+    ark_id = capabilities.ark_model_id(entry, provider(), model.upstream_model)
+    for task in _queued_tasks(model.model_id):
+        if task.status != statemachine.QUEUED or (task.upstream_model == ark_id and task.family == entry.key):
+            continue
+        try:
+            if problems := task_problems(entry, task):
+                named = ", ".join(f"{problem.field}: {problem.message}" for problem in problems)
+                statemachine.transition(task, statemachine.FAILED, clock=clock, actions=[TaskRecord.error.set(
+                    error_object(INCOMPATIBLE_UPSTREAM, f"The model now calls {entry.display_name}, which cannot "
+                                                        f"take this task ({named})."))])
+            else:
+                statemachine.update_fields(task, [TaskRecord.upstream_model.set(ark_id),
+                                                  TaskRecord.family.set(entry.key)], clock=clock)
+        except StaleTask:
+            log.info("task %s left the queue while its model's upstream changed", task.task_id)
+
+
+def flag_upstream_unavailable(task: TaskRecord, code: str, now: float) -> None:
+    """Mark the task's model as unreachable at Ark (`upstream_unavailable: {at, code}`), unless its upstream changed
+    since the task was sent. Best effort: the task's failure is what counts."""
+    condition = ModelRecord.model_id.exists()
+    if task.family:
+        condition &= ModelRecord.family == task.family
+    try:
+        flag = {"at": iso(now), "code": code}
+        ModelRecord(task.model_id).update(actions=[ModelRecord.upstream_unavailable.set(flag)], condition=condition)
+    except UpdateError as exc:
+        if not writes.condition_failed(exc):
+            log.warning("could not flag model %s as unavailable: %s", task.model_id, exc)
+
+
+def clear_upstream_unavailable(model: ModelRecord | None) -> None:
+    """A call Ark accepted: the model is reachable again (only a flagged model is written)."""
+    if model is None or not model.upstream_unavailable:
+        return
+    try:
+        model.update(actions=[ModelRecord.upstream_unavailable.remove()], condition=ModelRecord.model_id.exists())
+    except UpdateError as exc:
+        log.warning("could not clear the unavailable flag of model %s: %s", model.model_id, exc)
 
 
 def has_unfinished_tasks(model_id: str) -> bool:
@@ -136,42 +344,60 @@ def usage_today(model: ModelRecord, now: float, timezone: str) -> dict[str, Any]
     }
 
 
-def params_of(request: ImageTaskRequest | VideoTaskRequest, defaults: dict[str, Any]) -> dict[str, Any]:
+def params_of(request: ImageTaskRequest | VideoTaskRequest, defaults: dict[str, Any],
+              entry: ArkModel) -> dict[str, Any]:
     """What Ark will be sent: the model's defaults, overlaid by what the request set."""
     if isinstance(request, ImageTaskRequest):
-        requested = {"size": request.size, "max_images": request.max_images, "watermark": request.watermark}
-        requested = {key: value for key, value in requested.items() if value is not None}
+        requested = {key: value for key, value in request.fields().items() if value is not None}
     else:
         requested = request.params.model_dump(exclude_none=True)
-    return {**_applicable_defaults(request, defaults, requested), **requested}
+    params = {**_applicable_defaults(request, defaults, requested, entry), **requested}
+    if requested.get("draft"):
+        params["resolution"] = capabilities.DRAFT_RESOLUTION  # the only one a draft is made at
+    return params
 
 
 def _applicable_defaults(
-    request: ImageTaskRequest | VideoTaskRequest, defaults: dict[str, Any], requested: dict[str, Any]
+    request: ImageTaskRequest | VideoTaskRequest, defaults: dict[str, Any], requested: dict[str, Any],
+    entry: ArkModel,
 ) -> dict[str, Any]:
     """The defaults that fit this request: none may make a valid request one Ark refuses or crops."""
     applicable = dict(defaults)
     if isinstance(request, ImageTaskRequest):
-        if "max_images" in applicable:  # reference and generated images share one limit
-            room = IMAGE_MAX_TOTAL_IMAGES - len(request.images)
+        if "max_images" in applicable and entry.image is not None:  # reference and generated images share a limit
+            room = entry.image.max_total_images - len(request.images)
             applicable["max_images"] = min(applicable["max_images"], room)
-        return applicable
-    if "frames" in requested:  # a request's frame count replaces any duration
-        applicable.pop("duration", None)
-    if request.images:  # Ark fits the ratio to the first frame unless the request says otherwise
-        applicable.pop("ratio", None)
-    return applicable
+    else:
+        if "frames" in requested:  # a request's frame count replaces any duration
+            applicable.pop("duration", None)
+        if request.images or request.references:  # Ark fits the ratio to the inputs unless the request says
+            applicable.pop("ratio", None)
+    # A default the request makes invalid (a 1080p default for a draft, a default the model lacks) is left out.
+    return {key: value for key, value in applicable.items()
+            if not _problems_with(request, entry, {**requested, key: value}, key)}
+
+
+def _problems_with(request: ImageTaskRequest | VideoTaskRequest, entry: ArkModel, fields: dict[str, Any],
+                   key: str) -> bool:
+    if isinstance(request, ImageTaskRequest):
+        problems = checks.image_problems(entry, references=len(request.images), fields=fields)
+        return any(problem.field == key for problem in problems)
+    problems = checks.video_problems(entry, prompt=request.prompt is not None, frames=len(request.images),
+                                     references=[ref.type for ref in request.references], params=fields)
+    return any(problem.field == f"params.{key}" for problem in problems)
 
 
 def default_model_marker(model_id: str) -> str:
     return f"default-model#{model_id}"
 
 
-def ensure_default_models(clock: Clock = SYSTEM_CLOCK) -> list[str]:
+def ensure_default_models(clock: Clock = SYSTEM_CLOCK, *, enable_all: bool = False) -> list[str]:
     """Create each default model once per deployment (`chalicelib.store.first_run`); returns the ids created.
 
-    A default whose id already names a model is left as it is; one that was created before and deleted since is
-    not created again.
+    Each calls its table model's id at the deployment's provider. Only those `enabled_when_deployed` start
+    enabled (Ark activates models per account: the rest wait for an admin), unless `enable_all` (the local
+    stack, whose simulator serves every model). A default whose id already names a model is left as it is; one
+    that was created before and deleted since is not created again.
     """
     markers = {default.model_id: default_model_marker(default.model_id) for default in DEFAULT_MODELS}
     done = first_run.marked(list(markers.values()))
@@ -179,13 +405,16 @@ def ensure_default_models(clock: Clock = SYSTEM_CLOCK) -> list[str]:
     for default in DEFAULT_MODELS:
         if markers[default.model_id] in done:
             continue
+        entry = capabilities.model(default.family)
+        at_provider = entry.at(provider())
         request = ModelCreate(
             model_id=default.model_id,
             type=default.type,
-            upstream_model=default.upstream_model,
+            upstream_model=at_provider.model_id if at_provider else default.upstream_model,
             display_name=default.display_name,
             concurrency=default.concurrency,
             daily_quota=default.daily_quota,
+            enabled=enable_all or default.enabled_when_deployed,
         )
         model = _new_model(request, clock)
         if first_run.create_once(markers[default.model_id], model, ModelRecord.model_id.does_not_exist(), clock):

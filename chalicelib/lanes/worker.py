@@ -156,8 +156,8 @@ class LaneWorker:
         except StaleTask:
             return self._after_lost_claim(task.task_id, delivery)
         if task.type == "video":
-            return self.videos.submit(task, callback_url, delivery, reached_ark_before)
-        return self.images.generate(task, delivery, reached_ark_before)
+            return self.videos.submit(task, callback_url, delivery, reached_ark_before, model)
+        return self.images.generate(task, delivery, reached_ark_before, model)
 
     def _after_lost_claim(self, task_id: str, delivery: Delivery) -> Outcome:
         task = TaskRecord.get(task_id, consistent_read=True)
