@@ -49,7 +49,8 @@ def test_a_deleted_default_stays_deleted_and_a_new_default_arrives(aws_resources
 def test_a_model_an_admin_made_under_a_default_id_is_kept_as_it_is(aws_resources) -> None:
     default = DEFAULT_MODELS[0]
     catalog.create_model(catalog.ModelCreate(model_id=default.model_id, type=default.type,
-                                             upstream_model="ep-admins-own-endpoint", display_name="Ours",
+                                             upstream_model="ep-admins-own-endpoint", family=default.family,
+                                             display_name="Ours",
                                              concurrency=1, daily_quota=5))
     assert default.model_id not in catalog.ensure_default_models()
     assert ModelRecord.get(default.model_id).upstream_model == "ep-admins-own-endpoint"
