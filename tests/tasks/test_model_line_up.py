@@ -397,3 +397,23 @@ def test_an_upstream_change_clears_the_unavailable_flag(lanes: Lanes) -> None:
     lanes.set_model("seedance-2.0", upstream_model=ark_id("seedance-2.0-fast"))
     assert lanes.api.request("GET", "/api/admin/models/seedance-2.0",
                              as_user=ADMIN).data["upstream_unavailable"] is None
+
+
+def test_a_task_created_while_its_model_changes_upstream_is_refused_not_left_on_the_old_one(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upstream change moves the tasks it finds queued; one whose create read the model before the change and
+    commits after it would keep the old upstream unseen: its transaction checks the upstream it read."""
+    real_params_of = catalog.params_of
+
+    def params_then_change(*args: Any) -> dict[str, Any]:
+        params = real_params_of(*args)
+        changed = api.request("PUT", "/api/admin/models/seedance-1.5-pro",
+                              {"upstream_model": ark_id("seedance-2.0")}, as_user=ADMIN)
+        assert changed.status_code == 200, changed.body
+        return params
+
+    monkeypatch.setattr(catalog, "params_of", params_then_change)
+    refused = create(api, video("seedance-1.5-pro", {"duration": 6}))
+    assert refused.status_code == 409 and refused.data["error"]["code"] == "model_changed"
+    assert [task.upstream_model for task in TaskRecord.scan()] == []
+    assert usage_today(api, "seedance-1.5-pro") == 0
