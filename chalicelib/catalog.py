@@ -88,9 +88,18 @@ def provider() -> Provider:
     return capabilities.provider_of(get_settings().ark_base_url)
 
 
+# What a model made before the table (no `family`) called through an endpoint: the one model of its type arkflow
+# knew then.
+LEGACY_FAMILIES = {"image": "seedream-4.5", "video": "seedance-1.0-pro"}
+
+
 def ark_model_of(model: ModelRecord) -> ArkModel | None:
     """The table's model `model` calls; None only for a model made before the table with an id it lacks."""
-    return capabilities.find(model.family or model.upstream_model)
+    if model.family:
+        return capabilities.find(model.family)
+    if capabilities.is_endpoint(model.upstream_model):
+        return capabilities.find(LEGACY_FAMILIES.get(model.type, ""))
+    return capabilities.find(model.upstream_model)
 
 
 def status_of(model: ModelRecord) -> ModelStatus:

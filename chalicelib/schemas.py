@@ -169,7 +169,7 @@ Family = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=table.PROMPT_MAX_CHARS)]
 ImageSize = Annotated[str, StringConstraints(max_length=16), AfterValidator(_image_size)]
 # Whether a value suits the model is `checks`' to say; these only bound what any model could take.
-MaxImages = Annotated[int, Field(ge=1, le=max(entry.image.max_images or 1 for entry in table.MODELS if entry.image))]
+MaxImages = Annotated[int, Field(ge=1)]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=32)]
 # Usernames are case-insensitive: stored and compared in lower case.
 Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USERNAME_PATTERN)]
