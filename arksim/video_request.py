@@ -48,6 +48,8 @@ FLAG_NAMES = {
     "frames": "frames",
     "seed": "seed",
 }
+# What a render takes from its draft, so its body may not set it.
+RENDER_REUSES = ("ratio", "duration", "frames", "seed", "generate_audio", "camera_fixed")
 MIXED_MODES = "first/last frame content cannot be mixed with reference media content"
 
 
@@ -116,6 +118,9 @@ def read_create(sim: Simulator, target: Target, body: dict[str, Any]) -> VideoSp
         raise invalid("resolution", f"{resolution} is not available with reference images")
 
     if reused is not None:  # what a render reuses from its draft
+        for name in RENDER_REUSES:
+            if body.get(name) is not None:
+                raise invalid(name, "a render takes it from its draft")
         ratio, duration, frames, seed = reused.ratio, reused.duration, None, reused.seed
         generate_audio = reused.generate_audio
     else:

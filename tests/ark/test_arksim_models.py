@@ -283,6 +283,11 @@ def test_draft_rules(frozen_ark):
                                                  "content.draft_task.id")
     render = [{"type": "draft_task", "draft_task": {"id": not_a_draft}}]
     refused(create(frozen_ark, SEEDANCE_1_5, render), "InvalidParameter", "content.draft_task.id")
+    succeeded_draft = created(frozen_ark, SEEDANCE_1_5, draft=True)
+    finished(frozen_ark, succeeded_draft)
+    render = [{"type": "draft_task", "draft_task": {"id": succeeded_draft}}]
+    for reused in ({"seed": 3}, {"ratio": "1:1"}, {"duration": 8}, {"generate_audio": False}):
+        refused(create(frozen_ark, SEEDANCE_1_5, render, **reused), "InvalidParameter", *reused)
     unknown = [{"type": "draft_task", "draft_task": {"id": "cgt-20990101000000-zzzzz"}}]
     assert create(frozen_ark, SEEDANCE_1_5, unknown).json()["error"]["code"] == "NotFound.TaskId"
     with_text = [{"type": "text", "text": "a cat"}, {"type": "draft_task", "draft_task": {"id": queued_draft}}]
