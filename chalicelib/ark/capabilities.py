@@ -520,7 +520,8 @@ def _image_capabilities(key: str, image: ImageCapabilities) -> dict[str, Any]:
     }
     if image.max_images is not None:
         fields["max_images"] = _integer(Range(1, image.max_images), 1,
-                                        rule=f"reference images + max_images <= {image.max_total_images}")
+                                        rule=f"reference images + max_images <= {image.max_total_images}",
+                                        max_total=image.max_total_images)
     if image.output_formats:
         fields["output_format"] = _enum(image.output_formats, image.default_output_format)
     if image.web_search:

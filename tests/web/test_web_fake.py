@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from chalicelib.ark import limits
+from chalicelib.ark.capabilities import SEED
 from tests.polling import wait_for
 from tests.web.conftest import PHONE, ConsoleWatch, screenshot
 from tests.web.fake_api import ADMIN, DEMO, FakeArkflow, FakeStack
@@ -104,14 +103,6 @@ def test_image_form_checks_ark_limits_before_sending(page: Page, fake_stack: Fak
     assert fake.requests_to("POST", "/api/tasks") == 0
 
 
-def test_browser_checks_use_the_servers_limits(page: Page, fake_stack: FakeStack) -> None:
-    """web/js/limits.js copies chalicelib/ark/limits.py by hand (the API publishes no limits): they must agree."""
-    page.goto(fake_stack.web_url)
-    mirrored = page.evaluate("async () => ({ ...(await import('./js/limits.js')) })")
-    mirrored.pop("INLINE_UPLOAD_MAX_BYTES")  # the web app's own choice, not a limit the API checks
-    assert mirrored == {name: json.loads(json.dumps(getattr(limits, name))) for name in mirrored}
-
-
 def test_image_task_with_references_goes_live_to_a_gallery(page: Page, fake_stack: FakeStack,
                                                            fake: FakeArkflow) -> None:
     log_in(page, fake_stack.web_url, *DEMO)
@@ -131,7 +122,7 @@ def test_image_task_with_references_goes_live_to_a_gallery(page: Page, fake_stac
     expect(page.locator(".toast")).to_have_text("Image task queued.")
 
     [task] = fake.tasks_of("demo")
-    assert task["params"] == {"size": "4K", "max_images": 2, "watermark": False}
+    assert task["params"] == {"size": "4K", "max_images": 2, "watermark": True}  # Seedream's own default
     inline, uploaded, link = task["images"]
     assert inline.startswith("data:image/png;base64,")
     assert uploaded.startswith("upload:") and fake.state.uploads[uploaded.removeprefix("upload:")]["received"]
@@ -182,7 +173,7 @@ def test_video_form_limits_and_player(page: Page, fake_stack: FakeStack, fake: F
     expect(field(form, "prompt").locator(".field-error")).to_have_text("Describe the video, or give a first frame.")
     expect(field(form, "params.ratio").locator(".field-error")).to_contain_text("add one or pick a ratio")
     expect(field(form, "params.duration").locator(".field-error")).to_contain_text("from 2 to 12")
-    expect(field(form, "params.seed").locator(".field-error")).to_contain_text("-1 (random) to 4294967295")
+    expect(field(form, "params.seed").locator(".field-error")).to_contain_text(f"-1 to {SEED.maximum}")
     screenshot(page, "06-video-form-errors")
 
     first = field(form, "images[0]")
@@ -196,6 +187,7 @@ def test_video_form_limits_and_player(page: Page, fake_stack: FakeStack, fake: F
     form.get_by_label("Duration (seconds)").fill("6")
     form.get_by_label("Seed").fill("42")
     form.get_by_label("Keep the camera fixed").check()
+    form.get_by_label("Return the last frame as an image").check()
     form.get_by_role("button", name="Generate video").click()
     expect(page.locator(".toast")).to_have_text("Video task queued.")
 
