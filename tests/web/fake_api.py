@@ -29,7 +29,6 @@ from websockets.sync.server import Server, ServerConnection, serve
 
 from arksim.media import Look, render_picture, render_still, render_video
 from chalicelib.ark import capabilities
-from chalicelib.ark.limits import PROMPT_MAX_CHARS
 from chalicelib.clock import iso
 from devstack.webapp import make_web_server
 
@@ -404,8 +403,8 @@ class FakeArkflow:
         prompt = body.get("prompt") or ""
         if body.get("type") == "image" and not prompt.strip():
             raise validation_failure("prompt", "String should have at least 1 character")
-        if len(prompt) > PROMPT_MAX_CHARS:
-            raise validation_failure("prompt", f"String should have at most {PROMPT_MAX_CHARS} characters")
+        if len(prompt) > capabilities.PROMPT_MAX_CHARS:
+            raise validation_failure("prompt", f"String should have at most {capabilities.PROMPT_MAX_CHARS} characters")
         for index, image in enumerate(body.get("images", [])):
             upload = image.removeprefix("upload:")
             if image.startswith("upload:") and not self.state.uploads.get(upload, {}).get("received"):

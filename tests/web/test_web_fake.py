@@ -1,4 +1,4 @@
-"""The web app's screens in headless Chromium, against the in-memory fake API (tests/browser/fake_api.py)."""
+"""The web app's screens in headless Chromium, against the in-memory fake API (tests/web/fake_api.py)."""
 
 from __future__ import annotations
 

@@ -19,9 +19,9 @@ export function startValue(spec, modelDefault) {
   return modelDefault;
 }
 
-/** "2–12", "0–9". */
+/** "2–12", "0–9", or "-1 to 9" when the range starts below zero. */
 export function rangeText({ min, max }) {
-  return `${min}–${max}`;
+  return min < 0 ? `${min} to ${max}` : `${min}–${max}`;
 }
 
 /** 16 → "16", 0.0625 → "1/16", 0.4 → "0.4": aspect bounds as people write them. */

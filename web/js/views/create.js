@@ -39,6 +39,11 @@ const NOT_OFFERED = new Set(["params.frames"]);
 // Where a video field goes: the main rows, or under "More options"; booleans go with the checks.
 const MAIN_VIDEO_FIELDS = new Set(["params.resolution", "params.ratio", "params.duration", "params.seed"]);
 
+/** The nodes of a list that are there (a field the model lacks is null). */
+function present(...nodes) {
+  return nodes.flat().filter(Boolean);
+}
+
 /** "" stays NaN instead of turning into 0, so an empty number field fails validation. */
 function numberValue(input) {
   return input.value.trim() === "" ? Number.NaN : Number(input.value);
@@ -317,15 +322,15 @@ function modelPicker(models, onChange) {
     const warnings = model.warnings || [];
     notice.hidden = !warnings.length;
     const replacement = models.find((item) => item.capabilities.family === model.replacement && item !== model);
-    notice.replaceChildren(
-      ...warnings.map((warning) => h("p", {}, warning.message)),
+    notice.replaceChildren(...present(
+      warnings.map((warning) => h("p", {}, warning.message)),
       replacement
         ? h("button", { type: "button", class: "button small", onclick: () => {
           control.value = replacement.model_id;
           control.dispatchEvent(new Event("change"));
         } }, `Use ${replacement.display_name || replacement.model_id}`)
         : null,
-    );
+    ));
   };
   control.addEventListener("change", () => {
     const model = models.find((item) => item.model_id === control.value);
@@ -472,13 +477,13 @@ function imageForm(models, callbacks) {
         countText: (items) => `${items.length} of ${mode.images.max} · ${imageRulesText(rules)}`,
       });
     }
-    modelFields.replaceChildren(
+    modelFields.replaceChildren(...present(
       size.wrapper,
       mode ? references.wrapper : null,
       h("div", { class: "row" }, others.filter((control) => control.spec.type !== "boolean").map((control) => control.wrapper)),
       h("div", { class: "checks" }, others.filter((control) => control.spec.type === "boolean").map((control) => control.wrapper),
         tools ? tools.wrapper : null),
-    );
+    ));
   });
 
   const submit = h("button", { type: "submit", class: "button primary" }, "Generate image");
@@ -554,7 +559,7 @@ function videoForm(models, callbacks) {
     const main = controls.filter((control) => MAIN_VIDEO_FIELDS.has(control.path));
     const checks = controls.filter((control) => control.spec.type === "boolean");
     const more = controls.filter((control) => !main.includes(control) && !checks.includes(control));
-    modelFields.replaceChildren(
+    modelFields.replaceChildren(...present(
       firstFrame ? h("div", { class: "row frames" }, first.wrapper, lastFrame ? last.wrapper : null) : null,
       referenceMode ? references.wrapper : null,
       firstFrame || referenceMode ? h("p", { class: "hint" }, `Images: ${imageRulesText(capabilities.inputs.image)}`) : null,
@@ -562,7 +567,7 @@ function videoForm(models, callbacks) {
       h("div", { class: "checks" }, checks.map((control) => control.wrapper)),
       more.length ? h("details", { class: "more-options" }, h("summary", {}, "More options"),
         h("div", { class: "row" }, more.map((control) => control.wrapper))) : null,
-    );
+    ));
   });
 
   const submit = h("button", { type: "submit", class: "button primary" }, "Generate video");
