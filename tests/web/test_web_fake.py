@@ -187,14 +187,14 @@ def test_video_form_limits_and_player(page: Page, fake_stack: FakeStack, fake: F
     form.get_by_label("Duration (seconds)").fill("6")
     form.get_by_label("Seed").fill("42")
     form.get_by_label("Keep the camera fixed").check()
-    form.get_by_label("Return the last frame as an image").check()
     form.get_by_role("button", name="Generate video").click()
     expect(page.locator(".toast")).to_have_text("Video task queued.")
 
     [task] = fake.tasks_of("demo")
     assert task["type"] == "video" and task["prompt"] is None
     assert task["params"] == {"resolution": "720p", "ratio": "adaptive", "duration": 6, "seed": 42,
-                              "camera_fixed": True, "return_last_frame": True, "watermark": False}
+                              "camera_fixed": True, "return_last_frame": True, "watermark": False,
+                              "service_tier": "default"}
     assert task["images"][0].startswith("data:image/png;base64,")
     assert task["images"][1] == "https://frames.example.com/last.png"
 

@@ -32,6 +32,8 @@ const HINTS = {
   "params.seed": "-1 picks a random seed.",
   "params.service_tier": "flex is cheaper and slower.",
 };
+// The web app's own starting values where a model sets none: a video's last frame is the player's poster.
+const FORM_DEFAULTS = { "params.return_last_frame": true };
 // Fields filled in from the start; the other numbers stay empty, leaving the value to the model.
 const PREFILLED = new Set(["max_images", "params.duration", "params.seed"]);
 // Fields the form does not offer: frames is another way of giving the duration, which the form asks for.
@@ -269,7 +271,7 @@ function fieldControls(model, skip) {
   const defaults = model.defaults || {};
   const controls = Object.entries(model.capabilities.fields)
     .filter(([path]) => !skip.has(path) && !NOT_OFFERED.has(path))
-    .map(([path, spec]) => fieldControl(path, spec, defaults[path.replace(/^params\./, "")]));
+    .map(([path, spec]) => fieldControl(path, spec, defaults[path.replace(/^params\./, "")] ?? FORM_DEFAULTS[path]));
   // A switch that needs other values sets them when turned on (a draft's resolution), and turns off a switch it
   // cannot come with (a draft's last frame); the checks still judge what is sent.
   for (const control of controls) {
