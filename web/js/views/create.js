@@ -247,8 +247,9 @@ function fieldControl(path, spec, modelDefault) {
   const wrapper = field({ label, name: path, control: input, hint });
   const auto = hasAuto ? checkbox("Auto length", path, start === spec.auto) : null;
   if (auto) {
-    auto.wrapper.classList.add("auto");
-    auto.wrapper.querySelector(".field-error").remove(); // the field's own error slot reports this value
+    // Part of the duration's field: its error slot reports this value too.
+    delete auto.wrapper.dataset.field;
+    auto.wrapper.querySelector(".field-error").remove();
     wrapper.insertBefore(auto.wrapper, wrapper.querySelector(".hint"));
     const sync = () => { input.disabled = auto.input.checked; };
     auto.input.addEventListener("change", sync);
@@ -460,8 +461,10 @@ function imageForm(models, callbacks) {
   const modelFields = h("div", { class: "model-fields" });
   let model = null;
   let controls = [];
+  let form = null;
   const picker = modelPicker(models, (chosen) => {
     model = chosen;
+    if (form) clearErrors(form); // they named the fields of the model chosen before
     const { capabilities } = model;
     prompt.configure(capabilities.prompt);
     const sizeSpec = fieldSpec(capabilities, "size");
@@ -489,7 +492,7 @@ function imageForm(models, callbacks) {
   });
 
   const submit = h("button", { type: "submit", class: "button primary" }, "Generate image");
-  const form = h(
+  form = h(
     "form",
     { class: "task-form", novalidate: true, "aria-label": "New image task" },
     formErrorBox(),
@@ -529,6 +532,7 @@ function imageForm(models, callbacks) {
 function videoForm(models, callbacks) {
   let model = null;
   let controls = [];
+  let form = null;
   const rules = () => model.capabilities.inputs.image;
   const prompt = promptField({ label: "Prompt", required: false, placeholder: "The camera slowly pushes in on a sleeping cat" });
   const first = frameSlot({ legend: "First frame (optional)", name: "images[0]", rules });
@@ -537,6 +541,7 @@ function videoForm(models, callbacks) {
   const modelFields = h("div", { class: "model-fields" });
   const picker = modelPicker(models, (chosen) => {
     model = chosen;
+    if (form) clearErrors(form); // they named the fields of the model chosen before
     const { capabilities } = model;
     prompt.configure(capabilities.prompt);
     const label = prompt.wrapper.querySelector("label");
@@ -573,7 +578,7 @@ function videoForm(models, callbacks) {
   });
 
   const submit = h("button", { type: "submit", class: "button primary" }, "Generate video");
-  const form = h(
+  form = h(
     "form",
     { class: "task-form", novalidate: true, "aria-label": "New video task" },
     formErrorBox(),
