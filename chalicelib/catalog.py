@@ -148,9 +148,14 @@ def resolve_upstream(upstream_model: str, family: str | None, model_type: str) -
             "endpoint id"))
     elif family is not None and capabilities.find(family) is not entry:
         problems.append(checks.Problem("family", "family_mismatch", f"{upstream_model} is {entry.key}"))
+    field = "family" if capabilities.is_endpoint(upstream_model) else "upstream_model"
     if entry is not None and entry.api != model_type:
-        field = "family" if capabilities.is_endpoint(upstream_model) else "upstream_model"
         problems.append(checks.Problem(field, "type_mismatch", f"{entry.key} makes {entry.api}s, not {model_type}s"))
+    # A retired model takes no task: every task sent to it, the queued ones it would take along first, would fail.
+    if entry is not None and (status := capabilities.lifecycle(entry, provider())).status == "retired":
+        instead = f"; use {status.replacement} instead" if status.replacement else ""
+        problems.append(checks.Problem(field, "upstream_retired",
+                                       f"{entry.display_name} was retired by {provider()}{instead}"))
     if problems or entry is None:
         raise problems_failure(problems)
     return entry
@@ -415,6 +420,8 @@ def ensure_default_models(clock: Clock = SYSTEM_CLOCK, *, enable_all: bool = Fal
         if markers[default.model_id] in done:
             continue
         entry = capabilities.model(default.family)
+        if capabilities.lifecycle(entry, provider()).status == "retired":
+            continue  # an admin chooses its replacement
         at_provider = entry.at(provider())
         request = ModelCreate(
             model_id=default.model_id,

@@ -52,6 +52,11 @@ def usage_today(api: Api, model_id: str) -> int:
     return api.request("GET", f"/api/admin/models/{model_id}", as_user=ADMIN).data["usage_today"]["used"]
 
 
+def at_byteplus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(catalog, "provider", lambda: capabilities.provider_of(
+        "https://ark.ap-southeast.bytepluses.com/api/v3"))
+
+
 # --- what clients are shown ----------------------------------------------------------------------------------------
 
 
@@ -240,10 +245,9 @@ def test_a_deprecated_model_warns_admins_and_users(api: Api) -> None:
 
 
 def test_a_retired_model_refuses_new_tasks_naming_its_replacement(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    add_model(api, "lite", "seedance-1.0-lite-t2v")  # deprecated at Volcengine; the deployment then moves
     monkeypatch.setenv("ARK_BASE_URL", "https://ark.ap-southeast.bytepluses.com/api/v3")
-    monkeypatch.setattr(catalog, "provider", lambda: capabilities.provider_of(
-        "https://ark.ap-southeast.bytepluses.com/api/v3"))
-    add_model(api, "lite", "seedance-1.0-lite-t2v", upstream_model=ark_id("seedance-1.0-lite-t2v", "byteplus"))
+    at_byteplus(monkeypatch)  # to BytePlus, which retired it
     admin = api.request("GET", "/api/admin/models/lite", as_user=ADMIN).data
     assert (admin["status"], admin["warnings"][0]["code"]) == ("retired", "model_retired")
     refused = create(api, video("lite"))
@@ -417,3 +421,22 @@ def test_a_task_created_while_its_model_changes_upstream_is_refused_not_left_on_
     assert refused.status_code == 409 and refused.data["error"]["code"] == "model_changed"
     assert [task.upstream_model for task in TaskRecord.scan()] == []
     assert usage_today(api, "seedance-1.5-pro") == 0
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    ({"upstream_model": ark_id("seedance-1.0-lite-t2v", "byteplus")}, "upstream_model"),
+    ({"upstream_model": "ep-20260101000000-abcde", "family": "seedance-1.0-lite-t2v"}, "family"),
+])
+def test_an_upstream_its_provider_retired_is_refused_and_queued_tasks_stay(
+        api: Api, monkeypatch: pytest.MonkeyPatch, change: dict, field: str) -> None:
+    """Moving queued tasks to a model the provider switched off would fail every one of them at Ark."""
+    at_byteplus(monkeypatch)
+    queued = create(api, video("seedance-1.0-pro")).data["id"]
+    refused = problems(api.request("PUT", "/api/admin/models/seedance-1.0-pro", {**change, "force": True},
+                                   as_user=ADMIN))
+    assert refused[field]["type"] == "upstream_retired"
+    assert "seedance-1.0-pro-fast" in refused[field]["message"]
+    assert TaskRecord.get(queued).upstream_model == ark_id("seedance-1.0-pro", "byteplus")
+    created = api.request("POST", "/api/admin/models", {
+        "model_id": "lite", "type": "video", "concurrency": 1, "daily_quota": 10, **change}, as_user=ADMIN)
+    assert problems(created)[field]["type"] == "upstream_retired"
