@@ -244,7 +244,7 @@ def _content(sim: Simulator, content: Any, target: Target) -> Content:
             if caps.references is None:
                 raise invalid("content.role", f"reference media are not supported by model {model}")
             if kind == "image_url":
-                reference_images.append(_image(sim, item, caps))
+                reference_images.append(_reference_image(sim, item, caps))
             elif kind == "video_url":
                 videos += _media_url(item, "video_url", caps.references.video_rules, model, data_uri=False)
             else:
@@ -330,6 +330,15 @@ def _image(sim: Simulator, item: dict[str, Any], caps: VideoCapabilities) -> Inp
         raise invalid("content.image_url",
                       f"the aspect ratio width/height must be within ({rules.aspect[0]}, {rules.aspect[1]})")
     return found
+
+
+def _reference_image(sim: Simulator, item: dict[str, Any], caps: VideoCapabilities) -> InputImage:
+    """A reference image: like a frame, or an `asset://` id of the account's media library (not looked into)."""
+    image_url = item.get("image_url")
+    url = image_url.get("url") if isinstance(image_url, dict) else None
+    if isinstance(url, str) and url.startswith("asset://") and len(url) > len("asset://"):
+        return InputImage()
+    return _image(sim, item, caps)
 
 
 def _media_url(item: dict[str, Any], kind: str, rules: MediaRules | None, model: str, data_uri: bool) -> int:

@@ -38,7 +38,15 @@ from chalicelib.ark.capabilities import ArkModel
 from chalicelib.errors import ValidationFailed
 from chalicelib.ids import MODEL_ID_PATTERN, USER_ID_PATTERN, USERNAME_PATTERN
 from chalicelib.media.inspection import frame_image_problem, reference_image_problem
-from chalicelib.media.references import BadReference, ImageProblem, ImageRef, https_url, image_ref, media_url
+from chalicelib.media.references import (
+    ASSET_URL,
+    BadReference,
+    ImageProblem,
+    ImageRef,
+    https_url,
+    image_ref,
+    media_url,
+)
 from chalicelib.resources import LANES, TaskType
 from chalicelib.tasks import checks
 
@@ -279,10 +287,13 @@ class VideoParams(_Body):
 
 
 def _reference_url(value: Any, info: ValidationInfo) -> Any:
-    """An image reference is read like a frame (URL, inline data or upload); video and audio are URLs."""
+    """An image reference is read like a frame (URL, inline data or upload) or names an asset of the account's media
+    library (how Ark takes a trusted portrait); video and audio are URLs or assets."""
     kind = info.data.get("type")
     try:
         if kind == "image":
+            if isinstance(value, str) and ASSET_URL.fullmatch(value):
+                return value
             return image_ref(value, frame_image_problem)
         return media_url(value)
     except BadReference as bad:

@@ -236,6 +236,11 @@ def test_seedance_2_takes_reference_images_videos_and_audio(frozen_ark):
     assert task["generate_audio"] is True
 
 
+def test_a_reference_image_may_name_an_asset_of_the_account(frozen_ark):
+    content = [{"type": "text", "text": "she waves"}, reference("image", "asset://asset-portrait-1")]
+    assert finished(frozen_ark, created(frozen_ark, SEEDANCE_2_0, content))["status"] == "succeeded"
+
+
 @pytest.mark.parametrize(("model", "content", "fragment"), [
     (SEEDANCE_2_0, [reference("image", data_uri(640, 640))] * 10, "1 to 9 reference images"),
     (SEEDANCE_2_0, [reference("audio", "https://example.com/a.mp3")], "needs a reference image or video"),

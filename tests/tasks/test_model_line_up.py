@@ -216,6 +216,16 @@ def test_new_video_fields_and_reference_media_reach_ark_in_its_shape(lanes: Lane
     ]
 
 
+def test_a_reference_image_may_name_an_asset_of_the_account(lanes: Lanes) -> None:
+    """Ark takes a real person's face only from a trusted asset of the account's media library."""
+    ark = RecordingVideos()
+    task_id = lanes.submit(video("seedance-2.0", references=[{"type": "image", "url": "asset://asset-portrait-1"}]))
+    lanes.run("video", video_client=ark)
+    assert ark.creates[-1]["content"][1] == {
+        "type": "image_url", "image_url": {"url": "asset://asset-portrait-1"}, "role": "reference_image"}
+    assert lanes.get(task_id)["references"] == [{"type": "image", "url": "asset://asset-portrait-1"}]
+
+
 def test_png_and_web_search_reach_ark_and_the_result_carries_the_tool_count(lanes: Lanes) -> None:
     ark = RecordingImages(usage=ImageUsage(generated_images=1, output_tokens=16384, total_tokens=16384,
                                            tool_usage=ToolUsage(web_search=2)))
