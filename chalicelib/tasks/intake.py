@@ -24,7 +24,7 @@ from chalicelib import catalog, ids, queues
 from chalicelib.accounts.auth import Principal
 from chalicelib.ark import capabilities
 from chalicelib.ark.capabilities import ArkModel
-from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
+from chalicelib.clock import SYSTEM_CLOCK, Clock, epoch_of, iso
 from chalicelib.errors import ApiError, Conflict, PayloadTooLarge, TooManyRequests, ValidationFailed, error_object
 from chalicelib.media import storage
 from chalicelib.media.inspection import frame_image_problem, reference_image_problem
@@ -90,6 +90,10 @@ class Intake:
         if draft.status != statemachine.SUCCEEDED or not draft.external_id:
             raise Conflict(f"The draft is {draft.status}: only a succeeded draft can be rendered.",
                            code="draft_not_succeeded", details={"status": draft.status})
+        if self.clock.now() - epoch_of(draft.created_at) >= capabilities.VIDEO_TASK_RETENTION_S:
+            raise Conflict(f"Ark keeps a draft for {capabilities.VIDEO_TASK_RETENTION_S // 86400} days and this one is "
+                           "older: make a new draft.",
+                           code="draft_expired")
         model = catalog.get_model(draft.model_id)
         entry = catalog.ark_model_of(model)
         if entry is None or entry.key != draft.family or entry.video is None or not entry.video.draft:

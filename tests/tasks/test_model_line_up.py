@@ -4,6 +4,7 @@ Ark's answer that a model is not there."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -13,6 +14,7 @@ from chalicelib.ark import capabilities
 from chalicelib.ark.answers import GeneratedImage, ImageGenerationResult, ImageUsage, ToolUsage, VideoTask
 from chalicelib.ark.client import VolcImageClient, VolcVideoClient
 from chalicelib.ark.errors import ArkNotFoundError
+from chalicelib.clock import iso
 from chalicelib.store.records import TaskRecord
 from tests.api_client import Api
 from tests.factories import ADMIN, DEMO, OTHER
@@ -366,6 +368,18 @@ def test_a_succeeded_draft_is_rendered_in_full_from_its_ark_id(lanes: Lanes) -> 
     bad = lanes.api.request("POST", f"/api/tasks/{draft}/render", {"params": {"generate_audio": False}},
                             as_user=DEMO)
     assert bad.status_code == 400  # a render reuses the draft's audio: it is no field of a render
+
+
+def test_a_draft_ark_no_longer_keeps_is_refused_before_it_takes_quota(lanes: Lanes) -> None:
+    """Ark keeps a task 7 days: a render of an older draft could only fail there."""
+    draft = lanes.submit(video("seedance-1.5-pro", {"draft": True}))
+    lanes.run("video", video_client=RecordingVideos())
+    succeed_at_ark(lanes, draft, draft=True)
+    week_old = iso(time.time() - capabilities.VIDEO_TASK_RETENTION_S - 60)
+    lanes.task(draft).update(actions=[TaskRecord.created_at.set(week_old)])
+    refused = lanes.api.request("POST", f"/api/tasks/{draft}/render", as_user=DEMO)
+    assert refused.status_code == 409 and refused.data["error"]["code"] == "draft_expired"
+    assert usage_today(lanes.api, "seedance-1.5-pro") == 1  # the draft's own
 
 
 def test_only_a_draft_can_be_rendered(lanes: Lanes) -> None:

@@ -13,6 +13,7 @@ const ERROR_TITLES = {
   not_a_draft: "Only a draft can be rendered",
   draft_not_succeeded: "The draft has not succeeded",
   draft_model_changed: "The draft's model has changed",
+  draft_expired: "The draft is too old to render",
   not_cancellable: "This task can no longer be cancelled",
   conflict: "Conflict",
   payload_too_large: "Too large",
