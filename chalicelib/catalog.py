@@ -238,6 +238,10 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
             )
         changes["defaults"] = request.defaults.model_dump(exclude_none=True) if request.defaults else None
     moved: ArkModel | None = None
+    if _repeats_upstream(model, changes):
+        # An edit that restates the upstream (as the admin page's does) moves nothing and keeps the model's flag.
+        changes.pop("upstream_model", None)
+        changes.pop("family", None)
     if "upstream_model" in changes or "family" in changes:
         upstream = changes.get("upstream_model", model.upstream_model)
         family = changes.get("family") if "family" in changes or "upstream_model" in changes else model.family
@@ -261,6 +265,17 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
     if moved is not None:
         _move_queued_tasks(model, moved, clock)
     return model
+
+
+def _repeats_upstream(model: ModelRecord, changes: Mapping[str, Any]) -> bool:
+    """Whether the update names the upstream the model calls already (the same id, and its family or none)."""
+    if changes.get("upstream_model", model.upstream_model) != model.upstream_model:
+        return False
+    family = changes.get("family")
+    if family is None:
+        return True
+    # A model made before the table gets the family it is given stored.
+    return model.family is not None and capabilities.find(family) is capabilities.find(model.family)
 
 
 def _write_changes(model: ModelRecord, changes: dict[str, Any], clock: Clock) -> None:

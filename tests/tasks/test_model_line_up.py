@@ -295,6 +295,33 @@ def test_an_endpoint_names_the_model_it_serves(api: Api) -> None:
     assert create(api, video("seedance-1.0-pro", {"generate_audio": True})).status_code == 201
 
 
+def test_an_update_that_repeats_the_upstream_changes_only_what_it_changes(
+        lanes: Lanes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin page sends `upstream_model` with every edit: an endpoint's family, a flag of Ark's 404 and a model
+    its provider retired since must all survive an edit of its concurrency."""
+    api = lanes.api
+    endpoint = {"upstream_model": "ep-20260101000000-abcde", "family": "seedance-1.5-pro"}
+    assert api.request("PUT", "/api/admin/models/seedance-1.0-pro", endpoint, as_user=ADMIN).status_code == 200
+    edited = api.request("PUT", "/api/admin/models/seedance-1.0-pro",
+                         {"upstream_model": endpoint["upstream_model"], "concurrency": 3}, as_user=ADMIN)
+    assert edited.status_code == 200, edited.body
+    assert (edited.data["family"], edited.data["concurrency"]) == ("seedance-1.5-pro", 3)
+
+    missing = RecordingImages(error=ArkNotFoundError("ModelNotOpen", "model is not activated", 404))
+    lanes.submit(image("seedream-5.0-lite"))
+    lanes.run("image", image_client=missing)
+    edited = api.request("PUT", "/api/admin/models/seedream-5.0-lite",
+                         {"upstream_model": ark_id("seedream-5.0-lite"), "concurrency": 1}, as_user=ADMIN)
+    assert edited.status_code == 200, edited.body
+    assert edited.data["upstream_unavailable"]["code"] == "ModelNotOpen"  # nothing was done about it
+
+    add_model(api, "lite", "seedance-1.0-lite-t2v")
+    at_byteplus(monkeypatch)  # which retired it since
+    edited = api.request("PUT", "/api/admin/models/lite",
+                         {"upstream_model": ark_id("seedance-1.0-lite-t2v"), "enabled": False}, as_user=ADMIN)
+    assert edited.status_code == 200, edited.body
+
+
 def test_an_upstream_change_takes_queued_tasks_along_or_fails_the_incompatible_with_force(api: Api) -> None:
     fits = create(api, video("seedance-1.5-pro", {"duration": 8})).data["id"]
     needs_audio = create(api, video("seedance-1.5-pro", {"generate_audio": True})).data["id"]
