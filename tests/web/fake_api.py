@@ -95,6 +95,8 @@ class FakeState:
     injected: list[Injected] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    # model id -> how many of its queued tasks a change of upstream cannot move (409 without `force`)
+    incompatible_queued: dict[str, int] = field(default_factory=dict)
 
 
 def default_models() -> dict[str, dict[str, Any]]:
@@ -525,6 +527,14 @@ class FakeArkflow:
         model = self.state.models.get(model_id)
         if model is None:
             raise ApiFailure(404, "not_found", f"No model {model_id!r}.")
+        body = dict(body)
+        force = body.pop("force", False)
+        stuck = self.state.incompatible_queued.get(model_id, 0)
+        if stuck and body.get("upstream_model", model["upstream_model"]) != model["upstream_model"]:
+            if not force:
+                raise ApiFailure(409, "incompatible_queued_tasks", f"{stuck} queued task(s) cannot move.",
+                                 {"count": stuck, "task_ids": []})
+            self.state.incompatible_queued.pop(model_id)
         model.update(body)
         if model.get("defaults") is None:
             model["defaults"] = {}

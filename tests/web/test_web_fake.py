@@ -401,6 +401,33 @@ def test_admin_manages_models(page: Page, fake_stack: FakeStack, fake: FakeArkfl
     assert "seedream-4-0" not in fake.state.models
 
 
+def test_admin_sees_a_models_lifecycle_and_moves_it_to_an_endpoint(page: Page, fake_stack: FakeStack,
+                                                                     fake: FakeArkflow, console: ConsoleWatch) -> None:
+    console.allow(HTTP_ERROR_IN_CONSOLE.format(409))  # the refused change, before the admin confirms
+    fake.state.models["seedream-4-5"].update(status="deprecated", replacement="seedream-5.0-lite",
+                                             upstream_unavailable={"at": "2026-01-01T00:00:00Z",
+                                                                   "code": "ModelNotOpen"})
+    fake.state.incompatible_queued["seedream-4-5"] = 2
+    log_in(page, fake_stack.web_url, *ADMIN)
+    page.get_by_role("link", name="Models").click()
+    seedream = page.locator("tr[data-model-id='seedream-4-5']")
+    expect(seedream.locator("[data-note='lifecycle']")).to_have_text("Deprecated at Ark; use seedream-5.0-lite")
+    expect(seedream.locator("[data-note='unavailable']")).to_have_text("Ark: not available (ModelNotOpen)")
+
+    seedream.get_by_role("button", name="Edit seedream-4-5").click()
+    dialog = page.get_by_role("dialog", name="Edit seedream-4-5")
+    dialog.get_by_label("Upstream Ark model").fill("ep-20260101000000-abcde")
+    dialog.get_by_label("Model the endpoint serves").fill("seedream-5.0-lite")
+    dialog.get_by_role("button", name="Save changes").click()
+    confirm = page.get_by_role("dialog", name="Queued tasks cannot move")
+    expect(confirm).to_contain_text("2 queued tasks")
+    confirm.get_by_role("button", name="Fail 2 and save").click()
+    expect(dialog).to_be_hidden()
+    model = fake.state.models["seedream-4-5"]
+    assert (model["upstream_model"], model["family"]) == ("ep-20260101000000-abcde", "seedream-5.0-lite")
+    assert "force" not in model
+
+
 def test_admin_manages_users(page: Page, new_page, fake_stack: FakeStack, fake: FakeArkflow,
                              console: ConsoleWatch) -> None:
     console.allow(HTTP_ERROR_IN_CONSOLE.format(401))
