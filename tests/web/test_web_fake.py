@@ -412,7 +412,9 @@ def test_admin_sees_a_models_lifecycle_and_moves_it_to_an_endpoint(page: Page, f
     page.get_by_role("link", name="Models").click()
     seedream = page.locator("tr[data-model-id='seedream-4-5']")
     expect(seedream.locator("[data-note='lifecycle']")).to_have_text("Deprecated at Ark; use seedream-5.0-lite")
-    expect(seedream.locator("[data-note='unavailable']")).to_have_text("Ark: not available (ModelNotOpen)")
+    unavailable = seedream.locator("[data-note='unavailable']")
+    expect(unavailable).to_contain_text(re.compile(r"^Ark: not available \(ModelNotOpen\) since \S"))
+    expect(unavailable.locator("time")).to_have_attribute("datetime", "2026-01-01T00:00:00Z")
 
     seedream.get_by_role("button", name="Edit seedream-4-5").click()
     dialog = page.get_by_role("dialog", name="Edit seedream-4-5")

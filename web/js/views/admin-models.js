@@ -2,7 +2,7 @@
 
 import { api } from "../api.js";
 import { confirmDialog, openDialog } from "../dialog.js";
-import { h, toast } from "../dom.js";
+import { formatDateTime, h, toast } from "../dom.js";
 import { checkbox, field, formErrorBox, select, showFormErrors, toastError, withBusyButton } from "../forms.js";
 import { renderAdminTable } from "./admin-table.js";
 
@@ -157,8 +157,10 @@ function upstreamNotes(model) {
       `${model.status === "retired" ? "Retired" : "Deprecated"} at Ark${model.replacement ? `; use ${model.replacement}` : ""}`));
   }
   if (model.upstream_unavailable) {
+    const { at, code } = model.upstream_unavailable;
+    const since = formatDateTime(at);
     notes.push(h("span", { class: "cell-sub warning", dataset: { note: "unavailable" } },
-      `Ark: not available (${model.upstream_unavailable.code})`));
+      `Ark: not available (${code})`, since ? [" since ", h("time", { datetime: at }, since)] : null));
   }
   return notes;
 }
