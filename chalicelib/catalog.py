@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, TransactWriteError, UpdateError
+from pynamodb.expressions.condition import Condition
+from pynamodb.transactions import TransactWrite
 
 from chalicelib.ark import capabilities
 from chalicelib.ark.capabilities import ArkModel, ModelStatus, Provider
@@ -31,7 +33,7 @@ from chalicelib.schemas import (
 )
 from chalicelib.settings import get_settings
 from chalicelib.store import first_run, quota, slots, statemachine, writes
-from chalicelib.store.errors import StaleTask
+from chalicelib.store.errors import StaleTask, write_error
 from chalicelib.store.records import ModelRecord, TaskRecord
 from chalicelib.tasks import checks
 
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 INCOMPATIBLE_UPSTREAM = "incompatible_upstream"
 # How many of the incompatible tasks a refused change names.
 NAMED_TASKS = 20
+# How often a queued task that keeps changing is judged again while its model's upstream changes.
+MOVE_ATTEMPTS = 3
 
 
 def get_model(model_id: str) -> ModelRecord:
@@ -267,6 +271,17 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
     return model
 
 
+def calls_same_upstream(model: ModelRecord) -> Condition:
+    """The model (as stored) still calls the upstream `model` was read with."""
+    same_family = ModelRecord.family == model.family if model.family else ModelRecord.family.does_not_exist()
+    return (ModelRecord.upstream_model == model.upstream_model) & same_family
+
+
+def _model_changed(model_id: str) -> Conflict:
+    return Conflict(f"Model {model_id!r} changed its upstream while this change was made; read it and send the "
+                    "change again.", code="model_changed", headers={"Retry-After": "1"})
+
+
 def _repeats_upstream(model: ModelRecord, changes: Mapping[str, Any]) -> bool:
     """Whether the update names the upstream the model calls already (the same id, and its family or none)."""
     if changes.get("upstream_model", model.upstream_model) != model.upstream_model:
@@ -279,16 +294,20 @@ def _repeats_upstream(model: ModelRecord, changes: Mapping[str, Any]) -> bool:
 
 
 def _write_changes(model: ModelRecord, changes: dict[str, Any], clock: Clock) -> None:
+    """Write `changes` while the model calls the upstream it was read with: they were judged against it (the
+    defaults, the queued tasks a move takes along), and of two changes of upstream at once only one may win."""
     actions = [ModelRecord.updated_at.set(iso(clock.now()))]
     for field, value in changes.items():
         attribute = getattr(ModelRecord, field)
         actions.append(attribute.remove() if value is None else attribute.set(value))
     try:
-        model.update(actions=actions, condition=ModelRecord.model_id.exists())
+        model.update(actions=actions, condition=ModelRecord.model_id.exists() & calls_same_upstream(model))
     except UpdateError as exc:
         if not writes.condition_failed(exc):  # only a false condition says the model exists (or does not)
             raise  # the store failing: the API answers 503 for it (`chalicelib.api.http.store_unavailable`)
-        raise _model_not_found(model.model_id) from exc
+        if find_model(model.model_id) is None:
+            raise _model_not_found(model.model_id) from exc
+        raise _model_changed(model.model_id) from exc
 
 
 def _queued_tasks(model_id: str) -> list[TaskRecord]:
@@ -296,24 +315,76 @@ def _queued_tasks(model_id: str) -> list[TaskRecord]:
             for task in TaskRecord.queued_by_model.query(model_id)]
 
 
+class _ModelMovedOn(Exception):
+    """The model no longer calls the upstream being moved to: the change that replaced it moves the tasks."""
+
+
 def _move_queued_tasks(model: ModelRecord, entry: ArkModel, clock: Clock) -> None:
     """Every task still queued for `model` goes to its new upstream, or fails (its quota given back) when the new
-    upstream cannot take it. A task a worker claims meanwhile runs as it was claimed."""
+    upstream cannot take it. A task a worker claims meanwhile runs as it was claimed.
+
+    Each task is written only as it was read (queued, on the upstream it was read with), and a move only while
+    the model still calls `model`'s upstream: a later change of upstream, whose own move may have passed the task
+    already, is never undone by this one."""
     ark_id = capabilities.ark_model_id(entry, provider(), model.upstream_model)
-    for task in _queued_tasks(model.model_id):
-        if task.status != statemachine.QUEUED or (task.upstream_model == ark_id and task.family == entry.key):
-            continue
+    for queued in _queued_tasks(model.model_id):
+        task: TaskRecord | None = queued
         try:
-            if problems := task_problems(entry, task):
-                named = ", ".join(f"{problem.field}: {problem.message}" for problem in problems)
-                statemachine.transition(task, statemachine.FAILED, clock=clock, actions=[TaskRecord.error.set(
-                    error_object(INCOMPATIBLE_UPSTREAM, f"The model now calls {entry.display_name}, which cannot "
-                                                        f"take this task ({named})."))])
+            for _attempt in range(MOVE_ATTEMPTS):
+                if task is None or task.status != statemachine.QUEUED or (
+                        task.upstream_model == ark_id and task.family == entry.key):
+                    break
+                try:
+                    _move_task(model, entry, ark_id, task, clock)
+                    break
+                except StaleTask:  # another change of the task (or of its upstream) came first: judge it again
+                    task = _find_task(task.task_id)
             else:
-                statemachine.update_fields(task, [TaskRecord.upstream_model.set(ark_id),
-                                                  TaskRecord.family.set(entry.key)], clock=clock)
-        except StaleTask:
-            log.info("task %s left the queue while its model's upstream changed", task.task_id)
+                log.warning("task %s kept changing while its model's upstream changed", queued.task_id)
+        except _ModelMovedOn:
+            log.info("model %s changed its upstream again while its tasks moved", model.model_id)
+            return
+
+
+def _move_task(model: ModelRecord, entry: ArkModel, ark_id: str, task: TaskRecord, clock: Clock) -> None:
+    as_read = TaskRecord.upstream_model == task.upstream_model
+    as_read &= TaskRecord.family == task.family if task.family else TaskRecord.family.does_not_exist()
+    if problems := task_problems(entry, task):
+        if not _still_calls(model):
+            raise _ModelMovedOn
+        named = ", ".join(f"{problem.field}: {problem.message}" for problem in problems)
+        statemachine.transition(task, statemachine.FAILED, clock=clock, condition=as_read, actions=[
+            TaskRecord.error.set(error_object(INCOMPATIBLE_UPSTREAM, f"The model now calls {entry.display_name}, "
+                                                                     f"which cannot take this task ({named})."))])
+        return
+
+    def move(transaction: TransactWrite) -> None:
+        transaction.condition_check(ModelRecord, model.model_id, condition=calls_same_upstream(model))
+        transaction.update(task, condition=(TaskRecord.status == statemachine.QUEUED) & as_read, actions=[
+            TaskRecord.updated_at.set(iso(clock.now())), TaskRecord.upstream_model.set(ark_id),
+            TaskRecord.family.set(entry.key)])
+
+    try:
+        writes.write_transaction(move)
+    except TransactWriteError as exc:
+        if not writes.condition_failed(exc):
+            raise write_error(exc) from exc
+        model_check, _task_update = exc.cancellation_reasons  # condition checks are sent first
+        if model_check is not None and model_check.code == "ConditionalCheckFailed":
+            raise _ModelMovedOn from exc
+        raise StaleTask("The task changed while it moved.") from exc
+
+
+def _still_calls(model: ModelRecord) -> bool:
+    current = find_model(model.model_id)
+    return current is not None and (current.upstream_model, current.family) == (model.upstream_model, model.family)
+
+
+def _find_task(task_id: str) -> TaskRecord | None:
+    try:
+        return TaskRecord.get(task_id, consistent_read=True)
+    except DoesNotExist:
+        return None
 
 
 def flag_upstream_unavailable(task: TaskRecord, code: str, now: float) -> None:

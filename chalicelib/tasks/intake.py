@@ -51,10 +51,6 @@ MAX_INLINE_BYTES_IN_ITEM = 256 * 1024
 RENDER_FIELDS = frozenset({"resolution", "watermark", "return_last_frame", "service_tier", "execution_expires_after"})
 
 
-def _same_family(model: ModelRecord) -> Any:
-    return ModelRecord.family == model.family if model.family else ModelRecord.family.does_not_exist()
-
-
 @dataclass(frozen=True)
 class Created:
     status_code: int
@@ -225,8 +221,7 @@ class Intake:
         def create(transaction: TransactWrite) -> None:
             # The model must still exist, be enabled and call the same upstream when the task is written.
             transaction.condition_check(ModelRecord, model.model_id, condition=(
-                (ModelRecord.enabled == True) & (ModelRecord.upstream_model == model.upstream_model)  # noqa: E712
-                & _same_family(model)))
+                (ModelRecord.enabled == True) & catalog.calls_same_upstream(model)))  # noqa: E712
             transaction.save(task, condition=TaskRecord.task_id.does_not_exist())
             if idempotency_id:
                 idempotency.remember(transaction, idempotency_id, fingerprint, task.task_id, (201, response), now)

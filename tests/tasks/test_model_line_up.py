@@ -474,6 +474,55 @@ def test_a_task_created_while_its_model_changes_upstream_is_refused_not_left_on_
     assert usage_today(api, "seedance-1.5-pro") == 0
 
 
+
+def test_two_upstream_changes_at_once_leave_every_queued_task_on_the_winners_upstream(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first change has written the model when a second one changes it again and moves the tasks; the first
+    one's move, which comes last, must not take them back to its upstream."""
+    queued = create(api, video("seedance-1.5-pro", {"duration": 5})).data["id"]
+    real_move = catalog._move_queued_tasks
+
+    def second_change_first(*args: Any) -> None:
+        monkeypatch.setattr(catalog, "_move_queued_tasks", real_move)
+        second = api.request("PUT", "/api/admin/models/seedance-1.5-pro",
+                             {"upstream_model": ark_id("seedance-1.0-pro")}, as_user=ADMIN)
+        assert second.status_code == 200, second.body
+        real_move(*args)
+
+    monkeypatch.setattr(catalog, "_move_queued_tasks", second_change_first)
+    first = api.request("PUT", "/api/admin/models/seedance-1.5-pro", {"upstream_model": ark_id("seedance-2.0")},
+                        as_user=ADMIN)
+    assert first.status_code == 200, first.body
+    model = api.request("GET", "/api/admin/models/seedance-1.5-pro", as_user=ADMIN).data
+    task = TaskRecord.get(queued)
+    assert (model["upstream_model"], model["family"]) == (ark_id("seedance-1.0-pro"), "seedance-1.0-pro")
+    assert (task.status, task.upstream_model, task.family) == ("queued", ark_id("seedance-1.0-pro"),
+                                                               "seedance-1.0-pro")
+
+
+def test_a_change_judged_on_an_upstream_replaced_meanwhile_is_refused_as_model_changed(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defaults judged fit for Seedance 1.5 pro are not written once the model calls Seedance 1.0 pro: the
+    loser is told to send its change again, and then hears what the new upstream lacks."""
+    real_write = catalog._write_changes
+
+    def upstream_change_first(*args: Any) -> None:
+        monkeypatch.setattr(catalog, "_write_changes", real_write)
+        moved = api.request("PUT", "/api/admin/models/seedance-1.5-pro",
+                            {"upstream_model": ark_id("seedance-1.0-pro")}, as_user=ADMIN)
+        assert moved.status_code == 200, moved.body
+        real_write(*args)
+
+    monkeypatch.setattr(catalog, "_write_changes", upstream_change_first)
+    audio = {"defaults": {"generate_audio": True}}
+    lost = api.request("PUT", "/api/admin/models/seedance-1.5-pro", audio, as_user=ADMIN)
+    assert lost.status_code == 409 and lost.data["error"]["code"] == "model_changed", lost.body
+    assert lost.headers["Retry-After"]
+    model = api.request("GET", "/api/admin/models/seedance-1.5-pro", as_user=ADMIN).data
+    assert model["family"] == "seedance-1.0-pro" and "generate_audio" not in (model["defaults"] or {})
+    again = api.request("PUT", "/api/admin/models/seedance-1.5-pro", audio, as_user=ADMIN)
+    assert set(problems(again)) == {"defaults.generate_audio"}
+
 @pytest.mark.parametrize(("change", "field"), [
     ({"upstream_model": ark_id("seedance-1.0-lite-t2v", "byteplus")}, "upstream_model"),
     ({"upstream_model": "ep-20260101000000-abcde", "family": "seedance-1.0-lite-t2v"}, "family"),
