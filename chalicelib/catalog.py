@@ -252,6 +252,9 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
         moved = resolve_upstream(upstream, family, model.type)
         changes["family"] = moved.key
         changes["upstream_unavailable"] = None  # judged again by the next call
+    if force and moved is None:  # restating the upstream moves nothing either: nothing would be forced
+        raise problems_failure([checks.Problem("force", "force_without_upstream_change",
+                                               "force only applies to an upstream change")])
     entry = moved or ark_model_of(model)
     defaults = changes.get("defaults", model.defaults)
     if entry is not None and defaults and (problems := defaults_problems(entry, defaults)):

@@ -348,6 +348,20 @@ def test_an_upstream_change_takes_queued_tasks_along_or_fails_the_incompatible_w
     assert usage_today(api, "seedance-1.5-pro") == 1  # the two failed ones gave their quota back
 
 
+@pytest.mark.parametrize("body", [
+    {"force": True},
+    {"force": True, "concurrency": 3},
+    {"force": True, "upstream_model": ark_id("seedance-1.5-pro")},  # the upstream it calls already
+])
+def test_force_without_an_upstream_change_is_refused_naming_it(api: Api, body: dict[str, Any]) -> None:
+    before = api.request("GET", "/api/admin/models/seedance-1.5-pro", as_user=ADMIN).data
+    refused = api.request("PUT", "/api/admin/models/seedance-1.5-pro", body, as_user=ADMIN)
+    assert problems(refused)["force"]["message"] == "force only applies to an upstream change"
+    after = api.request("GET", "/api/admin/models/seedance-1.5-pro", as_user=ADMIN).data
+    assert (after["concurrency"], after["updated_at"]) == (before["concurrency"], before["updated_at"])
+    assert api.request("PUT", "/api/admin/models/seedance-1.5-pro", {"force": False, "concurrency": 3},
+                       as_user=ADMIN).status_code == 200
+
 def test_defaults_must_fit_the_models_upstream(api: Api) -> None:
     response = api.request("PUT", "/api/admin/models/seedance-1.0-pro", {"defaults": {"generate_audio": True}},
                            as_user=ADMIN)
