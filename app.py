@@ -28,7 +28,6 @@ from chalicelib.schemas import (
     UserCreate,
     UserUpdate,
     parse,
-    parse_task_request,
 )
 from chalicelib.settings import get_settings
 from chalicelib.tasks import cancel, operator
@@ -115,6 +114,11 @@ def admin_list_models(_: RequestContext) -> dict[str, Any]:
     return {"models": [_admin_model_body(model) for model in catalog.list_models()]}
 
 
+@http.route("/api/admin/ark-models", "GET", access="admin")
+def admin_list_ark_models(_: RequestContext) -> dict[str, Any]:
+    return {"provider": catalog.provider(), "ark_models": bodies.ark_model_bodies(catalog.provider())}
+
+
 @http.route("/api/admin/models", "POST", access="admin")
 def admin_create_model(context: RequestContext) -> Any:
     return json_response(201, _admin_model_body(catalog.create_model(parse(ModelCreate, context.json()))))
@@ -143,9 +147,16 @@ def admin_delete_model(_: RequestContext, model_id: str) -> Any:
 
 @http.route("/api/tasks", "POST")
 def create_task(context: RequestContext) -> Any:
-    body = context.json()
-    created = wiring.current().intake.create(context.user, parse_task_request(body), body,
-                                             context.header("idempotency-key"))
+    created = wiring.current().intake.create(context.user, context.json(), context.header("idempotency-key"))
+    return json_response(created.status_code, created.body)
+
+
+@http.route("/api/tasks/{task_id}/render", "POST")
+def render_task(context: RequestContext, task_id: str) -> Any:
+    services = wiring.current()
+    draft = services.queries.get_own(context.user, task_id)
+    body = context.json() if context.has_body() else None
+    created = services.intake.render(context.user, draft, body, context.header("idempotency-key"))
     return json_response(created.status_code, created.body)
 
 

@@ -24,7 +24,7 @@ from arksim.config import MalformedKind
 from arksim.errors import SimError, invalid
 from arksim.media import CONTENT_TYPES
 from arksim.simulator import Simulator
-from chalicelib.ark.limits import VIDEO_MAX_BODY_BYTES, VIDEO_STATUSES
+from chalicelib.ark.capabilities import VIDEO_MAX_BODY_BYTES, VIDEO_STATUSES
 
 REQUEST_ID_HEADER = "X-Client-Request-Id"
 TICK_S = 0.05
@@ -92,6 +92,8 @@ def create_app(sim: Simulator) -> Starlette:
                     response = _malformed(response, malformed)
             except SimError as error:
                 response = JSONResponse(error.body(call.request_id), error.status, headers=error.headers)
+                if sim.config.should_retry_header:
+                    response.headers["x-should-retry"] = sim.config.should_retry_header
             response.headers[REQUEST_ID_HEADER] = call.request_id
             response.headers["X-Request-Id"] = call.request_id
             sim.stats.record_call(endpoint, call.model, response.status_code)
@@ -110,7 +112,7 @@ def create_app(sim: Simulator) -> Starlette:
 
     async def _streamed(parsed: images.ImageRequest, call: Call) -> AsyncIterator[str]:
         with sim.stats.serving(parsed.model):
-            async for event in images.generate_stream(sim, parsed, call.base_url):
+            async for event in images.generate_stream(sim, parsed, call.base_url, call.request_id):
                 yield event
         sim.stats.record_completion("image", parsed.model, call.request_id)
 
@@ -120,8 +122,8 @@ def create_app(sim: Simulator) -> Starlette:
         dispatch([video.StatusChange(task, "queued", task.to_wire())])
         advance_tasks()
         answer = {"id": task.id}
-        if task.safety_identifier is not None:
-            answer["safety_identifier"] = task.safety_identifier
+        if task.spec.safety_identifier is not None:
+            answer["safety_identifier"] = task.spec.safety_identifier
         return JSONResponse(answer)
 
     async def get_task(request: Request, call: Call, body: dict[str, Any]) -> Response:

@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field
 
 from arksim.errors import RATE_LIMIT_CODES
-from chalicelib.ark import limits
+from chalicelib.ark import capabilities
 
 Fraction = Field(default=0.0, ge=0.0, le=1.0)
 Endpoint = Literal["images.generate", "tasks.create", "tasks.get", "tasks.list", "tasks.delete"]
@@ -29,22 +29,26 @@ class SimConfig(BaseModel):
     image_latency_s: float = Field(default=0.5, ge=0)
     video_queue_s: float = Field(default=1.0, ge=0)  # minimum time a task spends `queued`
     video_run_s: float = Field(default=5.0, ge=0)  # time from `running` to its outcome (Ark: ~60-120 s)
-    result_ttl_s: float = Field(default=limits.RESULT_URL_TTL_S, gt=0)
+    result_ttl_s: float = Field(default=capabilities.RESULT_URL_TTL_S, gt=0)
 
-    # --- account limits (Ark's documented values by default) ---
-    images_per_minute: int = Field(default=limits.SEEDREAM_IMAGES_PER_MINUTE, ge=1)
+    # --- account limits: unset (null), each model's own from the capability table ---
+    images_per_minute: int | None = Field(default=None, ge=1)
     image_max_in_flight: int = Field(default=0, ge=0)  # 0 = no limit; else 429 InflightBatchsizeExceeded
-    video_requests_per_minute: int = Field(default=limits.SEEDANCE_REQUESTS_PER_MINUTE, ge=1)
-    video_max_running: int = Field(default=limits.SEEDANCE_RUNNING_PER_ACCOUNT_MODEL, ge=1)
-    video_max_queued: int = Field(default=limits.SEEDANCE_MAX_QUEUED_PER_ACCOUNT, ge=0)
+    video_requests_per_minute: int | None = Field(default=None, ge=1)
+    video_max_running: int | None = Field(default=None, ge=1)
+    video_max_queued: int = Field(default=capabilities.VIDEO_MAX_QUEUED_PER_ACCOUNT, ge=0)
 
     # --- models ---
+    # Whose ids the simulator answers to, and whose lifecycle it follows (a retired model is not found).
+    provider: capabilities.Provider = "volcengine"
     endpoints: dict[str, str] = Field(default_factory=dict)  # "ep-..." endpoint id -> model id
     inactive_models: list[str] = Field(default_factory=list)  # answered with 404 ModelNotOpen
     # Generation calls answered 429 QuotaExceeded with Ark's "free trial quota exhausted" text.
     free_trial_used_up_models: list[str] = Field(default_factory=list)
-    max_input_image_bytes: int = Field(default=limits.IMAGE_INPUT_MAX_BYTES, ge=1)  # 30 MB in the 2026 doc
-    reject_unsupported_video_fields: bool = True  # 1.5/2.x-only fields: 400 (True) or ignored (False)
+    max_input_image_bytes: int | None = Field(default=None, ge=1)  # unset: each model's own
+    # Models (ids) whose requests may carry fields they do not support: dropped instead of refused with 400
+    # InvalidParameter.UnsupportedParameter (Ark does not document which it does per model and field).
+    ignore_unsupported_fields: list[str] = Field(default_factory=list)
 
     # --- fault injection: each request (on `fault_endpoints`) draws once ---
     fault_seed: int | None = None
@@ -61,9 +65,16 @@ class SimConfig(BaseModel):
     malformed_answer_fraction: float = Fraction
     malformed_answer_kinds: list[MalformedKind] = Field(default_factory=lambda: list(get_args(MalformedKind)),
                                                         min_length=1)
+    # A streamed image request breaks off after its first image with a request-level SSE `error` event.
+    stream_error_fraction: float = Fraction
+    # Sent as `x-should-retry` on every error answer when set (the official SDK obeys it over its own rules).
+    should_retry_header: Literal["", "true", "false"] = ""
     # Prompt markers: input moderation at request time; output moderation on the result.
     input_sensitive_marker: str = "SIM_SENSITIVE_INPUT"
     output_sensitive_marker: str = "SIM_SENSITIVE_OUTPUT"
+    # `<marker><code>` in a prompt answers with that moderation code (arksim/errors.py lists them: input and
+    # output image/video variants, ContentSecurityDetectionError), e.g. "SIM_MODERATION:InputImageSensitive...".
+    moderation_marker: str = Field(default="SIM_MODERATION:", min_length=1)
     output_sensitive_fraction: float = Fraction  # per generated image / per video task
     image_internal_error_fraction: float = Fraction  # per image: stops the rest of a group
     video_fail_fraction: float = Fraction  # task ends `failed` with InternalServiceError

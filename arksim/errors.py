@@ -5,6 +5,7 @@ they will meet.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 ERROR_TYPES = {
@@ -27,12 +28,33 @@ MESSAGES = {
     "InvalidParameter.named": "The parameter `{param}` specified in the request are not valid: {reason}.",
     "InvalidImageURL.EmptyURL": "Empty base64 image url",
     "InvalidImageURL.InvalidFormat": "Invalid base64 image url",
+    "InvalidParameter.UnsupportedParameter": "The parameter `{param}` specified in the request are not valid: "
+                                             "the parameter is not available on this endpoint ({model}).",
     "InputTextSensitiveContentDetected": "The request failed because the input text may contain sensitive "
                                          "information.",
+    "InputImageSensitiveContentDetected": "The request failed because the input image may contain sensitive "
+                                          "information.",
+    "InputImageSensitiveContentDetected.PrivacyInformation": "The request failed because the input image may "
+                                                             "contain real person.",
+    "InputImageSensitiveContentDetected.PolicyViolation": "The request failed because the input image may be "
+                                                          "related to copyright restrictions.",
+    "InputVideoSensitiveContentDetected": "The request failed because the input video may contain sensitive "
+                                          "information.",
+    "InputVideoSensitiveContentDetected.PrivacyInformation": "The request failed because the input video may "
+                                                             "contain real person.",
+    "InputVideoSensitiveContentDetected.PolicyViolation": "The request failed because the input video may be "
+                                                          "related to copyright restrictions.",
     "OutputImageSensitiveContentDetected": "The request failed because the output image may contain sensitive "
                                            "information.",
+    "OutputImageSensitiveContentDetected.DeepFake": "The request failed because the output image may contain "
+                                                    "counterfeit documents or credentials.",
     "OutputVideoSensitiveContentDetected": "The request failed because the output video may contain sensitive "
                                            "information.",
+    "OutputVideoSensitiveContentDetected.PolicyViolation": "The request failed because the output video may be "
+                                                           "related to copyright restrictions.",
+    # The moderation service itself failed: Ark puts its own request id inside the text, then the service's.
+    "ContentSecurityDetectionError": "Internal error. ARK Request ID: {request_id}; CSD RequestId: {csd_id}; "
+                                     "CSD code: 50000; CSD message: internal error",
     "AuthenticationError": "The API key or AK/SK in the request is missing or invalid.",
     "InvalidEndpointOrModel.NotFound": "The model or endpoint {model} does not exist or you do not have access "
                                        "to it.",
@@ -62,6 +84,16 @@ MESSAGES = {
     "InflightBatchsizeExceeded": "The Inflight Batchsize limit has been exceeded.",
     "InternalServiceError": "The service encountered an unexpected internal error. Please retry later.",
 }
+# Moderation answers a prompt marker may ask for (`SimConfig.moderation_marker`): input ones refuse the request,
+# output ones fail an image of a group or a video task. Dotted codes are Ark's documented variants.
+INPUT_MODERATION_CODES = ("InputTextSensitiveContentDetected", "InputImageSensitiveContentDetected",
+                          "InputImageSensitiveContentDetected.PrivacyInformation",
+                          "InputImageSensitiveContentDetected.PolicyViolation", "InputVideoSensitiveContentDetected",
+                          "InputVideoSensitiveContentDetected.PrivacyInformation",
+                          "InputVideoSensitiveContentDetected.PolicyViolation", "ContentSecurityDetectionError")
+OUTPUT_IMAGE_MODERATION_CODES = ("OutputImageSensitiveContentDetected", "OutputImageSensitiveContentDetected.DeepFake")
+OUTPUT_VIDEO_MODERATION_CODES = ("OutputVideoSensitiveContentDetected",
+                                 "OutputVideoSensitiveContentDetected.PolicyViolation")
 # The 429 codes a request fault may answer with (`SimConfig.rate_limit_code`).
 RATE_LIMIT_CODES = ("ModelAccountRpmRateLimitExceeded", "ModelAccountTpmRateLimitExceeded",
                     "ModelAccountIpmRateLimitExceeded", "RateLimitExceeded.EndpointRPMExceeded",
@@ -71,8 +103,12 @@ RATE_LIMIT_CODES = ("ModelAccountRpmRateLimitExceeded", "ModelAccountTpmRateLimi
 
 
 def documented(code: str, variant: str | None = None, **fields: Any) -> str:
-    """Ark's message for `code` (or one of its documented variants), with `fields` filled in."""
-    return MESSAGES[f"{code}.{variant}" if variant else code].format(account=ACCOUNT_ID, **fields)
+    """Ark's message for `code` (or one of its documented variants), with `fields` filled in; a dotted code
+    without a text of its own has its family's."""
+    key = f"{code}.{variant}" if variant else code
+    if key not in MESSAGES:
+        key = key.split(".")[0]
+    return MESSAGES[key].format(account=ACCOUNT_ID, **fields)
 
 
 class SimError(Exception):
@@ -90,10 +126,12 @@ class SimError(Exception):
         self.headers = headers or {}
 
     def body(self, request_id: str) -> dict[str, Any]:
+        placed = "{request_id}" in self.message  # a text that names the request id in its own place
         return {
             "error": {
                 "code": self.code,
-                "message": f"{self.message} Request ID: {request_id}",
+                "message": self.message.replace("{request_id}", request_id) if placed
+                else f"{self.message} Request ID: {request_id}",
                 "param": self.param,
                 "type": ERROR_TYPES.get(self.status, ""),
             }
@@ -107,6 +145,19 @@ def invalid(param: str, reason: str, code: str = "InvalidParameter") -> SimError
 
 def missing(param: str) -> SimError:
     return SimError(400, "MissingParameter", param=param)
+
+
+def moderation(code: str) -> SimError:
+    """400 for a moderation verdict (or the moderation service's failure) on a request."""
+    if code == "ContentSecurityDetectionError":
+        return SimError(400, code, documented(code, request_id="{request_id}", csd_id=uuid.uuid4().hex))
+    return SimError(400, code, documented(code))
+
+
+def unsupported(param: str, model: str) -> SimError:
+    """400 for a field Ark knows but `model` does not accept."""
+    code = "InvalidParameter.UnsupportedParameter"
+    return SimError(400, code, documented(code, param=param, model=model), param)
 
 
 def error_item(code: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from chalicelib.ark.model_ids import SEEDANCE_1_0_PRO, SEEDREAM_4_5
+from chalicelib.ark import capabilities
 
 AttributeType = Literal["S", "N"]
 TaskType = Literal["image", "video"]
@@ -234,15 +234,28 @@ MEDIA_BUCKET = Bucket("media", expire_days=30)
 
 @dataclass(frozen=True)
 class DefaultModel:
+    """A model every deployment starts with (`chalicelib.catalog.ensure_default_models`), calling `family` of the
+    capability table at the deployment's provider."""
+
     model_id: str
     type: TaskType
-    upstream_model: str
+    family: str
     display_name: str
-    concurrency: int
+    concurrency: int  # at most the table's concurrency at Ark, and well under it
     daily_quota: int
+    # Ark activates models per account: in a deployed stage only these start enabled (the local stack enables all).
+    enabled_when_deployed: bool
+
+    @property
+    def upstream_model(self) -> str:
+        """Its Volcengine id (the simulator's)."""
+        return capabilities.model(self.family).providers["volcengine"].model_id
 
 
 DEFAULT_MODELS: tuple[DefaultModel, ...] = (
-    DefaultModel("seedream-4.5", "image", SEEDREAM_4_5, "Seedream 4.5", 4, 1000),
-    DefaultModel("seedance-1.0-pro", "video", SEEDANCE_1_0_PRO, "Seedance 1.0 pro", 3, 200),
+    DefaultModel("seedream-4.5", "image", "seedream-4.5", "Seedream 4.5", 4, 1000, True),
+    DefaultModel("seedance-1.0-pro", "video", "seedance-1.0-pro", "Seedance 1.0 pro", 3, 200, True),
+    DefaultModel("seedream-5.0-lite", "image", "seedream-5.0-lite", "Seedream 5.0 lite", 2, 500, False),
+    DefaultModel("seedance-1.5-pro", "video", "seedance-1.5-pro", "Seedance 1.5 pro", 2, 100, False),
+    DefaultModel("seedance-2.0", "video", "seedance-2.0", "Seedance 2.0", 2, 100, False),
 )

@@ -33,33 +33,22 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from chalicelib.ark.limits import (
-    IMAGE_INPUT_FORMATS,
-    IMAGE_MAX_IMAGES,
-    IMAGE_MAX_REFERENCE_IMAGES,
-    IMAGE_MAX_TOTAL_IMAGES,
-    IMAGE_SIZE_PRESETS,
-    PROMPT_MAX_CHARS,
-    VIDEO_INPUT_MAX_BYTES,
-    VIDEO_MAX_DURATION,
-    VIDEO_MAX_FRAMES,
-    VIDEO_MAX_IMAGES,
-    VIDEO_MAX_SEED,
-    VIDEO_MIN_DURATION,
-    VIDEO_MIN_FRAMES,
-    VIDEO_MIN_SEED,
-    VIDEO_RATIOS,
-    VIDEO_RESOLUTIONS,
-    VIDEO_STATUSES,
-    is_valid_frames,
-    parse_pixel_size,
-    pixel_size_problem,
-)
+from chalicelib.ark import capabilities as table
+from chalicelib.ark.capabilities import ArkModel
 from chalicelib.errors import ValidationFailed
 from chalicelib.ids import MODEL_ID_PATTERN, USER_ID_PATTERN, USERNAME_PATTERN
 from chalicelib.media.inspection import frame_image_problem, reference_image_problem
-from chalicelib.media.references import BadReference, ImageProblem, ImageRef, https_url, image_ref
+from chalicelib.media.references import (
+    ASSET_URL,
+    BadReference,
+    ImageProblem,
+    ImageRef,
+    https_url,
+    image_ref,
+    media_url,
+)
 from chalicelib.resources import LANES, TaskType
+from chalicelib.tasks import checks
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
@@ -115,22 +104,20 @@ ReferenceImage = Annotated[ImageRef, PlainValidator(_image_ref_of(reference_imag
 FrameImage = Annotated[ImageRef, PlainValidator(_image_ref_of(frame_image_problem))]
 
 
+# Every preset of any model: which of them a model takes is judged against its capabilities.
+_ALL_PRESETS = tuple(dict.fromkeys(preset for entry in table.MODELS if entry.image
+                                   for preset in entry.image.size_presets))
+
+
 def _image_size(value: str) -> str:
-    if value.upper() in IMAGE_SIZE_PRESETS:
+    """A size in its normal spelling (`2K`, `2048x2048`); whether the model takes it is `checks`' to say."""
+    if value.upper() in _ALL_PRESETS:
         return value.upper()
     # isascii: str.isdigit also accepts digits int() cannot read, such as superscripts.
-    dimensions = parse_pixel_size(value) if value.isascii() else None
+    dimensions = table.parse_pixel_size(value) if value.isascii() else None
     if dimensions is None:
-        raise _problem("image_size", f"must be {' or '.join(IMAGE_SIZE_PRESETS)} or WxH such as 2048x2048")
-    if problem := pixel_size_problem(*dimensions):
-        raise _problem("image_size", problem)
+        raise _problem("image_size", f"must be a preset ({', '.join(_ALL_PRESETS)}) or WxH such as 2048x2048")
     return "{}x{}".format(*dimensions)
-
-
-def _frames(value: int) -> int:
-    if not is_valid_frames(value):
-        raise _problem("frames", f"must be 25 + 4n within [{VIDEO_MIN_FRAMES}, {VIDEO_MAX_FRAMES}]")
-    return value
 
 
 def _not_adaptive(value: str) -> str:
@@ -186,14 +173,12 @@ def idempotency_key(value: str | None) -> str | None:
 ModelSlug = Annotated[str, StringConstraints(pattern=MODEL_ID_PATTERN)]
 # Ark Model IDs (`doubao-seedream-4-5-251128`) and endpoint IDs (`ep-20250101123456-abcde`).
 UpstreamModel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{1,127}$")]
-Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=PROMPT_MAX_CHARS)]
+Family = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Prompt = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=table.PROMPT_MAX_CHARS)]
 ImageSize = Annotated[str, StringConstraints(max_length=16), AfterValidator(_image_size)]
-MaxImages = Annotated[int, Field(ge=1, le=IMAGE_MAX_IMAGES)]
-Resolution = Literal[VIDEO_RESOLUTIONS]
-Ratio = Literal[VIDEO_RATIOS]
-Duration = Annotated[int, Field(ge=VIDEO_MIN_DURATION, le=VIDEO_MAX_DURATION)]
-Frames = Annotated[int, AfterValidator(_frames)]
-Seed = Annotated[int, Field(ge=VIDEO_MIN_SEED, le=VIDEO_MAX_SEED)]
+# Whether a value suits the model is `checks`' to say; these only bound what any model could take.
+MaxImages = Annotated[int, Field(ge=1)]
+Word = Annotated[str, StringConstraints(min_length=1, max_length=32)]
 # Usernames are case-insensitive: stored and compared in lower case.
 Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USERNAME_PATTERN)]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
@@ -205,9 +190,13 @@ Quota = Annotated[int, Field(ge=0)]
 MaxRunningPerUser = Annotated[int, Field(ge=1)]
 LaneName = Literal[tuple(lane.name for lane in LANES)]
 # The platform's task states are Ark's video task states.
-TaskStatus = Literal[VIDEO_STATUSES]
+TaskStatus = Literal[table.VIDEO_STATUSES]
 ResultUrl = Annotated[str, AfterValidator(_result_url)]
-UploadContentType = Literal[tuple(f"image/{image_format}" for image_format in IMAGE_INPUT_FORMATS)]
+UploadContentType = Literal[tuple(f"image/{image_format}" for image_format in table.SEEDREAM_INPUT_IMAGES.formats)]
+_MOST_REFERENCE_IMAGES = max(entry.image.max_references for entry in table.MODELS if entry.image)
+_MOST_REFERENCES = max(refs.images.maximum + refs.videos + refs.audios for entry in table.MODELS
+                       if entry.video and (refs := entry.video.references))
+_MOST_IMAGES = max(entry.image.max_images or 1 for entry in table.MODELS if entry.image)
 
 
 class _Body(BaseModel):
@@ -231,40 +220,91 @@ class _Update(_Body):
 # --- Tasks -------------------------------------------------------------------------------------------------
 
 
+def _ark_model(info: ValidationInfo) -> ArkModel | None:
+    """The table's model the request is judged against (`parse_task_request`'s context), if known."""
+    return (info.context or {}).get("ark_model")
+
+
+def _report(title: str, problems: list[checks.Problem]) -> None:
+    _raise_problems(title, [(_loc(problem.field), problem.type, problem.message) for problem in problems])
+
+
+def _loc(path: str) -> tuple[str | int, ...]:
+    """`references[2].url` -> ("references", 2, "url")."""
+    loc: list[str | int] = []
+    for part in path.split("."):
+        name, _, indexes = part.partition("[")
+        loc.append(name)
+        loc += [int(index) for index in indexes.replace("]", "").split("[") if index]
+    return tuple(loc)
+
+
+class ImageTool(_Body):
+    type: Word
+
+
 class ImageTaskRequest(_Body):
     type: Literal["image"]
     model_id: ModelSlug
     prompt: Prompt
-    images: list[ReferenceImage] = Field(default_factory=list, max_length=IMAGE_MAX_REFERENCE_IMAGES)
+    images: list[ReferenceImage] = Field(default_factory=list, max_length=_MOST_REFERENCE_IMAGES)
     size: ImageSize | None = None
     max_images: MaxImages | None = None
     watermark: bool | None = None
+    output_format: Word | None = None
+    tools: list[ImageTool] | None = Field(default=None, max_length=4)
+
+    def fields(self) -> dict[str, Any]:
+        """The generation fields given (None for those left out), as `checks` and Ark read them."""
+        return {"size": self.size, "max_images": self.max_images, "watermark": self.watermark,
+                "output_format": self.output_format,
+                "tools": [tool.type for tool in self.tools] if self.tools is not None else None}
 
     @model_validator(mode="after")
-    def _within_total_images(self) -> Self:
-        if self.max_images is not None and len(self.images) + self.max_images > IMAGE_MAX_TOTAL_IMAGES:
-            _raise_problems("ImageTaskRequest", [(
-                ("max_images",), "too_many_images",
-                f"reference images plus max_images must be at most {IMAGE_MAX_TOTAL_IMAGES}",
-            )])
+    def _fits_the_model(self, info: ValidationInfo) -> Self:
+        model = _ark_model(info)
+        if model is not None and model.image is not None:
+            _report("ImageTaskRequest", checks.image_problems(model, references=len(self.images),
+                                                              fields=self.fields()))
         return self
 
 
 class VideoParams(_Body):
-    resolution: Resolution | None = None
-    ratio: Ratio | None = None
-    duration: Duration | None = None
-    frames: Frames | None = None
-    seed: Seed | None = None
+    resolution: Word | None = None
+    ratio: Word | None = None
+    duration: int | None = None
+    frames: int | None = None
+    seed: int | None = None
     camera_fixed: bool | None = None
     watermark: bool | None = None
     return_last_frame: bool | None = None
+    generate_audio: bool | None = None
+    draft: bool | None = None
+    priority: int | None = None
+    service_tier: Word | None = None
+    execution_expires_after: int | None = None
+    output_format: Word | None = None
 
-    @model_validator(mode="after")
-    def _duration_or_frames(self) -> Self:
-        if self.duration is not None and self.frames is not None:
-            _raise_problems("VideoParams", [(("frames",), "duration_and_frames", "give duration or frames, not both")])
-        return self
+
+def _reference_url(value: Any, info: ValidationInfo) -> Any:
+    """An image reference is read like a frame (URL, inline data or upload) or names an asset of the account's media
+    library (how Ark takes a trusted portrait); video and audio are URLs or assets."""
+    kind = info.data.get("type")
+    try:
+        if kind == "image":
+            if isinstance(value, str) and ASSET_URL.fullmatch(value):
+                return value
+            return image_ref(value, frame_image_problem)
+        return media_url(value)
+    except BadReference as bad:
+        raise _problem(bad.kind, bad.message) from None
+
+
+class Reference(_Body):
+    """One item of reference mode: an image, a video or an audio clip the model draws on."""
+
+    type: Literal["image", "video", "audio"]
+    url: Annotated[ImageRef | str, PlainValidator(_reference_url)]
 
 
 class VideoTaskRequest(_Body):
@@ -272,17 +312,40 @@ class VideoTaskRequest(_Body):
     model_id: ModelSlug
     prompt: Annotated[Prompt | None, BeforeValidator(_blank_to_none)] = None
     # images[0] is the first frame, images[1] the optional last frame.
-    images: list[FrameImage] = Field(default_factory=list, max_length=VIDEO_MAX_IMAGES)
+    images: list[FrameImage] = Field(default_factory=list, max_length=2)
+    references: list[Reference] = Field(default_factory=list, max_length=_MOST_REFERENCES)
     params: VideoParams = Field(default_factory=VideoParams)
 
     @model_validator(mode="after")
-    def _prompt_and_frames_agree(self) -> Self:
-        problems: list[tuple[tuple[str | int, ...], str, str]] = []
-        if self.prompt is None and not self.images:
-            problems.append((("prompt",), "prompt_or_image", "a video needs a prompt, a first-frame image or both"))
-        if self.params.ratio == "adaptive" and not self.images:
-            problems.append((("params", "ratio"), "ratio_adaptive", "adaptive needs a first-frame image"))
-        _raise_problems("VideoTaskRequest", problems)
+    def _fits_the_model(self, info: ValidationInfo) -> Self:
+        model = _ark_model(info)
+        if model is not None and model.video is not None:
+            _report("VideoTaskRequest", checks.video_problems(
+                model, prompt=self.prompt is not None, frames=len(self.images),
+                references=[reference.type for reference in self.references],
+                params=self.params.model_dump()))
+        return self
+
+
+class RenderParams(_Body):
+    """What a render may set (`POST /api/tasks/{id}/render`); Ark reuses the rest from the draft."""
+
+    resolution: Word | None = None
+    watermark: bool | None = None
+    return_last_frame: bool | None = None
+    service_tier: Word | None = None
+    execution_expires_after: int | None = None
+
+
+class RenderRequest(_Body):
+    params: RenderParams = Field(default_factory=RenderParams)
+
+    @model_validator(mode="after")
+    def _fits_the_model(self, info: ValidationInfo) -> Self:
+        model = _ark_model(info)
+        if model is not None and model.video is not None:
+            _report("RenderRequest", checks.video_problems(model, prompt=True, frames=0, references=[],
+                                                           params=self.params.model_dump(), inputs=False))
         return self
 
 
@@ -324,7 +387,7 @@ STATUS_FIELDS: dict[str, frozenset[str]] = {
 class StatusUpdateRequest(_Body):
     status: TaskStatus
     error: OperatorError | None = None
-    result_urls: list[ResultUrl] | None = Field(default=None, max_length=IMAGE_MAX_IMAGES)
+    result_urls: list[ResultUrl] | None = Field(default=None, max_length=_MOST_IMAGES)
     video_url: ResultUrl | None = None
     last_frame_url: ResultUrl | None = None
 
@@ -354,7 +417,7 @@ class ArkCallback(BaseModel):
 
 class UploadRequest(_Body):
     content_type: UploadContentType
-    size: Annotated[int, Field(ge=1, le=VIDEO_INPUT_MAX_BYTES)]
+    size: Annotated[int, Field(ge=1, le=table.SEEDANCE_INPUT_IMAGES.max_bytes)]
 
 
 # --- Models (admin) ----------------------------------------------------------------------------------------
@@ -364,14 +427,17 @@ class ImageModelDefaults(_Body):
     size: ImageSize | None = None
     watermark: bool | None = None
     max_images: MaxImages | None = None
+    output_format: Word | None = None
 
 
 class VideoModelDefaults(_Body):
-    resolution: Resolution | None = None
-    ratio: Annotated[Ratio, AfterValidator(_not_adaptive)] | None = None
-    duration: Duration | None = None
+    resolution: Word | None = None
+    ratio: Annotated[Word, AfterValidator(_not_adaptive)] | None = None
+    duration: int | None = None
     watermark: bool | None = None
     return_last_frame: bool | None = None
+    generate_audio: bool | None = None
+    service_tier: Word | None = None
 
 
 MODEL_DEFAULTS: dict[str, type[ImageModelDefaults] | type[VideoModelDefaults]] = {
@@ -385,6 +451,9 @@ class ModelCreate(_Body):
     model_id: ModelSlug
     type: TaskType
     upstream_model: UpstreamModel
+    # The table's model an `ep-...` endpoint serves (a table key or any of its Ark ids); found from
+    # `upstream_model` otherwise (`chalicelib.catalog.resolve_upstream`).
+    family: Family | None = None
     display_name: DisplayName | None = None  # set to model_id when not given
     concurrency: Concurrency
     daily_quota: Quota
@@ -417,6 +486,7 @@ class ModelUpdate(_Update):
     """
 
     upstream_model: UpstreamModel | None = None
+    family: Family | None = None
     display_name: DisplayName | None = None
     concurrency: Concurrency | None = None
     daily_quota: Quota | None = None
@@ -425,9 +495,11 @@ class ModelUpdate(_Update):
     lane: LaneName | None = None  # null returns the model to its type's default lane
     enabled: bool | None = None
     defaults: ImageModelDefaults | VideoModelDefaults | None = None  # null clears the defaults
+    # With a new upstream: fail the queued tasks it cannot take (their quota given back) instead of refusing.
+    force: bool | None = None
 
     _required_values = field_validator(
-        "upstream_model", "display_name", "concurrency", "daily_quota", "enabled", mode="before"
+        "upstream_model", "family", "display_name", "concurrency", "daily_quota", "enabled", "force", mode="before"
     )(_not_null)
 
     @field_validator("defaults", mode="before")
@@ -466,8 +538,11 @@ class UserUpdate(_Update):
 # --- Parsing -----------------------------------------------------------------------------------------------
 
 
-def parse_task_request(data: Any) -> ImageTaskRequest | VideoTaskRequest:
-    """`POST /api/tasks`: the schema is chosen by `type`."""
+def parse_task_request(
+    data: Any, ark_model_of: Callable[[str], ArkModel | None],
+) -> ImageTaskRequest | VideoTaskRequest:
+    """`POST /api/tasks`: the schema is chosen by `type`, and the request judged against the capabilities of its
+    model (`ark_model_of(model_id)`; None for a model that does not exist, which the caller answers)."""
     if not isinstance(data, Mapping):
         raise _not_an_object()
     task_type = data.get("type")
@@ -476,15 +551,18 @@ def parse_task_request(data: Any) -> ImageTaskRequest | VideoTaskRequest:
         raise ValidationFailed("1 invalid field(s)", details=[
             {"field": "type", "message": f"must be one of {', '.join(TASK_SCHEMAS)}", "type": "task_type"},
         ])
-    return parse(schema, data)
+    model_id = data.get("model_id")
+    ark_model = ark_model_of(model_id) if isinstance(model_id, str) and re.fullmatch(MODEL_ID_PATTERN, model_id) \
+        else None
+    return parse(schema, data, context={"ark_model": ark_model})
 
 
-def parse(schema: type[Schema], data: Any) -> Schema:
+def parse(schema: type[Schema], data: Any, context: dict[str, Any] | None = None) -> Schema:
     """Validate a JSON-decoded body or a query-string dict; ValidationFailed lists every bad field."""
     if not isinstance(data, Mapping):
         raise _not_an_object()
     try:
-        return schema.model_validate(dict(data))
+        return schema.model_validate(dict(data), context=context)
     except ValidationError as error:
         details = [
             {
@@ -496,6 +574,11 @@ def parse(schema: type[Schema], data: Any) -> Schema:
         ]
         # `from None`: the pydantic error's text quotes input values, which must not reach logs.
         raise ValidationFailed(f"{len(details)} invalid field(s)", details=details) from None
+
+
+def problems_failure(problems: list[checks.Problem]) -> ValidationFailed:
+    """The 400 for problems found outside a schema (a model's defaults, its queued tasks)."""
+    return ValidationFailed(f"{len(problems)} invalid field(s)", details=[problem.detail() for problem in problems])
 
 
 def _not_an_object() -> ValidationFailed:

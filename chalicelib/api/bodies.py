@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib import catalog
+from chalicelib.ark import capabilities
+from chalicelib.ark.capabilities import Provider
 from chalicelib.ark.errors import error_shown
 from chalicelib.media import storage
 from chalicelib.store import slots
@@ -37,7 +39,11 @@ class TaskBodies:
             "version": int(task.version),
             "prompt": task.prompt,
             "images": [storage.display_url(self.s3, ref) for ref in task.images or []],
+            "references": [{"type": ref["type"], "url": storage.display_url(self.s3, ref["url"])}
+                           for ref in task.references or []],
             "params": task.params or {},
+            "render_of": task.render_of,
+            "warnings": task.warnings or [],
             "external_id": task.external_id,
             "error": error_shown(task.error.as_dict() if task.error else None, to_admin=for_admin),
             "result_urls": [storage.display_url(self.s3, ref) for ref in task.result_urls or []],
@@ -59,13 +65,19 @@ class TaskBodies:
 
 
 def public_model_body(model: ModelRecord) -> dict[str, Any]:
-    """What any logged-in user sees: no upstream IDs, no limits."""
+    """What any logged-in user sees: no upstream IDs, no limits; what the model takes (`capabilities`) and where
+    it is in its lifecycle."""
+    status = catalog.status_of(model)
     return {
         "model_id": model.model_id,
         "type": model.type,
         "display_name": model.display_name,
         "enabled": model.enabled,
         "defaults": model.defaults or {},
+        "status": status.status,
+        "replacement": status.replacement,
+        "warnings": catalog.warnings_of(model),
+        "capabilities": catalog.client_capabilities(model),
     }
 
 
@@ -73,6 +85,9 @@ def admin_model_body(model: ModelRecord, now: float, timezone: str) -> dict[str,
     return {
         **public_model_body(model),
         "upstream_model": model.upstream_model,
+        "family": (entry.key if (entry := catalog.ark_model_of(model)) else None),
+        "status_note": catalog.status_of(model).note,
+        "upstream_unavailable": model.upstream_unavailable,
         "concurrency": int(model.concurrency),
         "daily_quota": int(model.daily_quota),
         "user_daily_quota": optional_int(model.user_daily_quota),
@@ -83,6 +98,28 @@ def admin_model_body(model: ModelRecord, now: float, timezone: str) -> dict[str,
         "usage_today": catalog.usage_today(model, now, timezone),
         "slots_in_use": slots.in_use(model.model_id),
     }
+
+
+def ark_model_bodies(provider: Provider) -> list[dict[str, Any]]:
+    """The capability table as admins see it (`GET /api/admin/ark-models`): what each upstream may name."""
+    bodies = []
+    for entry in capabilities.MODELS:
+        status = capabilities.lifecycle(entry, provider)
+        limits = ({"requests_per_minute": entry.video.requests_per_minute, "concurrency": entry.video.concurrency}
+                  if entry.video else {"images_per_minute": entry.image.images_per_minute} if entry.image else {})
+        bodies.append({
+            "family": entry.key,
+            "display_name": entry.display_name,
+            "type": entry.api,
+            "ids": {name: {"model": at.model_id, "aliases": list(at.aliases), "status": at.status,
+                           "replacement": at.replacement} for name, at in entry.providers.items()},
+            "status": status.status,
+            "replacement": status.replacement,
+            "status_note": status.note,
+            "limits": limits,
+            "capabilities": capabilities.client_capabilities(entry),
+        })
+    return bodies
 
 
 def user_body(user: UserRecord) -> dict[str, Any]:

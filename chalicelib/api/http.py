@@ -86,6 +86,10 @@ class RequestContext:
             self._body_read = True
         return self._body
 
+    def has_body(self) -> bool:
+        """Whether the request carries a body (for routes whose body is optional)."""
+        return bool((self.request.raw_body or b"").strip())
+
     def source_address(self) -> str | None:
         """The client's address as API Gateway saw the connection (never a client-set header)."""
         identity = (self.request.context or {}).get("identity") or {}

@@ -13,14 +13,16 @@ from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StringConstraints, Tag, model_validator
 
+from chalicelib.ark.capabilities import MODELS, VIDEO_STATUSES
 from chalicelib.ark.errors import ArkErrorBody
-from chalicelib.ark.limits import IMAGE_MAX_TOTAL_IMAGES, VIDEO_STATUSES
 
 MAX_URL_CHARS = 8192
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 256
 # Ark's list pages hold at most 500 tasks.
 MAX_PAGE_ITEMS = 500
+# A group holds at most this many items, images and per-image errors together.
+MAX_GROUP_ITEMS = max(entry.image.max_total_images for entry in MODELS if entry.image)
 
 Url = Annotated[str, StringConstraints(max_length=MAX_URL_CHARS, pattern=r"^https?://\S+$")]
 Name = Annotated[str, StringConstraints(max_length=MAX_NAME_CHARS)]
@@ -53,10 +55,17 @@ class FailedImage(_Answer):
     error: ArkErrorBody
 
 
+class ToolUsage(_Answer):
+    """How often each tool ran (`web_search`: searches made; 0 when the model chose not to search)."""
+
+    web_search: Count = 0
+
+
 class ImageUsage(_Answer):
     generated_images: Count
     output_tokens: Count = 0
     total_tokens: Count = 0
+    tool_usage: ToolUsage | None = None
 
 
 def _image_kind(item: Any) -> str | None:
@@ -90,7 +99,7 @@ class ImageGenerationAnswer(_Answer):
 
     model: Name
     created: int
-    data: list[ImageItem] = Field(default_factory=list, max_length=IMAGE_MAX_TOTAL_IMAGES)
+    data: list[ImageItem] = Field(default_factory=list, max_length=MAX_GROUP_ITEMS)
     usage: ImageUsage | None = None
     # Present when nothing was produced (normally in a non-2xx answer, sometimes in a 200).
     error: ArkErrorBody | None = None
@@ -115,6 +124,7 @@ class VideoTaskCreated(_Answer):
 class VideoUsage(_Answer):
     completion_tokens: Count
     total_tokens: Count
+    tool_usage: ToolUsage | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -145,6 +155,13 @@ class VideoTask(_Answer):
     # Echoed from the create; None when Ark does not echo it (reconciling then counts it as no match).
     safety_identifier: Name | None = None
     execution_expires_after: int | None = None
+    # What the model says it made (echoed by the models that have them): sound in the video, a draft (and the
+    # draft a render came from), the queue priority and tier it ran at.
+    generate_audio: bool | None = None
+    draft: bool | None = None
+    draft_task_id: TaskId | None = None
+    priority: int | None = None
+    service_tier: Name | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -26,6 +26,7 @@ from chalicelib.ark.answers import (
     VideoTaskDeleted,
     VideoTaskPage,
 )
+from chalicelib.ark.capabilities import model as ark_model
 from chalicelib.ark.deadline import deadline_for_call, deadline_transport, running_call
 from chalicelib.ark.errors import (
     ArkError,
@@ -36,7 +37,6 @@ from chalicelib.ark.errors import (
     error_from_response,
     parse_retry_after,
 )
-from chalicelib.ark.model_ids import SEEDANCE_1_0_PRO, SEEDREAM_4_5
 from chalicelib.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 Answer = TypeVar("Answer", bound=BaseModel)
 
 REQUEST_ID_HEADER = "X-Client-Request-Id"
+# What a call names when its caller names no model (the lanes always name the task's).
+DEFAULT_IMAGE_MODEL = ark_model("seedream-4.5").providers["volcengine"].model_id
+DEFAULT_VIDEO_MODEL = ark_model("seedance-1.0-pro").providers["volcengine"].model_id
 # One image (or a group of up to 15) takes from seconds to many minutes [docs/ark.md]; the caller passes a read
 # timeout that fits its own deadline (e.g. the lane's Lambda timeout), and bounds the whole call with
 # `call_deadline`.
@@ -70,6 +73,16 @@ def image_content(url: str, role: str | None = None) -> dict[str, Any]:
     if role:
         item["role"] = role
     return item
+
+
+def media_content(kind: str, url: str) -> dict[str, Any]:
+    """A `content[]` item of reference mode: `kind` is `image`, `video` or `audio`."""
+    return {"type": f"{kind}_url", f"{kind}_url": {"url": url}, "role": f"reference_{kind}"}
+
+
+def draft_content(draft_task_id: str) -> dict[str, Any]:
+    """The `content[]` of a render: the draft Ark made, whose prompt, inputs and settings it reuses."""
+    return {"type": "draft_task", "draft_task": {"id": draft_task_id}}
 
 
 def _without_none(fields: dict[str, Any]) -> dict[str, Any]:
@@ -204,9 +217,10 @@ class VolcImageClient(_ArkHttpClient):
     default_budget_s = IMAGE_CALL_BUDGET_S
 
     def create_image_task(self, prompt: str, images: list[str] | None = None, size: str | None = None,
-                          model: str = SEEDREAM_4_5, *, sequential_image_generation: str | None = None,
+                          model: str = DEFAULT_IMAGE_MODEL, *, sequential_image_generation: str | None = None,
                           max_images: int | None = None, watermark: bool | None = None,
-                          response_format: str | None = None) -> ImageGenerationResult:
+                          response_format: str | None = None, output_format: str | None = None,
+                          tools: list[str] | None = None) -> ImageGenerationResult:
         """Generate one image (or a group with `sequential_image_generation="auto"`).
 
         Per-image failures in a group come back in `errors`; a request that produced nothing raises.
@@ -220,6 +234,8 @@ class VolcImageClient(_ArkHttpClient):
             "sequential_image_generation_options": {"max_images": max_images} if max_images else None,
             "watermark": watermark,
             "response_format": response_format,
+            "output_format": output_format,
+            "tools": [{"type": tool} for tool in tools] if tools else None,
         })
         answer = self._call("POST", "/images/generations", ImageGenerationAnswer, json_body=body)
         result = answer.result()
@@ -237,13 +253,15 @@ class VolcVideoClient(_ArkHttpClient):
     default_budget_s = VIDEO_CALL_BUDGET_S
     _tasks_path = "/contents/generations/tasks"
 
-    def create_video_task(self, content: list[dict[str, Any]], model: str = SEEDANCE_1_0_PRO,
+    def create_video_task(self, content: list[dict[str, Any]], model: str = DEFAULT_VIDEO_MODEL,
                           callback_url: str | None = None, *, resolution: str | None = None,
                           ratio: str | None = None, duration: int | None = None, frames: int | None = None,
                           seed: int | None = None, camera_fixed: bool | None = None,
                           watermark: bool | None = None, return_last_frame: bool | None = None,
                           service_tier: str | None = None, execution_expires_after: int | None = None,
-                          safety_identifier: str | None = None) -> str:
+                          safety_identifier: str | None = None, generate_audio: bool | None = None,
+                          draft: bool | None = None, priority: int | None = None,
+                          output_format: str | None = None) -> str:
         """Submit a task and return Ark's task id. Never retried here: a second create bills a second video."""
         body = _without_none({
             "model": model,
@@ -260,6 +278,10 @@ class VolcVideoClient(_ArkHttpClient):
             "service_tier": service_tier,
             "execution_expires_after": execution_expires_after,
             "safety_identifier": safety_identifier,
+            "generate_audio": generate_audio,
+            "draft": draft,
+            "priority": priority,
+            "output_format": output_format,
         })
         return self._call("POST", self._tasks_path, VideoTaskCreated, json_body=body).id
 

@@ -136,6 +136,16 @@ _FREE_TRIAL_USED_UP = re.compile(r"has exhausted its free trial quota", re.IGNOR
 _RETRYABLE_400_CODES = ("InvalidEndpoint.ClosedEndpoint", "ContentSecurityDetectionError")
 
 
+MODEL_UNAVAILABLE = "model_unavailable"
+
+
+def is_model_unavailable(error: ArkError) -> bool:
+    """Ark's 404 for a model or endpoint this account cannot call (not activated, unknown, closed to model ids):
+    refused before any work, and every task of the model will meet it until an admin acts."""
+    return error.http_status == 404 and (error.code == "ModelNotOpen"
+                                         or error.code.startswith("InvalidEndpointOrModel"))
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a `Retry-After` header (delta-seconds or HTTP date); None when absent or unreadable."""
     if not value:
@@ -249,6 +259,7 @@ USER_MESSAGES: dict[str, str] = {
     UPSTREAM_QUOTA_EXCEEDED: "The model's provider kept refusing the request: its account has too many queued "
                              "tasks, or its quota is used up. Try again later, or ask an administrator.",
     "upstream_lost": "The model's provider no longer knows this video task.",
+    MODEL_UNAVAILABLE: _MODEL_UNAVAILABLE,
     "upstream_failed": "The model's provider reported that the task failed.",
 }
 _DEFAULT_USER_MESSAGE = "The model's provider could not complete this task."

@@ -17,7 +17,16 @@ from typing import Any
 
 from pynamodb.expressions.update import Action
 
-from chalicelib.ark.errors import ArkError, ArkRateLimitError, ArkRetryableError, gave_up_error, task_error
+from chalicelib import catalog
+from chalicelib.ark.errors import (
+    MODEL_UNAVAILABLE,
+    ArkError,
+    ArkRateLimitError,
+    ArkRetryableError,
+    gave_up_error,
+    is_model_unavailable,
+    task_error,
+)
 from chalicelib.backoff import compute_backoff
 from chalicelib.clock import Clock
 from chalicelib.errors import error_object
@@ -56,6 +65,13 @@ class Endings:
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
     def fail_permanently(self, task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
+        if is_model_unavailable(error):
+            # Every task of the model will meet it: the admin page shows it until a call succeeds or the upstream
+            # changes.
+            self.fail_with(task, task_error(MODEL_UNAVAILABLE, f"{error.code}: {error.message}"),
+                           forget_refused_call(task, error, reached_ark_before))
+            catalog.flag_upstream_unavailable(task, error.code, self.clock.now())
+            return
         self.fail_with(task, task_error(error.code, error.message),
                        forget_refused_call(task, error, reached_ark_before))
 
@@ -75,11 +91,13 @@ class Endings:
 
 
 def forget_refused_call(task: TaskRecord, error: ArkError, reached_ark_before: bool) -> list[Action]:
-    """Ark refused this call before doing any work (401/403: the key or account may not call it; 429: a rate limit,
-    or the account's quota used up), so the task counts as having reached Ark only if an earlier attempt did: one
+    """Ark refused this call before doing any work (401/403: the key or account may not call it; 404: nor the model;
+    429: a rate limit, or the account's quota used up), so the task counts as having reached Ark only if an earlier
+    attempt did: one
     that only ever met refusals gets its quota request back when it ends. Returns the write of `ark_called` for the
     caller's transition (none when Ark did not refuse: the claim's mark stands)."""
-    if error.http_status not in REFUSED_BEFORE_WORK and not isinstance(error, ArkRateLimitError):
+    if (error.http_status not in REFUSED_BEFORE_WORK and not isinstance(error, ArkRateLimitError)
+            and not is_model_unavailable(error)):
         return []
     task.ark_called = reached_ark_before  # read by the transition's quota refund
     return [TaskRecord.ark_called.set(reached_ark_before)]

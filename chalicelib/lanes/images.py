@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from chalicelib.ark.answers import ImageGenerationResult
+from chalicelib import catalog
+from chalicelib.ark.answers import ImageGenerationResult, ImageUsage
 from chalicelib.ark.client import VolcImageClient
 from chalicelib.ark.errors import ArkInvalidResponseError, ArkPermanentError, ArkRetryableError, task_error
 from chalicelib.errors import error_object
@@ -15,7 +16,7 @@ from chalicelib.lanes.messages import DONE, Delivery, Outcome
 from chalicelib.media import storage
 from chalicelib.settings import Settings
 from chalicelib.store import statemachine
-from chalicelib.store.records import TaskRecord
+from chalicelib.store.records import ModelRecord, TaskRecord
 
 # With less time than this left after the Ark call, the copy goes to a fresh message instead.
 MIN_COPY_TIME_S = 30
@@ -30,7 +31,10 @@ class ImageCalls:
         self.copies = copies
         self.settings = settings
 
-    def generate(self, task: TaskRecord, delivery: Delivery, reached_ark_before: bool) -> Outcome:
+    def generate(self, task: TaskRecord, delivery: Delivery, reached_ark_before: bool,
+                 model: ModelRecord | None = None) -> Outcome:
+        """One call for the claimed task; `model` as the worker read it (a flag of its upstream being unavailable
+        is cleared once Ark answers)."""
         params = task.params or {}
         max_images = params.get("max_images")
         refs = storage.urls_for_ark(self.s3, task.images, self.settings)
@@ -39,7 +43,8 @@ class ImageCalls:
                 task.prompt or "", refs or None, params.get("size"), task.upstream_model,
                 sequential_image_generation="auto" if max_images and max_images > 1 else None,
                 max_images=max_images if max_images and max_images > 1 else None,
-                watermark=params.get("watermark"),
+                watermark=params.get("watermark"), output_format=params.get("output_format"),
+                tools=params.get("tools"),
             )
         except ArkRetryableError as error:
             return self.endings.retry_later(task, delivery, error, reached_ark_before)
@@ -47,6 +52,7 @@ class ImageCalls:
             # An unreadable answer may have been billed: the task fails rather than calling Ark again.
             self.endings.fail_permanently(task, error, reached_ark_before)
             return DONE
+        catalog.clear_upstream_unavailable(model)
         self._store_images(task, result, delivery)
         return DONE
 
@@ -57,10 +63,10 @@ class ImageCalls:
                 "no_images", "Ark returned no image.")
             self.endings.fail_with(task, first, [TaskRecord.image_errors.set(errors)])
             return
-        meta: dict[str, Any] = {"sizes": [image.size for image in result.images]}
+        meta: dict[str, Any] = {"sizes": [image.size for image in result.images],
+                                "format": (task.params or {}).get("output_format", "jpeg")}
         if result.usage:
-            meta["usage"] = {"generated_images": result.usage.generated_images,
-                             "output_tokens": result.usage.output_tokens, "total_tokens": result.usage.total_tokens}
+            meta["usage"] = usage_of(result.usage)
         succeeded = self.endings.transition(task, statemachine.SUCCEEDED, [
             TaskRecord.result_urls.set([image.url for image in result.images if image.url]),
             TaskRecord.image_errors.set(errors),
@@ -73,3 +79,12 @@ class ImageCalls:
             self.copies.copy_later(succeeded)
             return
         self.copies.keep(succeeded, delivery, whole_invocation=False)
+
+
+def usage_of(usage: ImageUsage) -> dict[str, Any]:
+    """What a task records of an image call's usage: images, tokens, and each tool's count when tools ran."""
+    recorded: dict[str, Any] = {"generated_images": usage.generated_images, "output_tokens": usage.output_tokens,
+                                "total_tokens": usage.total_tokens}
+    if usage.tool_usage is not None:
+        recorded["tool_usage"] = usage.tool_usage.model_dump()
+    return recorded

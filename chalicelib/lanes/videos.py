@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
+from chalicelib import catalog
 from chalicelib.ark.errors import NO_USABLE_ANSWER, ArkError, ArkPermanentError, ArkRateLimitError
 from chalicelib.clock import Clock
 from chalicelib.lanes.endings import Endings
@@ -14,7 +15,7 @@ from chalicelib.lanes.messages import DONE, Delivery, Outcome, Retry
 from chalicelib.resources import Lane
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask
-from chalicelib.store.records import TaskRecord
+from chalicelib.store.records import ModelRecord, TaskRecord
 from chalicelib.video.stages import CREATE_GRACE_S, SUBMITTING
 from chalicelib.video.submit import ArkTaskTaken, VideoSubmitter, same_create_attempt, take_reconcile_round
 
@@ -31,7 +32,7 @@ class VideoCalls:
         self.clock = clock
 
     def submit(self, task: TaskRecord, callback_url: str | None, delivery: Delivery,
-               reached_ark_before: bool = True) -> Outcome:
+               reached_ark_before: bool = True, model: ModelRecord | None = None) -> Outcome:
         try:
             external_id = self.submitter.create(task, callback_url)
         except ArkRateLimitError as error:  # refused outright: nothing was created
@@ -44,6 +45,7 @@ class VideoCalls:
         except ArkPermanentError as error:
             self.endings.fail_permanently(task, error, reached_ark_before)
             return DONE
+        catalog.clear_upstream_unavailable(model)  # Ark took the create: the model is reachable
         # StaleTask: it ended meanwhile (the Ark task, nobody's, was dropped if still queued). Any other failure
         # to record it raises: the message comes back and the reconcile finds this Ark task again.
         with contextlib.suppress(StaleTask):

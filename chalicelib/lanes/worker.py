@@ -208,9 +208,11 @@ class LaneWorker:
             task = statemachine.transition(task, statemachine.RUNNING, actions=actions, clock=self.clock)
         except StaleTask:
             return self._after_lost_claim(task.task_id, delivery)
+        # Read at most once a minute here: a success clears the model's unavailable flag, if it has one.
+        model = catalog.recent_model(task.model_id)
         if task.type == "video":
-            return self.videos.submit(task, callback_url, delivery, reached_ark_before)
-        return self.images.generate(task, delivery, reached_ark_before)
+            return self.videos.submit(task, callback_url, delivery, reached_ark_before, model)
+        return self.images.generate(task, delivery, reached_ark_before, model)
 
     def _after_lost_claim(self, task_id: str, delivery: Delivery) -> Outcome:
         task = TaskRecord.get(task_id, consistent_read=True)

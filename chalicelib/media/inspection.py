@@ -12,20 +12,7 @@ from dataclasses import dataclass
 import filetype
 import imagesize
 
-from chalicelib.ark.limits import (
-    IMAGE_INPUT_FORMATS,
-    IMAGE_INPUT_MAX_BYTES,
-    IMAGE_INPUT_MAX_PIXELS,
-    IMAGE_INPUT_MIN_SIDE_EXCLUSIVE,
-    IMAGE_MAX_ASPECT,
-    IMAGE_MIN_ASPECT,
-    VIDEO_INPUT_FORMATS,
-    VIDEO_INPUT_MAX_ASPECT_EXCLUSIVE,
-    VIDEO_INPUT_MAX_BYTES,
-    VIDEO_INPUT_MAX_SIDE_EXCLUSIVE,
-    VIDEO_INPUT_MIN_ASPECT_EXCLUSIVE,
-    VIDEO_INPUT_MIN_SIDE_EXCLUSIVE,
-)
+from chalicelib.ark.capabilities import SEEDANCE_INPUT_IMAGES, SEEDREAM_INPUT_IMAGES, InputImageRules
 
 MEGABYTE = 1024 * 1024
 
@@ -53,32 +40,36 @@ def inspect_image(data: bytes) -> ImageInfo | None:
     return ImageInfo(kind.mime.removeprefix("image/"), width, height)
 
 
-def reference_image_problem(info: ImageInfo, size_bytes: int) -> str | None:
-    """Why Seedream 4.5 would refuse this reference image (docs/ark.md, "Input images"), or None."""
-    if info.format not in IMAGE_INPUT_FORMATS:
-        return f"format {info.format} is not one of {', '.join(IMAGE_INPUT_FORMATS)}"
-    if size_bytes > IMAGE_INPUT_MAX_BYTES:
-        return f"image is larger than {IMAGE_INPUT_MAX_BYTES // MEGABYTE} MB"
-    if min(info.width, info.height) <= IMAGE_INPUT_MIN_SIDE_EXCLUSIVE:
-        return f"each side must be more than {IMAGE_INPUT_MIN_SIDE_EXCLUSIVE} px"
-    if info.width * info.height > IMAGE_INPUT_MAX_PIXELS:
-        return f"image has more than {IMAGE_INPUT_MAX_PIXELS} pixels"
-    # Input images share the aspect range of output sizes.
-    if not IMAGE_MIN_ASPECT <= info.width / info.height <= IMAGE_MAX_ASPECT:
+def input_image_problem(rules: InputImageRules, info: ImageInfo, size_bytes: int) -> str | None:
+    """Why a model with these input rules would refuse the image (docs/ark.md, "Input images"), or None."""
+    if info.format not in rules.formats:
+        return f"format {info.format} is not one of {', '.join(rules.formats)}"
+    megabytes = rules.max_bytes // MEGABYTE
+    if rules.max_bytes_inclusive and size_bytes > rules.max_bytes:
+        return f"image is larger than {megabytes} MB"
+    if not rules.max_bytes_inclusive and size_bytes >= rules.max_bytes:
+        return f"image must be smaller than {megabytes} MB"
+    if rules.max_side is None:
+        if min(info.width, info.height) <= rules.min_side:
+            return f"each side must be more than {rules.min_side} px"
+    elif not (rules.min_side < info.width < rules.max_side and rules.min_side < info.height < rules.max_side):
+        return f"each side must be strictly between {rules.min_side} and {rules.max_side} px"
+    if rules.max_pixels is not None and info.width * info.height > rules.max_pixels:
+        return f"image has more than {rules.max_pixels} pixels"
+    low, high = rules.aspect
+    aspect = info.width / info.height
+    if rules.aspect_inclusive and not low <= aspect <= high:
         return "aspect ratio width/height must be within [1/16, 16]"
+    if not rules.aspect_inclusive and not low < aspect < high:
+        return f"aspect ratio width/height must be strictly between {low} and {high}"
     return None
+
+
+def reference_image_problem(info: ImageInfo, size_bytes: int) -> str | None:
+    """Why Seedream would refuse this reference image, or None."""
+    return input_image_problem(SEEDREAM_INPUT_IMAGES, info, size_bytes)
 
 
 def frame_image_problem(info: ImageInfo, size_bytes: int) -> str | None:
-    """Why Seedance 1.0 pro would refuse this first/last frame (docs/ark.md, "Input images"), or None."""
-    if info.format not in VIDEO_INPUT_FORMATS:
-        return f"format {info.format} is not one of {', '.join(VIDEO_INPUT_FORMATS)}"
-    if size_bytes >= VIDEO_INPUT_MAX_BYTES:
-        return f"image must be smaller than {VIDEO_INPUT_MAX_BYTES // MEGABYTE} MB"
-    low, high = VIDEO_INPUT_MIN_SIDE_EXCLUSIVE, VIDEO_INPUT_MAX_SIDE_EXCLUSIVE
-    if not (low < info.width < high and low < info.height < high):
-        return f"each side must be strictly between {low} and {high} px"
-    low_aspect, high_aspect = VIDEO_INPUT_MIN_ASPECT_EXCLUSIVE, VIDEO_INPUT_MAX_ASPECT_EXCLUSIVE
-    if not low_aspect < info.width / info.height < high_aspect:
-        return f"aspect ratio width/height must be strictly between {low_aspect} and {high_aspect}"
-    return None
+    """Why Seedance would refuse this first/last frame or reference image, or None."""
+    return input_image_problem(SEEDANCE_INPUT_IMAGES, info, size_bytes)

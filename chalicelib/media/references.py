@@ -17,11 +17,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AnyUrl, TypeAdapter, UrlConstraints, ValidationError
 
-from chalicelib.ark.limits import IMAGE_INPUT_FORMATS
+from chalicelib.ark.capabilities import SEEDREAM_INPUT_IMAGES
 from chalicelib.media.inspection import ImageInfo, inspect_image
 
 MAX_URL_CHARS = 4096
 UPLOAD_PREFIX = "upload:"
+# Ark's own media library: reference media may name an asset of the account instead of a URL.
+ASSET_URL = re.compile(r"asset://[A-Za-z0-9_-]{1,128}")
 FORMAT_ALIASES = {"jpg": "jpeg"}
 IMAGE_REF_FORMS = "an https URL, a data:image/<format>;base64,<data> URI or upload:<id>"
 
@@ -71,6 +73,15 @@ def image_ref(value: Any, image_problem: ImageProblem) -> ImageRef:
     return ImageRef("url", url=url)
 
 
+def media_url(value: Any) -> str:
+    """A reference video or audio clip: an https URL Ark fetches, or `asset://<id>` of the account's library."""
+    if not isinstance(value, str):
+        raise BadReference("media_url", "must be a string: an https URL or asset://<id>")
+    if ASSET_URL.fullmatch(value):
+        return value
+    return https_url(value, "media_url", "must be an https URL with a host, or asset://<id>")
+
+
 def https_url(value: str, kind: str, message: str) -> str:
     """`value` as an https URL with a host and no credentials; otherwise the problem `kind` with `message`."""
     try:
@@ -88,8 +99,8 @@ def _inline_image(uri: str, image_problem: ImageProblem) -> ImageRef:
     if declared is None:
         raise BadReference("data_uri", "must look like data:image/<format>;base64,<data> with a lower-case format")
     declared_format = FORMAT_ALIASES.get(declared[1], declared[1])
-    if declared_format not in IMAGE_INPUT_FORMATS:
-        raise BadReference("image_format", f"format must be one of {', '.join(IMAGE_INPUT_FORMATS)} (or jpg)")
+    if declared_format not in SEEDREAM_INPUT_IMAGES.formats:
+        raise BadReference("image_format", f"format must be one of {', '.join(SEEDREAM_INPUT_IMAGES.formats)} (or jpg)")
     try:
         data = binascii.a2b_base64(payload, strict_mode=True)
     except (binascii.Error, ValueError):

@@ -17,7 +17,7 @@ import boto3
 import filetype
 
 from chalicelib import aws, secret_store
-from chalicelib.ark.limits import VIDEO_MAX_EXPIRES_AFTER
+from chalicelib.ark.capabilities import EXPIRES_AFTER
 from chalicelib.settings import Settings
 
 S3_SCHEME = "s3://"
@@ -29,15 +29,16 @@ PRESIGNED_URL_TTL_S = 3600
 # what a 512 MB lane function holds at once (the bytes, their base64 and the JSON body).
 ARK_INLINE_BYTES = 32 * 1024 * 1024
 # An input Ark may fetch later: valid past the longest `execution_expires_after` Ark takes, counted from the create.
-ARK_INPUT_URL_TTL_S = VIDEO_MAX_EXPIRES_AFTER + 3600
+ARK_INPUT_URL_TTL_S = EXPIRES_AFTER.maximum + 3600
 EXTENSIONS = {"jpeg": "jpg", "png": "png", "webp": "webp", "bmp": "bmp", "tiff": "tiff", "gif": "gif"}
 # The one type each stored object is handed out as, by its key's extension (keys are arkflow's own); anything else
 # goes out as a download of bytes. A browser never renders what arkflow stores as markup or script.
-SERVED_TYPES = {**{extension: f"image/{subtype}" for subtype, extension in EXTENSIONS.items()}, "mp4": "video/mp4"}
+SERVED_TYPES = {**{extension: f"image/{subtype}" for subtype, extension in EXTENSIONS.items()}, "mp4": "video/mp4",
+                "mov": "video/quicktime"}
 UNKNOWN_TYPE = "application/octet-stream"
 # What a task's results may be, told from their bytes: what Ark produces (Seedream JPEG, Seedance MP4 with a PNG last
-# frame), with PNG and WebP images allowed for models that answer with them.
-RESULT_TYPES = {"image": ("image/jpeg", "image/png", "image/webp"), "video": ("video/mp4",)}
+# frame), with PNG and WebP images and MOV videos allowed for models that answer with them.
+RESULT_TYPES = {"image": ("image/jpeg", "image/png", "image/webp"), "video": ("video/mp4", "video/quicktime")}
 
 
 def s3_ref(bucket: str, key: str) -> str:

@@ -102,14 +102,15 @@ class UploadService:
         return UploadForm(upload_id, form["url"], form["fields"], iso(now + UPLOAD_FORM_TTL_S), size)
 
     def attach(
-        self, owner: str, upload_id: str, task_id: str, index: int, image_problem: ImageProblem
+        self, owner: str, upload_id: str, task_id: str, index: int, image_problem: ImageProblem,
+        field: str | None = None,
     ) -> str:
         """Copy the upload to input `index` of the task; returns its `s3://` reference.
 
-        Raises ValidationFailed (naming `images[index]`) when the upload is unknown, another user's, expired,
-        not uploaded yet, larger than declared, or not an image Ark accepts for this task.
+        Raises ValidationFailed (naming `field`, by default `images[index]`) when the upload is unknown, another
+        user's, expired, not uploaded yet, larger than declared, or not an image Ark accepts for this task.
         """
-        field = f"images[{index}]"
+        field = field or f"images[{index}]"
         record = self._owned(owner, upload_id, field)
         try:
             head = self.s3.head_object(Bucket=self.bucket, Key=record.object_key)

@@ -97,6 +97,9 @@ class ModelRecord(_Base):
     model_id = UnicodeAttribute(hash_key=True)
     type = UnicodeAttribute()
     upstream_model = UnicodeAttribute()
+    # The capability table's model it calls (`chalicelib.ark.capabilities`): the one `upstream_model` names, or
+    # the one an endpoint serves. Missing on models made before the table: found from `upstream_model` then.
+    family = UnicodeAttribute(null=True)
     display_name = UnicodeAttribute()
     concurrency = NumberAttribute()
     daily_quota = NumberAttribute()
@@ -105,6 +108,9 @@ class ModelRecord(_Base):
     lane = UnicodeAttribute()
     enabled = BooleanAttribute(default=True)
     defaults = JSONAttribute(null=True)
+    # Set when Ark answered that the model or endpoint is not there for this account (`{at, code}`); cleared by
+    # the next call Ark accepts, or by a change of upstream.
+    upstream_unavailable = JSONAttribute(null=True)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
 
@@ -138,7 +144,17 @@ class TaskRecord(_Base):
     # References: https URLs as given, or `s3://bucket/key` for images stored by arkflow.
     images = ListAttribute(of=UnicodeAttribute, default=list)
     params = JSONAttribute(default=dict)
+    # A video's reference media (`[{type, url}]`; stored images as `s3://` references), beside `images`, its
+    # first/last frames: a task has one or the other.
+    references = JSONAttribute(null=True)
+    # A render of a draft: the draft task (arkflow's id) and the Ark task it renders.
+    render_of = UnicodeAttribute(null=True)
+    draft_external_id = UnicodeAttribute(null=True)
     upstream_model = UnicodeAttribute()
+    # The capability table's model the task was judged against and is sent as (missing on older tasks).
+    family = UnicodeAttribute(null=True)
+    # `[{code, message, replacement}]` when its model was on its way out at submit time (deprecated).
+    warnings = JSONAttribute(null=True)
     lane = UnicodeAttribute()
     external_id = UnicodeAttribute(null=True)
     error = ErrorAttribute(null=True)

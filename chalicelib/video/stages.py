@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from chalicelib.ark.limits import VIDEO_MAX_EXPIRES_AFTER, VIDEO_MIN_EXPIRES_AFTER
+from chalicelib.ark.capabilities import EXPIRES_AFTER
 from chalicelib.clock import epoch_of
 from chalicelib.settings import Settings
 from chalicelib.store import statemachine
@@ -44,7 +44,7 @@ def queued_at_ark(task: TaskRecord) -> bool:
 
 def expires_after(settings: Settings) -> int:
     """`execution_expires_after` for a create: the platform's deadline, within what Ark accepts."""
-    return min(max(settings.task_deadline_s, VIDEO_MIN_EXPIRES_AFTER), VIDEO_MAX_EXPIRES_AFTER)
+    return min(max(settings.task_deadline_s, EXPIRES_AFTER.minimum), EXPIRES_AFTER.maximum)
 
 
 def video_deadline(created_at: float, expiry_s: int) -> int:

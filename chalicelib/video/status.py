@@ -233,6 +233,16 @@ def _task_with_secret(task_id: str, token: str) -> TaskRecord:
     return task
 
 
+def _usage(remote: VideoTask) -> dict[str, Any] | None:
+    if remote.usage is None:
+        return None
+    usage: dict[str, Any] = {"completion_tokens": remote.usage.completion_tokens,
+                             "total_tokens": remote.usage.total_tokens}
+    if remote.usage.tool_usage is not None:
+        usage["tool_usage"] = remote.usage.tool_usage.model_dump()
+    return usage
+
+
 def _outcome_actions(remote: VideoTask) -> list[Action]:
     if remote.status == "succeeded":
         meta = {
@@ -241,8 +251,12 @@ def _outcome_actions(remote: VideoTask) -> list[Action]:
             "resolution": remote.resolution,
             "ratio": remote.ratio,
             "seed": remote.seed,
-            "usage": {"completion_tokens": remote.usage.completion_tokens,
-                      "total_tokens": remote.usage.total_tokens} if remote.usage else None,
+            "usage": _usage(remote),
+            "generate_audio": remote.generate_audio,
+            "draft": remote.draft,
+            "draft_task_id": remote.draft_task_id,
+            "priority": remote.priority,
+            "service_tier": remote.service_tier,
         }
         actions: list[Action] = [TaskRecord.result_meta.set({key: value for key, value in meta.items()
                                                              if value is not None})]

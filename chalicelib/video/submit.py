@@ -1,9 +1,9 @@
 """Video creates at Ark: each sent exactly once, and reconciled through Ark's task list after a crash, never blindly
 created again (docs/design.md, "Videos").
 
-Every create carries `safety_identifier` (a hash of the owner's user id: Ark's end-user field), a seed (the
-user's, or one derived from the task id) and `execution_expires_after` no longer than the platform's deadline
-(`TASK_DEADLINE_SECONDS`, within Ark's bounds).
+Every create carries `safety_identifier` (a hash of the owner's user id: Ark's end-user field), a seed where the
+model takes one (the user's, or one derived from the task id) and `execution_expires_after` no longer than the
+platform's deadline (`TASK_DEADLINE_SECONDS`, within Ark's bounds).
 
 A task found `submitting` after a crash is reconciled through Ark's task list and never created blindly again.
 A listed task is a candidate only when what Ark echoes equals what this task sent: model, seed, resolution,
@@ -29,9 +29,10 @@ from pynamodb.exceptions import DoesNotExist, PutError
 from pynamodb.expressions.update import Action
 
 from chalicelib.accounts.auth import secret_digest
+from chalicelib.ark import capabilities
 from chalicelib.ark.answers import VideoTask
-from chalicelib.ark.client import VolcVideoClient, image_content, text_content
-from chalicelib.ark.limits import VIDEO_MAX_SEED, VIDEO_TASK_RETENTION_S
+from chalicelib.ark.capabilities import SEED, VIDEO_TASK_RETENTION_S
+from chalicelib.ark.client import VolcVideoClient, draft_content, image_content, media_content, text_content
 from chalicelib.clock import SYSTEM_CLOCK, Clock, epoch_of, iso
 from chalicelib.media import storage
 from chalicelib.settings import Settings
@@ -61,7 +62,7 @@ def seed_of(task: TaskRecord) -> int:
     seed = (task.params or {}).get("seed")
     if seed is not None and seed >= 0:
         return int(seed)
-    return int(hashlib.sha256(task.task_id.encode()).hexdigest(), 16) % (VIDEO_MAX_SEED + 1)
+    return int(hashlib.sha256(task.task_id.encode()).hexdigest(), 16) % (SEED.maximum + 1)
 
 
 
@@ -73,16 +74,34 @@ class Submission:
 
     @classmethod
     def of(cls, task: TaskRecord, s3: Any, settings: Settings) -> Submission:
+        """The create in Ark's shape: the prompt and inputs as `content` (first/last frames, reference media, or
+        for a render only the draft), the params as body fields. The seed goes only to models that take one."""
+        entry = capabilities.find(task.family or task.upstream_model)
+        params = {key: value for key, value in (task.params or {}).items() if key != "seed"}
+        expiry = min(params.pop("execution_expires_after", None) or expires_after(settings), expires_after(settings))
+        body: dict[str, Any] = {"content": cls._content(task, s3, settings), "model": task.upstream_model,
+                                "safety_identifier": safety_identifier_of(task.user_id),
+                                "execution_expires_after": expiry, **params}
+        takes_seed = entry is None or (entry.video is not None and entry.video.seed)
+        if takes_seed and not task.draft_external_id:  # a render reuses the draft's seed
+            body["seed"] = seed_of(task)
+        return cls(body)
+
+    @staticmethod
+    def _content(task: TaskRecord, s3: Any, settings: Settings) -> list[dict[str, Any]]:
+        if task.draft_external_id:
+            return [draft_content(task.draft_external_id)]
         content: list[dict[str, Any]] = []
         if task.prompt:
             content.append(text_content(task.prompt))
         refs = storage.urls_for_ark(s3, task.images, settings)
         roles = ["first_frame", "last_frame"] if len(refs) == 2 else ["first_frame"]
         content += [image_content(url, role) for url, role in zip(refs, roles, strict=False)]
-        params = {key: value for key, value in (task.params or {}).items() if key != "seed"}
-        return cls({"content": content, "model": task.upstream_model, "seed": seed_of(task),
-                    "safety_identifier": safety_identifier_of(task.user_id),
-                    "execution_expires_after": expires_after(settings), **params})
+        references = task.references or []
+        urls = storage.urls_for_ark(s3, [reference["url"] for reference in references], settings)
+        content += [image_content(url, "reference_image") if reference["type"] == "image"
+                    else media_content(reference["type"], url) for reference, url in zip(references, urls, strict=True)]
+        return content
 
     def matches(self, remote: VideoTask) -> bool:
         """Whether `remote` (from Ark's list) may be what this submission created: every field Ark echoes that

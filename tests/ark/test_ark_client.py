@@ -66,7 +66,7 @@ def test_image_generation_returns_urls_that_serve_jpegs_of_the_requested_size(ar
 def test_group_generation_reports_per_image_errors_and_keeps_the_rest(ark):
     ark.configure(output_sensitive_marker="FORBIDDEN")
     with VolcImageClient(ark.base_url, API_KEY) as client:
-        result = client.create_image_task("FORBIDDEN comic strip", images=[data_uri(64, 64)],
+        result = client.create_image_task("FORBIDDEN comic strip of 4 panels", images=[data_uri(64, 64)],
                                           sequential_image_generation="auto", max_images=4)
     assert len(result.images) == 3
     assert [(error.index, error.code) for error in result.errors] == [(0, "OutputImageSensitiveContentDetected")]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -12,8 +14,9 @@ import pytest
 
 from arksim.config import SimConfig
 from arksim.testing import running_simulator
+from tests.polling import wait_for
 
-from .conftest import FAST, IMAGE_MODEL, VIDEO_MODEL, auth
+from .conftest import FAST, IMAGE_MODEL, START, VIDEO_MODEL, auth
 
 IMAGES = "/images/generations"
 TASKS = "/contents/generations/tasks"
@@ -84,7 +87,7 @@ def test_an_internal_error_stops_the_rest_of_a_group(ark):
 
 def test_output_moderation_per_image_keeps_the_group_going(ark):
     ark.configure(output_sensitive_fraction=1.0)
-    response = generate(ark, sequential_image_generation="auto",
+    response = generate(ark, prompt="three views of a cat", sequential_image_generation="auto",
                         sequential_image_generation_options={"max_images": 3})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "OutputImageSensitiveContentDetected"
@@ -93,7 +96,7 @@ def test_output_moderation_per_image_keeps_the_group_going(ark):
 
 def test_images_per_minute_is_a_sliding_window_on_the_clock(ark):
     ark.configure(images_per_minute=3)
-    assert generate(ark, sequential_image_generation="auto",
+    assert generate(ark, prompt="2 images of a cat", sequential_image_generation="auto",
                     sequential_image_generation_options={"max_images": 2}).status_code == 200
     assert generate(ark).status_code == 200
     limited = generate(ark)
@@ -145,7 +148,7 @@ def test_reset_everything_forgets_tasks_and_results(ark):
 
 
 def test_config_is_readable_and_rejects_unknown_fields_and_bad_values(ark):
-    assert ark.config()["images_per_minute"] == 500
+    assert ark.config()["images_per_minute"] is None  # each model's own limit
     for change in ({"no_such_field": 1}, {"rate_limit_fraction": 2}, {"fault_endpoints": ["images.edit"]}):
         response = httpx.put(f"{ark.admin_url}/config", json=change)
         assert response.status_code == 400
@@ -166,12 +169,13 @@ def test_configuration_from_the_environment():
         "ARKSIM_SERVER_ERROR_FRACTION": "0.1",
         "ARKSIM_FAULT_ENDPOINTS": '["tasks.create"]',
         "ARKSIM_ENDPOINTS": '{"ep-20250101000000-abcde": "doubao-seedance-1-0-pro-250528"}',
-        "ARKSIM_REJECT_UNSUPPORTED_VIDEO_FIELDS": "false",
+        "ARKSIM_IGNORE_UNSUPPORTED_FIELDS": '["seedance-1.0-pro"]',
+        "ARKSIM_VIDEO_MAX_RUNNING": "3",
     })
     assert (config.image_latency_s, config.server_error_fraction) == (0.25, 0.1)
     assert config.fault_endpoints == ["tasks.create"]
     assert config.endpoints == {"ep-20250101000000-abcde": VIDEO_MODEL}
-    assert config.reject_unsupported_video_fields is False
+    assert (config.ignore_unsupported_fields, config.video_max_running) == (["seedance-1.0-pro"], 3)
     assert SimConfig.from_env({}) == SimConfig()
 
 
@@ -183,7 +187,7 @@ def test_running_simulator_ignores_the_environment(monkeypatch):
 
 def test_stream_sends_one_event_per_image_then_completed_and_done(ark):
     ark.configure(output_sensitive_marker="SKIP-FIRST")
-    response = generate(ark, prompt="SKIP-FIRST set", stream=True, sequential_image_generation="auto",
+    response = generate(ark, prompt="SKIP-FIRST set of 3", stream=True, sequential_image_generation="auto",
                         sequential_image_generation_options={"max_images": 3})
     assert response.headers["content-type"].startswith("text/event-stream")
     events = [line.removeprefix("event: ") for line in response.text.splitlines() if line.startswith("event: ")]
@@ -191,3 +195,81 @@ def test_stream_sends_one_event_per_image_then_completed_and_done(ark):
                       "image_generation.partial_succeeded", "image_generation.completed"]
     assert response.text.rstrip().endswith("data: [DONE]")
     assert '"generated_images": 2' in response.text
+
+
+def test_an_injected_stream_error_ends_the_stream_with_a_request_level_error_event(ark):
+    ark.configure(stream_error_fraction=1.0)
+    response = generate(ark, prompt="a set of 3 cats", stream=True, sequential_image_generation="auto")
+    events = [line.removeprefix("event: ") for line in response.text.splitlines() if line.startswith("event: ")]
+    assert events == ["image_generation.partial_succeeded", "error"]
+    error = json.loads(response.text.split("event: error\ndata: ")[1].split("\n")[0])
+    assert (error["type"], error["error"]["code"]) == ("error", "InternalServiceError")
+    assert error["error"]["message"].endswith(f"Request ID: {response.headers['X-Client-Request-Id']}")
+    assert "[DONE]" not in response.text
+    assert ark.stats()["faults"] == {"stream_error": 1}
+
+
+def test_x_should_retry_is_sent_on_error_answers_when_set(ark):
+    assert "x-should-retry" not in generate(ark, prompt="").headers
+    ark.configure(should_retry_header="false", server_error_fraction=1.0)
+    assert generate(ark).headers["x-should-retry"] == "false"
+    ark.configure(should_retry_header="true", server_error_fraction=0.0)
+    assert generate(ark, prompt="").headers["x-should-retry"] == "true"
+    assert "x-should-retry" not in generate(ark).headers  # only on errors
+
+
+@pytest.mark.parametrize(("code", "text"), [
+    ("InputImageSensitiveContentDetected.PrivacyInformation",
+     "The request failed because the input image may contain real person."),
+    ("InputImageSensitiveContentDetected.PolicyViolation",
+     "The request failed because the input image may be related to copyright restrictions."),
+    ("InputVideoSensitiveContentDetected", "The request failed because the input video may contain sensitive "
+                                           "information."),
+    ("InputTextSensitiveContentDetected", "The request failed because the input text may contain sensitive "
+                                          "information."),
+])
+def test_a_moderation_marker_refuses_the_request_with_arks_documented_text(ark, code, text):
+    for response in (generate(ark, prompt=f"a cat SIM_MODERATION:{code}"),
+                     httpx.post(f"{ark.base_url}{TASKS}", headers=auth(), json={
+                         "model": VIDEO_MODEL, "content": [{"type": "text", "text": f"SIM_MODERATION:{code} a cat"}]})):
+        assert response.status_code == 400
+        error = response.json()["error"]
+        assert (error["code"], error["type"]) == (code, "BadRequest")
+        assert error["message"] == f"{text} Request ID: {response.headers['X-Client-Request-Id']}"
+
+
+def test_a_content_security_failure_names_the_request_inside_its_text(ark):
+    response = generate(ark, prompt="SIM_MODERATION:ContentSecurityDetectionError")
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "ContentSecurityDetectionError"
+    assert error["message"].startswith(f"Internal error. ARK Request ID: {response.headers['X-Client-Request-Id']};")
+    assert "CSD RequestId: " in error["message"]
+
+
+def test_output_moderation_variants_fail_the_first_image_or_the_video(ark):
+    body = generate(ark, prompt="two views SIM_MODERATION:OutputImageSensitiveContentDetected.DeepFake",
+                    sequential_image_generation="auto").json()
+    assert body["data"][0]["error"] == {
+        "code": "OutputImageSensitiveContentDetected.DeepFake",
+        "message": "The request failed because the output image may contain counterfeit documents or credentials."}
+    assert "url" in body["data"][1]
+    task_id = httpx.post(f"{ark.base_url}{TASKS}", headers=auth(), json={
+        "model": VIDEO_MODEL, "resolution": "480p", "duration": 2,
+        "content": [{"type": "text", "text": "SIM_MODERATION:OutputVideoSensitiveContentDetected.PolicyViolation"}],
+    }).json()["id"]
+    task = wait_for(lambda: (found := httpx.get(f"{ark.base_url}{TASKS}/{task_id}", headers=auth()).json())
+                    ["status"] == "failed" and found)
+    assert task["error"]["code"] == "OutputVideoSensitiveContentDetected.PolicyViolation"
+    assert task["error"]["message"].endswith("output video may be related to copyright restrictions.")
+
+
+def test_an_unknown_moderation_code_is_no_fault(ark):
+    assert generate(ark, prompt="SIM_MODERATION:NoSuchCode").status_code == 200
+
+
+def test_task_ids_carry_the_creation_time_in_beijing(frozen_ark):
+    response = httpx.post(f"{frozen_ark.base_url}{TASKS}", headers=auth(),
+                          json={"model": VIDEO_MODEL, "content": [{"type": "text", "text": "a cat"}]})
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(START + 8 * 3600))
+    assert re.fullmatch(rf"cgt-{stamp}-[a-z0-9]{{5}}", response.json()["id"])

@@ -10,6 +10,7 @@ import pytest
 
 from arksim.server import RunningSimulator
 from arksim.testing import running_simulator
+from chalicelib.ark.capabilities import SEED
 
 from .conftest import FAST, IMAGE_MODEL, VIDEO_MODEL, auth, data_uri
 
@@ -185,11 +186,19 @@ def test_max_images_within_1_and_15(sim):
                      "max_images")
 
 
-def test_group_size_respects_max_images_and_the_15_image_total(sim):
-    auto = {"sequential_image_generation": "auto"}
-    assert len(assert_ok(image(sim, **auto, sequential_image_generation_options={"max_images": 4}))["data"]) == 4
-    assert len(assert_ok(image(sim, **auto, image=[PNG_20] * 13))["data"]) == 2
-    assert len(assert_ok(image(sim, sequential_image_generation_options={"max_images": 4}))["data"]) == 1
+@pytest.mark.parametrize(("prompt", "fields", "count"), [
+    ("a set of 4 cats", {"sequential_image_generation_options": {"max_images": 6}}, 4),
+    ("six views of a cat", {"sequential_image_generation_options": {"max_images": 4}}, 4),  # capped by max_images
+    ("a cat", {"sequential_image_generation_options": {"max_images": 4}}, 1),  # asks for no count: not the maximum
+    ("生成3张猫的图片", {}, 3),
+    ("fifteen images of a cat", {"image": [PNG_20] * 13}, 2),  # references + generated <= 15
+    ("4 images of a cat", {"sequential_image_generation": "disabled"}, 1),
+])
+def test_a_group_makes_what_the_prompt_asks_for_within_max_images_and_the_15_image_total(sim, prompt, fields,
+                                                                                        count):
+    body = assert_ok(image(sim, prompt=prompt, **{"sequential_image_generation": "auto", **fields}))
+    assert len(body["data"]) == count
+    assert body["usage"]["generated_images"] == count
 
 
 def test_null_fields_count_as_absent(sim):
@@ -242,7 +251,7 @@ def test_request_body_at_most_64_mb(sim):
     ("duration", 2, 1),
     ("frames", 29, 30),
     ("frames", 289, 293),
-    ("seed", 4294967295, 4294967296),
+    ("seed", SEED.maximum, SEED.maximum + 1),
     ("seed", -1, -2),
     ("camera_fixed", True, "yes"),
     ("watermark", False, 0),
@@ -265,14 +274,21 @@ def test_adaptive_ratio_needs_an_image_and_follows_the_first_frame(sim):
     assert task["ratio"] == "3:4"
 
 
-def test_fields_of_newer_models_are_rejected_unless_switched_off(sim):
-    assert_error(video(sim, generate_audio=True), 400, "InvalidParameter.UnsupportedParameter", "generate_audio")
+def test_fields_the_model_lacks_are_refused_by_name_unless_its_switch_says_ignore(sim):
+    for field, value in (("generate_audio", True), ("draft", True), ("priority", 1), ("tools", [])):
+        response = video(sim, **{field: value})
+        assert_error(response, 400, "InvalidParameter.UnsupportedParameter", field)
+        assert f"`{field}`" in response.json()["error"]["message"]
     assert_ok(video(sim, generate_audio=None, draft=None, priority=None, tools=None))
-    sim.configure(reject_unsupported_video_fields=False)
+    sim.configure(ignore_unsupported_fields=[VIDEO_MODEL])
     try:
-        assert_ok(video(sim, draft=True))
+        task_id = assert_ok(video(sim, draft=True, generate_audio=True))["id"]
+        task = httpx.get(f"{sim.base_url}/contents/generations/tasks/{task_id}", headers=auth()).json()
+        assert "draft" not in task and "generate_audio" not in task
+        # The switch is per model: Seedream 4.5 still refuses what it lacks.
+        assert_error(image(sim, output_format="png"), 400, "InvalidParameter.UnsupportedParameter", "output_format")
     finally:
-        sim.configure(reject_unsupported_video_fields=True)
+        sim.configure(ignore_unsupported_fields=[])
 
 
 def test_prompt_flags_are_weakly_validated_and_lose_to_body_fields(sim):
@@ -288,7 +304,7 @@ def test_defaults_and_id_format(sim):
     task = httpx.get(f"{sim.base_url}/contents/generations/tasks/{created['id']}", headers=auth()).json()
     assert (task["resolution"], task["ratio"], task["duration"], task["framespersecond"]) == ("1080p", "16:9", 5, 24)
     assert (task["service_tier"], task["execution_expires_after"]) == ("default", 172800)
-    assert 0 <= task["seed"] <= 4294967295
+    assert 0 <= task["seed"] <= SEED.maximum
     assert "frames" not in task
 
 

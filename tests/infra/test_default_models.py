@@ -10,6 +10,7 @@ import pytest
 from chalice.test import Client
 
 from chalicelib import catalog
+from chalicelib.ark import capabilities
 from chalicelib.resources import DEFAULT_MODELS
 from chalicelib.store import first_run
 from chalicelib.store.records import MarkerRecord, ModelRecord
@@ -35,6 +36,33 @@ def test_the_scheduled_sweeper_seeds_a_fresh_stack(aws_resources, fresh_containe
     assert model_ids() == sorted(default.model_id for default in DEFAULT_MODELS)
 
 
+def test_a_deployed_stage_enables_only_the_first_two_defaults_and_the_local_stack_all(aws_resources) -> None:
+    assert {"seedream-4.5", "seedance-1.0-pro", "seedream-5.0-lite", "seedance-1.5-pro", "seedance-2.0"} <= {
+        default.model_id for default in DEFAULT_MODELS}
+    catalog.ensure_default_models()  # what the sweeper does on AWS
+    enabled = {model.model_id: model.enabled for model in ModelRecord.scan()}
+    assert [model_id for model_id, on in sorted(enabled.items()) if on] == ["seedance-1.0-pro", "seedream-4.5"]
+    for model in ModelRecord.scan():
+        entry = capabilities.find(model.upstream_model)
+        assert entry is not None and entry.key == model.family  # an id of the table's, at the provider
+        limit = entry.video.concurrency if entry.video else entry.image.images_per_minute  # type: ignore[union-attr]
+        assert 1 <= model.concurrency < limit  # conservative: well within Ark's own limit
+
+
+def test_the_local_stack_enables_every_default(aws_resources) -> None:
+    from devstack.demo import create_demo_data
+
+    create_demo_data(default_models=True)
+    assert all(model.enabled for model in ModelRecord.scan())
+    assert len(model_ids()) == len(DEFAULT_MODELS)
+
+
+def test_a_byteplus_stage_seeds_byteplus_ids(aws_resources, monkeypatch) -> None:
+    monkeypatch.setattr(catalog, "provider", lambda: "byteplus")
+    catalog.ensure_default_models()
+    assert ModelRecord.get("seedance-2.0").upstream_model == "dreamina-seedance-2-0-260128"
+
+
 def test_a_deleted_default_stays_deleted_and_a_new_default_arrives(aws_resources, monkeypatch) -> None:
     assert sorted(catalog.ensure_default_models()) == sorted(default.model_id for default in DEFAULT_MODELS)
     catalog.delete_model("seedream-4.5")
@@ -49,7 +77,8 @@ def test_a_deleted_default_stays_deleted_and_a_new_default_arrives(aws_resources
 def test_a_model_an_admin_made_under_a_default_id_is_kept_as_it_is(aws_resources) -> None:
     default = DEFAULT_MODELS[0]
     catalog.create_model(catalog.ModelCreate(model_id=default.model_id, type=default.type,
-                                             upstream_model="ep-admins-own-endpoint", display_name="Ours",
+                                             upstream_model="ep-admins-own-endpoint", family=default.family,
+                                             display_name="Ours",
                                              concurrency=1, daily_quota=5))
     assert default.model_id not in catalog.ensure_default_models()
     assert ModelRecord.get(default.model_id).upstream_model == "ep-admins-own-endpoint"

@@ -199,6 +199,7 @@ def exercise(deployment: Deployment) -> None:
              "concurrency": 1, "daily_quota": 10}
     run.rest("POST", "/api/admin/models", model, user=ADMIN, expect=201)
     run.rest("GET", "/api/admin/models", user=ADMIN)
+    run.rest("GET", "/api/admin/ark-models", user=ADMIN)
     run.rest("GET", "/api/admin/models/{model_id}", user=ADMIN, model_id="spare-image")
     run.rest("PUT", "/api/admin/models/{model_id}", {"enabled": False}, user=ADMIN, model_id="spare-image")
     run.rest("DELETE", "/api/admin/models/{model_id}", user=ADMIN, model_id="spare-image")
@@ -251,6 +252,8 @@ def exercise(deployment: Deployment) -> None:
     assert run.schedule("video_poller") == {"polled": 1}
     run.run_lane("video", clip["id"])
     assert "video_url" in run.task(clip["id"])
+    # Only a draft renders: the same function creates a render as any task, after reading the draft.
+    run.rest("POST", "/api/tasks/{task_id}/render", user=DEMO, task_id=clip["id"], expect=409)
 
     # Accounts end: a disabled user's socket is closed, a deleted task's files go, a logout closes its socket.
     run.rest("PUT", "/api/admin/users/{username}", {"disabled": True}, user=ADMIN, username=OTHER[0])

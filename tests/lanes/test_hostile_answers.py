@@ -230,12 +230,13 @@ def test_a_failed_videos_huge_error_cannot_grow_the_task_past_dynamodbs_item_lim
     (IMAGE_MODEL, IMAGE_TASK, "image"), (VIDEO_MODEL, VIDEO_TASK, "video")])
 def test_users_never_see_the_upstream_endpoint_in_a_tasks_error(lanes: Lanes, model_id: str,
                                                                 task_body: dict[str, Any], lane: str):
-    lanes.set_model(model_id, upstream_model=ENDPOINT_ID)  # an endpoint Ark does not know: its error names it
+    # An endpoint Ark does not know: its error names it.
+    lanes.set_model(model_id, upstream_model=ENDPOINT_ID, family=model_id)
     task_id = lanes.submit(task_body)
     lanes.run(lane)
 
     body = lanes.get(task_id)
-    assert body["status"] == "failed" and body["error"]["code"] == "InvalidEndpointOrModel.NotFound"
+    assert body["status"] == "failed" and body["error"]["code"] == "model_unavailable"
     assert body["error"]["message"] and ENDPOINT_ID not in json.dumps(body)
     listed = lanes.api.request("GET", "/api/tasks", as_user=("demo", "demo-pass")).data["tasks"]
     assert ENDPOINT_ID not in json.dumps(listed)
@@ -244,7 +245,7 @@ def test_users_never_see_the_upstream_endpoint_in_a_tasks_error(lanes: Lanes, mo
 
 def test_per_image_errors_show_our_message_to_users_and_arks_to_admins(lanes: Lanes):
     lanes.ark.configure(output_sensitive_marker="FORBIDDEN")
-    task_id = lanes.submit({**IMAGE_TASK, "prompt": "FORBIDDEN comic strip", "max_images": 3})
+    task_id = lanes.submit({**IMAGE_TASK, "prompt": "FORBIDDEN comic strip of 3 panels", "max_images": 3})
     lanes.run("image")
 
     (shown,) = lanes.get(task_id)["image_errors"]

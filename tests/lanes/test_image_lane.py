@@ -36,7 +36,7 @@ class ImagesCallingBack(VolcImageClient):
 
 
 def test_an_image_task_runs_once_and_stores_urls_and_usage(lanes: Lanes) -> None:
-    task_id = lanes.submit({**IMAGE_TASK, "max_images": 2})
+    task_id = lanes.submit({**IMAGE_TASK, "prompt": "two views of a red fox in snow", "max_images": 2})
 
     assert lanes.run("image") == {"batchItemFailures": []}
 

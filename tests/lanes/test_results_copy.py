@@ -38,7 +38,7 @@ def is_presigned_for(url: str, ref: str) -> bool:
 
 
 def test_an_image_task_ends_with_its_images_in_the_bucket(lanes: Lanes) -> None:
-    task_id = lanes.submit({**IMAGE_TASK, "max_images": 2})
+    task_id = lanes.submit({**IMAGE_TASK, "prompt": "two views of a red fox in snow", "max_images": 2})
 
     assert lanes.run("image") == {"batchItemFailures": []}
 
@@ -92,7 +92,7 @@ def test_a_copy_that_stores_nothing_in_a_whole_invocation_records_why_and_stops(
 def test_a_copy_that_ran_out_of_time_after_storing_some_goes_on_from_a_fresh_message(
     lanes: Lanes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    task_id = succeeded_at_ark(lanes, {**IMAGE_TASK, "max_images": 2})
+    task_id = succeeded_at_ark(lanes, {**IMAGE_TASK, "prompt": "two views of a red fox in snow", "max_images": 2})
     bucket = boto3.client("s3")
 
     def time_runs_out_once_one_is_stored() -> float:

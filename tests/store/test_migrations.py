@@ -13,7 +13,6 @@ from chalicelib import wiring
 from chalicelib.accounts.auth import Principal, hash_password
 from chalicelib.clock import SYSTEM_CLOCK, iso
 from chalicelib.migrations import UserIdMigration, main
-from chalicelib.schemas import ImageTaskRequest, parse
 from chalicelib.settings import get_settings
 from chalicelib.store import quota, slots, statemachine
 from chalicelib.store.records import (
@@ -45,7 +44,7 @@ def old_task(username: str, *, created_at: str | None = None, idempotency_key: s
     """A task as intake wrote it when the owner was the username (no `username` attribute)."""
     service = wiring.current().intake
     owner = Principal(user_id=username, username=username, role="user")
-    task_id = service.create(owner, parse(ImageTaskRequest, IMAGE_TASK), IMAGE_TASK, idempotency_key).body["id"]
+    task_id = service.create(owner, IMAGE_TASK, idempotency_key).body["id"]
     actions = [TaskRecord.username.remove()]
     if created_at:
         actions += [TaskRecord.created_at.set(created_at), TaskRecord.created_key.set(f"{created_at}#{task_id}")]

@@ -18,7 +18,7 @@ from chalicelib.ark.answers import VideoTask
 from chalicelib.ark.client import VolcVideoClient
 from chalicelib.ark.errors import ArkNotFoundError
 from chalicelib.ark.model_ids import SEEDANCE_1_0_PRO
-from chalicelib.schemas import ImageTaskRequest, parse
+from chalicelib.resources import DEFAULT_MODELS
 from chalicelib.store import slots, statemachine
 from chalicelib.store.records import TaskRecord
 from tests.api_client import Api
@@ -46,7 +46,8 @@ def test_users_see_enabled_models_without_upstream_ids(api: Api) -> None:
     api.request("PUT", "/api/admin/models/seedance-1.0-pro", {"enabled": False}, as_user=ADMIN)
     response = api.request("GET", "/api/models", as_user=DEMO)
     assert response.status_code == 200
-    assert [model["model_id"] for model in response.data["models"]] == ["seedream-4.5"]
+    listed = [model["model_id"] for model in response.data["models"]]
+    assert listed == sorted(default.model_id for default in DEFAULT_MODELS if default.model_id != "seedance-1.0-pro")
     assert "doubao" not in response.body.decode()
     assert "concurrency" not in response.data["models"][0]
 
@@ -56,6 +57,7 @@ def test_admin_creates_reads_updates_and_deletes_a_model(api: Api) -> None:
         "model_id": "seedream-ep",
         "type": "image",
         "upstream_model": "ep-20250101120000-abcde",
+        "family": "seedream-4.5",
         "concurrency": 2,
         "daily_quota": 10,
         "user_daily_quota": 3,
@@ -388,7 +390,7 @@ def test_a_listing_page_stays_under_lambdas_response_limit_whatever_its_tasks_ho
     urls = [f"https://images.example.com/{index}/" + "p" * 3960 + ".png" for index in range(14)]
     body = {**IMAGE_TASK, "prompt": prompt, "images": urls}
     service, demo = wiring.current().intake, principal_of(DEMO)
-    created = [service.create(demo, parse(ImageTaskRequest, body), body).body["id"] for _ in range(100)]
+    created = [service.create(demo, body).body["id"] for _ in range(100)]
 
     sizes: list[int] = []
 
@@ -443,8 +445,7 @@ def test_a_filtered_listing_reads_a_bounded_number_of_items_per_request(
     monkeypatch.setattr(queries, "PAGE_READ_BUDGET", 50)
     monkeypatch.setattr(queries, "LISTING_QUERY_PAGE", 10)
     service, demo = wiring.current().intake, principal_of(DEMO)
-    request = parse(ImageTaskRequest, IMAGE_TASK)
-    created = [service.create(demo, request, IMAGE_TASK).body["id"] for _ in range(120)]
+    created = [service.create(demo, IMAGE_TASK).body["id"] for _ in range(120)]
     failed = [created[5], created[64], created[118]]
     for task_id in failed:
         statemachine.transition(stored(task_id), statemachine.FAILED)

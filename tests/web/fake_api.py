@@ -27,8 +27,8 @@ from urllib.parse import parse_qs, urlsplit
 from websockets.http11 import Request, Response
 from websockets.sync.server import Server, ServerConnection, serve
 
-from arksim.media import render_image, render_mp4
-from chalicelib.ark.limits import PROMPT_MAX_CHARS
+from arksim.media import Look, render_picture, render_still, render_video
+from chalicelib.ark import capabilities
 from chalicelib.clock import iso
 from devstack.webapp import make_web_server
 
@@ -36,7 +36,8 @@ HOST = "127.0.0.1"
 ADMIN = ("admin", "admin-pass")
 DEMO = ("demo", "demo-pass")
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
-MEDIA_COLORS = {"image": (60, 140, 200), "frame": (220, 180, 60), "video": (90, 170, 90)}
+IMAGE_PARAMS = ("size", "max_images", "watermark", "output_format", "tools")
+FAKE_LOOK = Look("a result of the fake API", "fake")
 
 
 def now_iso() -> str:
@@ -94,18 +95,39 @@ class FakeState:
     injected: list[Injected] = field(default_factory=list)
     held: list[Held] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    # model id -> how many of its queued tasks a change of upstream cannot move (409 without `force`)
+    incompatible_queued: dict[str, int] = field(default_factory=dict)
 
 
 def default_models() -> dict[str, dict[str, Any]]:
-    common = {"enabled": True, "user_daily_quota": None, "max_running_per_user": None}
-    return {
-        "seedream-4-5": {**common, "model_id": "seedream-4-5", "type": "image", "display_name": "Seedream 4.5",
-                         "upstream_model": "doubao-seedream-4-5-251128", "concurrency": 4, "daily_quota": 500,
-                         "defaults": {"size": "2K"}},
-        "seedance-1-0-pro": {**common, "model_id": "seedance-1-0-pro", "type": "video",
-                             "display_name": "Seedance 1.0 pro", "upstream_model": "doubao-seedance-1-0-pro-250528",
-                             "concurrency": 2, "daily_quota": 100, "defaults": {"resolution": "720p"}},
-    }
+    """The models the fake serves, each the capability table's `family` (docs/api.md, "Capabilities")."""
+    common = {"enabled": True, "user_daily_quota": None, "max_running_per_user": None, "concurrency": 2,
+              "daily_quota": 100, "defaults": {}}
+    models = [
+        {"model_id": "seedream-4-5", "type": "image", "family": "seedream-4.5", "display_name": "Seedream 4.5",
+         "upstream_model": "doubao-seedream-4-5-251128", "concurrency": 4, "daily_quota": 500,
+         "defaults": {"size": "2K"}},
+        {"model_id": "seedance-1-0-pro", "type": "video", "family": "seedance-1.0-pro",
+         "display_name": "Seedance 1.0 pro", "upstream_model": "doubao-seedance-1-0-pro-250528",
+         "defaults": {"resolution": "720p"}},
+        {"model_id": "seedream-5-0-lite", "type": "image", "family": "seedream-5.0-lite",
+         "display_name": "Seedream 5.0 lite", "upstream_model": "doubao-seedream-5-0-260128"},
+        {"model_id": "seedance-1-5-pro", "type": "video", "family": "seedance-1.5-pro",
+         "display_name": "Seedance 1.5 pro", "upstream_model": "doubao-seedance-1-5-pro-251215"},
+        {"model_id": "seedance-2-0", "type": "video", "family": "seedance-2.0", "display_name": "Seedance 2.0",
+         "upstream_model": "doubao-seedance-2-0-260128"},
+    ]
+    return {model["model_id"]: {**common, **model} for model in models}
+
+
+def lifecycle_of(model: dict[str, Any]) -> dict[str, Any]:
+    """`status`, `replacement` and `warnings` as the API gives them; a test sets `status` on a model to move it."""
+    status = model.get("status", "active")
+    replacement = model.get("replacement")
+    warnings = [] if status == "active" else [{
+        "code": f"model_{status}", "replacement": replacement,
+        "message": f"{model['display_name']} is {status} by its provider; use {replacement} instead."}]
+    return {"status": status, "replacement": replacement, "warnings": warnings}
 
 
 class FakeArkflow:
@@ -296,6 +318,8 @@ class FakeArkflow:
             ("GET", r"/api/tasks", lambda: self._list_tasks(user, query)),
             ("GET", r"/api/tasks/([^/]+)", lambda task_id: (200, self._task_body(self._own_task(user, task_id)))),
             ("POST", r"/api/tasks/([^/]+)/cancel", lambda task_id: self._cancel(user, task_id)),
+            ("POST", r"/api/tasks/([^/]+)/render",
+             lambda task_id: self._render(user, task_id, body, headers.get("Idempotency-Key"))),
             ("DELETE", r"/api/tasks/([^/]+)", lambda task_id: self._delete_task(user, task_id)),
             ("POST", r"/api/uploads", lambda: self._new_upload(body)),
             ("POST", r"/api/ws/ticket", lambda: self._ticket(user)),
@@ -359,9 +383,10 @@ class FakeArkflow:
     def _new_task(self, owner: str, body: dict[str, Any]) -> dict[str, Any]:
         task_id = f"t{next(self._ids):05d}"
         stamp = now_iso()
-        params = body.get("params") or {key: body[key] for key in ("size", "max_images", "watermark") if key in body}
+        params = body.get("params") or {key: body[key] for key in IMAGE_PARAMS if key in body}
         task = {"id": task_id, "type": body["type"], "model_id": body["model_id"], "status": "queued",
                 "prompt": body.get("prompt"), "images": body.get("images", []), "params": params,
+                "references": body.get("references", []), "render_of": body.get("render_of"), "warnings": [],
                 "external_id": None, "error": None, "result_urls": [], "video_url": None, "last_frame_url": None,
                 "created_at": stamp, "updated_at": stamp, "started_at": None, "finished_at": None, "version": 1,
                 "cancellable": True}
@@ -380,8 +405,8 @@ class FakeArkflow:
         prompt = body.get("prompt") or ""
         if body.get("type") == "image" and not prompt.strip():
             raise validation_failure("prompt", "String should have at least 1 character")
-        if len(prompt) > PROMPT_MAX_CHARS:
-            raise validation_failure("prompt", f"String should have at most {PROMPT_MAX_CHARS} characters")
+        if len(prompt) > capabilities.PROMPT_MAX_CHARS:
+            raise validation_failure("prompt", f"String should have at most {capabilities.PROMPT_MAX_CHARS} characters")
         for index, image in enumerate(body.get("images", [])):
             upload = image.removeprefix("upload:")
             if image.startswith("upload:") and not self.state.uploads.get(upload, {}).get("received"):
@@ -400,6 +425,21 @@ class FakeArkflow:
         if key:
             self.state.idempotency[(username, key)] = task["id"]
         return 201, {"id": task["id"], "status": "queued"}
+
+    def _render(self, user: dict[str, Any], task_id: str, body: dict[str, Any], key: str | None,
+                ) -> tuple[int, Any]:
+        """A succeeded draft made in full as a new task with the draft's prompt and settings (`render_of`)."""
+        draft = self._own_task(user, task_id)
+        if not draft["params"].get("draft"):
+            raise ApiFailure(409, "not_a_draft", "Only a draft video can be rendered.")
+        if draft["status"] != "succeeded":
+            raise ApiFailure(409, "draft_not_succeeded", f"The draft is {draft['status']}.",
+                             {"status": draft["status"]})
+        params = {key: value for key, value in draft["params"].items() if key != "draft"}
+        status, created = self._create_task(user, {
+            "type": "video", "model_id": draft["model_id"], "prompt": draft["prompt"], "render_of": task_id,
+            "params": {**params, **(body.get("params") or {})}}, key)
+        return status, {**created, "render_of": task_id}
 
     def _queue_position(self, task: dict[str, Any]) -> int | None:
         if task["status"] != "queued":
@@ -463,13 +503,15 @@ class FakeArkflow:
 
     @staticmethod
     def _public_model(model: dict[str, Any]) -> dict[str, Any]:
-        return {key: model[key] for key in ("model_id", "type", "display_name", "enabled", "defaults")}
+        entry = capabilities.find(model.get("family") or model["upstream_model"])
+        return {**{key: model[key] for key in ("model_id", "type", "display_name", "enabled", "defaults")},
+                **lifecycle_of(model), "capabilities": capabilities.client_capabilities(entry) if entry else None}
 
     def _admin_model(self, model: dict[str, Any]) -> dict[str, Any]:
         used = self.state.usage.get(model["model_id"], 0)
         running = sum(1 for task in self.state.tasks.values()
                       if task["model_id"] == model["model_id"] and task["status"] == "running")
-        return {**model, "slots_in_use": running, "usage_today": {
+        return {**model, **self._public_model(model), "slots_in_use": running, "usage_today": {
             "day": datetime.now(UTC).date().isoformat(), "timezone": "Asia/Shanghai", "used": used,
             "limit": model["daily_quota"], "remaining": max(0, model["daily_quota"] - used)}}
 
@@ -485,6 +527,14 @@ class FakeArkflow:
         model = self.state.models.get(model_id)
         if model is None:
             raise ApiFailure(404, "not_found", f"No model {model_id!r}.")
+        body = dict(body)
+        force = body.pop("force", False)
+        stuck = self.state.incompatible_queued.get(model_id, 0)
+        if stuck and body.get("upstream_model", model["upstream_model"]) != model["upstream_model"]:
+            if not force:
+                raise ApiFailure(409, "incompatible_queued_tasks", f"{stuck} queued task(s) cannot move.",
+                                 {"count": stuck, "task_ids": []})
+            self.state.incompatible_queued.pop(model_id)
         model.update(body)
         if model.get("defaults") is None:
             model["defaults"] = {}
@@ -521,13 +571,13 @@ class FakeArkflow:
 
 
 def media_bytes(name: str) -> tuple[bytes, str] | None:
-    """Images and videos for result URLs: small solid-colour PNGs and a one-second MP4."""
+    """Images and videos for result URLs: small PNGs and a one-second MP4 (with its last frame)."""
     if name.endswith("-last.png"):
-        return render_image("png", 320, 180, MEDIA_COLORS["frame"]), "image/png"
+        return render_still(320, 176, 24, 23, FAKE_LOOK), "image/png"
     if name.endswith(".png"):
-        return render_image("png", 256, 256, MEDIA_COLORS["image"]), "image/png"
+        return render_picture("png", 256, 256, FAKE_LOOK), "image/png"
     if name.endswith(".mp4"):
-        return render_mp4(320, 176, 24, MEDIA_COLORS["video"]), "video/mp4"
+        return render_video(320, 176, 24, FAKE_LOOK), "video/mp4"
     return None
 
 

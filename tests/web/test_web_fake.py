@@ -1,15 +1,14 @@
-"""The web app's screens in headless Chromium, against the in-memory fake API (tests/browser/fake_api.py)."""
+"""The web app's screens in headless Chromium, against the in-memory fake API (tests/web/fake_api.py)."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
-from chalicelib.ark import limits
+from chalicelib.ark.capabilities import SEED
 from tests.polling import wait_for
 from tests.web.conftest import PHONE, ConsoleWatch, screenshot
 from tests.web.fake_api import ADMIN, DEMO, FakeArkflow, FakeStack
@@ -104,14 +103,6 @@ def test_image_form_checks_ark_limits_before_sending(page: Page, fake_stack: Fak
     assert fake.requests_to("POST", "/api/tasks") == 0
 
 
-def test_browser_checks_use_the_servers_limits(page: Page, fake_stack: FakeStack) -> None:
-    """web/js/limits.js copies chalicelib/ark/limits.py by hand (the API publishes no limits): they must agree."""
-    page.goto(fake_stack.web_url)
-    mirrored = page.evaluate("async () => ({ ...(await import('./js/limits.js')) })")
-    mirrored.pop("INLINE_UPLOAD_MAX_BYTES")  # the web app's own choice, not a limit the API checks
-    assert mirrored == {name: json.loads(json.dumps(getattr(limits, name))) for name in mirrored}
-
-
 def test_image_task_with_references_goes_live_to_a_gallery(page: Page, fake_stack: FakeStack,
                                                            fake: FakeArkflow) -> None:
     log_in(page, fake_stack.web_url, *DEMO)
@@ -131,7 +122,7 @@ def test_image_task_with_references_goes_live_to_a_gallery(page: Page, fake_stac
     expect(page.locator(".toast")).to_have_text("Image task queued.")
 
     [task] = fake.tasks_of("demo")
-    assert task["params"] == {"size": "4K", "max_images": 2, "watermark": False}
+    assert task["params"] == {"size": "4K", "max_images": 2, "watermark": True}  # Seedream's own default
     inline, uploaded, link = task["images"]
     assert inline.startswith("data:image/png;base64,")
     assert uploaded.startswith("upload:") and fake.state.uploads[uploaded.removeprefix("upload:")]["received"]
@@ -182,7 +173,7 @@ def test_video_form_limits_and_player(page: Page, fake_stack: FakeStack, fake: F
     expect(field(form, "prompt").locator(".field-error")).to_have_text("Describe the video, or give a first frame.")
     expect(field(form, "params.ratio").locator(".field-error")).to_contain_text("add one or pick a ratio")
     expect(field(form, "params.duration").locator(".field-error")).to_contain_text("from 2 to 12")
-    expect(field(form, "params.seed").locator(".field-error")).to_contain_text("-1 (random) to 4294967295")
+    expect(field(form, "params.seed").locator(".field-error")).to_contain_text(f"-1 to {SEED.maximum}")
     screenshot(page, "06-video-form-errors")
 
     first = field(form, "images[0]")
@@ -202,7 +193,8 @@ def test_video_form_limits_and_player(page: Page, fake_stack: FakeStack, fake: F
     [task] = fake.tasks_of("demo")
     assert task["type"] == "video" and task["prompt"] is None
     assert task["params"] == {"resolution": "720p", "ratio": "adaptive", "duration": 6, "seed": 42,
-                              "camera_fixed": True, "return_last_frame": True, "watermark": False}
+                              "camera_fixed": True, "return_last_frame": True, "watermark": False,
+                              "service_tier": "default"}
     assert task["images"][0].startswith("data:image/png;base64,")
     assert task["images"][1] == "https://frames.example.com/last.png"
 
@@ -407,6 +399,35 @@ def test_admin_manages_models(page: Page, fake_stack: FakeStack, fake: FakeArkfl
     page.get_by_role("dialog").get_by_role("button", name="Delete model").click()
     expect(created).to_have_count(0)
     assert "seedream-4-0" not in fake.state.models
+
+
+def test_admin_sees_a_models_lifecycle_and_moves_it_to_an_endpoint(page: Page, fake_stack: FakeStack,
+                                                                     fake: FakeArkflow, console: ConsoleWatch) -> None:
+    console.allow(HTTP_ERROR_IN_CONSOLE.format(409))  # the refused change, before the admin confirms
+    fake.state.models["seedream-4-5"].update(status="deprecated", replacement="seedream-5.0-lite",
+                                             upstream_unavailable={"at": "2026-01-01T00:00:00Z",
+                                                                   "code": "ModelNotOpen"})
+    fake.state.incompatible_queued["seedream-4-5"] = 2
+    log_in(page, fake_stack.web_url, *ADMIN)
+    page.get_by_role("link", name="Models").click()
+    seedream = page.locator("tr[data-model-id='seedream-4-5']")
+    expect(seedream.locator("[data-note='lifecycle']")).to_have_text("Deprecated at Ark; use seedream-5.0-lite")
+    unavailable = seedream.locator("[data-note='unavailable']")
+    expect(unavailable).to_contain_text(re.compile(r"^Ark: not available \(ModelNotOpen\) since \S"))
+    expect(unavailable.locator("time")).to_have_attribute("datetime", "2026-01-01T00:00:00Z")
+
+    seedream.get_by_role("button", name="Edit seedream-4-5").click()
+    dialog = page.get_by_role("dialog", name="Edit seedream-4-5")
+    dialog.get_by_label("Upstream Ark model").fill("ep-20260101000000-abcde")
+    dialog.get_by_label("Model the endpoint serves").fill("seedream-5.0-lite")
+    dialog.get_by_role("button", name="Save changes").click()
+    confirm = page.get_by_role("dialog", name="Queued tasks cannot move")
+    expect(confirm).to_contain_text("2 queued tasks")
+    confirm.get_by_role("button", name="Fail 2 and save").click()
+    expect(dialog).to_be_hidden()
+    model = fake.state.models["seedream-4-5"]
+    assert (model["upstream_model"], model["family"]) == ("ep-20260101000000-abcde", "seedream-5.0-lite")
+    assert "force" not in model
 
 
 def test_admin_manages_users(page: Page, new_page, fake_stack: FakeStack, fake: FakeArkflow,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from pathlib import Path
 from typing import Any
 
+import av
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
@@ -137,3 +139,60 @@ def test_admin_lowers_a_quota_and_the_user_sees_it(page: Page, new_page, stack: 
     form.get_by_role("button", name="Generate image").click()
     expect(form.locator(".form-errors")).to_contain_text("Quota reached")
     screenshot(page, "23-stack-quota-error", full_page=False)
+
+
+def own_task(stack: LocalStack, task_id: str) -> dict[str, Any]:
+    response = httpx.get(f"{stack.api_url}/api/tasks/{task_id}", headers=api_headers(stack, stack.demo))
+    response.raise_for_status()
+    return response.json()
+
+
+def test_png_image_on_seedream_5_lite(page: Page, stack: LocalStack) -> None:
+    log_in(page, stack.web_url, stack.demo.username, stack.demo.password)
+    form = page.locator(IMAGE_FORM)
+    form.get_by_label("Model").select_option(label="Seedream 5.0 lite")
+    form.get_by_label("Prompt").fill("A tide pool at noon, as a PNG")
+    form.get_by_label("Output format").select_option("png")
+    form.get_by_role("button", name="Generate image").click()
+    expect(page.locator(".toast").first).to_have_text("Image task queued.")
+
+    item = newest_card(page)
+    expect(item.locator(".task-prompt")).to_have_text("A tide pool at noon, as a PNG")
+    expect(item.locator(".status-pill")).to_have_text("Succeeded", timeout=RESULT_TIMEOUT_MS)
+    image = item.locator(".gallery img").first
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    task = own_task(stack, str(item.get_attribute("data-task-id")))
+    assert (task["params"]["output_format"], task["result"]["format"]) == ("png", "png")
+    picture = httpx.get(str(image.get_attribute("src")))
+    assert picture.content.startswith(b"\x89PNG\r\n\x1a\n")
+    screenshot(page, "24-stack-png-image", full_page=False)
+
+
+def test_video_with_audio_as_a_draft_then_rendered_in_full(page: Page, stack: LocalStack) -> None:
+    log_in(page, stack.web_url, stack.demo.username, stack.demo.password)
+    form = open_video_tab(page)
+    form.get_by_label("Model").select_option(label="Seedance 1.5 pro")
+    form.get_by_label("Prompt (optional with a first frame)").fill("A street band plays, draft first")
+    expect(form.get_by_label("Generate audio")).to_be_checked()
+    form.get_by_label("Duration (seconds)").fill("4")
+    form.get_by_label(re.compile("^Draft first")).check()
+    form.get_by_role("button", name="Generate video").click()
+
+    draft_card = newest_card(page)
+    expect(draft_card.locator(".task-prompt")).to_have_text("A street band plays, draft first")
+    expect(draft_card.locator(".status-pill")).to_have_text("Succeeded", timeout=RESULT_TIMEOUT_MS)
+    draft_id = str(draft_card.get_attribute("data-task-id"))
+    draft = own_task(stack, draft_id)
+    assert (draft["params"]["draft"], draft["params"]["generate_audio"], draft["params"]["resolution"]) == (
+        True, True, "480p")
+    draft_card.get_by_role("button", name="Render in full").click()
+    expect(page.locator(".toast").last).to_have_text("Render queued as a new task.")
+
+    rendered_card = page.locator(".task-card", has_text="rendered from a draft")
+    expect(rendered_card.locator(".status-pill")).to_have_text("Succeeded", timeout=RESULT_TIMEOUT_MS)
+    rendered = own_task(stack, str(rendered_card.get_attribute("data-task-id")))
+    assert rendered["render_of"] == draft_id and rendered["id"] != draft_id
+    assert rendered_card.get_by_role("button", name="Render in full").count() == 0
+    with av.open(io.BytesIO(httpx.get(rendered["video_url"]).content)) as video:
+        assert len(video.streams.audio) == 1
+    screenshot(page, "25-stack-draft-rendered", full_page=False)

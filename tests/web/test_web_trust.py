@@ -1,5 +1,5 @@
 """What a tab open all day, a hostile result URL and a logout mid-reconnect must not break, in headless Chromium
-against the fake API (tests/browser/fake_api.py)."""
+against the fake API (tests/web/fake_api.py)."""
 
 from __future__ import annotations
 

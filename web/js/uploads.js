@@ -1,8 +1,10 @@
 // Turn the references a form holds into the strings the API takes in `images`.
 
 import { api, ApiError } from "./api.js";
-import { INLINE_UPLOAD_MAX_BYTES } from "./limits.js";
 import { fileFormat } from "./validate.js";
+
+// The web app's own choice, not an Ark limit: small files travel inline, larger ones through a presigned S3 upload.
+export const INLINE_UPLOAD_MAX_BYTES = 256 * 1024;
 
 function readAsDataUri(file) {
   return new Promise((resolve, reject) => {

@@ -1,10 +1,12 @@
-// Checks run in the browser before a task is sent. Each returns [{field, message}] using the API's field
-// paths, so client-side and server-side problems are displayed the same way.
+// Checks run in the browser before a task is sent, read from the chosen model's capabilities (the server judges
+// again). Each returns [{field, message}] using the API's field paths, so client-side and server-side problems are
+// displayed the same way.
 
+import { fieldSpec, inIntegerRange, inputMode, namesText, ratioText, tieProblems } from "./capabilities.js";
 import { formatBytes } from "./dom.js";
-import * as L from "./limits.js";
 
 const EXTENSION_FORMATS = { jpg: "jpeg", jpeg: "jpeg", png: "png", webp: "webp", bmp: "bmp", tif: "tiff", tiff: "tiff", gif: "gif" };
+const MEDIA_SCHEMES = { image: ["https:"], video: ["https:", "asset:"], audio: ["https:", "asset:"] };
 
 /** "jpeg", "png", … for a File from its MIME type (or its extension when the browser gives none). */
 export function fileFormat(file) {
@@ -17,153 +19,199 @@ export function fileFormat(file) {
   return EXTENSION_FORMATS[extension] || extension;
 }
 
-function isHttpsUrl(value) {
+function hasScheme(value, schemes) {
   try {
-    return new URL(value).protocol === "https:";
+    return schemes.includes(new URL(value).protocol);
   } catch {
     return false;
   }
 }
 
-// Output sizes and reference images share Seedream's aspect range.
-function imageAspectProblem(width, height) {
+function aspectProblem(width, height, { min, max, inclusive = true }) {
   const aspect = width / height;
-  return aspect < L.IMAGE_MIN_ASPECT || aspect > L.IMAGE_MAX_ASPECT ? "Width ÷ height must be between 1/16 and 16." : null;
+  const outside = inclusive ? aspect < min || aspect > max : aspect <= min || aspect >= max;
+  return outside ? `Width ÷ height must be between ${ratioText(min)} and ${ratioText(max)}.` : null;
 }
 
-function pixelSizeProblem(width, height) {
+/** Why an input image of these dimensions breaks the model's `inputs.image` rules, or null. */
+function dimensionProblem(width, height, rules) {
+  const size = `this one is ${width}×${height}`;
+  if (rules.max_side !== null) {
+    if (Math.min(width, height) <= rules.min_side || Math.max(width, height) >= rules.max_side) {
+      return `Each side must be between ${rules.min_side} and ${rules.max_side} px (${size}).`;
+    }
+  } else if (Math.min(width, height) <= rules.min_side) {
+    return `Each side must be larger than ${rules.min_side} px (${size}).`;
+  }
+  if (rules.max_pixels !== null && width * height > rules.max_pixels) {
+    return `At most ${rules.max_pixels.toLocaleString("en")} pixels (${size}).`;
+  }
+  return aspectProblem(width, height, rules.aspect);
+}
+
+/** Why an input image (a file or a link) cannot be used under the model's `inputs.image` rules, or null. */
+export function inputImageProblem(reference, rules) {
+  if (reference.kind === "url") return hasScheme(reference.url, ["https:"]) ? null : "Image links must start with https://.";
+  const format = fileFormat(reference.file);
+  if (!rules.formats.includes(format)) {
+    return `${reference.file.name}: ${format || "this"} files are not accepted; use ${namesText(rules.formats)}.`;
+  }
+  const size = reference.file.size;
+  if (rules.max_bytes_inclusive ? size > rules.max_bytes : size >= rules.max_bytes) {
+    return `${reference.file.name} is ${formatBytes(size)}; the limit is ${formatBytes(rules.max_bytes)}.`;
+  }
+  return reference.width && reference.height ? dimensionProblem(reference.width, reference.height, rules) : null;
+}
+
+/** Why a video reference (`{type, url}`, or an image file) cannot be used, or null. */
+export function mediaReferenceProblem(reference, rules) {
+  if (reference.type === "image") return inputImageProblem(reference, rules);
+  return hasScheme(reference.url, MEDIA_SCHEMES[reference.type])
+    ? null
+    : `${reference.type === "video" ? "Video" : "Audio"} links must start with https:// or asset://.`;
+}
+
+function promptProblems(prompt, { required, max_chars: maxChars }, requiredMessage) {
+  if (required && !prompt.trim()) return [{ field: "prompt", message: requiredMessage }];
+  if (prompt.length > maxChars) return [{ field: "prompt", message: `At most ${maxChars} characters (now ${prompt.length}).` }];
+  return [];
+}
+
+function sizeProblem(size, spec) {
+  if (size.preset) {
+    return spec.presets.includes(size.preset) ? null : `Choose ${namesText(spec.presets)}, or a custom size.`;
+  }
+  const { width, height } = size;
   if (!Number.isInteger(width) || !Number.isInteger(height) || width <= 0 || height <= 0) {
     return "Width and height must be positive whole numbers.";
   }
   const pixels = width * height;
-  if (pixels < L.IMAGE_MIN_PIXELS || pixels > L.IMAGE_MAX_PIXELS) {
-    return `Total pixels must be between ${L.IMAGE_MIN_PIXELS.toLocaleString("en")} (2560×1440) and ` +
-      `${L.IMAGE_MAX_PIXELS.toLocaleString("en")} (4096×4096); ${width}×${height} is ${pixels.toLocaleString("en")}.`;
+  if (pixels < spec.pixels.min || pixels > spec.pixels.max) {
+    return `Total pixels must be between ${spec.pixels.min.toLocaleString("en")} and ` +
+      `${spec.pixels.max.toLocaleString("en")}; ${width}×${height} is ${pixels.toLocaleString("en")}.`;
   }
-  return imageAspectProblem(width, height);
+  return aspectProblem(width, height, spec.aspect);
 }
 
-function referenceProblem(reference, { maxBytes, checkDimensions }) {
-  if (reference.kind === "url") {
-    return isHttpsUrl(reference.url) ? null : "Image links must start with https://.";
-  }
-  const format = fileFormat(reference.file);
-  if (!L.IMAGE_INPUT_FORMATS.includes(format)) {
-    return `${reference.file.name}: ${format || "this"} files are not accepted; use ${L.IMAGE_INPUT_FORMATS.join(", ")}.`;
-  }
-  if (reference.file.size > maxBytes) {
-    return `${reference.file.name} is ${formatBytes(reference.file.size)}; the limit is ${formatBytes(maxBytes)}.`;
-  }
-  if (reference.width && reference.height) return checkDimensions(reference.width, reference.height);
-  return null;
-}
-
-function imageReferenceDimensions(width, height) {
-  if (width <= L.IMAGE_INPUT_MIN_SIDE_EXCLUSIVE || height <= L.IMAGE_INPUT_MIN_SIDE_EXCLUSIVE) {
-    return `Each side must be larger than ${L.IMAGE_INPUT_MIN_SIDE_EXCLUSIVE} px (this one is ${width}×${height}).`;
-  }
-  if (width * height > L.IMAGE_INPUT_MAX_PIXELS) return `At most 6000×6000 pixels (this one is ${width}×${height}).`;
-  return imageAspectProblem(width, height);
-}
-
-function videoFrameDimensions(width, height) {
-  const low = L.VIDEO_INPUT_MIN_SIDE_EXCLUSIVE;
-  const high = L.VIDEO_INPUT_MAX_SIDE_EXCLUSIVE;
-  if (Math.min(width, height) <= low || Math.max(width, height) >= high) {
-    return `Each side must be between ${low} and ${high} px (this one is ${width}×${height}).`;
-  }
-  const aspect = width / height;
-  const lowAspect = L.VIDEO_INPUT_MIN_ASPECT_EXCLUSIVE;
-  const highAspect = L.VIDEO_INPUT_MAX_ASPECT_EXCLUSIVE;
-  if (aspect <= lowAspect || aspect >= highAspect) {
-    return `Width ÷ height must be between ${lowAspect} and ${highAspect} (this one is ${width}×${height}).`;
-  }
-  return null;
-}
-
-function promptProblems(prompt, required) {
-  if (required && !prompt.trim()) return [{ field: "prompt", message: "Describe the image you want." }];
-  if (prompt.length > L.PROMPT_MAX_CHARS) {
-    return [{ field: "prompt", message: `At most ${L.PROMPT_MAX_CHARS} characters (now ${prompt.length}).` }];
-  }
-  return [];
-}
-
-/** Why a reference image (file or link) cannot be used, or null. */
-export function imageReferenceProblem(reference) {
-  return referenceProblem(reference, { maxBytes: L.IMAGE_INPUT_MAX_BYTES, checkDimensions: imageReferenceDimensions });
-}
-
-/** Why a video first/last frame (file or link) cannot be used, or null. */
-export function videoFrameProblem(reference) {
-  return referenceProblem(reference, { maxBytes: L.VIDEO_INPUT_MAX_BYTES, checkDimensions: videoFrameDimensions });
-}
-
-/** Problems with an image task form: {model_id, prompt, size: {preset} | {width, height}, references, maxImages}. */
-export function validateImageForm(form) {
+function enumProblems(capabilities, values, paths) {
   const problems = [];
-  if (!form.model_id) problems.push({ field: "model_id", message: "Choose a model." });
-  problems.push(...promptProblems(form.prompt, true));
-  if (!form.size.preset) {
-    const problem = pixelSizeProblem(form.size.width, form.size.height);
-    if (problem) problems.push({ field: "size", message: problem });
-  } else if (!L.IMAGE_SIZE_PRESETS.includes(form.size.preset)) {
-    problems.push({ field: "size", message: `Choose ${L.IMAGE_SIZE_PRESETS.join(" or ")}, or a custom size.` });
-  }
-  if (form.references.length > L.IMAGE_MAX_REFERENCE_IMAGES) {
-    problems.push({ field: "images", message: `At most ${L.IMAGE_MAX_REFERENCE_IMAGES} reference images.` });
-  }
-  form.references.forEach((reference, index) => {
-    const problem = imageReferenceProblem(reference);
-    if (problem) problems.push({ field: `images[${index}]`, message: problem });
-  });
-  const count = form.maxImages;
-  if (!Number.isInteger(count) || count < 1 || count > L.IMAGE_MAX_IMAGES) {
-    problems.push({ field: "max_images", message: `Choose between 1 and ${L.IMAGE_MAX_IMAGES} images.` });
-  } else if (count + form.references.length > L.IMAGE_MAX_TOTAL_IMAGES) {
-    problems.push({
-      field: "max_images",
-      message: `Reference images plus generated images can be at most ${L.IMAGE_MAX_TOTAL_IMAGES}; ` +
-        `with ${form.references.length} references choose at most ${L.IMAGE_MAX_TOTAL_IMAGES - form.references.length}.`,
-    });
+  for (const path of paths) {
+    const spec = fieldSpec(capabilities, path);
+    if (spec && values[path] !== undefined && !spec.values.includes(values[path])) {
+      problems.push({ field: path, message: `Choose ${namesText(spec.values)}.` });
+    }
   }
   return problems;
 }
 
-/** Problems with a video task form: {model_id, prompt, first, last, resolution, ratio, duration, seed}. */
-export function validateVideoForm(form) {
+/**
+ * Problems with an image task form: `{model_id, prompt, references, values}`, `values` holding each field sent
+ * by request path (`size` as {preset} or {width, height}).
+ */
+export function validateImageForm(form, capabilities) {
   const problems = [];
   if (!form.model_id) problems.push({ field: "model_id", message: "Choose a model." });
-  if (!form.prompt.trim() && !form.first) {
-    problems.push({ field: "prompt", message: "Describe the video, or give a first frame." });
+  problems.push(...promptProblems(form.prompt, capabilities.prompt, "Describe the image you want."));
+  const { values } = form;
+  const size = sizeProblem(values.size, fieldSpec(capabilities, "size"));
+  if (size) problems.push({ field: "size", message: size });
+  const referenceLimit = inputMode(capabilities, "reference_images")?.images.max ?? 0;
+  if (form.references.length > referenceLimit) {
+    problems.push({ field: "images", message: `At most ${referenceLimit} reference images.` });
   }
-  problems.push(...promptProblems(form.prompt, false));
+  form.references.forEach((reference, index) => {
+    const problem = inputImageProblem(reference, capabilities.inputs.image);
+    if (problem) problems.push({ field: `images[${index}]`, message: problem });
+  });
+  const count = values.max_images;
+  const countSpec = fieldSpec(capabilities, "max_images");
+  if (countSpec && count !== undefined) {
+    if (!inIntegerRange(countSpec, count)) {
+      problems.push({ field: "max_images", message: `Choose between ${countSpec.min} and ${countSpec.max} images.` });
+    } else if (count + form.references.length > countSpec.max_total) {
+      problems.push({
+        field: "max_images",
+        message: `Reference images plus generated images can be at most ${countSpec.max_total}; ` +
+          `with ${form.references.length} references choose at most ${countSpec.max_total - form.references.length}.`,
+      });
+    }
+  }
+  problems.push(...enumProblems(capabilities, values, ["output_format"]));
+  return problems;
+}
+
+function referenceCountProblems(references, mode) {
+  const counts = { image: 0, video: 0, audio: 0 };
+  for (const reference of references) counts[reference.type] += 1;
+  const limits = mode.references;
+  for (const type of Object.keys(counts)) {
+    if (counts[type] > limits[type].max) {
+      return [{ field: "references", message: `At most ${limits[type].max} reference ${type} items.` }];
+    }
+  }
+  if (counts.audio && !counts.image && !counts.video && !limits.audio.alone) {
+    return [{ field: "references", message: "Reference audio needs a reference image or video with it." }];
+  }
+  if (!counts.video && !(counts.audio && limits.audio.alone) && counts.image < limits.image.min) {
+    return [{ field: "references", message: `Add at least ${limits.image.min} reference image.` }];
+  }
+  return [];
+}
+
+function videoInputProblems(form, capabilities) {
+  const problems = [];
+  const rules = capabilities.inputs.image;
+  if (form.references.length) {
+    if (form.first || form.last) {
+      problems.push({ field: "references", message: "Reference media cannot be mixed with first/last frames." });
+    }
+    problems.push(...referenceCountProblems(form.references, inputMode(capabilities, "references")));
+    form.references.forEach((reference, index) => {
+      const problem = mediaReferenceProblem(reference, rules);
+      if (problem) problems.push({ field: `references[${index}]`, message: problem });
+    });
+  }
   if (form.first) {
-    const problem = videoFrameProblem(form.first);
+    const problem = inputImageProblem(form.first, rules);
     if (problem) problems.push({ field: "images[0]", message: problem });
   }
   if (form.last) {
-    const problem = form.first ? videoFrameProblem(form.last) : "A last frame needs a first frame.";
+    const problem = form.first ? inputImageProblem(form.last, rules) : "A last frame needs a first frame.";
     if (problem) problems.push({ field: "images[1]", message: problem });
   }
-  if (!L.VIDEO_RESOLUTIONS.includes(form.resolution)) {
-    problems.push({ field: "params.resolution", message: `Choose ${L.VIDEO_RESOLUTIONS.join(", ")}.` });
+  if (!form.first && !form.references.length && !inputMode(capabilities, "text")) {
+    problems.push({ field: "images", message: "This model needs a first frame or reference images." });
   }
-  if (!L.VIDEO_RATIOS.includes(form.ratio)) {
-    problems.push({ field: "params.ratio", message: "Choose an aspect ratio." });
-  } else if (form.ratio === "adaptive" && !form.first) {
+  return problems;
+}
+
+/**
+ * Problems with a video task form: `{model_id, prompt, first, last, references, values}`, `values` holding each
+ * `params.*` field sent by request path.
+ */
+export function validateVideoForm(form, capabilities) {
+  const problems = [];
+  const { values } = form;
+  if (!form.model_id) problems.push({ field: "model_id", message: "Choose a model." });
+  const needsPrompt = !form.first && !form.references.length;
+  problems.push(...promptProblems(form.prompt, { ...capabilities.prompt, required: needsPrompt },
+    "Describe the video, or give a first frame."));
+  problems.push(...videoInputProblems(form, capabilities));
+  problems.push(...enumProblems(capabilities, values,
+    ["params.resolution", "params.ratio", "params.service_tier", "params.output_format"]));
+  const ratio = fieldSpec(capabilities, "params.ratio");
+  if (values["params.ratio"] === "adaptive" && !form.first && !form.references.length && !ratio.adaptive_without_image) {
     problems.push({ field: "params.ratio", message: "“Adaptive” follows the first frame; add one or pick a ratio." });
   }
-  const duration = form.duration;
-  if (!Number.isInteger(duration) || duration < L.VIDEO_MIN_DURATION || duration > L.VIDEO_MAX_DURATION) {
-    problems.push({
-      field: "params.duration",
-      message: `Duration is a whole number of seconds from ${L.VIDEO_MIN_DURATION} to ${L.VIDEO_MAX_DURATION}.`,
-    });
+  const excluded = inputMode(capabilities, "references")?.resolutions_excluded || [];
+  if (form.references.length && excluded.includes(values["params.resolution"])) {
+    problems.push({ field: "params.resolution", message: `${values["params.resolution"]} is not available with reference media.` });
   }
-  const seed = form.seed;
-  if (!Number.isInteger(seed) || seed < L.VIDEO_MIN_SEED || seed > L.VIDEO_MAX_SEED) {
-    problems.push({ field: "params.seed", message: `Seed is a whole number from -1 (random) to ${L.VIDEO_MAX_SEED}.` });
+  for (const [path, spec] of Object.entries(capabilities.fields)) {
+    if (spec.type !== "integer" || values[path] === undefined || inIntegerRange(spec, values[path])) continue;
+    const auto = spec.auto !== undefined && spec.auto !== null ? ` (or ${spec.auto} for auto)` : "";
+    problems.push({ field: path, message: `A whole number from ${spec.min} to ${spec.max}${auto}.` });
   }
+  problems.push(...tieProblems(capabilities, { ...values, references: form.references }));
   return problems;
 }

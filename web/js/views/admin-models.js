@@ -2,7 +2,7 @@
 
 import { api } from "../api.js";
 import { confirmDialog, openDialog } from "../dialog.js";
-import { h, toast } from "../dom.js";
+import { formatDateTime, h, toast } from "../dom.js";
 import { checkbox, field, formErrorBox, select, showFormErrors, toastError, withBusyButton } from "../forms.js";
 import { renderAdminTable } from "./admin-table.js";
 
@@ -47,6 +47,7 @@ function modelDialog(existing, onSaved) {
     type: select([["image", "Image"], ["video", "Video"]], model.type),
     display_name: h("input", { value: model.display_name || "", required: !isNew, placeholder: isNew ? "same as the model ID" : "" }),
     upstream_model: h("input", { value: model.upstream_model || "", required: true, placeholder: "doubao-seedream-4-5-251128" }),
+    family: h("input", { value: model.family || "", autocomplete: "off", placeholder: "seedance-1.5-pro" }),
     defaults: h("textarea", { rows: 3, class: "mono" }),
   };
   const enabled = checkbox("Enabled (users can submit tasks)", "enabled", model.enabled !== false);
@@ -65,7 +66,10 @@ function modelDialog(existing, onSaved) {
     h("div", { class: "row" },
       field({ label: "Type", name: "type", control: inputs.type }),
       field({ label: "Display name", name: "display_name", control: inputs.display_name })),
-    field({ label: "Upstream Ark model", name: "upstream_model", control: inputs.upstream_model }),
+    field({ label: "Upstream Ark model", name: "upstream_model", control: inputs.upstream_model,
+      hint: "An Ark model ID, or an ep-… endpoint ID with the model it serves below." }),
+    field({ label: "Model the endpoint serves", name: "family", control: inputs.family,
+      hint: "Needed with an ep-… endpoint: a model of GET /api/admin/ark-models, e.g. seedance-1.5-pro." }),
     h("div", { class: "row" }, LIMIT_FIELDS.slice(0, 2).map(([name, label]) => field({ label, name, control: inputs[name] }))),
     h("div", { class: "row" }, LIMIT_FIELDS.slice(2).map(([name, label]) => field({ label, name, control: inputs[name] }))),
     h("p", { class: "hint" }, "Leave a per-user limit empty for no limit."),
@@ -90,6 +94,8 @@ function modelDialog(existing, onSaved) {
       }
     }
     if (!body.upstream_model) problems.push({ field: "upstream_model", message: "Required." });
+    const family = inputs.family.value.trim();
+    if (family && (isNew || family !== (model.family || "") || body.upstream_model !== model.upstream_model)) body.family = family;
     for (const [name, , required, min] of LIMIT_FIELDS) {
       const { value, problem } = readLimit(inputs[name], { required, min });
       if (problem) problems.push({ field: name, message: problem });
@@ -112,7 +118,7 @@ function modelDialog(existing, onSaved) {
     await withBusyButton(submit, "Saving…", async () => {
       try {
         if (isNew) await api("POST", "/api/admin/models", { body });
-        else await api("PUT", `/api/admin/models/${encodeURIComponent(model.model_id)}`, { body });
+        else await saveChanges(model, body);
         close();
         toast(isNew ? `Model ${body.model_id} created.` : `Model ${model.model_id} saved.`);
         onSaved();
@@ -121,6 +127,42 @@ function modelDialog(existing, onSaved) {
       }
     });
   });
+}
+
+/** A PUT; when queued tasks cannot move to the new upstream, the admin may fail them (their quota given back). */
+async function saveChanges(model, body) {
+  const path = `/api/admin/models/${encodeURIComponent(model.model_id)}`;
+  try {
+    await api("PUT", path, { body });
+  } catch (error) {
+    if (error.code !== "incompatible_queued_tasks") throw error;
+    const count = error.details?.count ?? 0;
+    const confirmed = await confirmDialog({
+      title: "Queued tasks cannot move",
+      message: `${count} queued task${count === 1 ? "" : "s"} ask for what the new upstream cannot do. Fail them `
+        + "(their quota is given back) and change the upstream?",
+      confirmLabel: `Fail ${count} and save`,
+      danger: true,
+    });
+    if (!confirmed) throw error;
+    await api("PUT", path, { body: { ...body, force: true } });
+  }
+}
+
+/** The model's lifecycle at Ark and whether Ark last refused it as not there. */
+function upstreamNotes(model) {
+  const notes = [];
+  if (model.status && model.status !== "active") {
+    notes.push(h("span", { class: "cell-sub warning", dataset: { note: "lifecycle" } },
+      `${model.status === "retired" ? "Retired" : "Deprecated"} at Ark${model.replacement ? `; use ${model.replacement}` : ""}`));
+  }
+  if (model.upstream_unavailable) {
+    const { at, code } = model.upstream_unavailable;
+    const since = formatDateTime(at);
+    notes.push(h("span", { class: "cell-sub warning", dataset: { note: "unavailable" } },
+      `Ark: not available (${code})`, since ? [" since ", h("time", { datetime: at }, since)] : null));
+  }
+  return notes;
 }
 
 export function renderAdminModels(container) {
@@ -157,8 +199,10 @@ export function renderAdminModels(container) {
       { dataset: { modelId: model.model_id } },
       h("th", { scope: "row" }, h("span", { class: "cell-title" }, model.display_name || model.model_id),
         h("span", { class: "cell-sub" }, model.model_id)),
-      h("td", { dataset: { label: "Type" } }, model.type === "video" ? "Video" : "Image", h("span", { class: "cell-sub" }, model.upstream_model || "")),
-      h("td", { dataset: { label: "Status" } }, h("span", { class: `status-pill ${model.enabled ? "succeeded" : "cancelled"}` }, model.enabled ? "Enabled" : "Disabled")),
+      h("td", { dataset: { label: "Type" } }, model.type === "video" ? "Video" : "Image", h("span", { class: "cell-sub" }, model.upstream_model || ""),
+        model.family && model.family !== model.upstream_model ? h("span", { class: "cell-sub" }, model.family) : null),
+      h("td", { dataset: { label: "Status" } }, h("span", { class: `status-pill ${model.enabled ? "succeeded" : "cancelled"}` }, model.enabled ? "Enabled" : "Disabled"),
+        ...upstreamNotes(model)),
       usageCell("Running now", model.slots_in_use, model.concurrency),
       usageCell("Used today", model.usage_today?.used, model.daily_quota),
       h("td", { dataset: { label: "Per user" } },

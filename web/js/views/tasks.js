@@ -2,8 +2,8 @@
 
 import { api } from "../api.js";
 import { openDialog, confirmDialog } from "../dialog.js";
-import { formatDateTime, formatDuration, h, safeUrl, setUrl, toast } from "../dom.js";
-import { describeError, select, toastError } from "../forms.js";
+import { formatDateTime, formatDuration, h, newUuid, safeUrl, setUrl, toast } from "../dom.js";
+import { describeError, select, toastError, withBusyButton } from "../forms.js";
 import { dueTimer, refreshDueAt } from "../links.js";
 
 const PAGE_SIZE = 20;
@@ -41,15 +41,21 @@ function paramsSummary(task) {
   if (task.type === "image") {
     if (params.size) parts.push(`size ${params.size}`);
     if (params.max_images > 1) parts.push(`${params.max_images} images`);
+    if (params.output_format) parts.push(params.output_format.toUpperCase());
+    if ((params.tools || []).length) parts.push("web search");
   } else {
+    if (params.draft) parts.push("draft");
+    if (task.render_of) parts.push("rendered from a draft");
     for (const key of ["resolution", "ratio"]) if (params[key]) parts.push(params[key]);
-    if (params.duration) parts.push(`${params.duration} s`);
+    if (params.duration === -1) parts.push("auto length");
+    else if (params.duration) parts.push(`${params.duration} s`);
     if (params.seed !== undefined && params.seed !== -1) parts.push(`seed ${params.seed}`);
     if (params.camera_fixed) parts.push("fixed camera");
+    if (params.generate_audio) parts.push("with audio");
   }
-  const references = (task.images || []).length;
-  if (references) parts.push(task.type === "video" ? `${references} frame${references > 1 ? "s" : ""}` : `${references} reference${references > 1 ? "s" : ""}`);
-  return parts.join(" · ");
+  const count = (items, noun) => (items.length ? `${items.length} ${noun}${items.length > 1 ? "s" : ""}` : null);
+  parts.push(count(task.images || [], task.type === "video" ? "frame" : "reference"), count(task.references || [], "reference"));
+  return parts.filter(Boolean).join(" · ");
 }
 
 /** A task's presigned links: what goes stale. */
@@ -252,6 +258,10 @@ export function taskListPanel() {
       buttons.push(h("button", { type: "button", class: "button small", dataset: { action: "cancel" },
         onclick: () => cancelTask(task) }, "Cancel task"));
     }
+    if (task.status === "succeeded" && task.params?.draft === true) {
+      buttons.push(h("button", { type: "button", class: "button small", dataset: { action: "render" },
+        onclick: (event) => renderDraft(task, event.currentTarget) }, "Render in full"));
+    }
     if (TERMINAL.has(task.status)) {
       buttons.push(h("button", { type: "button", class: "button ghost small", dataset: { action: "delete" },
         onclick: () => deleteTask(task) }, "Delete"));
@@ -433,6 +443,20 @@ export function taskListPanel() {
       toastError(error);
     }
     await fetchTask(task.id);
+  }
+
+  /** A succeeded draft rendered in full: a new task, shown in the list as soon as it is accepted. */
+  async function renderDraft(task, button) {
+    await withBusyButton(button, "Sending…", async () => {
+      try {
+        const created = await api("POST", `/api/tasks/${encodeURIComponent(task.id)}/render`,
+          { headers: { "Idempotency-Key": newUuid() } });
+        toast("Render queued as a new task.");
+        await fetchTask(created.id);
+      } catch (error) {
+        toastError(error);
+      }
+    });
   }
 
   async function deleteTask(task) {
