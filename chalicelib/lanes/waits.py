@@ -37,6 +37,8 @@ MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
 # Parked tasks a hand-off reads at a time, and at most: usually the first page has one whose user is under the cap.
 WAKE_PAGE_SIZE, WAKE_LOOKAHEAD = 10, 50
+# Users at the cap a hand-off's query filters out at most (DynamoDB's IN takes 100 values).
+MAX_FILTERED_USERS = 100
 # A slot handed to a parked task waits this long for its worker's claim; a hand-off never claimed (its message
 # lost, the waker dead before sending it) is taken back by the sweeper after this, and the task sent a message. The
 # handed lease is the worker's own plus this, so a worker woken late still has its whole lease.
@@ -199,9 +201,15 @@ class Waker:
         if state.limit is None or state.count >= state.limit:
             return None
         running_per_user = Counter(holder.user_id for holder in state.holders.values())
+        # Users at the cap are filtered out by the query: however many of their tasks are parked ahead, another
+        # user's task is found (their tasks cost read units, not a look-ahead that ends before it).
+        at_cap = sorted(user for user, running in running_per_user.items()
+                        if user is not None and state.user_cap is not None and running >= state.user_cap)
+        at_cap = at_cap[:MAX_FILTERED_USERS]
         seen_any = False
-        for candidate in TaskRecord.parked_by_model.query(model_id, limit=WAKE_LOOKAHEAD,
-                                                          page_size=WAKE_PAGE_SIZE, scan_index_forward=True):
+        for candidate in TaskRecord.parked_by_model.query(
+                model_id, limit=WAKE_LOOKAHEAD, page_size=WAKE_PAGE_SIZE, scan_index_forward=True,
+                filter_condition=~TaskRecord.user_id.is_in(*at_cap) if at_cap else None):
             seen_any = True
             if state.user_cap is not None and running_per_user[candidate.user_id] >= state.user_cap:
                 continue
@@ -212,7 +220,7 @@ class Waker:
                 queues.enqueue(self.sqs, candidate.lane, candidate.task_id)
                 return candidate.task_id
             running_per_user[candidate.user_id] = state.user_cap or 0  # its user filled up meanwhile, or it moved on
-        if not seen_any and state.parked:
+        if not seen_any and not at_cap and state.parked:
             slots.reset_parked(model_id, state.parked)  # counted ahead of the index: releases read it for nothing
         return None
 

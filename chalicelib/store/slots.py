@@ -377,7 +377,8 @@ def move_in(transaction: TransactWrite, model_id: str, from_task: str, from_user
         transaction.update(SlotRecord(user_key), actions=[SlotRecord.holders[from_task].remove(),
                                                           SlotRecord.holders[to_task].set(lease)],
                            return_values="ALL_OLD", condition=SlotRecord.holders[from_task].exists()
-                           & SlotRecord.holders[to_task].does_not_exist())
+                           & SlotRecord.holders[to_task].does_not_exist()
+                           & (SlotRecord.count <= int(user_cap)))  # type: ignore[arg-type]  # a cap lowered
         return [*roles, (user_key, "from_user")]
     if released_user_slot and from_user is not None:  # given back even when the model is no longer capped
         from_key = user_slot_key(model_id, from_user)

@@ -275,3 +275,41 @@ def test_queue_positions_count_from_the_oldest_task_still_waiting(lanes: Lanes) 
     assert [lanes.get(task)["queue_position"] for task in (second, third)] == [1, 2]
 
 
+
+
+def test_a_lowered_user_cap_holds_when_a_users_own_release_hands_over(lanes: Lanes) -> None:
+    """A same-user hand-off keeps the user's count: after the cap went down, it must not keep the user above it."""
+    demo = user_id_of(DEMO[0])
+    lanes.set_model(IMAGE_MODEL, concurrency=3, max_running_per_user=2)
+    for holder in ("tsk_demo_1", "tsk_demo_2"):
+        assert hold_slot(IMAGE_MODEL, holder, 3, lanes.clock.now() + 60, user_id=demo, user_cap=2)
+    parked = lanes.submit(IMAGE_TASK, DEMO)
+    _park(lanes, parked)  # refused by demo's record (2 of 2)
+    lanes.set_model(IMAGE_MODEL, max_running_per_user=1)  # demo now runs one more than the cap allows
+
+    _waker(lanes).release(TaskRecord("tsk_demo_1", model_id=IMAGE_MODEL, user_id=demo, user_slot=True))
+
+    # Demo still runs tsk_demo_2 = the new cap: the parked task must wait.
+    assert lanes.task(parked).parked_model == IMAGE_MODEL and lanes.task(parked).slot_handed_at is None
+    assert set(slots.holders(IMAGE_MODEL)) == {"tsk_demo_2"}
+
+
+def test_a_parked_task_behind_many_of_a_capped_users_is_still_handed_a_free_slot(
+        lanes: Lanes, monkeypatch: Any) -> None:
+    """More parked tasks of users at the cap than a hand-off looks ahead must not strand another user's task while
+    slots are free."""
+    monkeypatch.setattr(waits, "WAKE_PAGE_SIZE", 2)
+    monkeypatch.setattr(waits, "WAKE_LOOKAHEAD", 3)
+    demo, other = user_id_of(DEMO[0]), user_id_of(OTHER[0])
+    lanes.set_model(IMAGE_MODEL, concurrency=3, max_running_per_user=1)
+    assert hold_slot(IMAGE_MODEL, "tsk_demo_running", 3, lanes.clock.now() + 60, user_id=demo, user_cap=1)
+    demo_parked = [lanes.submit(IMAGE_TASK, DEMO) for _ in range(4)]
+    _park(lanes, *demo_parked)  # more than the look-ahead, all refused by demo's record
+    assert hold_slot(IMAGE_MODEL, "tsk_other_running", 3, lanes.clock.now() + 60, user_id=other, user_cap=1)
+    other_parked = lanes.submit(IMAGE_TASK, OTHER)
+    _park(lanes, other_parked)
+
+    _waker(lanes).release(TaskRecord("tsk_other_running", model_id=IMAGE_MODEL, user_id=other, user_slot=True))
+    lanes.sweeper().sweep()  # the safety net too
+
+    assert lanes.task(other_parked).slot_handed_at is not None, "stranded behind demo's parked tasks"
