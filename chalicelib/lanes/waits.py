@@ -71,10 +71,10 @@ class Waiting:
         return round(compute_backoff(delivery.receive_count - 1, base=self.settings.slot_wait_s,
                                      max_exponent=MAX_SLOT_WAIT_DOUBLINGS, spread=(1.0, 2.0), rng=self.rng))
 
-    def park(self, task: TaskRecord, refused: slots.Refused) -> bool:
+    def park(self, task: TaskRecord, refused: slots.Refused) -> bool | None:
         """Park `task` (queued) while the record that refused it is still full; the caller then acknowledges its
-        message. False when a slot freed meanwhile (the caller acquires again); a task no longer queued counts as
-        parked: there is nothing to wait for, and the message is done."""
+        message. False when a slot freed meanwhile (the caller acquires again); None when the task is not waiting
+        (claimed, ended or handed a slot: nothing to park, and what the message asks depends on the task)."""
         def build(transaction: TransactWrite) -> None:
             slots.count_parked_in(transaction, task.model_id, +1,
                                   condition=refused.still_full() if refused.slot_key == task.model_id else None)
@@ -93,7 +93,7 @@ class Waiting:
                 raise
             # The task's condition false: claimed, ended or handed a slot meanwhile. Else the record is not full.
             if reasons[-1] is not None and reasons[-1].code == "ConditionalCheckFailed":
-                return True
+                return None
             if on_model:
                 slots.note_full(task.model_id, False)
             return False

@@ -120,8 +120,11 @@ class LaneWorker:
         """A new task's first message: acquire (or park) before reading the task, which a parked task never needs.
         `_READ_FIRST` when the task must be read first (the slot record has no limits yet)."""
         placeholder = TaskRecord(delivery.task_id, model_id=model_id, user_id=user_id, type=self.lane.task_type)
-        if slots.looked_full(model_id) and self.waiting.park(placeholder, slots.Refused(model_id)):
-            return DONE  # parked at once (or it is no longer waiting): the model's record is still full
+        parked = slots.looked_full(model_id) and self.waiting.park(placeholder, slots.Refused(model_id))
+        if parked is None:  # not waiting (ran, ended, or was handed a slot): what to do depends on the task
+            return _READ_FIRST
+        if parked:
+            return DONE  # parked at once: the model's record is still full
         lease = lease_until(placeholder, self.lane, self.clock.now(), self.settings)
         for _ in range(PARK_ROUNDS):
             try:
@@ -129,7 +132,10 @@ class LaneWorker:
             except slots.SlotsUnconfigured:
                 return _READ_FIRST
             if isinstance(acquired, slots.Refused):
-                if self.waiting.park(placeholder, acquired):  # conditional on the task being queued
+                parked = self.waiting.park(placeholder, acquired)  # conditional on the task being queued
+                if parked is None:
+                    return _READ_FIRST  # not waiting: a succeeded task's copy, a handed task's claim...
+                if parked:
                     return DONE
                 continue
             try:
@@ -171,7 +177,7 @@ class LaneWorker:
             if isinstance(acquired, slots.Held):
                 return self._claim_and_call(task, delivery, lease, user_slot=acquired.user_slot)
             # No free slot: parked, the message acknowledged; a released slot hands itself over (waits.Waker).
-            if self.waiting.park(task, acquired):
+            if self.waiting.park(task, acquired) is not False:  # parked, or it moved on meanwhile
                 return DONE
         return self.waiting.wait(delivery, self.waiting.slot_wait(delivery))
 

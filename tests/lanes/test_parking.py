@@ -313,3 +313,31 @@ def test_a_parked_task_behind_many_of_a_capped_users_is_still_handed_a_free_slot
     lanes.sweeper().sweep()  # the safety net too
 
     assert lanes.task(other_parked).slot_handed_at is not None, "stranded behind demo's parked tasks"
+
+
+def test_a_redelivered_first_message_of_a_succeeded_task_copies_its_results_while_the_model_is_full(
+        lanes: Lanes, monkeypatch: Any) -> None:
+    """The worker died in the results copy after the success: its first message comes back while every slot is
+    taken. Parking it (nothing to wait for) must not drop the copy."""
+    from chalicelib.lanes.copies import ResultCopies
+    from chalicelib.media import results
+
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    task_id = lanes.submit(IMAGE_TASK)
+    first_message = lanes.receive_for("image", task_id)
+    real_keep = ResultCopies.keep
+
+    def dies(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the Lambda died in the copy")
+
+    monkeypatch.setattr(ResultCopies, "keep", dies)
+    assert lanes.worker("image").handle([first_message])["batchItemFailures"]
+    monkeypatch.setattr(ResultCopies, "keep", real_keep)
+    assert lanes.task(task_id).status == "succeeded" and results.stored_count(lanes.task(task_id)) == 0
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+
+    for _ in range(2):  # once with the model not yet seen full here, once seen full
+        assert lanes.worker("image").handle([first_message]) == {"batchItemFailures": []}
+
+    assert results.stored_count(lanes.task(task_id)) == 1
+    assert slots.state(IMAGE_MODEL).parked == 0 and lanes.ark_calls("images.generate") == 1

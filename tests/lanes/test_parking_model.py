@@ -146,7 +146,7 @@ class ParkingModel(RuleBasedStateMachine):
     def park(self, data: st.DataObject) -> None:
         task_id, refused = self.refused.pop(data.draw(st.integers(0, len(self.refused) - 1)))
         task = TaskRecord.get(task_id, consistent_read=True)
-        if not self.waiting.park(task, refused):
+        if self.waiting.park(task, refused) is False:
             self.messages.append(task_id)  # a slot freed meanwhile: the worker acquires again
 
     @precondition(lambda self: self.running)
