@@ -213,20 +213,22 @@ class LaneWorker:
         try:
             task = statemachine.transition(task, statemachine.RUNNING, actions=actions, clock=self.clock)
         except StaleTask:
-            return self._after_lost_claim(task.task_id, delivery)
+            return self._after_lost_claim(task.task_id, delivery, user_slot)
         # Read at most once a minute here: a success clears the model's unavailable flag, if it has one.
         model = catalog.recent_model(task.model_id)
         if task.type == "video":
             return self.videos.submit(task, callback_url, delivery, reached_ark_before, model)
         return self.images.generate(task, delivery, reached_ark_before, model)
 
-    def _after_lost_claim(self, task_id: str, delivery: Delivery) -> Outcome:
+    def _after_lost_claim(self, task_id: str, delivery: Delivery, user_slot: bool | None) -> Outcome:
         task = TaskRecord.get(task_id, consistent_read=True)
         if task.status == statemachine.RUNNING:
             return self._resume(task, delivery)  # another delivery claimed it (and holds the slot)
         if task.status == statemachine.QUEUED:
             return self._act_on(task, delivery)  # it changed and came back (a retry): decide again
-        # Ended before it ever ran (cancelled, timed out): the slot acquired for it is nobody's.
+        # Ended before it ever ran (cancelled, timed out): the slot acquired for it is nobody's. Released as this
+        # acquire took it (the record's `user_slot` may be from an earlier run; unknown: both records).
+        task.user_slot = user_slot
         statemachine.slot_releaser[0](task)
         return DONE
 

@@ -341,3 +341,26 @@ def test_a_redelivered_first_message_of_a_succeeded_task_copies_its_results_whil
 
     assert results.stored_count(lanes.task(task_id)) == 1
     assert slots.state(IMAGE_MODEL).parked == 0 and lanes.ark_calls("images.generate") == 1
+
+
+def test_a_claim_lost_to_a_cancel_gives_back_the_user_slot_its_acquire_took(lanes: Lanes, monkeypatch: Any) -> None:
+    """The task's record says it took no user slot (its earlier run was before the cap): the slot this acquire
+    took must still go back, or the user's record holds it forever (the sweeper reads only the model's)."""
+    demo = user_id_of(DEMO[0])
+    lanes.set_model(IMAGE_MODEL, concurrency=2)
+    task_id = lanes.submit(IMAGE_TASK)
+    TaskRecord(task_id).update(actions=[TaskRecord.user_slot.set(False)])  # ran once uncapped, then a retry
+    lanes.set_model(IMAGE_MODEL, max_running_per_user=1)
+    real_try_acquire = slots.try_acquire
+
+    def acquired_then_cancelled(*args: Any, **kwargs: Any) -> slots.Held | slots.Refused:
+        acquired = real_try_acquire(*args, **kwargs)
+        assert lanes.api.request("POST", f"/api/tasks/{task_id}/cancel", as_user=DEMO).status_code == 200
+        return acquired
+
+    monkeypatch.setattr(slots, "try_acquire", acquired_then_cancelled)
+    lanes.worker("image").handle([record_for(task_id)])  # the retry's message: reads the task, then acquires
+
+    assert lanes.task(task_id).status == "cancelled"
+    assert slots.in_use(IMAGE_MODEL) == 0
+    assert slots.in_use(slots.user_slot_key(IMAGE_MODEL, demo)) == 0, "the user's slot leaked"
