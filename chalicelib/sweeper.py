@@ -114,9 +114,8 @@ class Sweeper:
             return
         if task.status == statemachine.QUEUED and task.slot_handed_at is not None:
             if now - float(task.slot_handed_at) > HANDOFF_LEASE_S and self.waker.take_back(task):
-                # Handed a slot but never claimed it (its message lost, the waker dead before sending it): the
-                # slot goes on, and the task gets a message so it is not stranded (a duplicate changes nothing).
-                queues.enqueue(self.sqs, task.lane, task.task_id)
+                # Handed a slot but never claimed it (its message lost, the waker dead before sending it): the task
+                # is parked again and the slot handed on to the oldest parked task (its message sent then).
                 report.leases_reclaimed += 1
             return
         if task.status != statemachine.RUNNING:

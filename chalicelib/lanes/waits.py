@@ -256,14 +256,16 @@ class Waker:
         return False
 
     def take_back(self, task: TaskRecord) -> bool:
-        """A slot handed to `task` that it never claimed: one transaction frees it and clears the hand-off (so no
-        worker claims without a slot), then the slot goes on to the next parked task. False when `task` moved on
-        (claimed it meanwhile, or ended)."""
+        """A slot handed to `task` that it never claimed: one transaction frees it, clears the hand-off (so no
+        worker claims without a slot) and parks the task again (so a crash before its next message strands
+        nothing: it is found by the index), then the slot goes on to the oldest parked task, maybe this one. False
+        when `task` moved on (claimed it meanwhile, or ended)."""
         def build(transaction: TransactWrite) -> None:
-            transaction.update(TaskRecord(task.task_id), actions=[TaskRecord.slot_handed_at.remove()],
-                               condition=(TaskRecord.status == statemachine.QUEUED)
-                               & (TaskRecord.slot_handed_at == task.slot_handed_at))
-            slots.release_in(transaction, task.model_id, task.task_id, _user_of_slot(task))
+            transaction.update(TaskRecord(task.task_id), actions=[
+                TaskRecord.slot_handed_at.remove(), TaskRecord.parked_model.set(task.model_id)],
+                condition=(TaskRecord.status == statemachine.QUEUED)
+                & (TaskRecord.slot_handed_at == task.slot_handed_at))
+            slots.release_in(transaction, task.model_id, task.task_id, _user_of_slot(task), parking=True)
 
         try:
             writes.write_transaction(build)

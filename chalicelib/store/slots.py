@@ -325,11 +325,15 @@ def _release_one(slot_key: str, task_id: str, *extra: Action) -> SlotRecord | No
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def release_in(transaction: TransactWrite, model_id: str, task_id: str, user_id: str | None) -> None:
-    """The release's updates in `transaction` (conditional: the task holds; its user's slot when `user_id`)."""
+def release_in(transaction: TransactWrite, model_id: str, task_id: str, user_id: str | None, *,
+               parking: bool = False) -> None:
+    """The release's updates in `transaction` (conditional: the task holds; its user's slot when `user_id`);
+    `parking`: the task parks again in the same transaction (counted on the model's record)."""
     held = SlotRecord.holders[task_id]
-    transaction.update(SlotRecord(model_id), actions=[held.remove(), SlotRecord.owners[task_id].remove(),
-                                                      SlotRecord.count.add(-1)], condition=held.exists())
+    actions = [held.remove(), SlotRecord.owners[task_id].remove(), SlotRecord.count.add(-1)]
+    if parking:
+        actions.append(SlotRecord.parked.add(1))
+    transaction.update(SlotRecord(model_id), actions=actions, condition=held.exists())
     if user_id is not None:
         transaction.update(SlotRecord(user_slot_key(model_id, user_id)),
                            actions=[held.remove(), SlotRecord.count.add(-1)], condition=held.exists())

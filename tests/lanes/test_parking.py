@@ -178,9 +178,9 @@ def test_a_waker_dying_between_the_hand_off_and_its_message_strands_nothing(lane
     lanes.sweeper().sweep()  # within the hand-off lease: left alone
     assert lanes.receive("image") == []
     lanes.clock.advance(HANDOFF_LEASE_S + 1)
-    report = lanes.sweeper().sweep()  # the lapsed hand-off: the slot freed, and the task sent its message
+    report = lanes.sweeper().sweep()  # the lapsed hand-off taken back, the task parked and handed the slot anew
 
-    assert report.leases_reclaimed == 1 and slots.in_use(IMAGE_MODEL) == 0
+    assert report.leases_reclaimed == 1 and set(slots.holders(IMAGE_MODEL)) == {task_id}
     lanes.worker("image").handle(lanes.receive("image"))
     assert lanes.task(task_id).status == "succeeded"
     assert lanes.ark_calls("images.generate") == 1
@@ -364,3 +364,33 @@ def test_a_claim_lost_to_a_cancel_gives_back_the_user_slot_its_acquire_took(lane
     assert lanes.task(task_id).status == "cancelled"
     assert slots.in_use(IMAGE_MODEL) == 0
     assert slots.in_use(slots.user_slot_key(IMAGE_MODEL, demo)) == 0, "the user's slot leaked"
+
+
+def test_a_sweeper_dying_between_taking_a_hand_off_back_and_its_message_strands_nothing(
+        lanes: Lanes, monkeypatch: Any) -> None:
+    from chalicelib import sweeper
+
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    task_id = lanes.submit(IMAGE_TASK)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    _park(lanes, task_id)
+    slots.release(IMAGE_MODEL, "tsk_elsewhere")
+
+    def dies(*_args: Any, **_kwargs: Any) -> None:
+        raise RuntimeError("the Lambda died")
+
+    monkeypatch.setattr(waits.queues, "enqueue", dies)
+    with pytest.raises(RuntimeError):
+        _waker(lanes).hand_off(IMAGE_MODEL)  # handed, its message never sent
+    lanes.clock.advance(HANDOFF_LEASE_S + 1)
+    monkeypatch.setattr(sweeper.queues, "enqueue", dies)
+    with pytest.raises(RuntimeError):
+        lanes.sweeper().sweep()  # took the hand-off back, then died before sending the task its message
+    monkeypatch.undo()
+
+    lanes.clock.advance(HANDOFF_LEASE_S + 1)
+    lanes.sweeper().sweep()  # a later sweep
+    lanes.worker("image").handle(lanes.receive("image"))
+    assert lanes.task(task_id).status == "succeeded", "queued with no message, no slot and not parked"
+    assert lanes.ark_calls("images.generate") == 1 and slots.in_use(IMAGE_MODEL) == 0
+    assert slots.state(IMAGE_MODEL).parked == 0
