@@ -15,6 +15,7 @@ from playwright.sync_api import Page, expect
 
 from devstack.config import Credentials
 from devstack.testing import LocalStack
+from tests.polling import wait_for
 from tests.web.conftest import screenshot
 from tests.web.ui import IMAGE_FORM, file_payload, log_in, open_video_tab, png
 
@@ -69,7 +70,9 @@ def test_image_task_shows_its_image(page: Page, stack: LocalStack, tmp_path: Pat
     expect(item.locator(".status-pill")).to_have_text("Succeeded", timeout=RESULT_TIMEOUT_MS)
     image = item.locator(".gallery img").first
     expect(image).to_be_visible()
-    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    # Asked of the image shown now each time: the results copy's update may swap Ark's link for the stored one
+    # (a new element) while the first one loads.
+    wait_for(lambda: image.evaluate("img => img.complete && img.naturalWidth > 0"), timeout_s=RESULT_TIMEOUT_MS / 1000)
     screenshot(page, "20-stack-image-result", full_page=False)
     item.get_by_role("button", name=re.compile(r"View image 1 of \d+ full size")).click()
     expect(page.get_by_role("dialog").get_by_role("link", name="Download")).to_be_visible()
