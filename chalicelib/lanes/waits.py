@@ -157,8 +157,7 @@ class Waker:
         """One transaction: `releasing`'s slot becomes `candidate`'s, and `candidate` is unparked. True when done,
         False when the candidate (or its user's cap) refused, None when the model's record refused."""
         now = self.clock.now()
-        lease = lease_until(candidate, lane_named(candidate.lane), now, self.settings) + HANDOFF_LEASE_S
-        capped = user_cap is not None
+        lease = self._handed_lease(candidate, now)
         if releasing.user_slot is None:
             return None  # whether it took its user's slot too is not known: released plainly, both records
         roles: list[tuple[str, str]] = []
@@ -167,10 +166,7 @@ class Waker:
             roles.extend(slots.move_in(transaction, releasing.model_id, releasing.task_id, releasing.user_id,
                                       candidate.task_id, candidate.user_id, lease, user_cap=user_cap,
                                       released_user_slot=bool(releasing.user_slot)))
-            transaction.update(TaskRecord(candidate.task_id), actions=[
-                TaskRecord.parked_model.remove(), TaskRecord.slot_handed_at.set(math.floor(now)),
-                TaskRecord.user_slot.set(capped)], return_values="ALL_OLD",
-                condition=(TaskRecord.parked_model == releasing.model_id) & (TaskRecord.status == statemachine.QUEUED))
+            _unpark_handed(transaction, candidate, now, user_slot=user_cap is not None)
 
         for attempt in range(2):
             try:
@@ -193,6 +189,10 @@ class Waker:
                 return False  # the candidate's user is at the cap
             return None
         return None
+
+    def _handed_lease(self, candidate: TaskRecord, now: float) -> int:
+        """The woken worker's own lease, plus the time its message may take to reach it."""
+        return lease_until(candidate, lane_named(candidate.lane), now, self.settings) + HANDOFF_LEASE_S
 
     def hand_off(self, model_id: str) -> str | None:
         """Take a free slot of the model for its oldest parked task whose user is under the cap, unpark it and send
@@ -228,16 +228,12 @@ class Waker:
         """One transaction: a free slot taken for `candidate` and `candidate` unparked. True when done, False when
         the candidate (or its user's cap) refused, None when the model's slots are all taken."""
         now = self.clock.now()
-        lease = lease_until(candidate, lane_named(candidate.lane), now, self.settings) + HANDOFF_LEASE_S
+        lease = self._handed_lease(candidate, now)
 
         def build(transaction: TransactWrite) -> None:
             slots.take_in(transaction, candidate.model_id, candidate.task_id, lease, user_id=candidate.user_id,
                           user_cap=user_cap, unparking=True)
-            transaction.update(TaskRecord(candidate.task_id), actions=[
-                TaskRecord.parked_model.remove(), TaskRecord.slot_handed_at.set(math.floor(now)),
-                TaskRecord.user_slot.set(user_cap is not None)], return_values="ALL_OLD",
-                condition=(TaskRecord.parked_model == candidate.model_id)
-                & (TaskRecord.status == statemachine.QUEUED))
+            _unpark_handed(transaction, candidate, now, user_slot=user_cap is not None)
 
         for attempt in range(2):
             try:
@@ -289,6 +285,14 @@ class Waker:
         while self.hand_off(model_id) is not None:
             woken += 1
         return woken
+
+
+def _unpark_handed(transaction: TransactWrite, candidate: TaskRecord, now: float, *, user_slot: bool) -> None:
+    """The parked task's side of a hand-off: unparked and marked handed (refused once it moved on)."""
+    transaction.update(TaskRecord(candidate.task_id), actions=[
+        TaskRecord.parked_model.remove(), TaskRecord.slot_handed_at.set(math.floor(now)),
+        TaskRecord.user_slot.set(user_slot)], return_values="ALL_OLD",
+        condition=(TaskRecord.parked_model == candidate.model_id) & (TaskRecord.status == statemachine.QUEUED))
 
 
 def _user_of_slot(task: TaskRecord) -> str | None:

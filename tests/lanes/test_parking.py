@@ -38,6 +38,25 @@ def _park(lanes: Lanes, *task_ids: str) -> None:
         aws.sqs().delete_message(QueueUrl=queues.queue_url(aws.sqs(), "image"), ReceiptHandle=record["receiptHandle"])
 
 
+def _handed_without_a_message(lanes: Lanes, monkeypatch: Any) -> str:
+    """A parked task handed a free slot by a waker that died before sending its message."""
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    task_id = lanes.submit(IMAGE_TASK)
+    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
+    _park(lanes, task_id)
+    slots.release(IMAGE_MODEL, "tsk_elsewhere")
+
+    monkeypatch.setattr(waits.queues, "enqueue", _dies)
+    with pytest.raises(RuntimeError):
+        _waker(lanes).hand_off(IMAGE_MODEL)
+    monkeypatch.undo()
+    return task_id
+
+
+def _dies(*_args: Any, **_kwargs: Any) -> None:
+    raise RuntimeError("the Lambda died")
+
+
 def _waker(lanes: Lanes) -> Waker:
     return Waker(sqs=aws.sqs(), clock=lanes.clock, settings=lanes.settings)
 
@@ -160,19 +179,7 @@ def test_a_lost_wake_up_is_made_good_by_the_next_sweep(lanes: Lanes) -> None:
 
 
 def test_a_waker_dying_between_the_hand_off_and_its_message_strands_nothing(lanes: Lanes, monkeypatch: Any) -> None:
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    task_id = lanes.submit(IMAGE_TASK)
-    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
-    _park(lanes, task_id)
-    slots.release(IMAGE_MODEL, "tsk_elsewhere")
-
-    def dies(*_args: Any, **_kwargs: Any) -> None:
-        raise RuntimeError("the Lambda died")
-
-    monkeypatch.setattr(waits.queues, "enqueue", dies)
-    with pytest.raises(RuntimeError):
-        _waker(lanes).hand_off(IMAGE_MODEL)
-    monkeypatch.undo()
+    task_id = _handed_without_a_message(lanes, monkeypatch)
     assert set(slots.holders(IMAGE_MODEL)) == {task_id} and lanes.task(task_id).parked_model is None
 
     lanes.sweeper().sweep()  # within the hand-off lease: left alone
@@ -370,20 +377,9 @@ def test_a_sweeper_dying_between_taking_a_hand_off_back_and_its_message_strands_
         lanes: Lanes, monkeypatch: Any) -> None:
     from chalicelib import sweeper
 
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    task_id = lanes.submit(IMAGE_TASK)
-    hold_slot(IMAGE_MODEL, "tsk_elsewhere", 1, lanes.clock.now() + 60)
-    _park(lanes, task_id)
-    slots.release(IMAGE_MODEL, "tsk_elsewhere")
-
-    def dies(*_args: Any, **_kwargs: Any) -> None:
-        raise RuntimeError("the Lambda died")
-
-    monkeypatch.setattr(waits.queues, "enqueue", dies)
-    with pytest.raises(RuntimeError):
-        _waker(lanes).hand_off(IMAGE_MODEL)  # handed, its message never sent
+    task_id = _handed_without_a_message(lanes, monkeypatch)
     lanes.clock.advance(HANDOFF_LEASE_S + 1)
-    monkeypatch.setattr(sweeper.queues, "enqueue", dies)
+    monkeypatch.setattr(sweeper.queues, "enqueue", _dies)
     with pytest.raises(RuntimeError):
         lanes.sweeper().sweep()  # took the hand-off back, then died before sending the task its message
     monkeypatch.undo()
