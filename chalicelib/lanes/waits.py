@@ -82,7 +82,9 @@ class Waiting:
                 transaction.condition_check(SlotRecord, refused.slot_key, condition=refused.still_full())
             transaction.update(TaskRecord(task.task_id), actions=[TaskRecord.parked_model.set(task.model_id)],
                                condition=(TaskRecord.status == statemachine.QUEUED)
-                               & TaskRecord.slot_handed_at.does_not_exist())
+                               & TaskRecord.slot_handed_at.does_not_exist()
+                               # a first message naming another model or user parks nothing: the task is read
+                               & (TaskRecord.model_id == task.model_id) & (TaskRecord.user_id == task.user_id))
 
         on_model = refused.slot_key == task.model_id
         try:

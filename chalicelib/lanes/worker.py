@@ -142,7 +142,8 @@ class LaneWorker:
                 task = TaskRecord.get(delivery.task_id, consistent_read=True)
             except DoesNotExist:
                 task = None
-            if task is None or task.model_id != model_id or task.status != statemachine.QUEUED:
+            if (task is None or task.model_id != model_id or task.user_id != user_id
+                    or task.status != statemachine.QUEUED):
                 if acquired.user_slot is not None:  # taken just now for a task that is not waiting: given back
                     placeholder.user_slot = acquired.user_slot
                     statemachine.slot_releaser[0](placeholder)
