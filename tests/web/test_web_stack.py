@@ -67,9 +67,12 @@ def test_image_task_shows_its_image(page: Page, stack: LocalStack, tmp_path: Pat
 
     item = newest_card(page)
     expect(item.locator(".task-prompt")).to_have_text("A paper boat on a puddle, end to end")
+    # Reaching the button of a form taller than the window must not scroll the page to the end of a long task
+    # list, away from the new task (whose image, loaded lazily, would then never load).
+    expect(item).to_be_in_viewport()
     expect(item.locator(".status-pill")).to_have_text("Succeeded", timeout=RESULT_TIMEOUT_MS)
     image = item.locator(".gallery img").first
-    expect(image).to_be_visible()
+    expect(image).to_be_in_viewport()
     # Asked of the image shown now each time: the results copy's update may swap Ark's link for the stored one
     # (a new element) while the first one loads.
     wait_for(lambda: image.evaluate("img => img.complete && img.naturalWidth > 0"), timeout_s=RESULT_TIMEOUT_MS / 1000)
