@@ -157,6 +157,12 @@ def free_stack_config(host: str = "127.0.0.1") -> StackConfig:
     )
 
 
+# Free ports are picked before the stack's servers bind them: another process (a parallel test's stack) may take
+# one in between. A stack on ports picked here starts again on fresh ones; one on the caller's ports does not.
+PORT_TAKEN = "Address already in use"
+PORT_RETRIES = 3
+
+
 @contextmanager
 def launch_local_stack(
     output_path: Path,
@@ -168,7 +174,24 @@ def launch_local_stack(
     Launching again with the same `config` (whose `moto_url` names a moto server started by the caller) restarts
     the app and its workers over the same ports, tables and queues.
     """
-    config = config or free_stack_config()
+    attempts = 1 if config else PORT_RETRIES
+    for attempt in range(1, attempts + 1):
+        stack = _start(config or free_stack_config(), output_path, extra_env)
+        try:
+            _wait_until_ready(stack, stack.config.startup_timeout_s)
+        except AssertionError:
+            stack.stop()
+            if attempt == attempts or PORT_TAKEN not in stack.output():
+                raise
+            continue
+        try:
+            yield stack
+        finally:
+            stack.stop()
+        return
+
+
+def _start(config: StackConfig, output_path: Path, extra_env: Mapping[str, str] | None) -> LocalStack:
     with output_path.open("wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "devstack"],
@@ -179,12 +202,7 @@ def launch_local_stack(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # no controlling terminal, like CI
         )
-    stack = LocalStack(config, process, output_path)
-    try:
-        _wait_until_ready(stack, config.startup_timeout_s)
-        yield stack
-    finally:
-        stack.stop()
+    return LocalStack(config, process, output_path)
 
 
 def _wait_until_ready(stack: LocalStack, timeout_s: float) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from chalicelib.settings import DEFAULT_ARK_BASE_URL
 from devstack.config import StackConfig
 
@@ -66,3 +70,42 @@ def test_an_ark_api_key_switches_to_the_real_ark() -> None:
     assert default_region.app_environment("http://moto")["ARK_BASE_URL"] == DEFAULT_ARK_BASE_URL
     assert chosen.app_environment("http://moto")["ARK_API_KEY"] == "real-key"
     assert chosen.ark_base_url == "https://ark.example/api/v3"
+
+
+class _FakeProcess:
+    returncode = 1
+
+    def poll(self) -> int:
+        return 1
+
+
+def test_a_stack_whose_free_port_was_taken_starts_again_on_fresh_ports(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from devstack import testing
+
+    started: list[StackConfig] = []
+
+    def start(config: StackConfig, output_path: Path, extra_env: object) -> testing.LocalStack:
+        started.append(config)
+        refused = "OSError: [Errno 98] Address already in use"
+        output_path.write_text(refused if len(started) == 1 else testing.BANNER_END)
+        return testing.LocalStack(config, _FakeProcess(), output_path)  # type: ignore[arg-type]
+
+    def wait_until_ready(stack: testing.LocalStack, timeout_s: float) -> None:
+        if testing.BANNER_END not in stack.output():
+            raise AssertionError("local stack did not start")
+
+    monkeypatch.setattr(testing, "_start", start)
+    monkeypatch.setattr(testing, "_wait_until_ready", wait_until_ready)
+    with testing.launch_local_stack(tmp_path / "stack.log") as stack:
+        assert stack.config is started[1]
+    assert len(started) == 2 and started[0].prefix != started[1].prefix
+
+    # The caller's own ports are kept: a restart over them must not move to others.
+    started.clear()
+    given = testing.free_stack_config()
+    with pytest.raises(AssertionError, match="did not start"), testing.launch_local_stack(tmp_path / "stack.log",
+                                                                                       config=given):
+        pass
+    assert started == [given]
