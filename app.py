@@ -19,6 +19,8 @@ from chalicelib.resources import LANES, Lane
 from chalicelib.schemas import (
     AdminTaskListQuery,
     ArkCallback,
+    KeyCreate,
+    KeyDeleted,
     LoginRequest,
     ModelCreate,
     ModelUpdate,
@@ -67,7 +69,7 @@ def logout(context: RequestContext) -> dict[str, Any]:
     return {"status": "logged_out"}
 
 
-@http.route("/api/users/me", "GET")
+@http.route("/api/users/me", "GET", scope="tasks:read")
 def me(context: RequestContext) -> dict[str, Any]:
     user = users.get_user(context.user.username)
     return {"username": user.username, "user_id": user.user_id, "role": user.role, "created_at": user.created_at}
@@ -96,6 +98,26 @@ def admin_delete_user(context: RequestContext, username: str) -> dict[str, Any]:
     return {"deleted": username}
 
 
+# --- accounts: API keys (a login session's: no key reaches these routes) ---------------------------------------
+
+
+@http.route("/api/keys", "POST")
+def create_key(context: RequestContext) -> Any:
+    created = wiring.current().api_keys.create(context.user, parse(KeyCreate, context.json()))
+    return json_response(201, created.model_dump())
+
+
+@http.route("/api/keys", "GET")
+def list_keys(context: RequestContext) -> dict[str, Any]:
+    return wiring.current().api_keys.list(context.user).model_dump()
+
+
+@http.route("/api/keys/{key_id}", "DELETE")
+def revoke_key(context: RequestContext, key_id: str) -> dict[str, Any]:
+    wiring.current().api_keys.revoke(context.user, key_id)
+    return KeyDeleted(deleted=key_id).model_dump()
+
+
 # --- catalog: models ------------------------------------------------------------------------------------------
 
 
@@ -104,7 +126,7 @@ def _admin_model_body(model: Any) -> dict[str, Any]:
     return bodies.admin_model_body(model, services.clock.now(), services.settings.quota_timezone)
 
 
-@http.route("/api/models", "GET")
+@http.route("/api/models", "GET", scope="tasks:read")
 def list_enabled_models(_: RequestContext) -> dict[str, Any]:
     return {"models": [bodies.public_model_body(model) for model in catalog.list_models(enabled_only=True)]}
 
@@ -145,13 +167,13 @@ def admin_delete_model(_: RequestContext, model_id: str) -> Any:
 # --- tasks: intake, queries, cancel, operator changes, delete --------------------------------------------------
 
 
-@http.route("/api/tasks", "POST")
+@http.route("/api/tasks", "POST", scope="tasks:write")
 def create_task(context: RequestContext) -> Any:
     created = wiring.current().intake.create(context.user, context.json(), context.header("idempotency-key"))
     return json_response(created.status_code, created.body)
 
 
-@http.route("/api/tasks/{task_id}/render", "POST")
+@http.route("/api/tasks/{task_id}/render", "POST", scope="tasks:write")
 def render_task(context: RequestContext, task_id: str) -> Any:
     services = wiring.current()
     draft = services.queries.get_own(context.user, task_id)
@@ -160,7 +182,7 @@ def render_task(context: RequestContext, task_id: str) -> Any:
     return json_response(created.status_code, created.body)
 
 
-@http.route("/api/tasks", "GET")
+@http.route("/api/tasks", "GET", scope="tasks:read")
 def list_tasks(context: RequestContext) -> dict[str, Any]:
     services = wiring.current()
     page, cursor = services.queries.list(parse(TaskListQuery, context.query()), owner=context.user.user_id,
@@ -168,7 +190,7 @@ def list_tasks(context: RequestContext) -> dict[str, Any]:
     return {"tasks": page, "next_cursor": cursor}
 
 
-@http.route("/api/tasks/{task_id}", "GET")
+@http.route("/api/tasks/{task_id}", "GET", scope="tasks:read")
 def get_task(context: RequestContext, task_id: str) -> dict[str, Any]:
     services = wiring.current()
     return services.bodies.body(services.queries.get_own(context.user, task_id), with_queue_position=True)
@@ -183,7 +205,7 @@ def admin_list_tasks(context: RequestContext) -> dict[str, Any]:
     return {"tasks": page, "next_cursor": cursor}
 
 
-@http.route("/api/tasks/{task_id}/cancel", "POST")
+@http.route("/api/tasks/{task_id}/cancel", "POST", scope="tasks:write")
 def cancel_task(context: RequestContext, task_id: str) -> dict[str, Any]:
     services = wiring.current()
     task = cancel.cancel(services.queries.get_own(context.user, task_id), services.video_status, services.clock)
@@ -200,7 +222,7 @@ def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
     return services.bodies.body(changed, for_admin=True)
 
 
-@http.route("/api/tasks/{task_id}", "DELETE")
+@http.route("/api/tasks/{task_id}", "DELETE", scope="tasks:write")
 def remove_task(context: RequestContext, task_id: str) -> dict[str, Any]:
     services = wiring.current()
     task = services.queries.get(task_id) if context.user.is_admin else services.queries.get_own(context.user, task_id)
@@ -211,7 +233,7 @@ def remove_task(context: RequestContext, task_id: str) -> dict[str, Any]:
 # --- media: uploads -------------------------------------------------------------------------------------------
 
 
-@http.route("/api/uploads", "POST")
+@http.route("/api/uploads", "POST", scope="tasks:write")
 def create_upload(context: RequestContext) -> Any:
     request = parse(UploadRequest, context.json())
     form = wiring.current().uploads.create(context.user.user_id, request.content_type, request.size)

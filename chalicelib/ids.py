@@ -18,6 +18,7 @@ from chalicelib.errors import NotFound
 TASK_ID_PATTERN = r"^tsk_[a-z2-7]{26}$"
 USER_ID_PATTERN = r"^usr_[a-z2-7]{26}$"
 USER_ID_PREFIX = "usr_"
+KEY_ID_PATTERN = r"^key_[a-z2-7]{26}$"
 MODEL_ID_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,63}$"
 USERNAME_PATTERN = r"^[a-z0-9_.-]{3,64}$"
 
@@ -36,6 +37,10 @@ def new_task_id() -> str:
 def new_user_id() -> str:
     # 128 random bits: an account's identity is never reused, whatever happens to its name.
     return _random_id(USER_ID_PREFIX)
+
+
+def new_key_id() -> str:
+    return _random_id("key_")
 
 
 def new_upload_id() -> str:
@@ -60,6 +65,7 @@ PATH_PARAMETERS = {
     "model_id": PathParameter("model", re.compile(MODEL_ID_PATTERN)),
     # Usernames are case-insensitive: `/api/admin/users/Demo` is demo.
     "username": PathParameter("user", re.compile(USERNAME_PATTERN), str.lower),
+    "key_id": PathParameter("key", re.compile(KEY_ID_PATTERN)),
 }
 
 

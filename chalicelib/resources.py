@@ -126,6 +126,12 @@ MARKERS = Table("markers", Key("marker_id"))
 # Which task owns each Ark video task: written conditionally before a task records an Ark id, so no two tasks
 # ever hold one (reconciling a crashed create never adopts a video another task made).
 ARK_TASK_OWNERS = Table("ark-task-owners", Key("external_id"), ttl_attribute="expires_at_epoch")
+# API keys, keyed by the key's SHA-256 (a request's key is found with one read); each user's record holds the
+# hashes of its keys (`chalicelib.accounts.keys`), which lists and counts them. No TTL: an expired key stays
+# listed (and counted) until its owner deletes it.
+API_KEYS = Table("api-keys", Key("key_hash"))
+# Task creations per user per minute window (`chalicelib.store.rate_limit`); a window's counter outlives it briefly.
+RATE_LIMITS = Table("rate-limits", Key("counter_key"), ttl_attribute="expires_at_epoch")
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -141,6 +147,8 @@ TABLES: tuple[Table, ...] = (
     UPLOADS,
     MARKERS,
     ARK_TASK_OWNERS,
+    API_KEYS,
+    RATE_LIMITS,
 )
 
 TASK_LIST_SHARDS = 4

@@ -184,6 +184,8 @@ Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USE
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 Role = Literal["user", "admin"]
 NewPassword = Annotated[str, StringConstraints(min_length=8, max_length=256)]
+# Task creations a user may make per minute (`chalicelib.store.rate_limit`).
+RequestsPerMinute = Annotated[int, Field(ge=1, le=10_000)]
 DisplayName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
 Concurrency = Annotated[int, Field(ge=1, le=1000)]
 Quota = Annotated[int, Field(ge=0)]
@@ -525,14 +527,74 @@ class UserCreate(_Body):
     password: NewPassword = Field(repr=False)
     role: Role = "user"
     disabled: bool = False
+    requests_per_minute: RequestsPerMinute | None = None  # None: the default
 
 
 class UserUpdate(_Update):
     role: Role | None = None
     disabled: bool | None = None
     password: NewPassword | None = Field(default=None, repr=False)
+    requests_per_minute: RequestsPerMinute | None = None  # null: back to the default
 
     _required_values = field_validator("role", "disabled", "password", mode="before")(_not_null)
+
+
+# --- API keys: requests and answers --------------------------------------------------------------------
+
+# What a key may do (`chalicelib.accounts.keys`); `tasks:write` implies `tasks:read`.
+Scope = Literal["tasks:read", "tasks:write"]
+ALL_SCOPES: tuple[Scope, ...] = ("tasks:read", "tasks:write")
+# A label its owner gives the key: printable, shown back in listings.
+KeyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
+                                           pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class KeyCreate(_Body):
+    """`POST /api/keys`."""
+
+    name: KeyName
+    scopes: list[Scope] = Field(default_factory=lambda: list(ALL_SCOPES), min_length=1, max_length=8)
+    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None  # None: the key never expires
+
+    @field_validator("scopes")
+    @classmethod
+    def _each_once(cls, scopes: list[Scope]) -> list[Scope]:
+        return sorted(set(scopes))
+
+
+class KeyListed(BaseModel):
+    """A key as its owner's listing shows it: never the key, nor its hash."""
+
+    id: str
+    name: str
+    scopes: list[Scope]
+    prefix: str
+    created_at: str
+    last_used_at: str | None
+    expires_at: str | None
+
+
+class KeyList(BaseModel):
+    """`GET /api/keys`."""
+
+    keys: list[KeyListed]
+
+
+class KeyCreated(BaseModel):
+    """`POST /api/keys` (201): the only answer that ever holds the key."""
+
+    id: str
+    key: str
+    name: str
+    scopes: list[Scope]
+    created_at: str
+    expires_at: str | None
+
+
+class KeyDeleted(BaseModel):
+    """`DELETE /api/keys/{key_id}`."""
+
+    deleted: str
 
 
 # --- Parsing -----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import httpx
 from chalicelib import aws, catalog, live, queues, secret_store
 from chalicelib.accounts import auth, first_admin
 from chalicelib.accounts.auth import Authenticator
+from chalicelib.accounts.keys import ApiKeys
 from chalicelib.api.bodies import TaskBodies
 from chalicelib.ark.client import IMAGE_TIMEOUT, VolcImageClient, VolcVideoClient
 from chalicelib.clock import SYSTEM_CLOCK, Clock
@@ -140,7 +141,11 @@ class Wiring:
 
     @cached_property
     def authenticator(self) -> Authenticator:
-        return Authenticator(self.settings, self.clock)
+        return Authenticator(self.settings, self.clock, keys=self.api_keys)
+
+    @cached_property
+    def api_keys(self) -> ApiKeys:
+        return ApiKeys(self.clock)
 
     @cached_property
     def uploads(self) -> UploadService:

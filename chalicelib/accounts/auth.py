@@ -19,7 +19,7 @@ from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.errors import ApiError, Forbidden, Unauthorized
 from chalicelib.ids import new_user_id
 from chalicelib.settings import Settings, get_settings
-from chalicelib.store.records import LoginAttemptRecord, SessionRecord, UserRecord
+from chalicelib.store.records import LoginAttemptRecord, SessionRecord, UserRecord, optional_int
 from chalicelib.store.writes import condition_failed
 
 TOKEN_ALGORITHM = "HS256"  # noqa: S105 - an algorithm name, not a secret
@@ -71,13 +71,33 @@ class Principal:
     username: str
     role: str
     session_id: str | None = None
+    # Set when the request came with an API key (`chalicelib.accounts.keys`): the key's id and what it may do
+    # (implied scopes included). A login session is limited by no scope.
+    key_id: str | None = None
+    scopes: frozenset[str] | None = None
+    # The account's task creations per minute (`chalicelib.store.rate_limit`); None: the default.
+    requests_per_minute: int | None = None
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        # An administrator's powers come with a login session only, never with an API key.
+        return self.role == "admin" and self.key_id is None
+
+    def may(self, scope: str) -> bool:
+        return self.scopes is None or scope in self.scopes
 
 
 INTERNAL_SERVICE = Principal(user_id="svc_internal", username="internal-service", role="service")
+
+
+# What every API key starts with: an `Authorization: Bearer ak_...` is a key, anything else a session token.
+API_KEY_PREFIX = "ak_"
+
+
+class KeyAuthenticator(Protocol):
+    """Who an API key acts for (`chalicelib.accounts.keys.ApiKeys`); raises `Unauthorized` for a dead key."""
+
+    def authenticate(self, key: str) -> Principal: ...
 
 
 class SocketCloser(Protocol):
@@ -248,10 +268,12 @@ class LoginThrottle:
 
 
 class Authenticator:
-    def __init__(self, settings: Settings | None = None, clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, settings: Settings | None = None, clock: Clock = SYSTEM_CLOCK,
+                 keys: KeyAuthenticator | None = None) -> None:
         self.settings = settings or get_settings()
         self.clock = clock
         self.throttle = LoginThrottle(self.settings, clock)
+        self.keys = keys  # None: API keys are refused
 
     def login(self, username: str, password: str, source_address: str | None = None) -> LoginResult:
         attempt = self.throttle.admit(username, source_address)  # counted before the check: see LoginThrottle
@@ -284,6 +306,10 @@ class Authenticator:
 
     def authenticate(self, authorization: str | None) -> Principal:
         token = _bearer_token(authorization)
+        if token.startswith(API_KEY_PREFIX):
+            if self.keys is None:
+                raise Unauthorized("API keys are not accepted here.", code="invalid_api_key")
+            return self.keys.authenticate(token)
         if self.settings.internal_service_token and hmac.compare_digest(
             token.encode(), self.settings.internal_service_token.encode()
         ):
@@ -329,7 +355,7 @@ class Authenticator:
         ):
             return None
         principal = Principal(user_id=user.user_id, username=user.username, role=user.role,
-                              session_id=session.session_id)
+                              session_id=session.session_id, requests_per_minute=optional_int(user.requests_per_minute))
         return principal, int(user.password_version)
 
     def logout(self, principal: Principal, sockets: SocketCloser) -> None:

@@ -11,6 +11,7 @@ import secrets
 from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
 from chalicelib.accounts.auth import Principal, SocketCloser, ensure_user_id, hash_password
+from chalicelib.accounts.keys import forget_keys_of
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
 from chalicelib.errors import Conflict, NotFound, ValidationFailed
 from chalicelib.ids import new_user_id
@@ -37,6 +38,7 @@ def new_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
         disabled=request.disabled,
         # Random, not 1: tokens of a deleted user must not come back to life when the name is used again.
         password_version=secrets.randbits(31),
+        requests_per_minute=request.requests_per_minute,
         created_at=now,
         updated_at=now,
     )
@@ -68,6 +70,10 @@ def update_user(actor: Principal, username: str, request: UserUpdate, sockets: S
     if request.password is not None:
         actions.append(UserRecord.password_hash.set(hash_password(request.password)))
         actions.append(UserRecord.password_version.add(1))
+    if "requests_per_minute" in request.model_fields_set:
+        limit = request.requests_per_minute
+        actions.append(UserRecord.requests_per_minute.set(limit) if limit is not None
+                       else UserRecord.requests_per_minute.remove())
     try:
         user.update(actions=actions, condition=UserRecord.user_id == user.user_id)
     except UpdateError as exc:
@@ -93,6 +99,7 @@ def delete_user(actor: Principal, username: str, sockets: SocketCloser) -> None:
             raise
         raise NotFound(f"No user named {username!r}.", code="user_not_found") from exc
     sockets.disconnect_user(user_id)
+    forget_keys_of(user)
 
 
 def listing_owner(username: str | None, user_id: str | None) -> str | None:

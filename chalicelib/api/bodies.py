@@ -12,6 +12,7 @@ from chalicelib.ark.capabilities import Provider
 from chalicelib.ark.errors import error_shown
 from chalicelib.media import storage
 from chalicelib.store import slots
+from chalicelib.store.rate_limit import DEFAULT_REQUESTS_PER_MINUTE
 from chalicelib.store.records import ModelRecord, TaskRecord, UserRecord, optional_int
 from chalicelib.tasks.cancel import is_cancellable
 from chalicelib.tasks.queries import TaskQueries
@@ -128,6 +129,7 @@ def user_body(user: UserRecord) -> dict[str, Any]:
         "user_id": user.user_id,
         "role": user.role,
         "disabled": user.disabled,
+        "requests_per_minute": optional_int(user.requests_per_minute) or DEFAULT_REQUESTS_PER_MINUTE,
         "created_at": user.created_at,
         "updated_at": user.updated_at,
     }

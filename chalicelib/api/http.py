@@ -18,7 +18,7 @@ from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from chalicelib.accounts.auth import Authenticator, Principal, require_admin
 from chalicelib.errors import ApiError, BadRequest, Forbidden, PayloadTooLarge, Unavailable, error_object
 from chalicelib.ids import path_parameter
-from chalicelib.schemas import MAX_JSON_DEPTH, json_depth
+from chalicelib.schemas import MAX_JSON_DEPTH, Scope, json_depth
 from chalicelib.secret_store import SecretUnavailable
 from chalicelib.settings import get_settings
 from chalicelib.store.writes import transaction_conflicted
@@ -102,6 +102,16 @@ class RequestContext:
         return self.request.headers.get(name)
 
 
+def _key_may_use(principal: Principal, access: Access, scope: Scope | None) -> None:
+    """An API key reaches only user routes that name a scope, and only with that scope (secure by default: a
+    route that names none, and every admin, key management or session route, refuses keys)."""
+    if access != "user" or scope is None:
+        raise Forbidden("API keys cannot use this route; it needs a login session.", code="api_key_not_allowed")
+    if not principal.may(scope):
+        raise Forbidden(f"This API key does not have the {scope} scope.", code="insufficient_scope",
+                        details={"required_scope": scope})
+
+
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(body=body, status_code=status, headers={"Content-Type": "application/json", **(headers or {})})
 
@@ -112,6 +122,8 @@ class Http:
     def __init__(self, app: Chalice, authenticator_factory: Callable[[], Authenticator]) -> None:
         self.app = app
         self._authenticator_factory = authenticator_factory
+        # Every route's API key scope (None: keys refused), as `route` registered it.
+        self.scopes: dict[tuple[str, str], Scope | None] = {}
 
     def _cors_headers(self, request: Request | None) -> dict[str, str]:
         origin = request.headers.get("origin") if request is not None else None
@@ -128,10 +140,12 @@ class Http:
             "Vary": "Origin",
         }
 
-    def _authenticate(self, request: Request, access: Access) -> Principal | None:
+    def _authenticate(self, request: Request, access: Access, scope: Scope | None) -> Principal | None:
         if access == "public":
             return None
         principal = self._authenticator_factory().authenticate(request.headers.get("authorization"))
+        if principal.key_id is not None:
+            _key_may_use(principal, access, scope)
         if access == "admin":
             require_admin(principal)
         elif access == "admin_or_service":
@@ -154,13 +168,14 @@ class Http:
                                   headers={"Retry-After": str(STORE_RETRY_AFTER_S)})
         return json_response(unavailable.status, unavailable.body(), unavailable.headers)
 
-    def endpoint(self, access: Access = "user") -> Callable[[Callable[..., Any]], Callable[..., Response]]:
+    def endpoint(self, access: Access = "user",
+                 scope: Scope | None = None) -> Callable[[Callable[..., Any]], Callable[..., Response]]:
         def decorate(view: Callable[..., Any]) -> Callable[..., Response]:
             @functools.wraps(view)
             def wrapper(**path_params: str) -> Response:
                 request = self.app.current_request
                 try:
-                    context = RequestContext(request, self._authenticate(request, access))
+                    context = RequestContext(request, self._authenticate(request, access, scope))
                     canonical = {name: path_parameter(name, value) for name, value in path_params.items()}
                     result = view(context, **canonical)
                     response = result if isinstance(result, Response) else json_response(200, result)
@@ -175,12 +190,17 @@ class Http:
 
         return decorate
 
-    def route(self, path: str, method: str,
-              access: Access = "user") -> Callable[[Callable[..., Any]], Callable[..., Response]]:
-        """Register `view` as the app's route for `method` on `path`, wrapped by `endpoint(access)`."""
+    def route(self, path: str, method: str, access: Access = "user", *,
+              scope: Scope | None = None) -> Callable[[Callable[..., Any]], Callable[..., Response]]:
+        """Register `view` as the app's route for `method` on `path`, wrapped by `endpoint(access, scope)`.
+
+        `scope` is what an API key needs to call the route (a user route only); without one, keys are refused."""
+
+        assert scope is None or access == "user", "only user routes take API keys"
 
         def decorate(view: Callable[..., Any]) -> Callable[..., Response]:
-            return self.app.route(path, methods=[method])(self.endpoint(access)(view))
+            self.scopes[(path, method)] = scope
+            return self.app.route(path, methods=[method])(self.endpoint(access, scope)(view))
 
         return decorate
 

@@ -14,6 +14,7 @@ from pynamodb.attributes import (
     MapAttribute,
     NumberAttribute,
     UnicodeAttribute,
+    UnicodeSetAttribute,
 )
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
@@ -67,6 +68,10 @@ class UserRecord(_Base):
     password_version = NumberAttribute(default=1)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
+    # Task creations allowed per minute (`chalicelib.store.rate_limit`); absent: the default.
+    requests_per_minute = NumberAttribute(null=True)
+    # The hashes of the account's API keys (`chalicelib.accounts.keys`): what lists, counts and bounds them.
+    api_key_hashes = UnicodeSetAttribute(null=True)
 
 
 class SessionRecord(_Base):
@@ -305,6 +310,34 @@ class ArkTaskOwnerRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
+class ApiKeyRecord(_Base):
+    """An API key, found by its hash (the key itself is never stored); `key_id` is how its owner names it."""
+
+    Meta = table_meta(resources.API_KEYS)
+
+    key_hash = UnicodeAttribute(hash_key=True)
+    key_id = UnicodeAttribute()
+    # The owning account: both, as sessions do (the name finds the user, the id says it is still the same one).
+    user_id = UnicodeAttribute()
+    username = UnicodeAttribute()
+    name = UnicodeAttribute()
+    scopes = ListAttribute(of=UnicodeAttribute)
+    # The key's first characters, shown in listings so a user can tell keys apart.
+    prefix = UnicodeAttribute()
+    created_at = UnicodeAttribute()
+    expires_at_epoch = NumberAttribute(null=True)
+    # Written at most once a minute per key, not on every request.
+    last_used_epoch = NumberAttribute(null=True)
+
+
+class RateLimitRecord(_Base):
+    Meta = table_meta(resources.RATE_LIMITS)
+
+    counter_key = UnicodeAttribute(hash_key=True)
+    used = NumberAttribute(default=0)
+    expires_at_epoch = NumberAttribute()
+
+
 ALL_RECORDS: tuple[type[_Base], ...] = (
     UserRecord,
     SessionRecord,
@@ -319,6 +352,8 @@ ALL_RECORDS: tuple[type[_Base], ...] = (
     UploadRecord,
     MarkerRecord,
     ArkTaskOwnerRecord,
+    ApiKeyRecord,
+    RateLimitRecord,
 )
 
 

@@ -41,6 +41,7 @@ from chalicelib.schemas import (
 )
 from chalicelib.settings import Settings
 from chalicelib.store import idempotency, quota, slots, statemachine, writes
+from chalicelib.store.rate_limit import CreationRateLimit
 from chalicelib.store.records import ModelRecord, TaskRecord
 
 # Without a bucket, inline images stay in the task item, which DynamoDB caps at 400 KB.
@@ -65,6 +66,7 @@ class Intake:
         self.uploads = uploads
         self.settings = settings
         self.clock = clock
+        self.rate_limit = CreationRateLimit(clock)
 
     def create(self, principal: Principal, raw_body: Any, key: str | None = None) -> Created:
         """`POST /api/tasks`: the body judged against its model's capabilities, then written and enqueued."""
@@ -118,6 +120,8 @@ class Intake:
             replay = self._replay(idempotency_id, fingerprint)
             if replay:
                 return replay
+        # Before anything of the task is stored; a replay above is not counted again.
+        self.rate_limit.take(principal.user_id, principal.requests_per_minute)
 
         if not model.enabled:
             raise Conflict(f"Model {model.model_id!r} is disabled.", code="model_disabled")

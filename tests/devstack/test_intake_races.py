@@ -45,6 +45,16 @@ def _new_model(stack: LocalStack, admin: dict[str, str], daily_quota: int) -> st
     return model_id
 
 
+def _racer(stack: LocalStack, admin: dict[str, str]) -> Credentials:
+    """A user of the test's own whose creation rate limit lets its 200 requests in within the minute (so what
+    refuses them is the quota)."""
+    credentials = Credentials(f"race-{uuid.uuid4().hex[:8]}", "race-test-password", "user")
+    response = httpx.post(f"{stack.api_url}/api/admin/users", headers=admin, timeout=TIMEOUT, json={
+        "username": credentials.username, "password": credentials.password, "requests_per_minute": 10_000})
+    assert response.status_code == 201, response.text
+    return credentials
+
+
 def _usage_today(stack: LocalStack, admin: dict[str, str], model_id: str) -> dict:
     return httpx.get(f"{stack.api_url}/api/admin/models/{model_id}", headers=admin, timeout=TIMEOUT).json()[
         "usage_today"
@@ -62,7 +72,7 @@ def test_parallel_requests_never_exceed_the_daily_quota(local_stack: LocalStack)
     """Safeguard: the quota is consumed by a conditional increment (`used < limit`) inside the task's creation
     transaction, so parallel requests cannot both see the last request free."""
     admin = _login(local_stack, local_stack.admin)
-    demo = _login(local_stack, local_stack.demo)
+    demo = _login(local_stack, _racer(local_stack, admin))
     model_id = _new_model(local_stack, admin, daily_quota=100)
 
     responses = _submit_in_parallel(

@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.abuse, pytest.mark.stack]
 TIMEOUT = httpx.Timeout(60.0)
 # Only these tests send this upstream model to the stack's simulator, so its counters are theirs alone.
 UPSTREAM_MODEL = "doubao-seedream-4-0-250828"
+# Far above what these tests send in a minute.
+LOAD_REQUESTS_PER_MINUTE = 10_000
 
 
 def login(stack: LocalStack, credentials: Credentials) -> dict[str, str]:
@@ -29,10 +31,12 @@ def login(stack: LocalStack, credentials: Credentials) -> dict[str, str]:
 
 
 def new_user(stack: LocalStack, admin: dict[str, str]) -> dict[str, str]:
-    """A user of this test's own: its hundreds of tasks stay out of the demo user's studio (other tests' page)."""
+    """A user of this test's own: its hundreds of tasks stay out of the demo user's studio (other tests' page), and
+    its creation rate limit is raised to let them all in within the minute."""
     credentials = Credentials(f"load-{uuid.uuid4().hex[:8]}", "load-test-password", "user")
     response = httpx.post(f"{stack.api_url}/api/admin/users", headers=admin, timeout=TIMEOUT,
-                          json={"username": credentials.username, "password": credentials.password})
+                          json={"username": credentials.username, "password": credentials.password,
+                                "requests_per_minute": LOAD_REQUESTS_PER_MINUTE})
     assert response.status_code == 201, response.text
     return login(stack, credentials)
 

@@ -228,6 +228,15 @@ def exercise(deployment: Deployment) -> None:
     run.rest("GET", "/api/tasks/{task_id}", user=DEMO, task_id=image["id"])
     run.rest("GET", "/api/admin/tasks", user=ADMIN)
 
+    # API keys: one made, used on a task route (its first use recorded), listed and revoked; another user's goes
+    # with that user (below).
+    key = run.rest("POST", "/api/keys", {"name": "backend"}, user=DEMO, expect=201)
+    run.tokens["demo's key"] = key["key"]
+    run.rest("GET", "/api/tasks", user=("demo's key", ""))
+    run.rest("GET", "/api/keys", user=DEMO)
+    run.rest("DELETE", "/api/keys/{key_id}", user=DEMO, key_id=key["id"])
+    run.rest("POST", "/api/keys", {"name": "doomed"}, user=OTHER, expect=201)
+
     # Live updates: both users watch; the ping is answered through the management API.
     run.connect(DEMO, "conn-demo")
     run.connect(OTHER, "conn-other")
