@@ -100,8 +100,15 @@ def _image_ref_of(image_problem: ImageProblem) -> Callable[[Any], Any]:
 _result_url = _reported(lambda value: https_url(value, "result_url", "must be an https URL with a host"))
 
 
-ReferenceImage = Annotated[ImageRef, PlainValidator(_image_ref_of(reference_image_problem))]
-FrameImage = Annotated[ImageRef, PlainValidator(_image_ref_of(frame_image_problem))]
+# How the API's document shows an image reference (the validators read it; the schema only says its forms).
+_IMAGE_REF_SCHEMA = Field(json_schema_extra={
+    "type": "string",
+    "description": "an https URL, an inline image `data:image/<format>;base64,<data>`, or `upload:<upload_id>`",
+})
+ReferenceImage = Annotated[ImageRef, PlainValidator(_image_ref_of(reference_image_problem), json_schema_input_type=str),
+                           _IMAGE_REF_SCHEMA]
+FrameImage = Annotated[ImageRef, PlainValidator(_image_ref_of(frame_image_problem), json_schema_input_type=str),
+                       _IMAGE_REF_SCHEMA]
 
 
 # Every preset of any model: which of them a model takes is judged against its capabilities.
@@ -152,6 +159,13 @@ def json_depth(raw: bytes) -> int:
     do not count). Linear, in C for the most part: a 6 MB body takes milliseconds."""
     brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_A_BRACKET)
     return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0)
+
+
+# The header as the API's document shows it (`idempotency_key` reads it).
+IdempotencyKeyHeader = Annotated[
+    str, StringConstraints(max_length=MAX_IDEMPOTENCY_KEY_CHARS, pattern=r"^[\x20-\x7e]*$"),
+    Field(description="makes a retried create safe: the same key and body within 24 h answer as the first did"),
+]
 
 
 def idempotency_key(value: str | None) -> str | None:
@@ -304,7 +318,9 @@ class Reference(_Body):
     """One item of reference mode: an image, a video or an audio clip the model draws on."""
 
     type: Literal["image", "video", "audio"]
-    url: Annotated[ImageRef | str, PlainValidator(_reference_url)]
+    url: Annotated[ImageRef | str, PlainValidator(_reference_url, json_schema_input_type=str), Field(
+        description="an image like a frame, or `asset://<id>` of the account's media library; a video or audio clip "
+                    "as an https URL or `asset://<id>`")]
 
 
 class VideoTaskRequest(_Body):
@@ -353,6 +369,8 @@ TASK_SCHEMAS: dict[str, type[ImageTaskRequest] | type[VideoTaskRequest]] = {
     "image": ImageTaskRequest,
     "video": VideoTaskRequest,
 }
+# `POST /api/tasks`'s body as the API's document shows it: `parse_task_request` picks the schema by `type`.
+TaskRequest = Annotated[ImageTaskRequest | VideoTaskRequest, Field(discriminator="type")]
 
 
 class TaskListQuery(_Query):
@@ -413,6 +431,15 @@ class ArkCallback(BaseModel):
 
     id: Annotated[str, StringConstraints(min_length=1, max_length=ARK_CALLBACK_MAX_FIELD_CHARS)]
     status: Annotated[str, StringConstraints(min_length=1, max_length=ARK_CALLBACK_MAX_FIELD_CHARS)]
+
+
+class CallbackQuery(BaseModel):
+    """The query string of the callback URL arkflow gives Ark: the task and its secret (`token`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: Annotated[str, StringConstraints(max_length=ARK_CALLBACK_MAX_FIELD_CHARS)] = ""
+    token: Annotated[str, StringConstraints(max_length=ARK_CALLBACK_MAX_FIELD_CHARS)] = ""
 
 
 class UploadRequest(_Body):
