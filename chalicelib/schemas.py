@@ -258,6 +258,9 @@ class ImageTool(_Body):
 
 
 class ImageTaskRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"type": "image", "model_id": "seedream-4.5", "prompt": "a red fox in snow", "size": "2K"}]})
+
     type: Literal["image"]
     model_id: ModelSlug
     prompt: Prompt
@@ -324,6 +327,10 @@ class Reference(_Body):
 
 
 class VideoTaskRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "waves at dusk",
+         "params": {"resolution": "720p", "ratio": "16:9", "duration": 5}}]})
+
     type: Literal["video"]
     model_id: ModelSlug
     prompt: Annotated[Prompt | None, BeforeValidator(_blank_to_none)] = None
