@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -193,8 +194,10 @@ ImageSize = Annotated[str, StringConstraints(max_length=16), AfterValidator(_ima
 # Whether a value suits the model is `checks`' to say; these only bound what any model could take.
 MaxImages = Annotated[int, Field(ge=1)]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=32)]
-# Usernames are case-insensitive: stored and compared in lower case.
-Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USERNAME_PATTERN)]
+# Usernames are case-insensitive: stored and compared in lower case. (A validator before the pattern keeps pydantic
+# from putting it in the JSON schema: the API's document is told it here.)
+Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USERNAME_PATTERN), WithJsonSchema(
+    {"type": "string", "pattern": "^[A-Za-z0-9_.-]{3,64}$", "description": "case-insensitive"})]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 Role = Literal["user", "admin"]
 NewPassword = Annotated[str, StringConstraints(min_length=8, max_length=256)]
@@ -221,8 +224,22 @@ class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _no_null_where_refused(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The JSON schema of a partial update: at least one field; its `NOT_NULL` fields may be left out, but null is
+    refused (`_not_null`), which their `X | None` type alone would not tell the API's document."""
+    schema["minProperties"] = 1  # `_changes_something`
+    for name in getattr(model, "NOT_NULL", ()):
+        field_schema = schema["properties"][name]
+        branches = [branch for branch in field_schema.pop("anyOf") if branch != {"type": "null"}]
+        field_schema.pop("default", None)
+        field_schema.update(branches[0] if len(branches) == 1 else {"anyOf": branches})
+
+
 class _Update(_Body):
-    """A partial update: the fields left out stay as they are."""
+    """A partial update: the fields left out stay as they are; those of `NOT_NULL` may not be set to null."""
+
+    model_config = ConfigDict(json_schema_extra=_no_null_where_refused)
+    NOT_NULL: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
@@ -532,9 +549,8 @@ class ModelUpdate(_Update):
     # With a new upstream: fail the queued tasks it cannot take (their quota given back) instead of refusing.
     force: bool | None = None
 
-    _required_values = field_validator(
-        "upstream_model", "family", "display_name", "concurrency", "daily_quota", "enabled", "force", mode="before"
-    )(_not_null)
+    NOT_NULL = ("upstream_model", "family", "display_name", "concurrency", "daily_quota", "enabled", "force")
+    _required_values = field_validator(*NOT_NULL, mode="before")(_not_null)
 
     @field_validator("defaults", mode="before")
     @classmethod
@@ -566,7 +582,8 @@ class UserUpdate(_Update):
     disabled: bool | None = None
     password: NewPassword | None = Field(default=None, repr=False)
 
-    _required_values = field_validator("role", "disabled", "password", mode="before")(_not_null)
+    NOT_NULL = ("role", "disabled", "password")
+    _required_values = field_validator(*NOT_NULL, mode="before")(_not_null)
 
 
 # --- Parsing -----------------------------------------------------------------------------------------------

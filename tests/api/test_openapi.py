@@ -7,11 +7,13 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from chalicelib.api.http import Operation
-from chalicelib.api.openapi import build_document
+from chalicelib.api.openapi import build_document, document_json
+from chalicelib.schemas import LoginRequest, UserCreate, UserUpdate, parse
 from tests.api_client import Api
 from tests.conftest import reconfigure
 from tests.factories import ADMIN, DEMO, IMAGE_TASK
@@ -66,6 +68,29 @@ def test_a_link_to_no_route_is_refused() -> None:
                           links={200: {"no_such_view": {"id": "$response.body#/id"}}})
     with pytest.raises(ValueError, match="no_such_view"):
         build_document([operation])
+
+
+ACCOUNT_BODIES = {("/api/users/login", "POST"): LoginRequest, ("/api/admin/users", "POST"): UserCreate,
+                  ("/api/admin/users/{username}", "PUT"): UserUpdate}
+
+
+@pytest.mark.parametrize(("route", "schema"), ACCOUNT_BODIES.items(), ids=lambda value: str(value))
+def test_bodies_the_document_allows_are_bodies_the_api_takes(route: tuple[str, str], schema: type) -> None:
+    """What the fuzz's figures showed: every login it sent got 400, the document's usernames lacking their pattern
+    (a validator before it hid it from pydantic's schema), and its partial updates allowing null and `{}`, which
+    the API refuses. Bodies made from the document's schema (schemathesis's positive cases) now all parse."""
+    import schemathesis
+
+    from app import http
+
+    operation = schemathesis.openapi.from_dict(json.loads(document_json(http)))[route[0]][route[1]]
+
+    @settings(max_examples=30, suppress_health_check=list(HealthCheck), database=None, deadline=None)
+    @given(case=operation.as_strategy())
+    def body_parses(case: Any) -> None:
+        parse(schema, case.body)
+
+    body_parses()
 
 
 class Conformance:
