@@ -12,6 +12,7 @@ machine runs (`STATEFUL_RUNS`); `make test-deep` (HYPOTHESIS_PROFILE=deep) runs 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -24,6 +25,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import Flaky
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -33,6 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from chalicelib.resources import DEFAULT_MODELS
+from chalicelib.schemas import TASK_SCHEMAS
 from devstack.testing import LocalStack, launch_local_stack
 
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
@@ -103,6 +106,7 @@ class Accounts:
         return self.headers_for_access(who)
 
 
+TASK_EXAMPLES = {kind: schema.model_config["json_schema_extra"]["examples"][0] for kind, schema in TASK_SCHEMAS.items()}
 UPSTREAMS = {kind: [model.upstream_model for model in DEFAULT_MODELS if model.type == kind]
              for kind in ("image", "video")}
 
@@ -110,8 +114,9 @@ UPSTREAMS = {kind: [model.upstream_model for model in DEFAULT_MODELS if model.ty
 @dataclass
 class LiveIds:
     """Ids that name something on the stack, which random data never does: a positive case that names a model gets
-    a live one two times in three (its random one otherwise, for the 404). Tasks are created with the default
-    models; the admin routes of one model change and delete models of the run's own, so the defaults stay."""
+    a live one two times in three (its random one otherwise, for the 404), and one task in three is the document's
+    example. Tasks are created with the default models; the admin routes of one model change and delete models of
+    the run's own, so the defaults stay."""
 
     admin_models: list[str]
     task_models: dict[str, list[str]] = field(default_factory=lambda: {
@@ -122,6 +127,8 @@ class LiveIds:
             return
         name = case.operation.definition.raw["operationId"]
         if name == "create_task" and isinstance(case.body, dict) and case.body.get("type") in self.task_models:
+            if pick == 2:  # random prompts and sizes are mostly refused: the document's example is a task made
+                case.body = dict(TASK_EXAMPLES[case.body["type"]])
             models = self.task_models[case.body["type"]]
             case.body["model_id"] = models[pick % len(models)]
         elif name == "admin_create_model" and isinstance(case.body, dict) and case.body.get("type") in UPSTREAMS:
@@ -229,9 +236,19 @@ def test_linked_operations_answer_as_the_document_says(schema: Any, accounts: Ac
 
         def validate_response(self, response: Any, case: Case, **kwargs: Any) -> None:
             steps.count(case, response.status_code)
-            case.validate_response(response, checks=CHECKS)
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except Exception as failure:
+                failures.append(f"{case.operation.label} -> {response.status_code}: {failure}")
+                raise
 
-    Links.run(settings=_settings(STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS))
+    failures: list[str] = []
+    # As schemathesis's own runner does: against a live stack a replayed scenario may draw otherwise (a link's source
+    # answered differently the second time, so other links are open), which Hypothesis calls flaky. Every call's
+    # checks still count: a failed one is in `failures`.
+    with contextlib.suppress(Flaky):
+        Links.run(settings=_settings(STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS))
+    assert failures == []
     print(f"\nschemathesis stateful: {STATEFUL_RUNS} runs, {steps.examples} calls over "
           f"{len(steps.by_operation)} operations, 0 failures, {time.monotonic() - started:.1f} s\n{steps.report()}")
     linked = {"POST /api/tasks", "GET /api/tasks/{task_id}", "POST /api/admin/users", "POST /api/admin/models"}
