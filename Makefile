@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test test-deep lint sim bench package clean deps toolchains lock deploy destroy
+.PHONY: run test test-deep lint sim bench package clean deps toolchains lock deploy destroy update-swagger-ui
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -74,6 +74,17 @@ deploy: $(STAMP)
 # Delete a stage's stack: dev empties its buckets first; prod keeps its tables and buckets (CONFIRM=arkflow-prod).
 destroy: $(STAMP)
 	$(PY) -m infra.deploy destroy --stage $(STAGE) --confirm "$(CONFIRM)"
+
+# The API reference's viewer (web/reference.html), vendored from npm so the app loads nothing from a CDN:
+# `make update-swagger-ui SWAGGER_UI_VERSION=x.y.z` replaces it (then check the page and its test, tests/web).
+SWAGGER_UI_VERSION ?= 5.35.0
+SWAGGER_UI_DIR := web/vendor/swagger-ui
+update-swagger-ui:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent swagger-ui-dist@$(SWAGGER_UI_VERSION) >/dev/null \
+		&& tar xzf swagger-ui-dist-$(SWAGGER_UI_VERSION).tgz && cd - >/dev/null \
+		&& cp $$tmp/package/swagger-ui-bundle.js $$tmp/package/swagger-ui-bundle.js.LICENSE.txt \
+			$$tmp/package/swagger-ui.css $$tmp/package/LICENSE $$tmp/package/NOTICE $(SWAGGER_UI_DIR)/ \
+		&& echo "swagger-ui-dist $(SWAGGER_UI_VERSION)" > $(SWAGGER_UI_DIR)/VERSION && rm -rf $$tmp
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -13,19 +13,26 @@ from chalice.app import SQSEvent, WebsocketEvent
 from chalicelib import catalog, wiring
 from chalicelib.accounts import users
 from chalicelib.accounts.first_admin import ensure_first_admin
-from chalicelib.api import bodies
+from chalicelib.api import bodies, openapi
+from chalicelib.api import responses as answers
 from chalicelib.api.http import Http, RequestContext, json_response
 from chalicelib.resources import LANES, Lane
 from chalicelib.schemas import (
     AdminTaskListQuery,
     ArkCallback,
+    CallbackQuery,
+    IdempotencyKeyHeader,
     KeyCreate,
+    KeyCreated,
     KeyDeleted,
+    KeyList,
     LoginRequest,
     ModelCreate,
     ModelUpdate,
+    RenderRequest,
     StatusUpdateRequest,
     TaskListQuery,
+    TaskRequest,
     UploadRequest,
     UserCreate,
     UserUpdate,
@@ -44,56 +51,76 @@ app.experimental_feature_flags.update(["WEBSOCKETS"])
 # A login body is two short strings: anything larger is refused before it is decoded.
 LOGIN_MAX_BODY_BYTES = 4096
 http = Http(app, lambda: wiring.current().authenticator)
+# Every route declares what it takes and answers on `http.route` (chalicelib/api/http.py, `Operation`): the API's
+# OpenAPI document (`GET /api/openapi.json`) is built from those declarations.
+IDEMPOTENT = {"Idempotency-Key": IdempotencyKeyHeader}
+TASK_LINKS = {"get_task": {"task_id": "$response.body#/id"}, "cancel_task": {"task_id": "$response.body#/id"},
+              "remove_task": {"task_id": "$response.body#/id"}}
 
 
 # --- accounts: health, sessions and users -------------------------------------------------------------------
 
 
-@http.route("/api/health", "GET", access="public")
+@http.route("/api/health", "GET", access="public", responses={200: answers.Health})
 def health(_: RequestContext) -> dict[str, Any]:
+    """Whether the API answers."""
     return {"status": "ok"}
 
 
-@http.route("/api/users/login", "POST", access="public")
+@http.route("/api/users/login", "POST", access="public", body=LoginRequest, responses={200: answers.LoginAnswer},
+            errors={401: "`invalid_credentials`: the same for a wrong password and an unknown user",
+                    429: "`too_many_attempts`: wait `Retry-After` seconds"})
 def login(context: RequestContext) -> dict[str, Any]:
+    """Log in: a session token for 12 hours."""
     ensure_first_admin()
     request = parse(LoginRequest, context.json(max_bytes=LOGIN_MAX_BODY_BYTES))
     result = wiring.current().authenticator.login(request.username, request.password, context.source_address())
     return {"token": result.token, "role": result.role, "expires_at": result.expires_at}
 
 
-@http.route("/api/users/logout", "POST")
+@http.route("/api/users/logout", "POST", responses={200: answers.LoggedOut})
 def logout(context: RequestContext) -> dict[str, Any]:
+    """End the token's session and close the WebSocket connections it opened."""
     services = wiring.current()
     services.authenticator.logout(context.user, sockets=services.live)
     return {"status": "logged_out"}
 
 
-@http.route("/api/users/me", "GET", scope="tasks:read")
+@http.route("/api/users/me", "GET", responses={200: answers.Me}, scope="tasks:read")
 def me(context: RequestContext) -> dict[str, Any]:
+    """The caller's account."""
     user = users.get_user(context.user.username)
     return {"username": user.username, "user_id": user.user_id, "role": user.role, "created_at": user.created_at}
 
 
-@http.route("/api/admin/users", "GET", access="admin")
+@http.route("/api/admin/users", "GET", access="admin", responses={200: answers.UserList})
 def admin_list_users(_: RequestContext) -> dict[str, Any]:
+    """Every account."""
     return {"users": [bodies.user_body(user) for user in users.list_users()]}
 
 
-@http.route("/api/admin/users", "POST", access="admin")
+@http.route("/api/admin/users", "POST", access="admin", body=UserCreate, responses={201: answers.User},
+            errors={409: "`user_exists`"},
+            links={201: {"admin_update_user": {"username": "$response.body#/username"},
+                         "admin_delete_user": {"username": "$response.body#/username"}}})
 def admin_create_user(context: RequestContext) -> Any:
+    """Create an account."""
     return json_response(201, bodies.user_body(users.create_user(parse(UserCreate, context.json()))))
 
 
-@http.route("/api/admin/users/{username}", "PUT", access="admin")
+@http.route("/api/admin/users/{username}", "PUT", access="admin", body=UserUpdate, responses={200: answers.User},
+            errors={409: "`self_lockout`: administrators cannot disable or demote themselves"})
 def admin_update_user(context: RequestContext, username: str) -> dict[str, Any]:
+    """Change an account's role, password or disabled flag; a disabled account's sessions end at once."""
     request = parse(UserUpdate, context.json())
     user = users.update_user(context.user, username, request, sockets=wiring.current().live)
     return bodies.user_body(user)
 
 
-@http.route("/api/admin/users/{username}", "DELETE", access="admin")
+@http.route("/api/admin/users/{username}", "DELETE", access="admin", responses={200: answers.Deleted},
+            errors={409: "`self_lockout`: administrators cannot delete themselves"})
 def admin_delete_user(context: RequestContext, username: str) -> dict[str, Any]:
+    """Delete an account; its sessions end at once and its name may be given to a new, empty account."""
     users.delete_user(context.user, username, sockets=wiring.current().live)
     return {"deleted": username}
 
@@ -101,19 +128,24 @@ def admin_delete_user(context: RequestContext, username: str) -> dict[str, Any]:
 # --- accounts: API keys (a login session's: no key reaches these routes) ---------------------------------------
 
 
-@http.route("/api/keys", "POST")
+@http.route("/api/keys", "POST", body=KeyCreate, responses={201: KeyCreated},
+            errors={409: "`key_limit_reached`: the account holds as many keys as it may"},
+            links={201: {"revoke_key": {"key_id": "$response.body#/id"}}})
 def create_key(context: RequestContext) -> Any:
+    """Create an API key for the caller's backend: the key is in this answer only (stored as a hash)."""
     created = wiring.current().api_keys.create(context.user, parse(KeyCreate, context.json()))
     return json_response(201, created.model_dump())
 
 
-@http.route("/api/keys", "GET")
+@http.route("/api/keys", "GET", responses={200: KeyList})
 def list_keys(context: RequestContext) -> dict[str, Any]:
+    """The caller's keys (never the keys themselves)."""
     return wiring.current().api_keys.list(context.user).model_dump()
 
 
-@http.route("/api/keys/{key_id}", "DELETE")
+@http.route("/api/keys/{key_id}", "DELETE", responses={200: KeyDeleted})
 def revoke_key(context: RequestContext, key_id: str) -> dict[str, Any]:
+    """Revoke one of the caller's keys: refused from the next request on."""
     wiring.current().api_keys.revoke(context.user, key_id)
     return KeyDeleted(deleted=key_id).model_dump()
 
@@ -126,40 +158,54 @@ def _admin_model_body(model: Any) -> dict[str, Any]:
     return bodies.admin_model_body(model, services.clock.now(), services.settings.quota_timezone)
 
 
-@http.route("/api/models", "GET", scope="tasks:read")
+@http.route("/api/models", "GET", responses={200: answers.ModelList}, scope="tasks:read")
 def list_enabled_models(_: RequestContext) -> dict[str, Any]:
+    """The enabled models, with what each takes (`capabilities`) and where it is in its lifecycle."""
     return {"models": [bodies.public_model_body(model) for model in catalog.list_models(enabled_only=True)]}
 
 
-@http.route("/api/admin/models", "GET", access="admin")
+@http.route("/api/admin/models", "GET", access="admin", responses={200: answers.AdminModelList})
 def admin_list_models(_: RequestContext) -> dict[str, Any]:
+    """Every model, with its limits, today's usage and slots in use."""
     return {"models": [_admin_model_body(model) for model in catalog.list_models()]}
 
 
-@http.route("/api/admin/ark-models", "GET", access="admin")
+@http.route("/api/admin/ark-models", "GET", access="admin", responses={200: answers.ArkModelList})
 def admin_list_ark_models(_: RequestContext) -> dict[str, Any]:
+    """The capability table: what each upstream model may be named and takes."""
     return {"provider": catalog.provider(), "ark_models": bodies.ark_model_bodies(catalog.provider())}
 
 
-@http.route("/api/admin/models", "POST", access="admin")
+@http.route("/api/admin/models", "POST", access="admin", body=ModelCreate, responses={201: answers.AdminModel},
+            errors={409: "`model_exists`"},
+            links={201: {name: {"model_id": "$response.body#/model_id"}
+                         for name in ("admin_get_model", "admin_update_model", "admin_delete_model")}})
 def admin_create_model(context: RequestContext) -> Any:
+    """Add a model: the Ark model or endpoint it calls, its limits and defaults."""
     return json_response(201, _admin_model_body(catalog.create_model(parse(ModelCreate, context.json()))))
 
 
-@http.route("/api/admin/models/{model_id}", "GET", access="admin")
+@http.route("/api/admin/models/{model_id}", "GET", access="admin", responses={200: answers.AdminModel})
 def admin_get_model(_: RequestContext, model_id: str) -> dict[str, Any]:
+    """One model, with today's usage and slots in use."""
     return _admin_model_body(catalog.get_model(model_id))
 
 
-@http.route("/api/admin/models/{model_id}", "PUT", access="admin")
+@http.route("/api/admin/models/{model_id}", "PUT", access="admin", body=ModelUpdate,
+            responses={200: answers.AdminModel},
+            errors={409: "`incompatible_queued_tasks` (send `force: true`), `model_changed` (read it and send the "
+                         "change again)"})
 def admin_update_model(context: RequestContext, model_id: str) -> dict[str, Any]:
+    """Change the given fields of a model; a new upstream moves its queued tasks (docs/api.md, "Models")."""
     model = catalog.update_model(model_id, parse(ModelUpdate, context.json()))
     wiring.current().waker.after_limits_changed(model_id)  # raised limits: parked tasks start now, not at a sweep
     return _admin_model_body(model)
 
 
-@http.route("/api/admin/models/{model_id}", "DELETE", access="admin")
+@http.route("/api/admin/models/{model_id}", "DELETE", access="admin", responses={200: answers.Deleted},
+            errors={409: "`model_in_use`: it has unfinished tasks"})
 def admin_delete_model(_: RequestContext, model_id: str) -> Any:
+    """Delete a model that has no unfinished task."""
     catalog.delete_model(model_id)
     return json_response(200, {"deleted": model_id})
 
@@ -167,14 +213,28 @@ def admin_delete_model(_: RequestContext, model_id: str) -> Any:
 # --- tasks: intake, queries, cancel, operator changes, delete --------------------------------------------------
 
 
-@http.route("/api/tasks", "POST", scope="tasks:write")
+@http.route("/api/tasks", "POST", body=TaskRequest, headers=IDEMPOTENT, responses={201: answers.TaskCreated},
+            errors={404: "`model_not_found`",
+                    409: "`model_disabled`, `model_retired`, `model_changed`, `model_unconfigured`, "
+                         "`idempotency_conflict` (the key was used with another body)",
+                    413: "`payload_too_large`: inline images too large for a deployment without a bucket",
+                    429: "`quota_exceeded`: the model's or the user's daily quota is used up; `rate_limited`: more "
+                         "creations this minute than the user's `requests_per_minute`"},
+            links={201: TASK_LINKS}, scope="tasks:write")
 def create_task(context: RequestContext) -> Any:
+    """Submit an image or video task, judged against its model's capabilities (docs/api.md, "Tasks")."""
     created = wiring.current().intake.create(context.user, context.json(), context.header("idempotency-key"))
     return json_response(created.status_code, created.body)
 
 
-@http.route("/api/tasks/{task_id}/render", "POST", scope="tasks:write")
+@http.route("/api/tasks/{task_id}/render", "POST", body=RenderRequest, body_required=False, headers=IDEMPOTENT,
+            responses={201: answers.TaskCreated},
+            errors={409: "`not_a_draft`, `draft_not_succeeded`, `draft_expired`, `draft_model_changed`, "
+                         "`model_disabled`, `model_retired`, `idempotency_conflict`",
+                    429: "`quota_exceeded`, `rate_limited`"},
+            links={201: TASK_LINKS}, scope="tasks:write")
 def render_task(context: RequestContext, task_id: str) -> Any:
+    """Render a succeeded draft video in full, as a new task."""
     services = wiring.current()
     draft = services.queries.get_own(context.user, task_id)
     body = context.json() if context.has_body() else None
@@ -182,22 +242,26 @@ def render_task(context: RequestContext, task_id: str) -> Any:
     return json_response(created.status_code, created.body)
 
 
-@http.route("/api/tasks", "GET", scope="tasks:read")
+@http.route("/api/tasks", "GET", query=TaskListQuery, responses={200: answers.TaskPage}, scope="tasks:read")
 def list_tasks(context: RequestContext) -> dict[str, Any]:
+    """The caller's tasks, newest first, a page at a time (follow `next_cursor` until it is null)."""
     services = wiring.current()
     page, cursor = services.queries.list(parse(TaskListQuery, context.query()), owner=context.user.user_id,
                                          present=services.bodies.body)
     return {"tasks": page, "next_cursor": cursor}
 
 
-@http.route("/api/tasks/{task_id}", "GET", scope="tasks:read")
+@http.route("/api/tasks/{task_id}", "GET", responses={200: answers.Task}, scope="tasks:read")
 def get_task(context: RequestContext, task_id: str) -> dict[str, Any]:
+    """One of the caller's tasks, with fresh result links and its place in the queue."""
     services = wiring.current()
     return services.bodies.body(services.queries.get_own(context.user, task_id), with_queue_position=True)
 
 
-@http.route("/api/admin/tasks", "GET", access="admin")
+@http.route("/api/admin/tasks", "GET", access="admin", query=AdminTaskListQuery,
+            responses={200: answers.AdminTaskPage}, errors={404: "`user_not_found`: no account holds `user`"})
 def admin_list_tasks(context: RequestContext) -> dict[str, Any]:
+    """Everyone's tasks, newest first, by user name or id as well."""
     services = wiring.current()
     query = parse(AdminTaskListQuery, context.query())
     page, cursor = services.queries.list(query, owner=users.listing_owner(query.user, query.user_id),
@@ -205,15 +269,21 @@ def admin_list_tasks(context: RequestContext) -> dict[str, Any]:
     return {"tasks": page, "next_cursor": cursor}
 
 
-@http.route("/api/tasks/{task_id}/cancel", "POST", scope="tasks:write")
+@http.route("/api/tasks/{task_id}/cancel", "POST", responses={200: answers.Task},
+            errors={409: "`not_cancellable` (`details.status`: the status it has)"}, scope="tasks:write")
 def cancel_task(context: RequestContext, task_id: str) -> dict[str, Any]:
+    """Cancel a queued task, or a video Ark still queues."""
     services = wiring.current()
     task = cancel.cancel(services.queries.get_own(context.user, task_id), services.video_status, services.clock)
     return services.bodies.body(task)
 
 
-@http.route("/api/tasks/{task_id}/status", "PUT", access="admin_or_service")
+@http.route("/api/tasks/{task_id}/status", "PUT", access="admin_or_service", body=StatusUpdateRequest,
+            responses={200: answers.Task},
+            errors={409: "`illegal_transition`, `task_changed`, `worker_busy`, `worker_only`, `video_at_ark`, "
+                         "`generating_at_ark`, `ended_at_ark`"})
 def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
+    """An operator's change of a task's status (docs/api.md, "Tasks": the transitions it may make)."""
     services = wiring.current()
     task = services.queries.get(task_id)
     request = parse(StatusUpdateRequest, context.json())
@@ -222,8 +292,10 @@ def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
     return services.bodies.body(changed, for_admin=True)
 
 
-@http.route("/api/tasks/{task_id}", "DELETE", scope="tasks:write")
+@http.route("/api/tasks/{task_id}", "DELETE", responses={200: answers.TaskDeleted},
+            errors={409: "`task_not_finished`, `task_changed`"}, scope="tasks:write")
 def remove_task(context: RequestContext, task_id: str) -> dict[str, Any]:
+    """Delete a finished task and everything stored for it (admins: anyone's)."""
     services = wiring.current()
     task = services.queries.get(task_id) if context.user.is_admin else services.queries.get_own(context.user, task_id)
     objects = delete_task(task, s3=services.s3, bucket=services.settings.media_bucket)
@@ -233,8 +305,11 @@ def remove_task(context: RequestContext, task_id: str) -> dict[str, Any]:
 # --- media: uploads -------------------------------------------------------------------------------------------
 
 
-@http.route("/api/uploads", "POST", scope="tasks:write")
+@http.route("/api/uploads", "POST", body=UploadRequest, responses={201: answers.UploadForm},
+            errors={503: "`uploads_unavailable`: this deployment has no bucket (send images inline)"},
+            scope="tasks:write")
 def create_upload(context: RequestContext) -> Any:
+    """A presigned form to upload one reference image straight to the bucket."""
     request = parse(UploadRequest, context.json())
     form = wiring.current().uploads.create(context.user.user_id, request.content_type, request.size)
     return json_response(201, form.body())
@@ -274,14 +349,16 @@ for _lane in LANES:
 POLL_BUDGET_S = 30.0
 
 
-@http.route("/api/queue/callback", "POST", access="public")
+@http.route("/api/queue/callback", "POST", access="public", body=ArkCallback, query=CallbackQuery,
+            responses={200: answers.CallbackReceived},
+            errors={401: "`invalid_callback_token`: no such task, or not its secret"})
 def ark_callback(context: RequestContext) -> dict[str, Any]:
+    """Ark's status push for a video (the URL arkflow gives Ark): a hint, which a status read at Ark confirms."""
     # Authenticated by the per-task secret in the callback URL (only its hash is stored); the body is checked
     # first, before any read.
     callback = parse(ArkCallback, context.json())
-    query = context.query()
-    wiring.current().video_status.on_callback(query.get("task_id", ""), query.get("token", ""),
-                                               callback.model_dump())
+    query = parse(CallbackQuery, context.query())
+    wiring.current().video_status.on_callback(query.task_id, query.token, callback.model_dump())
     return {"received": True}
 
 
@@ -303,8 +380,9 @@ def sweeper(_: Any) -> dict[str, int]:
 # --- live: WebSocket tickets and connections --------------------------------------------------------------------
 
 
-@http.route("/api/ws/ticket", "POST")
+@http.route("/api/ws/ticket", "POST", responses={200: answers.WebSocketTicket})
 def ws_ticket(context: RequestContext) -> dict[str, Any]:
+    """A single-use ticket, valid for a minute, to open a WebSocket of live task updates."""
     return asdict(wiring.current().live.tickets.issue(context.user))
 
 
@@ -321,6 +399,12 @@ def ws_message(event: WebsocketEvent) -> dict[str, Any]:
 @app.on_ws_disconnect()
 def ws_disconnect(event: WebsocketEvent) -> dict[str, Any]:
     return wiring.current().live.disconnect(event.to_dict())
+
+
+@http.route("/api/openapi.json", "GET", access="public", responses={200: dict[str, Any]})
+def openapi_document(context: RequestContext) -> Any:
+    """This document: every route, what it takes and answers."""
+    return json_response(200, openapi.document_json(http, context.base_path()))
 
 
 http.register_preflight()

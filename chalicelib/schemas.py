@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal, Self, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -100,8 +101,15 @@ def _image_ref_of(image_problem: ImageProblem) -> Callable[[Any], Any]:
 _result_url = _reported(lambda value: https_url(value, "result_url", "must be an https URL with a host"))
 
 
-ReferenceImage = Annotated[ImageRef, PlainValidator(_image_ref_of(reference_image_problem))]
-FrameImage = Annotated[ImageRef, PlainValidator(_image_ref_of(frame_image_problem))]
+# How the API's document shows an image reference (the validators read it; the schema only says its forms).
+_IMAGE_REF_SCHEMA = Field(json_schema_extra={
+    "type": "string",
+    "description": "an https URL, an inline image `data:image/<format>;base64,<data>`, or `upload:<upload_id>`",
+})
+ReferenceImage = Annotated[ImageRef, PlainValidator(_image_ref_of(reference_image_problem), json_schema_input_type=str),
+                           _IMAGE_REF_SCHEMA]
+FrameImage = Annotated[ImageRef, PlainValidator(_image_ref_of(frame_image_problem), json_schema_input_type=str),
+                       _IMAGE_REF_SCHEMA]
 
 
 # Every preset of any model: which of them a model takes is judged against its capabilities.
@@ -154,6 +162,13 @@ def json_depth(raw: bytes) -> int:
     return max(itertools.accumulate(map(_NESTING.__getitem__, brackets)), default=0)
 
 
+# The header as the API's document shows it (`idempotency_key` reads it).
+IdempotencyKeyHeader = Annotated[
+    str, StringConstraints(max_length=MAX_IDEMPOTENCY_KEY_CHARS, pattern=r"^[\x20-\x7e]*$"),
+    Field(description="makes a retried create safe: the same key and body within 24 h answer as the first did"),
+]
+
+
 def idempotency_key(value: str | None) -> str | None:
     """The `Idempotency-Key` header as used (None when absent or blank); 400 when too long or not printable."""
     if value is None or not value.strip():
@@ -179,8 +194,10 @@ ImageSize = Annotated[str, StringConstraints(max_length=16), AfterValidator(_ima
 # Whether a value suits the model is `checks`' to say; these only bound what any model could take.
 MaxImages = Annotated[int, Field(ge=1)]
 Word = Annotated[str, StringConstraints(min_length=1, max_length=32)]
-# Usernames are case-insensitive: stored and compared in lower case.
-Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USERNAME_PATTERN)]
+# Usernames are case-insensitive: stored and compared in lower case. (A validator before the pattern keeps pydantic
+# from putting it in the JSON schema: the API's document is told it here.)
+Username = Annotated[str, BeforeValidator(_lower), StringConstraints(pattern=USERNAME_PATTERN), WithJsonSchema(
+    {"type": "string", "pattern": "^[A-Za-z0-9_.-]{3,64}$", "description": "case-insensitive"})]
 UserId = Annotated[str, StringConstraints(pattern=USER_ID_PATTERN)]
 Role = Literal["user", "admin"]
 NewPassword = Annotated[str, StringConstraints(min_length=8, max_length=256)]
@@ -209,8 +226,22 @@ class _Query(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _no_null_where_refused(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """The JSON schema of a partial update: at least one field; its `NOT_NULL` fields may be left out, but null is
+    refused (`_not_null`), which their `X | None` type alone would not tell the API's document."""
+    schema["minProperties"] = 1  # `_changes_something`
+    for name in getattr(model, "NOT_NULL", ()):
+        field_schema = schema["properties"][name]
+        branches = [branch for branch in field_schema.pop("anyOf") if branch != {"type": "null"}]
+        field_schema.pop("default", None)
+        field_schema.update(branches[0] if len(branches) == 1 else {"anyOf": branches})
+
+
 class _Update(_Body):
-    """A partial update: the fields left out stay as they are."""
+    """A partial update: the fields left out stay as they are; those of `NOT_NULL` may not be set to null."""
+
+    model_config = ConfigDict(json_schema_extra=_no_null_where_refused)
+    NOT_NULL: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="after")
     def _changes_something(self) -> Self:
@@ -246,6 +277,9 @@ class ImageTool(_Body):
 
 
 class ImageTaskRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"type": "image", "model_id": "seedream-4.5", "prompt": "a red fox in snow", "size": "2K"}]})
+
     type: Literal["image"]
     model_id: ModelSlug
     prompt: Prompt
@@ -306,10 +340,16 @@ class Reference(_Body):
     """One item of reference mode: an image, a video or an audio clip the model draws on."""
 
     type: Literal["image", "video", "audio"]
-    url: Annotated[ImageRef | str, PlainValidator(_reference_url)]
+    url: Annotated[ImageRef | str, PlainValidator(_reference_url, json_schema_input_type=str), Field(
+        description="an image like a frame, or `asset://<id>` of the account's media library; a video or audio clip "
+                    "as an https URL or `asset://<id>`")]
 
 
 class VideoTaskRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "waves at dusk",
+         "params": {"resolution": "720p", "ratio": "16:9", "duration": 5}}]})
+
     type: Literal["video"]
     model_id: ModelSlug
     prompt: Annotated[Prompt | None, BeforeValidator(_blank_to_none)] = None
@@ -355,6 +395,8 @@ TASK_SCHEMAS: dict[str, type[ImageTaskRequest] | type[VideoTaskRequest]] = {
     "image": ImageTaskRequest,
     "video": VideoTaskRequest,
 }
+# `POST /api/tasks`'s body as the API's document shows it: `parse_task_request` picks the schema by `type`.
+TaskRequest = Annotated[ImageTaskRequest | VideoTaskRequest, Field(discriminator="type")]
 
 
 class TaskListQuery(_Query):
@@ -415,6 +457,15 @@ class ArkCallback(BaseModel):
 
     id: Annotated[str, StringConstraints(min_length=1, max_length=ARK_CALLBACK_MAX_FIELD_CHARS)]
     status: Annotated[str, StringConstraints(min_length=1, max_length=ARK_CALLBACK_MAX_FIELD_CHARS)]
+
+
+class CallbackQuery(BaseModel):
+    """The query string of the callback URL arkflow gives Ark: the task and its secret (`token`)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: Annotated[str, StringConstraints(max_length=ARK_CALLBACK_MAX_FIELD_CHARS)] = ""
+    token: Annotated[str, StringConstraints(max_length=ARK_CALLBACK_MAX_FIELD_CHARS)] = ""
 
 
 class UploadRequest(_Body):
@@ -500,9 +551,8 @@ class ModelUpdate(_Update):
     # With a new upstream: fail the queued tasks it cannot take (their quota given back) instead of refusing.
     force: bool | None = None
 
-    _required_values = field_validator(
-        "upstream_model", "family", "display_name", "concurrency", "daily_quota", "enabled", "force", mode="before"
-    )(_not_null)
+    NOT_NULL = ("upstream_model", "family", "display_name", "concurrency", "daily_quota", "enabled", "force")
+    _required_values = field_validator(*NOT_NULL, mode="before")(_not_null)
 
     @field_validator("defaults", mode="before")
     @classmethod
@@ -536,7 +586,8 @@ class UserUpdate(_Update):
     password: NewPassword | None = Field(default=None, repr=False)
     requests_per_minute: RequestsPerMinute | None = None  # null: back to the default
 
-    _required_values = field_validator("role", "disabled", "password", mode="before")(_not_null)
+    NOT_NULL = ("role", "disabled", "password")
+    _required_values = field_validator(*NOT_NULL, mode="before")(_not_null)
 
 
 # --- API keys: requests and answers --------------------------------------------------------------------

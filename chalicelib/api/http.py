@@ -1,11 +1,12 @@
-"""The glue between Chalice routes and the services: auth, JSON bodies, one error format, CORS."""
+"""The glue between Chalice routes and the services: auth, JSON bodies, one error format, CORS, and the record of
+what each route takes and answers (`Operation`), from which `chalicelib.api.openapi` builds the API's document."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from chalice import Chalice, Response
 from chalice.app import Request
+from pydantic import BaseModel
 from pynamodb.exceptions import PynamoDBException, TransactWriteError
 
 from chalicelib.accounts.auth import Authenticator, Principal, require_admin
@@ -26,6 +28,9 @@ from chalicelib.store.writes import transaction_conflicted
 logger = logging.getLogger(__name__)
 
 Access = Literal["public", "user", "admin", "admin_or_service"]
+# A request body's or a response body's schema: a pydantic model, or a type pydantic can describe (a union of
+# models); None for an answer without a body.
+BodySchema = Any
 ALLOWED_HEADERS = "Authorization,Content-Type,Idempotency-Key"
 ALLOWED_METHODS = "GET,POST,PUT,DELETE,OPTIONS"
 # AWS's answers that say "not now" (overloaded, failing, a write under way on the item): the same request may pass.
@@ -95,6 +100,15 @@ class RequestContext:
         identity = (self.request.context or {}).get("identity") or {}
         return identity.get("sourceIp")
 
+    def base_path(self) -> str:
+        """What precedes the app's routes in the URL the client asked for: API Gateway's stage (`/api`) or a custom
+        domain's base path; "" locally. Known only on routes without path parameters."""
+        context = self.request.context or {}
+        full, route = context.get("path") or "", context.get("resourcePath") or ""
+        if not route or "{" in route or not full.endswith(route):
+            return ""
+        return full[: len(full) - len(route)]
+
     def query(self) -> dict[str, str]:
         return dict(self.request.query_params or {})
 
@@ -116,6 +130,35 @@ def json_response(status: int, body: Any, headers: dict[str, str] | None = None)
     return Response(body=body, status_code=status, headers={"Content-Type": "application/json", **(headers or {})})
 
 
+@dataclass(frozen=True)
+class Operation:
+    """One route as `Http.route` declared it: the source of its entry in the OpenAPI document.
+
+    `responses` maps each success status to its body's schema (None: no body); the errors every route of its kind
+    can give are added by the document (401/403 by `access`, 400/413 for a body, 400 for a query, 404 for an id in
+    the path, 503 for all), and `errors` adds the route's own, each status with the codes it answers. `body` is
+    the request body's schema (required unless `body_required` is false), `query` the model its query string is
+    parsed with, `headers` the request headers it reads (name -> schema). `links` name, per success status, the
+routes its answer leads to (their view names) and how their parameters come from it (OpenAPI runtime expressions:
+`{201: {"get_task": {"task_id": "$response.body#/id"}}}`). `scope` is the API-key scope the route
+    takes (None: sessions only). `doc` (the view's docstring) becomes the summary and description.
+    """
+
+    path: str
+    method: str
+    access: Access
+    name: str
+    doc: str
+    responses: Mapping[int, BodySchema]
+    body: BodySchema = None
+    body_required: bool = True
+    query: type[BaseModel] | None = None
+    headers: Mapping[str, BodySchema] = field(default_factory=dict)
+    errors: Mapping[int, str] = field(default_factory=dict)
+    links: Mapping[int, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
+    scope: str | None = None
+
+
 class Http:
     """Wraps view functions: authenticates, maps `ApiError` to the one error body, adds CORS headers."""
 
@@ -124,6 +167,7 @@ class Http:
         self._authenticator_factory = authenticator_factory
         # Every route's API key scope (None: keys refused), as `route` registered it.
         self.scopes: dict[tuple[str, str], Scope | None] = {}
+        self.operations: list[Operation] = []
 
     def _cors_headers(self, request: Request | None) -> dict[str, str]:
         origin = request.headers.get("origin") if request is not None else None
@@ -190,9 +234,23 @@ class Http:
 
         return decorate
 
-    def route(self, path: str, method: str, access: Access = "user", *,
-              scope: Scope | None = None) -> Callable[[Callable[..., Any]], Callable[..., Response]]:
-        """Register `view` as the app's route for `method` on `path`, wrapped by `endpoint(access, scope)`.
+    def route(
+        self,
+        path: str,
+        method: str,
+        access: Access = "user",
+        *,
+        responses: Mapping[int, BodySchema],
+        body: BodySchema = None,
+        body_required: bool = True,
+        query: type[BaseModel] | None = None,
+        headers: Mapping[str, BodySchema] | None = None,
+        errors: Mapping[int, str] | None = None,
+        links: Mapping[int, Mapping[str, Mapping[str, str]]] | None = None,
+        scope: Scope | None = None,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Response]]:
+        """Register `view` as the app's route for `method` on `path`, wrapped by `endpoint(access, scope)`, and
+        record what it takes and answers for the API's document (`Operation` says what each argument means).
 
         `scope` is what an API key needs to call the route (a user route only); without one, keys are refused."""
 
@@ -200,6 +258,11 @@ class Http:
 
         def decorate(view: Callable[..., Any]) -> Callable[..., Response]:
             self.scopes[(path, method)] = scope
+            self.operations.append(Operation(
+                path=path, method=method, access=access, name=view.__name__, doc=view.__doc__ or "",
+                responses=dict(responses), body=body, body_required=body_required, query=query,
+                headers=dict(headers or {}), errors=dict(errors or {}), links=dict(links or {}), scope=scope,
+            ))
             return self.app.route(path, methods=[method])(self.endpoint(access, scope)(view))
 
         return decorate

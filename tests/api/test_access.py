@@ -20,7 +20,8 @@ from tests.factories import ADMIN, DEMO, IMAGE_TASK, OTHER, png_data_uri, user_i
 
 pytestmark = pytest.mark.abuse
 
-PUBLIC_ROUTES = {("/api/health", "GET"), ("/api/users/login", "POST"), ("/api/queue/callback", "POST")}
+PUBLIC_ROUTES = {("/api/health", "GET"), ("/api/users/login", "POST"), ("/api/queue/callback", "POST"),
+                 ("/api/openapi.json", "GET")}
 
 
 class RecordingManagementApi:
@@ -86,7 +87,7 @@ def test_another_users_task_is_invisible_to_every_route_and_to_their_websocket(a
     assert [message["data"]["status"] for _, message in gateway.posts] == ["queued", "running", "succeeded"]
 
 
-def test_every_route_but_login_health_and_the_callback_needs_a_token(api: Api) -> None:
+def test_every_route_but_login_health_the_callback_and_the_document_needs_a_token(api: Api) -> None:
     """Safeguard: every route is wrapped by `Http.endpoint` with a non-public access level; listed from the
     app's own route table, so a route added without one fails here."""
     from app import app

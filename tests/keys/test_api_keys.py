@@ -95,6 +95,7 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("/api/health", "GET"): PUBLIC,
     ("/api/users/login", "POST"): PUBLIC,
     ("/api/queue/callback", "POST"): PUBLIC,
+    ("/api/openapi.json", "GET"): PUBLIC,
     ("/api/users/logout", "POST"): None,
     ("/api/users/me", "GET"): "tasks:read",
     ("/api/keys", "GET"): None,
