@@ -14,7 +14,6 @@ applied instead (`stop_at_ark`).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import time
@@ -42,18 +41,12 @@ from chalicelib.video.stages import ARK_STAGES, ARK_TERMINAL, STAGE_ORDER, SUBMI
 
 log = logging.getLogger(__name__)
 
-# Spreads the index's writes; every poller run queries each shard once, so keep it small.
-POLL_SHARDS = 2
+# The poller's sparse index has one partition: every run reads it with one query. Running videos are few (each model's
+# concurrency at Ark) and each writes it once per poll, far below what one partition takes. Tasks scheduled
+# before, under another shard, are moved into it by the sweeper (`polled_elsewhere`).
+POLL_SHARD = "video-0"
 # Polls at the base interval this many times before backing off.
 POLLS_BEFORE_BACKOFF = 6
-
-
-def poll_shard_name(shard: int) -> str:
-    return f"video-{shard}"
-
-
-def poll_shard_of(task_id: str) -> str:
-    return poll_shard_name(int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % POLL_SHARDS)
 
 
 def poll_delay(poll_count: int, settings: Settings) -> float:
@@ -63,8 +56,13 @@ def poll_delay(poll_count: int, settings: Settings) -> float:
 
 def poll_schedule(task: TaskRecord, now: float, settings: Settings) -> list[Action]:
     """Put (or keep) the task in the poller's sparse index, due after the back-off for its poll count."""
-    return [TaskRecord.poll_shard.set(poll_shard_of(task.task_id)),
+    return [TaskRecord.poll_shard.set(POLL_SHARD),
             TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0), settings))]
+
+
+def polled_elsewhere(task: TaskRecord) -> bool:
+    """A video at Ark that the poller does not read: scheduled under a shard it no longer queries, or not at all."""
+    return task.poll_shard != POLL_SHARD or task.next_poll_at is None
 
 
 
@@ -123,10 +121,7 @@ class VideoStatus:
                                           clock=self.clock)
 
     def poll(self, task: TaskRecord) -> TaskRecord:
-        """One status read for a running task; unless it ended, its next poll comes after the back-off."""
-        next_poll = [TaskRecord.poll_count.add(1),
-                     TaskRecord.next_poll_at.set(self.clock.now() + poll_delay(int(task.poll_count or 0) + 1,
-                                                                               self.settings))]
+        """One status read for a running task whose next poll is already scheduled (`poll_due` claims it)."""
         try:
             remote = self.client.get_task_status(task.external_id or "")
         except ArkNotFoundError as error:
@@ -136,36 +131,49 @@ class VideoStatus:
             )
         except NO_USABLE_ANSWER as error:
             log.warning("status read of %s failed, polling again later: %s", task.task_id, error.code)
-            return self._advance(task, None, next_poll)
-        return self.apply_remote(task, remote, next_poll)
+            return task
+        return self.apply_remote(task, remote)
 
     def poll_due(self, budget_s: float) -> int:
-        """Poll every running video task whose next poll is due (sparse index, no scan); returns the count."""
+        """Poll every running video task whose next poll is due (sparse index, no scan); returns the count.
+
+        The index holds whole records: a due one is claimed by one conditional write, which also schedules its next
+        poll and returns the record as written, so a poll whose answer changes nothing costs that write alone.
+        """
         started = time.monotonic()
         polled = 0
         now = self.clock.now()
-        for shard in range(POLL_SHARDS):
-            for due in TaskRecord.video_polls_due.query(poll_shard_name(shard), TaskRecord.next_poll_at <= now):
-                if time.monotonic() - started > budget_s:
-                    return polled  # the rest stay due: the next run takes them
-                try:
-                    task = TaskRecord.get(due.task_id, consistent_read=True)
-                    if task.status == statemachine.RUNNING and task.external_id:
-                        # Claim this read first: an overlapping run (EventBridge delivers at least once) then
-                        # finds the task no longer due and leaves it alone.
-                        statemachine.update_fields(task, poll_schedule(task, now, self.settings),
-                                                   condition=TaskRecord.next_poll_at == due.next_poll_at,
-                                                   clock=self.clock)
-                        self.poll(task)
-                        polled += 1
-                except (DoesNotExist, StaleTask):
-                    continue  # ended or changed meanwhile (a callback won the race): nothing left to do
-                except ArkError as error:  # this task's read is retried by a later run; the others go on
-                    log.warning("status read of %s failed: %s", due.task_id, error)
-                except (WriteFailed, PynamoDBException) as error:
-                    # Its poll is still due (or due again soon): the next run reads it; the others go on now.
-                    log.warning("poll of %s not recorded: %s", due.task_id, error)
+        for due in TaskRecord.video_polls_due.query(POLL_SHARD, TaskRecord.next_poll_at <= now):
+            if time.monotonic() - started > budget_s:
+                return polled  # the rest stay due: the next run takes them
+            if due.status != statemachine.RUNNING or not due.external_id:
+                continue
+            try:
+                # Claimed before the read: an overlapping run (EventBridge delivers at least once) then finds the
+                # task no longer due and leaves it alone; a read that fails is tried at the next poll.
+                task = statemachine.update_fields(due, self.next_poll(due, now),
+                                                  condition=TaskRecord.next_poll_at == due.next_poll_at,
+                                                  clock=self.clock)
+                self.poll(task)
+                polled += 1
+            except StaleTask:
+                continue  # ended or changed meanwhile (a callback won the race): nothing left to do
+            except ArkError as error:  # this task's read is retried by a later run; the others go on
+                log.warning("status read of %s failed: %s", due.task_id, error)
+            except (WriteFailed, PynamoDBException) as error:
+                # Its poll is still due (or due again soon): the next run reads it; the others go on now.
+                log.warning("poll of %s not recorded: %s", due.task_id, error)
         return polled
+
+    def next_poll(self, task: TaskRecord, now: float) -> list[Action]:
+        """The write that counts a poll of `task` starting now and schedules the one after it."""
+        return [TaskRecord.poll_count.add(1),
+                TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0) + 1, self.settings))]
+
+    def schedule_polls(self, task: TaskRecord) -> TaskRecord:
+        """Put a running video the poller does not read back in its index, due after the back-off for its count."""
+        return statemachine.update_fields(task, poll_schedule(task, self.clock.now(), self.settings),
+                                          condition=TaskRecord.external_id == task.external_id, clock=self.clock)
 
     def on_callback(self, task_id: str, token: str, payload: dict[str, Any]) -> None:
         """Ark's status push: authenticated by the task's secret; a hint, acted on through a status read."""
