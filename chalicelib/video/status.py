@@ -54,10 +54,9 @@ def poll_delay(poll_count: int, settings: Settings) -> float:
                            cap=settings.video_poll_max_interval_s, max_exponent=16)
 
 
-def poll_schedule(task: TaskRecord, now: float, settings: Settings) -> list[Action]:
+def poll_schedule(task: TaskRecord, now: float, settings: Settings) -> dict[str, Any]:
     """Put (or keep) the task in the poller's sparse index, due after the back-off for its poll count."""
-    return [TaskRecord.poll_shard.set(POLL_SHARD),
-            TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0), settings))]
+    return {"poll_shard": POLL_SHARD, "next_poll_at": now + poll_delay(int(task.poll_count or 0), settings)}
 
 
 def polled_elsewhere(task: TaskRecord) -> bool:
@@ -172,7 +171,9 @@ class VideoStatus:
 
     def schedule_polls(self, task: TaskRecord) -> TaskRecord:
         """Put a running video the poller does not read back in its index, due after the back-off for its count."""
-        return statemachine.update_fields(task, poll_schedule(task, self.clock.now(), self.settings),
+        schedule = poll_schedule(task, self.clock.now(), self.settings)
+        return statemachine.update_fields(task, [getattr(TaskRecord, name).set(value)
+                                                 for name, value in schedule.items()],
                                           condition=TaskRecord.external_id == task.external_id, clock=self.clock)
 
     def on_callback(self, task_id: str, token: str, payload: dict[str, Any]) -> None:
