@@ -254,8 +254,8 @@ POLL_BUDGET_S = 30.0
 
 @http.route("/api/queue/callback", "POST", access="public")
 def ark_callback(context: RequestContext) -> dict[str, Any]:
-    # Authenticated by the per-task secret in the callback URL (only its hash is stored); the body is checked
-    # first, before any read.
+    # Authenticated by the task's signed token in the callback URL (checked with no read); the body is checked
+    # first.
     callback = parse(ArkCallback, context.json())
     query = context.query()
     wiring.current().video_status.on_callback(query.get("task_id", ""), query.get("token", ""),

@@ -25,7 +25,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.update import Action
 
 from chalicelib import queues
-from chalicelib.accounts.auth import secret_digest
+from chalicelib.accounts.auth import secret_digest, signed_token
 from chalicelib.ark.answers import VideoTask
 from chalicelib.ark.client import VolcVideoClient
 from chalicelib.ark.errors import NO_USABLE_ANSWER, ArkError, ArkNotFoundError, task_error
@@ -37,7 +37,7 @@ from chalicelib.settings import Settings
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
 from chalicelib.store.records import TaskRecord
-from chalicelib.video.stages import ARK_STAGES, ARK_TERMINAL, STAGE_ORDER, SUBMITTING
+from chalicelib.video.stages import ARK_QUEUED, ARK_STAGES, ARK_TERMINAL, STAGE_ORDER, SUBMITTING
 
 log = logging.getLogger(__name__)
 
@@ -84,16 +84,13 @@ class VideoStatus:
 
     # --- status reads ---------------------------------------------------------------------------------------
 
-    def apply_remote(self, task: TaskRecord, remote: VideoTask, extra: list[Action] | None = None) -> TaskRecord:
-        """Make the task reflect Ark's view: terminal states end it, others advance `stage`. Idempotent.
-
-        `extra` (the next poll's schedule) goes into the same write when the task stays running.
-        """
+    def apply_remote(self, task: TaskRecord, remote: VideoTask) -> TaskRecord:
+        """Make the task reflect Ark's view: terminal states end it, others advance `stage`. Idempotent."""
         if task.status != statemachine.RUNNING or remote.id != task.external_id:
             return task
         target = ARK_TERMINAL.get(remote.status)
         if target is None:
-            return self._advance(task, ARK_STAGES.get(remote.status), extra or [])
+            return self._advance(task, ARK_STAGES.get(remote.status))
         task = statemachine.transition(task, target, actions=_outcome_actions(remote), clock=self.clock)
         if target == statemachine.SUCCEEDED:
             self._request_results_copy(task)
@@ -109,15 +106,13 @@ class VideoStatus:
             # The task stays succeeded with Ark's links, valid for 24 h.
             log.warning("could not request the results copy of %s: %s", task.task_id, error)
 
-    def _advance(self, task: TaskRecord, stage: str | None, extra: list[Action]) -> TaskRecord:
-        """Move `stage` forward only (a late `queued` never undoes `running`), with `extra` in the same write."""
+    def _advance(self, task: TaskRecord, stage: str | None) -> TaskRecord:
+        """Move `stage` forward only (a late `queued` never undoes `running`)."""
         current = task.stage or SUBMITTING
-        advanced = stage is not None and STAGE_ORDER[stage] > STAGE_ORDER.get(current, 0)
-        actions = [*extra, TaskRecord.stage.set(stage)] if advanced else list(extra)
-        if not actions:
+        if stage is None or STAGE_ORDER[stage] <= STAGE_ORDER.get(current, 0):
             return task
-        return statemachine.update_fields(task, actions, publish=advanced, condition=TaskRecord.stage == current,
-                                          clock=self.clock)
+        return statemachine.update_fields(task, [TaskRecord.stage.set(stage)], publish=True,
+                                          condition=TaskRecord.stage == current, clock=self.clock)
 
     def poll(self, task: TaskRecord) -> TaskRecord:
         """One status read for a running task whose next poll is already scheduled (`poll_due` claims it)."""
@@ -177,18 +172,35 @@ class VideoStatus:
                                           condition=TaskRecord.external_id == task.external_id, clock=self.clock)
 
     def on_callback(self, task_id: str, token: str, payload: dict[str, Any]) -> None:
-        """Ark's status push: authenticated by the task's secret; a hint, acted on through a status read."""
-        task = _task_with_secret(task_id, token)
-        if task.status != statemachine.RUNNING or not task.external_id or payload.get("id") != task.external_id:
-            return  # ended already, or not yet recorded as submitted: the poller has it covered
-        status = payload.get("status")
+        """Ark's status push: authenticated by the task's signed token (no read); a hint, acted on through a status
+        read when terminal. A stage is advanced by one conditional write, which also checks the Ark id."""
+        if not token or not is_task_id(task_id):  # checked before any read: DynamoDB refuses oversized keys
+            raise _denied()
+        signed = hmac.compare_digest(token.encode(), callback_token(self.settings, task_id).encode())
+        task = None if signed else _task_with_secret(task_id, token)  # a URL from before tokens were signed
+        external_id, status = payload.get("id"), payload.get("status")
+        if not isinstance(external_id, str) or not external_id:
+            return
         try:
             if status in ARK_TERMINAL:
-                self.apply_remote(task, self.client.get_task_status(task.external_id))
+                # Read first: a callback Ark sends again (or one the poller beat) then costs no status read.
+                task = task or _task_if_any(task_id)
+                if task is not None and task.status == statemachine.RUNNING and task.external_id == external_id:
+                    self.apply_remote(task, self.client.get_task_status(external_id))
             elif status in ARK_STAGES:
-                self._advance(task, ARK_STAGES[status], [])
+                self._advance_at_ark(task_id, external_id, ARK_STAGES[status])
         except StaleTask:
-            return  # the poller (or a retried callback) applied it first
+            return  # ended, or already further on (the poller or a retried callback applied it first)
+
+    def _advance_at_ark(self, task_id: str, external_id: str, stage: str) -> None:
+        """Move the stage of the task forward to `stage` while it runs Ark task `external_id`, in one write whose
+        condition is all it needs to know (the task is not read); StaleTask when nothing was to change."""
+        if STAGE_ORDER[stage] <= STAGE_ORDER[ARK_QUEUED]:
+            return  # Ark's id is stored with `ark_queued`: a queued callback has nothing to advance
+        behind = [earlier for earlier, order in STAGE_ORDER.items() if order < STAGE_ORDER[stage]]
+        running = TaskRecord(task_id, status=statemachine.RUNNING)  # written back as stored, for the listeners
+        statemachine.update_fields(running, [TaskRecord.stage.set(stage)], publish=True, clock=self.clock,
+                                   condition=(TaskRecord.external_id == external_id) & TaskRecord.stage.is_in(*behind))
 
     # --- ending at Ark -------------------------------------------------------------------------------------
 
@@ -229,16 +241,33 @@ class VideoStatus:
 
 
 
-def _task_with_secret(task_id: str, token: str) -> TaskRecord:
-    denied = Unauthorized("The callback token is missing or wrong.", code="invalid_callback_token")
-    if not token or not is_task_id(task_id):  # checked before the read: DynamoDB refuses oversized keys
-        raise denied
+CALLBACK_TOKEN_PURPOSE = "ark-callback"  # noqa: S105 - what the key signs, not a secret
+
+
+def _denied() -> Unauthorized:
+    return Unauthorized("The callback token is missing or wrong.", code="invalid_callback_token")
+
+
+def callback_token(settings: Settings, task_id: str) -> str:
+    """The token in a task's callback URL: signed with the stage's key, so a callback is authenticated with no
+    read. The same for every create of the task: the Ark id a callback names is checked against the stored one."""
+    return signed_token(settings.token_signing_key, CALLBACK_TOKEN_PURPOSE, task_id)
+
+
+def _task_if_any(task_id: str) -> TaskRecord | None:
     try:
-        task = TaskRecord.get(task_id, consistent_read=True)
+        return TaskRecord.get(task_id, consistent_read=True)
     except DoesNotExist:
-        raise denied from None
-    if not task.callback_secret_hash or not hmac.compare_digest(task.callback_secret_hash, secret_digest(token)):
-        raise denied
+        return None
+
+
+def _task_with_secret(task_id: str, token: str) -> TaskRecord:
+    """The task whose callback URL (made before tokens were signed) holds this random secret, of which it stores
+    the hash."""
+    task = _task_if_any(task_id)
+    if task is None or not task.callback_secret_hash or not hmac.compare_digest(task.callback_secret_hash,
+                                                                                secret_digest(token)):
+        raise _denied()
     return task
 
 

@@ -20,15 +20,12 @@ increment), so of two deliveries reconciling at once only one goes on to create.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError
-from pynamodb.expressions.update import Action
 
-from chalicelib.accounts.auth import secret_digest
 from chalicelib.ark import capabilities
 from chalicelib.ark.answers import VideoTask
 from chalicelib.ark.capabilities import SEED, VIDEO_TASK_RETENTION_S
@@ -40,7 +37,7 @@ from chalicelib.store import slots, statemachine, writes
 from chalicelib.store.errors import StaleTask
 from chalicelib.store.records import ArkTaskOwnerRecord, TaskRecord
 from chalicelib.video.stages import ARK_QUEUED, SUBMITTING, expires_after, video_deadline
-from chalicelib.video.status import VideoStatus, poll_schedule
+from chalicelib.video.status import VideoStatus, callback_token, poll_schedule
 
 CALLBACK_PATH = "/api/queue/callback"
 # Ark's list may lag a create by a moment, and clocks differ: look this far around the claim.
@@ -171,14 +168,12 @@ class VideoSubmitter:
 
     # --- submitting -----------------------------------------------------------------------------------------
 
-    def new_callback(self, task_id: str) -> tuple[str | None, list[Action]]:
-        """A callback URL with a fresh secret, and the write that stores only the secret's hash."""
+    def callback_url(self, task_id: str) -> str | None:
+        """Where Ark posts the task's status changes (none without a public API URL), with the task's signed token."""
         if not self.settings.public_api_url:
-            return None, []
-        secret = secrets.token_urlsafe(32)
-        query = urlencode({"task_id": task_id, "token": secret})
-        url = f"{self.settings.public_api_url.rstrip('/')}{CALLBACK_PATH}?{query}"
-        return url, [TaskRecord.callback_secret_hash.set(secret_digest(secret))]
+            return None
+        query = urlencode({"task_id": task_id, "token": callback_token(self.settings, task_id)})
+        return f"{self.settings.public_api_url.rstrip('/')}{CALLBACK_PATH}?{query}"
 
     def create(self, task: TaskRecord, callback_url: str | None) -> str:
         """Send the create (once: the client never retries) and return Ark's task id."""

@@ -9,8 +9,10 @@ import pytest
 
 from chalicelib.accounts.auth import secret_digest
 from chalicelib.ark.client import VolcVideoClient
-from chalicelib.store import slots
+from chalicelib.store import slots, statemachine
+from chalicelib.store.records import TaskRecord
 from chalicelib.video.stages import ARK_QUEUED, ARK_RUNNING, CREATE_GRACE_S, SUBMITTING
+from chalicelib.video.status import callback_token as signed_callback_token
 from chalicelib.video.submit import VideoSubmitter, claim_ark_task
 from tests.factories import DEMO, OTHER, VIDEO_MODEL
 from tests.factories import SHORT_VIDEO_TASK as VIDEO_TASK
@@ -44,7 +46,7 @@ def test_a_video_is_created_once_with_a_secret_callback_and_handed_to_the_poller
     assert task_id in slots.holders(VIDEO_MODEL)
     callback_url = lanes.ark.sim.tasks.tasks[task.external_id].callback_url
     token = parse_qs(urlsplit(callback_url).query)["token"][0]
-    assert task.callback_secret_hash == secret_digest(token) and token not in str(task.attribute_values)
+    assert token == signed_callback_token(lanes.settings, task_id) and token not in str(task.attribute_values)
     assert lanes.ark_calls("tasks.create") == 1
     assert lanes.get(task_id)["cancellable"] is True
 
@@ -217,6 +219,40 @@ def test_a_running_callback_advances_the_stage_without_reading_ark(lanes: Lanes)
     assert lanes.task(task_id).stage == ARK_RUNNING
     assert lanes.get(task_id)["cancellable"] is False
     assert lanes.ark_calls("tasks.get") == 0
+
+
+@pytest.mark.abuse
+def test_a_callback_naming_another_ark_task_or_an_ended_task_changes_nothing(lanes: Lanes) -> None:
+    """Safeguard: a stage is advanced with no read, by a write conditional on the task running that Ark task."""
+    lanes.ark.configure(video_run_s=3600)
+    task_id, ended_id = submitted(lanes), submitted(lanes)
+    statemachine.transition(lanes.task(ended_id), statemachine.FAILED, clock=lanes.clock)
+    ended = lanes.task(ended_id)
+
+    elsewhere = post_callback(lanes, f"?task_id={task_id}&token={callback_token(lanes, task_id)}",
+                              {"id": "cgt-20250101000000-other", "status": "running"})
+    late = post_callback(lanes, f"?task_id={ended_id}&token={callback_token(lanes, ended_id)}",
+                         {"id": ended.external_id, "status": "running"})
+
+    assert (elsewhere.status_code, late.status_code) == (200, 200)
+    assert lanes.task(task_id).stage == ARK_QUEUED
+    assert (lanes.task(ended_id).status, lanes.task(ended_id).stage, lanes.task(ended_id).version) == (
+        "failed", ended.stage, ended.version)
+
+
+def test_a_callback_url_made_before_tokens_were_signed_still_authenticates(lanes: Lanes) -> None:
+    """A video created by an earlier release carries a random secret, of which its record keeps the hash."""
+    lanes.ark.configure(video_run_s=3600)
+    task_id = submitted(lanes)
+    task = lanes.task(task_id)
+    task.update(actions=[TaskRecord.callback_secret_hash.set(secret_digest("an-old-random-secret"))])
+    payload = {"id": task.external_id, "status": "running"}
+
+    wrong = post_callback(lanes, f"?task_id={task_id}&token=another-old-secret", payload)
+    right = post_callback(lanes, f"?task_id={task_id}&token=an-old-random-secret", payload)
+
+    assert wrong.status_code == 401 and right.status_code == 200
+    assert lanes.task(task_id).stage == ARK_RUNNING
 
 
 
