@@ -354,8 +354,8 @@ POLL_BUDGET_S = 30.0
             errors={401: "`invalid_callback_token`: no such task, or not its secret"})
 def ark_callback(context: RequestContext) -> dict[str, Any]:
     """Ark's status push for a video (the URL arkflow gives Ark): a hint, which a status read at Ark confirms."""
-    # Authenticated by the per-task secret in the callback URL (only its hash is stored); the body is checked
-    # first, before any read.
+    # Authenticated by the task's signed token in the callback URL (checked with no read); the body is checked
+    # first.
     callback = parse(ArkCallback, context.json())
     query = parse(CallbackQuery, context.query())
     wiring.current().video_status.on_callback(query.task_id, query.token, callback.model_dump())

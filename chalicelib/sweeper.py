@@ -13,7 +13,8 @@ tasks that may be running, and the sparse `queued_by_model` index past the deadl
     cancelled there, and only then it fails with `timeout`; one Ark still runs (or that Ark cannot be asked
     about) is looked at again by the next sweep, and failed once a second grace has passed too;
   * a video left `submitting` (the worker died around the create) beyond the create grace: a fresh message, and
-    the worker reconciles it through Ark's task list.
+    the worker reconciles it through Ark's task list;
+  * a video at Ark the poller does not read (scheduled under a shard it no longer queries): scheduled again.
 A failed write is logged and the sweep goes on with the next task; the next sweep looks again.
 """
 
@@ -36,7 +37,7 @@ from chalicelib.store.errors import StaleTask, WriteFailed
 from chalicelib.store.records import ModelRecord, TaskRecord
 from chalicelib.store.slots import Holder
 from chalicelib.video.stages import CREATE_GRACE_S, SUBMITTING, VIDEO_DEADLINE_GRACE_S, deadline_of
-from chalicelib.video.status import ArkView, VideoStatus
+from chalicelib.video.status import ArkView, VideoStatus, polled_elsewhere
 from chalicelib.video.submit import take_reconcile_round
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,11 @@ class Sweeper:
             elif idle > 2 * CREATE_GRACE_S:
                 self._request_reconcile(task, report)
             return
-        if deadline >= now or not task.external_id:
+        if not task.external_id:
+            return
+        if polled_elsewhere(task):
+            task = self.video.schedule_polls(task)  # scheduled before the poller's index had one partition
+        if deadline >= now:
             return
         view, task = self.video.stop_at_ark(task)
         if view == ArkView.FINISHED:

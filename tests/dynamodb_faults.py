@@ -50,6 +50,12 @@ def sets_attribute(name: str) -> Callable[[Request], bool]:
     return lambda request: name in (request.get("ExpressionAttributeNames") or {}).values()
 
 
+def updates_attribute(name: str) -> Callable[[Request], bool]:
+    """A TransactWriteItems request one of whose updates names the attribute `name`."""
+    return lambda request: any(name in (item["Update"].get("ExpressionAttributeNames") or {}).values()
+                               for item in request.get("TransactItems", []) if "Update" in item)
+
+
 def on_table(logical_name: str) -> Callable[[Request], bool]:
     """A single-item request on one of arkflow's tables (by its logical name, e.g. `tasks`)."""
     return lambda request: str(request.get("TableName", "")).endswith(f"-{logical_name}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
@@ -366,8 +367,16 @@ class Authenticator:
 
 
 def secret_digest(secret: str) -> str:
-    """What arkflow stores of a random, single-purpose secret (WebSocket tickets, Ark callback tokens)."""
+    """What arkflow stores of a random, single-purpose secret (WebSocket tickets; Ark callback tokens of old)."""
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def signed_token(signing_key: str, purpose: str, subject: str) -> str:
+    """A token only the holder of the stage's signing key can make for `subject`, checked with no lookup. Each
+    purpose signs with a key of its own (derived from the signing key), so no token of one passes for another."""
+    purpose_key = hmac.new(signing_key.encode(), f"arkflow {purpose}".encode(), hashlib.sha256).digest()
+    mac = hmac.new(purpose_key, subject.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
 
 def _bearer_token(authorization: str | None) -> str:

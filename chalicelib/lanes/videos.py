@@ -77,14 +77,14 @@ class VideoCalls:
                 return DONE
             if found.undecided:
                 return self.reconcile_later(task, delivery)  # a sibling may still claim one: look again
-            callback_url, callback_actions = self.submitter.new_callback(task.task_id)
-            task = statemachine.update_fields(task, callback_actions, clock=self.clock,
+            # The round is still this delivery's (a sibling may have taken the next one while Ark's list was read).
+            task = statemachine.update_fields(task, [], clock=self.clock,
                                               condition=(TaskRecord.stage == SUBMITTING) & same_create_attempt(task))
         except ArkTaskTaken:
             return self.reconcile_later(task, delivery)  # another task owned it first: look again without it
         except StaleTask:
             return DONE  # it moved on (another delivery recorded its Ark task, or it ended)
-        return self.submit(task, callback_url, delivery)
+        return self.submit(task, self.submitter.callback_url(task.task_id), delivery)
 
     def reconcile_later(self, task: TaskRecord, delivery: Delivery, error: ArkError | None = None) -> Outcome:
         """Look at Ark's list again after the grace. Each look counts as a receive, so an Ark that stays down

@@ -209,8 +209,8 @@ class LaneWorker:
                    TaskRecord.user_slot.remove() if user_slot is None else TaskRecord.user_slot.set(user_slot)]
         callback_url = None
         if task.type == "video":
-            callback_url, callback_actions = self.videos.submitter.new_callback(task.task_id)
-            actions += [*callback_actions, TaskRecord.stage.set(SUBMITTING), TaskRecord.deadline_at.set(lease_until)]
+            callback_url = self.videos.submitter.callback_url(task.task_id)
+            actions += [TaskRecord.stage.set(SUBMITTING), TaskRecord.deadline_at.set(lease_until)]
         try:
             task = statemachine.transition(task, statemachine.RUNNING, actions=actions, clock=self.clock)
         except StaleTask:

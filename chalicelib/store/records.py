@@ -187,6 +187,8 @@ class TaskRecord(_Base):
     quota_refunded = BooleanAttribute(default=False)
     # Whether Ark may have acted on a call for this task (a refusal with 429 does not count): no quota refund then.
     ark_called = BooleanAttribute(default=False)
+    # The hash of the random callback secret of a video created before callback tokens were signed
+    # (`chalicelib.video.status.callback_token`): its callbacks are checked against it.
     callback_secret_hash = UnicodeAttribute(null=True)
     # Reconciles of a video left `submitting` claim a round by bumping this, so only one may create at Ark.
     create_attempt = NumberAttribute(default=0)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import PynamoDBException, TransactWriteError, UpdateError
@@ -182,6 +183,43 @@ def update_fields(task: TaskRecord, actions: list[Action], *, publish: bool = Fa
         guard &= condition
     write_fields(task, changes, condition=guard)
     if publish:
+        notify(task)
+    return task
+
+
+def update_fields_together(task: TaskRecord, values: dict[str, Any], *, together: Callable[[TransactWrite], None],
+                           publish: bool = False, condition: Condition | None = None,
+                           clock: Clock = SYSTEM_CLOCK) -> TaskRecord:
+    """`update_fields` setting `values` (attribute name -> value), in one transaction with the writes `together`
+    adds (a record that must exist exactly when these fields do); `task` is updated in memory as written.
+
+    StaleTask when only the task's condition was false; the TransactWriteError itself when a write of `together`
+    was refused (its reasons come first, in the order DynamoDB took them), WriteFailed for any other refusal.
+    """
+    values = {"updated_at": iso(clock.now()), **values}
+    changes = [getattr(TaskRecord, name).set(value) for name, value in values.items()]
+    if publish:
+        changes.append(TaskRecord.version.add(1))
+    guard = TaskRecord.status == task.status
+    if condition is not None:
+        guard &= condition
+
+    def build(transaction: TransactWrite) -> None:
+        together(transaction)
+        transaction.update(TaskRecord(task.task_id), actions=changes, condition=guard)  # the last item
+
+    try:
+        writes.write_transaction(build)
+    except TransactWriteError as exc:
+        reasons = exc.cancellation_reasons or []
+        if writes.condition_failed(exc) and any(reason is not None and reason.code == "ConditionalCheckFailed"
+                                                for reason in reasons[:-1]):
+            raise
+        raise write_error(exc) from exc
+    for name, value in values.items():
+        setattr(task, name, value)
+    if publish:
+        task.version = int(task.version or 0) + 1
         notify(task)
     return task
 

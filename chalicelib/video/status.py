@@ -14,7 +14,6 @@ applied instead (`stop_at_ark`).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import time
@@ -26,7 +25,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.update import Action
 
 from chalicelib import queues
-from chalicelib.accounts.auth import secret_digest
+from chalicelib.accounts.auth import secret_digest, signed_token
 from chalicelib.ark.answers import VideoTask
 from chalicelib.ark.client import VolcVideoClient
 from chalicelib.ark.errors import NO_USABLE_ANSWER, ArkError, ArkNotFoundError, task_error
@@ -38,22 +37,16 @@ from chalicelib.settings import Settings
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
 from chalicelib.store.records import TaskRecord
-from chalicelib.video.stages import ARK_STAGES, ARK_TERMINAL, STAGE_ORDER, SUBMITTING
+from chalicelib.video.stages import ARK_QUEUED, ARK_STAGES, ARK_TERMINAL, STAGE_ORDER, SUBMITTING
 
 log = logging.getLogger(__name__)
 
-# Spreads the index's writes; every poller run queries each shard once, so keep it small.
-POLL_SHARDS = 2
+# The poller's sparse index has one partition: every run reads it with one query. Running videos are few (each model's
+# concurrency at Ark) and each writes it once per poll, far below what one partition takes. Tasks scheduled
+# before, under another shard, are moved into it by the sweeper (`polled_elsewhere`).
+POLL_SHARD = "video-0"
 # Polls at the base interval this many times before backing off.
 POLLS_BEFORE_BACKOFF = 6
-
-
-def poll_shard_name(shard: int) -> str:
-    return f"video-{shard}"
-
-
-def poll_shard_of(task_id: str) -> str:
-    return poll_shard_name(int(hashlib.sha256(task_id.encode()).hexdigest(), 16) % POLL_SHARDS)
 
 
 def poll_delay(poll_count: int, settings: Settings) -> float:
@@ -61,10 +54,14 @@ def poll_delay(poll_count: int, settings: Settings) -> float:
                            cap=settings.video_poll_max_interval_s, max_exponent=16)
 
 
-def poll_schedule(task: TaskRecord, now: float, settings: Settings) -> list[Action]:
+def poll_schedule(task: TaskRecord, now: float, settings: Settings) -> dict[str, Any]:
     """Put (or keep) the task in the poller's sparse index, due after the back-off for its poll count."""
-    return [TaskRecord.poll_shard.set(poll_shard_of(task.task_id)),
-            TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0), settings))]
+    return {"poll_shard": POLL_SHARD, "next_poll_at": now + poll_delay(int(task.poll_count or 0), settings)}
+
+
+def polled_elsewhere(task: TaskRecord) -> bool:
+    """A video at Ark that the poller does not read: scheduled under a shard it no longer queries, or not at all."""
+    return task.poll_shard != POLL_SHARD or task.next_poll_at is None
 
 
 
@@ -87,16 +84,13 @@ class VideoStatus:
 
     # --- status reads ---------------------------------------------------------------------------------------
 
-    def apply_remote(self, task: TaskRecord, remote: VideoTask, extra: list[Action] | None = None) -> TaskRecord:
-        """Make the task reflect Ark's view: terminal states end it, others advance `stage`. Idempotent.
-
-        `extra` (the next poll's schedule) goes into the same write when the task stays running.
-        """
+    def apply_remote(self, task: TaskRecord, remote: VideoTask) -> TaskRecord:
+        """Make the task reflect Ark's view: terminal states end it, others advance `stage`. Idempotent."""
         if task.status != statemachine.RUNNING or remote.id != task.external_id:
             return task
         target = ARK_TERMINAL.get(remote.status)
         if target is None:
-            return self._advance(task, ARK_STAGES.get(remote.status), extra or [])
+            return self._advance(task, ARK_STAGES.get(remote.status))
         task = statemachine.transition(task, target, actions=_outcome_actions(remote), clock=self.clock)
         if target == statemachine.SUCCEEDED:
             self._request_results_copy(task)
@@ -112,21 +106,16 @@ class VideoStatus:
             # The task stays succeeded with Ark's links, valid for 24 h.
             log.warning("could not request the results copy of %s: %s", task.task_id, error)
 
-    def _advance(self, task: TaskRecord, stage: str | None, extra: list[Action]) -> TaskRecord:
-        """Move `stage` forward only (a late `queued` never undoes `running`), with `extra` in the same write."""
+    def _advance(self, task: TaskRecord, stage: str | None) -> TaskRecord:
+        """Move `stage` forward only (a late `queued` never undoes `running`)."""
         current = task.stage or SUBMITTING
-        advanced = stage is not None and STAGE_ORDER[stage] > STAGE_ORDER.get(current, 0)
-        actions = [*extra, TaskRecord.stage.set(stage)] if advanced else list(extra)
-        if not actions:
+        if stage is None or STAGE_ORDER[stage] <= STAGE_ORDER.get(current, 0):
             return task
-        return statemachine.update_fields(task, actions, publish=advanced, condition=TaskRecord.stage == current,
-                                          clock=self.clock)
+        return statemachine.update_fields(task, [TaskRecord.stage.set(stage)], publish=True,
+                                          condition=TaskRecord.stage == current, clock=self.clock)
 
     def poll(self, task: TaskRecord) -> TaskRecord:
-        """One status read for a running task; unless it ended, its next poll comes after the back-off."""
-        next_poll = [TaskRecord.poll_count.add(1),
-                     TaskRecord.next_poll_at.set(self.clock.now() + poll_delay(int(task.poll_count or 0) + 1,
-                                                                               self.settings))]
+        """One status read for a running task whose next poll is already scheduled (`poll_due` claims it)."""
         try:
             remote = self.client.get_task_status(task.external_id or "")
         except ArkNotFoundError as error:
@@ -136,50 +125,82 @@ class VideoStatus:
             )
         except NO_USABLE_ANSWER as error:
             log.warning("status read of %s failed, polling again later: %s", task.task_id, error.code)
-            return self._advance(task, None, next_poll)
-        return self.apply_remote(task, remote, next_poll)
+            return task
+        return self.apply_remote(task, remote)
 
     def poll_due(self, budget_s: float) -> int:
-        """Poll every running video task whose next poll is due (sparse index, no scan); returns the count."""
+        """Poll every running video task whose next poll is due (sparse index, no scan); returns the count.
+
+        The index holds whole records: a due one is claimed by one conditional write, which also schedules its next
+        poll and returns the record as written, so a poll whose answer changes nothing costs that write alone.
+        """
         started = time.monotonic()
         polled = 0
         now = self.clock.now()
-        for shard in range(POLL_SHARDS):
-            for due in TaskRecord.video_polls_due.query(poll_shard_name(shard), TaskRecord.next_poll_at <= now):
-                if time.monotonic() - started > budget_s:
-                    return polled  # the rest stay due: the next run takes them
-                try:
-                    task = TaskRecord.get(due.task_id, consistent_read=True)
-                    if task.status == statemachine.RUNNING and task.external_id:
-                        # Claim this read first: an overlapping run (EventBridge delivers at least once) then
-                        # finds the task no longer due and leaves it alone.
-                        statemachine.update_fields(task, poll_schedule(task, now, self.settings),
-                                                   condition=TaskRecord.next_poll_at == due.next_poll_at,
-                                                   clock=self.clock)
-                        self.poll(task)
-                        polled += 1
-                except (DoesNotExist, StaleTask):
-                    continue  # ended or changed meanwhile (a callback won the race): nothing left to do
-                except ArkError as error:  # this task's read is retried by a later run; the others go on
-                    log.warning("status read of %s failed: %s", due.task_id, error)
-                except (WriteFailed, PynamoDBException) as error:
-                    # Its poll is still due (or due again soon): the next run reads it; the others go on now.
-                    log.warning("poll of %s not recorded: %s", due.task_id, error)
+        for due in TaskRecord.video_polls_due.query(POLL_SHARD, TaskRecord.next_poll_at <= now):
+            if time.monotonic() - started > budget_s:
+                return polled  # the rest stay due: the next run takes them
+            if due.status != statemachine.RUNNING or not due.external_id:
+                continue
+            try:
+                # Claimed before the read: an overlapping run (EventBridge delivers at least once) then finds the
+                # task no longer due and leaves it alone; a read that fails is tried at the next poll.
+                task = statemachine.update_fields(due, self.next_poll(due, now),
+                                                  condition=TaskRecord.next_poll_at == due.next_poll_at,
+                                                  clock=self.clock)
+                self.poll(task)
+                polled += 1
+            except StaleTask:
+                continue  # ended or changed meanwhile (a callback won the race): nothing left to do
+            except ArkError as error:  # this task's read is retried by a later run; the others go on
+                log.warning("status read of %s failed: %s", due.task_id, error)
+            except (WriteFailed, PynamoDBException) as error:
+                # Its poll is still due (or due again soon): the next run reads it; the others go on now.
+                log.warning("poll of %s not recorded: %s", due.task_id, error)
         return polled
 
+    def next_poll(self, task: TaskRecord, now: float) -> list[Action]:
+        """The write that counts a poll of `task` starting now and schedules the one after it."""
+        return [TaskRecord.poll_count.add(1),
+                TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0) + 1, self.settings))]
+
+    def schedule_polls(self, task: TaskRecord) -> TaskRecord:
+        """Put a running video the poller does not read back in its index, due after the back-off for its count."""
+        schedule = poll_schedule(task, self.clock.now(), self.settings)
+        return statemachine.update_fields(task, [getattr(TaskRecord, name).set(value)
+                                                 for name, value in schedule.items()],
+                                          condition=TaskRecord.external_id == task.external_id, clock=self.clock)
+
     def on_callback(self, task_id: str, token: str, payload: dict[str, Any]) -> None:
-        """Ark's status push: authenticated by the task's secret; a hint, acted on through a status read."""
-        task = _task_with_secret(task_id, token)
-        if task.status != statemachine.RUNNING or not task.external_id or payload.get("id") != task.external_id:
-            return  # ended already, or not yet recorded as submitted: the poller has it covered
-        status = payload.get("status")
+        """Ark's status push: authenticated by the task's signed token (no read); a hint, acted on through a status
+        read when terminal. A stage is advanced by one conditional write, which also checks the Ark id."""
+        if not token or not is_task_id(task_id):  # checked before any read: DynamoDB refuses oversized keys
+            raise _denied()
+        signed = hmac.compare_digest(token.encode(), callback_token(self.settings, task_id).encode())
+        task = None if signed else _task_with_secret(task_id, token)  # a URL from before tokens were signed
+        external_id, status = payload.get("id"), payload.get("status")
+        if not isinstance(external_id, str) or not external_id:
+            return
         try:
             if status in ARK_TERMINAL:
-                self.apply_remote(task, self.client.get_task_status(task.external_id))
+                # Read first: a callback Ark sends again (or one the poller beat) then costs no status read.
+                task = task or _task_if_any(task_id)
+                if task is not None and task.status == statemachine.RUNNING and task.external_id == external_id:
+                    self.apply_remote(task, self.client.get_task_status(external_id))
             elif status in ARK_STAGES:
-                self._advance(task, ARK_STAGES[status], [])
+                self._advance_at_ark(task_id, external_id, ARK_STAGES[status])
         except StaleTask:
-            return  # the poller (or a retried callback) applied it first
+            return  # ended, or already further on (the poller or a retried callback applied it first)
+
+    def _advance_at_ark(self, task_id: str, external_id: str, stage: str) -> None:
+        """Move the stage of the task forward to `stage` while it runs Ark task `external_id`, in one write whose
+        condition is all it needs to know (the task is not read); StaleTask when nothing was to change."""
+        if STAGE_ORDER[stage] <= STAGE_ORDER[ARK_QUEUED]:
+            return  # Ark's id is stored with `ark_queued`: a queued callback has nothing to advance
+        behind = [earlier for earlier, order in STAGE_ORDER.items() if order < STAGE_ORDER[stage]]
+        running = TaskRecord(task_id, status=statemachine.RUNNING)  # written back as stored, for the listeners
+        statemachine.update_fields(running, [TaskRecord.stage.set(stage)], publish=True, clock=self.clock,
+                                   condition=(TaskRecord.external_id == external_id) & TaskRecord.stage.is_in(*behind))
 
     # --- ending at Ark -------------------------------------------------------------------------------------
 
@@ -220,16 +241,33 @@ class VideoStatus:
 
 
 
-def _task_with_secret(task_id: str, token: str) -> TaskRecord:
-    denied = Unauthorized("The callback token is missing or wrong.", code="invalid_callback_token")
-    if not token or not is_task_id(task_id):  # checked before the read: DynamoDB refuses oversized keys
-        raise denied
+CALLBACK_TOKEN_PURPOSE = "ark-callback"  # noqa: S105 - what the key signs, not a secret
+
+
+def _denied() -> Unauthorized:
+    return Unauthorized("The callback token is missing or wrong.", code="invalid_callback_token")
+
+
+def callback_token(settings: Settings, task_id: str) -> str:
+    """The token in a task's callback URL: signed with the stage's key, so a callback is authenticated with no
+    read. The same for every create of the task: the Ark id a callback names is checked against the stored one."""
+    return signed_token(settings.token_signing_key, CALLBACK_TOKEN_PURPOSE, task_id)
+
+
+def _task_if_any(task_id: str) -> TaskRecord | None:
     try:
-        task = TaskRecord.get(task_id, consistent_read=True)
+        return TaskRecord.get(task_id, consistent_read=True)
     except DoesNotExist:
-        raise denied from None
-    if not task.callback_secret_hash or not hmac.compare_digest(task.callback_secret_hash, secret_digest(token)):
-        raise denied
+        return None
+
+
+def _task_with_secret(task_id: str, token: str) -> TaskRecord:
+    """The task whose callback URL (made before tokens were signed) holds this random secret, of which it stores
+    the hash."""
+    task = _task_if_any(task_id)
+    if task is None or not task.callback_secret_hash or not hmac.compare_digest(task.callback_secret_hash,
+                                                                                secret_digest(token)):
+        raise _denied()
     return task
 
 

@@ -9,8 +9,8 @@ A task found `submitting` after a crash is reconciled through Ark's task list an
 A listed task is a candidate only when what Ark echoes equals what this task sent: model, seed, resolution,
 ratio, duration or frames, `safety_identifier`, and a creation time within the claim window; a field Ark does not
 echo counts as no match. An Ark id another task owns is never a candidate: every task records itself as the
-owner of its Ark id (`ArkTaskOwnerRecord`, conditionally) before storing it, and the reconcile takes that record
-before adopting. One candidate is adopted; none means create (once); two or more fail the task with
+owner of its Ark id (`ArkTaskOwnerRecord`, conditionally) in the transaction that stores it, and the reconcile
+takes that record before adopting. One candidate is adopted; none means create (once); two or more fail the task with
 `reconcile_ambiguous` rather than guess (and become that task's, so no later reconcile adopts them). While a
 sibling (a running task of the same user and model, still `submitting`) could equally have made a candidate,
 nothing is decided: the sibling may still claim it. Each look first takes a round (`create_attempt`, a conditional
@@ -20,15 +20,12 @@ increment), so of two deliveries reconciling at once only one goes on to create.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from pynamodb.exceptions import DoesNotExist, PutError
-from pynamodb.expressions.update import Action
+from pynamodb.exceptions import DoesNotExist, PutError, TransactWriteError
 
-from chalicelib.accounts.auth import secret_digest
 from chalicelib.ark import capabilities
 from chalicelib.ark.answers import VideoTask
 from chalicelib.ark.capabilities import SEED, VIDEO_TASK_RETENTION_S
@@ -40,7 +37,7 @@ from chalicelib.store import slots, statemachine, writes
 from chalicelib.store.errors import StaleTask
 from chalicelib.store.records import ArkTaskOwnerRecord, TaskRecord
 from chalicelib.video.stages import ARK_QUEUED, SUBMITTING, expires_after, video_deadline
-from chalicelib.video.status import VideoStatus, poll_schedule
+from chalicelib.video.status import VideoStatus, callback_token, poll_schedule
 
 CALLBACK_PATH = "/api/queue/callback"
 # Ark's list may lag a create by a moment, and clocks differ: look this far around the claim.
@@ -131,12 +128,19 @@ class Reconciliation:
     undecided: list[str] = field(default_factory=list)
 
 
+def _owner_record(external_id: str, task_id: str, now: float) -> ArkTaskOwnerRecord:
+    return ArkTaskOwnerRecord(external_id, task_id=task_id, expires_at_epoch=int(now) + ARK_OWNER_RETENTION_S)
+
+
+def _owned_by(task_id: str) -> Any:
+    """The condition of writing an owner record: nobody owns that Ark task yet, or `task_id` does already."""
+    return ArkTaskOwnerRecord.external_id.does_not_exist() | (ArkTaskOwnerRecord.task_id == task_id)
+
+
 def claim_ark_task(external_id: str, task_id: str, now: float) -> bool:
     """Record `task_id` as the owner of Ark task `external_id`; False when another task owns it. Idempotent."""
-    owner = ArkTaskOwnerRecord(external_id, task_id=task_id, expires_at_epoch=int(now) + ARK_OWNER_RETENTION_S)
     try:
-        owner.save(condition=ArkTaskOwnerRecord.external_id.does_not_exist()
-                   | (ArkTaskOwnerRecord.task_id == task_id))
+        _owner_record(external_id, task_id, now).save(condition=_owned_by(task_id))
     except PutError as error:
         if writes.condition_failed(error):
             return False
@@ -164,14 +168,12 @@ class VideoSubmitter:
 
     # --- submitting -----------------------------------------------------------------------------------------
 
-    def new_callback(self, task_id: str) -> tuple[str | None, list[Action]]:
-        """A callback URL with a fresh secret, and the write that stores only the secret's hash."""
+    def callback_url(self, task_id: str) -> str | None:
+        """Where Ark posts the task's status changes (none without a public API URL), with the task's signed token."""
         if not self.settings.public_api_url:
-            return None, []
-        secret = secrets.token_urlsafe(32)
-        query = urlencode({"task_id": task_id, "token": secret})
-        url = f"{self.settings.public_api_url.rstrip('/')}{CALLBACK_PATH}?{query}"
-        return url, [TaskRecord.callback_secret_hash.set(secret_digest(secret))]
+            return None
+        query = urlencode({"task_id": task_id, "token": callback_token(self.settings, task_id)})
+        return f"{self.settings.public_api_url.rstrip('/')}{CALLBACK_PATH}?{query}"
 
     def create(self, task: TaskRecord, callback_url: str | None) -> str:
         """Send the create (once: the client never retries) and return Ark's task id."""
@@ -180,30 +182,37 @@ class VideoSubmitter:
 
     def record_submitted(self, task: TaskRecord, external_id: str, *, created_at: float | None = None,
                          expiry_s: int | None = None) -> TaskRecord:
-        """Own Ark's task, store its id and hand the task to the poller; its deadline counts from the create
-        (`created_at`, Ark's when known, else now; `expiry_s` as sent). StaleTask when another task owns the id
-        or this one moved on (an Ark task nobody holds is dropped if Ark still queues it). A failed write raises
-        as it is: the create is reconciled later, never undone."""
+        """Own Ark's task, store its id and hand the task to the poller, in one transaction; its deadline counts
+        from the create (`created_at`, Ark's when known, else now; `expiry_s` as sent). StaleTask when another task
+        owns the id or this one moved on (the Ark task is then still recorded as this one's, so no other task adopts
+        it, and dropped if Ark still queues it). A failed write raises as it is: the create is reconciled later,
+        never undone."""
         now = self.clock.now()
-        if not claim_ark_task(external_id, task.task_id, now):
-            raise ArkTaskTaken(f"Ark task {external_id} belongs to another task.")
         deadline = video_deadline(now if created_at is None else created_at, expiry_s or expires_after(self.settings))
+        owner = _owner_record(external_id, task.task_id, now)
         try:
-            return statemachine.update_fields(
+            return statemachine.update_fields_together(
                 task,
-                [TaskRecord.external_id.set(external_id), TaskRecord.stage.set(ARK_QUEUED),
-                 TaskRecord.deadline_at.set(deadline), *poll_schedule(task, now, self.settings)],
+                {"external_id": external_id, "stage": ARK_QUEUED, "deadline_at": deadline,
+                 **poll_schedule(task, now, self.settings)},
+                together=lambda transaction: transaction.save(owner, condition=_owned_by(task.task_id)),
                 publish=True,
                 condition=TaskRecord.stage == SUBMITTING,
                 clock=self.clock,
             )
+        except TransactWriteError as error:
+            if writes.condition_failed(error):
+                raise ArkTaskTaken(f"Ark task {external_id} belongs to another task.") from None
+            raise
         except StaleTask:
+            if not claim_ark_task(external_id, task.task_id, now):
+                raise ArkTaskTaken(f"Ark task {external_id} belongs to another task.") from None
             try:
                 current = TaskRecord.get(task.task_id, consistent_read=True)
             except DoesNotExist:
                 current = None
             if current is None or current.external_id != external_id:
-                # It ended meanwhile (an operator failed it): this Ark task is nobody's.
+                # It ended meanwhile (an operator failed it): this Ark task is no running task's.
                 self.status.drop_if_queued(external_id)
             raise
 

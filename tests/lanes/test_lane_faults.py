@@ -30,6 +30,7 @@ from tests.dynamodb_faults import (
     internal_server_error,
     sets_attribute,
     transaction_conflict,
+    updates_attribute,
 )
 from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL
 from tests.factories import SHORT_VIDEO_TASK as VIDEO_TASK
@@ -394,7 +395,7 @@ def test_a_failed_write_of_arks_id_never_cancels_the_video_just_created(
     lanes.ark.configure(video_queue_s=600)
     task_id = lanes.submit(VIDEO_TASK)
     record = lanes.receive_for("video", task_id)
-    dynamodb_faults.add("UpdateItem", internal_server_error(), when=sets_attribute("external_id"))
+    dynamodb_faults.add("TransactWriteItems", internal_server_error(), when=updates_attribute("external_id"))
 
     assert lanes.worker("video").handle([record]) == {"batchItemFailures": [{"itemIdentifier": record["messageId"]}]}
     created = next(iter(lanes.ark.sim.tasks.tasks))

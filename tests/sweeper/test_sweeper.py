@@ -15,7 +15,7 @@ from chalicelib.lanes.waits import IMAGE_LEASE_MARGIN_S
 from chalicelib.resources import lane_named
 from chalicelib.settings import get_settings
 from chalicelib.store import slots, statemachine
-from chalicelib.store.records import ModelRecord
+from chalicelib.store.records import ModelRecord, TaskRecord
 from chalicelib.video.stages import VIDEO_DEADLINE_GRACE_S
 from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, VIDEO_MODEL, user_id_of
 from tests.factories import SHORT_VIDEO_TASK as VIDEO_TASK
@@ -395,3 +395,20 @@ def test_a_worker_taking_over_a_slot_acquired_by_a_dead_one_is_left_alone_mid_ca
 
     assert reports[0].requeued == 0 and reports[0].leases_reclaimed == 0
     assert lanes.task(task_id).status == "succeeded" and lanes.ark_calls("images.generate") == 1
+
+
+def test_a_video_scheduled_under_a_retired_poll_shard_is_polled_again_after_a_sweep(lanes: Lanes) -> None:
+    """A video polled before the poller's index had one partition (its shard no longer read) is put back in it by
+    the next sweep, and then ended by the poller: nothing waits for its deadline."""
+    task_id = submitted(lanes)
+    task = lanes.task(task_id)
+    task.update(actions=[TaskRecord.poll_shard.set("video-1")])  # as the two-shard poller wrote it
+    wait_for(lambda: ark_status(lanes, task.external_id) == "succeeded")
+    lanes.clock.advance(lanes.settings.video_poll_interval_s)
+    assert lanes.video().poll_due(budget_s=10) == 0  # not in the shard the poller reads
+
+    lanes.sweeper().sweep()
+    lanes.clock.advance(lanes.settings.video_poll_interval_s)
+
+    assert lanes.video().poll_due(budget_s=10) == 1
+    assert lanes.task(task_id).status == "succeeded"

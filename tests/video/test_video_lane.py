@@ -9,9 +9,11 @@ import pytest
 
 from chalicelib.accounts.auth import secret_digest
 from chalicelib.ark.client import VolcVideoClient
-from chalicelib.store import slots
+from chalicelib.store import slots, statemachine
+from chalicelib.store.records import TaskRecord
 from chalicelib.video.stages import ARK_QUEUED, ARK_RUNNING, CREATE_GRACE_S, SUBMITTING
-from chalicelib.video.submit import VideoSubmitter
+from chalicelib.video.status import callback_token as signed_callback_token
+from chalicelib.video.submit import VideoSubmitter, claim_ark_task
 from tests.factories import DEMO, OTHER, VIDEO_MODEL
 from tests.factories import SHORT_VIDEO_TASK as VIDEO_TASK
 from tests.lane_fixtures import ARK_KEY, Lanes, record_for
@@ -44,7 +46,7 @@ def test_a_video_is_created_once_with_a_secret_callback_and_handed_to_the_poller
     assert task_id in slots.holders(VIDEO_MODEL)
     callback_url = lanes.ark.sim.tasks.tasks[task.external_id].callback_url
     token = parse_qs(urlsplit(callback_url).query)["token"][0]
-    assert task.callback_secret_hash == secret_digest(token) and token not in str(task.attribute_values)
+    assert token == signed_callback_token(lanes.settings, task_id) and token not in str(task.attribute_values)
     assert lanes.ark_calls("tasks.create") == 1
     assert lanes.get(task_id)["cancellable"] is True
 
@@ -219,6 +221,40 @@ def test_a_running_callback_advances_the_stage_without_reading_ark(lanes: Lanes)
     assert lanes.ark_calls("tasks.get") == 0
 
 
+@pytest.mark.abuse
+def test_a_callback_naming_another_ark_task_or_an_ended_task_changes_nothing(lanes: Lanes) -> None:
+    """Safeguard: a stage is advanced with no read, by a write conditional on the task running that Ark task."""
+    lanes.ark.configure(video_run_s=3600)
+    task_id, ended_id = submitted(lanes), submitted(lanes)
+    statemachine.transition(lanes.task(ended_id), statemachine.FAILED, clock=lanes.clock)
+    ended = lanes.task(ended_id)
+
+    elsewhere = post_callback(lanes, f"?task_id={task_id}&token={callback_token(lanes, task_id)}",
+                              {"id": "cgt-20250101000000-other", "status": "running"})
+    late = post_callback(lanes, f"?task_id={ended_id}&token={callback_token(lanes, ended_id)}",
+                         {"id": ended.external_id, "status": "running"})
+
+    assert (elsewhere.status_code, late.status_code) == (200, 200)
+    assert lanes.task(task_id).stage == ARK_QUEUED
+    assert (lanes.task(ended_id).status, lanes.task(ended_id).stage, lanes.task(ended_id).version) == (
+        "failed", ended.stage, ended.version)
+
+
+def test_a_callback_url_made_before_tokens_were_signed_still_authenticates(lanes: Lanes) -> None:
+    """A video created by an earlier release carries a random secret, of which its record keeps the hash."""
+    lanes.ark.configure(video_run_s=3600)
+    task_id = submitted(lanes)
+    task = lanes.task(task_id)
+    task.update(actions=[TaskRecord.callback_secret_hash.set(secret_digest("an-old-random-secret"))])
+    payload = {"id": task.external_id, "status": "running"}
+
+    wrong = post_callback(lanes, f"?task_id={task_id}&token=another-old-secret", payload)
+    right = post_callback(lanes, f"?task_id={task_id}&token=an-old-random-secret", payload)
+
+    assert wrong.status_code == 401 and right.status_code == 200
+    assert lanes.task(task_id).stage == ARK_RUNNING
+
+
 
 def _raise_crash(*args: Any, **kwargs: Any) -> Any:
     raise RuntimeError("the Lambda was killed before the create left")
@@ -382,17 +418,57 @@ def test_a_lone_video_a_sibling_may_still_claim_is_not_adopted(lanes: Lanes) -> 
 
 
 def test_a_crash_after_taking_the_ark_id_adopts_it_on_the_next_look(lanes: Lanes, monkeypatch: Any) -> None:
+    """A worker of an earlier release owned the Ark task, then died before recording its id (today both are one
+    transaction): the next look adopts it, however many of the user's videos look alike."""
     from chalicelib.store import statemachine
 
     task_id = lanes.submit(SEEDED)
 
     def killed(*args: Any, **kwargs: Any) -> Any:
-        raise RuntimeError("the Lambda was killed after owning the Ark task, before recording it")
+        raise RuntimeError("the Lambda was killed before recording the Ark task")
 
-    monkeypatch.setattr(statemachine, "update_fields", killed)
+    monkeypatch.setattr(statemachine, "update_fields_together", killed)
     lanes.worker("video").handle([lanes.receive_for("video", task_id)])
     monkeypatch.undo()
     created = next(iter(lanes.ark.sim.tasks.tasks))
+    assert lanes.task(task_id).stage == SUBMITTING
+    claim_ark_task(created, task_id, lanes.clock.now())
+    crashed_before_the_create(lanes, SEEDED)  # a sibling whose create would look the same
 
     assert reconciled(lanes, task_id) == {"batchItemFailures": []}
     assert lanes.task(task_id).external_id == created and lanes.ark_calls("tasks.create") == 1
+
+
+class EndingTheTaskDuringTheCreate(VolcVideoClient):
+    """Ark accepts the create while the task is ended here (an operator failed it)."""
+
+    def __init__(self, base_url: str, end: Any) -> None:
+        super().__init__(base_url, ARK_KEY)
+        self.end = end
+
+    def create_video_task(self, *args: Any, **kwargs: Any) -> str:
+        created = super().create_video_task(*args, **kwargs)
+        self.end()
+        return created
+
+
+def test_the_ark_video_of_a_task_ended_during_its_create_is_never_another_tasks(lanes: Lanes) -> None:
+    """Safeguard: a create whose task ended meanwhile still records its Ark task as that task's (Ark runs it: it
+    cannot be dropped), so a twin of the same user, seed and shape reconciling after a crash creates its own."""
+    from chalicelib.store import statemachine
+
+    lanes.ark.configure(video_queue_s=0, video_run_s=3600)
+    twin = crashed_before_the_create(lanes, SEEDED)
+    ended = lanes.submit(SEEDED)
+
+    client = EndingTheTaskDuringTheCreate(lanes.ark.base_url, lambda: statemachine.transition(
+        lanes.task(ended), statemachine.FAILED, clock=lanes.clock))
+    assert lanes.worker("video", video_client=client).handle([lanes.receive_for("video", ended)]) == {
+        "batchItemFailures": []}
+    (abandoned,) = lanes.ark.sim.tasks.tasks
+    assert lanes.task(ended).status == "failed" and ark_status(lanes, abandoned) == "running"
+
+    assert reconciled(lanes, twin) == {"batchItemFailures": []}
+
+    assert lanes.task(twin).external_id not in (None, abandoned)
+    assert lanes.ark_calls("tasks.create") == 2
