@@ -19,7 +19,7 @@ from chalicelib.ark.client import VolcImageClient, VolcVideoClient
 from chalicelib.clock import Clock
 from chalicelib.lanes.worker import LaneWorker
 from chalicelib.settings import Settings, get_settings
-from chalicelib.store.records import TaskRecord
+from chalicelib.store.records import TaskRecord, UserRecord
 from chalicelib.sweeper import Sweeper
 from chalicelib.video.status import VideoStatus
 from chalicelib.video.submit import VideoSubmitter
@@ -27,7 +27,7 @@ from chalicelib.wiring import Wiring
 from tests.api_client import Api
 from tests.clocks import FrozenClock
 from tests.dynamodb_faults import DynamoFaults
-from tests.factories import ADMIN, DEMO
+from tests.factories import ADMIN, DEMO, OTHER
 
 ARK_KEY = "sk-lanes-test"
 # Nothing listens there: the simulator's own callbacks fail quietly; tests post callbacks themselves.
@@ -157,6 +157,9 @@ def frozen_clock() -> FrozenClock:
 def lanes(api: Api, ark: RunningSimulator, lanes_settings: Settings, frozen_clock: FrozenClock) -> Iterator[Lanes]:
     # The simulator serves the result files; the workers copy from its origin, as the local stack configures.
     lanes = Lanes(api, ark, frozen_clock, dataclasses.replace(lanes_settings, ark_result_hosts=(ark.root_url,)))
+    # Lane tests submit many tasks a minute on the system clock (the routes'): creation's rate limit is not theirs.
+    for username, _ in (DEMO, OTHER):
+        UserRecord.get(username).update(actions=[UserRecord.requests_per_minute.set(10_000)])
     # The routes and the state machine's listeners run as in a container of the app, but for the video service
     # (cancel, Ark's callback), which talks to this simulator on the lanes' clock and settings.
     routes = Wiring(get_settings())
