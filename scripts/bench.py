@@ -15,6 +15,7 @@ lane at its reserved concurrency) and the scheduler (video poller, sweeper). Fig
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -92,7 +93,7 @@ class RequestCounter:
     def on_call(self, model: Any, params: Any = None, **_: Any) -> None:
         service = model.service_model.service_name
         who = self.who(model.name)
-        units = capacity_units(model.name, params or {}) if service == "dynamodb" else {}
+        units = capacity_units(model.name, _request_fields(params or {})) if service == "dynamodb" else {}
         with self.lock:
             self.counts[(service, who)] += 1
             for kind, value in units.items():
@@ -126,6 +127,16 @@ class RequestCounter:
     def capacity_snapshot(self) -> Counter[tuple[str, str]]:
         with self.lock:
             return Counter(self.capacity)
+
+
+def _request_fields(request: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a DynamoDB call as `before-call` sees it: serialised, in the JSON body of the request."""
+    body = request.get("body")
+    try:
+        fields = json.loads(body) if body else {}
+    except (TypeError, ValueError):
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 # On-demand capacity of one request, for items up to 1 KB (arkflow's tasks and slot records are that small): a write
