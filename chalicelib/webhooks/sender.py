@@ -56,6 +56,19 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now) if when.tzinfo is not None else None
 
 
+def read_capped(response: httpx.Response) -> str:
+    """Up to MAX_RESPONSE_BYTES of the answer, as text (an answer that goes on is cut, never read through)."""
+    kept = bytearray()
+    try:
+        for chunk in response.iter_bytes():
+            kept += chunk[:MAX_RESPONSE_BYTES - len(kept)]
+            if len(kept) >= MAX_RESPONSE_BYTES:
+                break
+    except httpx.HTTPError:
+        pass  # the status is what counts; a body cut short says nothing more
+    return kept.decode("utf-8", "replace")
+
+
 def _text(value: str) -> str:
     printable = "".join(char if char.isprintable() else " " for char in value)
     return printable[:MAX_ERROR_CHARS]
@@ -93,7 +106,7 @@ class WebhookSender:
                 with client.stream("POST", url, content=body,
                                    headers={**headers, "content-type": "application/json",
                                             "user-agent": USER_AGENT}) as response:
-                    text = self._read_capped(response)
+                    text = read_capped(response)
             except UnsafeDestination as refused:
                 return answer(None, str(refused))
             except httpx.TimeoutException:
@@ -109,16 +122,3 @@ class WebhookSender:
         retryable = status >= 500 or status == 429
         wait = parse_retry_after(response.headers.get("retry-after"), self._wall_clock()) if retryable else None
         return answer(status, error, retryable=retryable, retry_after_s=wait)
-
-    @staticmethod
-    def _read_capped(response: httpx.Response) -> str:
-        """Up to MAX_RESPONSE_BYTES of the answer, as text (an answer that goes on is cut, never read through)."""
-        kept = bytearray()
-        try:
-            for chunk in response.iter_bytes():
-                kept += chunk[:MAX_RESPONSE_BYTES - len(kept)]
-                if len(kept) >= MAX_RESPONSE_BYTES:
-                    break
-        except httpx.HTTPError:
-            pass  # the status is what counts; a body cut short says nothing more
-        return kept.decode("utf-8", "replace")

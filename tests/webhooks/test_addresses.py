@@ -5,7 +5,7 @@ link-local, multicast, reserved or metadata address reached, however the name re
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -14,7 +14,7 @@ from chalicelib import wiring
 from chalicelib.deadline_transport import DeadlineTransport
 from chalicelib.webhooks import addresses
 from chalicelib.webhooks.addresses import PinnedBackend, UnsafeDestination
-from chalicelib.webhooks.sender import MAX_RESPONSE_BYTES, WebhookSender
+from chalicelib.webhooks.sender import MAX_RESPONSE_BYTES, WebhookSender, read_capped
 from tests.factories import DEMO, IMAGE_TASK, VIDEO_TASK
 from tests.webhooks.conftest import Hooks, Receiver
 
@@ -103,9 +103,18 @@ def test_redirects_are_not_followed(receivers: Callable[[], Receiver]) -> None:
 def test_an_endless_answer_is_read_only_so_far(receiver: Receiver) -> None:
     receiver.answer((500, {}, b"x" * (4 * MAX_RESPONSE_BYTES)))
     answer = _sender(addresses.system_resolver, allow_loopback=True).post(receiver.url, b"{}", {})
-
     assert answer.status_code == 500 and answer.retryable
     assert len(answer.error or "") <= 400
+
+    sent = []
+
+    def endless() -> Iterator[bytes]:
+        for _ in range(10_000):
+            sent.append(1024)
+            yield b"y" * 1024
+
+    assert len(read_capped(httpx.Response(500, content=endless()))) == MAX_RESPONSE_BYTES
+    assert sum(sent) <= MAX_RESPONSE_BYTES + 1024
 
 
 def test_without_the_local_setting_a_loopback_receiver_gets_nothing(receiver: Receiver) -> None:
