@@ -108,6 +108,9 @@ TASKS = Table(
         Index("parked_by_model", Key("parked_model"), Key("created_key")),
         # Sparse: only video tasks running at Ark carry `poll_shard`; the poller reads what is due.
         Index("video_polls_due", Key("poll_shard"), Key("next_poll_at", "N")),
+        # Sparse: only tasks with a webhook event not yet known to be queued carry `webhook_shard`; the sweeper
+        # sends again what is due (`chalicelib.webhooks.outbox`).
+        Index("webhooks_due", Key("webhook_shard"), Key("webhook_due", "N")),
     ),
 )
 QUOTA = Table("quota", Key("quota_key"), ttl_attribute="expires_at_epoch")

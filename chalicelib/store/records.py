@@ -199,12 +199,19 @@ class TaskRecord(_Base):
     # Where the task's changes to `webhook_events` are posted (`chalicelib.webhooks`).
     webhook_url = UnicodeAttribute(null=True)
     webhook_events = ListAttribute(of=UnicodeAttribute, null=True)
+    # The webhook outbox's mark (`chalicelib.webhooks.outbox`), written with a transition the webhook subscribes to
+    # and removed once its event is on the webhook queue: the index's shard, when the mark was set (epoch seconds)
+    # and the version of the write that set it.
+    webhook_shard = UnicodeAttribute(null=True)
+    webhook_due = NumberAttribute(null=True)
+    webhook_due_by = NumberAttribute(null=True)
 
     by_user = index_of(resources.TASKS, "by_user")
     by_list_shard = index_of(resources.TASKS, "by_list_shard")
     queued_by_model = index_of(resources.TASKS, "queued_by_model")
     parked_by_model = index_of(resources.TASKS, "parked_by_model")
     video_polls_due = index_of(resources.TASKS, "video_polls_due")
+    webhooks_due = index_of(resources.TASKS, "webhooks_due")
 
 
 class QuotaRecord(_Base):
