@@ -14,6 +14,8 @@ tasks that may be running, and the sparse `queued_by_model` index past the deadl
     about) is looked at again by the next sweep, and failed once a second grace has passed too;
   * a video left `submitting` (the worker died around the create) beyond the create grace: a fresh message, and
     the worker reconciles it through Ark's task list.
+Then, for all models at once, webhook events whose first message may never have been queued (the sparse
+`webhooks_due` index, a page per sweep) are queued again (`chalicelib.webhooks.outbox`).
 A failed write is logged and the sweep goes on with the next task; the next sweep looks again.
 """
 
@@ -38,6 +40,7 @@ from chalicelib.store.slots import Holder
 from chalicelib.video.stages import CREATE_GRACE_S, SUBMITTING, VIDEO_DEADLINE_GRACE_S, deadline_of
 from chalicelib.video.status import ArkView, VideoStatus
 from chalicelib.video.submit import take_reconcile_round
+from chalicelib.webhooks.events import WebhookEvents
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +56,16 @@ class SweepReport:
     requeued: int = 0
     reconciling: int = 0
     woken: int = 0
+    webhooks_resent: int = 0
 
 
 class Sweeper:
-    def __init__(self, *, sqs: Any, video: VideoStatus, waker: Waker, settings: Settings,
+    def __init__(self, *, sqs: Any, video: VideoStatus, waker: Waker, webhooks: WebhookEvents, settings: Settings,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.sqs = sqs
         self.video = video
         self.waker = waker
+        self.webhooks = webhooks
         self.settings = settings
         self.clock = clock
 
@@ -70,6 +75,10 @@ class Sweeper:
             self._expire_queued(model, report)
             self._check_holders(model, report)
             self._wake_parked(model, report)
+        try:
+            report.webhooks_resent += self.webhooks.resend_due()
+        except _WRITE_FAILURES as error:
+            log.warning("webhook marks left for the next sweep: %s", error)
         return report
 
     def _wake_parked(self, model: ModelRecord, report: SweepReport) -> None:

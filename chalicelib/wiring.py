@@ -43,7 +43,7 @@ from chalicelib.video.status import VideoStatus
 from chalicelib.video.submit import VideoSubmitter
 from chalicelib.webhooks.addresses import Resolver, system_resolver
 from chalicelib.webhooks.delivery import WebhookDelivery
-from chalicelib.webhooks.events import WebhookEvents
+from chalicelib.webhooks.events import WebhookEvents, due_mark
 from chalicelib.webhooks.secrets import WebhookSecrets
 from chalicelib.webhooks.sender import WebhookSender
 
@@ -141,8 +141,8 @@ class Wiring:
 
     @cached_property
     def sweeper(self) -> Sweeper:
-        return Sweeper(sqs=self.sqs, video=self.video_status, waker=self.waker, settings=self.settings,
-                       clock=self.clock)
+        return Sweeper(sqs=self.sqs, video=self.video_status, waker=self.waker, webhooks=self.webhook_events,
+                       settings=self.settings, clock=self.clock)
 
     # --- the API's services -----------------------------------------------------------------------------------
 
@@ -240,6 +240,9 @@ def release_slot(task: TaskRecord) -> bool:
     return current().waker.release(task)
 
 
+# The outbox's mark rides on the transition's own write, so a webhook event is never lost between the write and its
+# listener's send (`chalicelib.webhooks.outbox`).
+statemachine.write_hooks.append(due_mark)
 statemachine.listeners.append(publish)
 statemachine.listeners.append(queue_webhook)
 statemachine.slot_releaser[:] = [release_slot]

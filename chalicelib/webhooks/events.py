@@ -7,6 +7,10 @@ status a task entered carries the time it entered it (`started_at`, `finished_at
 transition is told (a duplicate notification, a redelivered message) it is one event, and the delivery claims each
 attempt of it once (`chalicelib.webhooks.delivery`); a task running a second time (after Ark's retryable error) is
 a second `running` event.
+
+Nothing between the write and the send loses an event (`outbox`): the transition's write also marks the task
+(`due_mark`), the listener removes the mark once the message is sent, and the sweeper sends the events of a mark
+left past its grace again (`WebhookEvents.resend_due`), under the same `webhook-id`s.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from typing import Annotated, Any, Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pynamodb.expressions.update import Action
 
 from chalicelib import queues
 from chalicelib.clock import Clock
 from chalicelib.resources import WEBHOOK_DELIVERY
 from chalicelib.store import statemachine
 from chalicelib.store.records import TaskRecord
+from chalicelib.webhooks import outbox
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +67,27 @@ def entered_at(task: TaskRecord) -> str | None:
     return task.finished_at if task.status in statemachine.TERMINAL else None
 
 
+def subscribes(task: TaskRecord, status: str) -> bool:
+    return bool(task.webhook_url) and status in (task.webhook_events or DEFAULT_EVENTS)
+
+
 def subscribed(task: TaskRecord) -> bool:
-    return bool(task.webhook_url) and task.status in (task.webhook_events or DEFAULT_EVENTS)
+    return subscribes(task, task.status)
+
+
+def told(task: TaskRecord) -> list[tuple[str, str]]:
+    """The events the task's record still tells, as (status, entered at): its latest `running` and its end, those
+    its webhook subscribes to (an earlier `running`, replaced by a later one, is told no more)."""
+    events = [(statemachine.RUNNING, task.started_at)]
+    if task.status in statemachine.TERMINAL:
+        events.append((task.status, task.finished_at))
+    return [(status, at) for status, at in events if at is not None and subscribes(task, status)]
+
+
+def due_mark(task: TaskRecord, target: str, moment: float) -> list[Action]:
+    """The state machine's write hook: a transition to a status the task's webhook subscribes to marks the task in
+    the outbox, in the same write."""
+    return outbox.mark(task, moment) if subscribes(task, target) else []
 
 
 def send(sqs: Any, message: WebhookMessage, delay_s: int = 0) -> None:
@@ -79,17 +104,40 @@ class WebhookEvents:
         self.sqs = sqs
         self.clock = clock
 
+    def first_message(self, task: TaskRecord, status: str, occurred: str) -> WebhookMessage:
+        now = self.clock.now()
+        return WebhookMessage(webhook_id=webhook_id(task.task_id, status, occurred), task_id=task.task_id,
+                              event=status, occurred_at=occurred, attempt=1, first_at=now, not_before=now)
+
     def on_change(self, task: TaskRecord) -> None:
-        """Queue the event of a transition the task's webhook subscribes to. Never raises: the change is written,
-        and a webhook must not undo or hold it up (a message that could not be sent is logged as lost)."""
+        """Queue the event of a transition the task's webhook subscribes to, then take its outbox mark off. Never
+        raises: the change is written, and a webhook must not undo or hold it up (a message that could not be sent
+        stays marked, for the sweeper)."""
         occurred = entered_at(task)
         if not subscribed(task) or occurred is None or task.updated_at != occurred:
             return
-        now = self.clock.now()
-        message = WebhookMessage(webhook_id=webhook_id(task.task_id, task.status, occurred), task_id=task.task_id,
-                                 event=task.status, occurred_at=occurred, attempt=1, first_at=now, not_before=now)
+        message = self.first_message(task, task.status, occurred)
         try:
             send(self.sqs, message)
         except (BotoCoreError, ClientError):
-            log.exception("webhook %s of task %s (%s) could not be queued", message.webhook_id, task.task_id,
-                          task.status)
+            log.exception("webhook %s of task %s (%s) could not be queued: left to the sweeper", message.webhook_id,
+                          task.task_id, task.status)
+            return
+        if outbox.set_by_this_write(task):
+            outbox.clear(task)
+
+    def resend_due(self) -> int:
+        """The sweeper's part: for each task marked longer than the grace (a page), the first message of every event
+        its record tells, then the mark removed (if nothing was written since; else the next sweep looks again).
+        An event queued already is told twice under one `webhook-id`: the delivery's claim keeps one of them."""
+        resent = 0
+        for task in outbox.due(self.clock.now()):
+            try:
+                for status, occurred in told(task):
+                    send(self.sqs, self.first_message(task, status, occurred))
+                    resent += 1
+            except (BotoCoreError, ClientError) as error:
+                log.warning("webhooks of task %s left for the next sweep: %s", task.task_id, error)
+                continue
+            outbox.clear(task)
+        return resent
