@@ -1,6 +1,6 @@
 """The webhook outbox: the mark a task carries from a transition its webhook subscribes to until that event's first
 message is on the webhook queue, so a send that failed, or a Lambda that died between the write and the send, leaves
-the event to the sweeper instead of losing it (docs/design.md, "Webhooks").
+the event to the sweeper instead of losing it (docs/design.md, "Leases and deadlines").
 
 * `mark` is written in the transition's own write (a state machine write hook, `events.due_mark`): no request more,
   and nothing for a task without a webhook. A transition that finds a mark keeps it as it is (`if_not_exists`), so

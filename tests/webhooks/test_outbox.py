@@ -40,7 +40,7 @@ class FailingSqs:
 
 @pytest.fixture
 def failing_sends(hooks: Hooks) -> Iterator[FailingSqs]:
-    """Every send of the state machine's webhook listener fails while the fixture is on (the sweeper's succeed)."""
+    """Every send of the state machine's webhook listener fails while the fixture is on (the sweeper's go through)."""
     events_service = hooks.services.webhook_events
     failing = FailingSqs(events_service.sqs)
     sweeper = hooks.services.sweeper
