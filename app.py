@@ -16,7 +16,7 @@ from chalicelib.accounts.first_admin import ensure_first_admin
 from chalicelib.api import bodies, openapi
 from chalicelib.api import responses as answers
 from chalicelib.api.http import Http, RequestContext, json_response
-from chalicelib.resources import LANES, Lane
+from chalicelib.resources import LANES, WEBHOOK_DELIVERY, Lane, Queue
 from chalicelib.schemas import (
     AdminTaskListQuery,
     ArkCallback,
@@ -36,11 +36,14 @@ from chalicelib.schemas import (
     UploadRequest,
     UserCreate,
     UserUpdate,
+    WebhookDeliveriesQuery,
     parse,
 )
 from chalicelib.settings import get_settings
 from chalicelib.tasks import cancel, operator
 from chalicelib.tasks.delete import delete_task
+from chalicelib.webhooks.bodies import WebhookDeliveriesBody, WebhookSecretBody
+from chalicelib.webhooks.delivery import attempts_of
 
 # Chalice would give the app's logger (named after the app) its own stdout handler at ERROR and stop it
 # propagating. Unconfigured, every logger (each module logs under its own `__name__`) propagates to the root
@@ -318,9 +321,9 @@ def create_upload(context: RequestContext) -> Any:
 # --- lanes: one worker per lane queue ---------------------------------------------------------------------------
 
 
-def _lane_queue_arn(lane: Lane) -> str:
+def _queue_arn(queue: Queue) -> str:
     settings = get_settings()
-    name = lane.queue_name(settings.resource_prefix)
+    name = queue.queue_name(settings.resource_prefix)
     return f"arn:aws:sqs:{settings.region}:{settings.aws_account_id}:{name}"
 
 
@@ -335,7 +338,7 @@ def _lane_handler(lane: Lane) -> Callable[[SQSEvent], dict[str, Any]]:
 
 for _lane in LANES:
     globals()[_lane.handler_name] = app.on_sqs_message(
-        queue_arn=_lane_queue_arn(_lane),
+        queue_arn=_queue_arn(_lane),
         batch_size=_lane.batch_size,
         maximum_concurrency=_lane.maximum_concurrency,
         name=_lane.handler_name,
@@ -375,6 +378,38 @@ def sweeper(_: Any) -> dict[str, int]:
     report = vars(wiring.current().sweeper.sweep())
     catalog.ensure_default_models_once()  # after the sweep, which a failure here must not hold up
     return report
+
+
+# --- webhooks: the signing secret, the attempts of a task's webhooks, and their delivery -------------------------
+
+
+@http.route("/api/webhooks/secret", "GET", responses={200: WebhookSecretBody})
+def webhook_secret(context: RequestContext) -> dict[str, Any]:
+    """The caller's webhook signing secret (made on the first read): verify deliveries with it."""
+    secret = wiring.current().webhook_secrets.current(context.user.user_id)
+    return WebhookSecretBody(secret=secret).model_dump()
+
+
+@http.route("/api/webhooks/secret/rotate", "POST", body=None, responses={200: WebhookSecretBody})
+def rotate_webhook_secret(context: RequestContext) -> dict[str, Any]:
+    """A new signing secret; the one it replaces keeps signing beside it for 24 hours."""
+    secret = wiring.current().webhook_secrets.rotate(context.user.user_id)
+    return WebhookSecretBody(secret=secret).model_dump()
+
+
+@http.route("/api/webhooks/deliveries", "GET", query=WebhookDeliveriesQuery, responses={200: WebhookDeliveriesBody},
+            scope="tasks:read")
+def webhook_deliveries(context: RequestContext) -> dict[str, Any]:
+    """Every delivery attempt of one of the caller's tasks' webhooks, oldest first."""
+    query = parse(WebhookDeliveriesQuery, context.query())
+    task = wiring.current().queries.get_own(context.user, query.task_id)
+    return WebhookDeliveriesBody(task_id=task.task_id, deliveries=attempts_of(task.task_id)).model_dump()
+
+
+@app.on_sqs_message(queue_arn=_queue_arn(WEBHOOK_DELIVERY), batch_size=WEBHOOK_DELIVERY.batch_size,
+                    maximum_concurrency=WEBHOOK_DELIVERY.maximum_concurrency, name=WEBHOOK_DELIVERY.handler_name)
+def webhook_delivery(event: SQSEvent) -> dict[str, Any]:
+    return wiring.current().webhook_delivery.handle([record.to_dict() for record in event])
 
 
 # --- live: WebSocket tickets and connections --------------------------------------------------------------------

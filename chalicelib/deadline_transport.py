@@ -77,8 +77,8 @@ class _DeadlineStream(httpcore.NetworkStream):
 
 
 class _DeadlineBackend(httpcore.NetworkBackend):
-    def __init__(self, limits: _Limits) -> None:
-        self._inner = httpcore.SyncBackend()
+    def __init__(self, limits: _Limits, inner: httpcore.NetworkBackend | None = None) -> None:
+        self._inner = inner or httpcore.SyncBackend()
         self._limits = limits
 
     def connect_tcp(self, host: str, port: int, timeout: float | None = None, local_address: str | None = None,
@@ -100,10 +100,10 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 class DeadlineTransport(httpx.HTTPTransport):
     """httpx's own transport (its pool limits, TLS and error mapping) on connections that wait on the network only
     until `deadline()`, read on `clock`; past it, `expired(phase)` is raised (httpcore's timeout of the phase by
-    default, which httpx reports as its own)."""
+    default, which httpx reports as its own). `network_backend` opens the sockets (httpcore's own by default)."""
 
-    def __init__(self, deadline: Deadline, *, clock: Clock = time.monotonic,
-                 expired: Expired = phase_timeout) -> None:
+    def __init__(self, deadline: Deadline, *, clock: Clock = time.monotonic, expired: Expired = phase_timeout,
+                 network_backend: httpcore.NetworkBackend | None = None) -> None:
         super().__init__()
         limits = httpx.Limits()
         # httpx's transport takes no network backend; the httpcore pool it wraps does: the same pool, with one.
@@ -112,5 +112,5 @@ class DeadlineTransport(httpx.HTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=_DeadlineBackend(_Limits(deadline, clock, expired)),
+            network_backend=_DeadlineBackend(_Limits(deadline, clock, expired), network_backend),
         )

@@ -1,4 +1,4 @@
-"""Lane queues: where accepted tasks wait for their worker."""
+"""Lane queues, where accepted tasks wait for their worker, and the other queues of `chalicelib.resources`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from chalicelib.resources import lane_named
+from chalicelib.resources import Queue, lane_named
 from chalicelib.settings import get_settings
 
 
@@ -16,7 +16,11 @@ def _queue_url(sqs: Any, queue_name: str) -> str:
 
 
 def queue_url(sqs: Any, lane_name: str) -> str:
-    return _queue_url(sqs, lane_named(lane_name).queue_name(get_settings().resource_prefix))
+    return url_of(sqs, lane_named(lane_name))
+
+
+def url_of(sqs: Any, queue: Queue) -> str:
+    return _queue_url(sqs, queue.queue_name(get_settings().resource_prefix))
 
 
 def enqueue(sqs: Any, lane_name: str, task_id: str, delay_s: int = 0, *,

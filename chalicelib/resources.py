@@ -6,7 +6,7 @@ so a table, index or lane is added here and nowhere else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal
 
 from chalicelib.ark import capabilities
@@ -108,6 +108,9 @@ TASKS = Table(
         Index("parked_by_model", Key("parked_model"), Key("created_key")),
         # Sparse: only video tasks running at Ark carry `poll_shard`; the poller reads what is due.
         Index("video_polls_due", Key("poll_shard"), Key("next_poll_at", "N")),
+        # Sparse: only tasks with a webhook event not yet known to be queued carry `webhook_shard`; the sweeper
+        # sends again what is due (`chalicelib.webhooks.outbox`).
+        Index("webhooks_due", Key("webhook_shard"), Key("webhook_due", "N")),
     ),
 )
 QUOTA = Table("quota", Key("quota_key"), ttl_attribute="expires_at_epoch")
@@ -132,6 +135,11 @@ ARK_TASK_OWNERS = Table("ark-task-owners", Key("external_id"), ttl_attribute="ex
 API_KEYS = Table("api-keys", Key("key_hash"))
 # Task creations per user per minute window (`chalicelib.store.rate_limit`); a window's counter outlives it briefly.
 RATE_LIMITS = Table("rate-limits", Key("counter_key"), ttl_attribute="expires_at_epoch")
+# Each user's webhook signing secret, and the one it replaced while that still signs (`chalicelib.webhooks.secrets`).
+WEBHOOK_SECRETS = Table("webhook-secrets", Key("user_id"))
+# A task's webhook events (who claimed each attempt) and every attempt made (`chalicelib.webhooks.delivery`).
+WEBHOOK_DELIVERIES = Table("webhook-deliveries", Key("task_id"), Key("delivery_key"),
+                           ttl_attribute="expires_at_epoch")
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -149,17 +157,19 @@ TABLES: tuple[Table, ...] = (
     ARK_TASK_OWNERS,
     API_KEYS,
     RATE_LIMITS,
+    WEBHOOK_SECRETS,
+    WEBHOOK_DELIVERIES,
 )
 
 TASK_LIST_SHARDS = 4
 
 
 @dataclass(frozen=True)
-class Lane:
-    """One SQS queue (with its DLQ) consumed by its own worker Lambda."""
+class Queue:
+    """One SQS queue (with its DLQ) consumed by its own function."""
 
     name: str
-    task_type: TaskType
+    _: KW_ONLY
     reserved_concurrency: int
     # SQS event source `maximum_concurrency` must stay <= reserved concurrency, or throttled receives
     # push messages to the DLQ early. AWS's minimum for it is 2.
@@ -176,18 +186,32 @@ class Lane:
             object.__setattr__(self, "visibility_timeout_s", 6 * self.lambda_timeout_s)
 
     def queue_name(self, prefix: str) -> str:
-        return f"{prefix}-lane-{self.name}"
+        return f"{prefix}-{self.name}"
 
     def dlq_name(self, prefix: str) -> str:
-        return f"{prefix}-lane-{self.name}-dlq"
+        return f"{self.queue_name(prefix)}-dlq"
 
     def redrive_policy(self, dlq_arn: Any) -> dict[str, Any]:
-        """SQS's RedrivePolicy for this lane's queue (`dlq_arn` may be a CloudFormation reference)."""
+        """SQS's RedrivePolicy for this queue (`dlq_arn` may be a CloudFormation reference)."""
         return {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": self.max_receives}
 
     @property
     def handler_name(self) -> str:
-        """The Chalice function name of this lane's worker (a valid Python identifier)."""
+        """The Chalice function name of this queue's consumer (a valid Python identifier)."""
+        return self.name.replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Lane(Queue):
+    """A task lane: the queue of one kind of task, consumed by its own worker Lambda."""
+
+    task_type: TaskType
+
+    def queue_name(self, prefix: str) -> str:
+        return f"{prefix}-lane-{self.name}"
+
+    @property
+    def handler_name(self) -> str:
         return "lane_" + self.name.replace("-", "_")
 
 
@@ -209,6 +233,14 @@ LANES: tuple[Lane, ...] = (
         lambda_timeout_s=300,
     ),
 )
+
+
+# Webhook deliveries: one message per event, sent again (delayed) for each retry (`chalicelib.webhooks.delivery`).
+# An attempt takes at most a few seconds (`chalicelib.webhooks.sender`).
+WEBHOOK_DELIVERY = Queue("webhook-delivery", reserved_concurrency=4, maximum_concurrency=4, lambda_timeout_s=60,
+                         lambda_memory_mb=256)
+# Every queue with its consumer: the lanes, then the others.
+QUEUES: tuple[Queue, ...] = (*LANES, WEBHOOK_DELIVERY)
 
 
 def lane_named(name: str) -> Lane:

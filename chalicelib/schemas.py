@@ -37,7 +37,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from chalicelib.ark import capabilities as table
 from chalicelib.ark.capabilities import ArkModel
 from chalicelib.errors import ValidationFailed
-from chalicelib.ids import MODEL_ID_PATTERN, USER_ID_PATTERN, USERNAME_PATTERN
+from chalicelib.ids import MODEL_ID_PATTERN, TASK_ID_PATTERN, USER_ID_PATTERN, USERNAME_PATTERN
 from chalicelib.media.inspection import frame_image_problem, reference_image_problem
 from chalicelib.media.references import (
     ASSET_URL,
@@ -50,6 +50,8 @@ from chalicelib.media.references import (
 )
 from chalicelib.resources import LANES, TaskType
 from chalicelib.tasks import checks
+from chalicelib.webhooks import addresses
+from chalicelib.webhooks.events import WebhookEvent
 
 Schema = TypeVar("Schema", bound=BaseModel)
 
@@ -272,11 +274,43 @@ def _loc(path: str) -> tuple[str | int, ...]:
     return tuple(loc)
 
 
+def _webhook_url(value: str, info: ValidationInfo) -> str:
+    """Where a task's webhooks go; loopback receivers only where the deployment allows them (the local stack)."""
+    problem = addresses.url_problem(value, allow_loopback=bool((info.context or {}).get("webhook_loopback")))
+    if problem is not None:
+        raise _problem("webhook_url", problem)
+    return value
+
+
+def _unique(values: list[str]) -> list[str]:
+    if not values:
+        raise _problem("webhook_events", "give at least one event, or leave the field out for the default ones")
+    return list(dict.fromkeys(values))
+
+
+WebhookUrl = Annotated[str, StringConstraints(max_length=addresses.MAX_URL_CHARS), AfterValidator(_webhook_url)]
+WebhookEvents = Annotated[list[WebhookEvent], Field(max_length=16), AfterValidator(_unique)]
+
+
+class _TaskWebhook(_Body):
+    """A task's webhook (docs/api.md, "Webhooks"): its URL, and the statuses posted to it (by default the final
+    ones)."""
+
+    webhook_url: WebhookUrl | None = None
+    webhook_events: WebhookEvents | None = None
+
+    @model_validator(mode="after")
+    def _events_need_a_url(self) -> Self:
+        if self.webhook_events is not None and self.webhook_url is None:
+            raise _problem("webhook_events", "webhook_events needs a webhook_url")
+        return self
+
+
 class ImageTool(_Body):
     type: Word
 
 
-class ImageTaskRequest(_Body):
+class ImageTaskRequest(_TaskWebhook):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"type": "image", "model_id": "seedream-4.5", "prompt": "a red fox in snow", "size": "2K"}]})
 
@@ -345,7 +379,7 @@ class Reference(_Body):
                     "as an https URL or `asset://<id>`")]
 
 
-class VideoTaskRequest(_Body):
+class VideoTaskRequest(_TaskWebhook):
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "waves at dusk",
          "params": {"resolution": "720p", "ratio": "16:9", "duration": 5}}]})
@@ -379,7 +413,7 @@ class RenderParams(_Body):
     execution_expires_after: int | None = None
 
 
-class RenderRequest(_Body):
+class RenderRequest(_TaskWebhook):
     params: RenderParams = Field(default_factory=RenderParams)
 
     @model_validator(mode="after")
@@ -466,6 +500,12 @@ class CallbackQuery(BaseModel):
 
     task_id: Annotated[str, StringConstraints(max_length=ARK_CALLBACK_MAX_FIELD_CHARS)] = ""
     token: Annotated[str, StringConstraints(max_length=ARK_CALLBACK_MAX_FIELD_CHARS)] = ""
+
+
+class WebhookDeliveriesQuery(_Query):
+    """`GET /api/webhooks/deliveries?task_id=`."""
+
+    task_id: Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 
 
 class UploadRequest(_Body):
@@ -652,10 +692,11 @@ class KeyDeleted(BaseModel):
 
 
 def parse_task_request(
-    data: Any, ark_model_of: Callable[[str], ArkModel | None],
+    data: Any, ark_model_of: Callable[[str], ArkModel | None], *, webhook_loopback: bool = False,
 ) -> ImageTaskRequest | VideoTaskRequest:
     """`POST /api/tasks`: the schema is chosen by `type`, and the request judged against the capabilities of its
-    model (`ark_model_of(model_id)`; None for a model that does not exist, which the caller answers)."""
+    model (`ark_model_of(model_id)`; None for a model that does not exist, which the caller answers).
+    `webhook_loopback`: the deployment lets webhooks reach this machine (`Settings.webhook_allow_loopback`)."""
     if not isinstance(data, Mapping):
         raise _not_an_object()
     task_type = data.get("type")
@@ -667,7 +708,7 @@ def parse_task_request(
     model_id = data.get("model_id")
     ark_model = ark_model_of(model_id) if isinstance(model_id, str) and re.fullmatch(MODEL_ID_PATTERN, model_id) \
         else None
-    return parse(schema, data, context={"ark_model": ark_model})
+    return parse(schema, data, context={"ark_model": ark_model, "webhook_loopback": webhook_loopback})
 
 
 def parse(schema: type[Schema], data: Any, context: dict[str, Any] | None = None) -> Schema:

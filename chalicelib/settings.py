@@ -31,6 +31,10 @@ def _float(name: str, default: float) -> float:
     return float(raw) if raw not in (None, "") else default
 
 
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _list(name: str, default: str = "") -> tuple[str, ...]:
     return tuple(part.strip() for part in os.environ.get(name, default).split(",") if part.strip())
 
@@ -124,6 +128,9 @@ class Settings:
     # Retryable Ark errors: exponential backoff from the base, capped, with jitter.
     retry_base_s: int = field(default_factory=lambda: _int("RETRY_BASE_SECONDS", 2))
     retry_max_s: int = field(default_factory=lambda: _int("RETRY_MAX_SECONDS", 300))
+    # Webhooks may go to `http(s)://127.0.0.1|[::1]|localhost:<port>`: the local stack's and the tests' receivers.
+    # Off in every deployed stage (nothing there sets it), where a webhook only reaches public addresses.
+    webhook_allow_loopback: bool = field(default_factory=lambda: _flag("WEBHOOK_ALLOW_LOOPBACK"))
     # Lane queue ARNs are built from it; on AWS the merge template points each event source at its queue.
     aws_account_id: str = field(default_factory=lambda: os.environ.get("AWS_ACCOUNT_ID", "123456789012"))
 

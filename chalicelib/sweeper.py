@@ -15,6 +15,8 @@ tasks that may be running, and the sparse `queued_by_model` index past the deadl
   * a video left `submitting` (the worker died around the create) beyond the create grace: a fresh message, and
     the worker reconciles it through Ark's task list;
   * a video at Ark the poller does not read (scheduled under a shard it no longer queries): scheduled again.
+Then, for all models at once, webhook events whose first message may never have been queued (the sparse
+`webhooks_due` index, a page per sweep) are queued again (`chalicelib.webhooks.outbox`).
 A failed write is logged and the sweep goes on with the next task; the next sweep looks again.
 """
 
@@ -39,6 +41,7 @@ from chalicelib.store.slots import Holder
 from chalicelib.video.stages import CREATE_GRACE_S, SUBMITTING, VIDEO_DEADLINE_GRACE_S, deadline_of
 from chalicelib.video.status import ArkView, VideoStatus, polled_elsewhere
 from chalicelib.video.submit import take_reconcile_round
+from chalicelib.webhooks.events import WebhookEvents
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +57,16 @@ class SweepReport:
     requeued: int = 0
     reconciling: int = 0
     woken: int = 0
+    webhooks_resent: int = 0
 
 
 class Sweeper:
-    def __init__(self, *, sqs: Any, video: VideoStatus, waker: Waker, settings: Settings,
+    def __init__(self, *, sqs: Any, video: VideoStatus, waker: Waker, webhooks: WebhookEvents, settings: Settings,
                  clock: Clock = SYSTEM_CLOCK) -> None:
         self.sqs = sqs
         self.video = video
         self.waker = waker
+        self.webhooks = webhooks
         self.settings = settings
         self.clock = clock
 
@@ -71,6 +76,10 @@ class Sweeper:
             self._expire_queued(model, report)
             self._check_holders(model, report)
             self._wake_parked(model, report)
+        try:
+            report.webhooks_resent += self.webhooks.resend_due()
+        except _WRITE_FAILURES as error:
+            log.warning("webhook marks left for the next sweep: %s", error)
         return report
 
     def _wake_parked(self, model: ModelRecord, report: SweepReport) -> None:

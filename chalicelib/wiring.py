@@ -42,6 +42,11 @@ from chalicelib.tasks.intake import Intake
 from chalicelib.tasks.queries import TaskQueries
 from chalicelib.video.status import VideoStatus
 from chalicelib.video.submit import VideoSubmitter
+from chalicelib.webhooks.addresses import Resolver, system_resolver
+from chalicelib.webhooks.delivery import WebhookDelivery
+from chalicelib.webhooks.events import WebhookEvents, due_mark
+from chalicelib.webhooks.secrets import WebhookSecrets
+from chalicelib.webhooks.sender import WebhookSender
 
 # Time an image worker keeps after its Ark call's timeout to record the outcome before the Lambda timeout.
 IMAGE_RECORD_MARGIN_S = 20
@@ -57,9 +62,11 @@ class Wiring:
 
     def __init__(self, settings: Settings, *, clock: Clock = SYSTEM_CLOCK, s3: Any = None, sqs: Any = None,
                  image_client: VolcImageClient | None = None, video_client: VolcVideoClient | None = None,
-                 downloads: Downloads | None = None, rng_for: Callable[[str], random.Random] = _new_rng) -> None:
+                 downloads: Downloads | None = None, rng_for: Callable[[str], random.Random] = _new_rng,
+                 webhook_resolver: Resolver = system_resolver) -> None:
         self._arguments = {"settings": settings, "clock": clock, "s3": s3, "sqs": sqs, "image_client": image_client,
-                           "video_client": video_client, "downloads": downloads, "rng_for": rng_for}
+                           "video_client": video_client, "downloads": downloads, "rng_for": rng_for,
+                           "webhook_resolver": webhook_resolver}
         self.settings = settings
         self.clock = clock
         self.s3 = s3 if s3 is not None else aws.s3()
@@ -68,6 +75,7 @@ class Wiring:
         self._video_client = video_client
         self._downloads = downloads
         self._rng_for = rng_for
+        self._webhook_resolver = webhook_resolver
         self._lane_workers: dict[str, LaneWorker] = {}
 
     def but(self, **changes: Any) -> Wiring:
@@ -134,8 +142,8 @@ class Wiring:
 
     @cached_property
     def sweeper(self) -> Sweeper:
-        return Sweeper(sqs=self.sqs, video=self.video_status, waker=self.waker, settings=self.settings,
-                       clock=self.clock)
+        return Sweeper(sqs=self.sqs, video=self.video_status, waker=self.waker, webhooks=self.webhook_events,
+                       settings=self.settings, clock=self.clock)
 
     # --- the API's services -----------------------------------------------------------------------------------
 
@@ -166,6 +174,22 @@ class Wiring:
     @cached_property
     def live(self) -> LiveUpdates:
         return LiveUpdates(self.bodies, settings=self.settings, clock=self.clock)
+
+    # --- webhooks -----------------------------------------------------------------------------------------------
+
+    @cached_property
+    def webhook_events(self) -> WebhookEvents:
+        return WebhookEvents(sqs=self.sqs, clock=self.clock)
+
+    @cached_property
+    def webhook_secrets(self) -> WebhookSecrets:
+        return WebhookSecrets(self.clock)
+
+    @cached_property
+    def webhook_delivery(self) -> WebhookDelivery:
+        sender = WebhookSender(allow_loopback=self.settings.webhook_allow_loopback, resolver=self._webhook_resolver)
+        return WebhookDelivery(sqs=self.sqs, sender=sender, secrets=self.webhook_secrets, bodies=self.bodies,
+                               clock=self.clock, rng=self._rng_for("webhooks"))
 
 
 # --- the container's wiring ---------------------------------------------------------------------------------
@@ -209,10 +233,21 @@ def publish(task: TaskRecord) -> None:
     current().live.publish(task)
 
 
+def queue_webhook(task: TaskRecord) -> None:
+    """A change the task's webhook subscribes to becomes one message on the webhook queue (tasks without a webhook
+    cost nothing here)."""
+    if task.webhook_url:
+        current().webhook_events.on_change(task)
+
+
 def release_slot(task: TaskRecord) -> bool:
     """A slot given back hands itself to the oldest parked task of its model."""
     return current().waker.release(task)
 
 
+# The outbox's mark rides on the transition's own write, so a webhook event is never lost between the write and its
+# listener's send (`chalicelib.webhooks.outbox`).
+statemachine.write_hooks.append(due_mark)
 statemachine.listeners.append(publish)
+statemachine.listeners.append(queue_webhook)
 statemachine.slot_releaser[:] = [release_slot]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chalicelib.resources import LANES, MEDIA_BUCKET, TABLES
+from chalicelib.resources import MEDIA_BUCKET, QUEUES, TABLES
 
 
 def create_tables(dynamodb: Any, prefix: str) -> None:
@@ -23,18 +23,18 @@ def create_tables(dynamodb: Any, prefix: str) -> None:
 
 
 def create_queues(sqs: Any, prefix: str) -> dict[str, str]:
-    """Create every lane's queue and DLQ; returns lane name -> queue URL."""
+    """Create every queue (the lanes' and the others') and its DLQ; returns queue name -> queue URL."""
     urls: dict[str, str] = {}
-    for lane in LANES:
-        dlq_url = sqs.create_queue(QueueName=lane.dlq_name(prefix))["QueueUrl"]
+    for queue in QUEUES:
+        dlq_url = sqs.create_queue(QueueName=queue.dlq_name(prefix))["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
             "QueueArn"
         ]
-        urls[lane.name] = sqs.create_queue(
-            QueueName=lane.queue_name(prefix),
+        urls[queue.name] = sqs.create_queue(
+            QueueName=queue.queue_name(prefix),
             Attributes={
-                "VisibilityTimeout": str(lane.visibility_timeout_s),
-                "RedrivePolicy": json.dumps(lane.redrive_policy(dlq_arn)),
+                "VisibilityTimeout": str(queue.visibility_timeout_s),
+                "RedrivePolicy": json.dumps(queue.redrive_policy(dlq_arn)),
             },
         )["QueueUrl"]
     return urls

@@ -133,4 +133,6 @@ class StackConfig:
             **({"ARK_RESULT_HOSTS": self.sim_url} if self.uses_simulator else {}),
             "PUBLIC_API_URL": self.api_url,
             "WEBSOCKET_PUBLIC_URL": self.ws_url,
+            # Webhook receivers on this machine (a script, a test's server) are reachable here only.
+            "WEBHOOK_ALLOW_LOOPBACK": "1",
         }

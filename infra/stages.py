@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chalicelib.resources import LANES
+from chalicelib.resources import QUEUES
 
 APP_NAME = "arkflow"
 API_GATEWAY_STAGE = "api"
@@ -66,11 +66,11 @@ def stage_config(stage: Stage) -> dict[str, Any]:
     functions: dict[str, Any] = {
         API_HANDLER: {"lambda_timeout": stage.api_timeout_s, "lambda_memory_size": stage.api_memory_mb},
     }
-    for lane in LANES:
-        functions[lane.handler_name] = {
-            "lambda_timeout": lane.lambda_timeout_s,
-            "lambda_memory_size": lane.lambda_memory_mb,
-            "reserved_concurrency": lane.reserved_concurrency,
+    for queue in QUEUES:
+        functions[queue.handler_name] = {
+            "lambda_timeout": queue.lambda_timeout_s,
+            "lambda_memory_size": queue.lambda_memory_mb,
+            "reserved_concurrency": queue.reserved_concurrency,
         }
     return {
         "api_gateway_stage": API_GATEWAY_STAGE,

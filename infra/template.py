@@ -1,6 +1,6 @@
 """The CloudFormation merged over Chalice's output: every resource Chalice does not make, and what it cannot set.
 
-Built from `chalicelib.resources` (tables, lanes, bucket) and from the template Chalice generated for the app as it
+Built from `chalicelib.resources` (tables, queues, bucket) and from the template Chalice generated for the app as it
 is now, so functions added to `app.py` (schedules, WebSocket handlers) get their environment and permissions
 without a change here, and a lane whose handler does not exist yet is not half-declared.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from chalice.utils import to_cfn_resource_name
 
 from chalicelib import resources
-from chalicelib.resources import LANES, MEDIA_BUCKET, TABLES, Lane, Table
+from chalicelib.resources import LANES, MEDIA_BUCKET, QUEUES, TABLES, WEBHOOK_DELIVERY, Lane, Queue, Table
 from infra.stages import API_GATEWAY_STAGE, Stage
 
 SERVERLESS_FUNCTION = "AWS::Serverless::Function"
@@ -106,16 +106,21 @@ def table_id(table: Table) -> str:
     return "Table" + to_cfn_resource_name(table.logical_name)
 
 
-def queue_id(lane: Lane) -> str:
-    return f"Lane{to_cfn_resource_name(lane.name)}Queue"
+def _queue_resource_name(queue: Queue) -> str:
+    return ("Lane" if isinstance(queue, Lane) else "") + to_cfn_resource_name(queue.name)
 
 
-def dead_letter_queue_id(lane: Lane) -> str:
-    return f"Lane{to_cfn_resource_name(lane.name)}DeadLetterQueue"
+def queue_id(queue: Queue) -> str:
+    return f"{_queue_resource_name(queue)}Queue"
 
 
-def lane_function_id(lane: Lane) -> str:
-    return to_cfn_resource_name(lane.handler_name)
+def dead_letter_queue_id(queue: Queue) -> str:
+    return f"{_queue_resource_name(queue)}DeadLetterQueue"
+
+
+def lane_function_id(queue: Queue) -> str:
+    """The function consuming the queue (a lane's worker, or another queue's consumer)."""
+    return to_cfn_resource_name(queue.handler_name)
 
 
 def _sub(text: str) -> dict[str, str]:
@@ -143,7 +148,8 @@ def table_resource(table: Table, stage: Stage) -> dict[str, Any]:
     }
 
 
-def lane_resources(lane: Lane, stage: Stage) -> dict[str, Any]:
+def lane_resources(lane: Queue, stage: Stage) -> dict[str, Any]:
+    """A queue (a lane's or another), its DLQ and the DLQ's alarm."""
     dlq = dead_letter_queue_id(lane)
     encryption = {"KmsMasterKeyId": SQS_KMS_KEY, "KmsDataKeyReusePeriodSeconds": 3600}
     return {
@@ -168,7 +174,8 @@ def lane_resources(lane: Lane, stage: Stage) -> dict[str, Any]:
         f"{dlq}Alarm": {
             "Type": "AWS::CloudWatch::Alarm",
             "Properties": {
-                "AlarmDescription": f"Messages of the {lane.name} lane reached its dead-letter queue.",
+                "AlarmDescription": f"Messages of the {lane.name} {'lane' if isinstance(lane, Lane) else 'queue'} "
+                                    "reached its dead-letter queue.",
                 "Namespace": "AWS/SQS",
                 "MetricName": "ApproximateNumberOfMessagesVisible",
                 "Dimensions": [{"Name": "QueueName", "Value": {"Fn::GetAtt": [dlq, "QueueName"]}}],
@@ -394,8 +401,11 @@ class Access:
     writes: tuple[Table, ...] = ()
     # Sending to lane queues: enqueueing, redelivery, and the message of a task a released slot was handed to.
     sends_to_lanes: bool = False
-    # The lane whose queue is the function's event source.
-    consumes: Lane | None = None
+    # Sending to the webhook queue: a task change its webhook subscribes to (any function that changes tasks), and
+    # the delivery's own retries.
+    sends_webhooks: bool = False
+    # The queue (a lane's or another) that is the function's event source.
+    consumes: Queue | None = None
     media: tuple[str, ...] = ()
     lists_media: bool = False
     # The stage's Secrets Manager secret (Ark key, signing key, first admin's password).
@@ -416,21 +426,26 @@ def _lane_access(lane: Lane) -> Access:
     owners = (resources.ARK_TASK_OWNERS,) if lane.task_type == "video" else ()
     return Access(reads=(resources.MODELS,), writes=(*_TRANSITIONS, *owners), sends_to_lanes=True, consumes=lane,
                   media=RESULTS_COPY, lists_media=True, reads_secret=True, signs_ark_inputs=True,
-                  posts_to_connections=True)
+                  posts_to_connections=True, sends_webhooks=True)
 
 
 # Keyed by Chalice's logical id of each function of `app.py`; a function missing here fails packaging.
 FUNCTION_ACCESS: dict[str, Access] = {
     "APIHandler": Access(
         writes=TABLES, sends_to_lanes=True, media=("s3:GetObject", "s3:PutObject", "s3:DeleteObject"),
-        lists_media=True, reads_secret=True, posts_to_connections=True,
+        lists_media=True, reads_secret=True, posts_to_connections=True, sends_webhooks=True,
     ),
     **{lane_function_id(lane): _lane_access(lane) for lane in LANES},
     "VideoPoller": Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, media=PRESIGN,
-                          reads_secret=True, posts_to_connections=True),
+                          reads_secret=True, posts_to_connections=True, sends_webhooks=True),
     # It also creates the default models a deployment has never had (`chalicelib.store.first_run`).
     "Sweeper": Access(writes=(*_TRANSITIONS, resources.MODELS, resources.MARKERS), sends_to_lanes=True,
-                      media=PRESIGN, reads_secret=True, posts_to_connections=True),
+                      media=PRESIGN, reads_secret=True, posts_to_connections=True, sends_webhooks=True),
+    # Reads the task it posts (presigning its results), signs with its owner's secret (made at the first webhook
+    # of a user who never read it), claims and records each attempt, and queues the next one.
+    lane_function_id(WEBHOOK_DELIVERY): Access(reads=(resources.TASKS,),
+                                               writes=(resources.WEBHOOK_SECRETS, resources.WEBHOOK_DELIVERIES),
+                                               consumes=WEBHOOK_DELIVERY, sends_webhooks=True, media=PRESIGN),
     # Redeems a single-use ticket (read and delete it), checks that the session it was issued to is still live
     # (its session and account), and records the connection: nothing else.
     "WebsocketConnect": Access(reads=(resources.USERS, resources.SESSIONS),
@@ -482,6 +497,9 @@ def function_policy(stage: Stage, function_name: str, access: Access) -> dict[st
     if access.sends_to_lanes:
         statements.append({"Sid": "SendToLanes", "Effect": "Allow", "Action": QUEUE_SENDS,
                            "Resource": [_arn("sqs", lane.queue_name(stage.prefix)) for lane in LANES]})
+    if access.sends_webhooks:
+        statements.append({"Sid": "SendWebhooks", "Effect": "Allow", "Action": QUEUE_SENDS,
+                           "Resource": _arn("sqs", WEBHOOK_DELIVERY.queue_name(stage.prefix))})
     if access.consumes:
         statements.append({"Sid": "ConsumeLane", "Effect": "Allow", "Action": QUEUE_CONSUMES,
                            "Resource": _arn("sqs", access.consumes.queue_name(stage.prefix))})
@@ -557,7 +575,7 @@ def function_environment(
     return environment
 
 
-def lane_event_overrides(lane: Lane, properties: dict[str, Any]) -> dict[str, Any]:
+def lane_event_overrides(lane: Queue, properties: dict[str, Any]) -> dict[str, Any]:
     """Point the lane's event source at its queue here, and turn on partial batch failures (Chalice can't)."""
     sqs_events = [name for name, event in properties.get("Events", {}).items() if event["Type"] == "SQS"]
     if len(sqs_events) != 1:
@@ -614,7 +632,7 @@ def function_overrides(
     if access.consumes is not None:
         overrides["Events"] = lane_event_overrides(access.consumes, properties)
     elif "SQS" in _event_types(properties):
-        raise ValueError(f"{logical_id} consumes SQS but is no lane of chalicelib.resources.LANES")
+        raise ValueError(f"{logical_id} consumes SQS but is no consumer of chalicelib.resources.QUEUES")
     if "Schedule" in _event_types(properties):
         # One run at a time; a run that could not start within a minute is dropped, since the next one is due.
         overrides["ReservedConcurrentExecutions"] = 1
@@ -658,8 +676,8 @@ def merge_template(stage: Stage, chalice_template: dict[str, Any]) -> dict[str, 
         **{table_id(table): table_resource(table, stage) for table in TABLES},
         **bucket_resources(stage),
     }
-    for lane in LANES:
-        resources_ |= lane_resources(lane, stage)
+    for queue in QUEUES:
+        resources_ |= lane_resources(queue, stage)
 
     log_groups = {
         logical_id.removesuffix("LogGroup").lower(): logical_id
@@ -677,7 +695,7 @@ def merge_template(stage: Stage, chalice_template: dict[str, Any]) -> dict[str, 
                 "Properties": {"LogGroupName": f"/aws/lambda/{function_name}"},
             }
         resources_[logical_id] = {
-            **_function_checkov_skips(properties, logical_id in {lane_function_id(lane) for lane in LANES}),
+            **_function_checkov_skips(properties, logical_id in {lane_function_id(queue) for queue in QUEUES}),
             "Properties": function_overrides(stage, logical_id, properties, has_websocket),
         }
         role = properties.get("Role", {}).get("Fn::GetAtt", [None])[0]
@@ -705,8 +723,8 @@ def merge_template(stage: Stage, chalice_template: dict[str, Any]) -> dict[str, 
         "MediaBucketName": {"Value": {"Ref": MEDIA_BUCKET_ID}},
         "AlarmTopicArn": {"Value": {"Ref": ALARM_TOPIC_ID}},
     }
-    for lane in LANES:
-        outputs[queue_id(lane) + "Url"] = {"Value": {"Ref": queue_id(lane)}}
+    for queue in QUEUES:
+        outputs[queue_id(queue) + "Url"] = {"Value": {"Ref": queue_id(queue)}}
     return {"Parameters": PARAMETERS, "Conditions": CONDITIONS, "Resources": resources_, "Outputs": outputs}
 
 

@@ -58,6 +58,8 @@ class TaskBodies:
             "started_at": task.started_at,
             "finished_at": task.finished_at,
             "cancellable": is_cancellable(task),
+            "webhook_url": task.webhook_url,
+            "webhook_events": task.webhook_events if task.webhook_url else None,
         }
         if with_queue_position:
             body["queue_position"] = self.queries.queue_position(task)

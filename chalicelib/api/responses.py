@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from chalicelib.ids import TASK_ID_PATTERN, USER_ID_PATTERN
 from chalicelib.resources import TaskType
 from chalicelib.schemas import Role, TaskStatus
+from chalicelib.webhooks.events import WebhookEvent
 
 Timestamp = Annotated[str, Field(description="ISO 8601 UTC with milliseconds, e.g. 2025-01-31T12:00:00.000Z",
                                  json_schema_extra={"format": "date-time"})]
@@ -220,6 +221,9 @@ class Task(_Answer):
     started_at: Timestamp | None
     finished_at: Timestamp | None
     cancellable: bool
+    webhook_url: str | None = Field(description="where the task's webhooks are posted (docs/api.md, \"Webhooks\")")
+    webhook_events: list[WebhookEvent] | None = Field(
+        description="the statuses posted to `webhook_url`; null without one")
     queue_position: int | None = Field(default=None, ge=1,
                                        description="on `GET /api/tasks/{task_id}`: 1 for the next to start")
 

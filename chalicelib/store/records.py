@@ -203,12 +203,22 @@ class TaskRecord(_Base):
     # A running video's deadline (epoch seconds): written with its claim (the value its slot lease holds too) and
     # again from its Ark create. The sweeper reads it as stored, so a changed setting never moves it.
     deadline_at = NumberAttribute(null=True)
+    # Where the task's changes to `webhook_events` are posted (`chalicelib.webhooks`).
+    webhook_url = UnicodeAttribute(null=True)
+    webhook_events = ListAttribute(of=UnicodeAttribute, null=True)
+    # The webhook outbox's mark (`chalicelib.webhooks.outbox`), written with a transition the webhook subscribes to
+    # and removed once its event is on the webhook queue: the index's shard, when the mark was set (epoch seconds)
+    # and the version of the write that set it.
+    webhook_shard = UnicodeAttribute(null=True)
+    webhook_due = NumberAttribute(null=True)
+    webhook_due_by = NumberAttribute(null=True)
 
     by_user = index_of(resources.TASKS, "by_user")
     by_list_shard = index_of(resources.TASKS, "by_list_shard")
     queued_by_model = index_of(resources.TASKS, "queued_by_model")
     parked_by_model = index_of(resources.TASKS, "parked_by_model")
     video_polls_due = index_of(resources.TASKS, "video_polls_due")
+    webhooks_due = index_of(resources.TASKS, "webhooks_due")
 
 
 class QuotaRecord(_Base):
@@ -337,6 +347,53 @@ class RateLimitRecord(_Base):
 
     counter_key = UnicodeAttribute(hash_key=True)
     used = NumberAttribute(default=0)
+class WebhookSecretRecord(_Base):
+    """A user's webhook signing secret (`chalicelib.webhooks.secrets`): never logged, never in a task or a body but
+    the secret route's."""
+
+    Meta = table_meta(resources.WEBHOOK_SECRETS)
+
+    user_id = UnicodeAttribute(hash_key=True)
+    secret = UnicodeAttribute()
+    # The secret a rotation replaced: it signs beside `secret` until `previous_until` (epoch seconds).
+    previous_secret = UnicodeAttribute(null=True)
+    previous_until = NumberAttribute(null=True)
+    created_at = UnicodeAttribute()
+    rotated_at = UnicodeAttribute(null=True)
+
+
+class WebhookEventRecord(_Base):
+    """One webhook event of a task (`delivery_key` `event#<webhook-id>`): which attempt was claimed last, by which
+    SQS message, and how the event ended (`chalicelib.webhooks.delivery`)."""
+
+    Meta = table_meta(resources.WEBHOOK_DELIVERIES)
+
+    task_id = UnicodeAttribute(hash_key=True)
+    delivery_key = UnicodeAttribute(range_key=True)
+    attempt = NumberAttribute()
+    message_id = UnicodeAttribute()
+    outcome = UnicodeAttribute(null=True)
+    expires_at_epoch = NumberAttribute()
+
+
+class WebhookAttemptRecord(_Base):
+    """One attempt to deliver a webhook (`delivery_key` `attempt#<at>#<webhook-id>#<n>`: a task's attempts in the
+    order they were made)."""
+
+    Meta = table_meta(resources.WEBHOOK_DELIVERIES)
+
+    task_id = UnicodeAttribute(hash_key=True)
+    delivery_key = UnicodeAttribute(range_key=True)
+    webhook_id = UnicodeAttribute()
+    type = UnicodeAttribute()
+    attempt = NumberAttribute()
+    at = UnicodeAttribute()
+    status_code = NumberAttribute(null=True)
+    duration_ms = NumberAttribute()
+    error = UnicodeAttribute(null=True)
+    # What came next: `delivered`, `retrying` (at `next_attempt_at`) or `failed` (no retry).
+    outcome = UnicodeAttribute()
+    next_attempt_at = UnicodeAttribute(null=True)
     expires_at_epoch = NumberAttribute()
 
 
@@ -356,6 +413,9 @@ ALL_RECORDS: tuple[type[_Base], ...] = (
     ArkTaskOwnerRecord,
     ApiKeyRecord,
     RateLimitRecord,
+    WebhookSecretRecord,
+    WebhookEventRecord,
+    WebhookAttemptRecord,
 )
 
 

@@ -16,8 +16,8 @@ again (`writes.write_transaction`). A video Ark accepted (its `external_id` stor
 
 Every other write of a task's fields goes through `update_fields` (a change with the status unchanged) or
 `write_fields` (bookkeeping no watcher sees: a message's receipt, a reconcile round), so this module is the one
-place that writes a task once it exists. Listeners (`listeners`, `slot_listeners`) are registered by
-`chalicelib.wiring`.
+place that writes a task once it exists. Listeners (`listeners`, `slot_listeners`) and write hooks (`write_hooks`:
+more actions for a transition's own write, such as the webhook outbox's mark) are registered by `chalicelib.wiring`.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def release_plainly(task: TaskRecord) -> bool:
 
 
 slot_releaser: list[SlotReleaser] = [release_plainly]
+# More actions for a transition's own write, from the task as read, the target and the write's time (epoch seconds):
+# what must be written with the change or not at all (`chalicelib.webhooks.outbox`'s mark).
+WriteHook = Callable[[TaskRecord, str, float], list[Action]]
+write_hooks: list[WriteHook] = []
 
 
 def is_allowed(current: str, target: str) -> bool:
@@ -81,13 +85,16 @@ def transition(
             f"A task cannot go from {task.status} to {target}.",
             details={"from": task.status, "to": target},
         )
-    now = iso(clock.now())
+    moment = clock.now()
+    now = iso(moment)
     changes = [
         TaskRecord.status.set(target),
         TaskRecord.version.add(1),
         TaskRecord.updated_at.set(now),
         *(actions or []),
     ]
+    for hook in write_hooks:
+        changes += hook(task, target, moment)
     guard = (TaskRecord.status == task.status) & (TaskRecord.version == task.version)
     if task.status == QUEUED:
         changes += [TaskRecord.queued_model.remove(), TaskRecord.parked_model.remove(),

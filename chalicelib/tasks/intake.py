@@ -43,6 +43,7 @@ from chalicelib.settings import Settings
 from chalicelib.store import idempotency, quota, slots, statemachine, writes
 from chalicelib.store.rate_limit import CreationRateLimit
 from chalicelib.store.records import ModelRecord, TaskRecord
+from chalicelib.webhooks.events import DEFAULT_EVENTS
 
 # Without a bucket, inline images stay in the task item, which DynamoDB caps at 400 KB.
 MAX_INLINE_BYTES_IN_ITEM = 256 * 1024
@@ -77,7 +78,7 @@ class Intake:
             found = models[model_id]
             return catalog.ark_model_of(found) if found is not None else None
 
-        request = parse_task_request(raw_body, ark_model_of)
+        request = parse_task_request(raw_body, ark_model_of, webhook_loopback=self.settings.webhook_allow_loopback)
         model = models.get(request.model_id) or catalog.get_model(request.model_id)
         return self._accept(principal, model, request, raw_body, key)
 
@@ -97,10 +98,11 @@ class Intake:
         if entry is None or entry.key != draft.family or entry.video is None or not entry.video.draft:
             raise Conflict(f"Model {model.model_id!r} no longer calls the model that made the draft.",
                            code="draft_model_changed")
-        render = parse(RenderRequest, {} if raw_body is None else raw_body, context={"ark_model": entry})
+        render = parse(RenderRequest, {} if raw_body is None else raw_body, context={
+            "ark_model": entry, "webhook_loopback": self.settings.webhook_allow_loopback})
         request = VideoTaskRequest.model_construct(
             type="video", model_id=draft.model_id, prompt=draft.prompt, images=[], references=[],
-            params=render.params)
+            params=render.params, webhook_url=render.webhook_url, webhook_events=render.webhook_events)
         return self._accept(principal, model, request, {"render": draft.task_id, "body": raw_body}, key,
                             render_of=draft)
 
@@ -178,6 +180,8 @@ class Intake:
             queued_model=model.model_id,
             queue_seq=queue_seq,
             quota_keys=[counter.key for counter in counters],
+            webhook_url=request.webhook_url,
+            webhook_events=(list(request.webhook_events or DEFAULT_EVENTS) if request.webhook_url else None),
         )
         response: dict[str, Any] = {"id": task_id, "status": statemachine.QUEUED}
         if render_of is not None:

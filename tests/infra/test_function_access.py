@@ -35,7 +35,7 @@ from arksim.server import RunningSimulator
 from arksim.testing import running_simulator
 from chalicelib import wiring
 from chalicelib.media import storage
-from chalicelib.resources import LANES
+from chalicelib.resources import LANES, WEBHOOK_DELIVERY
 from devstack.bootstrap import create_queues, create_tables
 from infra.stages import STAGES, Stage
 from infra.template import MEDIA_BUCKET_ID, WEBSOCKET_API_ID
@@ -60,7 +60,7 @@ UNREACHABLE = "http://127.0.0.1:9"
 APP_VARIABLES = ("ARKFLOW_PREFIX", "ARKFLOW_SECRET_ID", "RESULTS_BUCKET", "CORS_ORIGINS", "WS_ALLOWED_ORIGINS",
                  "ADMIN_USERNAME", "PUBLIC_API_URL", "WEBSOCKET_MANAGEMENT_URL", "WEBSOCKET_PUBLIC_URL",
                  "ARK_INPUTS_SIGNING_SECRET", "ARK_BASE_URL", "ARK_RESULT_HOSTS", "INTERNAL_SERVICE_TOKEN",
-                 *SECRETS)
+                 "WEBHOOK_ALLOW_LOOPBACK", *SECRETS)
 
 
 def inputs_signer_secret(stage: Stage) -> str:
@@ -139,10 +139,12 @@ class Deployment:
         with self.container(self.function_of(handler), **overrides):
             return self.client.lambda_.invoke(handler, event).payload
 
-    def lane_records(self, lane: str, task_ids: set[str]) -> list[dict[str, Any]]:
-        """The visible messages of `task_ids` on the lane's queue, as Lambda hands them over (others stay)."""
+    def lane_records(self, lane: str, task_ids: set[str], queue: str = "") -> list[dict[str, Any]]:
+        """The visible messages of `task_ids` on the lane's queue (or `queue`), as Lambda hands them over (others
+        stay)."""
         sqs = boto3.client("sqs")
-        url = sqs.get_queue_url(QueueName=f"{self.stage.prefix}-lane-{lane}")["QueueUrl"]
+        queue = queue or f"{self.stage.prefix}-lane-{lane}"
+        url = sqs.get_queue_url(QueueName=queue)["QueueUrl"]
         records = []
         for message in sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"],
                                            WaitTimeSeconds=0).get("Messages", []):
@@ -153,8 +155,8 @@ class Deployment:
             records.append({"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
                             "body": message["Body"], "attributes": message["Attributes"], "messageAttributes": {},
                             "md5OfBody": message["MD5OfBody"], "eventSource": "aws:sqs",
-                            "eventSourceARN": f"arn:aws:sqs:{iam.REGION}:{iam.ACCOUNT}:{self.stage.prefix}-lane-"
-                                              f"{lane}", "awsRegion": iam.REGION})
+                            "eventSourceARN": f"arn:aws:sqs:{iam.REGION}:{iam.ACCOUNT}:{queue}",
+                            "awsRegion": iam.REGION})
         assert {json.loads(record["body"])["task_id"] for record in records} == task_ids
         return records
 
@@ -217,7 +219,8 @@ def exercise(deployment: Deployment) -> None:
     boto3.client("s3").put_object(Bucket=run.template.resolve({"Ref": MEDIA_BUCKET_ID}),
                                   Key=form["fields"]["key"], Body=frame, ContentType="image/png")
     image = run.rest("POST", "/api/tasks", {"type": "image", "model_id": "seedream-4.5", "prompt": "a fox",
-                                            "images": [form["ref"], data_uri(other_frame)]}, user=DEMO, expect=201)
+                                            "images": [form["ref"], data_uri(other_frame)],
+                                            "webhook_url": f"{UNREACHABLE}/hook"}, user=DEMO, expect=201)
     frames = {"type": "video", "model_id": "seedance-1.0-pro", "prompt": "waves", "params": {"duration": 5},
               "images": [data_uri(frame), data_uri(other_frame)]}
     clip = run.rest("POST", "/api/tasks", frames, user=DEMO, expect=201)
@@ -250,6 +253,17 @@ def exercise(deployment: Deployment) -> None:
     run.monkeypatch.setattr(storage, "ARK_INLINE_BYTES", len(data_uri(frame)))
     run.run_lane("image", image["id"], failed["id"])
     assert run.task(image["id"])["status"]["S"] == "succeeded"
+
+    # The image's webhook: signed with its owner's secret (made now), its first attempt refused by the receiver's
+    # host (nothing listens), recorded, and its retry queued; then the owner reads the secret and the attempts.
+    webhook = WEBHOOK_DELIVERY.queue_name(run.stage.prefix)
+    answer = run.invoke(WEBHOOK_DELIVERY.handler_name,
+                        {"Records": run.lane_records("", {image["id"]}, queue=webhook)})
+    assert answer == {"batchItemFailures": []}
+    assert run.rest("GET", "/api/webhooks/secret", user=DEMO)["secret"].startswith("whsec_")
+    run.rest("POST", "/api/webhooks/secret/rotate", user=DEMO)
+    [attempt] = run.rest("GET", "/api/webhooks/deliveries", user=DEMO, query=f"?task_id={image['id']}")["deliveries"]
+    assert attempt["outcome"] == "retrying"
     run.run_lane("video", clip["id"], cancelled["id"])
     external_id = run.task(clip["id"])["external_id"]["S"]
 
@@ -304,7 +318,7 @@ def deployment(request: pytest.FixtureRequest, templates: dict[str, dict[str, An
 
         yield Deployment(stage, template, ark, recorder, monkeypatch, Client(app), overrides={
             "ARK_BASE_URL": ark.base_url, "ARK_RESULT_HOSTS": ark.root_url, "PUBLIC_API_URL": UNREACHABLE,
-            "VIDEO_POLL_INTERVAL_SECONDS": "0",
+            "VIDEO_POLL_INTERVAL_SECONDS": "0", "WEBHOOK_ALLOW_LOOPBACK": "1",
         })
         monkeypatch.undo()
     reconfigure()

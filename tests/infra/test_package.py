@@ -12,7 +12,7 @@ import boto3
 import pytest
 from cfnlint.api import lint_file
 
-from chalicelib.resources import LANES, MEDIA_BUCKET, TABLES
+from chalicelib.resources import LANES, MEDIA_BUCKET, QUEUES, TABLES
 from infra import package as packaging
 from infra.stages import STAGES, chalice_config
 from infra.template import (
@@ -40,10 +40,11 @@ def test_committed_chalice_config_matches_infra() -> None:
 def test_each_lane_function_is_packaged_with_its_timeout_memory_and_reserved_concurrency(
     templates: dict[str, dict[str, Any]]
 ) -> None:
-    """What Lambda is given, read from the packaged templates (not from the config they were made from)."""
+    """What Lambda is given, read from the packaged templates (not from the config they were made from); every
+    queue's consumer alike."""
     for stage, template in templates.items():
         resources = template["Resources"]
-        for lane in LANES:
+        for lane in QUEUES:
             function = resources[lane_function_id(lane)]["Properties"]
             assert (function["Timeout"], function["MemorySize"], function["ReservedConcurrentExecutions"]) == (
                 lane.lambda_timeout_s, lane.lambda_memory_mb, lane.reserved_concurrency), (stage, lane.name)
@@ -59,7 +60,7 @@ def test_templates_pass_cfn_lint(packaged: dict[str, Path]) -> None:
 
 @pytest.mark.abuse
 def test_every_lane_function_has_reserved_concurrency_and_reports_batch_item_failures(prod: dict[str, Any]) -> None:
-    for lane in LANES:
+    for lane in QUEUES:
         function = prod["Resources"][lane_function_id(lane)]["Properties"]
         reserved = function["ReservedConcurrentExecutions"]
         assert reserved == lane.reserved_concurrency
@@ -79,7 +80,7 @@ def test_every_consumed_queue_has_a_dead_letter_queue_and_a_long_enough_visibili
         for event in function["Properties"].get("Events", {}).values():
             if event["Type"] == "SQS":
                 consumers[event["Properties"]["Queue"]["Fn::GetAtt"][0]] = function["Properties"]
-    assert set(consumers) == {queue_id(lane) for lane in LANES}
+    assert set(consumers) == {queue_id(queue) for queue in QUEUES}
     for queue_name, function in consumers.items():
         queue = queues[queue_name]["Properties"]
         assert queue["VisibilityTimeout"] >= 6 * function["Timeout"]
@@ -95,7 +96,7 @@ def test_every_dead_letter_queue_has_a_depth_alarm(prod: dict[str, Any]) -> None
         for alarm in resources_of(prod, "AWS::CloudWatch::Alarm").values()
         if alarm["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
     }
-    assert alarmed == {dead_letter_queue_id(lane) for lane in LANES}
+    assert alarmed == {dead_letter_queue_id(queue) for queue in QUEUES}
 
 
 def _comparable(definition: dict[str, Any]) -> dict[str, Any]:

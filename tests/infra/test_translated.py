@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from chalicelib.resources import LANES
+from chalicelib.resources import QUEUES
 from infra import deploy
 from infra.template import GATEWAY_ERROR_BODY, lane_function_id, queue_id
 from tests.infra.conftest import PACKAGED, resources_of, shared_once
@@ -45,8 +45,8 @@ def test_nothing_serverless_is_left(translated: dict[str, dict[str, Any]]) -> No
 def test_each_lane_gets_one_event_source_mapping_on_its_queue(translated: dict[str, dict[str, Any]]) -> None:
     for template in translated.values():
         mappings = list(resources_of(template, "AWS::Lambda::EventSourceMapping").values())
-        assert len(mappings) == len(LANES)
-        for lane in LANES:
+        assert len(mappings) == len(QUEUES)
+        for lane in QUEUES:
             [mapping] = [m["Properties"] for m in mappings
                          if m["Properties"]["FunctionName"] == {"Ref": lane_function_id(lane)}]
             assert mapping["EventSourceArn"] == {"Fn::GetAtt": [queue_id(lane), "Arn"]}

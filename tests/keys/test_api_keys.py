@@ -122,6 +122,9 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("/api/admin/models/{model_id}", "PUT"): None,
     ("/api/admin/models/{model_id}", "DELETE"): None,
     ("/api/admin/tasks", "GET"): None,
+    ("/api/webhooks/secret", "GET"): None,
+    ("/api/webhooks/secret/rotate", "POST"): None,
+    ("/api/webhooks/deliveries", "GET"): "tasks:read",
 }
 
 
