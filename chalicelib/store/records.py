@@ -347,6 +347,9 @@ class RateLimitRecord(_Base):
 
     counter_key = UnicodeAttribute(hash_key=True)
     used = NumberAttribute(default=0)
+    expires_at_epoch = NumberAttribute()
+
+
 class WebhookSecretRecord(_Base):
     """A user's webhook signing secret (`chalicelib.webhooks.secrets`): never logged, never in a task or a body but
     the secret route's."""
