@@ -196,6 +196,7 @@ def exercise(deployment: Deployment) -> None:
 
     # Admin work: the first admin is made at the first login.
     assert run.rest("GET", "/api/health") == {"status": "ok"}
+    assert run.rest("GET", "/api/openapi.json")["openapi"].startswith("3.1")
     assert run.rest("GET", "/api/users/me", user=ADMIN)["role"] == "admin"
     model = {"model_id": "spare-image", "type": "image", "upstream_model": "doubao-seedream-4-5-251128",
              "concurrency": 1, "daily_quota": 10}
