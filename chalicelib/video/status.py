@@ -33,6 +33,7 @@ from chalicelib.backoff import compute_backoff
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.errors import Unauthorized, error_object
 from chalicelib.ids import is_task_id
+from chalicelib.media import results
 from chalicelib.settings import Settings
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
@@ -101,7 +102,7 @@ class VideoStatus:
         if not self.settings.media_bucket:
             return
         try:
-            queues.enqueue(self.sqs, task.lane, task.task_id)
+            queues.enqueue(self.sqs, task.lane, task.task_id, copy=results.copy_order(task))
         except (BotoCoreError, ClientError) as error:
             # The task stays succeeded with Ark's links, valid for 24 h.
             log.warning("could not request the results copy of %s: %s", task.task_id, error)
