@@ -23,11 +23,22 @@ def url_of(sqs: Any, queue: Queue) -> str:
     return _queue_url(sqs, queue.queue_name(get_settings().resource_prefix))
 
 
+# SQS refuses a message body over 256 KiB.
+SQS_MAX_BODY_BYTES = 256 * 1024
+
+
 def enqueue(sqs: Any, lane_name: str, task_id: str, delay_s: int = 0, *,
-            start: tuple[str, str] | None = None) -> None:
+            start: tuple[str, str] | None = None, copy: dict[str, Any] | None = None) -> None:
     """One lane message for `task_id`. `start` (model id, user id): a new task's first message, whose worker
-    acquires its slot before reading it (docs/design.md, "Parked tasks")."""
-    body: dict[str, str] = {"task_id": task_id}
+    acquires its slot before reading it (docs/design.md, "Parked tasks"). `copy`: a succeeded task's results
+    copy, with what it needs of the task (`chalicelib.media.results.copy_order`), left out when it would not fit
+    in a message (the worker reads the task then)."""
+    body: dict[str, Any] = {"task_id": task_id}
     if start is not None:
         body["model_id"], body["user_id"] = start
-    sqs.send_message(QueueUrl=queue_url(sqs, lane_name), MessageBody=json.dumps(body), DelaySeconds=delay_s)
+    message = json.dumps(body)
+    if copy is not None:
+        with_copy = json.dumps({**body, "copy": copy})
+        if len(with_copy.encode()) <= SQS_MAX_BODY_BYTES:
+            message = with_copy
+    sqs.send_message(QueueUrl=queue_url(sqs, lane_name), MessageBody=message, DelaySeconds=delay_s)

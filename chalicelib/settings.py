@@ -19,6 +19,8 @@ DEFAULT_ARK_BASE_URL = "https://ark.cn-beijing.volces.com/api/v3"
 # so a body the app refuses gets the app's 413 rather than API Gateway's 502 for an oversized event.
 LAMBDA_PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 5 * 1024 * 1024
+# The least a video whose callbacks arrive is polled at: a lost terminal callback ends it at most this late.
+CALLBACKS_ARRIVING_MIN_POLL_INTERVAL_S = 60.0
 
 
 def _int(name: str, default: int) -> int:
@@ -122,6 +124,12 @@ class Settings:
     video_poll_max_interval_s: float = field(
         default_factory=lambda: _float("VIDEO_POLL_MAX_INTERVAL_SECONDS", 120.0)
     )
+    # Once a video's callbacks prove they arrive (its running callback was applied), the poller is only a safety
+    # net: it polls it this often, which bounds how late a lost terminal callback ends the video. Unset: 4 times
+    # the poll interval, and at least a minute (`poll_interval_with_callbacks_s`).
+    video_poll_with_callbacks_override_s: float | None = field(
+        default_factory=lambda: _float("VIDEO_POLL_INTERVAL_WITH_CALLBACKS_SECONDS", 0.0) or None
+    )
     # A task with no free slot is parked (a released slot hands itself over); a message that kept losing its park
     # to slots freeing under it comes back after 1-2x this many seconds (SQS counts whole seconds).
     slot_wait_s: int = field(default_factory=lambda: _int("SLOT_WAIT_SECONDS", 3))
@@ -133,6 +141,12 @@ class Settings:
     webhook_allow_loopback: bool = field(default_factory=lambda: _flag("WEBHOOK_ALLOW_LOOPBACK"))
     # Lane queue ARNs are built from it; on AWS the merge template points each event source at its queue.
     aws_account_id: str = field(default_factory=lambda: os.environ.get("AWS_ACCOUNT_ID", "123456789012"))
+
+    @property
+    def poll_interval_with_callbacks_s(self) -> float:
+        if self.video_poll_with_callbacks_override_s is not None:
+            return self.video_poll_with_callbacks_override_s
+        return max(4 * self.video_poll_interval_s, CALLBACKS_ARRIVING_MIN_POLL_INTERVAL_S)
 
 
 @lru_cache(maxsize=1)

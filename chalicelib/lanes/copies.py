@@ -41,12 +41,13 @@ class ResultCopies:
             kept = results.copy_results(task, s3=self.s3, downloads=self.downloads, bucket=self.settings.media_bucket,
                                         clock=self.clock, deadline=delivery.deadline)
         except StaleTask:
-            log.info("task %s was deleted before its results were copied", task.task_id)
+            log.info("task %s was deleted, or its results copied by another delivery", task.task_id)
             return
         if results.ran_out_of_time(kept) and (not whole_invocation or results.stored_count(kept) > stored_before):
-            self.copy_later(task)
+            self.copy_later(kept)
 
     def copy_later(self, task: TaskRecord) -> None:
-        """A fresh message of this lane copies the task's results, with a whole invocation of its own."""
+        """A fresh message of this lane copies the task's results (as `task` holds them), with a whole invocation
+        of its own."""
         if self.settings.media_bucket:
-            queues.enqueue(self.sqs, self.lane.name, task.task_id)
+            queues.enqueue(self.sqs, self.lane.name, task.task_id, copy=results.copy_order(task))

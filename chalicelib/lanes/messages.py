@@ -22,6 +22,8 @@ class Delivery:
     first_in_invocation: bool = True
     # A new task's first message names its model and user: its worker acquires before reading the task.
     start: tuple[str, str] | None = None
+    # A results copy's message carries what the copy needs of its succeeded task (`results.copy_order`).
+    copy: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, record: dict[str, Any], deadline: float | None = None, first_in_invocation: bool = True) -> Delivery:
@@ -33,6 +35,7 @@ class Delivery:
             receipt_handle=record["receiptHandle"],
             task_id=str(body["task_id"]),
             start=start,
+            copy=body["copy"] if isinstance(body.get("copy"), dict) else None,
             receive_count=int(record.get("attributes", {}).get("ApproximateReceiveCount", "1")),
             deadline=deadline,
             first_in_invocation=first_in_invocation,

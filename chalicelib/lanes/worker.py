@@ -36,6 +36,7 @@ from chalicelib.lanes.images import ImageCalls
 from chalicelib.lanes.messages import DONE, Delivery, Outcome, Retry
 from chalicelib.lanes.videos import VideoCalls
 from chalicelib.lanes.waits import HANDOFF_LEASE_S, PARK_ROUNDS, Waiting, lease_until
+from chalicelib.media import results
 from chalicelib.resources import Lane
 from chalicelib.settings import Settings
 from chalicelib.store import slots, statemachine
@@ -106,6 +107,10 @@ class LaneWorker:
     # --- one message ------------------------------------------------------------------------------------------
 
     def process(self, delivery: Delivery) -> Outcome:
+        ordered = results.ordered_task(delivery.task_id, delivery.copy) if delivery.copy is not None else None
+        if ordered is not None:  # a results copy whose message says what it needs: the task is not read
+            self.copies.keep(ordered, delivery, whole_invocation=delivery.first_in_invocation)
+            return DONE
         if delivery.start is not None:
             started = self._start(delivery, *delivery.start)
             if started is not _READ_FIRST:

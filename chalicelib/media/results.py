@@ -30,6 +30,8 @@ import httpx
 from boto3.exceptions import S3UploadFailedError
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import DoesNotExist
+from pynamodb.expressions.condition import Condition
 from pynamodb.expressions.update import Action
 
 from chalicelib.backoff import compute_backoff
@@ -61,6 +63,39 @@ Sleep = Callable[[float], None]
 
 
 COPY_FAILED, COPY_OUT_OF_TIME, COPY_REFUSED = "results_copy_failed", "results_copy_out_of_time", "results_copy_refused"
+
+
+# What a copy needs of its succeeded task, carried by the lane message that asks for it (`copy_order`), so the copy
+# reads no task; its pointer write is conditional on the task still holding what the message carried.
+_ORDER_FIELDS = ("user_id", "type", "finished_at", "result_urls", "video_url", "last_frame_url")
+
+
+def copy_order(task: TaskRecord) -> dict[str, Any]:
+    """The copy message's part that spares the copy a read of the task: its owner, end and result pointers."""
+    return {name: getattr(task, name) for name in _ORDER_FIELDS if getattr(task, name) not in (None, [])}
+
+
+def ordered_task(task_id: str, order: dict[str, Any]) -> TaskRecord | None:
+    """The succeeded task a copy message describes, as it was when the message was sent; None for an order not
+    of this shape (the message's task is read instead)."""
+    if not all(isinstance(order.get(name, ""), str) for name in _ORDER_FIELDS if name != "result_urls"):
+        return None
+    urls = order.get("result_urls")
+    if urls is not None and not (isinstance(urls, list) and all(isinstance(url, str) for url in urls)):
+        return None
+    return TaskRecord(task_id, status=statemachine.SUCCEEDED,
+                      **{name: order[name] for name in _ORDER_FIELDS if name in order})
+
+
+def _as_copied_from(task: TaskRecord) -> Condition:
+    """The pointer write's condition: the task still ended when it did and points where this copy started from,
+    so a late or duplicate copy never undoes or redoes one that finished."""
+    condition = TaskRecord.finished_at == task.finished_at if task.finished_at else TaskRecord.finished_at.exists()
+    for attribute, value in ((TaskRecord.result_urls, task.result_urls), (TaskRecord.video_url, task.video_url),
+                             (TaskRecord.last_frame_url, task.last_frame_url)):
+        if value:
+            condition &= attribute == value
+    return condition
 
 
 def stored_count(task: TaskRecord) -> int:
@@ -228,8 +263,18 @@ def copy_results(
     try:
         # Published when links changed: a watching client swaps Ark's links for the stored copies.
         return statemachine.update_fields(task, [*_pointing_at(copied, images, video, last_frame), outcome],
-                                          publish=bool(copied), clock=clock)
+                                          publish=bool(copied), condition=_as_copied_from(task), clock=clock)
     except StaleTask:
-        # A succeeded task never changes status: it was deleted, maybe before these copies were written.
-        _delete_copies(s3, copied.values())
+        # Another delivery recorded a copy first (the same keys: the objects are its), or the task was deleted,
+        # maybe before these copies were written.
+        if not _exists(task.task_id):
+            _delete_copies(s3, copied.values())
         raise
+
+
+def _exists(task_id: str) -> bool:
+    try:
+        TaskRecord.get(task_id, consistent_read=True, attributes_to_get=["task_id"])
+    except DoesNotExist:
+        return False
+    return True

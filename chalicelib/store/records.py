@@ -182,6 +182,8 @@ class TaskRecord(_Base):
     poll_shard = UnicodeAttribute(null=True)
     next_poll_at = NumberAttribute(null=True)
     poll_count = NumberAttribute(default=0)
+    # Set by the first running callback applied: its callbacks arrive, so the poller is only its safety net.
+    callbacks_arrive = BooleanAttribute(null=True)
     # Quota counters this task consumed; given back once if it ends before any Ark call.
     quota_keys = ListAttribute(of=UnicodeAttribute, default=list)
     quota_refunded = BooleanAttribute(default=False)

@@ -33,6 +33,7 @@ from chalicelib.backoff import compute_backoff
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.errors import Unauthorized, error_object
 from chalicelib.ids import is_task_id
+from chalicelib.media import results
 from chalicelib.settings import Settings
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
@@ -101,7 +102,7 @@ class VideoStatus:
         if not self.settings.media_bucket:
             return
         try:
-            queues.enqueue(self.sqs, task.lane, task.task_id)
+            queues.enqueue(self.sqs, task.lane, task.task_id, copy=results.copy_order(task))
         except (BotoCoreError, ClientError) as error:
             # The task stays succeeded with Ark's links, valid for 24 h.
             log.warning("could not request the results copy of %s: %s", task.task_id, error)
@@ -161,8 +162,10 @@ class VideoStatus:
 
     def next_poll(self, task: TaskRecord, now: float) -> list[Action]:
         """The write that counts a poll of `task` starting now and schedules the one after it."""
-        return [TaskRecord.poll_count.add(1),
-                TaskRecord.next_poll_at.set(now + poll_delay(int(task.poll_count or 0) + 1, self.settings))]
+        delay = poll_delay(int(task.poll_count or 0) + 1, self.settings)
+        if task.callbacks_arrive:
+            delay = max(delay, self.settings.poll_interval_with_callbacks_s)
+        return [TaskRecord.poll_count.add(1), TaskRecord.next_poll_at.set(now + delay)]
 
     def schedule_polls(self, task: TaskRecord) -> TaskRecord:
         """Put a running video the poller does not read back in its index, due after the back-off for its count."""
@@ -194,12 +197,18 @@ class VideoStatus:
 
     def _advance_at_ark(self, task_id: str, external_id: str, stage: str) -> None:
         """Move the stage of the task forward to `stage` while it runs Ark task `external_id`, in one write whose
-        condition is all it needs to know (the task is not read); StaleTask when nothing was to change."""
+        condition is all it needs to know (the task is not read); StaleTask when nothing was to change.
+
+        The same write marks the task's callbacks as arriving and puts its next poll off to the safety net's
+        interval: its terminal callback ends it, and a lost one ends it through the poller at most that late."""
         if STAGE_ORDER[stage] <= STAGE_ORDER[ARK_QUEUED]:
             return  # Ark's id is stored with `ark_queued`: a queued callback has nothing to advance
         behind = [earlier for earlier, order in STAGE_ORDER.items() if order < STAGE_ORDER[stage]]
         running = TaskRecord(task_id, status=statemachine.RUNNING)  # written back as stored, for the listeners
-        statemachine.update_fields(running, [TaskRecord.stage.set(stage)], publish=True, clock=self.clock,
+        safety_net_poll = self.clock.now() + self.settings.poll_interval_with_callbacks_s
+        statemachine.update_fields(running, [TaskRecord.stage.set(stage), TaskRecord.callbacks_arrive.set(True),
+                                             TaskRecord.next_poll_at.set(safety_net_poll)],
+                                   publish=True, clock=self.clock,
                                    condition=(TaskRecord.external_id == external_id) & TaskRecord.stage.is_in(*behind))
 
     # --- ending at Ark -------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from urllib.parse import urlsplit
 
@@ -10,10 +11,13 @@ import boto3
 import httpx
 import pytest
 
+from chalicelib import queues
 from chalicelib.lanes.images import MIN_COPY_TIME_S
 from chalicelib.lanes.messages import Delivery
 from chalicelib.media import results, storage
 from chalicelib.media.downloads import Downloads, ResultHosts
+from chalicelib.store import statemachine
+from chalicelib.store.records import TaskRecord
 from tests.factories import IMAGE_TASK
 from tests.factories import SHORT_VIDEO_TASK as VIDEO_TASK
 from tests.lane_fixtures import Lanes, record_for
@@ -189,3 +193,74 @@ def test_without_a_bucket_results_stay_at_ark_and_no_copy_is_requested(lanes: La
     task = lanes.task(task_id)
     assert task.status == "succeeded" and not storage.is_s3_ref(task.video_url)
     assert lanes.receive("video") == []
+
+
+def copy_message_of_a_polled_video(lanes: Lanes) -> tuple[str, dict]:
+    """A video the poller found succeeded, and the lane message asking for its results copy (not yet handled)."""
+    task_id = submitted(lanes, {**VIDEO_TASK, "params": {"duration": 2, "return_last_frame": True}})
+    wait_for(lambda: ark_status(lanes, lanes.task(task_id).external_id) == "succeeded")
+    lanes.clock.advance(lanes.settings.video_poll_interval_s)
+    assert lanes.video().poll_due(budget_s=10) == 1
+    return task_id, lanes.receive_for("video", task_id)
+
+
+def test_a_video_copy_reads_no_task_and_a_duplicate_or_late_message_leaves_the_finished_copy_alone(
+    lanes: Lanes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id, record = copy_message_of_a_polled_video(lanes)
+    task = lanes.task(task_id)
+    assert json.loads(record["body"])["copy"] == {
+        "user_id": task.user_id, "type": "video", "finished_at": task.finished_at,
+        "video_url": task.video_url, "last_frame_url": task.last_frame_url}
+    reads = []
+    get = TaskRecord.get
+    monkeypatch.setattr(TaskRecord, "get", classmethod(lambda cls, *a, **kw: reads.append(a) or get(*a, **kw)))
+    assert lanes.worker("video").handle([record]) == {"batchItemFailures": []}
+    monkeypatch.setattr(TaskRecord, "get", get)
+    assert reads == []
+    assert_video_copied(lanes, task_id)
+
+    copied = lanes.task(task_id)
+    duplicate = {**record, "messageId": "duplicate"}
+    late = {**record_for(task_id, receive_count=2), "body": record["body"]}  # e.g. a redelivery after a lost ack
+    for message in (duplicate, late):
+        assert lanes.worker("video").handle([message]) == {"batchItemFailures": []}
+        again = lanes.task(task_id)
+        assert (again.version, again.video_url, again.last_frame_url) == (
+            copied.version, copied.video_url, copied.last_frame_url)
+        assert_video_copied(lanes, task_id)  # its objects are still there
+
+
+def test_a_crash_before_the_copys_pointer_write_is_copied_by_the_redelivered_message(
+    lanes: Lanes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id, record = copy_message_of_a_polled_video(lanes)
+    write = statemachine.update_fields
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the Lambda was killed here")
+
+    monkeypatch.setattr(statemachine, "update_fields", killed)
+    assert lanes.worker("video").handle([record])["batchItemFailures"]
+    monkeypatch.setattr(statemachine, "update_fields", write)
+    assert not storage.is_s3_ref(lanes.task(task_id).video_url)
+
+    redelivered = {**record, "attributes": {"ApproximateReceiveCount": "2"}}
+    assert lanes.worker("video").handle([redelivered]) == {"batchItemFailures": []}
+    assert_video_copied(lanes, task_id)
+
+
+def test_a_copy_order_too_large_for_a_message_is_left_out_and_the_task_read_instead() -> None:
+    sent = []
+
+    class Queue:
+        def get_queue_url(self, QueueName: str) -> dict:
+            return {"QueueUrl": QueueName}
+
+        def send_message(self, **message: object) -> None:
+            sent.append(json.loads(str(message["MessageBody"])))
+
+    queue = Queue()
+    queues.enqueue(queue, "image", "t-1", copy={"result_urls": ["https://ark.example/a"]})
+    queues.enqueue(queue, "image", "t-2", copy={"result_urls": ["https://ark.example/" + "a" * 2000] * 200})
+    assert sent == [{"task_id": "t-1", "copy": {"result_urls": ["https://ark.example/a"]}}, {"task_id": "t-2"}]

@@ -221,6 +221,44 @@ def test_a_running_callback_advances_the_stage_without_reading_ark(lanes: Lanes)
     assert lanes.ark_calls("tasks.get") == 0
 
 
+def test_once_its_callbacks_arrive_a_video_whose_terminal_callback_is_lost_still_ends_through_the_poller(
+        lanes: Lanes) -> None:
+    """The running callback puts the next poll off to the safety net's interval (in the write it makes anyway):
+    the poller reads the video no more at its own interval, yet ends it within the safety interval."""
+    interval, safety = lanes.settings.video_poll_interval_s, lanes.settings.poll_interval_with_callbacks_s
+    assert safety == max(4 * interval, 60)
+    task_id = submitted(lanes, {**VIDEO_TASK, "params": {"duration": 2}})
+    external_id = lanes.task(task_id).external_id
+    query = f"?task_id={task_id}&token={callback_token(lanes, task_id)}"
+    assert post_callback(lanes, query, {"id": external_id, "status": "running"}).status_code == 200
+    wait_for(lambda: ark_status(lanes, external_id) == "succeeded")  # and Ark's terminal callback is lost
+    gets_before = lanes.ark_calls("tasks.get")
+
+    lanes.clock.advance(interval)
+    assert lanes.video().poll_due(budget_s=10) == 0
+    assert lanes.task(task_id).status == "running" and lanes.ark_calls("tasks.get") == gets_before
+    lanes.clock.advance(safety - interval)
+    assert lanes.video().poll_due(budget_s=10) == 1
+    assert lanes.get(task_id)["status"] == "succeeded" and lanes.ark_calls("tasks.get") == gets_before + 1
+    assert slots.in_use(VIDEO_MODEL) == 0
+
+
+def test_a_long_video_whose_callbacks_arrive_is_polled_at_the_safety_interval_only(lanes: Lanes) -> None:
+    lanes.ark.configure(video_run_s=3600)
+    task_id = submitted(lanes)
+    external_id = lanes.task(task_id).external_id
+    query = f"?task_id={task_id}&token={callback_token(lanes, task_id)}"
+    assert post_callback(lanes, query, {"id": external_id, "status": "running"}).status_code == 200
+    gaps = []
+    for _ in range(3):
+        due = lanes.task(task_id).next_poll_at
+        gaps.append(due - lanes.clock.now())
+        lanes.clock.advance(due - lanes.clock.now())
+        assert lanes.video().poll_due(budget_s=10) == 1
+    assert gaps == [lanes.settings.poll_interval_with_callbacks_s] * 3
+    assert lanes.ark_calls("tasks.get") == 3
+
+
 @pytest.mark.abuse
 def test_a_callback_naming_another_ark_task_or_an_ended_task_changes_nothing(lanes: Lanes) -> None:
     """Safeguard: a stage is advanced with no read, by a write conditional on the task running that Ark task."""
