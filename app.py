@@ -398,7 +398,7 @@ def rotate_webhook_secret(context: RequestContext) -> dict[str, Any]:
 
 
 @http.route("/api/webhooks/deliveries", "GET", query=WebhookDeliveriesQuery, responses={200: WebhookDeliveriesBody},
-            scope="tasks:read")
+            errors={404: "`task_not_found`: no task of the caller's has this id"}, scope="tasks:read")
 def webhook_deliveries(context: RequestContext) -> dict[str, Any]:
     """Every delivery attempt of one of the caller's tasks' webhooks, oldest first."""
     query = parse(WebhookDeliveriesQuery, context.query())

@@ -164,3 +164,16 @@ def test_answers_match_the_documented_schemas(api: Api, monkeypatch: pytest.Monk
     statuses = {status for _, _, status in conform.checked}
     assert {200, 201, 400, 401, 403, 404, 409} <= statuses
     assert len(json.dumps(conform.document)) < 1_000_000  # far under Lambda's 6 MB answers
+
+
+def test_the_deliveries_of_a_task_not_the_callers_answer_a_documented_404(api: Api) -> None:
+    """`task_id` is a query parameter there, not a path one, so the document's rule for path ids does not add the
+    404 that `get_own` answers for a task of someone else's, or of no one's."""
+    created = api.request("POST", "/api/tasks", IMAGE_TASK, as_user=ADMIN)
+    assert created.status_code == 201, created.body
+
+    response = api.request("GET", f"/api/webhooks/deliveries?task_id={created.data['id']}", as_user=DEMO)
+
+    assert response.status_code == 404 and response.data["error"]["code"] == "task_not_found"
+    operation = document_of(api)["paths"]["/api/webhooks/deliveries"]["get"]
+    assert "404" in operation["responses"]
