@@ -28,6 +28,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], list[str]]
 
 MAX_URL_CHARS = 2048
+MAX_PORT = 65535
 # Cloud instance metadata services: link-local or private already, named so that no rule change ever lets them in.
 METADATA_ADDRESSES = frozenset(ipaddress.ip_address(address) for address in (
     "169.254.169.254", "fd00:ec2::254", "169.254.170.2", "100.100.100.200"))
@@ -59,8 +60,8 @@ def url_problem(url: str, *, allow_loopback: bool) -> str | None:
         return "must be an absolute https URL"
     if parsed.userinfo:
         return "must not carry a user name or password"
-    if parsed.port == 0:
-        return "must not name port 0"
+    if parsed.port is not None and not 0 < parsed.port <= MAX_PORT:
+        return f"must name a port from 1 to {MAX_PORT}"
     host = parsed.raw_host.decode("ascii").lower().rstrip(".")
     if is_loopback_host(host):
         return None if allow_loopback else "must name a public host, not this machine"

@@ -143,7 +143,9 @@ def test_without_the_local_setting_a_loopback_receiver_gets_nothing(receiver: Re
     ("https://metadata.google.internal/x", "private network"),
     ("https://printer.local/x", "private network"),
     ("https://a.localhost/x", "private network"),
-    ("https://hooks.example.com:0/x", "port 0"),
+    ("https://hooks.example.com:0/x", "port from 1 to 65535"),
+    ("https://hooks.example.com:65536/x", "port"),
+    ("https://hooks.example.com:99999/x", "port"),
     ("https://under_score.example.com/x", "valid host"),
 ])
 def test_a_bad_webhook_url_is_refused_with_a_clear_400(hooks: Hooks, url: str, problem: str) -> None:
