@@ -229,7 +229,7 @@ def test_linked_operations_answer_as_the_document_says(schema: Any, accounts: Ac
 
     class Links(schema.as_state_machine()):  # type: ignore[misc]
         def before_call(self, case: Case) -> None:
-            live_ids.fill(case, pick=1)
+            live_ids.fill(case, pick=2)  # tasks made from the example: their links are followed
             accounts.guard(case, pick=0)
 
         def get_call_kwargs(self, case: Case) -> dict[str, Any]:

@@ -268,9 +268,10 @@ def exercise(deployment: Deployment) -> None:
     run.run_lane("video", clip["id"], cancelled["id"])
     external_id = run.task(clip["id"])["external_id"]["S"]
 
-    # Ark's callback (a hint), then the poller's read ends the video and hands its copy to the lane.
+    # Ark's callback (a hint), then the poller's read ends the video and hands its copy to the lane. A `queued`
+    # one: a `running` one would tell the poller that callbacks arrive, and put its next read a minute away.
     token = parse_qs(urlsplit(run.ark.sim.tasks.tasks[external_id].callback_url).query)["token"][0]
-    run.rest("POST", "/api/queue/callback", {"id": external_id, "status": "running"},
+    run.rest("POST", "/api/queue/callback", {"id": external_id, "status": "queued"},
              query=f"?task_id={clip['id']}&token={token}")
     wait_for(lambda: run.ark.sim.tasks.tasks[external_id].status == "succeeded")
     assert run.schedule("video_poller") == {"polled": 1}
