@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-PYTEST_WORKERS ?= 2
+# One worker more than CI's two cores: the stack and browser tests spend much of their time waiting on their
+# servers, and a third worker fills the cores meanwhile.
+PYTEST_WORKERS ?= 3
 
 .PHONY: run test test-deep lint sim bench package clean deps toolchains lock deploy destroy update-swagger-ui
 
