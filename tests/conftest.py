@@ -45,6 +45,7 @@ from devstack import moto_speedups  # noqa: E402
 from devstack.testing import LocalStack, launch_local_stack  # noqa: E402
 from tests.api_client import Api  # noqa: E402
 from tests.factories import ADMIN, DEMO, OTHER  # noqa: E402
+from tests.moto_snapshot import fresh_state  # noqa: E402
 
 pytest_plugins = ["tests.lane_fixtures"]
 # In-process moto without the costs AWS never charges (devstack/moto_speedups.py).
@@ -87,7 +88,7 @@ def aws_resources() -> Iterator[None]:
 
     with mock_aws():
         reconfigure()
-        create_all(boto3, os.environ["ARKFLOW_PREFIX"])
+        fresh_state("resources", lambda: create_all(boto3, os.environ["ARKFLOW_PREFIX"]))
         yield
     reconfigure()
 
@@ -107,7 +108,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 def seeded(aws_resources: None) -> None:
     from devstack.demo import create_demo_data
 
-    create_demo_data(admin=ADMIN, accounts=[(*DEMO, "user"), (*OTHER, "user")], default_models=True)
+    fresh_state("seeded", lambda: create_demo_data(admin=ADMIN, accounts=[(*DEMO, "user"), (*OTHER, "user")],
+                                                   default_models=True))
 
 
 @pytest.fixture
