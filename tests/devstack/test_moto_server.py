@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -117,22 +116,20 @@ def test_a_long_poll_waits_for_a_message_without_blocking_other_requests(moto_se
     received: dict[str, Any] = {}
 
     def long_poll() -> None:
-        started = time.monotonic()
         received["messages"] = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=wait_s).get("Messages", [])
-        received["after_s"] = time.monotonic() - started
 
     poller = threading.Thread(target=long_poll)
     poller.start()
-    write_durations_s = []
+    # Writes answered while the poll waits (no timed bound: a loaded machine slows both alike). A server that
+    # served the poll alone would answer none of them until the message came.
+    answered_during_the_poll = 0
     while poller.is_alive():
-        write_started = time.monotonic()
         dynamodb.put_item(TableName=table, Item={"key": {"S": "during-the-poll"}})
-        write_durations_s.append(time.monotonic() - write_started)
+        answered_during_the_poll += poller.is_alive()
     poller.join()
 
     assert [message["Body"] for message in received["messages"]] == ["wake up"]
-    assert received["after_s"] < wait_s / 2
-    assert max(write_durations_s) < 0.5
+    assert answered_during_the_poll >= 5
 
 
 def test_reset_forgets_every_resource(moto_server: MotoServer) -> None:
