@@ -28,6 +28,7 @@ from chalicelib.schemas import (
     MODEL_DEFAULTS,
     ImageTaskRequest,
     ModelCreate,
+    ModelPrice,
     ModelUpdate,
     VideoTaskRequest,
     problems_failure,
@@ -36,7 +37,7 @@ from chalicelib.settings import get_settings
 from chalicelib.store import first_run, quota, slots, statemachine, writes
 from chalicelib.store.errors import StaleTask, write_error
 from chalicelib.store.records import ModelRecord, TaskRecord, optional_int
-from chalicelib.tasks import checks
+from chalicelib.tasks import checks, costs
 
 log = logging.getLogger(__name__)
 
@@ -196,9 +197,21 @@ def checked_upstream(request: ModelCreate) -> ArkModel:
     return entry
 
 
+def checked_price(model_type: str, price: ModelPrice | None) -> dict[str, Any] | None:
+    """The price as stored, once its unit is found to be one the model's type is billed in; 400 otherwise."""
+    if price is None:
+        return None
+    units = costs.UNITS_BY_TYPE[model_type]
+    if price.unit not in units:
+        raise problems_failure([checks.Problem(f"price.{price.unit}", "price_unit",
+                                               f"a {model_type} model is priced {' or '.join(units)}")])
+    return price.stored()
+
+
 def _new_model(request: ModelCreate, clock: Clock) -> ModelRecord:
     entry = checked_upstream(request)
     defaults = request.defaults.model_dump(exclude_none=True) if request.defaults else None
+    price = checked_price(request.type, request.price)
     now = iso(clock.now())
     return ModelRecord(
         request.model_id,
@@ -213,6 +226,7 @@ def _new_model(request: ModelCreate, clock: Clock) -> ModelRecord:
         lane=_resolve_lane(request.type, request.lane),
         enabled=request.enabled,
         defaults=defaults,
+        price=price,
         created_at=now,
         updated_at=now,
     )
@@ -242,6 +256,8 @@ def update_model(model_id: str, request: ModelUpdate, clock: Clock = SYSTEM_CLOC
                 details=[{"field": "defaults", "message": f"these are not defaults of a {model.type} model"}],
             )
         changes["defaults"] = request.defaults.model_dump(exclude_none=True) if request.defaults else None
+    if "price" in changes:
+        changes["price"] = checked_price(model.type, request.price)
     moved: ArkModel | None = None
     if _repeats_upstream(model, changes):
         # An edit that restates the upstream (as the admin page's does) moves nothing and keeps the model's flag.

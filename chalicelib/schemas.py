@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
+import iso4217
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -533,6 +534,62 @@ class VideoModelDefaults(_Body):
     service_tier: Word | None = None
 
 
+# ISO 4217's codes of real currencies: "XXX" (no currency) and "XTS" (testing) name none.
+CURRENCY_CODES = frozenset(currency.code for currency in iso4217.Currency) - {"XXX", "XTS"}
+# No model costs more than this per unit (an image, a million tokens, a second): a larger figure is a typo.
+MAX_PRICE = 1_000_000
+PRICE_UNITS = ("per_image", "per_million_tokens", "per_second")
+
+
+def _currency_code(value: str) -> str:
+    if value not in CURRENCY_CODES:
+        raise _problem("unknown_currency", "must be an ISO 4217 currency code in upper case, e.g. CNY or USD")
+    return value
+
+
+CurrencyCode = Annotated[str, AfterValidator(_currency_code),
+                         WithJsonSchema({"type": "string", "pattern": "^[A-Z]{3}$",
+                                         "description": "an ISO 4217 currency code"})]
+PriceAmount = Annotated[float, Field(ge=0, le=MAX_PRICE, allow_inf_nan=False)]
+
+
+def _one_price_unit(schema: dict[str, Any]) -> None:
+    """The document's view: exactly one amount, never null (`_amounts_not_null`)."""
+    for unit in PRICE_UNITS:
+        amount = schema["properties"][unit]
+        amount.update(next(branch for branch in amount.pop("anyOf") if branch != {"type": "null"}))
+        amount.pop("default", None)
+    schema["oneOf"] = [{"required": ["currency", unit]} for unit in PRICE_UNITS]
+
+
+class ModelPrice(_Body):
+    """What a model costs (docs/api.md, "Prices and costs"): one amount, per image (image models) or per million
+    tokens or second of video (video models), as Ark bills them."""
+
+    model_config = ConfigDict(json_schema_extra=_one_price_unit)
+
+    currency: CurrencyCode
+    per_image: PriceAmount | None = None
+    per_million_tokens: PriceAmount | None = None
+    per_second: PriceAmount | None = None
+
+    _amounts_not_null = field_validator(*PRICE_UNITS, mode="before")(_not_null)
+
+    @model_validator(mode="after")
+    def _one_unit(self) -> Self:
+        if len(self.stored()) != 2:
+            raise _problem("price_unit", f"give exactly one of {', '.join(PRICE_UNITS)} besides currency")
+        return self
+
+    @property
+    def unit(self) -> str:
+        return next(unit for unit in PRICE_UNITS if getattr(self, unit) is not None)
+
+    def stored(self) -> dict[str, Any]:
+        """The price as a model stores and shows it: `{"currency": ..., <unit>: amount}`."""
+        return self.model_dump(exclude_none=True)
+
+
 MODEL_DEFAULTS: dict[str, type[ImageModelDefaults] | type[VideoModelDefaults]] = {
     "image": ImageModelDefaults,
     "video": VideoModelDefaults,
@@ -555,6 +612,7 @@ class ModelCreate(_Body):
     lane: LaneName | None = None
     enabled: bool = True
     defaults: ImageModelDefaults | VideoModelDefaults | None = None
+    price: ModelPrice | None = None  # which units a model's type takes is judged by `chalicelib.catalog`
 
     @field_validator("defaults", mode="before")
     @classmethod
@@ -588,6 +646,7 @@ class ModelUpdate(_Update):
     lane: LaneName | None = None  # null returns the model to its type's default lane
     enabled: bool | None = None
     defaults: ImageModelDefaults | VideoModelDefaults | None = None  # null clears the defaults
+    price: ModelPrice | None = None  # null removes the price: tasks accepted from then on have no cost
     # With a new upstream: fail the queued tasks it cannot take (their quota given back) instead of refusing.
     force: bool | None = None
 

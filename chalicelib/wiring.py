@@ -38,6 +38,7 @@ from chalicelib.settings import Settings, get_settings, reload_settings
 from chalicelib.store import records, statemachine
 from chalicelib.store.records import TaskRecord
 from chalicelib.sweeper import Sweeper
+from chalicelib.tasks import costs
 from chalicelib.tasks.intake import Intake
 from chalicelib.tasks.queries import TaskQueries
 from chalicelib.video.status import VideoStatus
@@ -248,6 +249,7 @@ def release_slot(task: TaskRecord) -> bool:
 # The outbox's mark rides on the transition's own write, so a webhook event is never lost between the write and its
 # listener's send (`chalicelib.webhooks.outbox`).
 statemachine.write_hooks.append(due_mark)
+statemachine.write_hooks.append(costs.unbilled_end)  # a task Ark did no work for costs 0, written as it ends
 statemachine.listeners.append(publish)
 statemachine.listeners.append(queue_webhook)
 statemachine.slot_releaser[:] = [release_slot]

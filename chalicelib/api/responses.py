@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chalicelib.ids import TASK_ID_PATTERN, USER_ID_PATTERN
 from chalicelib.resources import TaskType
-from chalicelib.schemas import Role, TaskStatus
+from chalicelib.schemas import PRICE_UNITS, Role, TaskStatus
 from chalicelib.webhooks.events import WebhookEvent
 
 Timestamp = Annotated[str, Field(description="ISO 8601 UTC with milliseconds, e.g. 2025-01-31T12:00:00.000Z",
@@ -142,6 +142,23 @@ class UsageToday(_Answer):
     remaining: int
 
 
+def _one_amount(schema: dict[str, Any]) -> None:
+    for unit in PRICE_UNITS:
+        schema["properties"][unit].pop("default")
+    schema["oneOf"] = [{"required": ["currency", unit]} for unit in PRICE_UNITS]
+
+
+class Price(_Answer):
+    """`chalicelib.schemas.ModelPrice` as stored: the currency and exactly one amount."""
+
+    model_config = ConfigDict(json_schema_extra=_one_amount)
+
+    currency: str = Field(description="ISO 4217")
+    per_image: float = Field(default=None, ge=0, description="image models: per image Ark generated")
+    per_million_tokens: float = Field(default=None, ge=0, description="video models: per million tokens of usage")
+    per_second: float = Field(default=None, ge=0, description="video models: per second of video")
+
+
 class AdminModel(PublicModel):
     upstream_model: str
     family: str | None
@@ -152,6 +169,8 @@ class AdminModel(PublicModel):
     user_daily_quota: int | None
     max_running_per_user: int | None
     lane: str
+    price: Price | None = Field(description="null: no price, its tasks have no cost (docs/api.md, \"Prices and "
+                                            "costs\")")
     created_at: Timestamp
     updated_at: Timestamp
     usage_today: UsageToday
@@ -215,6 +234,10 @@ class Task(_Answer):
     video_url: Url | None
     last_frame_url: Url | None
     result: dict[str, Any] | None
+    usage: dict[str, Any] | None = Field(description="Ark's `usage` of the finished task, as Ark answered it")
+    cost: float | None = Field(ge=0, description="what the finished task cost, in `currency`, at the model's price "
+                                              "when it was accepted; 0 when Ark billed nothing, null when not known")
+    currency: str | None = Field(description="ISO 4217 code of `cost`; null with it")
     results_copy_error: ErrorObject | None
     created_at: Timestamp
     updated_at: Timestamp

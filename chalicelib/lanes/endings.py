@@ -21,6 +21,7 @@ from chalicelib import catalog
 from chalicelib.ark.errors import (
     MODEL_UNAVAILABLE,
     ArkError,
+    ArkPermanentError,
     ArkRateLimitError,
     ArkRetryableError,
     gave_up_error,
@@ -36,6 +37,7 @@ from chalicelib.settings import Settings
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask
 from chalicelib.store.records import TaskRecord
+from chalicelib.tasks import costs
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +74,10 @@ class Endings:
                            forget_refused_call(task, error, reached_ark_before))
             catalog.flag_upstream_unavailable(task, error.code, self.clock.now())
             return
-        self.fail_with(task, task_error(error.code, error.message),
-                       forget_refused_call(task, error, reached_ark_before))
+        unbilled = forget_refused_call(task, error, reached_ark_before)
+        # Refused outright: nothing billed. An unreadable answer may have been billed: its cost stays unknown.
+        refused = costs.refused_actions(task, reached_ark_before) if isinstance(error, ArkPermanentError) else []
+        self.fail_with(task, task_error(error.code, error.message), [*unbilled, *refused])
 
     def fail(self, task: TaskRecord, code: str, message: str, extra: Sequence[Action] = ()) -> TaskRecord | None:
         return self.fail_with(task, error_object(code, message), extra)

@@ -17,6 +17,7 @@ from chalicelib.media import storage
 from chalicelib.settings import Settings
 from chalicelib.store import statemachine
 from chalicelib.store.records import ModelRecord, TaskRecord
+from chalicelib.tasks import costs
 
 # With less time than this left after the Ark call, the copy goes to a fresh message instead.
 MIN_COPY_TIME_S = 30
@@ -58,19 +59,23 @@ class ImageCalls:
 
     def _store_images(self, task: TaskRecord, result: ImageGenerationResult, delivery: Delivery) -> None:
         errors = [{"index": error.index, **task_error(error.code, error.message)} for error in result.errors]
+        usage = usage_of(result.usage) if result.usage else None
+        # Priced by what Ark generated (its usage), written with the task's end.
+        billed = costs.image_actions(task, usage, len(result.images))
         if not result.images:
             first = task_error(result.errors[0].code, result.errors[0].message) if result.errors else error_object(
                 "no_images", "Ark returned no image.")
-            self.endings.fail_with(task, first, [TaskRecord.image_errors.set(errors)])
+            self.endings.fail_with(task, first, [TaskRecord.image_errors.set(errors), *billed])
             return
         meta: dict[str, Any] = {"sizes": [image.size for image in result.images],
                                 "format": (task.params or {}).get("output_format", "jpeg")}
-        if result.usage:
-            meta["usage"] = usage_of(result.usage)
+        if usage:
+            meta["usage"] = usage
         succeeded = self.endings.transition(task, statemachine.SUCCEEDED, [
             TaskRecord.result_urls.set([image.url for image in result.images if image.url]),
             TaskRecord.image_errors.set(errors),
             TaskRecord.result_meta.set(meta),
+            *billed,
         ])
         if not succeeded:
             return

@@ -116,6 +116,9 @@ class ModelRecord(_Base):
     # Set when Ark answered that the model or endpoint is not there for this account (`{at, code}`); cleared by
     # the next call Ark accepts, or by a change of upstream.
     upstream_unavailable = JSONAttribute(null=True)
+    # What the model costs (`chalicelib.schemas.ModelPrice.stored`): `{currency, per_image | per_million_tokens |
+    # per_second}`; absent: no price, its tasks have no cost.
+    price = JSONAttribute(null=True)
     created_at = UnicodeAttribute()
     updated_at = UnicodeAttribute()
 
@@ -168,6 +171,13 @@ class TaskRecord(_Base):
     video_url = UnicodeAttribute(null=True)
     last_frame_url = UnicodeAttribute(null=True)
     result_meta = JSONAttribute(null=True)
+    # The model's price when the task was accepted, which its cost is counted at (`chalicelib.tasks.costs`).
+    price = JSONAttribute(null=True)
+    # Ark's `usage` of the task's generation as Ark answered it, and what that cost (a number rounded to 6 places, in
+    # `currency`), both written with the terminal transition; `cost` null where it is not known.
+    usage = JSONAttribute(null=True)
+    cost = NumberAttribute(null=True)
+    currency = UnicodeAttribute(null=True)
     # Why results could not be copied to the bucket; the task then keeps Ark's (24 h) URLs.
     results_copy_error = ErrorAttribute(null=True)
     created_at = UnicodeAttribute()

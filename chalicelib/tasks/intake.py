@@ -172,6 +172,7 @@ class Intake:
             upstream_model=capabilities.ark_model_id(entry, catalog.provider(), model.upstream_model),
             family=entry.key,
             warnings=warnings or None,
+            price=model.price,
             lane=model.lane,
             created_at=created_at,
             updated_at=created_at,

@@ -38,6 +38,7 @@ from chalicelib.settings import Settings
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
 from chalicelib.store.records import TaskRecord
+from chalicelib.tasks import costs
 from chalicelib.video.stages import ARK_QUEUED, ARK_STAGES, ARK_TERMINAL, STAGE_ORDER, SUBMITTING
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class VideoStatus:
         target = ARK_TERMINAL.get(remote.status)
         if target is None:
             return self._advance(task, ARK_STAGES.get(remote.status))
-        task = statemachine.transition(task, target, actions=_outcome_actions(remote), clock=self.clock)
+        task = statemachine.transition(task, target, actions=_outcome_actions(task, remote), clock=self.clock)
         if target == statemachine.SUCCEEDED:
             self._request_results_copy(task)
         return task
@@ -290,7 +291,13 @@ def _usage(remote: VideoTask) -> dict[str, Any] | None:
     return usage
 
 
-def _outcome_actions(remote: VideoTask) -> list[Action]:
+def _outcome_actions(task: TaskRecord, remote: VideoTask) -> list[Action]:
+    return [*_result_actions(remote), *costs.video_actions(
+        task, ARK_TERMINAL[remote.status], _usage(remote), duration=remote.duration, frames=remote.frames,
+        service_tier=remote.service_tier)]
+
+
+def _result_actions(remote: VideoTask) -> list[Action]:
     if remote.status == "succeeded":
         meta = {
             "duration": remote.duration,
