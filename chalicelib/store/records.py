@@ -168,6 +168,10 @@ class TaskRecord(_Base):
     video_url = UnicodeAttribute(null=True)
     last_frame_url = UnicodeAttribute(null=True)
     result_meta = JSONAttribute(null=True)
+    # Ark's `usage` as it came, and what the task cost in `currency` (the model's price then), with its end.
+    usage = JSONAttribute(null=True)
+    cost = NumberAttribute(null=True)
+    currency = UnicodeAttribute(null=True)
     # Why results could not be copied to the bucket; the task then keeps Ark's (24 h) URLs.
     results_copy_error = ErrorAttribute(null=True)
     created_at = UnicodeAttribute()
@@ -214,6 +218,10 @@ class TaskRecord(_Base):
     webhook_shard = UnicodeAttribute(null=True)
     webhook_due = NumberAttribute(null=True)
     webhook_due_by = NumberAttribute(null=True)
+    # The metrics' mark (`chalicelib.metrics.rollup`), written with the terminal transition and removed with the
+    # roll-up that counts the task: its index shard, and when it was set (epoch seconds).
+    metrics_shard = UnicodeAttribute(null=True)
+    metrics_due = NumberAttribute(null=True)
 
     by_user = index_of(resources.TASKS, "by_user")
     by_list_shard = index_of(resources.TASKS, "by_list_shard")
@@ -221,6 +229,7 @@ class TaskRecord(_Base):
     parked_by_model = index_of(resources.TASKS, "parked_by_model")
     video_polls_due = index_of(resources.TASKS, "video_polls_due")
     webhooks_due = index_of(resources.TASKS, "webhooks_due")
+    metrics_pending = index_of(resources.TASKS, "metrics_pending")
 
 
 class QuotaRecord(_Base):
