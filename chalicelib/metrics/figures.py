@@ -137,12 +137,8 @@ def queued_now(model_id: str) -> int:
     return max(len(head), int(newest.queue_seq) - min(numbers) + 1)
 
 
-def circuit_of(model: ModelRecord) -> dict[str, Any]:
-    """The model's circuit as the metrics show it."""
-    return _circuit(model)
-
-
 def _circuit(_model: ModelRecord) -> dict[str, Any]:
+    """The model's circuit as the metrics show it (`{state, since, reason}`)."""
     return {"state": "closed", "since": None, "reason": None}
 
 
@@ -161,7 +157,7 @@ def model_metrics(model: ModelRecord, window: str, now: float) -> dict[str, Any]
         **ark_errors(model.model_id, window, now),
         "cost": round(found.cost, 6),
         "currency": found.currency or (price.get("currency") if isinstance(price, dict) else None),
-        "circuit": circuit_of(model),
+        "circuit": _circuit(model),
         "series": series(model.model_id, window, now),
     }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,8 +51,9 @@ PAGE = 100
 FINE_S, HOUR_S, DAY_S = 300, 3600, 86400
 # What each item kind is kept for (the longest window it serves, and some): the 24 h window, `days` <= 31.
 FINE_KEEP_S, HOUR_KEEP_S, USAGE_KEEP_S = 2 * DAY_S, 3 * DAY_S, 35 * DAY_S
-# Error codes are Ark's or arkflow's; a code longer than this is cut (an attribute name stays small).
-MAX_CODE_CHARS = 100
+# Error codes are Ark's or arkflow's (an operator's too): one that is not a short plain code counts as `other`, so a
+# bucket's attributes stay few and small (DynamoDB's 400 KB item).
+PLAIN_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def table_name() -> str:
@@ -135,7 +137,7 @@ def contribution_of(task: TaskRecord) -> Contribution:
     cost = getattr(task, "cost", None)
     return Contribution(
         model_id=task.model_id, shard=_shard(task.task_id, SHARDS), finished=finished, status=task.status,
-        error_code=code[:MAX_CODE_CHARS] if code else None,
+        error_code=(code if PLAIN_CODE.match(code) else "other") if code else None,
         wait_s=None if started is None else max(0.0, started - epoch_of(task.created_at)),
         run_s=None if started is None else max(0.0, finished - started),
         cost=None if cost is None else float(cost), currency=getattr(task, "currency", None),
