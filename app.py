@@ -16,6 +16,7 @@ from chalicelib.accounts.first_admin import ensure_first_admin
 from chalicelib.api import bodies, openapi
 from chalicelib.api import responses as answers
 from chalicelib.api.http import Http, RequestContext, json_response
+from chalicelib.metrics import figures
 from chalicelib.resources import LANES, WEBHOOK_DELIVERY, Lane, Queue
 from chalicelib.schemas import (
     AdminTaskListQuery,
@@ -27,6 +28,7 @@ from chalicelib.schemas import (
     KeyDeleted,
     KeyList,
     LoginRequest,
+    MetricsQuery,
     ModelCreate,
     ModelUpdate,
     RenderRequest,
@@ -34,6 +36,7 @@ from chalicelib.schemas import (
     TaskListQuery,
     TaskRequest,
     UploadRequest,
+    UsageQuery,
     UserCreate,
     UserUpdate,
     WebhookDeliveriesQuery,
@@ -203,6 +206,21 @@ def admin_update_model(context: RequestContext, model_id: str) -> dict[str, Any]
     model = catalog.update_model(model_id, parse(ModelUpdate, context.json()))
     wiring.current().waker.after_limits_changed(model_id)  # raised limits: parked tasks start now, not at a sweep
     return _admin_model_body(model)
+
+
+@http.route("/api/admin/metrics", "GET", access="admin", query=MetricsQuery, responses={200: answers.Metrics})
+def admin_metrics(context: RequestContext) -> dict[str, Any]:
+    """Per model over the last hour or day: queue, slots, wait and run times, outcomes, Ark's errors, cost."""
+    query = parse(MetricsQuery, context.query())
+    return figures.metrics(query.window, wiring.current().clock.now())
+
+
+@http.route("/api/admin/usage", "GET", access="admin", query=UsageQuery, responses={200: answers.Usage})
+def admin_usage(context: RequestContext) -> dict[str, Any]:
+    """Per day, model and user: what finished, and what it cost."""
+    services = wiring.current()
+    query = parse(UsageQuery, context.query())
+    return figures.usage(query.days, services.clock.now(), services.settings.quota_timezone)
 
 
 @http.route("/api/admin/models/{model_id}", "DELETE", access="admin", responses={200: answers.Deleted},

@@ -48,7 +48,7 @@ CONNECTION_TTL_S = 2 * 3600
 FOLLOW_UP_S = 0.5
 # Task body fields every update carries, then those it carries only when they have a value.
 UPDATE_FIELDS = ("id", "status", "version", "updated_at")
-OPTIONAL_UPDATE_FIELDS = ("queue_position", "result_urls", "video_url", "last_frame_url", "error")
+OPTIONAL_UPDATE_FIELDS = ("queue_position", "eta_s", "progress", "result_urls", "video_url", "last_frame_url", "error")
 # API Gateway refuses to send a message over 128 KB (`PayloadTooLargeException`): the watcher would never see it.
 MAX_MESSAGE_BYTES = 128 * 1024
 # An `invalid_message` reply names at most this many problems, each field path cut to this length: a reply never

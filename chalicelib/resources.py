@@ -111,6 +111,9 @@ TASKS = Table(
         # Sparse: only tasks with a webhook event not yet known to be queued carry `webhook_shard`; the sweeper
         # sends again what is due (`chalicelib.webhooks.outbox`).
         Index("webhooks_due", Key("webhook_shard"), Key("webhook_due", "N")),
+        # Sparse: only finished tasks whose contribution to the metrics' roll-ups is not applied yet carry
+        # `metrics_shard`; the sweeper applies what is due (`chalicelib.metrics.rollup`).
+        Index("metrics_pending", Key("metrics_shard"), Key("metrics_due", "N")),
     ),
 )
 QUOTA = Table("quota", Key("quota_key"), ttl_attribute="expires_at_epoch")
@@ -140,6 +143,9 @@ WEBHOOK_SECRETS = Table("webhook-secrets", Key("user_id"))
 # A task's webhook events (who claimed each attempt) and every attempt made (`chalicelib.webhooks.delivery`).
 WEBHOOK_DELIVERIES = Table("webhook-deliveries", Key("task_id"), Key("delivery_key"),
                            ttl_attribute="expires_at_epoch")
+# The metrics' roll-ups (`chalicelib.metrics.rollup`): per model and time bucket (sharded), per day, model and user,
+# Ark's errors and the queue's samples; `pk` names the series, `sk` the bucket.
+METRICS = Table("metrics", Key("pk"), Key("sk"), ttl_attribute="expires_at_epoch")
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -159,6 +165,7 @@ TABLES: tuple[Table, ...] = (
     RATE_LIMITS,
     WEBHOOK_SECRETS,
     WEBHOOK_DELIVERIES,
+    METRICS,
 )
 
 TASK_LIST_SHARDS = 4

@@ -509,6 +509,18 @@ class WebhookDeliveriesQuery(_Query):
     task_id: Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 
 
+class MetricsQuery(_Query):
+    """`GET /api/admin/metrics?window=`."""
+
+    window: Literal["1h", "24h"] = "1h"
+
+
+class UsageQuery(_Query):
+    """`GET /api/admin/usage?days=`: days back from today (in `QUOTA_TIMEZONE`), today included."""
+
+    days: int = Field(default=14, ge=1, le=31)
+
+
 class UploadRequest(_Body):
     content_type: UploadContentType
     size: Annotated[int, Field(ge=1, le=table.SEEDANCE_INPUT_IMAGES.max_bytes)]

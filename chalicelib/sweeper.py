@@ -16,7 +16,8 @@ tasks that may be running, and the sparse `queued_by_model` index past the deadl
     the worker reconciles it through Ark's task list;
   * a video at Ark the poller does not read (scheduled under a shard it no longer queries): scheduled again.
 Then, for all models at once, webhook events whose first message may never have been queued (the sparse
-`webhooks_due` index, a page per sweep) are queued again (`chalicelib.webhooks.outbox`).
+`webhooks_due` index, a page per sweep) are queued again (`chalicelib.webhooks.outbox`), finished tasks the metrics
+have not counted yet are counted (`chalicelib.metrics.rollup`), and each model's queue is sampled once per 5 minutes.
 A failed write is logged and the sweep goes on with the next task; the next sweep looks again.
 """
 
@@ -33,6 +34,7 @@ from chalicelib import catalog, queues
 from chalicelib.clock import SYSTEM_CLOCK, Clock, epoch_of, iso
 from chalicelib.errors import error_object
 from chalicelib.lanes.waits import HANDOFF_LEASE_S, Waker
+from chalicelib.metrics import figures, rollup
 from chalicelib.settings import Settings
 from chalicelib.store import slots, statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
@@ -58,6 +60,7 @@ class SweepReport:
     reconciling: int = 0
     woken: int = 0
     webhooks_resent: int = 0
+    metrics_applied: int = 0
 
 
 class Sweeper:
@@ -72,7 +75,8 @@ class Sweeper:
 
     def sweep(self) -> SweepReport:
         report = SweepReport()
-        for model in catalog.list_models():
+        models = catalog.list_models()
+        for model in models:
             self._expire_queued(model, report)
             self._check_holders(model, report)
             self._wake_parked(model, report)
@@ -80,6 +84,11 @@ class Sweeper:
             report.webhooks_resent += self.webhooks.resend_due()
         except _WRITE_FAILURES as error:
             log.warning("webhook marks left for the next sweep: %s", error)
+        try:
+            report.metrics_applied += rollup.apply_due(self.clock.now())
+            figures.sample_queues(models, self.clock.now())
+        except _WRITE_FAILURES as error:
+            log.warning("metrics left for the next sweep: %s", error)
         return report
 
     def _wake_parked(self, model: ModelRecord, report: SweepReport) -> None:

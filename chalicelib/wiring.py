@@ -33,6 +33,7 @@ from chalicelib.live import LiveUpdates
 from chalicelib.media import storage
 from chalicelib.media.downloads import Downloads
 from chalicelib.media.uploads import UploadService
+from chalicelib.metrics import figures, rollup
 from chalicelib.resources import Lane, lane_named
 from chalicelib.settings import Settings, get_settings, reload_settings
 from chalicelib.store import records, statemachine
@@ -170,7 +171,7 @@ class Wiring:
 
     @cached_property
     def bodies(self) -> TaskBodies:
-        return TaskBodies(s3=self.s3, queries=self.queries)
+        return TaskBodies(s3=self.s3, queries=self.queries, clock=self.clock)
 
     @cached_property
     def live(self) -> LiveUpdates:
@@ -220,6 +221,7 @@ def new_container() -> None:
     aws.reset()
     secret_store.reset()
     # Every cache a container keeps beside its wiring.
+    figures.forget_recent()
     for cached in (live.management_client, queues._queue_url, storage._long_term_signer, auth._hasher,
                    auth._decoy_hash, first_admin.ensure_first_admin, catalog.ensure_default_models_once):
         cached.cache_clear()
@@ -250,6 +252,10 @@ def release_slot(task: TaskRecord) -> bool:
 # listener's send (`chalicelib.webhooks.outbox`).
 statemachine.write_hooks.append(due_mark)
 statemachine.write_hooks.append(costs.unbilled_end)  # a task Ark did no work for costs 0, written as it ends
+# The same for the metrics: the terminal write marks the task, the listener counts it and takes the mark off in one
+# transaction, the sweeper counts what stayed marked (`chalicelib.metrics.rollup`).
+statemachine.write_hooks.append(rollup.mark)
 statemachine.listeners.append(publish)
 statemachine.listeners.append(queue_webhook)
+statemachine.listeners.append(rollup.record_finished)
 statemachine.slot_releaser[:] = [release_slot]

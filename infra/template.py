@@ -417,8 +417,9 @@ class Access:
     posts_to_connections: bool = False
 
 
-# Whatever changes a task's state also releases slots, refunds quota and tells the owner's open connections.
-_TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.CONNECTIONS)
+# Whatever changes a task's state also releases slots, refunds quota, tells the owner's open connections and counts
+# a finished task into the metrics' roll-ups.
+_TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.CONNECTIONS, resources.METRICS)
 
 
 def _lane_access(lane: Lane) -> Access:
@@ -442,8 +443,9 @@ FUNCTION_ACCESS: dict[str, Access] = {
     "Sweeper": Access(writes=(*_TRANSITIONS, resources.MODELS, resources.MARKERS), sends_to_lanes=True,
                       media=PRESIGN, reads_secret=True, posts_to_connections=True, sends_webhooks=True),
     # Reads the task it posts (presigning its results), signs with its owner's secret (made at the first webhook
-    # of a user who never read it), claims and records each attempt, and queues the next one.
-    lane_function_id(WEBHOOK_DELIVERY): Access(reads=(resources.TASKS,),
+    # of a user who never read it), claims and records each attempt, and queues the next one. The body's estimates
+    # read the model's recent figures (`chalicelib.metrics.figures`).
+    lane_function_id(WEBHOOK_DELIVERY): Access(reads=(resources.TASKS, resources.METRICS, resources.SLOTS),
                                                writes=(resources.WEBHOOK_SECRETS, resources.WEBHOOK_DELIVERIES),
                                                consumes=WEBHOOK_DELIVERY, sends_webhooks=True, media=PRESIGN),
     # Redeems a single-use ticket (read and delete it), checks that the session it was issued to is still live

@@ -59,7 +59,9 @@ LANE_MINIMUM = {
 }
 # The parts that work for a task of each kind. The video poller runs on its schedule whatever the images do (its
 # reads are per run, shown under "all parts"): an image's lane work is its worker's.
-LANE_PARTS = {"image": ("worker",), "video": ("worker", "callback", "video_poller")}
+# `metrics` is the roll-up each finished task costs (`chalicelib.metrics.rollup`), named apart to show what the
+# counters cost, and counted in the lane work.
+LANE_PARTS = {"image": ("worker", "metrics"), "video": ("worker", "callback", "video_poller", "metrics")}
 # The image scenario again at growing backlogs: the cost per task must stay flat (docs/design.md, "Parked tasks").
 SCALING_NS = (40, 160, 640)
 LANE_CONCURRENCY_IMAGE = next(lane.reserved_concurrency for lane in LANES if lane.name == "image")
@@ -365,6 +367,15 @@ class Bench:
 
         LiveUpdates.publish = publish  # type: ignore[method-assign]
 
+        from chalicelib.metrics import rollup
+        from chalicelib.store import statemachine
+
+        def record_finished(task: Any) -> None:
+            with counter.tagged("metrics"):
+                rollup.record_finished(task)
+
+        statemachine.listeners[statemachine.listeners.index(rollup.record_finished)] = record_finished
+
     def _login(self, user: tuple[str, str]) -> str:
         response = self.http.post("/api/users/login", json={"username": user[0], "password": user[1]})
         response.raise_for_status()
@@ -594,7 +605,8 @@ def main() -> int:
         f"{check(polled['status_reads_per_task'] <= polled['read_bound'])})",
         "AWS requests per task (botocore before-call hook). api = intake (auth reads, the rate limit's counter, one"
         " transaction, one send);"
-        " event_source = Lambda's own receive/delete; sweeper = per-run cost, spread over the tasks:",
+        " event_source = Lambda's own receive/delete; sweeper = per-run cost, spread over the tasks; metrics = the"
+        " finished task's roll-up (in the lane work):",
         *requests_lines("image", images["requests"]),
         *requests_lines("video", videos["requests"]),
         "  video task without callbacks (polled):",

@@ -10,7 +10,9 @@ from chalicelib import catalog
 from chalicelib.ark import capabilities
 from chalicelib.ark.capabilities import Provider
 from chalicelib.ark.errors import error_shown
+from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.media import storage
+from chalicelib.metrics import figures
 from chalicelib.store import slots
 from chalicelib.store.rate_limit import DEFAULT_REQUESTS_PER_MINUTE
 from chalicelib.store.records import ModelRecord, TaskRecord, UserRecord, optional_int
@@ -21,9 +23,10 @@ from chalicelib.tasks.queries import TaskQueries
 class TaskBodies:
     """Task bodies with presigned URLs made at read time (so reading a task again gives fresh ones)."""
 
-    def __init__(self, *, s3: Any, queries: TaskQueries) -> None:
+    def __init__(self, *, s3: Any, queries: TaskQueries, clock: Clock = SYSTEM_CLOCK) -> None:
         self.s3 = s3
         self.queries = queries
+        self.clock = clock
 
     def admin_body(self, task: TaskRecord) -> dict[str, Any]:
         """What admins see of a task: its body with what Ark itself said about a failure, and its owner, by the
@@ -66,6 +69,9 @@ class TaskBodies:
         }
         if with_queue_position:
             body["queue_position"] = self.queries.queue_position(task)
+        # From the model's recent figures, cached per container (`chalicelib.metrics.figures`).
+        body.update({"eta_s": None, "progress": None,
+                     **figures.estimates(task, body.get("queue_position"), self.clock.now())})
         return body
 
 

@@ -249,6 +249,10 @@ class Task(_Answer):
         description="the statuses posted to `webhook_url`; null without one")
     queue_position: int | None = Field(default=None, ge=1,
                                        description="on `GET /api/tasks/{task_id}`: 1 for the next to start")
+    eta_s: int | None = Field(default=None, ge=0, description="a queued task's estimated seconds until it is "
+                              "finished, from its model's recent wait and run times (null: no estimate)")
+    progress: float | None = Field(default=None, ge=0, lt=1, description="a running video's estimated share "
+                                   "done: elapsed against its model's recent run times")
 
 
 class AdminTask(Task):
@@ -298,3 +302,60 @@ class WebSocketTicket(_Answer):
 
 class CallbackReceived(_Answer):
     received: Literal[True]
+
+
+# --- metrics (admin) ---------------------------------------------------------------------------------------
+
+
+class Quantiles(_Answer):
+    p50: float | None = Field(description="seconds; null with no task in the window")
+    p95: float | None
+
+
+class Circuit(_Answer):
+    state: Literal["closed", "open", "half_open"]
+    since: Timestamp | None
+    reason: str | None
+
+
+class QueueSeries(_Answer):
+    at: list[Timestamp] = Field(description="the start of each 5-minute slot of the window, oldest first")
+    queued: list[int | None] = Field(description="the sweeper's sample of the slot; null where none was taken")
+    running: list[int | None]
+
+
+class ModelMetrics(_Answer):
+    model_id: str
+    queued: int = Field(ge=0, description="queued now")
+    running: int = Field(ge=0, description="slots held now")
+    concurrency: int
+    wait_s: Quantiles = Field(description="accepted -> running of the tasks that finished in the window")
+    run_s: Quantiles = Field(description="running -> terminal of the tasks that finished in the window")
+    outcomes: dict[str, int] = Field(description="tasks that finished in the window, by status, and by error code")
+    ark_429: int
+    ark_5xx: int
+    cost: float = Field(description="the sum of the cost of the tasks that finished in the window")
+    currency: str | None
+    circuit: Circuit
+    series: QueueSeries
+
+
+class Metrics(_Answer):
+    window: Literal["1h", "24h"]
+    models: list[ModelMetrics]
+
+
+class UsageRow(_Answer):
+    day: str = Field(description="YYYY-MM-DD in `timezone`: the day the tasks finished")
+    model_id: str
+    username: str
+    requests: int
+    succeeded: int
+    failed: int
+    cost: float
+    currency: str | None
+
+
+class Usage(_Answer):
+    timezone: str
+    rows: list[UsageRow]

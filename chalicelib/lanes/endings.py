@@ -32,6 +32,7 @@ from chalicelib.backoff import compute_backoff
 from chalicelib.clock import Clock
 from chalicelib.errors import error_object
 from chalicelib.lanes.messages import Delivery, Outcome, Retry
+from chalicelib.metrics import rollup
 from chalicelib.resources import Lane
 from chalicelib.settings import Settings
 from chalicelib.store import statemachine
@@ -54,6 +55,7 @@ class Endings:
 
     def retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
                     reached_ark_before: bool) -> Outcome:
+        rollup.count_ark_error(task.model_id, error.http_status, self.clock.now())
         undo_claim = forget_refused_call(task, error, reached_ark_before)
         if delivery.receive_count >= self.lane.max_receives:
             return self.give_up(task, delivery, error, undo_claim)
@@ -67,6 +69,7 @@ class Endings:
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
     def fail_permanently(self, task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
+        rollup.count_ark_error(task.model_id, error.http_status, self.clock.now())
         if is_model_unavailable(error):
             # Every task of the model will meet it: the admin page shows it until a call succeeds or the upstream
             # changes.

@@ -224,6 +224,10 @@ class TaskRecord(_Base):
     webhook_shard = UnicodeAttribute(null=True)
     webhook_due = NumberAttribute(null=True)
     webhook_due_by = NumberAttribute(null=True)
+    # The metrics' mark (`chalicelib.metrics.rollup`), written with the terminal transition and removed with the
+    # roll-up that counts the task: its index shard, and when it was set (epoch seconds).
+    metrics_shard = UnicodeAttribute(null=True)
+    metrics_due = NumberAttribute(null=True)
 
     by_user = index_of(resources.TASKS, "by_user")
     by_list_shard = index_of(resources.TASKS, "by_list_shard")
@@ -231,6 +235,7 @@ class TaskRecord(_Base):
     parked_by_model = index_of(resources.TASKS, "parked_by_model")
     video_polls_due = index_of(resources.TASKS, "video_polls_due")
     webhooks_due = index_of(resources.TASKS, "webhooks_due")
+    metrics_pending = index_of(resources.TASKS, "metrics_pending")
 
 
 class QuotaRecord(_Base):

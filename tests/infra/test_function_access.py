@@ -292,6 +292,9 @@ def exercise(deployment: Deployment) -> None:
     # The sweeper times out what waited past its deadline.
     assert run.schedule("sweeper", TASK_DEADLINE_SECONDS="0")["timed_out"] == 1
     assert run.task(late["id"])["status"]["S"] == "failed"
+    # The admin's figures of what ran (the roll-ups the transitions above wrote).
+    assert run.rest("GET", "/api/admin/metrics", user=ADMIN, query="?window=24h")["window"] == "24h"
+    assert "rows" in run.rest("GET", "/api/admin/usage", user=ADMIN, query="?days=2")
 
 
 @pytest.fixture

@@ -116,6 +116,8 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("/api/admin/users/{username}", "PUT"): None,
     ("/api/admin/users/{username}", "DELETE"): None,
     ("/api/admin/models", "GET"): None,
+    ("/api/admin/metrics", "GET"): None,
+    ("/api/admin/usage", "GET"): None,
     ("/api/admin/models", "POST"): None,
     ("/api/admin/ark-models", "GET"): None,
     ("/api/admin/models/{model_id}", "GET"): None,

@@ -1,0 +1,229 @@
+"""The metrics match the tasks' own records: counts exactly, p50/p95 within one histogram bucket; a finished task is
+counted exactly once, whether its listener ran, died before counting it, or ran twice; the routes refuse bad
+windows; a queued task's body and events carry `eta_s`, a running video's `progress`."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chalicelib import wiring
+from chalicelib.ark.client import VolcVideoClient
+from chalicelib.clock import epoch_of
+from chalicelib.errors import error_object
+from chalicelib.metrics import figures, histogram, rollup
+from chalicelib.settings import get_settings
+from chalicelib.store import slots, statemachine
+from chalicelib.store.records import TaskRecord
+from chalicelib.wiring import Wiring
+from tests.api_client import Api
+from tests.clocks import FrozenClock
+from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, VIDEO_MODEL, VIDEO_TASK
+
+
+class Fleet:
+    """Tasks made through the API on a clock the test moves, driven through the state machine as lanes would."""
+
+    def __init__(self, api: Api, clock: FrozenClock) -> None:
+        self.api = api
+        self.clock = clock
+
+    def create(self, body: dict[str, Any] = IMAGE_TASK, user: tuple[str, str] = DEMO) -> str:
+        response = self.api.request("POST", "/api/tasks", body, as_user=user)
+        assert response.status_code == 201, response.body
+        self.clock.advance(0.01)  # the queue's order is the creation time's
+        return str(response.data["id"])
+
+    def task(self, task_id: str) -> TaskRecord:
+        return TaskRecord.get(task_id, consistent_read=True)
+
+    def start(self, task_id: str) -> None:
+        task = self.task(task_id)
+        held = slots.try_acquire(task.model_id, task_id, self.clock.now() + 600, user_id=task.user_id)
+        assert isinstance(held, slots.Held)
+        statemachine.transition(task, statemachine.RUNNING, clock=self.clock)
+
+    def end(self, task_id: str, status: str, *, code: str | None = None, cost: float | None = None) -> None:
+        actions = [TaskRecord.error.set(error_object(code, "it failed"))] if code else []
+        if cost is not None:
+            actions += [TaskRecord.cost.set(cost), TaskRecord.currency.set("CNY")]
+        statemachine.transition(self.task(task_id), status, actions=actions, clock=self.clock)
+
+    def metrics(self, window: str = "1h") -> dict[str, Any]:
+        response = self.api.request("GET", f"/api/admin/metrics?window={window}", as_user=ADMIN)
+        assert response.status_code == 200, response.body
+        return {model["model_id"]: model for model in response.data["models"]}
+
+    def sweep_after_grace(self) -> int:
+        self.clock.advance(rollup.GRACE_S + 1)
+        return wiring.current().sweeper.sweep().metrics_applied
+
+
+@pytest.fixture
+def fleet(api: Api) -> Iterator[Fleet]:
+    clock = FrozenClock()
+    # No video here reaches Ark: the sweeper's client is never asked.
+    unreachable = VolcVideoClient("http://127.0.0.1:9", "unused")
+    wiring.install(Wiring(get_settings(), clock=clock, video_client=unreachable))
+    for model_id, concurrency in ((IMAGE_MODEL, 4), (VIDEO_MODEL, 3)):
+        slots.configure(model_id, concurrency, None)  # as the model's creation writes it
+    figures.forget_recent()
+    for user in (ADMIN, DEMO, OTHER):
+        api.token(user)  # logged in before the clock moves on (a token is never issued in the future)
+    yield Fleet(api, clock)
+    wiring.install(None)
+
+
+def nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
+
+
+def assert_within_a_bucket(reported: float | None, values: list[float], q: float) -> None:
+    assert reported is not None
+    assert abs(histogram.bucket_of(reported) - histogram.bucket_of(nearest_rank(values, q))) <= 1
+
+
+def test_the_metrics_and_the_usage_match_the_tasks_own_records(fleet: Fleet) -> None:
+    run = [  # (user, wait s, run s or None: ended from the queue, status, error code, cost)
+        (DEMO, 2, 12, "succeeded", None, 0.25), (DEMO, 7, 30, "succeeded", None, 0.25),
+        (OTHER, 40, 95, "succeeded", None, 0.25), (DEMO, 1, 3, "failed", "OutputImageSensitiveContentDetected", None),
+        (OTHER, 5, 300, "failed", "timeout", None), (DEMO, 9, None, "cancelled", None, None),
+        (DEMO, 3, None, "expired", None, None), (DEMO, 4, 50, "expired", None, None),
+    ]
+    ended: list[str] = []
+    for user, wait, took, status, code, cost in run:
+        task_id = fleet.create(user=user)
+        fleet.clock.advance(wait)
+        if took is not None:
+            fleet.start(task_id)
+            fleet.clock.advance(took)
+        fleet.end(task_id, status, code=code, cost=cost)
+        ended.append(task_id)
+    still_queued, still_running = fleet.create(), fleet.create(user=OTHER)
+    fleet.start(still_running)
+
+    records = [fleet.task(task_id) for task_id in ended]
+    started = [task for task in records if task.started_at]
+    waits = [epoch_of(task.started_at) - epoch_of(task.created_at) for task in started]
+    runs = [epoch_of(task.finished_at) - epoch_of(task.started_at) for task in started]
+    outcomes = Counter(task.status for task in records) + Counter(task.error.code for task in records if task.error)
+    for window in ("1h", "24h"):
+        image = fleet.metrics(window)[IMAGE_MODEL]
+        assert image["outcomes"] == dict(outcomes)
+        assert (image["queued"], image["running"], image["concurrency"]) == (1, 1, 4)
+        assert image["cost"] == pytest.approx(sum(task.cost or 0 for task in records)) and image["currency"] == "CNY"
+        for name, values in (("wait_s", waits), ("run_s", runs)):
+            assert_within_a_bucket(image[name]["p50"], values, 0.5)
+            assert_within_a_bucket(image[name]["p95"], values, 0.95)
+        assert image["circuit"] == {"state": "closed", "since": None, "reason": None}
+        assert (image["ark_429"], image["ark_5xx"]) == (0, 0)
+    idle = fleet.metrics("24h")[VIDEO_MODEL]
+    assert idle["outcomes"] == {} and idle["wait_s"] == {"p50": None, "p95": None} and idle["cost"] == 0
+
+    usage = fleet.api.request("GET", "/api/admin/usage?days=14", as_user=ADMIN)
+    assert usage.status_code == 200, usage.body
+    assert usage.data["timezone"] == get_settings().quota_timezone
+    rows = {(row["model_id"], row["username"]): row for row in usage.data["rows"]}
+    day = rollup.day_of(fleet.clock.now(), get_settings().quota_timezone)
+    for user in (DEMO, OTHER):
+        own = [task for task in records if task.username == user[0]]
+        assert rows[(IMAGE_MODEL, user[0])] == {
+            "day": day, "model_id": IMAGE_MODEL, "username": user[0], "requests": len(own),
+            "succeeded": sum(task.status == "succeeded" for task in own),
+            "failed": sum(task.status == "failed" for task in own),
+            "cost": pytest.approx(sum(task.cost or 0 for task in own)), "currency": "CNY"}
+    assert still_queued not in {task.task_id for task in records}
+
+
+def test_a_finished_task_is_counted_once_whether_its_listener_died_or_ran_twice(
+        fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
+    killed, told_twice = fleet.create(), fleet.create()
+    fleet.start(killed)
+    fleet.clock.advance(10)
+    monkeypatch.setattr(statemachine, "listeners", [])  # the Lambda ends right after each terminal write
+    fleet.end(killed, "succeeded", cost=0.25)
+    fleet.end(told_twice, "cancelled")
+    monkeypatch.undo()
+    marked = fleet.task(killed)
+    assert marked.metrics_due is not None
+    assert fleet.metrics()[IMAGE_MODEL]["outcomes"] == {}
+
+    # Two notifications of the same write, each with the task as read: the second finds the mark gone.
+    twice = [fleet.task(told_twice), fleet.task(told_twice)]
+    assert [rollup.apply(task) for task in twice] == [True, False]
+    rollup.record_finished(fleet.task(told_twice))  # told after the mark went: nothing to count
+
+    assert wiring.current().sweeper.sweep().metrics_applied == 0  # within the grace: a listener may be counting
+    assert fleet.sweep_after_grace() == 1  # the killed listener's task
+    assert fleet.sweep_after_grace() == 0
+    assert rollup.apply(marked) is False  # a late listener holding the task as written counts nothing
+    image = fleet.metrics()[IMAGE_MODEL]
+    assert image["outcomes"] == {"succeeded": 1, "cancelled": 1} and image["cost"] == pytest.approx(0.25)
+    assert fleet.task(killed).metrics_due is None and fleet.task(told_twice).metrics_due is None
+
+
+def test_ark_errors_and_the_queue_samples_are_counted(fleet: Fleet) -> None:
+    now = fleet.clock.now()
+    for status in (429, 429, 503, 400, None):
+        rollup.count_ark_error(IMAGE_MODEL, status, now)
+    queued = [fleet.create() for _ in range(7)]
+    fleet.start(queued[0])
+    wiring.current().sweeper.sweep()
+    wiring.current().sweeper.sweep()  # a second sweep of the slot keeps the first sample
+
+    image = fleet.metrics("1h")[IMAGE_MODEL]
+    assert (image["ark_429"], image["ark_5xx"]) == (2, 1)
+    assert image["queued"] == 6 and image["running"] == 1
+    series = image["series"]
+    assert len(series["at"]) == len(series["queued"]) == 12
+    assert (series["queued"][-1], series["running"][-1]) == (6, 1) and series["queued"][0] is None
+    assert len(fleet.metrics("24h")[IMAGE_MODEL]["series"]["at"]) == 288
+
+
+def test_a_queued_task_gets_an_eta_and_a_running_video_its_progress(fleet: Fleet) -> None:
+    for took in (20, 20, 20):
+        video = fleet.create(VIDEO_TASK)
+        fleet.start(video)
+        fleet.clock.advance(took)
+        fleet.end(video, "succeeded")
+    figures.forget_recent()
+    running = fleet.create(VIDEO_TASK)
+    fleet.start(running)
+    fleet.clock.advance(5)
+    queued = fleet.create(VIDEO_TASK)
+
+    body = fleet.api.request("GET", f"/api/tasks/{running}", as_user=DEMO).data
+    assert 0.1 < body["progress"] < 0.5 and body["eta_s"] is None
+    fleet.clock.advance(600)
+    assert fleet.api.request("GET", f"/api/tasks/{running}", as_user=DEMO).data["progress"] == figures.PROGRESS_CAP
+    waiting = fleet.api.request("GET", f"/api/tasks/{queued}", as_user=DEMO).data
+    assert waiting["queue_position"] == 1 and 10 < waiting["eta_s"] < 60 and waiting["progress"] is None
+    update = wiring.current().live.update_body(fleet.task(queued))
+    assert update["eta_s"] == waiting["eta_s"] and update["queue_position"] == 1
+    assert wiring.current().live.update_body(fleet.task(running))["progress"] == figures.PROGRESS_CAP
+
+
+def test_bad_windows_and_days_are_validation_errors(api: Api) -> None:
+    for path, query in [("metrics", "window=2h"), ("metrics", "window="), ("metrics", "window=1h&extra=1"),
+                        ("usage", "days=0"), ("usage", "days=32"), ("usage", "days=two")]:
+        response = api.request("GET", f"/api/admin/{path}?{query}", as_user=ADMIN)
+        assert response.status_code == 400, (query, response.body)
+        assert response.data["error"]["code"] == "validation_error"
+    for path in ("metrics", "usage"):
+        assert api.request("GET", f"/api/admin/{path}", as_user=DEMO).status_code == 403
+
+
+# Pure arithmetic: a tenth of the profile's examples (the deep profile's still run long).
+@settings(max_examples=max(20, settings().max_examples // 10))
+@given(st.lists(st.floats(min_value=0, max_value=80_000, allow_nan=False), min_size=1, max_size=200))
+def test_quantiles_from_the_buckets_are_within_one_bucket_of_the_true_ones(values: list[float]) -> None:
+    counts = Counter(histogram.bucket_of(value) for value in values)
+    for q in (0.5, 0.95):
+        assert_within_a_bucket(histogram.quantile(counts, q), values, q)
