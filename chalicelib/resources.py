@@ -140,6 +140,18 @@ WEBHOOK_SECRETS = Table("webhook-secrets", Key("user_id"))
 # A task's webhook events (who claimed each attempt) and every attempt made (`chalicelib.webhooks.delivery`).
 WEBHOOK_DELIVERIES = Table("webhook-deliveries", Key("task_id"), Key("delivery_key"),
                            ttl_attribute="expires_at_epoch")
+# The audit trail (`chalicelib.audit.trail`): append-only, newest first by `entry_key` (time, then a unique tail).
+# Every entry sits in one `feed` partition, read newest first for the unfiltered listing: admin actions and refunds
+# are far below what one partition takes. No TTL: the trail is kept.
+AUDIT = Table(
+    "audit",
+    Key("feed"),
+    Key("entry_key"),
+    indexes=(
+        Index("by_actor", Key("actor"), Key("entry_key")),
+        Index("by_target", Key("target"), Key("entry_key")),
+    ),
+)
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -159,6 +171,7 @@ TABLES: tuple[Table, ...] = (
     RATE_LIMITS,
     WEBHOOK_SECRETS,
     WEBHOOK_DELIVERIES,
+    AUDIT,
 )
 
 TASK_LIST_SHARDS = 4
