@@ -224,8 +224,8 @@ def admin_update_model(context: RequestContext, model_id: str) -> dict[str, Any]
     request = parse(ModelUpdate, context.json())
     before = record_state(catalog.get_model(model_id))
     model = catalog.update_model(model_id, request)
-    _audit(context, "model.update", f"model:{model_id}", before, record_state(model))
     wiring.current().waker.after_limits_changed(model_id)  # raised limits: parked tasks start now, not at a sweep
+    _audit(context, "model.update", f"model:{model_id}", before, record_state(model))
     return _admin_model_body(model)
 
 

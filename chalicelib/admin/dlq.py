@@ -206,8 +206,8 @@ class DeadLetters:
             self._show_again(url, passed_over)
             answer = {"replayed": len(replayed), "dropped": sum(dropped.values()), "dropped_reasons": dict(dropped)}
             if replayed or dropped:
-                self.audit.record(actor=actor, action="dlq.replay", target=f"dlq:{queue.name}",
-                                  before={"replayed": replayed}, after=answer)
+                self.audit.record(actor=actor, action="dlq.replay", target=f"dlq:{queue.name}", before=None,
+                                  after={**answer, "replayed_messages": replayed})
         return answer
 
     def _redrive(self, queue: Queue, letter: DeadLetter) -> str | object | None:

@@ -104,6 +104,13 @@ def test_the_listing_shows_each_dead_letter_hides_none_and_a_replay_drops_what_m
     assert replay(lanes, "image", {"message_ids": [chosen]})["replayed"] == 1
     assert visible_in_dlq(IMAGE) == [left]  # passed over, and visible again at once
     assert [json.loads(record["body"])["task_id"] for record in lanes.receive("image")] == [queued]
+    trail = lanes.api.request("GET", "/api/admin/audit?action=x", as_user=ADMIN)
+    assert trail.status_code == 400  # no such filter
+    replays = {entry["target"]: entry for entry in lanes.api.request("GET", "/api/admin/audit?actor=admin",
+                                                                      as_user=ADMIN).data["entries"]
+               if entry["action"] == "dlq.replay"}
+    assert replays["dlq:image"]["after"]["replayed_messages"] == [{"message_id": chosen, "task_id": queued}]
+    assert replays["dlq:video"]["after"]["dropped_reasons"]["task_finished"] == 1
 
 
 def test_a_video_ark_accepted_goes_to_the_poller_and_is_never_created_again(lanes: Lanes) -> None:
