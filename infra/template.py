@@ -419,8 +419,9 @@ class Access:
     posts_to_connections: bool = False
 
 
-# Whatever changes a task's state also releases slots, refunds quota and tells the owner's open connections.
-_TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.CONNECTIONS)
+# Whatever changes a task's state also releases slots, refunds quota (and records the refund on the audit trail)
+# and tells the owner's open connections.
+_TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.AUDIT, resources.CONNECTIONS)
 
 
 def _lane_access(lane: Lane) -> Access:
