@@ -16,12 +16,15 @@ from chalicelib.accounts.first_admin import ensure_first_admin
 from chalicelib.api import bodies, openapi
 from chalicelib.api import responses as answers
 from chalicelib.api.http import Http, RequestContext, json_response
+from chalicelib.audit.trail import record_state
 from chalicelib.metrics import figures
 from chalicelib.resources import LANES, WEBHOOK_DELIVERY, Lane, Queue
 from chalicelib.schemas import (
     AdminTaskListQuery,
     ArkCallback,
+    AuditQuery,
     CallbackQuery,
+    DeadLetterReplay,
     IdempotencyKeyHeader,
     KeyCreate,
     KeyCreated,
@@ -60,6 +63,15 @@ http = Http(app, lambda: wiring.current().authenticator)
 # Every route declares what it takes and answers on `http.route` (chalicelib/api/http.py, `Operation`): the API's
 # OpenAPI document (`GET /api/openapi.json`) is built from those declarations.
 IDEMPOTENT = {"Idempotency-Key": IdempotencyKeyHeader}
+
+
+def _audit(context: RequestContext, action: str, target: str, before: dict[str, Any] | None,
+           after: dict[str, Any] | None) -> None:
+    """An admin's action on the audit trail, once it is done (docs/design.md, "Audit trail")."""
+    wiring.current().audit.record(actor=context.user.username, action=action, target=target, before=before,
+                                  after=after)
+
+
 TASK_LINKS = {"get_task": {"task_id": "$response.body#/id"}, "cancel_task": {"task_id": "$response.body#/id"},
               "remove_task": {"task_id": "$response.body#/id"}}
 
@@ -111,7 +123,9 @@ def admin_list_users(_: RequestContext) -> dict[str, Any]:
                          "admin_delete_user": {"username": "$response.body#/username"}}})
 def admin_create_user(context: RequestContext) -> Any:
     """Create an account."""
-    return json_response(201, bodies.user_body(users.create_user(parse(UserCreate, context.json()))))
+    user = bodies.user_body(users.create_user(parse(UserCreate, context.json())))
+    _audit(context, "user.create", f"user:{user['username']}", None, user)
+    return json_response(201, user)
 
 
 @http.route("/api/admin/users/{username}", "PUT", access="admin", body=UserUpdate, responses={200: answers.User},
@@ -119,15 +133,20 @@ def admin_create_user(context: RequestContext) -> Any:
 def admin_update_user(context: RequestContext, username: str) -> dict[str, Any]:
     """Change an account's role, password or disabled flag; a disabled account's sessions end at once."""
     request = parse(UserUpdate, context.json())
-    user = users.update_user(context.user, username, request, sockets=wiring.current().live)
-    return bodies.user_body(user)
+    before = bodies.user_body(users.get_user(username))
+    user = bodies.user_body(users.update_user(context.user, username, request, sockets=wiring.current().live))
+    _audit(context, "user.update", f"user:{username}", before,
+           {**user, "password_changed": request.password is not None})
+    return user
 
 
 @http.route("/api/admin/users/{username}", "DELETE", access="admin", responses={200: answers.Deleted},
             errors={409: "`self_lockout`: administrators cannot delete themselves"})
 def admin_delete_user(context: RequestContext, username: str) -> dict[str, Any]:
     """Delete an account; its sessions end at once and its name may be given to a new, empty account."""
+    before = bodies.user_body(users.get_user(username))
     users.delete_user(context.user, username, sockets=wiring.current().live)
+    _audit(context, "user.delete", f"user:{username}", before, None)
     return {"deleted": username}
 
 
@@ -188,7 +207,9 @@ def admin_list_ark_models(_: RequestContext) -> dict[str, Any]:
                          for name in ("admin_get_model", "admin_update_model", "admin_delete_model")}})
 def admin_create_model(context: RequestContext) -> Any:
     """Add a model: the Ark model or endpoint it calls, its limits and defaults."""
-    return json_response(201, _admin_model_body(catalog.create_model(parse(ModelCreate, context.json()))))
+    model = catalog.create_model(parse(ModelCreate, context.json()))
+    _audit(context, "model.create", f"model:{model.model_id}", None, record_state(model))
+    return json_response(201, _admin_model_body(model))
 
 
 @http.route("/api/admin/models/{model_id}", "GET", access="admin", responses={200: answers.AdminModel})
@@ -203,8 +224,11 @@ def admin_get_model(_: RequestContext, model_id: str) -> dict[str, Any]:
                          "change again)"})
 def admin_update_model(context: RequestContext, model_id: str) -> dict[str, Any]:
     """Change the given fields of a model; a new upstream moves its queued tasks (docs/api.md, "Models")."""
-    model = catalog.update_model(model_id, parse(ModelUpdate, context.json()))
+    request = parse(ModelUpdate, context.json())
+    before = record_state(catalog.get_model(model_id))
+    model = catalog.update_model(model_id, request)
     wiring.current().waker.after_limits_changed(model_id)  # raised limits: parked tasks start now, not at a sweep
+    _audit(context, "model.update", f"model:{model_id}", before, record_state(model))
     return _admin_model_body(model)
 
 
@@ -225,9 +249,11 @@ def admin_usage(context: RequestContext) -> dict[str, Any]:
 
 @http.route("/api/admin/models/{model_id}", "DELETE", access="admin", responses={200: answers.Deleted},
             errors={409: "`model_in_use`: it has unfinished tasks"})
-def admin_delete_model(_: RequestContext, model_id: str) -> Any:
+def admin_delete_model(context: RequestContext, model_id: str) -> Any:
     """Delete a model that has no unfinished task."""
+    before = record_state(catalog.get_model(model_id))
     catalog.delete_model(model_id)
+    _audit(context, "model.delete", f"model:{model_id}", before, None)
     return json_response(200, {"deleted": model_id})
 
 
@@ -308,8 +334,11 @@ def update_task_status(context: RequestContext, task_id: str) -> dict[str, Any]:
     services = wiring.current()
     task = services.queries.get(task_id)
     request = parse(StatusUpdateRequest, context.json())
+    before = {"status": task.status, "stage": task.stage, "error": task.error.as_dict() if task.error else None}
     changed = operator.apply(task, request, sqs=services.sqs, video=lambda: services.video_status,
                              clock=services.clock)
+    _audit(context, "task.status", f"task:{task_id}", before,
+           {**request.model_dump(mode="json", exclude_none=True), "status": changed.status, "stage": changed.stage})
     return services.bodies.body(changed, for_admin=True)
 
 
@@ -321,6 +350,34 @@ def remove_task(context: RequestContext, task_id: str) -> dict[str, Any]:
     task = services.queries.get(task_id) if context.user.is_admin else services.queries.get_own(context.user, task_id)
     objects = delete_task(task, s3=services.s3, bucket=services.settings.media_bucket)
     return {"deleted": task_id, "objects_deleted": objects}
+
+
+# --- steering: dead letters and the audit trail -------------------------------------------------------------
+
+
+@http.route("/api/admin/dlq", "GET", access="admin", responses={200: answers.DeadLetterList})
+def admin_list_dead_letters(_: RequestContext) -> dict[str, Any]:
+    """What sits in each lane's dead-letter queue and the webhook delivery's (50 messages each at most), with the
+    task each names and why it died; listing hides none of them from a replay."""
+    return wiring.current().dead_letters.listing()
+
+
+@http.route("/api/admin/dlq/{lane}/replay", "POST", access="admin", body=DeadLetterReplay, body_required=False,
+            responses={200: answers.DeadLettersReplayed})
+def admin_replay_dead_letters(context: RequestContext, lane: str) -> dict[str, Any]:
+    """Re-drive a queue's dead letters (100 a call at most): finished and missing tasks are dropped, a video Ark
+    accepted goes to the poller, never to a create (docs/api.md, "Dead letters")."""
+    request = parse(DeadLetterReplay, context.json()) if context.has_body() else DeadLetterReplay()
+    return wiring.current().dead_letters.replay(lane, request.message_ids, actor=context.user.username)
+
+
+@http.route("/api/admin/audit", "GET", access="admin", query=AuditQuery, responses={200: answers.AuditPage})
+def admin_audit(context: RequestContext) -> dict[str, Any]:
+    """The audit trail, newest first, by actor and target (follow `next_cursor` until it is null)."""
+    query = parse(AuditQuery, context.query())
+    entries, cursor = wiring.current().audit.page(actor=query.actor, target=query.target, cursor=query.cursor,
+                                                   limit=query.limit)
+    return {"entries": entries, "next_cursor": cursor}
 
 
 # --- media: uploads -------------------------------------------------------------------------------------------

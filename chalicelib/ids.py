@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from chalicelib.errors import NotFound
+from chalicelib.resources import QUEUES
 
 # A prefix and 128 random bits in lower-case base32 (`new_task_id`, `new_user_id`).
 TASK_ID_PATTERN = r"^tsk_[a-z2-7]{26}$"
@@ -66,6 +67,8 @@ PATH_PARAMETERS = {
     # Usernames are case-insensitive: `/api/admin/users/Demo` is demo.
     "username": PathParameter("user", re.compile(USERNAME_PATTERN), str.lower),
     "key_id": PathParameter("key", re.compile(KEY_ID_PATTERN)),
+    # A queue of `chalicelib.resources` by name (a lane, or `webhook-delivery`): the dead letters' routes.
+    "lane": PathParameter("lane", re.compile("^(" + "|".join(re.escape(queue.name) for queue in QUEUES) + ")$")),
 }
 
 

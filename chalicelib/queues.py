@@ -23,6 +23,10 @@ def url_of(sqs: Any, queue: Queue) -> str:
     return _queue_url(sqs, queue.queue_name(get_settings().resource_prefix))
 
 
+def dead_letter_url_of(sqs: Any, queue: Queue) -> str:
+    return _queue_url(sqs, queue.dlq_name(get_settings().resource_prefix))
+
+
 # SQS refuses a message body over 256 KiB.
 SQS_MAX_BODY_BYTES = 256 * 1024
 

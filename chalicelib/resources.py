@@ -146,6 +146,18 @@ WEBHOOK_DELIVERIES = Table("webhook-deliveries", Key("task_id"), Key("delivery_k
 # The metrics' roll-ups (`chalicelib.metrics.rollup`): per model and time bucket (sharded), per day, model and user,
 # Ark's errors and the queue's samples; `pk` names the series, `sk` the bucket.
 METRICS = Table("metrics", Key("pk"), Key("sk"), ttl_attribute="expires_at_epoch")
+# The audit trail (`chalicelib.audit.trail`): append-only, newest first by `entry_key` (time, then a unique tail).
+# Every entry sits in one `feed` partition, read newest first for the unfiltered listing: admin actions and refunds
+# are far below what one partition takes. No TTL: the trail is kept.
+AUDIT = Table(
+    "audit",
+    Key("feed"),
+    Key("entry_key"),
+    indexes=(
+        Index("by_actor", Key("actor"), Key("entry_key")),
+        Index("by_target", Key("target"), Key("entry_key")),
+    ),
+)
 
 TABLES: tuple[Table, ...] = (
     USERS,
@@ -166,6 +178,7 @@ TABLES: tuple[Table, ...] = (
     WEBHOOK_SECRETS,
     WEBHOOK_DELIVERIES,
     METRICS,
+    AUDIT,
 )
 
 TASK_LIST_SHARDS = 4

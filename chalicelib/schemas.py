@@ -521,6 +521,27 @@ class UsageQuery(_Query):
     days: int = Field(default=14, ge=1, le=31)
 
 
+# --- Steering (admin): the audit trail and dead letters ------------------------------------------------------
+
+
+class AuditQuery(_Query):
+    """`GET /api/admin/audit`: entries newest first, of one actor (a user name, or `system`) and/or one target
+    (`model:<id>`, `user:<name>`, `task:<id>`, `dlq:<queue>`)."""
+
+    actor: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    # An index key: DynamoDB takes 2,048 bytes at most.
+    target: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    cursor: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    limit: int = Field(default=50, ge=1, le=100)
+
+
+class DeadLetterReplay(_Body):
+    """`POST /api/admin/dlq/{lane}/replay`: these messages only (without it: every one, as many as a call takes)."""
+
+    message_ids: list[Annotated[str, StringConstraints(min_length=1, max_length=128)]] | None = Field(
+        default=None, min_length=1, max_length=100)
+
+
 class UploadRequest(_Body):
     content_type: UploadContentType
     size: Annotated[int, Field(ge=1, le=table.SEEDANCE_INPUT_IMAGES.max_bytes)]

@@ -20,8 +20,10 @@ from chalicelib import aws, catalog, live, queues, secret_store
 from chalicelib.accounts import auth, first_admin
 from chalicelib.accounts.auth import Authenticator
 from chalicelib.accounts.keys import ApiKeys
+from chalicelib.admin.dlq import DeadLetters
 from chalicelib.api.bodies import TaskBodies
 from chalicelib.ark.client import IMAGE_TIMEOUT, VolcImageClient, VolcVideoClient
+from chalicelib.audit.trail import AuditTrail
 from chalicelib.clock import SYSTEM_CLOCK, Clock
 from chalicelib.lanes.copies import ResultCopies
 from chalicelib.lanes.endings import Endings
@@ -177,6 +179,16 @@ class Wiring:
     def live(self) -> LiveUpdates:
         return LiveUpdates(self.bodies, settings=self.settings, clock=self.clock)
 
+    # --- steering: the audit trail and dead letters -----------------------------------------------------------
+
+    @cached_property
+    def audit(self) -> AuditTrail:
+        return AuditTrail(self.clock)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        return DeadLetters(sqs=self.sqs, audit=self.audit, clock=self.clock)
+
     # --- webhooks -----------------------------------------------------------------------------------------------
 
     @cached_property
@@ -248,6 +260,11 @@ def release_slot(task: TaskRecord) -> bool:
     return current().waker.release(task)
 
 
+def audit_refund(task: TaskRecord) -> None:
+    """Every quota refund is on the audit trail, written just after the refund (docs/design.md, "Audit trail")."""
+    current().audit.record_refund(task)
+
+
 # The outbox's mark rides on the transition's own write, so a webhook event is never lost between the write and its
 # listener's send (`chalicelib.webhooks.outbox`).
 statemachine.write_hooks.append(due_mark)
@@ -259,3 +276,4 @@ statemachine.listeners.append(publish)
 statemachine.listeners.append(queue_webhook)
 statemachine.listeners.append(rollup.record_finished)
 statemachine.slot_releaser[:] = [release_slot]
+statemachine.refund_listeners.append(audit_refund)

@@ -406,6 +406,8 @@ class Access:
     sends_webhooks: bool = False
     # The queue (a lane's or another) that is the function's event source.
     consumes: Queue | None = None
+    # Reading, and replaying from, every queue's dead-letter queue (the admin routes, `chalicelib.admin.dlq`).
+    redrives_dead_letters: bool = False
     media: tuple[str, ...] = ()
     lists_media: bool = False
     # The stage's Secrets Manager secret (Ark key, signing key, first admin's password).
@@ -417,9 +419,10 @@ class Access:
     posts_to_connections: bool = False
 
 
-# Whatever changes a task's state also releases slots, refunds quota, tells the owner's open connections and counts
-# a finished task into the metrics' roll-ups.
-_TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.CONNECTIONS, resources.METRICS)
+# Whatever changes a task's state also releases slots, refunds quota (and records the refund on the audit trail),
+# tells the owner's open connections and counts a finished task into the metrics' roll-ups.
+_TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.AUDIT, resources.CONNECTIONS,
+                resources.METRICS)
 
 
 def _lane_access(lane: Lane) -> Access:
@@ -435,6 +438,7 @@ FUNCTION_ACCESS: dict[str, Access] = {
     "APIHandler": Access(
         writes=TABLES, sends_to_lanes=True, media=("s3:GetObject", "s3:PutObject", "s3:DeleteObject"),
         lists_media=True, reads_secret=True, posts_to_connections=True, sends_webhooks=True,
+        redrives_dead_letters=True,
     ),
     **{lane_function_id(lane): _lane_access(lane) for lane in LANES},
     "VideoPoller": Access(reads=(resources.MODELS,), writes=_TRANSITIONS, sends_to_lanes=True, media=PRESIGN,
@@ -505,6 +509,10 @@ def function_policy(stage: Stage, function_name: str, access: Access) -> dict[st
     if access.consumes:
         statements.append({"Sid": "ConsumeLane", "Effect": "Allow", "Action": QUEUE_CONSUMES,
                            "Resource": _arn("sqs", access.consumes.queue_name(stage.prefix))})
+    if access.redrives_dead_letters:
+        statements.append({"Sid": "RedriveDeadLetters", "Effect": "Allow",
+                           "Action": ["sqs:GetQueueUrl", *QUEUE_CONSUMES],
+                           "Resource": [_arn("sqs", queue.dlq_name(stage.prefix)) for queue in QUEUES]})
     if access.media:
         statements.append({"Sid": "MediaObjects", "Effect": "Allow", "Action": list(access.media),
                            "Resource": _sub(f"arn:${{AWS::Partition}}:s3:::{bucket_name(stage)}/*")})

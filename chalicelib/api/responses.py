@@ -359,3 +359,46 @@ class UsageRow(_Answer):
 class Usage(_Answer):
     timezone: str
     rows: list[UsageRow]
+
+
+# --- steering: dead letters and the audit trail -----------------------------------------------------------
+
+
+class DeadLetter(_Answer):
+    message_id: str
+    task_id: str | None = Field(description="null: the message is unreadable")
+    task_status: TaskStatus | None = Field(description="null: no such task")
+    reason: str | None = Field(description="why it died: the task's last error, or the webhook's last attempt")
+    receive_count: int
+    sent_at: Timestamp | None
+
+
+class DeadLetterQueue(_Answer):
+    lane: str = Field(description="a lane's name, or `webhook-delivery`")
+    approximate: int = Field(description="SQS's count of the messages it holds")
+    messages: list[DeadLetter]
+
+
+class DeadLetterList(_Answer):
+    queues: list[DeadLetterQueue]
+
+
+class DeadLettersReplayed(_Answer):
+    replayed: int
+    dropped: int
+    dropped_reasons: dict[str, int] = Field(
+        description="`task_finished`, `task_missing`, `unreadable`, `already_delivered`, `no_webhook`")
+
+
+class AuditEntry(_Answer):
+    at: Timestamp
+    actor: str
+    action: str
+    target: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+
+
+class AuditPage(_Answer):
+    entries: list[AuditEntry]
+    next_cursor: str | None

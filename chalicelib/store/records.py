@@ -417,6 +417,24 @@ class WebhookAttemptRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
+class AuditRecord(_Base):
+    """One entry of the audit trail (`chalicelib.audit.trail`): written once, never changed."""
+
+    Meta = table_meta(resources.AUDIT)
+
+    feed = UnicodeAttribute(hash_key=True)
+    # `<at>#<unique tail>`: entries sort by time; the tail keeps two entries of one millisecond apart.
+    entry_key = UnicodeAttribute(range_key=True)
+    at = UnicodeAttribute()
+    actor = UnicodeAttribute()
+    action = UnicodeAttribute()
+    target = UnicodeAttribute()
+    before = JSONAttribute(null=True)
+    after = JSONAttribute(null=True)
+    by_actor = index_of(resources.AUDIT, "by_actor")
+    by_target = index_of(resources.AUDIT, "by_target")
+
+
 ALL_RECORDS: tuple[type[_Base], ...] = (
     UserRecord,
     SessionRecord,
@@ -436,6 +454,7 @@ ALL_RECORDS: tuple[type[_Base], ...] = (
     WebhookSecretRecord,
     WebhookEventRecord,
     WebhookAttemptRecord,
+    AuditRecord,
 )
 
 

@@ -65,6 +65,10 @@ slot_releaser: list[SlotReleaser] = [release_plainly]
 # what must be written with the change or not at all (`chalicelib.webhooks.outbox`'s mark).
 WriteHook = Callable[[TaskRecord, str, float], list[Action]]
 write_hooks: list[WriteHook] = []
+# Called with the task as written after a transition that gave its quota back (the audit trail listens here): after
+# the refund's transaction, never in it (it writes the model's hot quota counter and stays as small as it can). A
+# listener that fails is logged; the transition stands.
+refund_listeners: list[Listener] = []
 
 
 def is_allowed(current: str, target: str) -> bool:
@@ -134,8 +138,18 @@ def transition(
         _count_unparked(task)
     if leaves_running or gives_back_handed:
         _release_slot(task)
+    if refund:
+        _tell_refund(task)
     notify(task)
     return task
+
+
+def _tell_refund(task: TaskRecord) -> None:
+    for listener in refund_listeners:
+        try:
+            listener(task)
+        except (PynamoDBException, ClientError) as error:
+            log.warning("refund of task %s not told to %s: %s", task.task_id, listener.__name__, error)
 
 
 def notify(task: TaskRecord) -> None:

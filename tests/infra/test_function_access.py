@@ -248,6 +248,14 @@ def exercise(deployment: Deployment) -> None:
     run.rest("POST", "/api/tasks/{task_id}/cancel", user=DEMO, task_id=cancelled["id"])
     run.rest("PUT", "/api/tasks/{task_id}/status", {"status": "failed", "error": {"code": "stopped",
              "message": "Stopped by an operator."}}, user=ADMIN, task_id=failed["id"])
+    # Dead letters: listed (received and shown again), and replayed (a finished task's message deleted); the audit
+    # trail of every admin action so far.
+    sqs = boto3.client("sqs")
+    image_dlq = sqs.get_queue_url(QueueName=f"{run.stage.prefix}-lane-image-dlq")["QueueUrl"]
+    sqs.send_message(QueueUrl=image_dlq, MessageBody=json.dumps({"task_id": failed["id"]}))
+    assert run.rest("GET", "/api/admin/dlq", user=ADMIN)["queues"][0]["messages"][0]["task_status"] == "failed"
+    assert run.rest("POST", "/api/admin/dlq/{lane}/replay", user=ADMIN, lane="image")["dropped"] == 1
+    assert run.rest("GET", "/api/admin/audit", user=ADMIN)["entries"]
 
     # The lanes: an image generated and its results copied; a video created (its second frame too large to go
     # inline here, so it is signed by the long-term key), a cancelled task's message acknowledged.

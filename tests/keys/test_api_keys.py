@@ -124,6 +124,9 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("/api/admin/models/{model_id}", "PUT"): None,
     ("/api/admin/models/{model_id}", "DELETE"): None,
     ("/api/admin/tasks", "GET"): None,
+    ("/api/admin/dlq", "GET"): None,
+    ("/api/admin/dlq/{lane}/replay", "POST"): None,
+    ("/api/admin/audit", "GET"): None,
     ("/api/webhooks/secret", "GET"): None,
     ("/api/webhooks/secret/rotate", "POST"): None,
     ("/api/webhooks/deliveries", "GET"): "tasks:read",
@@ -138,7 +141,7 @@ def app_routes() -> set[tuple[str, str]]:
 
 def concrete(path: str) -> str:
     values = {"{task_id}": MISSING_TASK, "{model_id}": "seedream-4.5", "{username}": "other",
-              "{key_id}": "key_" + "a" * 26}
+              "{key_id}": "key_" + "a" * 26, "{lane}": "image"}
     for name, value in values.items():
         path = path.replace(name, value)
     return path

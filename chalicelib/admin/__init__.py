@@ -1,0 +1,1 @@
+"""Admin tools that steer the fleet: dead letters (`dlq`)."""

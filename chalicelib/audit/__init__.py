@@ -1,0 +1,1 @@
+"""The audit trail of admin actions and quota refunds (`trail`)."""
