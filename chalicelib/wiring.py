@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from chalicelib import aws, catalog, live, queues, secret_store
+from chalicelib import aws, catalog, live, observability, queues, secret_store
 from chalicelib.accounts import auth, first_admin
 from chalicelib.accounts.auth import Authenticator
 from chalicelib.accounts.keys import ApiKeys
@@ -250,4 +250,5 @@ def release_slot(task: TaskRecord) -> bool:
 statemachine.write_hooks.append(due_mark)
 statemachine.listeners.append(publish)
 statemachine.listeners.append(queue_webhook)
+statemachine.listeners.append(observability.on_task_written)
 statemachine.slot_releaser[:] = [release_slot]

@@ -17,7 +17,7 @@ from typing import Any
 
 from pynamodb.expressions.update import Action
 
-from chalicelib import catalog
+from chalicelib import catalog, observability
 from chalicelib.ark.errors import (
     MODEL_UNAVAILABLE,
     ArkError,
@@ -52,6 +52,7 @@ class Endings:
 
     def retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
                     reached_ark_before: bool) -> Outcome:
+        observability.count_ark_error(task.model_id, error)
         undo_claim = forget_refused_call(task, error, reached_ark_before)
         if delivery.receive_count >= self.lane.max_receives:
             return self.give_up(task, delivery, error, undo_claim)
@@ -65,6 +66,7 @@ class Endings:
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
     def fail_permanently(self, task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
+        observability.count_ark_error(task.model_id, error)
         if is_model_unavailable(error):
             # Every task of the model will meet it: the admin page shows it until a call succeeds or the upstream
             # changes.
