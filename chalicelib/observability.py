@@ -47,8 +47,6 @@ TASKS_FAILED = "TasksFailed"
 WAIT_SECONDS, RUN_SECONDS = "WaitSeconds", "RunSeconds"
 ARK_429, ARK_5XX = "Ark429", "Ark5xx"
 CIRCUIT_OPEN = "CircuitOpen"
-# CloudWatch takes at most 100 values of one metric per EMF document.
-MAX_VALUES_PER_DOCUMENT = 100
 
 
 def finished_metric(status: str) -> str:
@@ -229,20 +227,22 @@ def emit_circuit_state(model_id: str, open: bool) -> None:
 
 
 def flush_metrics() -> None:
-    """Print what was recorded, one EMF document per model (and per 100 values), and forget it."""
+    """Print what was recorded, one EMF document per model (and per 100 values of a metric, CloudWatch's most),
+    and forget it."""
     with _lock:
         pending = {model_id: dict(values) for model_id, values in _pending.items()}
         _pending.clear()
         metrics.namespace = get_settings().resource_prefix  # the stage's: `infra.template`'s alarms read there
         try:
             for model_id, by_name in pending.items():
-                longest = max(len(values) for _, values in by_name.values())
-                for start in range(0, longest, MAX_VALUES_PER_DOCUMENT):
-                    metrics.add_dimension(MODEL_DIMENSION, model_id)
-                    for name, (unit, values) in by_name.items():
-                        for value in values[start:start + MAX_VALUES_PER_DOCUMENT]:
-                            metrics.add_metric(name=name, unit=unit, value=value)
+                metrics.add_dimension(MODEL_DIMENSION, model_id)
+                for name, (unit, values) in by_name.items():
+                    for value in values:  # Powertools prints the document itself at a metric's 100th value
+                        metrics.add_metric(name=name, unit=unit, value=value)
+                if metrics.metric_set:
                     metrics.flush_metrics()
+                else:
+                    metrics.clear_metrics()  # printed just now: the next model starts from no dimension
         except Exception:  # lost metrics must not fail the invocation that did the work
             metrics.clear_metrics()
             log.warning("metrics not published", exc_info=True)

@@ -141,6 +141,8 @@ def test_a_lane_handlers_lines_are_json_naming_its_task_and_lambdas_request(
     records = [{"messageId": message["MessageId"], "receiptHandle": message["ReceiptHandle"],
                 "body": message["Body"], "attributes": message["Attributes"], "eventSource": "aws:sqs"}
                for message in messages]
+    # An unreadable message beside it: its line names no task, and the next message's names its own again.
+    records.insert(0, {**records[0], "messageId": "garbled", "body": '{"task_id": ["not", "an", "id"]'})
     for operation in ("GetItem", "UpdateItem", "TransactWriteItems"):  # DynamoDB down: the worker logs why
         dynamodb_faults.add(operation, internal_server_error(), times=50)
 
@@ -148,8 +150,12 @@ def test_a_lane_handlers_lines_are_json_naming_its_task_and_lambdas_request(
 
     answer = app.handler_map[IMAGE_LANE.handler_name]({"Records": records}, FakeLambdaContext())
 
-    assert answer == {"batchItemFailures": [{"itemIdentifier": records[0]["messageId"]}]}
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "garbled"},
+                                            {"itemIdentifier": records[1]["messageId"]}]}
     lines = [line for line in json_lines()[before:] if line["name"].startswith("chalicelib.")]  # not botocore's
+    garbled, *lines = lines
+    assert garbled["message"].startswith("unreadable message garbled") and "task_id" not in garbled
+    assert garbled["request_id"] == FakeLambdaContext.aws_request_id
     failed = [line for line in lines if line["message"].startswith(f"task {task_id} failed in lane image")]
     assert failed and failed[0]["level"] == "ERROR" and "exception" in failed[0]
     for line in lines:
@@ -157,7 +163,7 @@ def test_a_lane_handlers_lines_are_json_naming_its_task_and_lambdas_request(
         assert line["service"] == "arkflow"
 
 
-def test_a_rest_requests_lines_name_its_request_and_the_task_of_its_path(
+def test_a_rest_requests_lines_name_its_request_and_the_task_of_its_path_and_no_later_line_does(
     api: Api, ark_key: None, json_lines: Callable[[], list[dict[str, Any]]], dynamodb_faults: DynamoFaults
 ) -> None:
     task_id = api.request("POST", "/api/tasks", IMAGE_TASK, as_user=DEMO).data["id"]
@@ -172,13 +178,7 @@ def test_a_rest_requests_lines_name_its_request_and_the_task_of_its_path(
     written = json.dumps(json_lines())
     assert api.token(DEMO) not in written and DEMO[1] not in written  # no secret in any line
 
-
-def test_lines_out_of_any_invocation_carry_no_stale_keys(
-    api: Api, ark_key: None, json_lines: Callable[[], list[dict[str, Any]]], dynamodb_faults: DynamoFaults
-) -> None:
-    dynamodb_faults.add("GetItem", internal_server_error(), times=50, when=on_table("tasks"))
-    api.request("GET", "/api/tasks/tsk_00000000000000000000000000", as_user=DEMO)
-    logging.getLogger("chalicelib.probe").warning("between invocations")
+    logging.getLogger("chalicelib.probe").warning("between invocations")  # the request's keys went with it
     last = json_lines()[-1]
     assert last["message"] == "between invocations" and "task_id" not in last and "request_id" not in last
 
@@ -208,6 +208,13 @@ def test_emf_documents_carry_the_model_dimension_and_the_metric_names(
         observability.emit_circuit_state("m-b", True)
         observability.flush_metrics()
         documents = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        for second in range(200):  # a busy poller's invocation: CloudWatch takes 100 values a metric per document
+            observability.on_task_written(TaskRecord(f"tsk_{second}", model_id="m-c", status="running",
+                                                     created_at=at % 0, started_at=at % 1, updated_at=at % 1))
+        observability.flush_metrics()
+        busy = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [len(document["WaitSeconds"]) for document in busy] == [100, 100]
+        assert [document["model_id"] for document in busy] == ["m-c", "m-c"]
         observability.flush_metrics()  # flushed once: nothing is printed twice
         assert capsys.readouterr().out == ""
     finally:
