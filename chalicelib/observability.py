@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SERVICE = "arkflow"
-TASK_ID, REQUEST_ID = "task_id", "request_id"
+TASK_ID = "task_id"
 MODEL_DIMENSION = "model_id"
 # Metric names, read by the alarms (`infra.template`) too.
 TASKS_FINISHED = "TasksFinished"
@@ -68,12 +68,13 @@ class ReadableFormatter(LambdaPowertoolsFormatter):
 
 def _formatter(settings: Settings) -> LambdaPowertoolsFormatter:
     if settings.log_json:
-        # `logger`: which module logged it (Powertools fills `%(...)s` from the record).
+        # `name`: the logger, i.e. the module that logged it (Powertools fills `%(...)s` from the record).
         return LambdaPowertoolsFormatter(service=SERVICE, utc=True, use_rfc3339=True, name="%(name)s")
     return ReadableFormatter()
 
 
 def _is_pytest_capture(handler: logging.Handler) -> bool:
+    """pytest's capturing handlers keep their own format (Powertools leaves them alone too)."""
     return type(handler).__module__ == "_pytest.logging"
 
 
