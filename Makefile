@@ -76,11 +76,12 @@ STAGE ?= dev
 deploy: $(STAMP)
 	@test -n "$(ARTIFACTS_BUCKET)" || { echo "usage: make deploy STAGE=dev|prod ARTIFACTS_BUCKET=<bucket>" \
 		"[CORS_ORIGINS=https://app.example.com] [WS_ALLOWED_ORIGINS=...] [ADMIN_USERNAME=...]" \
-		"[ARK_INPUTS_SIGNING_SECRET=<secret name>]"; exit 2; }
+		"[ARK_INPUTS_SIGNING_SECRET=<secret name>] [ALARM_NOTIFICATION_TOPIC=<SNS topic ARN>]"; exit 2; }
 	$(PY) -m infra.package --stage $(STAGE)
 	$(PY) -m infra.deploy deploy --stage $(STAGE) --artifacts-bucket "$(ARTIFACTS_BUCKET)" \
 		--parameter "CorsOrigins=$(CORS_ORIGINS)" --parameter "WsAllowedOrigins=$(WS_ALLOWED_ORIGINS)" \
-		--parameter "AdminUsername=$(ADMIN_USERNAME)" --parameter "ArkInputsSigningSecret=$(ARK_INPUTS_SIGNING_SECRET)"
+		--parameter "AdminUsername=$(ADMIN_USERNAME)" --parameter "ArkInputsSigningSecret=$(ARK_INPUTS_SIGNING_SECRET)" \
+		--parameter "AlarmNotificationTopic=$(ALARM_NOTIFICATION_TOPIC)"
 
 # Delete a stage's stack: dev empties its buckets first; prod keeps its tables and buckets (CONFIRM=arkflow-prod).
 destroy: $(STAMP)

@@ -10,7 +10,7 @@ from typing import Any
 from chalice import Chalice, Rate
 from chalice.app import SQSEvent, WebsocketEvent
 
-from chalicelib import catalog, wiring
+from chalicelib import catalog, observability, wiring
 from chalicelib.accounts import users
 from chalicelib.accounts.first_admin import ensure_first_admin
 from chalicelib.api import bodies, openapi
@@ -57,6 +57,8 @@ from chalicelib.webhooks.delivery import attempts_of
 app = Chalice(app_name="arkflow", configure_logs=False)
 # Chalice 1.34 still counts WebSockets as experimental: loading or packaging the app fails without the opt-in.
 app.experimental_feature_flags.update(["WEBSOCKETS"])
+# JSON log lines with each request's and task's ids, and per-model metrics flushed after every invocation.
+observability.instrument(app)
 # A login body is two short strings: anything larger is refused before it is decoded.
 LOGIN_MAX_BODY_BYTES = 4096
 http = Http(app, lambda: wiring.current().authenticator)

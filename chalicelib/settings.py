@@ -139,6 +139,18 @@ class Settings:
     # Webhooks may go to `http(s)://127.0.0.1|[::1]|localhost:<port>`: the local stack's and the tests' receivers.
     # Off in every deployed stage (nothing there sets it), where a webhook only reaches public addresses.
     webhook_allow_loopback: bool = field(default_factory=lambda: _flag("WEBHOOK_ALLOW_LOOPBACK"))
+    # Log lines as JSON (CloudWatch Logs Insights reads their fields) or as readable text (a terminal, the tests):
+    # `LOG_FORMAT=json|plain`, JSON by default inside Lambda (`chalicelib.observability`).
+    log_json: bool = field(default_factory=lambda: os.environ.get(
+        "LOG_FORMAT", "json" if os.environ.get("AWS_LAMBDA_FUNCTION_NAME") else "plain").strip().lower() == "json")
+    # X-Ray through Powertools' Tracer: on where the stage traces (`infra.template` sets `POWERTOOLS_TRACE_DISABLED`
+    # to `false` there), off everywhere else, where even the X-Ray SDK is not imported.
+    tracing: bool = field(default_factory=lambda: os.environ.get("POWERTOOLS_TRACE_DISABLED", "").strip().lower()
+                          == "false")
+    # Per-model CloudWatch metrics in the embedded metric format, printed at the end of each invocation: on by
+    # default inside Lambda, off elsewhere (nothing reads them there) unless `EMF_METRICS` is set.
+    emf_metrics: bool = field(default_factory=lambda: _flag("EMF_METRICS") if os.environ.get("EMF_METRICS")
+                              else bool(os.environ.get("AWS_LAMBDA_FUNCTION_NAME")))
     # Lane queue ARNs are built from it; on AWS the merge template points each event source at its queue.
     aws_account_id: str = field(default_factory=lambda: os.environ.get("AWS_ACCOUNT_ID", "123456789012"))
 

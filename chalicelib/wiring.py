@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from chalicelib import aws, catalog, live, queues, secret_store
+from chalicelib import aws, catalog, live, observability, queues, secret_store
 from chalicelib.accounts import auth, first_admin
 from chalicelib.accounts.auth import Authenticator
 from chalicelib.accounts.keys import ApiKeys
@@ -275,5 +275,6 @@ statemachine.write_hooks.append(rollup.mark)
 statemachine.listeners.append(publish)
 statemachine.listeners.append(queue_webhook)
 statemachine.listeners.append(rollup.record_finished)
+statemachine.listeners.append(observability.on_task_written)
 statemachine.slot_releaser[:] = [release_slot]
 statemachine.refund_listeners.append(audit_refund)

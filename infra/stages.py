@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chalicelib.resources import QUEUES
+from chalicelib.resources import DEFAULT_MODELS, QUEUES
 
 APP_NAME = "arkflow"
 API_GATEWAY_STAGE = "api"
@@ -37,8 +37,19 @@ class Stage:
     # Tables and buckets survive a stack deletion, so deleting a stack never deletes users' data; re-creating the
     # stack imports them back (`infra.deploy`).
     retain_data: bool = True
-    # X-Ray traces of the REST API and every function.
+    # X-Ray traces of the REST API and every function (Powertools' Tracer: AWS calls and Ark's).
     tracing: bool = True
+    # Each model's failure-rate alarm: more than this share of its tasks finished in 15 minutes failed, counting
+    # only windows with at least `failure_rate_min_tasks` finished.
+    failure_rate_threshold: float = 0.25
+    failure_rate_min_tasks: int = 5
+    # Models an admin added in this stage that get alarms too (the default models always do): models live in a
+    # table, alarms in the stack, so a new one is named here and deployed.
+    extra_alarmed_models: tuple[str, ...] = ()
+
+    def alarmed_models(self) -> tuple[str, ...]:
+        defaults = tuple(model.model_id for model in DEFAULT_MODELS)
+        return defaults + tuple(model_id for model_id in self.extra_alarmed_models if model_id not in defaults)
 
     @property
     def prefix(self) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from chalice.utils import to_cfn_resource_name
 
-from chalicelib import resources
+from chalicelib import observability, resources
 from chalicelib.resources import LANES, MEDIA_BUCKET, QUEUES, TABLES, WEBHOOK_DELIVERY, Lane, Queue, Table
 from infra.stages import API_GATEWAY_STAGE, Stage
 
@@ -75,6 +75,12 @@ PARAMETERS: dict[str, Any] = {
         "Default": "admin",
         "Description": "The first administrator, created on the first login (password: ADMIN_PASSWORD in the secret).",
     },
+    "AlarmNotificationTopic": {
+        "Type": "String",
+        "Default": "",
+        "Description": "ARN of an SNS topic of your own that every alarm notifies too (on-call paging, chat); empty: "
+        "only the stack's own alarm topic.",
+    },
     "ArkInputsSigningSecret": {
         "Type": "String",
         "Default": "",
@@ -83,8 +89,10 @@ PARAMETERS: dict[str, Any] = {
     },
 }
 HAS_INPUTS_SIGNER = "HasArkInputsSigningSecret"
+HAS_NOTIFICATION_TOPIC = "HasAlarmNotificationTopic"
 CONDITIONS: dict[str, Any] = {
     HAS_INPUTS_SIGNER: {"Fn::Not": [{"Fn::Equals": [{"Ref": "ArkInputsSigningSecret"}, ""]}]},
+    HAS_NOTIFICATION_TOPIC: {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmNotificationTopic"}, ""]}]},
 }
 
 
@@ -95,6 +103,8 @@ def checkov_skips(*skips: tuple[str, str]) -> dict[str, Any]:
 
 NO_CUSTOMER_KEY = "Encrypted at rest with an AWS-owned or AWS-managed key; a customer-managed key adds cost and a " \
     "key policy to keep, and nothing here needs its separate control or audit trail."
+# The failure-rate alarm's window.
+FAILURE_RATE_PERIOD_S = 15 * 60
 NO_VPC = "Reaches only AWS APIs and Ark over HTTPS; a VPC would add NAT cost and cold-start latency and no isolation."
 NO_KEY_FOR_ENVIRONMENT = "No secret is in the environment: secrets are read at run time from Secrets Manager. " \
     "Lambda encrypts the environment at rest with its AWS-managed key."
@@ -185,11 +195,69 @@ def lane_resources(lane: Queue, stage: Stage) -> dict[str, Any]:
                 "Threshold": 0,
                 "ComparisonOperator": "GreaterThanThreshold",
                 "TreatMissingData": "notBreaching",
-                "AlarmActions": [{"Ref": ALARM_TOPIC_ID}],
-                "OKActions": [{"Ref": ALARM_TOPIC_ID}],
+                **alarm_actions(),
             },
         },
     }
+
+
+def alarm_actions() -> dict[str, Any]:
+    """Every alarm tells the stack's topic, and the `AlarmNotificationTopic` given, when it fires and when it ends."""
+    topics = {"Fn::If": [HAS_NOTIFICATION_TOPIC, [{"Ref": ALARM_TOPIC_ID}, {"Ref": "AlarmNotificationTopic"}],
+                         [{"Ref": ALARM_TOPIC_ID}]]}
+    return {"AlarmActions": topics, "OKActions": topics}
+
+
+def model_alarm_id(model_id: str, kind: str) -> str:
+    return f"Model{to_cfn_resource_name(model_id.replace('.', '-'))}{kind}Alarm"
+
+
+def model_alarms(stage: Stage) -> dict[str, Any]:
+    """Per model of `stage.alarmed_models()`, from the metrics `chalicelib.observability` publishes: too many of its
+    finished tasks failed within 15 minutes, or its circuit is open (Ark keeps refusing it)."""
+    namespace = stage.prefix  # the functions' `ARKFLOW_PREFIX`, which names their metrics' namespace
+    alarms: dict[str, Any] = {}
+    for model_id in stage.alarmed_models():
+        dimensions = [{"Name": observability.MODEL_DIMENSION, "Value": model_id}]
+
+        def summed(query_id: str, name: str, dimensions: list[dict[str, str]] = dimensions) -> dict[str, Any]:
+            return {"Id": query_id, "ReturnData": False, "MetricStat": {
+                "Metric": {"Namespace": namespace, "MetricName": name, "Dimensions": dimensions},
+                "Period": FAILURE_RATE_PERIOD_S, "Stat": "Sum"}}
+
+        alarms[model_alarm_id(model_id, "FailureRate")] = {"Type": "AWS::CloudWatch::Alarm", "Properties": {
+            "AlarmDescription": f"More than {stage.failure_rate_threshold:.0%} of the {model_id} tasks that finished "
+                                f"in 15 minutes failed (at least {stage.failure_rate_min_tasks} finished).",
+            "Metrics": [
+                summed("failed", observability.TASKS_FAILED),
+                summed("finished", observability.TASKS_FINISHED),
+                # Too few tasks say nothing of a rate; a window with no failure has no `failed` value at all.
+                {"Id": "rate", "Label": "failure rate", "ReturnData": True,
+                 "Expression": f"IF(finished >= {stage.failure_rate_min_tasks}, FILL(failed, 0) / finished, 0)"},
+            ],
+            "EvaluationPeriods": 1,
+            "Threshold": stage.failure_rate_threshold,
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+            **alarm_actions(),
+        }}
+        alarms[model_alarm_id(model_id, "CircuitOpen")] = {"Type": "AWS::CloudWatch::Alarm", "Properties": {
+            "AlarmDescription": f"The circuit of {model_id} is open: Ark kept refusing or failing its calls, and its "
+                                "tasks wait.",
+            "Namespace": namespace,
+            "MetricName": observability.CIRCUIT_OPEN,
+            "Dimensions": dimensions,
+            "Statistic": "Maximum",
+            "Period": 60,
+            "EvaluationPeriods": 1,
+            "Threshold": 1,
+            "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+            # The breaker reports its state when it changes and while lanes consult it: between reports the alarm
+            # keeps the state it has (an open circuit with no traffic stays alarmed until it closes).
+            "TreatMissingData": "ignore",
+            **alarm_actions(),
+        }}
+    return alarms
 
 
 def alarm_resources(stage: Stage) -> dict[str, Any]:
@@ -565,6 +633,9 @@ def function_environment(
         "RESULTS_BUCKET": {"Ref": MEDIA_BUCKET_ID},
         "CORS_ORIGINS": {"Ref": "CorsOrigins"},
         "WS_ALLOWED_ORIGINS": {"Ref": "WsAllowedOrigins"},
+        # `chalicelib.observability`: JSON lines for CloudWatch Logs, and X-Ray where the stage traces.
+        "LOG_FORMAT": "json",
+        "POWERTOOLS_TRACE_DISABLED": "false" if stage.tracing else "true",
     }
     if access.reads_secret:
         # The secret's name only: its values are read at run time (`chalicelib.secret_store`).
@@ -685,6 +756,7 @@ def merge_template(stage: Stage, chalice_template: dict[str, Any]) -> dict[str, 
         **alarm_resources(stage),
         **{table_id(table): table_resource(table, stage) for table in TABLES},
         **bucket_resources(stage),
+        **model_alarms(stage),
     }
     for queue in QUEUES:
         resources_ |= lane_resources(queue, stage)

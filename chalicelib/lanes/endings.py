@@ -17,7 +17,7 @@ from typing import Any
 
 from pynamodb.expressions.update import Action
 
-from chalicelib import catalog
+from chalicelib import catalog, observability
 from chalicelib.ark.errors import (
     MODEL_UNAVAILABLE,
     ArkError,
@@ -53,9 +53,14 @@ class Endings:
         self.clock = clock
         self.rng = rng
 
+    def observe(self, task: TaskRecord, error: ArkError) -> None:
+        """Ark answered the model's call with an error: counted for the admins' metrics and CloudWatch."""
+        rollup.count_ark_error(task.model_id, error.http_status, self.clock.now())
+        observability.count_ark_error(task.model_id, error)
+
     def retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
                     reached_ark_before: bool) -> Outcome:
-        rollup.count_ark_error(task.model_id, error.http_status, self.clock.now())
+        self.observe(task, error)
         undo_claim = forget_refused_call(task, error, reached_ark_before)
         if delivery.receive_count >= self.lane.max_receives:
             return self.give_up(task, delivery, error, undo_claim)
@@ -69,7 +74,7 @@ class Endings:
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
     def fail_permanently(self, task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
-        rollup.count_ark_error(task.model_id, error.http_status, self.clock.now())
+        self.observe(task, error)
         if is_model_unavailable(error):
             # Every task of the model will meet it: the admin page shows it until a call succeeds or the upstream
             # changes.

@@ -26,7 +26,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 from pynamodb.exceptions import DoesNotExist
 
-from chalicelib import catalog, queues
+from chalicelib import catalog, observability, queues
 from chalicelib.ark.deadline import call_deadline
 from chalicelib.clock import Clock, epoch_of
 from chalicelib.errors import NotFound
@@ -72,7 +72,7 @@ class LaneWorker:
         """Process a batch; returns Lambda's partial-batch answer (messages to give back)."""
         failures = []
         deadline = time.monotonic() + self.lane.lambda_timeout_s - RESULTS_COPY_MARGIN_S
-        for index, record in enumerate(records):
+        for index, record in enumerate(observability.per_task(records, observability.sqs_task_id)):
             try:
                 delivery = Delivery.of(record, deadline, first_in_invocation=index == 0)
             except (ValueError, KeyError, TypeError):

@@ -20,7 +20,7 @@ from typing import Any
 from pynamodb.exceptions import TransactWriteError
 from pynamodb.transactions import TransactWrite
 
-from chalicelib import catalog, ids, queues
+from chalicelib import catalog, ids, observability, queues
 from chalicelib.accounts.auth import Principal
 from chalicelib.ark import capabilities
 from chalicelib.ark.capabilities import ArkModel
@@ -144,6 +144,7 @@ class Intake:
                 code="model_retired", details={"replacement": status.replacement})
 
         task_id = ids.new_task_id()
+        observability.name_task(task_id)  # the request's remaining lines name the task it creates
         queue_seq, slots_full = slots.take_queue_number(model.model_id)
         now = self.clock.now()
         created_at = iso(now)

@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from pynamodb.expressions.update import Action
 
-from chalicelib import queues
+from chalicelib import observability, queues
 from chalicelib.accounts.auth import secret_digest, signed_token
 from chalicelib.ark.answers import VideoTask
 from chalicelib.ark.client import VolcVideoClient
@@ -139,7 +139,8 @@ class VideoStatus:
         started = time.monotonic()
         polled = 0
         now = self.clock.now()
-        for due in TaskRecord.video_polls_due.query(POLL_SHARD, TaskRecord.next_poll_at <= now):
+        due_tasks = TaskRecord.video_polls_due.query(POLL_SHARD, TaskRecord.next_poll_at <= now)
+        for due in observability.per_task(due_tasks, lambda task: task.task_id):
             if time.monotonic() - started > budget_s:
                 return polled  # the rest stay due: the next run takes them
             if due.status != statemachine.RUNNING or not due.external_id:

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from pynamodb.exceptions import DoesNotExist, UpdateError
 from standardwebhooks import Webhook
 
+from chalicelib import observability
 from chalicelib.api.bodies import TaskBodies
 from chalicelib.backoff import compute_backoff
 from chalicelib.clock import Clock, iso
@@ -87,7 +88,7 @@ class WebhookDelivery:
     def handle(self, records: list[dict[str, Any]]) -> dict[str, Any]:
         """A batch of the queue; returns Lambda's partial-batch answer (the messages to give back)."""
         failures = []
-        for record in records:
+        for record in observability.per_task(records, observability.sqs_task_id):
             try:
                 message = events.parse_message(record["body"])
             except (ValueError, KeyError, TypeError, ValidationError):

@@ -17,7 +17,6 @@ from infra import package as packaging
 from infra.stages import STAGES, chalice_config
 from infra.template import (
     GATEWAY_ERROR_BODY,
-    dead_letter_queue_id,
     lane_function_id,
     queue_id,
     table_id,
@@ -88,15 +87,6 @@ def test_every_consumed_queue_has_a_dead_letter_queue_and_a_long_enough_visibili
         dead_letter_queue = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]
         assert dead_letter_queue in queues and "RedrivePolicy" not in queues[dead_letter_queue]["Properties"]
         assert redrive["maxReceiveCount"] >= 5
-
-
-def test_every_dead_letter_queue_has_a_depth_alarm(prod: dict[str, Any]) -> None:
-    alarmed = {
-        alarm["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0]
-        for alarm in resources_of(prod, "AWS::CloudWatch::Alarm").values()
-        if alarm["Properties"]["MetricName"] == "ApproximateNumberOfMessagesVisible"
-    }
-    assert alarmed == {dead_letter_queue_id(queue) for queue in QUEUES}
 
 
 def _comparable(definition: dict[str, Any]) -> dict[str, Any]:

@@ -157,3 +157,22 @@ def test_the_functions_code_holds_the_app_and_every_chalicelib_module_and_nothin
     modules = {"app.py", *(str(path.relative_to(repo)) for path in (repo / "chalicelib").rglob("*.py"))}
     assert modules - shipped == set()
     assert [name for name in shipped if name.split("/")[0] in ("devstack", "arksim", "tests", "scripts")] == []
+
+
+# Lambda's limit on a function's code and its layers together, unzipped; zipped, one direct upload takes 50 MB.
+UNZIPPED_LIMIT_BYTES = 250 * 1024 * 1024
+ZIPPED_UPLOAD_LIMIT_BYTES = 50 * 1024 * 1024
+
+
+@PACKAGED
+def test_the_functions_code_and_layer_fit_lambdas_size_limits(packaged: dict[str, Path]) -> None:
+    """With room to spare: the layer is every runtime dependency (Powertools, the X-Ray SDK and pydantic's core are
+    the large ones)."""
+    for stage, template in packaged.items():
+        zips = [template.parent / "deployment.zip", template.parent / "layer-deployment.zip"]
+        unzipped = 0
+        for path in zips:
+            assert path.stat().st_size < ZIPPED_UPLOAD_LIMIT_BYTES, (stage, path.name)
+            with zipfile.ZipFile(path) as archive:
+                unzipped += sum(entry.file_size for entry in archive.infolist())
+        assert unzipped < UNZIPPED_LIMIT_BYTES / 2, stage
