@@ -656,6 +656,9 @@ class FakeArkflow:
         if status == "queued" and not (before == "running" and task["type"] == "image"):
             raise ApiFailure(409, "video_at_ark" if task["type"] == "video" and before == "running"
                              else "illegal_transition", f"A {before} {task['type']} cannot go back to the queue.")
+        if status == "succeeded" and not carried:
+            raise validation_failure("result_urls" if task["type"] == "image" else "video_url",
+                                     "a succeeded task needs its results")
         if status == "succeeded" and before != "running":
             raise ApiFailure(409, "illegal_transition", f"A {before} task cannot succeed.")
         if status in {"failed", "cancelled", "expired"}:

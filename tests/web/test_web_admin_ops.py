@@ -23,6 +23,7 @@ def values_table(figure: Locator) -> list[list[str]]:
     details = figure.locator("details.chart-details")
     if details.get_attribute("open") is None:
         details.locator("summary").click()
+    expect(figure.locator("table.chart-values thead")).to_have_count(1)  # the table is built on opening
     return figure.locator("table.chart-values tbody tr").evaluate_all(
         "rows => rows.map(row => [...row.cells].map(cell => cell.textContent))")
 
@@ -252,12 +253,20 @@ def test_audit_log_pages_and_filters(page: Page, fake_stack: FakeStack, fake: Fa
     expect(more).to_be_hidden()
 
 
-def test_console_fits_a_phone(new_page, fake_stack: FakeStack, fake: FakeArkflow) -> None:
+def test_console_fits_a_phone(new_page, fake_stack: FakeStack, fake: FakeArkflow, console: ConsoleWatch) -> None:
+    console.allow(HTTP_ERROR_IN_CONSOLE.format(503))
     seed_dashboard(fake)
     fake.add_task("demo", prompt="A long prompt " * 20)
     phone = new_page(PHONE)
     log_in(phone, fake_stack.web_url, *ADMIN)
+    fake.fail_next("GET", "/api/admin/metrics", 503, "unavailable", "Metrics are not available right now.")
     phone.get_by_role("link", name="Dashboard").click()
+    # One reading failing leaves the other standing, and says why.
+    expect(phone.get_by_role("alert")).to_contain_text("Metrics are not available right now.")
+    expect(phone.locator("figure[data-chart='cost'] .uplot canvas")).to_have_count(1)
+    expect(phone.locator(".model-card")).to_have_count(0)
+    phone.get_by_role("button", name="Refresh").click()
+    expect(phone.get_by_role("alert")).to_be_hidden()
     expect(phone.locator(".model-card figure[data-chart='queue'] .uplot canvas")).to_have_count(len(fake.state.models))
     canvas_width = phone.locator(".model-card canvas").first.evaluate("canvas => canvas.getBoundingClientRect().width")
     assert 0 < canvas_width <= PHONE["width"]

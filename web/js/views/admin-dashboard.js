@@ -90,16 +90,18 @@ function modelCard(onClose) {
     circuitNote.hidden = circuit.state === "closed";
     circuitNote.replaceChildren(
       circuit.since ? h("span", {}, "Since ", h("time", { datetime: circuit.since }, formatDateTime(circuit.since))) : null,
-      circuit.reason ? h("span", {}, ` · ${circuit.reason}`) : null,
+      circuit.since && circuit.reason ? " · " : null,
+      circuit.reason ? h("span", {}, circuit.reason) : null,
     );
-    const ratePerHour = windowHours ? model.ark_429 / windowHours : 0;
+    const ark429 = model.ark_429 ?? 0;
+    const ratePerHour = windowHours ? ark429 / windowHours : 0;
     stats.replaceChildren(
       ...stat("Queued", String(model.queued), "queued"),
       ...stat("Running", `${model.running} / ${model.concurrency}`, "running"),
       ...stat("Wait p95", seconds(model.wait_s?.p95), "wait-p95"),
       ...stat("Run p95", seconds(model.run_s?.p95), "run-p95"),
-      ...stat("Ark 429", `${model.ark_429} (${Number(ratePerHour.toFixed(2))}/h)`, "ark-429"),
-      ...stat("Ark 5xx", String(model.ark_5xx), "ark-5xx"),
+      ...stat("Ark 429", `${ark429} (${Number(ratePerHour.toFixed(2))}/h)`, "ark-429"),
+      ...stat("Ark 5xx", String(model.ark_5xx ?? 0), "ark-5xx"),
       ...stat("Cost", money(model.cost, model.currency), "cost"),
     );
     const counted = Object.entries(model.outcomes || {}).sort((a, b) => b[1] - a[1]);
