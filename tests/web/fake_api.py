@@ -110,6 +110,8 @@ class FakeState:
     audit: list[dict[str, Any]] = field(default_factory=list)
     # tasks whose video Ark already generates: an operator's end of it is refused (409 generating_at_ark)
     generating_at_ark: set[str] = field(default_factory=set)
+    # the next this many pages of a listing come back empty with a cursor, as a filtered DynamoDB query's may
+    empty_pages: int = 0
 
 
 def default_models() -> dict[str, dict[str, Any]]:
@@ -515,9 +517,11 @@ class FakeArkflow:
         page, next_cursor = self._page(chosen, query)
         return 200, {"tasks": [present(task) for task in page], "next_cursor": next_cursor}
 
-    @staticmethod
-    def _page(items: list[Any], query: dict[str, str], size: int = 20) -> tuple[list[Any], str | None]:
+    def _page(self, items: list[Any], query: dict[str, str], size: int = 20) -> tuple[list[Any], str | None]:
         start = int(query.get("cursor") or 0)
+        if self.state.empty_pages:
+            self.state.empty_pages -= 1
+            return [], str(start)
         limit = int(query.get("limit") or size)
         return items[start:start + limit], str(start + limit) if start + limit < len(items) else None
 
@@ -670,7 +674,9 @@ class FakeArkflow:
         fields = {key: body[key] for key in carried}
         changed = self.set_status(task_id, status, **fields)
         self.record(user["username"], "task.status", task_id, {"status": before}, {"status": status})
-        return 200, self._admin_task_body(changed)
+        # As the real route answers: the admin's view of the task, without the listing's `user` and `user_id`.
+        return 200, {key: value for key, value in self._admin_task_body(changed).items()
+                     if key not in {"user", "user_id"}}
 
     def _circuit(self, model_id: str) -> dict[str, Any]:
         return dict(self.state.circuits.get(model_id, CLOSED_CIRCUIT))

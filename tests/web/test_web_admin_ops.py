@@ -93,7 +93,7 @@ def test_dashboard_draws_each_models_figures_and_closes_a_circuit(new_page, fake
     assert [row[0] for row in cost_rows] == days
     assert cost_rows[0][1:] == ["0", "1"] and cost_rows[12][1:] == ["7.5", "0"] and cost_rows[13][1:] == ["0", "2.75"]
     expect(page.locator(".usage-users tr[data-username='demo']")).to_contain_text("17" "16" "1" "10.75 CNY")
-    screenshot(page, "20-admin-dashboard")
+    screenshot(page, "50-admin-dashboard")
 
     seedance = page.locator(".model-card[data-model-id='seedance-1-0-pro']")
     expect(seedance.locator("[data-circuit]")).to_have_text("Circuit open")
@@ -146,13 +146,15 @@ def test_all_tasks_filters_and_operator_actions(page: Page, fake_stack: FakeStac
     filters.get_by_label("Model").select_option("seedream-4-5")
     expect(rows).to_have_count(1)
     expect(rows.first).to_have_attribute("data-task-id", running_image["id"])
-    screenshot(page, "21-admin-all-tasks")
+    screenshot(page, "51-admin-all-tasks")
 
     row = page.locator(f"tr[data-task-id='{running_image['id']}']")
     row.get_by_role("button", name=f"Requeue {running_image['id']}").click()
     expect(page.locator(".toast").last).to_have_text(f"Task {running_image['id']} is back in the queue.")
     assert fake.task(running_image["id"])["status"] == "queued"
-    expect(page.locator(f"tr[data-task-id='{running_image['id']}']")).to_have_attribute("data-status", "queued")
+    requeued = page.locator(f"tr[data-task-id='{running_image['id']}']")
+    expect(requeued).to_have_attribute("data-status", "queued")
+    expect(requeued.locator("td[data-label='User']")).to_have_text("demo")
 
     filters.get_by_label("Status").select_option("")
     filters.get_by_label("Type").select_option("")
@@ -198,7 +200,7 @@ def test_dead_letters_replay_shows_what_went_back(page: Page, fake_stack: FakeSt
     expect(lane.locator(f"tr[data-message-id='m-{finished['id']}']")).to_contain_text("Succeeded")
     expect(page.locator(".dlq-queue[data-lane='seedance-1-0-pro']")).to_contain_text("No dead letters.")
     expect(page.get_by_role("button", name="Replay all of seedance-1-0-pro")).to_be_disabled()
-    screenshot(page, "22-admin-dead-letters")
+    screenshot(page, "52-admin-dead-letters")
 
     page.get_by_role("button", name="Replay all of seedream-4-5").click()
     confirm = page.get_by_role("dialog", name="Replay seedream-4-5?")
@@ -215,7 +217,7 @@ def test_dead_letters_replay_shows_what_went_back(page: Page, fake_stack: FakeSt
     expect(result).to_have_text("webhook-delivery: replayed 1, dropped 0.")
     assert fake.requests_to("POST", "/api/admin/dlq/webhook-delivery/replay") == 1
     assert [entry["action"] for entry in fake.state.audit] == ["dlq.replay", "dlq.replay"]
-    screenshot(page, "23-admin-dead-letters-replayed")
+    screenshot(page, "53-admin-dead-letters-replayed")
 
 
 def test_audit_log_pages_and_filters(page: Page, fake_stack: FakeStack, fake: FakeArkflow) -> None:
@@ -241,11 +243,12 @@ def test_audit_log_pages_and_filters(page: Page, fake_stack: FakeStack, fake: Fa
     expect(rows).to_have_count(46)
     expect(more).to_be_hidden()
     expect(rows.last).to_contain_text("concurrency: 0 → 1")
-    screenshot(page, "24-admin-audit")
+    screenshot(page, "54-admin-audit")
 
     filters = page.get_by_role("search", name="Filter the audit log")
     filters.get_by_label("Actor").fill("bob")
     filters.get_by_label("Target").fill("model-0")
+    fake.state.empty_pages = 2  # a filtered listing's pages may come back empty: the page follows them
     filters.get_by_role("button", name="Apply").click()
     bobs = [index for index in range(45) if index % 3 == 0 and index % 4 == 0]
     expect(rows).to_have_count(len(bobs))
@@ -271,8 +274,8 @@ def test_console_fits_a_phone(new_page, fake_stack: FakeStack, fake: FakeArkflow
     canvas_width = phone.locator(".model-card canvas").first.evaluate("canvas => canvas.getBoundingClientRect().width")
     assert 0 < canvas_width <= PHONE["width"]
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    screenshot(phone, "25-phone-admin-dashboard")
+    screenshot(phone, "55-phone-admin-dashboard")
     phone.get_by_role("link", name="All tasks").click()
     expect(phone.locator("tbody tr[data-task-id]")).to_have_count(1)
     assert phone.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-    screenshot(phone, "26-phone-admin-all-tasks")
+    screenshot(phone, "56-phone-admin-all-tasks")

@@ -1,7 +1,10 @@
-// The frame both admin screens share: a heading with its toolbar, an error box, and a table of what the API lists.
+// The frames the admin screens share: a heading with its toolbar, an error box, and a table of what the API lists
+// (all at once, or a page at a time).
 
 import { h } from "../dom.js";
 import { showPageError } from "../forms.js";
+
+const EMPTY_PAGES_FOLLOWED = 5;
 
 /**
  * Render an admin table into `container` and load it: `fetchRows()` resolves with the items, `row(item)` builds
@@ -70,14 +73,20 @@ export function renderPagedTable(container, { title, filters, caption, columns, 
     const mine = replace ? ++generation : generation;
     tableBody.setAttribute("aria-busy", "true");
     try {
-      const page = await fetchPage(replace ? null : cursor);
+      // A filtered listing may hand out pages with fewer items than asked for, even none: follow a few of those
+      // at once rather than show an empty page with "Load more" under it.
+      let page = await fetchPage(replace ? null : cursor);
+      for (let followed = 1; !page.items.length && page.next_cursor && followed < EMPTY_PAGES_FOLLOWED; followed += 1) {
+        if (mine !== generation) return;
+        page = await fetchPage(page.next_cursor);
+      }
       if (mine !== generation) return; // a newer filter's answer wins
       const rows = page.items.map(row);
       if (replace) tableBody.replaceChildren(...rows);
       else tableBody.append(...rows);
       cursor = page.next_cursor;
       more.hidden = !cursor;
-      empty.hidden = tableBody.children.length > 0;
+      empty.hidden = tableBody.children.length > 0 || Boolean(cursor);
       pageError.hidden = true;
     } catch (error) {
       if (error.status !== 401 && mine === generation) showPageError(pageError, error);

@@ -62,11 +62,14 @@ export function renderAdminTasks(container) {
     h("button", { type: "submit", class: "button" }, "Apply"),
   );
 
+  // The status route answers with the task, not with the listing's owner fields: keep those from the row.
+  const replaceRow = (task, rowElement, changed) => table.replaceRow(rowElement, { user: task.user, user_id: task.user_id, ...changed });
+
   async function change(task, rowElement, body, done) {
     try {
       const changed = await api("PUT", `/api/tasks/${encodeURIComponent(task.id)}/status`, { body });
       toast(done);
-      table.replaceRow(rowElement, changed);
+      replaceRow(task, rowElement, changed);
     } catch (error) {
       toastError(error);
     }
@@ -90,7 +93,7 @@ export function renderAdminTasks(container) {
       actions.push(h("button", { type: "button", class: "button small danger", "aria-label": `Cancel ${task.id}`,
         onclick: () => cancel(task, tr) }, "Cancel"));
       actions.push(h("button", { type: "button", class: "button small", "aria-label": `Fail ${task.id}`,
-        onclick: () => failDialog(task, (changed) => table.replaceRow(tr, changed)) }, "Fail…"));
+        onclick: () => failDialog(task, (changed) => replaceRow(task, tr, changed)) }, "Fail…"));
     }
     if (task.status === "running" && task.type === "image") {
       actions.push(h("button", { type: "button", class: "button small", "aria-label": `Requeue ${task.id}`,
