@@ -39,7 +39,7 @@ TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
 CLOSED_CIRCUIT = {"state": "closed", "since": None, "reason": None}
 SAMPLE_S = 300  # the metrics' series: one sample per 5 minutes over the window
 WINDOWS_S = {"1h": 3600, "24h": 86400}
-AUDIT_PAGE = 20
+AUDIT_PAGE = 50  # the audit route's default page size
 IMAGE_PARAMS = ("size", "max_images", "watermark", "output_format", "tools")
 FAKE_LOOK = Look("a result of the fake API", "fake")
 
@@ -279,7 +279,7 @@ class FakeArkflow:
         circuit = {"state": state, "since": None if state == "closed" else now_iso(), "reason": reason}
         with self.lock:
             self.state.circuits[model_id] = circuit
-        self.broadcast_to_admins({"type": "circuit_update", "data": {"model_id": model_id, "circuit": circuit}})
+        self.broadcast_to_admins({"type": "circuit", "data": {"model_id": model_id, "circuit": circuit}})
 
     def broadcast_to_admins(self, message: dict[str, Any]) -> None:
         with self.lock:
@@ -673,7 +673,7 @@ class FakeArkflow:
                 raise ApiFailure(409, "generating_at_ark", "Ark is generating this video; it cannot be stopped.")
         fields = {key: body[key] for key in carried}
         changed = self.set_status(task_id, status, **fields)
-        self.record(user["username"], "task.status", task_id, {"status": before}, {"status": status})
+        self.record(user["username"], "task.status", f"task:{task_id}", {"status": before}, {"status": status})
         # As the real route answers: the admin's view of the task, without the listing's `user` and `user_id`.
         return 200, {key: value for key, value in self._admin_task_body(changed).items()
                      if key not in {"user", "user_id"}}
@@ -714,8 +714,8 @@ class FakeArkflow:
             raise ApiFailure(404, "model_not_found", f"No model {model_id!r}.")
         before = self._circuit(model_id)
         self.state.circuits[model_id] = dict(CLOSED_CIRCUIT)
-        self.record(user["username"], "circuit.close", model_id, before, dict(CLOSED_CIRCUIT))
-        self.broadcast_to_admins({"type": "circuit_update",
+        self.record(user["username"], "circuit.close", f"model:{model_id}", before, dict(CLOSED_CIRCUIT))
+        self.broadcast_to_admins({"type": "circuit",
                                   "data": {"model_id": model_id, "circuit": dict(CLOSED_CIRCUIT)}})
         return 200, {**self._admin_model(model), "circuit": dict(CLOSED_CIRCUIT)}
 
@@ -735,14 +735,14 @@ class FakeArkflow:
         for message in chosen:
             task = self.state.tasks.get(message["task_id"])
             if task is None or task["status"] in TERMINAL:
-                reason = "task_not_found" if task is None else "task_finished"
+                reason = "task_missing" if task is None else "task_finished"
                 dropped_reasons[reason] = dropped_reasons.get(reason, 0) + 1
             else:
                 replayed += 1
             messages.remove(message)
         dropped = sum(dropped_reasons.values())
         answer = {"replayed": replayed, "dropped": dropped, "dropped_reasons": dropped_reasons}
-        self.record(user["username"], "dlq.replay", lane, None, answer)
+        self.record(user["username"], "dlq.replay", f"dlq:{lane}", None, answer)
         return 200, answer
 
     def _audit(self, query: dict[str, str]) -> tuple[int, Any]:

@@ -101,7 +101,7 @@ export class LiveUpdates {
     } else if (message.type === "task_update" && message.data && message.data.id) {
       this.onUpdate(message.data);
     } else if (typeof message.type === "string" && message.data) {
-      this.onEvent(message); // for admins: `circuit_update` when a model's breaker moves
+      this.onEvent(message); // for admins: `circuit` when a model's breaker moves
     }
   }
 

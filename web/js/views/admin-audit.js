@@ -36,7 +36,7 @@ function changes(entry) {
 
 export function renderAdminAudit(container) {
   const actor = h("input", { autocomplete: "off", autocapitalize: "none", placeholder: "anyone" });
-  const target = h("input", { autocomplete: "off", autocapitalize: "none", placeholder: "model, user, task id or queue" });
+  const target = h("input", { autocomplete: "off", autocapitalize: "none", placeholder: "model:…, user:…, task:…, dlq:…" });
   const filters = h(
     "form",
     { class: "filters admin-filters", role: "search", "aria-label": "Filter the audit log" },

@@ -322,7 +322,7 @@ export function renderAdminDashboard(container, { subscribeLive }) {
   document.addEventListener("visibilitychange", onVisible);
   const unsubscribe = subscribeLive({
     onEvent: (event) => {
-      if (event.type === "circuit_update") refresh();
+      if (event.type === "circuit") refresh();
     },
     onConnected: refresh,
   });

@@ -8,6 +8,8 @@ import { formatDateTime, h, toast } from "../dom.js";
 import { showPageError, toastError } from "../forms.js";
 import { STATUS_LABELS } from "./tasks.js";
 
+const REPLAYED_PER_CALL = 100; // the replay route's most per call
+
 function resultText(lane, answer) {
   const reasons = Object.entries(answer.dropped_reasons || {}).map(([reason, count]) => `${reason}: ${count}`);
   return `${lane}: replayed ${answer.replayed}, dropped ${answer.dropped}${reasons.length ? ` (${reasons.join(", ")})` : ""}.`;
@@ -31,12 +33,16 @@ export function renderAdminDeadLetters(container) {
   ));
 
   async function replay(queue, messageIds) {
-    const count = messageIds ? messageIds.length : queue.approximate;
+    const count = queue.approximate;
+    let message = `It goes back to the ${queue.lane} queue.`;
+    if (!messageIds && count > REPLAYED_PER_CALL) {
+      message = `The first ${REPLAYED_PER_CALL} of about ${count} messages go back to the ${queue.lane} queue; replay again for the rest.`;
+    } else if (!messageIds) {
+      message = `About ${count} message${count === 1 ? "" : "s"} go back to the ${queue.lane} queue.`;
+    }
     const confirmed = await confirmDialog({
       title: messageIds ? `Replay message ${messageIds[0]}?` : `Replay ${queue.lane}?`,
-      message: messageIds
-        ? `It goes back to the ${queue.lane} queue.`
-        : `About ${count} message${count === 1 ? "" : "s"} go back to the ${queue.lane} queue.`,
+      message,
       confirmLabel: "Replay",
     });
     if (!confirmed) return;
