@@ -30,8 +30,9 @@ def stack(local_stack: LocalStack) -> LocalStack:
 
 
 def api_headers(stack: LocalStack, credentials: Credentials) -> dict[str, str]:
+    # The stack's first requests are slow on a loaded machine (cold imports, password hashing): httpx's 5 s is short.
     response = httpx.post(f"{stack.api_url}/api/users/login",
-                          json={"username": credentials.username, "password": credentials.password})
+                          json={"username": credentials.username, "password": credentials.password}, timeout=30.0)
     response.raise_for_status()
     return {"Authorization": f"Bearer {response.json()['token']}"}
 
