@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 # servers, and a third worker fills the cores meanwhile.
 PYTEST_WORKERS ?= 3
 
-.PHONY: run test test-deep lint sim bench package clean deps test-deps toolchains toolchain-package toolchain-scan lock deploy destroy update-swagger-ui
+.PHONY: run test test-deep lint sim bench package clean deps test-deps toolchains toolchain-package toolchain-scan lock \
+	deploy destroy update-swagger-ui update-uplot
 
 $(STAMP): requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +98,16 @@ update-swagger-ui:
 		&& cp $$tmp/package/swagger-ui-bundle.js $$tmp/package/swagger-ui-bundle.js.LICENSE.txt \
 			$$tmp/package/swagger-ui.css $$tmp/package/LICENSE $$tmp/package/NOTICE $(SWAGGER_UI_DIR)/ \
 		&& echo "swagger-ui-dist $(SWAGGER_UI_VERSION)" > $(SWAGGER_UI_DIR)/VERSION && rm -rf $$tmp
+
+# The admin dashboard's charts (web/js/charts.js), vendored from npm the same way: its ES module build and
+# stylesheet. `make update-uplot UPLOT_VERSION=x.y.z` replaces it (then run tests/web/test_web_admin_ops.py).
+UPLOT_VERSION ?= 1.6.32
+UPLOT_DIR := web/vendor/uplot
+update-uplot:
+	@tmp=$$(mktemp -d) && cd $$tmp && npm pack --silent uplot@$(UPLOT_VERSION) >/dev/null \
+		&& tar xzf uplot-$(UPLOT_VERSION).tgz && cd - >/dev/null && mkdir -p $(UPLOT_DIR) \
+		&& cp $$tmp/package/dist/uPlot.esm.js $$tmp/package/dist/uPlot.min.css $$tmp/package/LICENSE $(UPLOT_DIR)/ \
+		&& echo "uplot $(UPLOT_VERSION)" > $(UPLOT_DIR)/VERSION && rm -rf $$tmp
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .ruff_cache

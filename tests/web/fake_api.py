@@ -36,6 +36,10 @@ HOST = "127.0.0.1"
 ADMIN = ("admin", "admin-pass")
 DEMO = ("demo", "demo-pass")
 TERMINAL = {"succeeded", "failed", "cancelled", "expired"}
+CLOSED_CIRCUIT = {"state": "closed", "since": None, "reason": None}
+SAMPLE_S = 300  # the metrics' series: one sample per 5 minutes over the window
+WINDOWS_S = {"1h": 3600, "24h": 86400}
+AUDIT_PAGE = 50  # the audit route's default page size
 IMAGE_PARAMS = ("size", "max_images", "watermark", "output_format", "tools")
 FAKE_LOOK = Look("a result of the fake API", "fake")
 
@@ -97,6 +101,17 @@ class FakeState:
     requests: list[tuple[str, str]] = field(default_factory=list)
     # model id -> how many of its queued tasks a change of upstream cannot move (409 without `force`)
     incompatible_queued: dict[str, int] = field(default_factory=dict)
+    # The operations console's sources: per model, the metrics' fields a test sets (the rest follow the tasks),
+    # circuits, usage rows, dead letters by queue, and the audit trail (oldest first).
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    usage_rows: list[dict[str, Any]] = field(default_factory=list)
+    dlq: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    # tasks whose video Ark already generates: an operator's end of it is refused (409 generating_at_ark)
+    generating_at_ark: set[str] = field(default_factory=set)
+    # the next this many pages of a listing come back empty with a cursor, as a filtered DynamoDB query's may
+    empty_pages: int = 0
 
 
 def default_models() -> dict[str, dict[str, Any]]:
@@ -259,6 +274,27 @@ class FakeArkflow:
         with self.lock:
             return dict(self.state.tasks[task_id])
 
+    def set_circuit(self, model_id: str, state: str, reason: str | None = None) -> None:
+        """A model's breaker moves on its own (Ark refusing its calls), and admins hear of it at once."""
+        circuit = {"state": state, "since": None if state == "closed" else now_iso(), "reason": reason}
+        with self.lock:
+            self.state.circuits[model_id] = circuit
+        self.broadcast_to_admins({"type": "circuit", "data": {"model_id": model_id, "circuit": circuit}})
+
+    def broadcast_to_admins(self, message: dict[str, Any]) -> None:
+        with self.lock:
+            admins = {name for name, user in self.state.users.items() if user["role"] == "admin"}
+        for username in admins:
+            self.broadcast(username, message)
+
+    def record(self, actor: str, action: str, target: str, before: dict[str, Any] | None,
+               after: dict[str, Any] | None, at: str | None = None) -> dict[str, Any]:
+        entry = {"at": at or now_iso(), "actor": actor, "action": action, "target": target, "before": before,
+                 "after": after}
+        with self.lock:
+            self.state.audit.append(entry)
+        return entry
+
     def tasks_of(self, owner: str) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(task) for task_id, task in self.state.tasks.items() if self.state.owners[task_id] == owner]
@@ -330,6 +366,17 @@ class FakeArkflow:
              lambda model_id: self._admin(user) or self._update_model(model_id, body)),
             ("DELETE", r"/api/admin/models/([^/]+)",
              lambda model_id: self._admin(user) or self._delete_model(model_id)),
+            ("GET", r"/api/admin/tasks", lambda: self._admin(user) or self._admin_tasks(query)),
+            ("PUT", r"/api/tasks/([^/]+)/status",
+             lambda task_id: self._admin(user) or self._operator_status(user, task_id, body)),
+            ("GET", r"/api/admin/metrics", lambda: self._admin(user) or self._metrics(query)),
+            ("GET", r"/api/admin/usage", lambda: self._admin(user) or self._usage(query)),
+            ("POST", r"/api/admin/models/([^/]+)/circuit/close",
+             lambda model_id: self._admin(user) or self._close_circuit(user, model_id)),
+            ("GET", r"/api/admin/dlq", lambda: self._admin(user) or self._dead_letters()),
+            ("POST", r"/api/admin/dlq/([^/]+)/replay",
+             lambda lane: self._admin(user) or self._replay(user, lane, body)),
+            ("GET", r"/api/admin/audit", lambda: self._admin(user) or self._audit(query)),
             ("GET", r"/api/admin/users", lambda: self._admin(user) or (200, {"users": [
                 self._public_user(item) for item in self.state.users.values()]})),
             ("POST", r"/api/admin/users", lambda: self._admin(user) or self._create_user(body)),
@@ -457,15 +504,26 @@ class FakeArkflow:
         return self.state.tasks[task_id]
 
     def _list_tasks(self, user: dict[str, Any], query: dict[str, str]) -> tuple[int, Any]:
-        mine = [task for task_id, task in self.state.tasks.items() if self.state.owners[task_id] == user["username"]]
-        mine = [task for task in mine if all(not query.get(key) or task[key] == query[key]
-                                             for key in ("status", "type", "model_id"))]
-        mine.sort(key=lambda task: (task["created_at"], task["id"]), reverse=True)
+        return self._task_page(user["username"], query, self._task_body)
+
+    def _task_page(self, owner: str | None, query: dict[str, str],
+                   present: Callable[[dict[str, Any]], dict[str, Any]]) -> tuple[int, Any]:
+        """Tasks (of `owner`, or everyone's), newest first, filtered like the API's listings, a page at a time."""
+        chosen = [task for task_id, task in self.state.tasks.items()
+                  if owner is None or self.state.owners[task_id] == owner]
+        chosen = [task for task in chosen if all(not query.get(key) or task[key] == query[key]
+                                                 for key in ("status", "type", "model_id"))]
+        chosen.sort(key=lambda task: (task["created_at"], task["id"]), reverse=True)
+        page, next_cursor = self._page(chosen, query)
+        return 200, {"tasks": [present(task) for task in page], "next_cursor": next_cursor}
+
+    def _page(self, items: list[Any], query: dict[str, str], size: int = 20) -> tuple[list[Any], str | None]:
         start = int(query.get("cursor") or 0)
-        limit = int(query.get("limit") or 20)
-        page = mine[start:start + limit]
-        next_cursor = str(start + limit) if start + limit < len(mine) else None
-        return 200, {"tasks": [self._task_body(task) for task in page], "next_cursor": next_cursor}
+        if self.state.empty_pages:
+            self.state.empty_pages -= 1
+            return [], str(start)
+        limit = int(query.get("limit") or size)
+        return items[start:start + limit], str(start + limit) if start + limit < len(items) else None
 
     def _cancel(self, user: dict[str, Any], task_id: str) -> tuple[int, Any]:
         task = self._own_task(user, task_id)
@@ -568,6 +626,130 @@ class FakeArkflow:
         if self.state.users.pop(username, None) is None:
             raise ApiFailure(404, "not_found", f"No user {username!r}.")
         return 200, {"deleted": username}
+
+    # --- operations console -----------------------------------------------------------------------------
+
+    def _admin_tasks(self, query: dict[str, str]) -> tuple[int, Any]:
+        username = query.get("user")
+        if username and username not in self.state.users:
+            raise ApiFailure(404, "user_not_found", f"No user {username!r}.")
+        return self._task_page(username or None, query, self._admin_task_body)
+
+    def _admin_task_body(self, task: dict[str, Any]) -> dict[str, Any]:
+        owner = self.state.owners[task["id"]]
+        return {"cost": None, "currency": None, "usage": None, **self._task_body(task), "user": owner,
+                "user_id": f"usr_{owner}", "upstream_message": None}
+
+    def _operator_status(self, user: dict[str, Any], task_id: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """docs/api.md, "Tasks": the one transition an operator may make, as the real route judges it."""
+        task = self.state.tasks.get(task_id)
+        if task is None:
+            raise ApiFailure(404, "task_not_found", f"No task {task_id!r}.")
+        status = body.get("status")
+        if status not in {"queued", "running", *TERMINAL}:
+            raise validation_failure("status", "not a task status")
+        carried = {key for key in ("error", "result_urls", "video_url", "last_frame_url") if body.get(key) is not None}
+        allowed = {"failed": {"error"}, "expired": {"error"},
+                   "succeeded": {"result_urls", "video_url", "last_frame_url"}}.get(status, set())
+        extra = sorted(carried - allowed)
+        if extra:
+            raise validation_failure(extra[0], f"a {status} task carries no {extra[0]}")
+        before = task["status"]
+        if status == "running":
+            raise ApiFailure(409, "worker_only", "Only a lane worker starts a task.")
+        if status == "queued" and not (before == "running" and task["type"] == "image"):
+            raise ApiFailure(409, "video_at_ark" if task["type"] == "video" and before == "running"
+                             else "illegal_transition", f"A {before} {task['type']} cannot go back to the queue.")
+        if status == "succeeded" and not carried:
+            raise validation_failure("result_urls" if task["type"] == "image" else "video_url",
+                                     "a succeeded task needs its results")
+        if status == "succeeded" and before != "running":
+            raise ApiFailure(409, "illegal_transition", f"A {before} task cannot succeed.")
+        if status in {"failed", "cancelled", "expired"}:
+            if before not in {"queued", "running"}:
+                raise ApiFailure(409, "illegal_transition", f"A {before} task cannot become {status}.",
+                                 {"status": before})
+            if task_id in self.state.generating_at_ark:
+                raise ApiFailure(409, "generating_at_ark", "Ark is generating this video; it cannot be stopped.")
+        fields = {key: body[key] for key in carried}
+        changed = self.set_status(task_id, status, **fields)
+        self.record(user["username"], "task.status", f"task:{task_id}", {"status": before}, {"status": status})
+        # As the real route answers: the admin's view of the task, without the listing's `user` and `user_id`.
+        return 200, {key: value for key, value in self._admin_task_body(changed).items()
+                     if key not in {"user", "user_id"}}
+
+    def _circuit(self, model_id: str) -> dict[str, Any]:
+        return dict(self.state.circuits.get(model_id, CLOSED_CIRCUIT))
+
+    def _metrics(self, query: dict[str, str]) -> tuple[int, Any]:
+        window = query.get("window") or "1h"
+        if window not in WINDOWS_S:
+            raise validation_failure("window", "Input should be '1h' or '24h'")
+        samples = WINDOWS_S[window] // SAMPLE_S
+        last = int(time.time()) // SAMPLE_S * SAMPLE_S
+        at = [iso(last - SAMPLE_S * (samples - 1 - index)) for index in range(samples)]
+        models = []
+        for model_id, model in self.state.models.items():
+            counts = {status: sum(1 for task in self.state.tasks.values()
+                                  if task["model_id"] == model_id and task["status"] == status)
+                      for status in ("queued", "running")}
+            entry = {"model_id": model_id, **counts, "concurrency": model["concurrency"],
+                     "wait_s": {"p50": None, "p95": None}, "run_s": {"p50": None, "p95": None}, "outcomes": {},
+                     "ark_429": 0, "ark_5xx": 0, "cost": 0, "currency": None, "circuit": self._circuit(model_id),
+                     "series": {"at": at, "queued": [counts["queued"]] * samples,
+                                "running": [counts["running"]] * samples}}
+            entry.update(self.state.metrics.get(model_id, {}))
+            models.append(entry)
+        return 200, {"window": window, "models": models}
+
+    def _usage(self, query: dict[str, str]) -> tuple[int, Any]:
+        days = int(query.get("days") or 14)
+        if not 1 <= days <= 90:
+            raise validation_failure("days", "Input should be between 1 and 90")
+        return 200, {"timezone": "Asia/Shanghai", "rows": [dict(row) for row in self.state.usage_rows]}
+
+    def _close_circuit(self, user: dict[str, Any], model_id: str) -> tuple[int, Any]:
+        model = self.state.models.get(model_id)
+        if model is None:
+            raise ApiFailure(404, "model_not_found", f"No model {model_id!r}.")
+        before = self._circuit(model_id)
+        self.state.circuits[model_id] = dict(CLOSED_CIRCUIT)
+        self.record(user["username"], "circuit.close", f"model:{model_id}", before, dict(CLOSED_CIRCUIT))
+        self.broadcast_to_admins({"type": "circuit",
+                                  "data": {"model_id": model_id, "circuit": dict(CLOSED_CIRCUIT)}})
+        return 200, {**self._admin_model(model), "circuit": dict(CLOSED_CIRCUIT)}
+
+    def _dead_letters(self) -> tuple[int, Any]:
+        return 200, {"queues": [{"lane": lane, "approximate": len(messages), "messages": [
+            {**message, "task_status": self.state.tasks.get(message["task_id"], {}).get("status")}
+            for message in messages]} for lane, messages in self.state.dlq.items()]}
+
+    def _replay(self, user: dict[str, Any], lane: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """Each chosen message goes back to its lane, unless its task has finished (dropped, never run twice)."""
+        if lane not in self.state.dlq:
+            raise ApiFailure(404, "lane_not_found", f"No dead-letter queue {lane!r}.")
+        wanted = body.get("message_ids")
+        messages = self.state.dlq[lane]
+        chosen = [message for message in messages if wanted is None or message["message_id"] in wanted]
+        replayed, dropped_reasons = 0, {}
+        for message in chosen:
+            task = self.state.tasks.get(message["task_id"])
+            if task is None or task["status"] in TERMINAL:
+                reason = "task_missing" if task is None else "task_finished"
+                dropped_reasons[reason] = dropped_reasons.get(reason, 0) + 1
+            else:
+                replayed += 1
+            messages.remove(message)
+        dropped = sum(dropped_reasons.values())
+        answer = {"replayed": replayed, "dropped": dropped, "dropped_reasons": dropped_reasons}
+        self.record(user["username"], "dlq.replay", f"dlq:{lane}", None, answer)
+        return 200, answer
+
+    def _audit(self, query: dict[str, str]) -> tuple[int, Any]:
+        entries = [entry for entry in reversed(self.state.audit)
+                   if all(not query.get(key) or entry[key] == query[key] for key in ("actor", "target"))]
+        page, next_cursor = self._page(entries, query, AUDIT_PAGE)
+        return 200, {"entries": page, "next_cursor": next_cursor}
 
 
 def media_bytes(name: str) -> tuple[bytes, str] | None:

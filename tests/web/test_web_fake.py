@@ -476,9 +476,14 @@ def test_admin_manages_users(page: Page, new_page, fake_stack: FakeStack, fake: 
 
 def test_admin_pages_are_for_admins_only(page: Page, fake_stack: FakeStack, fake: FakeArkflow) -> None:
     log_in(page, fake_stack.web_url, *DEMO)
-    page.goto(f"{fake_stack.web_url}/#/admin/models")
-    expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
-    assert fake.requests_to("GET", "/api/admin/models") == 0
+    expect(page.get_by_role("navigation", name="Main").get_by_role("link")).to_have_text(["Studio", "API"])
+    screens = {"models": "Models", "dashboard": "Dashboard", "tasks": "All tasks", "dlq": "Dead letters",
+               "audit": "Audit log"}
+    for screen, title in screens.items():
+        page.goto(f"{fake_stack.web_url}/#/admin/{screen}")
+        expect(page).to_have_title(f"{title} · arkflow")
+        expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    assert fake.requests_to("GET", "/api/admin/.*") == 0
 
 
 def test_keyboard_only_use(page: Page, fake_stack: FakeStack, fake: FakeArkflow) -> None:

@@ -12,8 +12,9 @@ const FIRST_RETRY_MS = 1_000;
 const MAX_RETRY_MS = 30_000;
 
 export class LiveUpdates {
-  constructor({ onUpdate, onConnected, onState }) {
+  constructor({ onUpdate, onEvent, onConnected, onState }) {
     this.onUpdate = onUpdate;
+    this.onEvent = onEvent;
     this.onConnected = onConnected;
     this.onState = onState;
     this.socket = null;
@@ -99,6 +100,8 @@ export class LiveUpdates {
       clearTimeout(this.pongTimer);
     } else if (message.type === "task_update" && message.data && message.data.id) {
       this.onUpdate(message.data);
+    } else if (typeof message.type === "string" && message.data) {
+      this.onEvent(message); // for admins: `circuit` when a model's breaker moves
     }
   }
 

@@ -3,13 +3,21 @@
 import { api, clearSession, getSession, loadConfig, onUnauthorized, saveSession } from "./api.js";
 import { h } from "./dom.js";
 import { LiveUpdates } from "./live.js";
+import { renderAdminAudit } from "./views/admin-audit.js";
+import { renderAdminDashboard } from "./views/admin-dashboard.js";
+import { renderAdminDeadLetters } from "./views/admin-dlq.js";
 import { renderAdminModels } from "./views/admin-models.js";
+import { renderAdminTasks } from "./views/admin-tasks.js";
 import { renderAdminUsers } from "./views/admin-users.js";
 import { renderLogin } from "./views/login.js";
 import { renderStudio } from "./views/studio.js";
 
 const ROUTES = {
   "#/": { name: "studio", title: "Studio", render: renderStudio },
+  "#/admin/dashboard": { name: "admin-dashboard", title: "Dashboard", render: renderAdminDashboard, admin: true },
+  "#/admin/tasks": { name: "admin-tasks", title: "All tasks", render: renderAdminTasks, admin: true },
+  "#/admin/dlq": { name: "admin-dlq", title: "Dead letters", render: renderAdminDeadLetters, admin: true },
+  "#/admin/audit": { name: "admin-audit", title: "Audit log", render: renderAdminAudit, admin: true },
   "#/admin/models": { name: "admin-models", title: "Models", render: renderAdminModels, admin: true },
   "#/admin/users": { name: "admin-users", title: "Users", render: renderAdminUsers, admin: true },
 };
@@ -21,11 +29,12 @@ const liveStatus = document.querySelector(".live-status");
 let cleanupScreen = () => {};
 let signedIn = false;
 
-// One connection for the whole session; screens subscribe to what it delivers.
+// One connection for the whole session; screens subscribe to what it delivers (each handler is optional).
 const liveListeners = new Set();
 const live = new LiveUpdates({
-  onUpdate: (update) => liveListeners.forEach((listener) => listener.onUpdate(update)),
-  onConnected: () => liveListeners.forEach((listener) => listener.onConnected()),
+  onUpdate: (update) => liveListeners.forEach((listener) => listener.onUpdate?.(update)),
+  onEvent: (event) => liveListeners.forEach((listener) => listener.onEvent?.(event)),
+  onConnected: () => liveListeners.forEach((listener) => listener.onConnected?.()),
   onState: showLiveState,
 });
 

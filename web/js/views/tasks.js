@@ -11,7 +11,7 @@ const PAGE_SIZE = 20;
 const LINK_MIN_AGE_MS = 2_000;
 const LINK_RETRY_MS = 15_000;
 const TERMINAL = new Set(["succeeded", "failed", "cancelled", "expired"]);
-const STATUS_LABELS = {
+export const STATUS_LABELS = {
   queued: "Queued",
   running: "Running",
   succeeded: "Succeeded",
