@@ -205,6 +205,16 @@ def admin_update_model(context: RequestContext, model_id: str) -> dict[str, Any]
     return _admin_model_body(model)
 
 
+@http.route("/api/admin/models/{model_id}/circuit/close", "POST", access="admin",
+            responses={200: answers.AdminModel})
+def admin_close_circuit(_: RequestContext, model_id: str) -> dict[str, Any]:
+    """Close the model's circuit breaker by hand: its waiting tasks go to Ark again (docs/design.md, "Circuit
+    breaker")."""
+    model = catalog.get_model(model_id)
+    wiring.current().breaker.close(model_id)  # (before, after): the circuit as it was and is
+    return _admin_model_body(model)
+
+
 @http.route("/api/admin/models/{model_id}", "DELETE", access="admin", responses={200: answers.Deleted},
             errors={409: "`model_in_use`: it has unfinished tasks"})
 def admin_delete_model(_: RequestContext, model_id: str) -> Any:

@@ -142,6 +142,14 @@ class UsageToday(_Answer):
     remaining: int
 
 
+class Circuit(_Answer):
+    """The model's circuit breaker (docs/design.md, "Circuit breaker")."""
+
+    state: Literal["closed", "open", "half_open"]
+    since: Timestamp | None
+    reason: str | None
+
+
 class AdminModel(PublicModel):
     upstream_model: str
     family: str | None
@@ -156,6 +164,7 @@ class AdminModel(PublicModel):
     updated_at: Timestamp
     usage_today: UsageToday
     slots_in_use: int
+    circuit: Circuit
 
 
 class AdminModelList(_Answer):

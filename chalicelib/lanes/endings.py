@@ -30,6 +30,7 @@ from chalicelib.ark.errors import (
 from chalicelib.backoff import compute_backoff
 from chalicelib.clock import Clock
 from chalicelib.errors import error_object
+from chalicelib.lanes.circuit import Breaker
 from chalicelib.lanes.messages import Delivery, Outcome, Retry
 from chalicelib.resources import Lane
 from chalicelib.settings import Settings
@@ -44,14 +45,17 @@ REFUSED_BEFORE_WORK = frozenset({401, 403, 429})
 
 
 class Endings:
-    def __init__(self, lane: Lane, *, settings: Settings, clock: Clock, rng: random.Random) -> None:
+    def __init__(self, lane: Lane, *, settings: Settings, clock: Clock, rng: random.Random,
+                 circuit: Breaker) -> None:
         self.lane = lane
         self.settings = settings
         self.clock = clock
         self.rng = rng
+        self.circuit = circuit
 
     def retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
                     reached_ark_before: bool) -> Outcome:
+        self.circuit.failed(task, error)  # counted towards the model's circuit (a probe's failure re-opens it)
         undo_claim = forget_refused_call(task, error, reached_ark_before)
         if delivery.receive_count >= self.lane.max_receives:
             return self.give_up(task, delivery, error, undo_claim)
@@ -65,6 +69,7 @@ class Endings:
         return Retry(0)  # the next receive moves it to the DLQ: a record of what gave up
 
     def fail_permanently(self, task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
+        self.circuit.passed(task)  # Ark answered: a probe closes the circuit
         if is_model_unavailable(error):
             # Every task of the model will meet it: the admin page shows it until a call succeeds or the upstream
             # changes.
