@@ -8,10 +8,11 @@ Per message, in this order:
   3. call Ark: an image is generated and stored (`images`); a video is created once and handed to the poller
      (`videos`).
 
-A message for a task that already succeeded copies its results into the bucket (`copies`). No free slot: the
-task is parked and its message acknowledged, until a released slot hands itself over (`waits`); Ark's errors end
-as `endings` says. A DynamoDB write that fails for any reason but its condition raises: the message comes back
-and nothing done is undone (a video created at Ark is found again by the reconcile).
+A message for a task that already succeeded copies its results into the bucket (`copies`). No free slot (or the
+model's circuit open: `circuit`): the task is parked and its message acknowledged, until a released slot (or the
+circuit's close) hands itself over (`waits`); Ark's errors end as `endings` says. A DynamoDB write that fails
+for any reason but its condition raises: the message comes back and nothing done is undone (a video created at
+Ark is found again by the reconcile).
 
 Leases: an image's slot lease covers its worker's whole invocation (plus a margin); a video's lease is its
 deadline, the same value its claim writes to `deadline_at`.

@@ -5,17 +5,22 @@ a circuit open too long fails the waiting tasks with their quota back; an admin 
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Any
 
 import pytest
 
 from chalicelib import catalog
 from chalicelib.ark.errors import ArkServerError
-from chalicelib.lanes.circuit import waited_on_circuit
+from chalicelib.lanes.circuit import Breaker, waited_on_circuit
+from chalicelib.lanes.waits import Waker
+from chalicelib.live import LiveUpdates
 from chalicelib.settings import get_settings
 from chalicelib.store import slots
 from chalicelib.store.records import ModelRecord, SlotRecord, TaskRecord
-from tests.factories import ADMIN, IMAGE_MODEL, IMAGE_TASK
+from chalicelib.wiring import Wiring
+from tests.clocks import FrozenClock
+from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, principal_of
 from tests.lane_fixtures import Lanes
 
 THRESHOLD, COOLDOWN_S = 3, 60
@@ -84,7 +89,8 @@ def test_429s_open_the_circuit_tasks_wait_parked_and_probes_reopen_then_close_it
     lanes.clock.advance(COOLDOWN_S + 1)
     lanes.sweeper().sweep()
     assert _circuit(lanes)["state"] == "half_open"
-    assert len(probe := lanes.receive("image")) == 1 and slots.in_use(IMAGE_MODEL) == 1
+    probe = lanes.receive("image")
+    assert len(probe) == 1 and slots.in_use(IMAGE_MODEL) == 1
     lanes.worker("image").handle(probe)
     assert lanes.ark_calls("images.generate") == THRESHOLD + 1
     reopened = _circuit(lanes)
@@ -150,3 +156,46 @@ def test_an_admin_closes_the_circuit_by_hand_and_the_waiting_tasks_run(breaking:
     unknown = lanes.api.request("POST", "/api/admin/models/no-such-model/circuit/close", as_user=ADMIN)
     assert unknown.status_code == 404 and unknown.data["error"]["code"] == "model_not_found"
     assert lanes.api.request("POST", f"/api/admin/models/{IMAGE_MODEL}/circuit/close").status_code == 401
+
+
+class RecordingGateway:
+    """API Gateway's management API as the publisher uses it: what was posted to which connection."""
+
+    class exceptions:
+        GoneException = type("GoneException", (Exception,), {})
+
+    def __init__(self) -> None:
+        self.posted: list[tuple[str, dict[str, Any]]] = []
+
+    def post_to_connection(self, ConnectionId: str, Data: bytes) -> None:
+        self.posted.append((ConnectionId, json.loads(Data)))
+
+
+def test_every_admin_connection_is_told_when_a_circuit_changes_and_no_one_else(seeded: None) -> None:
+    gateway = RecordingGateway()
+    settings = dataclasses.replace(get_settings(), websocket_management_url="http://gateway.invalid",
+                                   circuit_threshold=1)
+    live = LiveUpdates(Wiring(settings).bodies, settings=settings, client_for=lambda _endpoint: gateway)
+    for connection_id, user in (("admin-1=", ADMIN), ("admin-2=", ADMIN), ("demo-1=", DEMO)):
+        event = connect_event(live.tickets.issue(principal_of(user)).ticket, connection_id)
+        assert live.connect(event)["statusCode"] == 200
+    clock = FrozenClock()
+    breaker = Breaker(settings=settings, clock=clock, waker=Waker(sqs=None, clock=clock, settings=settings),
+                      announce=live.publish_circuit)
+
+    breaker.failed(TaskRecord("tsk_failing", model_id=IMAGE_MODEL), ArkServerError("InternalServiceError", "", 500))
+    breaker.close(IMAGE_MODEL)
+
+    events = [(connection, message["type"], message["data"]["model_id"], message["data"]["circuit"]["state"])
+              for connection, message in gateway.posted]
+    assert sorted(events) == sorted(
+        (connection, "circuit", IMAGE_MODEL, state) for connection in ("admin-1=", "admin-2=")
+        for state in ("open", "closed"))
+    live.disconnect({"requestContext": {"connectionId": "admin-1="}})
+    assert [copy.removesuffix("#admin") for copy in live.connections.of_user("#admins")] == ["admin-2="]
+
+
+def connect_event(ticket: str, connection_id: str) -> dict[str, Any]:
+    return {"headers": {}, "queryStringParameters": {"ticket": ticket},
+            "requestContext": {"routeKey": "$connect", "eventType": "CONNECT", "connectionId": connection_id,
+                               "domainName": "127.0.0.1:8001", "stage": "api", "apiId": "local"}}
