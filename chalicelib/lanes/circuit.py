@@ -162,6 +162,7 @@ class Breaker:
         return before
 
     def _close_read(self, record: SlotRecord, reason: str, condition: Any) -> bool:
+        """Close the circuit `record` shows, its outage remembered; True when this write closed it."""
         model_id = record.model_id
         now = self.clock.now()
         opened = float(record.circuit_opened_at or record.circuit_since or now)

@@ -11,16 +11,18 @@ from typing import Any
 import pytest
 
 from chalicelib import catalog
+from chalicelib.accounts.users import update_user
 from chalicelib.ark.errors import ArkServerError
 from chalicelib.lanes.circuit import Breaker, waited_on_circuit
 from chalicelib.lanes.waits import Waker
 from chalicelib.live import LiveUpdates
+from chalicelib.schemas import UserUpdate
 from chalicelib.settings import get_settings
 from chalicelib.store import slots
 from chalicelib.store.records import ModelRecord, SlotRecord, TaskRecord
 from chalicelib.wiring import Wiring
 from tests.clocks import FrozenClock
-from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, principal_of
+from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, principal_of
 from tests.lane_fixtures import Lanes
 
 THRESHOLD, COOLDOWN_S = 3, 60
@@ -170,6 +172,9 @@ class RecordingGateway:
     def post_to_connection(self, ConnectionId: str, Data: bytes) -> None:
         self.posted.append((ConnectionId, json.loads(Data)))
 
+    def delete_connection(self, ConnectionId: str) -> None:
+        pass
+
 
 def test_every_admin_connection_is_told_when_a_circuit_changes_and_no_one_else(seeded: None) -> None:
     gateway = RecordingGateway()
@@ -192,6 +197,13 @@ def test_every_admin_connection_is_told_when_a_circuit_changes_and_no_one_else(s
         (connection, "circuit", IMAGE_MODEL, state) for connection in ("admin-1=", "admin-2=")
         for state in ("open", "closed"))
     live.disconnect({"requestContext": {"connectionId": "admin-1="}})
+    assert [copy.removesuffix("#admin") for copy in live.connections.of_user("#admins")] == ["admin-2="]
+
+    # An admin demoted: their connections close, the copy among the admins' with them.
+    update_user(principal_of(ADMIN), OTHER[0], UserUpdate(role="admin"), sockets=live)
+    assert live.connect(connect_event(live.tickets.issue(principal_of(OTHER)).ticket, "other-1="))["statusCode"] == 200
+    assert len(live.connections.of_user("#admins")) == 2
+    update_user(principal_of(ADMIN), OTHER[0], UserUpdate(role="user"), sockets=live)
     assert [copy.removesuffix("#admin") for copy in live.connections.of_user("#admins")] == ["admin-2="]
 
 
