@@ -249,6 +249,17 @@ def admin_usage(context: RequestContext) -> dict[str, Any]:
     return figures.usage(query.days, services.clock.now(), services.settings.quota_timezone)
 
 
+@http.route("/api/admin/models/{model_id}/circuit/close", "POST", access="admin",
+            responses={200: answers.AdminModel})
+def admin_close_circuit(context: RequestContext, model_id: str) -> dict[str, Any]:
+    """Close the model's circuit breaker by hand: its waiting tasks go to Ark again (docs/design.md, "Circuit
+    breaker")."""
+    model = catalog.get_model(model_id)
+    before, after = wiring.current().breaker.close(model_id)
+    _audit(context, "circuit.close", f"model:{model_id}", before, after)
+    return _admin_model_body(model)
+
+
 @http.route("/api/admin/models/{model_id}", "DELETE", access="admin", responses={200: answers.Deleted},
             errors={409: "`model_in_use`: it has unfinished tasks"})
 def admin_delete_model(context: RequestContext, model_id: str) -> Any:

@@ -8,6 +8,10 @@ session, so ending the session or the account closes it (`disconnect_user`). Aft
 machine writes, the publisher posts `{"type": "task_update", ...}` to each open connection of the task's owner
 through API Gateway's management API (`@connections`), which works from any Lambda, unlike
 `app.websocket_api.send`, which works only inside WebSocket handlers.
+
+Admins' connections are also stored a second time under one shared owner, `ADMINS` (the same record shape, the
+connection id with `ADMIN_SUFFIX`): what the fleet does (`{"type": "circuit", ...}` when a model's circuit
+changes) goes to every connection of an admin with one query.
 """
 
 from __future__ import annotations
@@ -58,6 +62,9 @@ MAX_REPLY_PROBLEMS, MAX_REPLY_FIELD_CHARS = 5, 64
 _MANAGEMENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2, "mode": "standard"})
 
 WsResponse = dict[str, Any]
+
+# The owner under which every admin connection is stored once more, and the suffix of that copy's id.
+ADMINS, ADMIN_SUFFIX = "#admins", "#admin"
 
 
 @dataclass(frozen=True)
@@ -124,8 +131,14 @@ class Connections:
             expires_at_epoch=math.ceil(now + CONNECTION_TTL_S),
         ).save()
 
+    def open_for_admins(self, connection_id: str, session_id: str | None) -> None:
+        self.open(connection_id + ADMIN_SUFFIX, ADMINS, session_id)
+
     def close(self, connection_id: str) -> None:
+        """Forget the connection (and its copy among the admins', if it has one)."""
+        connection_id = connection_id.removesuffix(ADMIN_SUFFIX)
         ConnectionRecord(connection_id).delete()
+        ConnectionRecord(connection_id + ADMIN_SUFFIX).delete()
 
     def of_user(self, user_id: str, session_id: str | None = None) -> list[str]:
         """The user's live connections (only those opened by `session_id`, when given)."""
@@ -227,10 +240,13 @@ class LiveUpdates:
         holder = self.tickets.redeem(ticket)
         if holder is None:
             return _refused(401, "The ticket is invalid, used or expired.")
-        if not self._session_live(holder):
+        principal = self.sessions.session_principal(holder.session_id, holder.user_id)
+        if principal is None:
             return _refused(401, "The session this ticket was issued to has ended; log in again.")
         connection_id = event["requestContext"]["connectionId"]
         self.connections.open(connection_id, holder.user_id, holder.session_id)
+        if principal.role == "admin":
+            self.connections.open_for_admins(connection_id, holder.session_id)
         # Once more after storing it: an account disabled (or a session ended) between the check and the write
         # found no connection to close, so this one must not open.
         if not self._session_live(holder):
@@ -318,6 +334,22 @@ class LiveUpdates:
                 self._deliver(client, connection_id, message)
         except Exception:
             logger.exception("could not publish the update of task %s", task.task_id)
+
+    def publish_circuit(self, model_id: str, circuit: dict[str, Any]) -> None:
+        """Tell every admin connection that a model's circuit changed. Never raises."""
+        endpoint = self.settings.websocket_management_url
+        if not endpoint:
+            return
+        try:
+            connection_ids = [copy.removesuffix(ADMIN_SUFFIX) for copy in self.connections.of_user(ADMINS)]
+            if not connection_ids:
+                return
+            message = encode({"type": "circuit", "data": {"model_id": model_id, "circuit": circuit}})
+            client = self._client_for(endpoint)
+            for connection_id in connection_ids:
+                self._deliver(client, connection_id, message)
+        except Exception:
+            logger.exception("could not publish the circuit of model %s", model_id)
 
     def _connections_for(self, task: TaskRecord) -> list[str]:
         now = time.monotonic()

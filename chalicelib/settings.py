@@ -136,6 +136,12 @@ class Settings:
     # Retryable Ark errors: exponential backoff from the base, capped, with jitter.
     retry_base_s: int = field(default_factory=lambda: _int("RETRY_BASE_SECONDS", 2))
     retry_max_s: int = field(default_factory=lambda: _int("RETRY_MAX_SECONDS", 300))
+    # A model's circuit opens after this many Ark 429s/5xx/timeouts within the window; a probe call may go out
+    # after the cool-down; tasks waiting on a circuit open longer than the maximum fail `upstream_unavailable`.
+    circuit_threshold: int = field(default_factory=lambda: _int("CIRCUIT_THRESHOLD", 5))
+    circuit_window_s: int = field(default_factory=lambda: _int("CIRCUIT_WINDOW_SECONDS", 60))
+    circuit_cooldown_s: int = field(default_factory=lambda: _int("CIRCUIT_COOLDOWN_SECONDS", 60))
+    circuit_max_open_s: int = field(default_factory=lambda: _int("CIRCUIT_MAX_OPEN_SECONDS", 30 * 60))
     # Webhooks may go to `http(s)://127.0.0.1|[::1]|localhost:<port>`: the local stack's and the tests' receivers.
     # Off in every deployed stage (nothing there sets it), where a webhook only reaches public addresses.
     webhook_allow_loopback: bool = field(default_factory=lambda: _flag("WEBHOOK_ALLOW_LOOPBACK"))

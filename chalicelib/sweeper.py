@@ -5,7 +5,10 @@ tasks that may be running, and the sparse `queued_by_model` index past the deadl
   * a holder whose task ended, vanished, or never got claimed before its lease ran out: slot released (a queued
     task, whose handed slot lapsed or whose worker died before its claim, gets a fresh message);
   * free slots of a model with parked tasks: handed to the oldest (a lost hand-off waits at most one sweep);
-  * a queued task past `task_deadline_s` since creation: `failed` with `timeout`;
+  * the model's circuit (`chalicelib.lanes.circuit`): a probe that ended without Ark's answer is replaced, and
+    tasks waiting on a circuit open past its maximum fail `upstream_unavailable`;
+  * a queued task past `task_deadline_s` since creation, the time its model's circuit was open not counted:
+    `failed` with `timeout`;
   * a running image whose worker holds a live lease: left alone, whatever its deadline (its call may be billed);
     once the lease ran out, past its deadline `failed` with `timeout`, else back to `queued` with a fresh message;
   * a running video is never queued again (Ark may have it). Past its own deadline (`deadline_at`, from its Ark
@@ -33,6 +36,7 @@ from pynamodb.exceptions import DoesNotExist, PynamoDBException
 from chalicelib import catalog, queues
 from chalicelib.clock import SYSTEM_CLOCK, Clock, epoch_of, iso
 from chalicelib.errors import error_object
+from chalicelib.lanes.circuit import Breaker, waited_on_circuit
 from chalicelib.lanes.waits import HANDOFF_LEASE_S, Waker
 from chalicelib.metrics import figures, rollup
 from chalicelib.settings import Settings
@@ -61,14 +65,16 @@ class SweepReport:
     woken: int = 0
     webhooks_resent: int = 0
     metrics_applied: int = 0
+    circuit_failed: int = 0
 
 
 class Sweeper:
-    def __init__(self, *, sqs: Any, video: VideoStatus, waker: Waker, webhooks: WebhookEvents, settings: Settings,
-                 clock: Clock = SYSTEM_CLOCK) -> None:
+    def __init__(self, *, sqs: Any, video: VideoStatus, waker: Waker, circuit: Breaker, webhooks: WebhookEvents,
+                 settings: Settings, clock: Clock = SYSTEM_CLOCK) -> None:
         self.sqs = sqs
         self.video = video
         self.waker = waker
+        self.circuit = circuit
         self.webhooks = webhooks
         self.settings = settings
         self.clock = clock
@@ -77,7 +83,8 @@ class Sweeper:
         report = SweepReport()
         models = catalog.list_models()
         for model in models:
-            self._expire_queued(model, report)
+            outages = self._sweep_circuit(model, report)
+            self._expire_queued(model, report, outages)
             self._check_holders(model, report)
             self._wake_parked(model, report)
         try:
@@ -90,6 +97,15 @@ class Sweeper:
         except _WRITE_FAILURES as error:
             log.warning("metrics left for the next sweep: %s", error)
         return report
+
+    def _sweep_circuit(self, model: ModelRecord, report: SweepReport) -> list[list[float]]:
+        try:
+            outages, failed = self.circuit.sweep(model.model_id)
+        except _WRITE_FAILURES as error:
+            log.warning("circuit of %s left for the next sweep: %s", model.model_id, error)
+            return []
+        report.circuit_failed += failed
+        return outages
 
     def _wake_parked(self, model: ModelRecord, report: SweepReport) -> None:
         try:
@@ -105,9 +121,13 @@ class Sweeper:
         except StaleTask:
             pass  # it moved on meanwhile; the next sweep looks again if it still needs to
 
-    def _expire_queued(self, model: ModelRecord, report: SweepReport) -> None:
-        cutoff = iso(self.clock.now() - self.settings.task_deadline_s)
+    def _expire_queued(self, model: ModelRecord, report: SweepReport, outages: list[list[float]]) -> None:
+        now = self.clock.now()
+        cutoff = iso(now - self.settings.task_deadline_s)
         for stale in TaskRecord.queued_by_model.query(model.model_id, TaskRecord.created_key < cutoff):
+            created = epoch_of(stale.created_at)
+            if now - created - waited_on_circuit(outages, created, now) <= self.settings.task_deadline_s:
+                continue  # part of its wait was on its model's open circuit, which uses none of its deadline
             try:
                 self._time_out(stale, report)
             except _WRITE_FAILURES as error:

@@ -25,6 +25,7 @@ from chalicelib.api.bodies import TaskBodies
 from chalicelib.ark.client import IMAGE_TIMEOUT, VolcImageClient, VolcVideoClient
 from chalicelib.audit.trail import AuditTrail
 from chalicelib.clock import SYSTEM_CLOCK, Clock
+from chalicelib.lanes.circuit import Breaker
 from chalicelib.lanes.copies import ResultCopies
 from chalicelib.lanes.endings import Endings
 from chalicelib.lanes.images import ImageCalls
@@ -124,7 +125,7 @@ class Wiring:
 
     def new_lane_worker(self, lane: Lane) -> LaneWorker:
         rng = self._rng_for(lane.name)
-        endings = Endings(lane, settings=self.settings, clock=self.clock, rng=rng)
+        endings = Endings(lane, settings=self.settings, clock=self.clock, rng=rng, circuit=self.breaker)
         copies = ResultCopies(lane, s3=self.s3, sqs=self.sqs, downloads=self.downloads, settings=self.settings,
                               clock=self.clock)
         return LaneWorker(
@@ -145,9 +146,18 @@ class Wiring:
         return Waker(sqs=self.sqs, clock=self.clock, settings=self.settings)
 
     @cached_property
+    def breaker(self) -> Breaker:
+        return Breaker(settings=self.settings, clock=self.clock, waker=self.waker, announce=self._circuit_changed)
+
+    def _circuit_changed(self, model_id: str, circuit: dict[str, Any]) -> None:
+        """A model's circuit changed: admins see it at once, and CloudWatch's open-circuit alarm counts it."""
+        observability.emit_circuit_state(model_id, circuit["state"] != "closed")
+        self.live.publish_circuit(model_id, circuit)
+
+    @cached_property
     def sweeper(self) -> Sweeper:
-        return Sweeper(sqs=self.sqs, video=self.video_status, waker=self.waker, webhooks=self.webhook_events,
-                       settings=self.settings, clock=self.clock)
+        return Sweeper(sqs=self.sqs, video=self.video_status, waker=self.waker, circuit=self.breaker,
+                       webhooks=self.webhook_events, settings=self.settings, clock=self.clock)
 
     # --- the API's services -----------------------------------------------------------------------------------
 

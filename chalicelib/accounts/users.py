@@ -58,8 +58,10 @@ def create_user(request: UserCreate, clock: Clock = SYSTEM_CLOCK) -> UserRecord:
 def update_user(actor: Principal, username: str, request: UserUpdate, sockets: SocketCloser,
                 clock: Clock = SYSTEM_CLOCK) -> UserRecord:
     """Disabling the account or changing its password ends its sessions (every request re-reads the account)
-    and closes the WebSocket connections they opened."""
+    and closes the WebSocket connections they opened; so does demoting an admin (its connections get admins'
+    events: `chalicelib.live`)."""
     user = get_user(username)
+    demoted = user.role == "admin" and request.role is not None and request.role != "admin"
     if ensure_user_id(user) == actor.user_id and (request.disabled or (request.role and request.role != "admin")):
         raise Conflict("Administrators cannot disable or demote themselves.", code="self_lockout")
     actions = [UserRecord.updated_at.set(iso(clock.now()))]
@@ -80,7 +82,7 @@ def update_user(actor: Principal, username: str, request: UserUpdate, sockets: S
         if not condition_failed(exc):
             raise
         raise NotFound(f"No user named {username!r}.", code="user_not_found") from exc  # deleted meanwhile
-    if request.disabled or request.password is not None:
+    if request.disabled or request.password is not None or demoted:
         sockets.disconnect_user(str(user.user_id))
     return user
 

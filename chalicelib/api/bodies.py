@@ -11,6 +11,7 @@ from chalicelib.ark import capabilities
 from chalicelib.ark.capabilities import Provider
 from chalicelib.ark.errors import error_shown
 from chalicelib.clock import SYSTEM_CLOCK, Clock
+from chalicelib.lanes.circuit import circuit_of
 from chalicelib.media import storage
 from chalicelib.metrics import figures
 from chalicelib.store import slots
@@ -94,6 +95,7 @@ def public_model_body(model: ModelRecord) -> dict[str, Any]:
 
 
 def admin_model_body(model: ModelRecord, now: float, timezone: str) -> dict[str, Any]:
+    slot_record = slots.record(model.model_id)  # one read: slots in use and the circuit
     return {
         **public_model_body(model),
         "upstream_model": model.upstream_model,
@@ -109,7 +111,8 @@ def admin_model_body(model: ModelRecord, now: float, timezone: str) -> dict[str,
         "created_at": model.created_at,
         "updated_at": model.updated_at,
         "usage_today": catalog.usage_today(model, now, timezone),
-        "slots_in_use": slots.in_use(model.model_id),
+        "slots_in_use": int(slot_record.count or 0),
+        "circuit": circuit_of(model, slot_record),
     }
 
 

@@ -159,6 +159,14 @@ class Price(_Answer):
     per_second: float = Field(default=None, ge=0, description="video models: per second of video")
 
 
+class Circuit(_Answer):
+    """The model's circuit breaker (docs/design.md, "Circuit breaker")."""
+
+    state: Literal["closed", "open", "half_open"]
+    since: Timestamp | None
+    reason: str | None
+
+
 class AdminModel(PublicModel):
     upstream_model: str
     family: str | None
@@ -175,6 +183,7 @@ class AdminModel(PublicModel):
     updated_at: Timestamp
     usage_today: UsageToday
     slots_in_use: int
+    circuit: Circuit
 
 
 class AdminModelList(_Answer):
@@ -310,12 +319,6 @@ class CallbackReceived(_Answer):
 class Quantiles(_Answer):
     p50: float | None = Field(description="seconds; null with no task in the window")
     p95: float | None
-
-
-class Circuit(_Answer):
-    state: Literal["closed", "open", "half_open"]
-    since: Timestamp | None
-    reason: str | None
 
 
 class QueueSeries(_Answer):

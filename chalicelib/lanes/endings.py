@@ -31,6 +31,7 @@ from chalicelib.ark.errors import (
 from chalicelib.backoff import compute_backoff
 from chalicelib.clock import Clock
 from chalicelib.errors import error_object
+from chalicelib.lanes.circuit import Breaker
 from chalicelib.lanes.messages import Delivery, Outcome, Retry
 from chalicelib.metrics import rollup
 from chalicelib.resources import Lane
@@ -47,11 +48,13 @@ REFUSED_BEFORE_WORK = frozenset({401, 403, 429})
 
 
 class Endings:
-    def __init__(self, lane: Lane, *, settings: Settings, clock: Clock, rng: random.Random) -> None:
+    def __init__(self, lane: Lane, *, settings: Settings, clock: Clock, rng: random.Random,
+                 circuit: Breaker) -> None:
         self.lane = lane
         self.settings = settings
         self.clock = clock
         self.rng = rng
+        self.circuit = circuit
 
     def observe(self, task: TaskRecord, error: ArkError) -> None:
         """Ark answered the model's call with an error: counted for the admins' metrics and CloudWatch."""
@@ -61,6 +64,7 @@ class Endings:
     def retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,
                     reached_ark_before: bool) -> Outcome:
         self.observe(task, error)
+        self.circuit.failed(task, error)  # counted towards the model's circuit (a probe's failure re-opens it)
         undo_claim = forget_refused_call(task, error, reached_ark_before)
         if delivery.receive_count >= self.lane.max_receives:
             return self.give_up(task, delivery, error, undo_claim)
@@ -75,6 +79,7 @@ class Endings:
 
     def fail_permanently(self, task: TaskRecord, error: ArkError, reached_ark_before: bool) -> None:
         self.observe(task, error)
+        self.circuit.passed(task)  # Ark answered: a probe closes the circuit
         if is_model_unavailable(error):
             # Every task of the model will meet it: the admin page shows it until a call succeeds or the upstream
             # changes.

@@ -54,6 +54,7 @@ class ImageCalls:
             self.endings.fail_permanently(task, error, reached_ark_before)
             return DONE
         catalog.clear_upstream_unavailable(model)
+        self.endings.circuit.passed(task)  # a probe's success closes the model's circuit
         self._store_images(task, result, delivery)
         return DONE
 

@@ -41,11 +41,13 @@ class VideoCalls:
             # No usable answer: Ark may have created it. Reconcile through its list before any new create.
             log.warning("video create for %s ended without an answer (%s); reconciling later", task.task_id,
                         error.code)
+            self.endings.circuit.failed(task, error)
             return self.reconcile_later(task, delivery, error)
         except ArkPermanentError as error:
             self.endings.fail_permanently(task, error, reached_ark_before)
             return DONE
         catalog.clear_upstream_unavailable(model)  # Ark took the create: the model is reachable
+        self.endings.circuit.passed(task)  # a probe's create closes the model's circuit
         # StaleTask: it ended meanwhile (the Ark task, nobody's, was dropped if still queued). Any other failure
         # to record it raises: the message comes back and the reconcile finds this Ark task again.
         with contextlib.suppress(StaleTask):

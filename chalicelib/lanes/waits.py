@@ -99,7 +99,7 @@ class Waiting:
             if on_model:
                 slots.note_full(task.model_id, False)
             return False
-        if on_model:
+        if on_model and not refused.circuit:
             slots.note_full(task.model_id, True)
         return True
 
@@ -198,10 +198,17 @@ class Waker:
 
     def hand_off(self, model_id: str) -> str | None:
         """Take a free slot of the model for its oldest parked task whose user is under the cap, unpark it and send
-        it a message; the task id, or None when no slot is free or nothing parked may run."""
+        it a message; the task id, or None when no slot is free or nothing parked may run. While the model's
+        circuit is open nothing is handed, but for the one probe once its cool-down has passed
+        (`chalicelib.lanes.circuit`)."""
         state = slots.state(model_id)
         if state.limit is None or state.count >= state.limit:
             return None
+        probe_at: float | None = None
+        if state.circuit is not None:
+            if state.circuit != slots.CIRCUIT_OPEN or (state.circuit_retry_at or math.inf) > self.clock.now():
+                return None
+            probe_at = self.clock.now()
         running_per_user = Counter(holder.user_id for holder in state.holders.values())
         # Users at the cap are filtered out by the query: however many of their tasks are parked ahead, another
         # user's task is found (their tasks cost read units, not a look-ahead that ends before it).
@@ -215,7 +222,7 @@ class Waker:
             seen_any = True
             if state.user_cap is not None and running_per_user[candidate.user_id] >= state.user_cap:
                 continue
-            taken = self._take_for(candidate, state.user_cap)
+            taken = self._take_for(candidate, state.user_cap, probe_at)
             if taken is None:
                 return None  # the free slot went to an arriving task: its release hands it over later
             if taken:
@@ -226,16 +233,17 @@ class Waker:
             slots.reset_parked(model_id, state.parked)  # counted ahead of the index: releases read it for nothing
         return None
 
-    def _take_for(self, candidate: TaskRecord, user_cap: int | None) -> bool | None:
-        """One transaction: a free slot taken for `candidate` and `candidate` unparked. True when done, False when
-        the candidate (or its user's cap) refused, None when the model's slots are all taken."""
+    def _take_for(self, candidate: TaskRecord, user_cap: int | None, probe_at: float | None = None) -> bool | None:
+        """One transaction: a free slot taken for `candidate` and `candidate` unparked (`probe_at`: elected the
+        probe of the open circuit). True when done, False when the candidate (or its user's cap) refused, None when
+        the model's slots are all taken (or the circuit is no longer open for a probe)."""
         now = self.clock.now()
         lease = self._handed_lease(candidate, now)
 
         def build(transaction: TransactWrite) -> None:
             slots.take_in(transaction, candidate.model_id, candidate.task_id, lease, user_id=candidate.user_id,
-                          user_cap=user_cap, unparking=True)
-            _unpark_handed(transaction, candidate, now, user_slot=user_cap is not None)
+                          user_cap=user_cap, unparking=True, probe_at=probe_at)
+            _unpark_handed(transaction, candidate, now, user_slot=user_cap is not None, probe=probe_at is not None)
 
         for attempt in range(2):
             try:
@@ -289,11 +297,14 @@ class Waker:
         return woken
 
 
-def _unpark_handed(transaction: TransactWrite, candidate: TaskRecord, now: float, *, user_slot: bool) -> None:
-    """The parked task's side of a hand-off: unparked and marked handed (refused once it moved on)."""
+def _unpark_handed(transaction: TransactWrite, candidate: TaskRecord, now: float, *, user_slot: bool,
+                   probe: bool = False) -> None:
+    """The parked task's side of a hand-off: unparked and marked handed (refused once it moved on); `probe`: it is
+    its model's circuit probe, whose outcome closes or re-opens the circuit."""
     transaction.update(TaskRecord(candidate.task_id), actions=[
         TaskRecord.parked_model.remove(), TaskRecord.slot_handed_at.set(math.floor(now)),
-        TaskRecord.user_slot.set(user_slot)], return_values="ALL_OLD",
+        TaskRecord.user_slot.set(user_slot),
+        TaskRecord.circuit_probe.set(True) if probe else TaskRecord.circuit_probe.remove()], return_values="ALL_OLD",
         condition=(TaskRecord.parked_model == candidate.model_id) & (TaskRecord.status == statemachine.QUEUED))
 
 

@@ -8,10 +8,11 @@ Per message, in this order:
   3. call Ark: an image is generated and stored (`images`); a video is created once and handed to the poller
      (`videos`).
 
-A message for a task that already succeeded copies its results into the bucket (`copies`). No free slot: the
-task is parked and its message acknowledged, until a released slot hands itself over (`waits`); Ark's errors end
-as `endings` says. A DynamoDB write that fails for any reason but its condition raises: the message comes back
-and nothing done is undone (a video created at Ark is found again by the reconcile).
+A message for a task that already succeeded copies its results into the bucket (`copies`). No free slot (or the
+model's circuit open: `circuit`): the task is parked and its message acknowledged, until a released slot (or the
+circuit's close) hands itself over (`waits`); Ark's errors end as `endings` says. A DynamoDB write that fails
+for any reason but its condition raises: the message comes back and nothing done is undone (a video created at
+Ark is found again by the reconcile).
 
 Leases: an image's slot lease covers its worker's whole invocation (plus a margin); a video's lease is its
 deadline, the same value its claim writes to `deadline_at`.
@@ -133,7 +134,8 @@ class LaneWorker:
         lease = lease_until(placeholder, self.lane, self.clock.now(), self.settings)
         for _ in range(PARK_ROUNDS):
             try:
-                acquired = slots.try_acquire(model_id, delivery.task_id, lease, user_id=user_id, extend_held=False)
+                acquired = slots.try_acquire(model_id, delivery.task_id, lease, user_id=user_id, extend_held=False,
+                                             now=self.clock.now())
             except slots.SlotsUnconfigured:
                 return _READ_FIRST
             if isinstance(acquired, slots.Refused):
@@ -157,7 +159,7 @@ class LaneWorker:
                 return self._act_on(task, delivery)
             if acquired.user_slot is None:  # held from before: an earlier worker died before its claim
                 slots.extend_lease(model_id, task.task_id, lease)
-            return self._claim_and_call(task, delivery, lease, user_slot=acquired.user_slot)
+            return self._claim_and_call(task, delivery, lease, user_slot=acquired.user_slot, probe=acquired.probe)
         return self.waiting.wait(delivery, self.waiting.slot_wait(delivery))
 
     def _act_on(self, task: TaskRecord, delivery: Delivery) -> Outcome:
@@ -171,17 +173,21 @@ class LaneWorker:
             return DONE
         if task.slot_handed_at is not None:
             # A released slot was handed to it (`waits.Waker`): it holds one already, and claims.
-            return self._claim_and_call(task, delivery, self._handed_lease(task), user_slot=task.user_slot)
+            return self._claim_and_call(task, delivery, self._handed_lease(task), user_slot=task.user_slot,
+                                        probe=bool(task.circuit_probe))
         lease = lease_until(task, self.lane, self.clock.now(), self.settings)
         for _ in range(PARK_ROUNDS):
             try:
-                acquired = slots.try_acquire(task.model_id, task.task_id, lease, user_id=task.user_id)
+                acquired = slots.try_acquire(task.model_id, task.task_id, lease, user_id=task.user_id,
+                                             now=self.clock.now())
             except slots.SlotsUnconfigured:
                 if not self._configure_slots(task):
                     return DONE
-                acquired = slots.try_acquire(task.model_id, task.task_id, lease, user_id=task.user_id)
+                acquired = slots.try_acquire(task.model_id, task.task_id, lease, user_id=task.user_id,
+                                             now=self.clock.now())
             if isinstance(acquired, slots.Held):
-                return self._claim_and_call(task, delivery, lease, user_slot=acquired.user_slot)
+                return self._claim_and_call(task, delivery, lease, user_slot=acquired.user_slot,
+                                            probe=acquired.probe)
             # No free slot: parked, the message acknowledged; a released slot hands itself over (waits.Waker).
             if self.waiting.park(task, acquired) is not False:  # parked, or it moved on meanwhile
                 return DONE
@@ -207,11 +213,13 @@ class LaneWorker:
         return lease
 
     def _claim_and_call(self, task: TaskRecord, delivery: Delivery, lease_until: int, *,
-                        user_slot: bool | None) -> Outcome:
+                        user_slot: bool | None, probe: bool = False) -> Outcome:
         # Set before the call: a worker that dies mid-call may have had it done at Ark. A refusal (429) undoes it.
         reached_ark_before = bool(task.ark_called)
         actions = [TaskRecord.ark_called.set(True),
-                   TaskRecord.user_slot.remove() if user_slot is None else TaskRecord.user_slot.set(user_slot)]
+                   TaskRecord.user_slot.remove() if user_slot is None else TaskRecord.user_slot.set(user_slot),
+                   # the probe of its model's circuit: its outcome closes or re-opens it (`lanes.circuit`)
+                   TaskRecord.circuit_probe.set(True) if probe else TaskRecord.circuit_probe.remove()]
         callback_url = None
         if task.type == "video":
             callback_url = self.videos.submitter.callback_url(task.task_id)

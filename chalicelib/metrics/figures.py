@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib import aws, catalog, resources
 from chalicelib.clock import epoch_of, iso
+from chalicelib.lanes.circuit import circuit_of
 from chalicelib.metrics import histogram, rollup
 from chalicelib.metrics.rollup import FINE_S, HOUR_S, SHARDS
 from chalicelib.settings import get_settings
@@ -137,11 +138,6 @@ def queued_now(model_id: str) -> int:
     return max(len(head), int(newest.queue_seq) - min(numbers) + 1)
 
 
-def _circuit(_model: ModelRecord) -> dict[str, Any]:
-    """The model's circuit as the metrics show it (`{state, since, reason}`)."""
-    return {"state": "closed", "since": None, "reason": None}
-
-
 def model_metrics(model: ModelRecord, window: str, now: float) -> dict[str, Any]:
     state = slots.state(model.model_id)
     found = totals(model.model_id, window, now)
@@ -157,7 +153,7 @@ def model_metrics(model: ModelRecord, window: str, now: float) -> dict[str, Any]
         **ark_errors(model.model_id, window, now),
         "cost": round(found.cost, 6),
         "currency": found.currency or (price.get("currency") if isinstance(price, dict) else None),
-        "circuit": _circuit(model),
+        "circuit": circuit_of(model),
         "series": series(model.model_id, window, now),
     }
 

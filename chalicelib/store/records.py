@@ -209,6 +209,8 @@ class TaskRecord(_Base):
     # Set (epoch seconds) when a released slot was handed to this queued task: its worker claims without an acquire.
     # The claim removes it; a hand-off never claimed is taken back by the sweeper after `HANDOFF_LEASE_S`.
     slot_handed_at = NumberAttribute(null=True)
+    # The one call let through to its model's half-open circuit: its outcome closes or re-opens it.
+    circuit_probe = BooleanAttribute(null=True)
     # Whether the slot this task holds took its user's slot too (`max_running_per_user`); unknown (absent) means
     # both are released.
     user_slot = BooleanAttribute(null=True)
@@ -275,6 +277,20 @@ class SlotRecord(_Base):
     parked = NumberAttribute(null=True)
     # Tasks accepted so far: each takes the next number as its `queue_seq` (`slots.take_queue_number`).
     accepted = NumberAttribute(null=True)
+    # The model's circuit breaker (`chalicelib.lanes.circuit`): absent when closed, else "open" or "half_open"
+    # (an acquire's condition is that it is absent), since when, why, since when it has not been closed, from
+    # when a probe may go out, and the probe's task id.
+    circuit = UnicodeAttribute(null=True)
+    circuit_since = NumberAttribute(null=True)
+    circuit_reason = UnicodeAttribute(null=True)
+    circuit_opened_at = NumberAttribute(null=True)
+    circuit_retry_at = NumberAttribute(null=True)
+    circuit_probe = UnicodeAttribute(null=True)
+    # Ark's retryable failures counted in the window that began at `ark_failures_since`.
+    ark_failures = NumberAttribute(null=True)
+    ark_failures_since = NumberAttribute(null=True)
+    # Recent [opened, closed] spans of the circuit: time queued tasks waited on it is not counted to their deadline.
+    circuit_outages = JSONAttribute(null=True)
 
 
 class ConnectionRecord(_Base):

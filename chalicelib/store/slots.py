@@ -13,6 +13,10 @@ after a jittered pause (it took nothing), and counts as "no slot now" after that
 
 A lease is whole seconds, rounded up: never shorter than what the caller asked for. Acquiring a slot the task
 already holds (its earlier worker died before claiming it) extends the lease to the new worker's.
+
+The record also carries the model's circuit (`chalicelib.lanes.circuit`): an acquire or a hand-off takes a slot
+only while it is closed (no `circuit`), except the one acquire that elects itself the probe of an open circuit
+whose cool-down has passed (conditional: of two workers, one wins).
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ class Held:
     """The task holds a slot. `user_slot`: whether its user's slot was taken too (None: held from before)."""
 
     user_slot: bool | None
+    # It was let through to an open circuit as its probe (the circuit is half-open now).
+    probe: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,9 +79,13 @@ class Refused:
 
     slot_key: str
     user_cap: int | None = None
+    # Refused by the model's circuit (open or half-open), not for want of a slot: it waits for the circuit.
+    circuit: bool = False
 
     def still_full(self) -> Any:
         """The condition a park checks on `slot_key`, in the same transaction."""
+        if self.circuit:
+            return SlotRecord.circuit.exists()
         if self.user_cap is None:
             return SlotRecord.count >= SlotRecord.limit
         return SlotRecord.count >= self.user_cap
@@ -128,18 +138,22 @@ def _keys(model_id: str, user_id: str | None, user_cap: int | None) -> list[str]
     return [model_id] if user_cap is None or user_id is None else [model_id, user_slot_key(model_id, user_id)]
 
 
-def _model_condition(task_id: str, user_cap: int | None) -> Any:
-    """The model record's side of an acquire: free, not yet held by the task, and capped as the caller thinks."""
+def _model_condition(task_id: str, user_cap: int | None, *, circuit_closed: bool = True) -> Any:
+    """The model record's side of an acquire: free, not yet held by the task, capped as the caller thinks, and
+    its circuit closed."""
     cap = SlotRecord.user_cap.does_not_exist() if user_cap is None else SlotRecord.user_cap == user_cap
-    return SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < SlotRecord.limit) & cap
+    condition = SlotRecord.holders[task_id].does_not_exist() & (SlotRecord.count < SlotRecord.limit) & cap
+    return condition & SlotRecord.circuit.does_not_exist() if circuit_closed else condition
 
 
 def take_in(transaction: TransactWrite, model_id: str, task_id: str, lease_until: float, *,
-            user_id: str | None = None, user_cap: int | None = None, unparking: bool = False) -> list[str]:
+            user_id: str | None = None, user_cap: int | None = None, unparking: bool = False,
+            probe_at: float | None = None) -> list[str]:
     """Add an acquire's conditional updates to `transaction` (a hand-off takes a slot for a parked task and unparks
-    it at once, `unparking`: counted down); returns the slot keys in the order their updates were added."""
+    it at once, `unparking`: counted down; `probe_at`: as the probe of the open circuit); returns the slot keys in
+    the order their updates were added."""
     keys = _keys(model_id, user_id, user_cap)
-    update = _model_take(task_id, lease_until, user_id, user_cap)
+    update = _model_take(task_id, lease_until, user_id, user_cap, probe_at)
     if unparking:
         update["actions"].append(SlotRecord.parked.add(-1))
     transaction.update(SlotRecord(model_id), return_values="ALL_OLD", **update)
@@ -149,32 +163,53 @@ def take_in(transaction: TransactWrite, model_id: str, task_id: str, lease_until
     return keys
 
 
-def _model_take(task_id: str, lease_until: float, owner: str | None, user_cap: int | None) -> dict[str, Any]:
+def _model_take(task_id: str, lease_until: float, owner: str | None, user_cap: int | None,
+                probe_at: float | None = None) -> dict[str, Any]:
+    """The model record's take: while its circuit is closed, or (`probe_at`) electing the task the probe of an
+    open circuit whose cool-down has passed: the circuit becomes half-open, and no second task can be elected."""
     update = _take_update(task_id, 0, lease_until, owner)
     update["condition"] = _model_condition(task_id, user_cap)
+    if probe_at is not None:
+        update["condition"] = _model_condition(task_id, user_cap, circuit_closed=False) & (
+            SlotRecord.circuit == CIRCUIT_OPEN) & (SlotRecord.circuit_retry_at <= probe_at)
+        update["actions"] += [SlotRecord.circuit.set(CIRCUIT_HALF_OPEN), SlotRecord.circuit_since.set(probe_at),
+                              SlotRecord.circuit_probe.set(task_id)]
     return update
 
 
+CIRCUIT_OPEN, CIRCUIT_HALF_OPEN = "open", "half_open"
+
+
+def probe_due(record: dict[str, Any], now: float) -> bool:
+    """Whether a record (as DynamoDB returned it) has an open circuit whose cool-down has passed."""
+    return (record.get("circuit", {}).get("S") == CIRCUIT_OPEN
+            and float(record.get("circuit_retry_at", {}).get("N", "inf")) <= now)
+
+
 def try_acquire(model_id: str, task_id: str, lease_until: float, *, user_id: str | None = None,
-                extend_held: bool = True) -> Held | Refused:
+                extend_held: bool = True, now: float | None = None) -> Held | Refused:
     """Take a slot of `model_id` for `task_id` under the limits its slot record carries (and its user's slot too
     when the record has a `user_cap`). Never waits. A refusal costs one request: DynamoDB returns the record as it
     was, which tells "full" from "already holding", "capped otherwise than guessed" and "not configured". A slot
     already held has its lease extended to `lease_until` unless `extend_held` is false (the caller has not read
-    the task yet: a running task's lease is its worker's, never a duplicate message's)."""
+    the task yet: a running task's lease is its worker's, never a duplicate message's).
+
+    Refused by an open circuit whose cool-down has passed by `now` (when given), it tries once more as the
+    circuit's probe; refused by the circuit otherwise, the answer says so (`Refused.circuit`)."""
     refusal_cause: BaseException | None = None
-    for _ in range(4):
+    probe_at: float | None = None
+    for _ in range(5):
         user_cap = _user_cap_seen.get(model_id)
         keys = _keys(model_id, user_id, user_cap)
         try:
             if len(keys) == 1:
-                _take_one(model_id, _model_take(task_id, lease_until, user_id, None))
+                _take_one(model_id, _model_take(task_id, lease_until, user_id, None, probe_at))
             else:
                 writes.write_transaction(functools.partial(
-                    _take_both, (model_id, _model_take(task_id, lease_until, user_id, user_cap)),
+                    _take_both, (model_id, _model_take(task_id, lease_until, user_id, user_cap, probe_at)),
                     (keys[1], _take_update(task_id, int(user_cap or 0), lease_until, None))))
             _full_seen[model_id] = False
-            return Held(user_slot=len(keys) > 1)
+            return Held(user_slot=len(keys) > 1, probe=probe_at is not None)
         except SlotRefused as refusal:
             records, refusal_cause = {model_id: refusal.item}, refusal.__cause__
         except TransactWriteError as error:
@@ -197,6 +232,14 @@ def try_acquire(model_id: str, task_id: str, lease_until: float, *, user_id: str
             if seen_cap != user_cap:
                 _user_cap_seen[model_id] = seen_cap
                 continue  # capped otherwise than guessed: again, the way the record says
+            if "circuit" in model_record:
+                if probe_at is None and now is not None and probe_due(model_record, now):
+                    probe_at = now  # the cool-down passed: once more, as the probe (one worker's wins)
+                    continue
+                return Refused(model_id, circuit=True)
+            if probe_at is not None:  # closed meanwhile: an acquire like any other
+                probe_at = None
+                continue
             _full_seen[model_id] = True
             return Refused(model_id)
         if model_record is None:  # no record, or one lacking a map: complete it (its limits decide next round)
@@ -373,7 +416,7 @@ def move_in(transaction: TransactWrite, model_id: str, from_task: str, from_user
         actions.append(SlotRecord.owners[to_task].set(to_user))
     transaction.update(SlotRecord(model_id), actions=actions, return_values="ALL_OLD", condition=(
         SlotRecord.holders[from_task].exists() & SlotRecord.holders[to_task].does_not_exist()
-        & (SlotRecord.count <= SlotRecord.limit) & cap))
+        & (SlotRecord.count <= SlotRecord.limit) & cap & SlotRecord.circuit.does_not_exist()))
     roles = [(model_id, "model")]
     capped_to = user_cap is not None and to_user is not None
     if capped_to and released_user_slot and from_user == to_user:
@@ -412,6 +455,14 @@ def user_cap_seen(model_id: str) -> int | None:
     return _user_cap_seen.get(model_id)
 
 
+def record(model_id: str) -> SlotRecord:
+    """The model's slot record as it is now (an empty one when it has none yet)."""
+    try:
+        return SlotRecord.get(model_id, consistent_read=True)
+    except DoesNotExist:
+        return SlotRecord(model_id)
+
+
 def in_use(slot_key: str) -> int:
     """Slots held on a model's record (or, with `user_slot_key`, by one user of it)."""
     try:
@@ -427,6 +478,9 @@ class SlotState:
     limit: int | None
     user_cap: int | None
     parked: int
+    # The circuit: None (closed), "open" or "half_open"; and from when a probe may go out of an open one.
+    circuit: str | None = None
+    circuit_retry_at: float | None = None
 
 
 def state(model_id: str) -> SlotState:
@@ -437,7 +491,7 @@ def state(model_id: str) -> SlotState:
         return SlotState({}, 0, None, None, 0)
     _user_cap_seen[model_id] = optional(record.user_cap)
     return SlotState(_holders_of(record), int(record.count or 0), optional(record.limit), optional(record.user_cap),
-                     int(record.parked or 0))
+                     int(record.parked or 0), record.circuit, record.circuit_retry_at)
 
 
 def optional(value: Any) -> int | None:

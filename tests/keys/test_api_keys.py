@@ -123,6 +123,7 @@ ROUTE_SCOPES: dict[tuple[str, str], str | None] = {
     ("/api/admin/models/{model_id}", "GET"): None,
     ("/api/admin/models/{model_id}", "PUT"): None,
     ("/api/admin/models/{model_id}", "DELETE"): None,
+    ("/api/admin/models/{model_id}/circuit/close", "POST"): None,
     ("/api/admin/tasks", "GET"): None,
     ("/api/admin/dlq", "GET"): None,
     ("/api/admin/dlq/{lane}/replay", "POST"): None,
