@@ -6,26 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Page, expect
 
 from tests.web.conftest import PHONE, ConsoleWatch, screenshot
 from tests.web.fake_api import ADMIN, FakeArkflow, FakeStack
-from tests.web.ui import log_in
+from tests.web.ui import log_in, values_table
 
 pytestmark = pytest.mark.browser
 
 HTTP_ERROR_IN_CONSOLE = r"Failed to load resource: the server responded with a status of {}"
 LAPTOP = {"width": 1280, "height": 800}
-
-
-def values_table(figure: Locator) -> list[list[str]]:
-    """The chart's values as the page lists them under the canvas ("Values"): the very arrays handed to uPlot."""
-    details = figure.locator("details.chart-details")
-    if details.get_attribute("open") is None:
-        details.locator("summary").click()
-    expect(figure.locator("table.chart-values thead")).to_have_count(1)  # the table is built on opening
-    return figure.locator("table.chart-values tbody tr").evaluate_all(
-        "rows => rows.map(row => [...row.cells].map(cell => cell.textContent))")
 
 
 def seed_dashboard(fake: FakeArkflow) -> list[str]:

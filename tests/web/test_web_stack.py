@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import av
+import boto3
 import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from devstack.config import Credentials
+from chalicelib.resources import lane_named
+from devstack.config import AWS_REGION, FAKE_AWS_CREDENTIALS, Credentials
 from devstack.testing import LocalStack
 from tests.polling import wait_for
 from tests.web.conftest import screenshot
-from tests.web.ui import IMAGE_FORM, file_payload, log_in, open_video_tab, png
+from tests.web.ui import IMAGE_FORM, file_payload, log_in, open_video_tab, png, values_table
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack]
 
@@ -238,3 +242,79 @@ def test_admin_sees_everyones_tasks_and_cancels_one_as_an_operator(page: Page, s
         expect(cancelled.locator("td[data-label='User']")).to_have_text(stack.demo.username)
         screenshot(page, "57-stack-admin-all-tasks", full_page=False)
     assert own_task(stack, waiting)["status"] == "cancelled"
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def test_operations_console_shows_the_stacks_own_figures_dead_letters_and_audit(page: Page,
+                                                                                 stack: LocalStack) -> None:
+    model_id, _ = new_image_model(stack, concurrency=2)
+    admin, demo = api_headers(stack, stack.admin), api_headers(stack, stack.demo)
+    httpx.put(f"{stack.api_url}/api/admin/models/{model_id}", headers=admin, json={
+        "concurrency": 3, "price": {"currency": "CNY", "per_image": 0.25}}).raise_for_status()
+    task_ids = [httpx.post(f"{stack.api_url}/api/tasks", headers=demo, json={
+        "type": "image", "model_id": model_id, "prompt": f"console figure {index}"}).json()["id"] for index in range(2)]
+
+    def all_succeeded() -> list[dict[str, Any]] | None:
+        tasks = [own_task(stack, task_id) for task_id in task_ids]
+        return tasks if all(task["status"] == "succeeded" for task in tasks) else None
+
+    tasks = wait_for(all_succeeded, timeout_s=60)
+    cost = sum(task["cost"] for task in tasks)
+    longest_run_s = max(seconds_between(task["started_at"], task["finished_at"]) for task in tasks)
+
+    def counted() -> bool:  # the roll-up follows each task's terminal write (the dashboard reads it once)
+        answer = httpx.get(f"{stack.api_url}/api/admin/metrics", headers=admin, timeout=30.0)
+        model = next(model for model in answer.json()["models"] if model["model_id"] == model_id)
+        return model["outcomes"].get("succeeded") == len(task_ids)
+
+    wait_for(counted, timeout_s=30)
+    # A lane's dead letter naming a task that has finished since: a replay drops it.
+    sqs = boto3.session.Session().client(
+        "sqs", endpoint_url=stack.moto_url, region_name=AWS_REGION,
+        aws_access_key_id=FAKE_AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=FAKE_AWS_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    dlq_url = sqs.get_queue_url(QueueName=lane_named("image").dlq_name(stack.config.prefix))["QueueUrl"]
+    message_id = sqs.send_message(QueueUrl=dlq_url, MessageBody=json.dumps({"task_id": task_ids[0]}))["MessageId"]
+
+    log_in(page, stack.web_url, stack.admin.username, stack.admin.password)
+    page.get_by_role("link", name="Dashboard").click()
+    card = page.locator(f".model-card[data-model-id='{model_id}']")
+    expect(card.locator("[data-outcome='succeeded']")).to_have_text("succeeded2")
+    expect(card.locator("[data-stat='queued']")).to_have_text("0")
+    expect(card.locator("[data-stat='running']")).to_have_text("0 / 3")
+    expect(card.locator("[data-stat='cost']")).to_have_text(f"{cost:.2f} CNY")
+    # p95 of two runs is the longer one, shown as its histogram bucket's middle (within 10 %), to a tenth of a second.
+    run_p95 = card.locator("[data-stat='run-p95']")
+    expect(run_p95).to_have_text(re.compile(r"^\d+(\.\d)?s$"))
+    assert abs(float(run_p95.inner_text().removesuffix("s")) - longest_run_s) <= 0.1 * longest_run_s + 0.05
+    queue = card.locator("figure[data-chart='queue']")
+    expect(queue.locator(".uplot canvas")).to_have_count(1)
+    assert {row[-1] for row in values_table(queue)} == {"3"}  # the concurrency line, as changed
+    costs = page.locator("figure[data-chart='cost'][data-currency='CNY']")
+    expect(costs.locator(".uplot canvas")).to_have_count(1)
+    cost_rows = values_table(costs)
+    column = costs.locator("thead th").all_text_contents().index(model_id)
+    assert cost_rows[-1][column] == str(round(cost, 2))  # today's cost of the model
+    screenshot(page, "58-stack-dashboard")
+
+    page.get_by_role("link", name="Dead letters").click()
+    letter = page.locator(f".dlq-queue[data-lane='image'] tr[data-message-id='{message_id}']")
+    expect(letter).to_contain_text(task_ids[0])
+    expect(letter.locator(".status-pill")).to_have_text("Succeeded")
+    screenshot(page, "59-stack-dead-letters")
+    letter.get_by_role("button", name=f"Replay {message_id}").click()
+    page.get_by_role("dialog").get_by_role("button", name="Replay").click()
+    expect(page.locator(".replay-result")).to_have_text("image: replayed 0, dropped 1 (task_finished: 1).")
+    expect(letter).to_be_hidden()
+
+    page.get_by_role("link", name="Audit").click()
+    update = page.locator("tbody tr[data-action='model.update']", has_text=f"model:{model_id}")
+    expect(update).to_contain_text(stack.admin.username)
+    expect(update).to_contain_text("concurrency: 2 → 3")
+    replay = page.locator("tbody tr[data-action='dlq.replay']").first
+    expect(replay).to_contain_text("dlq:image")
+    expect(replay).to_contain_text('dropped_reasons: {"task_finished":1}')
+    screenshot(page, "60-stack-audit", full_page=False)

@@ -47,3 +47,13 @@ def card(page: Page, task_id: str) -> Locator:
 def open_video_tab(page: Page) -> Locator:
     page.get_by_role("tab", name="Video").click()
     return page.locator(VIDEO_FORM)
+
+
+def values_table(figure: Locator) -> list[list[str]]:
+    """The chart's values as the page lists them under the canvas ("Values"): the very arrays handed to uPlot."""
+    details = figure.locator("details.chart-details")
+    if details.get_attribute("open") is None:
+        details.locator("summary").click()
+    expect(figure.locator("table.chart-values thead")).to_have_count(1)  # the table is built on opening
+    return figure.locator("table.chart-values tbody tr").evaluate_all(
+        "rows => rows.map(row => [...row.cells].map(cell => cell.textContent))")

@@ -19,7 +19,9 @@ const CIRCUIT_LOOKS = {
 };
 
 function seconds(value) {
-  return value === null || value === undefined ? "–" : formatDuration(value);
+  if (value === null || value === undefined) return "–";
+  // Whole seconds would show a sub-second figure (a fast image's run) as "0s".
+  return value < 10 ? `${Number(value.toFixed(1))}s` : formatDuration(value);
 }
 
 function money(amount, currency) {
