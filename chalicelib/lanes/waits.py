@@ -13,6 +13,7 @@ import logging
 import math
 import random
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -37,6 +38,9 @@ MAX_SLOT_WAIT_DOUBLINGS = 3
 SQS_MAX_DELAY_S = 900
 # Parked tasks a hand-off reads at a time, and at most: usually the first page has one whose user is under the cap.
 WAKE_PAGE_SIZE, WAKE_LOOKAHEAD = 10, 50
+# What a hand-off reads of each parked task (its worker reads the rest): a page of whole tasks, prompts and all, is
+# ten times the bytes to send and parse, on the path from a slot's release to the next task's start.
+HANDOFF_FIELDS = ["task_id", "model_id", "user_id", "type", "lane"]
 # Users at the cap a hand-off's query filters out at most (DynamoDB's IN takes 100 values).
 MAX_FILTERED_USERS = 100
 # A slot handed to a parked task waits this long for its worker's claim; a hand-off never claimed (its message
@@ -128,7 +132,8 @@ class Waker:
         running_per_user: Counter[str] | None = None
         try:
             candidates = list(TaskRecord.parked_by_model.query(model_id, limit=WAKE_PAGE_SIZE,
-                                                               scan_index_forward=True))
+                                                               scan_index_forward=True,
+                                                               attributes_to_get=HANDOFF_FIELDS))
             for candidate in candidates:
                 if user_cap is not None and candidate.user_id != task.user_id:
                     if running_per_user is None:  # the model's record names every holder's owner: one read
@@ -162,34 +167,29 @@ class Waker:
         lease = self._handed_lease(candidate, now)
         if releasing.user_slot is None:
             return None  # whether it took its user's slot too is not known: released plainly, both records
-        roles: list[tuple[str, str]] = []
+        roles: list[tuple[str, str]] = []  # (slot key, role) of the slot records, in the transaction's order
 
         def build(transaction: TransactWrite) -> None:
-            roles.extend(slots.move_in(transaction, releasing.model_id, releasing.task_id, releasing.user_id,
-                                      candidate.task_id, candidate.user_id, lease, user_cap=user_cap,
-                                      released_user_slot=bool(releasing.user_slot)))
+            roles[:] = slots.move_in(transaction, releasing.model_id, releasing.task_id, releasing.user_id,
+                                     candidate.task_id, candidate.user_id, lease, user_cap=user_cap,
+                                     released_user_slot=bool(releasing.user_slot))
             _unpark_handed(transaction, candidate, now, user_slot=user_cap is not None)
 
-        for attempt in range(2):
-            try:
-                writes.write_transaction(build)
-                return True
-            except TransactWriteError as error:
-                reasons = error.cancellation_reasons or []
-                if not writes.condition_failed(error) and error.cause_response_code != "ValidationException":
-                    raise
-                outcome = {role: slots.refusal_of(reason) for (_, role), reason in
-                           zip([*roles, ("", "task")], reasons, strict=False)}
-            if outcome.get("task") == "refused":
-                return False  # it moved on: another hand-off took it, or its own acquire won
-            if outcome.get("to_user") == "missing" and not attempt:
-                slots.ensure_record(roles[-1][0])  # the user's first slot of this model: its record, then again
-                roles.clear()
-                continue
-            if outcome.get("to_user") == "refused" and all(outcome.get(role) is None for role in ("model",
-                                                                                                  "from_user")):
-                return False  # the candidate's user is at the cap
-            return None
+        def by_role(refusals: list[str | None]) -> dict[str, str | None]:
+            return {role: refusal for (_, role), refusal in zip([*roles, ("", "task")], refusals, strict=False)}
+
+        def missing_user_slot(refusals: list[str | None]) -> str | None:
+            outcome = by_role(refusals)  # the candidate's user's record is the last slot record
+            return roles[-1][0] if outcome.get("to_user") == "missing" and outcome.get("task") != "refused" else None
+
+        refusals = _write_creating_user_slot(build, missing_user_slot)
+        if refusals is None:
+            return True
+        outcome = by_role(refusals)
+        if outcome.get("task") == "refused":
+            return False  # it moved on: another hand-off took it, or its own acquire won
+        if outcome.get("to_user") == "refused" and all(outcome.get(role) is None for role in ("model", "from_user")):
+            return False  # the candidate's user is at the cap
         return None
 
     def _handed_lease(self, candidate: TaskRecord, now: float) -> int:
@@ -218,6 +218,7 @@ class Waker:
         seen_any = False
         for candidate in TaskRecord.parked_by_model.query(
                 model_id, limit=WAKE_LOOKAHEAD, page_size=WAKE_PAGE_SIZE, scan_index_forward=True,
+                attributes_to_get=HANDOFF_FIELDS,
                 filter_condition=~TaskRecord.user_id.is_in(*at_cap) if at_cap else None):
             seen_any = True
             if state.user_cap is not None and running_per_user[candidate.user_id] >= state.user_cap:
@@ -245,21 +246,16 @@ class Waker:
                           user_cap=user_cap, unparking=True, probe_at=probe_at)
             _unpark_handed(transaction, candidate, now, user_slot=user_cap is not None, probe=probe_at is not None)
 
-        for attempt in range(2):
-            try:
-                writes.write_transaction(build)
-                return True
-            except TransactWriteError as error:
-                if not writes.condition_failed(error) and error.cause_response_code != "ValidationException":
-                    raise
-                outcome = [slots.refusal_of(reason) for reason in error.cancellation_reasons or []]
-            if user_cap is not None and len(outcome) == 3 and outcome[1] == "missing" and not attempt:
-                slots.ensure_record(slots.user_slot_key(candidate.model_id, candidate.user_id))
-                continue
-            # The model's record refused while the candidate was still parked: no free slot. The candidate moved
-            # on (another hand-off took the slot for it first) or its user is full: the next one may run.
-            return None if outcome and outcome[0] is not None and outcome[-1] is None else False
-        return False
+        user_slot = slots.user_slot_key(candidate.model_id, candidate.user_id)
+        # The transaction's items: the model's record, the user's (capped models only), the task.
+        refusals = _write_creating_user_slot(
+            build, lambda refusals: user_slot if user_cap is not None and len(refusals) == 3
+            and refusals[1] == "missing" else None)
+        if refusals is None:
+            return True
+        # The model's record refused while the candidate was still parked: no free slot. The candidate moved
+        # on (another hand-off took the slot for it first) or its user is full: the next one may run.
+        return None if refusals and refusals[0] is not None and refusals[-1] is None else False
 
     def take_back(self, task: TaskRecord) -> bool:
         """A slot handed to `task` that it never claimed: one transaction frees it, clears the hand-off (so no
@@ -295,6 +291,28 @@ class Waker:
         while self.hand_off(model_id) is not None:
             woken += 1
         return woken
+
+
+def _write_creating_user_slot(build: Callable[[TransactWrite], None],
+                              missing_user_slot: Callable[[list[str | None]], str | None]) -> list[str | None] | None:
+    """Write a hand-off's transaction; None when written, else each item's refusal (`slots.refusal_of`). When
+    `missing_user_slot` finds the user's slot record missing among the refusals (the user's first slot of this
+    model), it names the record: created, and the transaction written once more."""
+    refusals = _refusals_writing(build)
+    if refusals is not None and (slot_key := missing_user_slot(refusals)) is not None:
+        slots.ensure_record(slot_key)
+        refusals = _refusals_writing(build)
+    return refusals
+
+
+def _refusals_writing(build: Callable[[TransactWrite], None]) -> list[str | None] | None:
+    try:
+        writes.write_transaction(build)
+    except TransactWriteError as error:
+        if not writes.condition_failed(error) and error.cause_response_code != "ValidationException":
+            raise
+        return [slots.refusal_of(reason) for reason in error.cancellation_reasons or []]
+    return None
 
 
 def _unpark_handed(transaction: TransactWrite, candidate: TaskRecord, now: float, *, user_slot: bool,

@@ -38,3 +38,19 @@ def test_a_cancelled_transaction_leaves_every_item_as_it_was(aws_resources: None
     assert TaskRecord.get("tsk_kept", consistent_read=True).prompt is None
     assert TaskRecord.count(hash_key="tsk_new") == 0
     assert SlotRecord.get("m", consistent_read=True).count == 1
+
+
+def test_index_queries_order_and_filter_as_before(aws_resources: None) -> None:
+    # Strings compare as they are; numbers still as numbers (10 > 9), booleans as booleans.
+    for task_id, created, version, called in (("tsk_c", "2026-12-01T00:00:03Z", 10, True),
+                                              ("tsk_a", "2026-12-01T00:00:01Z", 9, True),
+                                              ("tsk_b", "2026-12-01T00:00:02Z", 10, False)):
+        task = _task(task_id)
+        task.created_key, task.version, task.ark_called, task.parked_model = created, version, called, "m"
+        task.save()
+
+    oldest_first = TaskRecord.parked_by_model.query("m", scan_index_forward=True)
+    assert [task.task_id for task in oldest_first] == ["tsk_a", "tsk_b", "tsk_c"]
+    chosen = TaskRecord.parked_by_model.query("m", filter_condition=(TaskRecord.version > 9)
+                                              & (TaskRecord.ark_called == True))  # noqa: E712 - a condition
+    assert [task.task_id for task in chosen] == ["tsk_c"]
