@@ -106,10 +106,12 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 
 @pytest.fixture
 def seeded(aws_resources: None) -> None:
+    from chalicelib import catalog
     from devstack.demo import create_demo_data
 
+    # The default models call their table model's id at the deployment's provider (from `ARK_BASE_URL`).
     fresh_state("seeded", lambda: create_demo_data(admin=ADMIN, accounts=[(*DEMO, "user"), (*OTHER, "user")],
-                                                   default_models=True))
+                                                   default_models=True), depends_on=[catalog.provider()])
 
 
 @pytest.fixture

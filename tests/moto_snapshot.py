@@ -12,7 +12,7 @@ import copyreg
 import os
 import pickle
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from moto.core.base_backend import BackendDict
 
@@ -20,15 +20,18 @@ from moto.core.base_backend import BackendDict
 copyreg.pickle(type(threading.RLock()), lambda _lock: (threading.RLock, ()))
 copyreg.pickle(type(threading.Lock()), lambda _lock: (threading.Lock, ()))
 
+# What names the resources (prefix, region) and what a seeded account's password hash is made with. Tests set
+# other variables per test (the simulator's port, say) that the state does not depend on.
+STATE_VARIABLES = ("ARKFLOW_PREFIX", "AWS_DEFAULT_REGION", "PASSWORD_HASH_TIME_COST", "PASSWORD_HASH_MEMORY_KIB")
 # name -> where each backend lives (its service's BackendDict, account, region) and the backends, pickled together
 _snapshots: dict[str, tuple[list[tuple[BackendDict, str, str]], bytes]] = {}
 
 
-def fresh_state(name: str, build: Callable[[], None]) -> None:
+def fresh_state(name: str, build: Callable[[], None], *, depends_on: Iterable[object] = ()) -> None:
     """Inside an active `mock_aws`, with its backends just reset: the state `build()` makes, built once per
-    process under `name` and the environment (which names the resources and settles the seeded data) and restored
-    from its copy afterwards."""
-    key = f"{name} {sorted(os.environ.items())}"
+    process under `name`, the settings that name the resources and shape what is seeded (`STATE_VARIABLES`) and
+    `depends_on`, and restored from its copy afterwards."""
+    key = repr((name, [os.environ.get(variable) for variable in STATE_VARIABLES], list(depends_on)))
     snapshot = _snapshots.get(key)
     if snapshot is None:
         build()

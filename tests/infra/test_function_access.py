@@ -303,6 +303,9 @@ def exercise(deployment: Deployment) -> None:
     # The admin's figures of what ran (the roll-ups the transitions above wrote).
     assert run.rest("GET", "/api/admin/metrics", user=ADMIN, query="?window=24h")["window"] == "24h"
     assert "rows" in run.rest("GET", "/api/admin/usage", user=ADMIN, query="?days=2")
+    # Closing a circuit by hand (one that is closed: the write and the audit entry all the same).
+    closed = run.rest("POST", "/api/admin/models/{model_id}/circuit/close", user=ADMIN, model_id="seedream-4.5")
+    assert closed["circuit"]["state"] == "closed"
 
 
 @pytest.fixture

@@ -152,6 +152,10 @@ def test_an_admin_closes_the_circuit_by_hand_and_the_waiting_tasks_run(breaking:
     assert closed.data["circuit"]["state"] == "closed" and closed.data["circuit"]["reason"] == "closed by an admin"
     again = lanes.api.request("POST", f"/api/admin/models/{IMAGE_MODEL}/circuit/close", as_user=ADMIN)
     assert again.status_code == 200 and again.data["circuit"] == closed.data["circuit"]  # nothing more to do
+    trail = lanes.api.request("GET", f"/api/admin/audit?target=model:{IMAGE_MODEL}", as_user=ADMIN).data["entries"]
+    closes = [entry for entry in trail if entry["action"] == "circuit.close"]
+    assert closes and all(entry["actor"] == ADMIN[0] for entry in closes)
+    assert (closes[-1]["before"]["state"], closes[-1]["after"]["state"]) == ("open", "closed")  # the first close
     _drain(lanes)
     assert _statuses(lanes, waiting) == ["succeeded"] * len(waiting)
 

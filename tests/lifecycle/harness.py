@@ -435,10 +435,10 @@ class Environment:
             return int(model.concurrency), None if cap is None else int(cap)
 
         def acquire(model_id: str, task_id: str, lease_until: float, *, user_id: str | None = None,
-                    extend_held: bool = True) -> slots.Held | slots.Refused:
+                    **options: Any) -> slots.Held | slots.Refused:
             after = self._current().observer.acquiring(model_id, task_id, *limits(model_id)[:1], user_id,
                                                        limits(model_id)[1])
-            acquired = real_acquire(model_id, task_id, lease_until, user_id=user_id, extend_held=extend_held)
+            acquired = real_acquire(model_id, task_id, lease_until, user_id=user_id, **options)
             after(isinstance(acquired, slots.Held))
             return acquired
 
@@ -455,11 +455,11 @@ class Environment:
             after(moved is True)
             return moved
 
-        def take_for(waker: Waker, candidate: TaskRecord, user_cap: int | None) -> bool | None:
+        def take_for(waker: Waker, candidate: TaskRecord, user_cap: int | None, *options: Any) -> bool | None:
             after = self._current().observer.acquiring(candidate.model_id, candidate.task_id,
                                                        *limits(candidate.model_id)[:1], candidate.user_id,
                                                        limits(candidate.model_id)[1])
-            taken = real_take_for(waker, candidate, user_cap)
+            taken = real_take_for(waker, candidate, user_cap, *options)
             after(taken is True)
             return taken
 
