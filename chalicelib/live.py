@@ -134,6 +134,10 @@ class Connections:
     def open_for_admins(self, connection_id: str, session_id: str | None) -> None:
         self.open(connection_id + ADMIN_SUFFIX, ADMINS, session_id)
 
+    def leave_admins(self, connection_id: str) -> None:
+        """Forget the connection's copy among the admins' (its user is no longer one)."""
+        ConnectionRecord(connection_id + ADMIN_SUFFIX).delete()
+
     def close(self, connection_id: str) -> None:
         """Forget the connection (and its copy among the admins', if it has one)."""
         connection_id = connection_id.removesuffix(ADMIN_SUFFIX)
@@ -248,14 +252,15 @@ class LiveUpdates:
         if principal.role == "admin":
             self.connections.open_for_admins(connection_id, holder.session_id)
         # Once more after storing it: an account disabled (or a session ended) between the check and the write
-        # found no connection to close, so this one must not open.
-        if not self._session_live(holder):
+        # found no connection to close, so this one must not open; an admin demoted meanwhile found none either,
+        # so this one opens as the user's only, never among the admins'.
+        again = self.sessions.session_principal(holder.session_id, holder.user_id)
+        if again is None:
             self.connections.close(connection_id)
             return _refused(401, "The session this ticket was issued to has ended; log in again.")
+        if principal.role == "admin" and again.role != "admin":
+            self.connections.leave_admins(connection_id)
         return {"statusCode": 200}
-
-    def _session_live(self, holder: TicketHolder) -> bool:
-        return self.sessions.session_principal(holder.session_id, holder.user_id) is not None
 
     def message(self, event: dict[str, Any]) -> WsResponse:
         context = event["requestContext"]

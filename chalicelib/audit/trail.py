@@ -36,8 +36,10 @@ MAX_STRING_CHARS = 4096
 MAX_LIST_ITEMS = 100
 MAX_SIDE_BYTES = 150_000
 MAX_DEPTH = 8
-# Names whose text values are never stored (a flag such as `password_changed: true` tells nothing and stays).
+# Names whose values are never stored. A flag or a number tells no secret and stays: `password_changed: true`, a
+# video model's price `per_million_tokens: 15.0`.
 _SECRET_NAME = re.compile(r"password|secret|token|hash|api_?key|signing|credential", re.IGNORECASE)
+_NO_SECRET = (bool, int, float, type(None))
 REDACTED = "[redacted]"
 # A page answers at most this many bytes of entries (a Lambda's answer is at most 6 MB), whatever its `limit`.
 PAGE_MAX_BYTES = 4_000_000
@@ -51,7 +53,7 @@ def bounded(value: Any, depth: int = 0) -> Any:
     if isinstance(value, dict):
         if depth >= MAX_DEPTH:
             return "[nested too deep]"
-        return {str(name): (REDACTED if _SECRET_NAME.search(str(name)) and not isinstance(item, bool | None)
+        return {str(name): (REDACTED if _SECRET_NAME.search(str(name)) and not isinstance(item, _NO_SECRET)
                             else bounded(item, depth + 1))
                 for name, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):

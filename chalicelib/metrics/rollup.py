@@ -54,6 +54,8 @@ FINE_KEEP_S, HOUR_KEEP_S, USAGE_KEEP_S = 2 * DAY_S, 3 * DAY_S, 35 * DAY_S
 # Error codes are Ark's or arkflow's (an operator's too): one that is not a short plain code counts as `other`, so a
 # bucket's attributes stay few and small (DynamoDB's 400 KB item).
 PLAIN_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# `outcomes` counts statuses and error codes under one name each: a code that names a status is never counted as it.
+STATUSES = frozenset({statemachine.QUEUED, statemachine.RUNNING, *statemachine.TERMINAL})
 
 
 def table_name() -> str:
@@ -137,11 +139,20 @@ def contribution_of(task: TaskRecord) -> Contribution:
     cost = getattr(task, "cost", None)
     return Contribution(
         model_id=task.model_id, shard=_shard(task.task_id, SHARDS), finished=finished, status=task.status,
-        error_code=(code if PLAIN_CODE.match(code) else "other") if code else None,
+        error_code=_error_code(code, task.status),
         wait_s=None if started is None else max(0.0, started - epoch_of(task.created_at)),
         run_s=None if started is None else max(0.0, finished - started),
         cost=None if cost is None else float(cost), currency=getattr(task, "currency", None),
         user_id=task.user_id, username=task.username or task.user_id)
+
+
+def _error_code(code: str | None, status: str) -> str | None:
+    """The error code a task counts under beside its status: none for one that repeats it (Ark's expiry ends a video
+    `expired` with the code `expired`: one task, one outcome), `other` for one that names another status (an
+    operator's) or is no plain short code."""
+    if not code or code == status:
+        return None
+    return "other" if code in STATUSES or not PLAIN_CODE.match(code) else code
 
 
 class _Update:

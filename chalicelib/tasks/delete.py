@@ -8,6 +8,7 @@ from pynamodb.exceptions import DeleteError, DoesNotExist
 
 from chalicelib.errors import Conflict
 from chalicelib.media import storage
+from chalicelib.metrics import rollup
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask
 from chalicelib.store.records import TaskRecord
@@ -29,6 +30,10 @@ def delete_task(task: TaskRecord, *, s3: Any, bucket: str) -> int:
             f"Task {task.task_id!r} is {task.status}; cancel it or wait until it ends before deleting it.",
             code="task_not_finished",
         )
+    if task.metrics_due is not None:
+        # Its listener died before counting it (the sweeper counts such marks later): counted now, or the figures
+        # and its owner's cost would lose it with the record.
+        rollup.apply(task)
     deleted = 0
     for _ in range(DELETE_ATTEMPTS):
         deleted += storage.delete_prefix(s3, bucket, storage.task_prefix(task.task_id)) if bucket else 0

@@ -12,7 +12,7 @@ from chalicelib.store import statemachine
 from chalicelib.store.records import AuditRecord, TaskRecord
 from tests.api_client import Api
 from tests.clocks import FrozenClock
-from tests.factories import ADMIN, DEMO, IMAGE_TASK
+from tests.factories import ADMIN, DEMO, IMAGE_TASK, VIDEO_MODEL
 
 NEW_PASSWORD = "a-brand-new-password-1"
 
@@ -129,3 +129,14 @@ def test_an_entry_is_bounded_and_redacted_and_a_refund_told_twice_is_one_entry(a
     trail.record_refund(task)  # told again (a repeated notification): the same entry, not a second one
     refunds = audit(api, f"?target=task:{task_id}")["entries"]
     assert [(entry["action"], entry["actor"]) for entry in refunds] == [("quota.refund", "system")]
+
+
+def test_a_price_change_is_on_the_trail_with_its_amounts(api: Api) -> None:
+    """A price is no secret: a video model's `per_million_tokens` is shown before and after, like any field."""
+    for amount in (15.0, 20.0):
+        ok(api.request("PUT", f"/api/admin/models/{VIDEO_MODEL}",
+                       {"price": {"currency": "CNY", "per_million_tokens": amount}}, as_user=ADMIN))
+    entries = audit(api, f"?target=model:{VIDEO_MODEL}")["entries"]
+    latest = next(entry for entry in entries if entry["action"] == "model.update")
+    assert latest["before"]["price"] == {"currency": "CNY", "per_million_tokens": 15.0}
+    assert latest["after"]["price"] == {"currency": "CNY", "per_million_tokens": 20.0}

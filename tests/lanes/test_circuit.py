@@ -211,6 +211,28 @@ def test_every_admin_connection_is_told_when_a_circuit_changes_and_no_one_else(s
     assert [copy.removesuffix("#admin") for copy in live.connections.of_user("#admins")] == ["admin-2="]
 
 
+def test_an_admin_demoted_while_connecting_is_not_among_the_admins(seeded: None) -> None:
+    """The demotion lands between the connect's read of the account and its connection's write: the demotion
+    found no connection to close, so the connect itself must not leave one among the admins'."""
+    gateway = RecordingGateway()
+    settings = dataclasses.replace(get_settings(), websocket_management_url="http://gateway.invalid")
+    live = LiveUpdates(Wiring(settings).bodies, settings=settings, client_for=lambda _endpoint: gateway)
+    update_user(principal_of(ADMIN), OTHER[0], UserUpdate(role="admin"), sockets=live)
+    ticket = live.tickets.issue(principal_of(OTHER)).ticket
+    store = live.connections.open
+    demoted: list[bool] = []
+
+    def demoted_first(connection_id: str, owner: str, session_id: str | None) -> None:
+        if not demoted:
+            demoted.append(True)
+            update_user(principal_of(ADMIN), OTHER[0], UserUpdate(role="user"), sockets=live)
+        store(connection_id, owner, session_id)
+
+    live.connections.open = demoted_first  # type: ignore[method-assign]
+    assert live.connect(connect_event(ticket, "other-1="))["statusCode"] == 200
+    assert demoted and live.connections.of_user("#admins") == []
+
+
 def connect_event(ticket: str, connection_id: str) -> dict[str, Any]:
     return {"headers": {}, "queryStringParameters": {"ticket": ticket},
             "requestContext": {"routeKey": "$connect", "eventType": "CONNECT", "connectionId": connection_id,

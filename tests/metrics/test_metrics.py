@@ -169,6 +169,34 @@ def test_a_finished_task_is_counted_once_whether_its_listener_died_or_ran_twice(
     assert fleet.task(killed).metrics_due is None and fleet.task(told_twice).metrics_due is None
 
 
+def test_an_error_code_that_names_a_status_is_not_counted_as_that_status(fleet: Fleet) -> None:
+    """Ark's expiry of a video ends it `expired` with the error code `expired`: one task, one outcome. An error
+    code that names another status counts as `other`, never as that status."""
+    expired, failed = fleet.create(VIDEO_TASK), fleet.create(VIDEO_TASK)
+    fleet.start(expired)
+    fleet.clock.advance(5)
+    fleet.end(expired, "expired", code="expired")
+    fleet.end(failed, "failed", code="succeeded")
+    assert fleet.metrics()[VIDEO_MODEL]["outcomes"] == {"expired": 1, "failed": 1, "other": 1}
+
+
+def test_a_finished_task_deleted_before_it_was_counted_is_counted(fleet: Fleet,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its listener died after the terminal write; its owner deletes it before the sweeper counts it: what it was
+    (and cost) stays in the figures."""
+    task_id = fleet.create()
+    monkeypatch.setattr(statemachine, "listeners", [])
+    fleet.end(task_id, "cancelled", cost=0.25)
+    monkeypatch.undo()
+    deleted = fleet.api.request("DELETE", f"/api/tasks/{task_id}", as_user=DEMO)
+    assert deleted.status_code == 200, deleted.body
+    fleet.sweep_after_grace()
+    image = fleet.metrics()[IMAGE_MODEL]
+    assert image["outcomes"] == {"cancelled": 1} and image["cost"] == pytest.approx(0.25)
+    usage = fleet.api.request("GET", "/api/admin/usage?days=1", as_user=ADMIN).data["rows"]
+    assert [(row["username"], row["requests"]) for row in usage] == [(DEMO[0], 1)]
+
+
 def test_ark_errors_and_the_queue_samples_are_counted(fleet: Fleet) -> None:
     now = fleet.clock.now()
     for status in (429, 429, 503, 400, None):
