@@ -40,8 +40,8 @@ from devstack.testing import LocalStack, launch_local_stack
 
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
 # Per operation and generation mode; API_FUZZ_EXAMPLES sets another budget for one run.
-EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", 0)) or (200 if DEEP else 12)
-STATEFUL_RUNS = 200 if DEEP else 15
+EXAMPLES = int(os.environ.get("API_FUZZ_EXAMPLES", 0)) or (200 if DEEP else 6)
+STATEFUL_RUNS = 200 if DEEP else 8
 STATEFUL_STEPS = 12
 # The timeout is for a stack that stopped answering; the default budgets keep the whole fuzz far under it on 2 cores.
 pytestmark = [pytest.mark.stack, pytest.mark.hypothesis, pytest.mark.xdist_group("api-fuzz"),

@@ -17,9 +17,9 @@ from devstack.testing import LocalStack
 pytestmark = [pytest.mark.abuse, pytest.mark.stack]
 
 TIMEOUT = httpx.Timeout(60.0)
-# Eight image workers contend for three slots within a few dozen tasks: 120 keep them at it for seconds, with every
+# Eight image workers contend for three slots within a few dozen tasks: 60 keep them at it for seconds, with every
 # worker refused, parked and handed a slot many times over.
-PARALLEL_TASKS = 120
+PARALLEL_TASKS = 60
 # Only these tests send this upstream model to the stack's simulator, so its counters are theirs alone.
 UPSTREAM_MODEL = "doubao-seedream-4-0-250828"
 # Far above what these tests send in a minute.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import time
 import uuid
 from collections import Counter
@@ -34,6 +35,8 @@ from chalicelib.store import slots, statemachine
 from chalicelib.store.errors import StaleTask
 from chalicelib.store.records import ModelRecord, TaskRecord
 
+# `make test` runs 30 examples; `make test-deep` (HYPOTHESIS_PROFILE=deep) ten times as many.
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
 USERS = ("u-ana", "u-bo", "u-cy")
 LEASE_S = 600
 ENDED = (statemachine.SUCCEEDED, statemachine.CANCELLED)
@@ -276,4 +279,5 @@ def test_parking_and_hand_offs_keep_their_promises(aws_resources: None, monkeypa
             finally:
                 super().teardown()
 
-    run_state_machine_as_test(Checked, settings=settings(max_examples=60, stateful_step_count=25, deadline=None))
+    run_state_machine_as_test(Checked, settings=settings(max_examples=300 if DEEP else 30, stateful_step_count=25,
+                                                                  deadline=None))

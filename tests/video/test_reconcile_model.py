@@ -42,7 +42,7 @@ CRASHES = ("none", "before_create", "after_create", "after_owning")
 # Few tasks, so that deliveries meet the same ones again: the interleavings of interest are short.
 MAX_TASKS = 3
 DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
-EXAMPLES, STEPS = (400, 25) if DEEP else (40, 12)
+EXAMPLES, STEPS = (400, 25) if DEEP else (20, 12)
 # Shrinking a stateful run against moto takes minutes: only the deep run spends them; the quick one reports the
 # failing steps as found.
 PHASES = tuple(Phase) if DEEP else (Phase.explicit, Phase.reuse, Phase.generate)
