@@ -36,6 +36,7 @@ from chalicelib.clock import epoch_of
 from chalicelib.metrics import histogram
 from chalicelib.settings import get_settings
 from chalicelib.store import statemachine, writes
+from chalicelib.store.marks import marked_before
 from chalicelib.store.records import TaskRecord
 
 log = logging.getLogger(__name__)
@@ -282,14 +283,9 @@ def record_finished(task: TaskRecord) -> None:
 
 
 def due(now: float) -> Iterator[TaskRecord]:
-    left = PAGE
-    for shard in range(MARK_SHARDS):
-        for task in TaskRecord.metrics_pending.query(mark_shard_name(shard), TaskRecord.metrics_due <= now - GRACE_S,
-                                                     limit=left):
-            yield task
-            left -= 1
-            if left <= 0:
-                return
+    """Marked tasks whose mark is older than the grace (their listener did not count them), a page at most."""
+    return marked_before(TaskRecord.metrics_pending, map(mark_shard_name, range(MARK_SHARDS)), TaskRecord.metrics_due,
+                         now - GRACE_S, PAGE)
 
 
 def apply_due(now: float) -> int:

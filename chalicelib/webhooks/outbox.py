@@ -22,6 +22,7 @@ from pynamodb.expressions.update import Action
 
 from chalicelib.store import statemachine
 from chalicelib.store.errors import StaleTask, WriteFailed
+from chalicelib.store.marks import marked_before
 from chalicelib.store.records import TaskRecord
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,5 @@ def clear(task: TaskRecord) -> bool:
 
 def due(now: float) -> Iterator[TaskRecord]:
     """Marked tasks whose mark is older than the grace, oldest first per shard, a page at most."""
-    left = PAGE
-    for shard in range(SHARDS):
-        for task in TaskRecord.webhooks_due.query(shard_name(shard), TaskRecord.webhook_due <= now - GRACE_S,
-                                                  limit=left):
-            yield task
-            left -= 1
-            if left <= 0:
-                return
+    return marked_before(TaskRecord.webhooks_due, map(shard_name, range(SHARDS)), TaskRecord.webhook_due,
+                         now - GRACE_S, PAGE)
