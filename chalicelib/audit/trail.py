@@ -9,7 +9,6 @@ such as `password`, `secret`, `token`, `hash` are redacted) and bounded, so an e
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -21,8 +20,8 @@ from typing import Any
 from pynamodb.exceptions import PutError
 from pynamodb.models import Model
 
+from chalicelib.api.cursors import decode_cursor, encode_cursor
 from chalicelib.clock import SYSTEM_CLOCK, Clock, iso
-from chalicelib.errors import ValidationFailed
 from chalicelib.store import writes
 from chalicelib.store.records import AuditRecord, TaskRecord
 
@@ -87,21 +86,6 @@ def entry_body(record: AuditRecord) -> dict[str, Any]:
             "before": record.before, "after": record.after}
 
 
-def _encode_cursor(entry_key: str) -> str:
-    return base64.urlsafe_b64encode(entry_key.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    """The entry key a cursor stands for; 400 for anything else (it becomes a key condition)."""
-    try:
-        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("Invalid cursor.", details=[{"field": "cursor", "message": "not a cursor"}]) from exc
-    if _ENTRY_KEY.fullmatch(decoded) is None:
-        raise ValidationFailed("Invalid cursor.", details=[{"field": "cursor", "message": "not a cursor"}])
-    return decoded
-
-
 class AuditTrail:
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self.clock = clock
@@ -137,7 +121,7 @@ class AuditTrail:
              limit: int) -> tuple[list[dict[str, Any]], str | None]:
         """Entries newest first (by `target`, `actor`, both or neither) and the cursor of the next page (None: no
         more). A page may hold fewer than `limit` and still have a cursor (a size or read bound was met)."""
-        older_than = _decode_cursor(cursor) if cursor else None
+        older_than = decode_cursor(cursor, _ENTRY_KEY) if cursor else None
         condition = AuditRecord.entry_key < older_than if older_than else None
         both = actor is not None and target is not None
         query: Callable[..., Any]
@@ -162,10 +146,10 @@ class AuditTrail:
             body = entry_body(record)
             body_size = len(json.dumps(body, ensure_ascii=False).encode())
             if len(entries) == limit or (entries and size + body_size > PAGE_MAX_BYTES):
-                return entries, _encode_cursor(last_examined or record.entry_key)
+                return entries, encode_cursor(last_examined or record.entry_key)
             entries.append(body)
             size += body_size
             last_examined = record.entry_key
         if both and examined >= PAGE_MAX_EXAMINED and last_examined:
-            return entries, _encode_cursor(last_examined)
+            return entries, encode_cursor(last_examined)
         return entries, None

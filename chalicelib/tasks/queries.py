@@ -4,7 +4,6 @@ first, filtered and paged with opaque cursors, bounded in what they read and in 
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from pynamodb.exceptions import DoesNotExist
 from pynamodb.expressions.condition import Condition
 
 from chalicelib.accounts.auth import Principal
-from chalicelib.errors import ValidationFailed
+from chalicelib.api.cursors import decode_cursor, encode_cursor
 from chalicelib.ids import TASK_ID_PATTERN
 from chalicelib.resources import TASK_LIST_SHARDS
 from chalicelib.schemas import TaskListQuery
@@ -82,7 +81,7 @@ class TaskQueries:
         6 MB), or once `PAGE_READ_BUDGET` items were read: a filter that matches little still answers in time,
         with fewer tasks (even none) and a cursor to go on from.
         """
-        before = _decode_cursor(query.cursor) if query.cursor else None
+        before = decode_cursor(query.cursor, _CREATED_KEY) if query.cursor else None
         filters = _filter_condition(query)
         page_size = LISTING_QUERY_PAGE if filters is not None else min(query.limit + 1, LISTING_QUERY_PAGE)
         if owner is not None:
@@ -101,11 +100,11 @@ class TaskQueries:
                            key=lambda task: task.created_key, reverse=True)
             for task in ready:
                 if len(page) == query.limit:
-                    return page, _encode_cursor(last_key)
+                    return page, encode_cursor(last_key)
                 body = present(task)
                 size = response_bytes(body)
                 if page and page_bytes + size > PAGE_BYTE_BUDGET:
-                    return page, _encode_cursor(last_key)
+                    return page, encode_cursor(last_key)
                 page.append(body)
                 page_bytes += size
                 last_key = task.created_key
@@ -113,9 +112,9 @@ class TaskQueries:
             if settled == "":
                 return page, None  # every shard read to its end
             if len(page) == query.limit:
-                return page, _encode_cursor(last_key)
+                return page, encode_cursor(last_key)
             if settled is not None and items_read >= PAGE_READ_BUDGET:
-                return page, _encode_cursor(settled)
+                return page, encode_cursor(settled)
             # Read on in the shard that holds the settled bound back (one never read first).
             reader = max((shard for shard in shards if not shard.exhausted),
                          key=lambda shard: (shard.below is None, shard.below or ""))
@@ -181,17 +180,3 @@ def _filter_condition(query: TaskListQuery) -> Condition | None:
     return condition
 
 
-def _encode_cursor(created_key: str) -> str:
-    return base64.urlsafe_b64encode(created_key.encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> str:
-    """The created_key a cursor stands for; 400 for anything else (it becomes a key condition: no value outside
-    the key's format may reach DynamoDB, whose sort keys are limited to 1,024 bytes)."""
-    try:
-        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationFailed("Invalid cursor.", details=[{"field": "cursor", "message": "not a cursor"}]) from exc
-    if _CREATED_KEY.fullmatch(decoded) is None:
-        raise ValidationFailed("Invalid cursor.", details=[{"field": "cursor", "message": "not a cursor"}])
-    return decoded
