@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
@@ -154,7 +154,8 @@ def _request_id(event: Any) -> str | None:
 def _task_of_request(event: Any) -> str | None:
     """The task a REST request names in its path (`/api/tasks/{task_id}...`) or query (Ark's callback)."""
     for params in (getattr(event, "uri_params", None), getattr(event, "query_params", None)):
-        value = (params or {}).get(TASK_ID) if isinstance(params, dict) else None
+        # A Mapping: Chalice hands a REST request's query over as a MultiDict, no dict.
+        value = params.get(TASK_ID) if isinstance(params, Mapping) else None
         if isinstance(value, str) and is_task_id(value):
             return value
     return None
