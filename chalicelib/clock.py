@@ -17,7 +17,10 @@ SYSTEM_CLOCK = Clock()
 
 def iso(epoch: float) -> str:
     """ISO 8601 UTC with millisecond precision and a `Z`, the API's time format."""
-    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{int(epoch * 1000) % 1000:03d}Z"
+    # From whole milliseconds: `fromtimestamp` rounds to the microsecond, so 0.9999998 past a second was the next
+    # second with the milliseconds truncated to 999 (a second ahead).
+    seconds, millis = divmod(int(epoch * 1000), 1000)
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{millis:03d}Z"
 
 
 def epoch_of(iso_time: str) -> float:
