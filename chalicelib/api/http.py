@@ -159,6 +159,14 @@ routes its answer leads to (their view names) and how their parameters come from
     scope: str | None = None
 
 
+# What Chalice itself answers, before any view runs, in its own `{"Code", "Message"}` body: a `Content-Type` other
+# than JSON (415, on AWS too), a method the path lacks (405, `chalice local` only: API Gateway answers that itself).
+_CHALICE_REFUSALS = {
+    "UnsupportedMediaType": ("unsupported_media_type", "Send the request with `Content-Type: application/json`."),
+    "MethodNotAllowedError": ("method_not_allowed", "This route does not take that method."),
+}
+
+
 class Http:
     """Wraps view functions: authenticates, maps `ApiError` to the one error body, adds CORS headers."""
 
@@ -168,6 +176,18 @@ class Http:
         # Every route's API key scope (None: keys refused), as `route` registered it.
         self.scopes: dict[tuple[str, str], Scope | None] = {}
         self.operations: list[Operation] = []
+        app.register_middleware(self._one_error_shape, "http")
+
+    def _one_error_shape(self, request: Request, get_response: Callable[[Request], Response]) -> Response:
+        """Chalice's own refusals in the API's error shape, with CORS headers (a browser reads none without)."""
+        response = get_response(request)
+        body = response.body
+        if isinstance(body, dict) and set(body) == {"Code", "Message"}:
+            code, message = _CHALICE_REFUSALS.get(str(body["Code"]), ("bad_request", "The request was refused."))
+            response.body = {"error": error_object(code, message)}
+            response.headers = {**response.headers, "Content-Type": "application/json",
+                                **self._cors_headers(request)}
+        return response
 
     def _cors_headers(self, request: Request | None) -> dict[str, str]:
         origin = request.headers.get("origin") if request is not None else None

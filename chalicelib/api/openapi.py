@@ -61,10 +61,17 @@ def _error_statuses(operation: Operation) -> dict[int, list[str]]:
     if operation.query is not None:
         add(400, "`validation_error`: a query parameter is invalid or unknown")
     if operation.access != "public":
-        add(401, "`unauthorized` (no token) or `invalid_token` (malformed, expired, revoked, or its user disabled)")
+        add(401, "`unauthorized` (no token), `invalid_token` (malformed, expired, revoked, or its user disabled) or "
+                 "`invalid_api_key` (an API key unknown, revoked, expired, or its user disabled or deleted)")
         add(403, {"user": "`forbidden`: the internal service token",
                   "admin": "`forbidden`: the route is for administrators",
                   "admin_or_service": "`forbidden`: the route is for administrators"}[operation.access])
+        if operation.scope is not None:
+            add(403, f"`insufficient_scope`: an API key without `{operation.scope}` (`details.required_scope`)")
+        else:
+            add(403, "`api_key_not_allowed`: an API key (this route takes a login session only)")
+    # Chalice checks every route's `Content-Type` before the view runs (`Http._one_error_shape`).
+    add(415, "`unsupported_media_type`: a `Content-Type` other than `application/json`")
     for name in _path_names(operation.path):
         if name in PATH_PARAMETERS:
             add(404, f"`{PATH_PARAMETERS[name].kind}_not_found`")

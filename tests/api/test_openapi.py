@@ -17,6 +17,7 @@ from chalicelib.schemas import LoginRequest, UserCreate, UserUpdate, parse
 from tests.api_client import Api
 from tests.conftest import reconfigure
 from tests.factories import ADMIN, DEMO, IMAGE_TASK
+from tests.keys.conftest import new_key
 
 
 def document_of(api: Api) -> dict[str, Any]:
@@ -177,3 +178,26 @@ def test_the_deliveries_of_a_task_not_the_callers_answer_a_documented_404(api: A
     assert response.status_code == 404 and response.data["error"]["code"] == "task_not_found"
     operation = document_of(api)["paths"]["/api/webhooks/deliveries"]["get"]
     assert "404" in operation["responses"]
+
+
+def test_refusals_before_any_view_and_of_api_keys_are_documented_errors(api: Api) -> None:
+    """Chalice refuses a request whose `Content-Type` is not JSON (as `curl -d` sends a body) before any view runs,
+    with a body of its own; that answer, and each refusal of an API key, is still the one error shape, at a status
+    the document gives the route, whose description names the code."""
+    conform = Conformance(document_of(api))
+    read_only = new_key(api, DEMO, scopes=["tasks:read"])["key"]
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    cases = [
+        ("POST", "/api/keys", dict(as_user=DEMO, headers=form, raw='{"name": "ci"}'), 415, "unsupported_media_type"),
+        ("GET", "/api/tasks", dict(as_user=DEMO, headers={"Content-Type": "text/plain"}), 415,
+         "unsupported_media_type"),
+        ("GET", "/api/keys", dict(token=read_only), 403, "api_key_not_allowed"),
+        ("GET", "/api/admin/users", dict(token=read_only), 403, "api_key_not_allowed"),
+        ("POST", "/api/tasks", dict(token=read_only, body=IMAGE_TASK), 403, "insufficient_scope"),
+        ("GET", "/api/tasks", dict(token="ak_" + "a" * 43), 401, "invalid_api_key"),
+    ]
+    for method, route, request, status, code in cases:
+        response = api.request(method, route, request.pop("body", None), **request)
+        assert (response.status_code, response.data["error"]["code"]) == (status, code), response.body
+        conform.check(response, method, route)
+        assert f"`{code}`" in conform.document["paths"][route][method.lower()]["responses"][str(status)]["description"]
