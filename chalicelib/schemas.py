@@ -728,8 +728,17 @@ class UserUpdate(_Update):
 Scope = Literal["tasks:read", "tasks:write"]
 ALL_SCOPES: tuple[Scope, ...] = ("tasks:read", "tasks:write")
 # A label its owner gives the key: printable, shown back in listings.
+def _printable(value: str) -> str:
+    # Unicode's printable characters: no C0/C1 control, no format character (bidi overrides, which make a listing
+    # show "a\u202egpj.exe" as "aexe.jpg"; zero-width ones, which make a name look blank), no line separator.
+    if not value.isprintable():
+        raise _problem("string_pattern_mismatch", "must be printable characters only (no control, format or "
+                                                  "separator characters)")
+    return value
+
+
 KeyName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
-                                           pattern=r"^[^\x00-\x1f\x7f]+$")]
+                                           pattern=r"^[^\x00-\x1f\x7f]+$"), AfterValidator(_printable)]
 
 
 class KeyCreate(_Body):

@@ -323,6 +323,12 @@ def test_a_use_racing_a_revoke_does_not_bring_the_key_back(api: Api) -> None:
     ({"name": "x" * 101}, "name"),
     ({"name": "line\nbreak"}, "name"),
     ({"name": 5}, "name"),
+    # Printable means what listings can show as it is: no C1 control, no bidi override (which would show
+    # "a\u202egpj.exe" as "aexe.jpg"), no line separator, nothing invisible.
+    ({"name": "c\x85i"}, "name"),
+    ({"name": "a\u202egpj.exe"}, "name"),
+    ({"name": "a\u2028b"}, "name"),
+    ({"name": "\u200b"}, "name"),
     ({"name": "ci", "scopes": []}, "scopes"),
     ({"name": "ci", "scopes": ["admin"]}, "scopes[0]"),
     ({"name": "ci", "scopes": "tasks:read"}, "scopes"),
@@ -339,6 +345,10 @@ def test_bad_key_requests_are_refused_with_the_field_named(api: Api, body: dict,
     assert (response.status_code, response.data["error"]["code"]) == (400, "validation_error")
     assert [detail["field"] for detail in response.data["error"]["details"]] == [field]
     assert stored_items() == []
+
+
+def test_a_name_in_any_script_is_kept_as_given(api: Api) -> None:
+    assert new_key(api, DEMO, name="  Übersetzer 翻訳 🚀 backend  ")["name"] == "Übersetzer 翻訳 🚀 backend"
 
 
 def test_scopes_are_kept_once_each(api: Api) -> None:
