@@ -121,6 +121,8 @@ def address_allowed(address: IPAddress, *, allow_loopback: bool) -> bool:
         candidate not in METADATA_ADDRESSES and candidate.is_global and not candidate.is_multicast
         and not candidate.is_private and not candidate.is_reserved and not candidate.is_link_local
         and not candidate.is_loopback and not candidate.is_unspecified
+        # fec0::/10, deprecated but still routed inside some networks, which Python counts as global.
+        and not (isinstance(candidate, ipaddress.IPv6Address) and candidate.is_site_local)
         for candidate in _carried(address)
     )
 

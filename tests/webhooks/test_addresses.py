@@ -26,7 +26,7 @@ BAD_ADDRESSES = [
     "100.64.0.1",  # carrier-grade NAT
     "224.0.0.1", "ff02::1",  # multicast
     "240.0.0.1", "0.0.0.0", "::",  # reserved, unspecified  # noqa: S104 - addresses refused, never bound
-    "fd12:3456::1",  # unique local
+    "fd12:3456::1", "fec0::1",  # unique local; site-local (deprecated, still routed inside some networks)
     "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1",  # IPv4-mapped
     "64:ff9b::a9fe:a9fe", "2002:a9fe:a9fe::1",  # the metadata address through NAT64 and 6to4
 ]
