@@ -213,7 +213,8 @@ class Wiring:
     def webhook_delivery(self) -> WebhookDelivery:
         sender = WebhookSender(allow_loopback=self.settings.webhook_allow_loopback, resolver=self._webhook_resolver)
         return WebhookDelivery(sqs=self.sqs, sender=sender, secrets=self.webhook_secrets, bodies=self.bodies,
-                               clock=self.clock, rng=self._rng_for("webhooks"))
+                               clock=self.clock, rng=self._rng_for("webhooks"),
+                               copies_results=bool(self.settings.media_bucket))
 
 
 # --- the container's wiring ---------------------------------------------------------------------------------

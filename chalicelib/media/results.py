@@ -98,10 +98,18 @@ def _as_copied_from(task: TaskRecord) -> Condition:
     return condition
 
 
+def _result_urls(task: TaskRecord) -> list[str]:
+    return [url for url in (*(task.result_urls or []), task.video_url, task.last_frame_url) if url]
+
+
 def stored_count(task: TaskRecord) -> int:
     """How many of the task's results are already in the bucket."""
-    urls = [*(task.result_urls or []), task.video_url, task.last_frame_url]
-    return sum(1 for url in urls if url and storage.is_s3_ref(url))
+    return sum(1 for url in _result_urls(task) if storage.is_s3_ref(url))
+
+
+def result_count(task: TaskRecord) -> int:
+    """How many results the task has (images, its video, its last frame), wherever they are."""
+    return len(_result_urls(task))
 
 
 def ran_out_of_time(task: TaskRecord) -> bool:

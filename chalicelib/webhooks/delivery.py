@@ -1,7 +1,10 @@
 """The webhook queue's consumer: each message is the next attempt of one event (docs/api.md, "Webhooks").
 
 Per message:
-  1. not due yet (SQS delays a message by 15 minutes at most): sent on again, delayed by what is left;
+  1. not due yet (SQS delays a message by 15 minutes at most): sent on again, delayed by what is left; a
+     `succeeded` whose results are still being copied into the bucket (the lane marks the task succeeded with Ark's
+     URLs, then copies them) is sent on too, every `COPY_POLL_S`, so the payload carries the copies' presigned URLs,
+     until `COPY_WAIT_S` after it was first due (a copy that failed, or does not come, leaves Ark's 24 h URLs);
   2. claimed: the event's record takes the message's attempt number (and SQS message id) only if no attempt that
      far was claimed before, or this very message claimed it (a redelivery after a crash); a second message of
      one event (a duplicate notification) or of one attempt (a hop sent twice) finds the claim taken and is
@@ -33,6 +36,8 @@ from chalicelib import observability
 from chalicelib.api.bodies import TaskBodies
 from chalicelib.backoff import compute_backoff
 from chalicelib.clock import Clock, iso
+from chalicelib.media import results
+from chalicelib.store import statemachine
 from chalicelib.store.records import TaskRecord, WebhookAttemptRecord, WebhookEventRecord
 from chalicelib.store.writes import condition_failed
 from chalicelib.webhooks import events
@@ -55,6 +60,9 @@ RECORD_TTL_S = 30 * 24 * 3600
 # A task's attempts listed at most (its latest): a task has five events at most, each some 20 attempts.
 MAX_LISTED_ATTEMPTS = 500
 EVENT_KEY, ATTEMPT_KEY = "event#", "attempt#"
+# How long a `succeeded` webhook waits for its results' copy (a few seconds as a rule), and how often it looks.
+COPY_WAIT_S = 120
+COPY_POLL_S = 3
 
 
 def signature(secrets: list[str], webhook_id: str, timestamp: int, body: str) -> str:
@@ -77,8 +85,10 @@ def attempts_of(task_id: str) -> list[WebhookAttemptBody]:
 
 class WebhookDelivery:
     def __init__(self, *, sqs: Any, sender: WebhookSender, secrets: WebhookSecrets, bodies: TaskBodies,
-                 clock: Clock, rng: random.Random | None = None) -> None:
+                 clock: Clock, rng: random.Random | None = None, copies_results: bool = True) -> None:
+        """`copies_results`: whether the deployment copies results into a bucket (else none is waited for)."""
         self.sqs = sqs
+        self.copies_results = copies_results
         self.sender = sender
         self.secrets = secrets
         self.bodies = bodies
@@ -107,12 +117,18 @@ class WebhookDelivery:
         if message.not_before > now:
             events.send(self.sqs, message, delay_s=math.ceil(message.not_before - now))
             return
+        try:
+            task: TaskRecord | None = TaskRecord.get(message.task_id, consistent_read=True)
+        except DoesNotExist:
+            task = None
+        if task is not None and self._awaits_copy(message, task, now):
+            # Before the claim: the message sent on is the one to claim this attempt.
+            events.send(self.sqs, message.model_copy(update={"not_before": now + COPY_POLL_S}), delay_s=COPY_POLL_S)
+            return
         if not self._claim(message, message_id, now):
             log.info("webhook %s attempt %d was claimed already", message.webhook_id, message.attempt)
             return
-        try:
-            task = TaskRecord.get(message.task_id, consistent_read=True)
-        except DoesNotExist:
+        if task is None:
             self._record(message, now, Answer(None, 0, "the task was deleted"), "failed")
             return
         if not task.webhook_url:
@@ -129,6 +145,12 @@ class WebhookDelivery:
         self._record(message, now, answer, outcome, follow_up.not_before if follow_up else None)
         if follow_up is not None:
             events.send(self.sqs, follow_up, delay_s=math.ceil(follow_up.not_before - now))
+
+    def _awaits_copy(self, message: WebhookMessage, task: TaskRecord, now: float) -> bool:
+        """Whether the event's payload would carry results still at Ark that are being copied into the bucket."""
+        return (self.copies_results and message.event == "succeeded" and task.status == statemachine.SUCCEEDED
+                and task.results_copy_error is None and now < message.first_at + COPY_WAIT_S
+                and results.stored_count(task) < results.result_count(task))
 
     def _follow_up(self, message: WebhookMessage, answer: Answer, now: float) -> WebhookMessage | None:
         """The next attempt's message, when the answer asks for one and the window still allows it."""

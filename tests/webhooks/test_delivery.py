@@ -9,11 +9,18 @@ import json
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from standardwebhooks import Webhook
 
+from chalicelib import aws, queues
+from chalicelib.errors import error_object
+from chalicelib.media import results, storage
+from chalicelib.resources import WEBHOOK_DELIVERY
+from chalicelib.settings import get_settings
 from chalicelib.store import statemachine
+from chalicelib.store.records import TaskRecord
 from chalicelib.webhooks import delivery
 from chalicelib.webhooks.sender import WebhookSender
 from tests.factories import DEMO, OTHER
@@ -210,3 +217,47 @@ def test_a_task_deleted_before_its_webhook_is_recorded_as_failed(hooks: Hooks, r
 
     assert hooks.deliver() == 1
     assert receiver.received == []
+
+
+ARK_RESULT = "https://ark-results.example.com/image-0.jpeg"
+
+
+def succeed_at_ark(hooks: Hooks, task_id: str, *more: Any) -> None:
+    """Succeed the task as the lane does: with Ark's URL, which it copies into the bucket right after."""
+    statemachine.transition(hooks.start(task_id), statemachine.SUCCEEDED,
+                            actions=[TaskRecord.result_urls.set([ARK_RESULT]), *more], clock=hooks.clock)
+
+
+def test_a_succeeded_webhook_waits_for_the_results_copy_and_carries_its_presigned_url(
+        hooks: Hooks, receiver: Receiver) -> None:
+    task_id = hooks.create(webhook_url=receiver.url)
+    succeed_at_ark(hooks, task_id)
+    for record in hooks.messages():  # due now; the copy has not run yet
+        assert hooks.services.webhook_delivery.handle([record]) == {"batchItemFailures": []}
+        aws.sqs().delete_message(QueueUrl=queues.url_of(aws.sqs(), WEBHOOK_DELIVERY),
+                                 ReceiptHandle=record["receiptHandle"])
+    assert receiver.received == [] and hooks.deliveries(task_id).data["deliveries"] == []
+
+    ref = storage.store_bytes(aws.s3(), get_settings().media_bucket, f"tasks/{task_id}/results/image-0.jpg",
+                              b"\xff\xd8jpeg", "image/jpeg")
+    hooks.task(task_id).update(actions=[TaskRecord.result_urls.set([ref])])
+    assert hooks.deliver() >= 1
+    [got] = receiver.received
+    [url] = payload(got)["data"]["result_urls"]
+    assert "X-Amz-Signature" in url and not url.startswith(ARK_RESULT)
+    assert [row["outcome"] for row in hooks.deliveries(task_id).data["deliveries"]] == ["delivered"]
+
+
+@pytest.mark.parametrize("copy_error", [False, True])
+def test_a_copy_that_fails_or_never_comes_leaves_the_webhook_with_arks_url(
+        hooks: Hooks, receiver: Receiver, copy_error: bool) -> None:
+    task_id = hooks.create(webhook_url=receiver.url)
+    started = hooks.clock.now()
+    failed = TaskRecord.results_copy_error.set(error_object(results.COPY_FAILED, "could not copy"))
+    succeed_at_ark(hooks, task_id, *([failed] if copy_error else []))
+
+    hooks.deliver()
+    [got] = receiver.received
+    assert payload(got)["data"]["result_urls"] == [ARK_RESULT]
+    waited = hooks.clock.now() - started
+    assert waited < delivery.COPY_POLL_S if copy_error else delivery.COPY_WAIT_S <= waited < delivery.COPY_WAIT_S + 10
