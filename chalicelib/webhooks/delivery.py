@@ -85,7 +85,7 @@ def attempts_of(task_id: str) -> list[WebhookAttemptBody]:
 
 class WebhookDelivery:
     def __init__(self, *, sqs: Any, sender: WebhookSender, secrets: WebhookSecrets, bodies: TaskBodies,
-                 clock: Clock, rng: random.Random | None = None, copies_results: bool = True) -> None:
+                 clock: Clock, rng: random.Random | None = None, copies_results: bool = False) -> None:
         """`copies_results`: whether the deployment copies results into a bucket (else none is waited for)."""
         self.sqs = sqs
         self.copies_results = copies_results
