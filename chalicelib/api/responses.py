@@ -362,6 +362,7 @@ class UsageRow(_Answer):
 class Usage(_Answer):
     timezone: str
     rows: list[UsageRow]
+    next_cursor: str | None = Field(description="the next page's `cursor`; null: no more rows")
 
 
 # --- steering: dead letters and the audit trail -----------------------------------------------------------
