@@ -29,6 +29,7 @@ from aws_lambda_powertools.logging.filters import SuppressFilter
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
+from chalicelib.ark.errors import ArkError, counted_status
 from chalicelib.clock import epoch_of
 from chalicelib.ids import is_task_id
 from chalicelib.settings import Settings, get_settings
@@ -215,8 +216,8 @@ def on_task_written(task: TaskRecord) -> None:
 
 
 def count_ark_error(model_id: str | None, error: Exception) -> None:
-    """Ark refused or failed a call of `model_id`: 429s and 5xx are counted (timeouts have no status)."""
-    status = getattr(error, "http_status", None)
+    """Ark refused or failed a call of `model_id`: 429s and 5xx are counted (a call without an answer as a 5xx)."""
+    status = counted_status(error) if isinstance(error, ArkError) else None
     if status == 429:
         _count(model_id, ARK_429)
     elif isinstance(status, int) and status >= 500:
