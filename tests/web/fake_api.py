@@ -254,6 +254,9 @@ class FakeArkflow:
             for key in ("result_urls", "video_url", "last_frame_url", "error", "image_errors"):
                 if task.get(key):
                     update[key] = task[key]
+            for key in ("cost", "currency", "usage"):  # as chalicelib/live.py's COST_FIELDS: a cost of 0 too
+                if task.get(key) is not None:
+                    update[key] = task[key]
             if status == "queued":
                 update["queue_position"] = self._queue_position(task)
             owner = self.state.owners[task_id]
