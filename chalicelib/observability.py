@@ -45,6 +45,8 @@ MODEL_DIMENSION = "model_id"
 # Metric names, read by the alarms (`infra.template`) too.
 TASKS_FINISHED = "TasksFinished"
 TASKS_FAILED = "TasksFailed"
+# Each finished task's: 1 failed, 0 not. Its average over a window is the model's failure rate.
+TASK_FAILED_SHARE = "TaskFailedShare"
 WAIT_SECONDS, RUN_SECONDS = "WaitSeconds", "RunSeconds"
 ARK_429, ARK_5XX = "Ark429", "Ark5xx"
 CIRCUIT_OPEN = "CircuitOpen"
@@ -208,6 +210,7 @@ def on_task_written(task: TaskRecord) -> None:
         elif task.status in statemachine.TERMINAL and task.finished_at and task.finished_at == task.updated_at:
             _count(task.model_id, TASKS_FINISHED)
             _count(task.model_id, finished_metric(task.status))
+            _record(task.model_id, TASK_FAILED_SHARE, MetricUnit.Count, 1 if task.status == statemachine.FAILED else 0)
             if task.started_at:
                 _record(task.model_id, RUN_SECONDS, MetricUnit.Seconds,
                         max(0.0, epoch_of(task.finished_at) - epoch_of(task.started_at)))

@@ -229,9 +229,10 @@ def test_emf_documents_carry_the_model_dimension_and_the_metric_names(
         by_model[document["model_id"]] = {metric["Name"]: document[metric["Name"]] for metric in
                                           directive["Metrics"]}
     assert by_model == {
-        "m-a": {"WaitSeconds": [4.0], "TasksFinished": [1.0], "TasksSucceeded": [1.0], "RunSeconds": [5.0]},
-        "m-b": {"TasksFinished": [1.0], "TasksFailed": [1.0], "Ark429": [1.0], "Ark5xx": [1.0, 1.0],
-                 "CircuitOpen": [1.0]},
+        "m-a": {"WaitSeconds": [4.0], "TasksFinished": [1.0], "TasksSucceeded": [1.0], "TaskFailedShare": [0.0],
+                "RunSeconds": [5.0]},
+        "m-b": {"TasksFinished": [1.0], "TasksFailed": [1.0], "TaskFailedShare": [1.0], "Ark429": [1.0],
+                "Ark5xx": [1.0, 1.0], "CircuitOpen": [1.0]},
     }
 
 
