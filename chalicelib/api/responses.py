@@ -391,7 +391,8 @@ class DeadLettersReplayed(_Answer):
     replayed: int
     dropped: int
     dropped_reasons: dict[str, int] = Field(
-        description="`task_finished`, `task_missing`, `unreadable`, `already_delivered`, `no_webhook`")
+        description="`task_finished`, `task_missing`, `unreadable`, `already_delivered`, `no_webhook`, "
+                    "`already_replayed` (another replay sent it)")
 
 
 class AuditEntry(_Answer):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from chalicelib import aws, queues, wiring
-from chalicelib.admin.dlq import DeadLetters
+from chalicelib.admin.dlq import REPLAY_VISIBILITY_S, DeadLetters
 from chalicelib.lanes.messages import Delivery
 from chalicelib.resources import WEBHOOK_DELIVERY, Queue, lane_named
 from chalicelib.store.records import WebhookEventRecord
@@ -188,6 +188,86 @@ def test_a_replay_that_died_before_its_delete_sends_again_and_ark_is_called_once
     assert (unknown.status_code, unknown.data["error"]["code"]) == (404, "lane_not_found")
     bad = lanes.api.request("POST", "/api/admin/dlq/image/replay", {"message_ids": "all"}, as_user=ADMIN)
     assert bad.status_code == 400 and bad.data["error"]["code"] == "validation_error"
+
+
+class LapsingSqs:
+    """SQS as it may behave (at-least-once delivery, a visibility that lapsed): what a replay receives from a DLQ
+    stays visible to others. With `together`, each thread's first receive waits for the others' (so they all hold
+    the same message at once)."""
+
+    def __init__(self, sqs: Any, together: int = 1) -> None:
+        self._sqs = sqs
+        self._all_received = threading.Barrier(together)
+        self._waited = threading.local()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+    def receive_message(self, **arguments: Any) -> dict[str, Any]:
+        answer = self._sqs.receive_message(**arguments)
+        if not arguments["QueueUrl"].endswith("-dlq"):
+            return answer
+        for message in answer.get("Messages", []):
+            self._sqs.change_message_visibility(QueueUrl=arguments["QueueUrl"],
+                                                ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+        if not getattr(self._waited, "done", False):
+            self._waited.done = True
+            self._all_received.wait(timeout=30)
+        return answer
+
+
+def replays_on(lanes: Lanes, sqs: Any) -> DeadLetters:
+    services = lanes.wiring()
+    return DeadLetters(sqs=sqs, audit=services.audit, clock=lanes.clock)
+
+
+def test_two_replays_holding_one_message_send_it_once(lanes: Lanes) -> None:
+    """Each replay claims the message first: the one whose conditional write won sends it, the other leaves it
+    (held) or deletes it (sent). Without the claim both send it."""
+    task_id = lanes.submit(IMAGE_TASK)
+    drain(lanes, "image")
+    dead_letter(IMAGE, {"task_id": task_id})
+    sqs = LapsingSqs(aws.sqs(), together=2)
+    answers: list[dict[str, Any]] = []
+
+    def replay_now() -> None:
+        answers.append(replays_on(lanes, sqs).replay("image", None, actor="admin"))
+
+    threads = [threading.Thread(target=replay_now) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(answer["replayed"] for answer in answers) == [0, 1], answers
+    assert [json.loads(record["body"])["task_id"] for record in lanes.receive("image")] == [task_id]
+    # Whatever the DLQ still holds (a delete by an older receipt) goes unsent on the next replay.
+    again = replay(lanes, "image")
+    assert again["replayed"] == 0 and set(again["dropped_reasons"]) <= {"already_replayed"}
+    assert visible_in_dlq(IMAGE) == [] and lanes.receive("image") == []
+
+
+def test_a_replay_that_died_after_its_claim_leaves_the_message_to_a_later_one(lanes: Lanes,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    drain(lanes, "image")
+    message_id = dead_letter(IMAGE, {"task_id": task_id})
+    lapsing = replays_on(lanes, LapsingSqs(aws.sqs()))
+
+    def dies(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the replay's Lambda died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(queues, "enqueue", dies)
+        with pytest.raises(RuntimeError):
+            lapsing.replay("image", None, actor="admin")
+    # Back in the DLQ, the message is left alone while the dead replay's claim holds: no send, nothing dropped.
+    assert visible_in_dlq(IMAGE) == [message_id]
+    assert lapsing.replay("image", None, actor="admin") == {"replayed": 0, "dropped": 0, "dropped_reasons": {}}
+    lanes.clock.advance(REPLAY_VISIBILITY_S + 1)  # the claim's lease lapsed: the next replay takes it over
+    assert lapsing.replay("image", None, actor="admin")["replayed"] == 1
+    assert [json.loads(record["body"])["task_id"] for record in lanes.receive("image")] == [task_id]
+    assert visible_in_dlq(IMAGE) == []
 
 
 def test_a_webhook_event_is_replayed_as_its_next_attempt_unless_delivered(lanes: Lanes) -> None:
