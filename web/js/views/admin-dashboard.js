@@ -12,6 +12,7 @@ import { showPageError, toastError, withBusyButton } from "../forms.js";
 const POLL_MS = 30_000;
 const USAGE_DAYS = 14;
 const USAGE_PAGE = 1000; // the API's largest page: two weeks of a busy fleet may still take several
+const USAGE_MAX_PAGES = 100; // a bound on a cursor that never ends (100,000 rows are past what a chart can show)
 const WINDOWS = [["24h", "Last 24 hours", 24], ["1h", "Last hour", 1]];
 const CIRCUIT_LOOKS = {
   closed: ["succeeded", "Circuit closed"],
@@ -263,12 +264,14 @@ export function renderAdminDashboard(container, { subscribeLive }) {
     const rows = [];
     let cursor;
     let timezone;
+    let pages = 0;
     do {
       const page = await api("GET", "/api/admin/usage", { query: { days: USAGE_DAYS, limit: USAGE_PAGE, cursor } });
       rows.push(...page.rows);
       timezone = page.timezone;
       cursor = page.next_cursor;
-    } while (cursor && !stopped);
+      pages += 1;
+    } while (cursor && !stopped && pages < USAGE_MAX_PAGES);
     return { timezone, rows };
   }
 
