@@ -243,10 +243,11 @@ def admin_metrics(context: RequestContext) -> dict[str, Any]:
 
 @http.route("/api/admin/usage", "GET", access="admin", query=UsageQuery, responses={200: answers.Usage})
 def admin_usage(context: RequestContext) -> dict[str, Any]:
-    """Per day, model and user: what finished, and what it cost."""
+    """Per day, model and user: what finished, and what it cost; a page of rows at a time (`next_cursor`)."""
     services = wiring.current()
     query = parse(UsageQuery, context.query())
-    return figures.usage(query.days, services.clock.now(), services.settings.quota_timezone)
+    return figures.usage(query.days, services.clock.now(), services.settings.quota_timezone, query.cursor,
+                         query.limit)
 
 
 @http.route("/api/admin/models/{model_id}/circuit/close", "POST", access="admin",

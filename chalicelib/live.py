@@ -53,6 +53,8 @@ FOLLOW_UP_S = 0.5
 # Task body fields every update carries, then those it carries only when they have a value.
 UPDATE_FIELDS = ("id", "status", "version", "updated_at")
 OPTIONAL_UPDATE_FIELDS = ("queue_position", "eta_s", "progress", "result_urls", "video_url", "last_frame_url", "error")
+# A finished task's price, carried once it has one (a cost of 0 included): its owner sees it arrive live.
+COST_FIELDS = ("cost", "currency", "usage")
 # API Gateway refuses to send a message over 128 KB (`PayloadTooLargeException`): the watcher would never see it.
 MAX_MESSAGE_BYTES = 128 * 1024
 # An `invalid_message` reply names at most this many problems, each field path cut to this length: a reply never
@@ -309,6 +311,7 @@ class LiveUpdates:
         body = self.bodies.body(task, with_queue_position=task.status == statemachine.QUEUED)
         update = {field: body[field] for field in UPDATE_FIELDS}
         update.update({field: body[field] for field in OPTIONAL_UPDATE_FIELDS if body.get(field)})
+        update.update({field: body[field] for field in COST_FIELDS if body.get(field) is not None})
         return update
 
     def update_message(self, task: TaskRecord) -> bytes:

@@ -29,6 +29,7 @@ from aws_lambda_powertools.logging.filters import SuppressFilter
 from aws_lambda_powertools.logging.formatter import LambdaPowertoolsFormatter
 from aws_lambda_powertools.metrics import MetricUnit
 
+from chalicelib.ark.errors import ArkError, counted_status
 from chalicelib.clock import epoch_of
 from chalicelib.ids import is_task_id
 from chalicelib.settings import Settings, get_settings
@@ -44,6 +45,8 @@ MODEL_DIMENSION = "model_id"
 # Metric names, read by the alarms (`infra.template`) too.
 TASKS_FINISHED = "TasksFinished"
 TASKS_FAILED = "TasksFailed"
+# Each finished task's: 1 failed, 0 not. Its average over a window is the model's failure rate.
+TASK_FAILED_SHARE = "TaskFailedShare"
 WAIT_SECONDS, RUN_SECONDS = "WaitSeconds", "RunSeconds"
 ARK_429, ARK_5XX = "Ark429", "Ark5xx"
 CIRCUIT_OPEN = "CircuitOpen"
@@ -207,6 +210,7 @@ def on_task_written(task: TaskRecord) -> None:
         elif task.status in statemachine.TERMINAL and task.finished_at and task.finished_at == task.updated_at:
             _count(task.model_id, TASKS_FINISHED)
             _count(task.model_id, finished_metric(task.status))
+            _record(task.model_id, TASK_FAILED_SHARE, MetricUnit.Count, 1 if task.status == statemachine.FAILED else 0)
             if task.started_at:
                 _record(task.model_id, RUN_SECONDS, MetricUnit.Seconds,
                         max(0.0, epoch_of(task.finished_at) - epoch_of(task.started_at)))
@@ -215,8 +219,8 @@ def on_task_written(task: TaskRecord) -> None:
 
 
 def count_ark_error(model_id: str | None, error: Exception) -> None:
-    """Ark refused or failed a call of `model_id`: 429s and 5xx are counted (timeouts have no status)."""
-    status = getattr(error, "http_status", None)
+    """Ark refused or failed a call of `model_id`: 429s and 5xx are counted (a call without an answer as a 5xx)."""
+    status = counted_status(error) if isinstance(error, ArkError) else None
     if status == 429:
         _count(model_id, ARK_429)
     elif isinstance(status, int) and status >= 500:

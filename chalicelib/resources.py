@@ -132,6 +132,9 @@ MARKERS = Table("markers", Key("marker_id"))
 # Which task owns each Ark video task: written conditionally before a task records an Ark id, so no two tasks
 # ever hold one (reconciling a crashed create never adopts a video another task made).
 ARK_TASK_OWNERS = Table("ark-task-owners", Key("external_id"), ttl_attribute="expires_at_epoch")
+# A dead-letter replay's claim of each message it re-drives (`chalicelib.admin.dlq`), by queue and SQS message id:
+# of parallel replays that received one message, only the claim's winner sends it. Kept past SQS's 14-day retention.
+DEAD_LETTER_CLAIMS = Table("dead-letter-claims", Key("claim_key"), ttl_attribute="expires_at_epoch")
 # API keys, keyed by the key's SHA-256 (a request's key is found with one read); each user's record holds the
 # hashes of its keys (`chalicelib.accounts.keys`), which lists and counts them. No TTL: an expired key stays
 # listed (and counted) until its owner deletes it.
@@ -173,6 +176,7 @@ TABLES: tuple[Table, ...] = (
     UPLOADS,
     MARKERS,
     ARK_TASK_OWNERS,
+    DEAD_LETTER_CLAIMS,
     API_KEYS,
     RATE_LIMITS,
     WEBHOOK_SECRETS,

@@ -515,10 +515,19 @@ class MetricsQuery(_Query):
     window: Literal["1h", "24h"] = "1h"
 
 
+# Usage rows a page holds by default and at most: a row is under 400 bytes of JSON (tests/metrics checks it), so a
+# page stays far under Lambda's 6 MB answer.
+USAGE_PAGE = 500
+USAGE_PAGE_MAX = 1000
+
+
 class UsageQuery(_Query):
-    """`GET /api/admin/usage?days=`: days back from today (in `QUOTA_TIMEZONE`), today included."""
+    """`GET /api/admin/usage?days=&cursor=&limit=`: days back from today (in `QUOTA_TIMEZONE`), today included, a
+    page of rows at a time."""
 
     days: int = Field(default=14, ge=1, le=31)
+    cursor: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = None
+    limit: int = Field(default=USAGE_PAGE, ge=1, le=USAGE_PAGE_MAX)
 
 
 # --- Steering (admin): the audit trail and dead letters ------------------------------------------------------

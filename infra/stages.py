@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from chalicelib.resources import DEFAULT_MODELS, QUEUES
+from chalicelib.resources import QUEUES
 
 APP_NAME = "arkflow"
 API_GATEWAY_STAGE = "api"
@@ -39,17 +39,10 @@ class Stage:
     retain_data: bool = True
     # X-Ray traces of the REST API and every function (Powertools' Tracer: AWS calls and Ark's).
     tracing: bool = True
-    # Each model's failure-rate alarm: more than this share of its tasks finished in 15 minutes failed, counting
-    # only windows with at least `failure_rate_min_tasks` finished.
+    # The models' failure-rate alarm: more than this share of a model's finished tasks failed, in each of
+    # `failure_rate_windows` five-minute windows in a row (each with a finished task, so that many tasks at least).
     failure_rate_threshold: float = 0.25
-    failure_rate_min_tasks: int = 5
-    # Models an admin added in this stage that get alarms too (the default models always do): models live in a
-    # table, alarms in the stack, so a new one is named here and deployed.
-    extra_alarmed_models: tuple[str, ...] = ()
-
-    def alarmed_models(self) -> tuple[str, ...]:
-        defaults = tuple(model.model_id for model in DEFAULT_MODELS)
-        return defaults + tuple(model_id for model_id in self.extra_alarmed_models if model_id not in defaults)
+    failure_rate_windows: int = 3
 
     @property
     def prefix(self) -> str:

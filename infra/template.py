@@ -103,8 +103,8 @@ def checkov_skips(*skips: tuple[str, str]) -> dict[str, Any]:
 
 NO_CUSTOMER_KEY = "Encrypted at rest with an AWS-owned or AWS-managed key; a customer-managed key adds cost and a " \
     "key policy to keep, and nothing here needs its separate control or audit trail."
-# The failure-rate alarm's window.
-FAILURE_RATE_PERIOD_S = 15 * 60
+# The failure-rate alarm's window (`Stage.failure_rate_windows` of them in a row breach).
+FAILURE_RATE_PERIOD_S = 5 * 60
 NO_VPC = "Reaches only AWS APIs and Ark over HTTPS; a VPC would add NAT cost and cold-start latency and no isolation."
 NO_KEY_FOR_ENVIRONMENT = "No secret is in the environment: secrets are read at run time from Secrets Manager. " \
     "Lambda encrypts the environment at rest with its AWS-managed key."
@@ -208,47 +208,48 @@ def alarm_actions() -> dict[str, Any]:
     return {"AlarmActions": topics, "OKActions": topics}
 
 
-def model_alarm_id(model_id: str, kind: str) -> str:
-    return f"Model{to_cfn_resource_name(model_id.replace('.', '-'))}{kind}Alarm"
+# The model alarms' ids: one alarm of each kind watches every model, those an admin adds later included.
+FAILURE_RATE_ALARM_ID = "ModelFailureRateAlarm"
+CIRCUIT_OPEN_ALARM_ID = "ModelCircuitOpenAlarm"
+
+
+def per_model_query(stage: Stage, statistic: str, metric: str) -> str:
+    """A Metrics Insights query of one time series per model (each a contributor of its alarm, named by its
+    `model_id`): models live in a table, alarms in the stack, so no alarm may name a model. The schema is exactly
+    the model dimension the app publishes (`chalicelib.observability`)."""
+    namespace = stage.prefix  # the functions' `ARKFLOW_PREFIX`, which names their metrics' namespace
+    # Made of the template's own names alone (no input reaches it): S608's injection does not apply.
+    return (f'SELECT {statistic}({metric}) FROM SCHEMA("{namespace}", {observability.MODEL_DIMENSION}) '  # noqa: S608
+            f"GROUP BY {observability.MODEL_DIMENSION} ORDER BY {statistic}() DESC")
 
 
 def model_alarms(stage: Stage) -> dict[str, Any]:
-    """Per model of `stage.alarmed_models()`, from the metrics `chalicelib.observability` publishes: too many of its
-    finished tasks failed within 15 minutes, or its circuit is open (Ark keeps refusing it)."""
-    namespace = stage.prefix  # the functions' `ARKFLOW_PREFIX`, which names their metrics' namespace
-    alarms: dict[str, Any] = {}
-    for model_id in stage.alarmed_models():
-        dimensions = [{"Name": observability.MODEL_DIMENSION, "Value": model_id}]
-
-        def summed(query_id: str, name: str, dimensions: list[dict[str, str]] = dimensions) -> dict[str, Any]:
-            return {"Id": query_id, "ReturnData": False, "MetricStat": {
-                "Metric": {"Namespace": namespace, "MetricName": name, "Dimensions": dimensions},
-                "Period": FAILURE_RATE_PERIOD_S, "Stat": "Sum"}}
-
-        alarms[model_alarm_id(model_id, "FailureRate")] = {"Type": "AWS::CloudWatch::Alarm", "Properties": {
-            "AlarmDescription": f"More than {stage.failure_rate_threshold:.0%} of the {model_id} tasks that finished "
-                                f"in 15 minutes failed (at least {stage.failure_rate_min_tasks} finished).",
-            "Metrics": [
-                summed("failed", observability.TASKS_FAILED),
-                summed("finished", observability.TASKS_FINISHED),
-                # Too few tasks say nothing of a rate; a window with no failure has no `failed` value at all.
-                {"Id": "rate", "Label": "failure rate", "ReturnData": True,
-                 "Expression": f"IF(finished >= {stage.failure_rate_min_tasks}, FILL(failed, 0) / finished, 0)"},
-            ],
-            "EvaluationPeriods": 1,
+    """For every model, from the metrics `chalicelib.observability` publishes: too many of its finished tasks
+    failed for 15 minutes, or its circuit is open (Ark keeps refusing it). One Metrics Insights alarm of each kind,
+    whose contributors are the models (docs/design.md, "Observability")."""
+    windows = stage.failure_rate_windows
+    return {
+        FAILURE_RATE_ALARM_ID: {"Type": "AWS::CloudWatch::Alarm", "Properties": {
+            "AlarmDescription": f"More than {stage.failure_rate_threshold:.0%} of a model's finished tasks failed, in "
+                                f"each of {windows} five-minute windows in a row (the alarm's contributors name the "
+                                "models).",
+            # Each finished task publishes its failed share, 1 or 0: a window's average is its failure rate. A
+            # window without a finished task has no value and does not breach, so a rate needs a task in every one
+            # of the windows: a model with one failure now and then never alarms.
+            "Metrics": [{"Id": "rate", "Label": "failure rate", "ReturnData": True, "Period": FAILURE_RATE_PERIOD_S,
+                         "Expression": per_model_query(stage, "AVG", observability.TASK_FAILED_SHARE)}],
+            "EvaluationPeriods": windows,
+            "DatapointsToAlarm": windows,
             "Threshold": stage.failure_rate_threshold,
             "ComparisonOperator": "GreaterThanThreshold",
             "TreatMissingData": "notBreaching",
             **alarm_actions(),
-        }}
-        alarms[model_alarm_id(model_id, "CircuitOpen")] = {"Type": "AWS::CloudWatch::Alarm", "Properties": {
-            "AlarmDescription": f"The circuit of {model_id} is open: Ark kept refusing or failing its calls, and its "
-                                "tasks wait.",
-            "Namespace": namespace,
-            "MetricName": observability.CIRCUIT_OPEN,
-            "Dimensions": dimensions,
-            "Statistic": "Maximum",
-            "Period": 60,
+        }},
+        CIRCUIT_OPEN_ALARM_ID: {"Type": "AWS::CloudWatch::Alarm", "Properties": {
+            "AlarmDescription": "A model's circuit is open: Ark kept refusing or failing its calls, and its tasks wait "
+                                "(the alarm's contributors name the models).",
+            "Metrics": [{"Id": "circuit", "Label": "circuit open", "ReturnData": True, "Period": 60,
+                         "Expression": per_model_query(stage, "MAX", observability.CIRCUIT_OPEN)}],
             "EvaluationPeriods": 1,
             "Threshold": 1,
             "ComparisonOperator": "GreaterThanOrEqualToThreshold",
@@ -256,8 +257,8 @@ def model_alarms(stage: Stage) -> dict[str, Any]:
             # keeps the state it has (an open circuit with no traffic stays alarmed until it closes).
             "TreatMissingData": "ignore",
             **alarm_actions(),
-        }}
-    return alarms
+        }},
+    }
 
 
 def alarm_resources(stage: Stage) -> dict[str, Any]:

@@ -17,31 +17,38 @@ A replay re-drives each message once, by what its task is now, never by what the
   left `submitting` is reconciled through Ark's list), with a fresh count of receives.
 * a webhook event: its next attempt, due now, with a fresh retry window; dropped when it was delivered.
 
-Each message is sent (or made due) first and deleted after: a replay that dies between the two leaves the message
-to come back, and a second replay sends it again; parallel replays each hold what they received for
-`REPLAY_VISIBILITY_S`. A message sent twice is one Ark call all the same: the lane's slot acquire is idempotent per
-task and its claim (`queued -> running`) is conditional, and the webhook delivery claims each attempt once.
+Each replay claims a message before it re-drives it: a conditional write of the message's claim (by queue and SQS
+message id, `DeadLetterClaimRecord`). SQS may hand one message to two replays (its delivery is at least once, and a
+message whose visibility lapsed comes back); of two replays holding it, the one whose write made the claim sends it,
+the other leaves it alone (a claim held) or deletes it (a claim sent). The order is crash-safe: claim, send (or make
+due), mark the claim sent, delete the message. A replay that dies after its claim and before sending leaves both to
+lapse (the claim's lease is the message's visibility, `REPLAY_VISIBILITY_S`): the next replay takes the claim over
+and sends it; one that dies after marking leaves the message to a next replay, which deletes it unsent. Only a death
+between the send and the mark sends a message twice, and that is one Ark call all the same: the lane's slot acquire
+is idempotent per task and its claim (`queued -> running`) is conditional, and the webhook delivery claims each
+attempt once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
-from pynamodb.exceptions import DoesNotExist
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, UpdateError
 
 from chalicelib import queues
 from chalicelib.audit.trail import AuditTrail
 from chalicelib.clock import Clock, iso
 from chalicelib.errors import NotFound
 from chalicelib.resources import QUEUES, WEBHOOK_DELIVERY, Queue
-from chalicelib.store import statemachine
+from chalicelib.store import statemachine, writes
 from chalicelib.store.errors import StaleTask
-from chalicelib.store.records import TaskRecord, WebhookAttemptRecord, WebhookEventRecord
+from chalicelib.store.records import DeadLetterClaimRecord, TaskRecord, WebhookAttemptRecord, WebhookEventRecord
 from chalicelib.video.status import POLL_SHARD
 from chalicelib.webhooks import events
 from chalicelib.webhooks.delivery import ATTEMPT_KEY, EVENT_KEY
@@ -64,8 +71,13 @@ MAX_REASON_CHARS = 500
 # How often a replay reads a task again that changed under it before it leaves the message where it is.
 REDRIVE_ROUNDS = 3
 
-TASK_MISSING, TASK_FINISHED, UNREADABLE, DELIVERED, NO_WEBHOOK = (
-    "task_missing", "task_finished", "unreadable", "already_delivered", "no_webhook")
+# A message's claim outlives SQS's longest retention (14 days): a message that can still come back finds it.
+CLAIM_KEEP_S = 15 * 24 * 3600
+
+TASK_MISSING, TASK_FINISHED, UNREADABLE, DELIVERED, NO_WEBHOOK, REPLAYED = (
+    "task_missing", "task_finished", "unreadable", "already_delivered", "no_webhook", "already_replayed")
+# What a replay's claim of a message found: it holds it now, another replay holds it, or another one sent it.
+CLAIMED, HELD_ELSEWHERE, SENT_ALREADY = "claimed", "held_elsewhere", "sent_already"
 
 
 def queue_named(name: str) -> Queue:
@@ -187,16 +199,25 @@ class DeadLetters:
         replayed: list[dict[str, Any]] = []
         dropped: Counter[str] = Counter()
         passed_over: list[DeadLetter] = []
+        replay_id = uuid.uuid4().hex
         try:
             for letter in self._receive(url, REPLAYED_PER_CALL, REPLAY_VISIBILITY_S, visible=self._visible(url),
                                         stop=wanted):
                 if wanted is not None and letter.message_id not in wanted:
                     passed_over.append(letter)
                     continue
-                verdict = self._redrive(queue, letter)
-                if verdict is _KEEP:
-                    passed_over.append(letter)
-                    continue
+                claim = self._claim(queue, letter, replay_id)
+                if claim == HELD_ELSEWHERE:
+                    continue  # left hidden: that replay sends and deletes it (if it dies, the next one does)
+                if claim == SENT_ALREADY:
+                    verdict: str | object | None = REPLAYED  # its sender died before deleting it, or is about to
+                else:
+                    verdict = self._redrive(queue, letter)
+                    if verdict is _KEEP:
+                        self._release(queue, letter, replay_id)
+                        passed_over.append(letter)
+                        continue
+                    self._mark_sent(queue, letter, replay_id)
                 self.sqs.delete_message(QueueUrl=url, ReceiptHandle=letter.receipt_handle)
                 if verdict is None:
                     replayed.append({"message_id": letter.message_id, "task_id": letter.task_id(queue)})
@@ -209,6 +230,50 @@ class DeadLetters:
                 self.audit.record(actor=actor, action="dlq.replay", target=f"dlq:{queue.name}", before=None,
                                   after={**answer, "replayed_messages": replayed})
         return answer
+
+    # --- claims -------------------------------------------------------------------------------------------------
+
+    def _claim(self, queue: Queue, letter: DeadLetter, replay_id: str) -> str:
+        """Claim the message for this replay: a new claim, or one whose replay died before sending (its lease
+        lapsed); else what the other replay's claim says."""
+        key = _claim_key(queue, letter)
+        now = self.clock.now()
+        claim = DeadLetterClaimRecord(key, replay_id=replay_id, lease_until=now + REPLAY_VISIBILITY_S,
+                                      expires_at_epoch=int(now) + CLAIM_KEEP_S)
+        try:
+            claim.save(condition=DeadLetterClaimRecord.claim_key.does_not_exist()
+                       | (DeadLetterClaimRecord.sent.does_not_exist() & (DeadLetterClaimRecord.lease_until < now)))
+            return CLAIMED
+        except PutError as error:
+            if not writes.condition_failed(error):
+                raise
+        try:
+            held = DeadLetterClaimRecord.get(key, consistent_read=True)
+        except DoesNotExist:
+            return HELD_ELSEWHERE  # released meanwhile (its task kept changing): a later replay takes it
+        return SENT_ALREADY if held.sent else HELD_ELSEWHERE
+
+    def _mark_sent(self, queue: Queue, letter: DeadLetter, replay_id: str) -> None:
+        """The message was re-driven (or judged): a replay that receives it again deletes it unsent."""
+        try:
+            DeadLetterClaimRecord(_claim_key(queue, letter)).update(
+                actions=[DeadLetterClaimRecord.sent.set(True)], condition=DeadLetterClaimRecord.replay_id == replay_id)
+        except UpdateError as error:
+            if not writes.condition_failed(error):
+                raise
+            # Taken over: this replay outlived its lease. The taker decides again by the task, as this one did.
+            log.warning("the claim of dead letter %s was taken over before it was marked sent", letter.message_id)
+
+    def _release(self, queue: Queue, letter: DeadLetter, replay_id: str) -> None:
+        """Give the claim up (the message stays in the DLQ): the next replay may claim it at once."""
+        try:
+            DeadLetterClaimRecord(_claim_key(queue, letter)).delete(
+                condition=DeadLetterClaimRecord.replay_id == replay_id)
+        except DeleteError as error:
+            if not writes.condition_failed(error):
+                raise
+
+    # --- re-driving ---------------------------------------------------------------------------------------------
 
     def _redrive(self, queue: Queue, letter: DeadLetter) -> str | object | None:
         """None when re-driven; else why it is dropped (`_KEEP`: left in the DLQ, its task kept changing)."""
@@ -299,3 +364,7 @@ class DeadLetters:
 
 
 _KEEP = object()
+
+
+def _claim_key(queue: Queue, letter: DeadLetter) -> str:
+    return f"{queue.name}#{letter.message_id}"

@@ -362,6 +362,7 @@ class UsageRow(_Answer):
 class Usage(_Answer):
     timezone: str
     rows: list[UsageRow]
+    next_cursor: str | None = Field(description="the next page's `cursor`; null: no more rows")
 
 
 # --- steering: dead letters and the audit trail -----------------------------------------------------------
@@ -390,7 +391,8 @@ class DeadLettersReplayed(_Answer):
     replayed: int
     dropped: int
     dropped_reasons: dict[str, int] = Field(
-        description="`task_finished`, `task_missing`, `unreadable`, `already_delivered`, `no_webhook`")
+        description="`task_finished`, `task_missing`, `unreadable`, `already_delivered`, `no_webhook`, "
+                    "`already_replayed` (another replay sent it)")
 
 
 class AuditEntry(_Answer):

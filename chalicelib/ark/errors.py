@@ -124,6 +124,16 @@ INVALID_RESPONSE = "invalid_response"
 # Errors that leave a call's outcome unknown: a read is made again later, a create is reconciled through Ark's list
 # (never sent again blindly).
 NO_USABLE_ANSWER = (ArkRetryableError, ArkInvalidResponseError)
+# A call Ark did not answer (a timeout, a connection failure) counts as the 504 a gateway would have answered: with
+# Ark's 5xx, for the circuit and the `ark_5xx` figure (docs/api.md, "Metrics").
+UNANSWERED_STATUS = 504
+
+
+def counted_status(error: ArkError) -> int | None:
+    """The HTTP status an Ark error counts as in the figures: its own, or `UNANSWERED_STATUS` for no answer."""
+    if error.http_status is None and isinstance(error, ArkTransportError):
+        return UNANSWERED_STATUS
+    return error.http_status
 
 _SENSITIVE_MARKERS = ("SensitiveContentDetected", "RiskDetection")
 # 429 codes that no amount of waiting fixes.

@@ -24,6 +24,7 @@ from chalicelib.ark.errors import (
     ArkPermanentError,
     ArkRateLimitError,
     ArkRetryableError,
+    counted_status,
     gave_up_error,
     is_model_unavailable,
     task_error,
@@ -57,8 +58,8 @@ class Endings:
         self.circuit = circuit
 
     def observe(self, task: TaskRecord, error: ArkError) -> None:
-        """Ark answered the model's call with an error: counted for the admins' metrics and CloudWatch."""
-        rollup.count_ark_error(task.model_id, error.http_status, self.clock.now())
+        """Ark answered the model's call with an error, or none: counted for the admins' metrics and CloudWatch."""
+        rollup.count_ark_error(task.model_id, counted_status(error), self.clock.now())
         observability.count_ark_error(task.model_id, error)
 
     def retry_later(self, task: TaskRecord, delivery: Delivery, error: ArkRetryableError,

@@ -41,6 +41,7 @@ class VideoCalls:
             # No usable answer: Ark may have created it. Reconcile through its list before any new create.
             log.warning("video create for %s ended without an answer (%s); reconciling later", task.task_id,
                         error.code)
+            self.endings.observe(task, error)
             self.endings.circuit.failed(task, error)
             return self.reconcile_later(task, delivery, error)
         except ArkPermanentError as error:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,10 +18,13 @@ from zoneinfo import ZoneInfo
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib import aws, catalog, resources
+from chalicelib.api.cursors import decode_cursor, encode_cursor
 from chalicelib.clock import epoch_of, iso
+from chalicelib.ids import MODEL_ID_PATTERN
 from chalicelib.lanes.circuit import circuit_of
 from chalicelib.metrics import histogram, rollup
 from chalicelib.metrics.rollup import FINE_S, HOUR_S, SHARDS
+from chalicelib.schemas import USAGE_PAGE, USAGE_PAGE_MAX
 from chalicelib.settings import get_settings
 from chalicelib.store import slots, statemachine
 from chalicelib.store.records import ModelRecord, TaskRecord
@@ -34,6 +38,8 @@ QUEUE_HEAD = 5
 PROGRESS_CAP = 0.99
 # How long a container keeps a model's recent figures (as `catalog.recent_model`).
 RECENT_S = 60.0
+# A usage cursor: the last row's day and its key (model id, then user id) in the day's partitions.
+_USAGE_KEY = re.compile(r"\d{4}-\d{2}-\d{2}#" + MODEL_ID_PATTERN.strip("^$") + r"#[!-~]{1,128}")
 
 
 @dataclass
@@ -162,27 +168,72 @@ def metrics(window: str, now: float) -> dict[str, Any]:
     return {"window": window, "models": [model_metrics(model, window, now) for model in catalog.list_models()]}
 
 
-def usage(days: int, now: float, zone: str) -> dict[str, Any]:
-    """Per day (the last `days` in `zone`, today included, newest first), model and user: what finished."""
+def usage(days: int, now: float, zone: str, cursor: str | None = None, limit: int = USAGE_PAGE) -> dict[str, Any]:
+    """Per day (the last `days` in `zone`, today included, newest first), model and user: what finished; one page
+    of at most `limit` rows (`USAGE_PAGE_MAX` at most: a bounded answer under Lambda's 6 MB), and the cursor of the
+    next (null: no more). A day's rows come in key order (model, then user), so a cursor is the last row's day and
+    key."""
     today = datetime.fromtimestamp(now, ZoneInfo(zone)).date()
+    limit = max(1, min(limit, USAGE_PAGE_MAX))
+    after_day = after_key = None
+    if cursor:
+        after_day, after_key = decode_cursor(cursor, _USAGE_KEY).split("#", 1)
     rows: list[dict[str, Any]] = []
     for back in range(days):
         day = (today - timedelta(days=back)).isoformat()
-        merged: dict[tuple[str, str], dict[str, Any]] = {}
-        for shard in range(SHARDS):
-            for item in _query(rollup.usage_pk(day, shard)):
-                key = (item["model_id"]["S"], item["user_id"]["S"])
-                row = merged.setdefault(key, {"day": day, "model_id": key[0], "username": item["username"]["S"],
-                                              "requests": 0, "succeeded": 0, "failed": 0, "cost": 0.0,
-                                              "currency": None})
-                for name in ("requests", "succeeded", "failed"):
-                    row[name] += int(item.get(name, {}).get("N", "0"))
-                row["cost"] += float(item.get("cost", {}).get("N", "0"))
-                row["currency"] = row["currency"] or item.get("currency", {}).get("S")
-        for key in sorted(merged):
-            merged[key]["cost"] = round(merged[key]["cost"], 6)
-            rows.append(merged[key])
-    return {"timezone": zone, "rows": rows}
+        if after_day is not None and day > after_day:
+            continue  # read on the pages before
+        day_rows, last_key, day_has_more = _usage_of_day(day, after_key if day == after_day else None,
+                                                         limit - len(rows))
+        rows += day_rows
+        if len(rows) == limit:
+            more = day_has_more or back < days - 1
+            return {"timezone": zone, "rows": rows, "next_cursor": encode_cursor(f"{day}#{last_key}") if more else None}
+    return {"timezone": zone, "rows": rows, "next_cursor": None}
+
+
+def _usage_of_day(day: str, after: str | None, wanted: int) -> tuple[list[dict[str, Any]], str | None, bool]:
+    """The first `wanted` rows of `day` after the key `after`, merged over the shards, the last one's key, and
+    whether more may follow.
+    Reading `wanted` items of each shard is enough: a row among the first `wanted` keys has fewer than `wanted`
+    smaller keys, in every shard."""
+    merged: dict[str, dict[str, Any]] = {}
+    more = False
+    for shard in range(SHARDS):
+        items, truncated = _first_items(rollup.usage_pk(day, shard), after, wanted)
+        more = more or truncated
+        for item in items:
+            key = item["sk"]["S"]
+            row = merged.setdefault(key, {"day": day, "model_id": item["model_id"]["S"],
+                                          "username": item["username"]["S"], "requests": 0, "succeeded": 0,
+                                          "failed": 0, "cost": 0.0, "currency": None})
+            for name in ("requests", "succeeded", "failed"):
+                row[name] += int(item.get(name, {}).get("N", "0"))
+            row["cost"] += float(item.get("cost", {}).get("N", "0"))
+            row["currency"] = row["currency"] or item.get("currency", {}).get("S")
+    keys = sorted(merged)[:wanted]  # DynamoDB's order of sort keys: by code point, as Python's
+    for key in keys:
+        merged[key]["cost"] = round(merged[key]["cost"], 6)
+    return [merged[key] for key in keys], keys[-1] if keys else None, more or len(merged) > wanted
+
+
+def _first_items(pk: str, after: str | None, wanted: int) -> tuple[list[dict[str, Any]], bool]:
+    """The first `wanted` items of `pk` with a sort key past `after`, and whether the partition may hold more."""
+    arguments: dict[str, Any] = {"TableName": rollup.table_name(), "KeyConditionExpression": "pk = :pk",
+                                 "ExpressionAttributeValues": {":pk": {"S": pk}}}
+    if after is not None:
+        arguments["KeyConditionExpression"] += " AND sk > :after"
+        arguments["ExpressionAttributeValues"][":after"] = {"S": after}
+    client = aws.client("dynamodb")
+    items: list[dict[str, Any]] = []
+    while True:
+        page = client.query(**arguments, Limit=wanted - len(items))
+        items += page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return items, False
+        if len(items) >= wanted:
+            return items, True
+        arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def sample_queues(models: Iterable[ModelRecord], now: float) -> int:

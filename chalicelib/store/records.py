@@ -355,6 +355,19 @@ class ArkTaskOwnerRecord(_Base):
     expires_at_epoch = NumberAttribute()
 
 
+class DeadLetterClaimRecord(_Base):
+    """A replay's claim of one dead letter (`chalicelib.admin.dlq`): held by `replay_id` until `lease_until` (then
+    another replay may take it over: the first died before sending), `sent` once the message was re-driven."""
+
+    Meta = table_meta(resources.DEAD_LETTER_CLAIMS)
+
+    claim_key = UnicodeAttribute(hash_key=True)
+    replay_id = UnicodeAttribute()
+    lease_until = NumberAttribute()
+    sent = BooleanAttribute(null=True)  # absent until sent: the claim's condition reads its absence
+    expires_at_epoch = NumberAttribute()
+
+
 class ApiKeyRecord(_Base):
     """An API key, found by its hash (the key itself is never stored); `key_id` is how its owner names it."""
 
@@ -465,6 +478,7 @@ ALL_RECORDS: tuple[type[_Base], ...] = (
     UploadRecord,
     MarkerRecord,
     ArkTaskOwnerRecord,
+    DeadLetterClaimRecord,
     ApiKeyRecord,
     RateLimitRecord,
     WebhookSecretRecord,

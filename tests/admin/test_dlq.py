@@ -3,14 +3,18 @@ dropped, a video Ark accepted never created again, parallel and repeated replays
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from chalicelib import aws, queues, wiring
-from chalicelib.admin.dlq import DeadLetters
+from chalicelib.admin.dlq import REPLAY_VISIBILITY_S, DeadLetters
 from chalicelib.lanes.messages import Delivery
 from chalicelib.resources import WEBHOOK_DELIVERY, Queue, lane_named
 from chalicelib.store.records import WebhookEventRecord
@@ -190,6 +194,92 @@ def test_a_replay_that_died_before_its_delete_sends_again_and_ark_is_called_once
     assert bad.status_code == 400 and bad.data["error"]["code"] == "validation_error"
 
 
+class LapsingSqs:
+    """SQS as it may behave (at-least-once delivery, a visibility that lapsed): what a replay receives from a DLQ
+    stays visible to others (received and shown again in one step: no one sees it hidden). With `together`, each
+    thread's first receive waits for the others' (so they all hold the same message at once)."""
+
+    def __init__(self, sqs: Any, together: int = 1) -> None:
+        self._sqs = sqs
+        self._one_step = threading.Lock()
+        self._all_received = threading.Barrier(together)
+        self._waited = threading.local()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+    def get_queue_attributes(self, **arguments: Any) -> dict[str, Any]:
+        with self._one_step:
+            return self._sqs.get_queue_attributes(**arguments)
+
+    def receive_message(self, **arguments: Any) -> dict[str, Any]:
+        if not arguments["QueueUrl"].endswith("-dlq"):
+            return self._sqs.receive_message(**arguments)
+        with self._one_step:
+            answer = self._sqs.receive_message(**{**arguments, "WaitTimeSeconds": 0})
+            for message in answer.get("Messages", []):
+                self._sqs.change_message_visibility(QueueUrl=arguments["QueueUrl"],
+                                                    ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+        if not getattr(self._waited, "done", False):
+            self._waited.done = True
+            self._all_received.wait(timeout=10)
+        return answer
+
+
+def replays_on(lanes: Lanes, sqs: Any) -> DeadLetters:
+    services = lanes.wiring()
+    return DeadLetters(sqs=sqs, audit=services.audit, clock=lanes.clock)
+
+
+def test_two_replays_holding_one_message_send_it_once(lanes: Lanes) -> None:
+    """Each replay claims the message first: the one whose conditional write won sends it, the other leaves it
+    (held) or deletes it (sent). Without the claim both send it."""
+    task_id = lanes.submit(IMAGE_TASK)
+    drain(lanes, "image")
+    dead_letter(IMAGE, {"task_id": task_id})
+    sqs = LapsingSqs(aws.sqs(), together=2)
+    answers: list[dict[str, Any]] = []
+
+    def replay_now() -> None:
+        answers.append(replays_on(lanes, sqs).replay("image", None, actor="admin"))
+
+    threads = [threading.Thread(target=replay_now) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(answer["replayed"] for answer in answers) == [0, 1], answers
+    assert [json.loads(record["body"])["task_id"] for record in lanes.receive("image")] == [task_id]
+    # Whatever the DLQ still holds (a delete by an older receipt) goes unsent on the next replay.
+    again = replay(lanes, "image")
+    assert again["replayed"] == 0 and set(again["dropped_reasons"]) <= {"already_replayed"}
+    assert visible_in_dlq(IMAGE) == [] and lanes.receive("image") == []
+
+
+def test_a_replay_that_died_after_its_claim_leaves_the_message_to_a_later_one(lanes: Lanes,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    task_id = lanes.submit(IMAGE_TASK)
+    drain(lanes, "image")
+    message_id = dead_letter(IMAGE, {"task_id": task_id})
+    lapsing = replays_on(lanes, LapsingSqs(aws.sqs()))
+
+    def dies(*_: Any, **__: Any) -> None:
+        raise RuntimeError("the replay's Lambda died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(queues, "enqueue", dies)
+        with pytest.raises(RuntimeError):
+            lapsing.replay("image", None, actor="admin")
+    # Back in the DLQ, the message is left alone while the dead replay's claim holds: no send, nothing dropped.
+    assert visible_in_dlq(IMAGE) == [message_id]
+    assert lapsing.replay("image", None, actor="admin") == {"replayed": 0, "dropped": 0, "dropped_reasons": {}}
+    lanes.clock.advance(REPLAY_VISIBILITY_S + 1)  # the claim's lease lapsed: the next replay takes it over
+    assert lapsing.replay("image", None, actor="admin")["replayed"] == 1
+    assert [json.loads(record["body"])["task_id"] for record in lanes.receive("image")] == [task_id]
+    assert visible_in_dlq(IMAGE) == []
+
+
 def test_a_webhook_event_is_replayed_as_its_next_attempt_unless_delivered(lanes: Lanes) -> None:
     task_id = lanes.submit({**IMAGE_TASK, "webhook_url": "https://hooks.example.com/arkflow"})
     lanes.run("image")
@@ -210,3 +300,75 @@ def test_a_webhook_event_is_replayed_as_its_next_attempt_unless_delivered(lanes:
     WebhookEventRecord(task_id, EVENT_KEY + event_id).update(actions=[WebhookEventRecord.outcome.set("delivered")])
     dead_letter(WEBHOOK_DELIVERY, message.model_dump_json())
     assert replay(lanes, WEBHOOK_DELIVERY.name)["dropped_reasons"] == {"already_delivered": 1}
+
+
+DEEP = os.environ.get("HYPOTHESIS_PROFILE") == "deep"
+# What happens to a dead letter: a replay runs whole, or dies after its claim (before sending), after its send
+# (before marking the claim sent) or after its mark (before deleting the message); two replays run at once, both
+# holding it; or time passes past every visibility and lease (`lapse`).
+REPLAY_RUNS = st.sampled_from(["whole", "dies_after_claim", "dies_after_send", "dies_after_mark", "two_at_once",
+                               "lapse"])
+
+
+class Died(Exception):
+    """The replay's Lambda stopped here."""
+
+
+def _dies(*_: Any, **__: Any) -> None:
+    raise Died()
+
+
+def test_replays_that_die_anywhere_or_run_at_once_send_each_message_once_and_lose_none(
+        lanes: Lanes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever replays of one dead letter run, die or overlap, SQS handing the message to each (as a lapsed
+    visibility or a duplicate delivery does): the lane gets it once, plus once for each replay that died between
+    its send and its mark; and once leases lapse, a replay leaves nothing behind and nothing unsent."""
+    mark_sent = DeadLetters._mark_sent
+    audit = lanes.wiring().audit  # one wiring: each costs a few tenths of a second
+
+    def mark_then_die(self: DeadLetters, *arguments: Any) -> None:
+        mark_sent(self, *arguments)
+        raise Died()
+
+    def run(how: str) -> None:
+        with monkeypatch.context() as patched:
+            if how == "dies_after_claim":
+                patched.setattr(queues, "enqueue", _dies)
+            elif how == "dies_after_send":
+                patched.setattr(DeadLetters, "_mark_sent", _dies)
+            elif how == "dies_after_mark":
+                patched.setattr(DeadLetters, "_mark_sent", mark_then_die)
+            together = 2 if how == "two_at_once" else 1
+            sqs = LapsingSqs(aws.sqs(), together=together)
+
+            def replay_once() -> None:
+                with contextlib.suppress(Died):
+                    DeadLetters(sqs=sqs, audit=audit, clock=lanes.clock).replay("image", None, actor="admin")
+
+            threads = [threading.Thread(target=replay_once) for _ in range(together)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+    @settings(max_examples=60 if DEEP else 8, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(st.lists(REPLAY_RUNS, min_size=1, max_size=5))
+    def in_any_order(runs: list[str]) -> None:
+        task_id = lanes.submit(IMAGE_TASK)
+        drain(lanes, "image")
+        dead_letter(IMAGE, {"task_id": task_id})
+        for how in runs:
+            if how == "lapse":
+                lanes.clock.advance(REPLAY_VISIBILITY_S + 1)
+            else:
+                run(how)
+        lanes.clock.advance(REPLAY_VISIBILITY_S + 1)
+        run("whole")
+        sent = [json.loads(record["body"])["task_id"] for record in lanes.receive("image")]
+        drain(lanes, "image")
+        assert visible_in_dlq(IMAGE) == [], runs
+        assert set(sent) == {task_id}, runs  # never lost
+        assert len(sent) <= 1 + runs.count("dies_after_send"), runs
+
+    in_any_order()

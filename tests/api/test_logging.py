@@ -204,7 +204,7 @@ def test_emf_documents_carry_the_model_dimension_and_the_metric_names(
                                                  updated_at=at % 3, finished_at=at % 3))
         observability.count_ark_error("m-b", ArkRateLimitError("RateLimitExceeded", "slow down", 429))
         observability.count_ark_error("m-b", ArkServerError("InternalServiceError", "oops", 503))
-        observability.count_ark_error("m-b", ArkTransportError("Timeout", "no answer"))  # neither
+        observability.count_ark_error("m-b", ArkTransportError("RequestTimeout", "no answer"))  # as a 5xx
         observability.emit_circuit_state("m-b", True)
         observability.flush_metrics()
         documents = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -229,8 +229,10 @@ def test_emf_documents_carry_the_model_dimension_and_the_metric_names(
         by_model[document["model_id"]] = {metric["Name"]: document[metric["Name"]] for metric in
                                           directive["Metrics"]}
     assert by_model == {
-        "m-a": {"WaitSeconds": [4.0], "TasksFinished": [1.0], "TasksSucceeded": [1.0], "RunSeconds": [5.0]},
-        "m-b": {"TasksFinished": [1.0], "TasksFailed": [1.0], "Ark429": [1.0], "Ark5xx": [1.0], "CircuitOpen": [1.0]},
+        "m-a": {"WaitSeconds": [4.0], "TasksFinished": [1.0], "TasksSucceeded": [1.0], "TaskFailedShare": [0.0],
+                "RunSeconds": [5.0]},
+        "m-b": {"TasksFinished": [1.0], "TasksFailed": [1.0], "TaskFailedShare": [1.0], "Ark429": [1.0],
+                "Ark5xx": [1.0, 1.0], "CircuitOpen": [1.0]},
     }
 
 

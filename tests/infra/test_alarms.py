@@ -1,10 +1,11 @@
-"""The stack's alarms and tracing, read from the packaged templates: every dead-letter queue, and per model its
-failure rate and its circuit, on the very metrics `chalicelib.observability` publishes; X-Ray as each stage says."""
+"""The stack's alarms and tracing, read from the packaged templates: every dead-letter queue, and every model's
+failure rate and circuit (models made after the deploy too), on the very metrics `chalicelib.observability`
+publishes; X-Ray as each stage says."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,14 @@ from chalicelib.settings import Settings, reload_settings
 from chalicelib.store.records import TaskRecord
 from infra import template
 from infra.stages import STAGES
-from infra.template import ALARM_TOPIC_ID, HAS_NOTIFICATION_TOPIC, dead_letter_queue_id, merge_template, model_alarm_id
+from infra.template import (
+    ALARM_TOPIC_ID,
+    CIRCUIT_OPEN_ALARM_ID,
+    FAILURE_RATE_ALARM_ID,
+    HAS_NOTIFICATION_TOPIC,
+    dead_letter_queue_id,
+    merge_template,
+)
 from tests.infra.conftest import PACKAGED, resources_of
 
 pytestmark = PACKAGED
@@ -58,11 +66,13 @@ def test_a_new_queue_gets_its_dead_letter_alarm(monkeypatch: pytest.MonkeyPatch)
 
 
 def _published(model_id: str, capsys: pytest.CaptureFixture[str]) -> dict[tuple[str, str], dict[str, Any]]:
-    """(metric name, namespace) -> the dimensions of the EMF documents `chalicelib.observability` prints for a
-    failed task and an open circuit of `model_id`."""
+    """(metric name, namespace) -> the dimensions and the values of the EMF documents `chalicelib.observability`
+    prints for a failed and a succeeded task and an open circuit of `model_id`."""
     moment = "2026-01-01T00:00:10.000Z"
-    observability.on_task_written(TaskRecord("tsk_alarm", model_id=model_id, status="failed", created_at=moment,
-                                             started_at=moment, updated_at=moment, finished_at=moment))
+    for status in ("failed", "succeeded"):
+        observability.on_task_written(TaskRecord(f"tsk_{status}", model_id=model_id, status=status,
+                                                 created_at=moment, started_at=moment, updated_at=moment,
+                                                 finished_at=moment))
     observability.emit_circuit_state(model_id, True)
     observability.flush_metrics()
     found = {}
@@ -71,7 +81,8 @@ def _published(model_id: str, capsys: pytest.CaptureFixture[str]) -> dict[tuple[
         for directive in document["_aws"]["CloudWatchMetrics"]:
             for metric in directive["Metrics"]:
                 found[(metric["Name"], directive["Namespace"])] = {
-                    dimension: document[dimension] for dimension in directive["Dimensions"][0]}
+                    "dimensions": {dimension: document[dimension] for dimension in directive["Dimensions"][0]},
+                    "values": document[metric["Name"]]}
     return found
 
 
@@ -85,48 +96,48 @@ def emf(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     reload_settings()
 
 
-def test_each_model_has_a_failure_rate_and_a_circuit_alarm_on_the_metrics_the_app_publishes(
+# A Metrics Insights query of one series per value of a dimension: (statistic, metric, namespace, schema's
+# dimension, grouped by).
+PER_MODEL_QUERY = re.compile(
+    r'SELECT (\w+)\((\w+)\) FROM SCHEMA\("([\w-]+)", (\w+)\) GROUP BY (\w+) ORDER BY \1\(\) DESC')
+
+
+def test_every_model_an_admin_adds_is_watched_for_its_failure_rate_and_its_circuit(
     templates: dict[str, dict[str, Any]], emf: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """One alarm of each kind, its Metrics Insights query grouped by model: a model made after the deploy (no
+    default's id) has its series there, on the very metrics the app publishes, and no alarm names a model."""
     for stage_name, stack in templates.items():
         stage = STAGES[stage_name]
         emf.setenv("ARKFLOW_PREFIX", stage.prefix)  # the functions' environment names the namespace
         reload_settings()
         alarms = _alarms(stack)
-        assert stage.alarmed_models() == tuple(model.model_id for model in DEFAULT_MODELS)
-        for model_id in stage.alarmed_models():
-            published = _published(model_id, capsys)
-            rate = alarms[model_alarm_id(model_id, "FailureRate")]
-            queries = {query["Id"]: query for query in rate["Metrics"]}
-            for query_id, name in (("failed", observability.TASKS_FAILED), ("finished", observability.TASKS_FINISHED)):
-                stat = queries[query_id]["MetricStat"]
-                assert (stat["Period"], stat["Stat"]) == (15 * 60, "Sum")
-                metric = stat["Metric"]
-                dimensions = {d["Name"]: d["Value"] for d in metric["Dimensions"]}
-                assert published[(metric["MetricName"], metric["Namespace"])] == dimensions == {"model_id": model_id}
-                assert metric["MetricName"] == name
-            [returned] = [query for query in rate["Metrics"] if query["ReturnData"]]
-            assert returned["Expression"] == (
-                f"IF(finished >= {stage.failure_rate_min_tasks}, FILL(failed, 0) / finished, 0)")
-            assert (rate["Threshold"], rate["ComparisonOperator"]) == (
-                stage.failure_rate_threshold, "GreaterThanThreshold")
-
-            circuit = alarms[model_alarm_id(model_id, "CircuitOpen")]
-            dimensions = {d["Name"]: d["Value"] for d in circuit["Dimensions"]}
-            assert published[(circuit["MetricName"], circuit["Namespace"])] == dimensions == {"model_id": model_id}
-            assert (circuit["Statistic"], circuit["Threshold"], circuit["ComparisonOperator"]) == (
-                "Maximum", 1, "GreaterThanOrEqualToThreshold")
-            assert _notifies_both_topics(rate) and _notifies_both_topics(circuit)
-
-
-def test_a_model_an_admin_added_gets_alarms_when_the_stage_names_it() -> None:
-    stage = dataclasses.replace(STAGES["prod"], extra_alarmed_models=("my-endpoint.v2", DEFAULT_MODELS[0].model_id))
-    resources = merge_template(stage, {"Resources": {}})["Resources"]
-    assert stage.alarmed_models().count(DEFAULT_MODELS[0].model_id) == 1
-    for kind in ("FailureRate", "CircuitOpen"):
-        assert model_alarm_id("my-endpoint.v2", kind) in resources
-    assert len({model_alarm_id(model_id, "CircuitOpen") for model_id in stage.alarmed_models()}) == len(
-        stage.alarmed_models())
+        published = _published("made-by-an-admin.v2", capsys)
+        watched = {}
+        for alarm_id, statistic, metric in ((FAILURE_RATE_ALARM_ID, "AVG", observability.TASK_FAILED_SHARE),
+                                            (CIRCUIT_OPEN_ALARM_ID, "MAX", observability.CIRCUIT_OPEN)):
+            alarm = alarms[alarm_id]
+            [query] = alarm["Metrics"]
+            assert query["ReturnData"] is True and "MetricStat" not in query
+            match = PER_MODEL_QUERY.fullmatch(query["Expression"])
+            assert match is not None, query["Expression"]
+            assert match.groups() == (statistic, metric, stage.prefix, "model_id", "model_id")
+            # The schema is exactly the dimensions the app publishes the metric with: the query finds its series.
+            assert published[(metric, stage.prefix)]["dimensions"] == {"model_id": "made-by-an-admin.v2"}
+            assert _notifies_both_topics(alarm)
+            watched[alarm_id] = (alarm, query)
+        # The failed share's average is the failure rate: 1 for the failed task, 0 for the succeeded one.
+        assert sorted(published[(observability.TASK_FAILED_SHARE, stage.prefix)]["values"]) == [0.0, 1.0]
+        rate, rate_query = watched[FAILURE_RATE_ALARM_ID]
+        assert (rate["Threshold"], rate["ComparisonOperator"], rate_query["Period"]) == (
+            stage.failure_rate_threshold, "GreaterThanThreshold", 5 * 60)
+        assert rate["EvaluationPeriods"] == rate["DatapointsToAlarm"] == stage.failure_rate_windows
+        assert rate["TreatMissingData"] == "notBreaching"  # a window without a finished task breaches nothing
+        circuit, circuit_query = watched[CIRCUIT_OPEN_ALARM_ID]
+        assert (circuit["Threshold"], circuit["ComparisonOperator"], circuit_query["Period"]) == (
+            1, "GreaterThanOrEqualToThreshold", 60)
+        every_alarm = json.dumps(alarms)
+        assert not [model.model_id for model in DEFAULT_MODELS if model.model_id in every_alarm], stage_name
 
 
 def test_tracing_is_on_in_prod_and_off_in_dev(templates: dict[str, dict[str, Any]],

@@ -8,10 +8,12 @@ import dataclasses
 import json
 from typing import Any
 
+import httpx
 import pytest
 
 from chalicelib import catalog
 from chalicelib.accounts.users import update_user
+from chalicelib.ark.client import VolcImageClient, VolcVideoClient
 from chalicelib.ark.errors import ArkServerError
 from chalicelib.lanes.circuit import Breaker, waited_on_circuit
 from chalicelib.lanes.waits import Waker
@@ -22,8 +24,8 @@ from chalicelib.store import slots
 from chalicelib.store.records import ModelRecord, SlotRecord, TaskRecord
 from chalicelib.wiring import Wiring
 from tests.clocks import FrozenClock
-from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, principal_of
-from tests.lane_fixtures import Lanes
+from tests.factories import ADMIN, DEMO, IMAGE_MODEL, IMAGE_TASK, OTHER, VIDEO_MODEL, VIDEO_TASK, principal_of
+from tests.lane_fixtures import ARK_KEY, Lanes
 
 THRESHOLD, COOLDOWN_S = 3, 60
 
@@ -237,3 +239,24 @@ def connect_event(ticket: str, connection_id: str) -> dict[str, Any]:
     return {"headers": {}, "queryStringParameters": {"ticket": ticket},
             "requestContext": {"routeKey": "$connect", "eventType": "CONNECT", "connectionId": connection_id,
                                "domainName": "127.0.0.1:8001", "stage": "api", "apiId": "local"}}
+
+
+@pytest.mark.parametrize(("lane", "failure"), [("image", httpx.ReadTimeout), ("video", httpx.ConnectError)])
+def test_ark_calls_without_an_answer_count_as_5xx_and_open_the_circuit(breaking: Lanes, lane: str,
+                                                                       failure: type[httpx.TransportError]) -> None:
+    def unanswered(request: httpx.Request) -> httpx.Response:
+        raise failure("no answer", request=request)
+
+    silent = httpx.Client(transport=httpx.MockTransport(unanswered))
+    model_id, body = (IMAGE_MODEL, IMAGE_TASK) if lane == "image" else (VIDEO_MODEL, VIDEO_TASK)
+    client = {"image_client": VolcImageClient(breaking.ark.base_url, ARK_KEY, http=silent)} if lane == "image" else {
+        "video_client": VolcVideoClient(breaking.ark.base_url, ARK_KEY, http=silent)}
+    waiting = [breaking.submit(body) for _ in range(THRESHOLD)]
+    breaking.run(lane, **client)
+    assert not {"failed", "succeeded"} & set(_statuses(breaking, waiting))  # retried (a video: reconciled), none lost
+    model = breaking.api.request("GET", f"/api/admin/models/{model_id}", as_user=ADMIN).data
+    code = "RequestTimeout" if failure is httpx.ReadTimeout else "ConnectionError"
+    assert model["circuit"]["state"] == "open" and code in model["circuit"]["reason"]
+    metrics = breaking.api.request("GET", "/api/admin/metrics?window=1h", as_user=ADMIN)
+    figures = next(entry for entry in metrics.data["models"] if entry["model_id"] == model_id)
+    assert (figures["ark_429"], figures["ark_5xx"]) == (0, THRESHOLD)

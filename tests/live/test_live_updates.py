@@ -210,16 +210,25 @@ def test_update_carries_presigned_results_and_queue_position(api: Api, open_sock
     assert "result_urls" not in queued
 
     running = statemachine.transition(task, statemachine.RUNNING)
+    usage = {"generated_images": 1, "output_tokens": 16384, "total_tokens": 16384}
     statemachine.transition(running, statemachine.SUCCEEDED, actions=[
         TaskRecord.result_urls.set([f"s3://{bucket}/tasks/{task.task_id}/0.png"]),
+        TaskRecord.usage.set(usage), TaskRecord.cost.set(0.25), TaskRecord.currency.set("CNY"),
     ])
-    assert receive(socket)["data"]["status"] == "running"
+    running_update = receive(socket)["data"]
+    assert running_update["status"] == "running" and "cost" not in running_update
     succeeded = receive(socket)["data"]
     assert succeeded["status"] == "succeeded"
     assert succeeded["version"] == 3
-    assert set(succeeded) == {"id", "status", "version", "updated_at", "result_urls"}
+    assert set(succeeded) == {"id", "status", "version", "updated_at", "result_urls", "cost", "currency", "usage"}
+    # Its owner sees what it cost as it finishes, as the task's body says.
+    assert (succeeded["cost"], succeeded["currency"], succeeded["usage"]) == (0.25, "CNY", usage)
     [url] = succeeded["result_urls"]
     assert url.startswith("https://") and f"tasks/{task.task_id}/0.png" in url and "Signature" in url
+    # A free task's cost of 0 is a cost too.
+    free = TaskRecord.get(task.task_id, consistent_read=True)
+    free.cost = 0
+    assert wiring.current().live.update_body(free)["cost"] == 0
 
 
 def test_management_api_answers_like_api_gateway(open_socket, gateway: WebSocketGateway) -> None:

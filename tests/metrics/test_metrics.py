@@ -4,6 +4,7 @@ windows; a queued task's body and events carry `eta_s`, a running video's `progr
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterator
@@ -13,11 +14,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib import wiring
+from chalicelib import aws, wiring
+from chalicelib.api.cursors import encode_cursor
+from chalicelib.api.responses import UsageRow
 from chalicelib.ark.client import VolcVideoClient
 from chalicelib.clock import epoch_of
 from chalicelib.errors import error_object
 from chalicelib.metrics import figures, histogram, rollup
+from chalicelib.schemas import USAGE_PAGE_MAX
 from chalicelib.settings import get_settings
 from chalicelib.store import slots, statemachine
 from chalicelib.store.records import TaskRecord
@@ -255,3 +259,58 @@ def test_quantiles_from_the_buckets_are_within_one_bucket_of_the_true_ones(value
     counts = Counter(histogram.bucket_of(value) for value in values)
     for q in (0.5, 0.95):
         assert_within_a_bucket(histogram.quantile(counts, q), values, q)
+
+
+def put_usage(day: str, shard: int, model_id: str, user_id: str, requests: int, cost: float) -> None:
+    """A usage item as the roll-up writes it (chalicelib/metrics/rollup.py `_usage_update`)."""
+    aws.client("dynamodb").put_item(TableName=rollup.table_name(), Item={
+        "pk": {"S": rollup.usage_pk(day, shard)}, "sk": {"S": f"{model_id}#{user_id}"}, "day": {"S": day},
+        "model_id": {"S": model_id}, "user_id": {"S": user_id}, "username": {"S": f"name-{user_id[-4:]}"},
+        "requests": {"N": str(requests)}, "succeeded": {"N": str(requests)}, "cost": {"N": repr(cost)},
+        "currency": {"S": "CNY"}})
+
+
+def test_usage_comes_in_pages_that_hold_every_row_once(fleet: Fleet) -> None:
+    zone = get_settings().quota_timezone
+    days = [rollup.day_of(fleet.clock.now() - back * 86_400, zone) for back in range(4)]
+    expected: list[tuple[str, str, str, int]] = []
+    for day in (days[0], days[2]):  # two days with rows around one without (days[1]) and one past the last
+        for model_id in (IMAGE_MODEL, VIDEO_MODEL):
+            for number in range(4):
+                user_id = f"usr_{'a' * 22}{number:04d}"
+                # The same model and user in several shards: one row, their sums.
+                for shard in range(number % rollup.SHARDS + 1):
+                    put_usage(day, shard, model_id, user_id, 1, 0.5)
+                expected.append((day, model_id, f"name-{number:04d}", number % rollup.SHARDS + 1))
+    expected.sort(key=lambda row: (-int(row[0].replace("-", "")), row[1], row[2]))
+
+    for limit in (1, 3, 8, 16, 1000):
+        rows, cursor, pages = [], None, 0
+        while True:
+            query = f"days=4&limit={limit}" + (f"&cursor={cursor}" if cursor else "")
+            response = fleet.api.request("GET", f"/api/admin/usage?{query}", as_user=ADMIN)
+            assert response.status_code == 200, response.body
+            assert len(response.data["rows"]) <= limit
+            rows += response.data["rows"]
+            pages += 1
+            cursor = response.data["next_cursor"]
+            if cursor is None:
+                break
+        assert [(row["day"], row["model_id"], row["username"], row["requests"]) for row in rows] == expected
+        assert all(row["cost"] == pytest.approx(row["requests"] * 0.5) for row in rows)
+        assert pages <= len(expected) // limit + 2, limit
+
+    for cursor in ("bm90LWEta2V5", "!!", encode_cursor("2026-01-01#Bad Model#usr_x")):
+        response = fleet.api.request("GET", f"/api/admin/usage?cursor={cursor}", as_user=ADMIN)
+        assert response.status_code == 400 and response.data["error"]["code"] == "validation_error", cursor
+    assert fleet.api.request("GET", "/api/admin/usage?limit=1001", as_user=ADMIN).status_code == 400
+
+
+def test_a_full_usage_page_of_the_largest_rows_stays_under_lambdas_answer_limit() -> None:
+    largest = UsageRow(day="2026-12-31", model_id="m" * 64, username="u" * 64, requests=2**53, succeeded=2**53,
+                       failed=2**53, cost=-1.2345678901234567e+300, currency="CNY").model_dump(mode="json")
+    page = {"timezone": "America/Argentina/ComodRivadavia", "rows": [largest] * USAGE_PAGE_MAX,
+            "next_cursor": encode_cursor(f"2026-12-31#{'m' * 64}#{'u' * 128}")}
+    # Twice the JSON: API Gateway's proxy answer carries the body as an escaped string (quotes double).
+    assert 2 * len(json.dumps(page).encode()) < 6 * 1024 * 1024
+    assert len(json.dumps(largest).encode()) < 400  # as chalicelib/schemas.py's USAGE_PAGE_MAX says

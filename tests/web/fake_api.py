@@ -106,6 +106,7 @@ class FakeState:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     circuits: dict[str, dict[str, Any]] = field(default_factory=dict)
     usage_rows: list[dict[str, Any]] = field(default_factory=list)
+    usage_page_max: int = 1000  # as the real route's (a test lowers it to make the dashboard follow the cursor)
     dlq: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     audit: list[dict[str, Any]] = field(default_factory=list)
     # tasks whose video Ark already generates: an operator's end of it is refused (409 generating_at_ark)
@@ -252,6 +253,9 @@ class FakeArkflow:
             update = {key: task[key] for key in ("id", "status", "version", "updated_at")}
             for key in ("result_urls", "video_url", "last_frame_url", "error", "image_errors"):
                 if task.get(key):
+                    update[key] = task[key]
+            for key in ("cost", "currency", "usage"):  # as chalicelib/live.py's COST_FIELDS: a cost of 0 too
+                if task.get(key) is not None:
                     update[key] = task[key]
             if status == "queued":
                 update["queue_position"] = self._queue_position(task)
@@ -704,9 +708,11 @@ class FakeArkflow:
 
     def _usage(self, query: dict[str, str]) -> tuple[int, Any]:
         days = int(query.get("days") or 14)
-        if not 1 <= days <= 90:
-            raise validation_failure("days", "Input should be between 1 and 90")
-        return 200, {"timezone": "Asia/Shanghai", "rows": [dict(row) for row in self.state.usage_rows]}
+        if not 1 <= days <= 31:
+            raise validation_failure("days", "Input should be between 1 and 31")
+        limit = min(int(query.get("limit") or 500), self.state.usage_page_max)
+        page, next_cursor = self._page([dict(row) for row in self.state.usage_rows], {**query, "limit": str(limit)})
+        return 200, {"timezone": "Asia/Shanghai", "rows": page, "next_cursor": next_cursor}
 
     def _close_circuit(self, user: dict[str, Any], model_id: str) -> tuple[int, Any]:
         model = self.state.models.get(model_id)

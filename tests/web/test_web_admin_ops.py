@@ -50,6 +50,7 @@ def seed_dashboard(fake: FakeArkflow) -> list[str]:
 def test_dashboard_draws_each_models_figures_and_closes_a_circuit(new_page, fake_stack: FakeStack,
                                                                    fake: FakeArkflow) -> None:
     days = seed_dashboard(fake)
+    fake.state.usage_page_max = 1  # every usage row on a page of its own: the charts need every page
     metrics = fake.state.metrics["seedream-4-5"]
     page = new_page(LAPTOP)
     log_in(page, fake_stack.web_url, *ADMIN)

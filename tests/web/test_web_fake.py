@@ -139,8 +139,11 @@ def test_image_task_with_references_goes_live_to_a_gallery(page: Page, fake_stac
     expect(item.locator(".elapsed")).to_have_text(re.compile(r"running \d+s"))
 
     fake.succeed(task["id"], image_errors=[{"index": 2, "code": "OutputImageSensitiveContentDetected",
-                                            "message": "The output image may contain sensitive content."}])
+                                            "message": "The output image may contain sensitive content."}],
+                 cost=0.5, currency="CNY", usage={"generated_images": 2, "output_tokens": 32768,
+                                                  "total_tokens": 32768})
     expect(item.locator(".status-pill")).to_have_text("Succeeded")
+    expect(item.locator(".task-cost")).to_have_text("Cost 0.50 CNY")
     expect(item.locator(".gallery img")).to_have_count(2)
     expect(item.locator(".task-warning")).to_contain_text(
         "Image 3: The output image may contain sensitive content. OutputImageSensitiveContentDetected")

@@ -11,6 +11,8 @@ import { showPageError, toastError, withBusyButton } from "../forms.js";
 
 const POLL_MS = 30_000;
 const USAGE_DAYS = 14;
+const USAGE_PAGE = 1000; // the API's largest page: two weeks of a busy fleet may still take several
+const USAGE_MAX_PAGES = 100; // a bound on a cursor that never ends (100,000 rows are past what a chart can show)
 const WINDOWS = [["24h", "Last 24 hours", 24], ["1h", "Last hour", 1]];
 const CIRCUIT_LOOKS = {
   closed: ["succeeded", "Circuit closed"],
@@ -257,11 +259,27 @@ export function renderAdminDashboard(container, { subscribeLive }) {
     if (!metrics.models.length) grid.replaceChildren(h("p", { class: "panel empty" }, "No models yet."));
   }
 
+  /** Every page of the usage: a chart drawn from the first page alone would show too little cost. */
+  async function readUsage() {
+    const rows = [];
+    let cursor;
+    let timezone;
+    let pages = 0;
+    do {
+      const page = await api("GET", "/api/admin/usage", { query: { days: USAGE_DAYS, limit: USAGE_PAGE, cursor } });
+      rows.push(...page.rows);
+      timezone = page.timezone;
+      cursor = page.next_cursor;
+      pages += 1;
+    } while (cursor && !stopped && pages < USAGE_MAX_PAGES);
+    return { timezone, rows };
+  }
+
   /** Both readings, each shown on its own: a failing one leaves the other's figures standing. */
   async function load() {
     const [metrics, usageAnswer] = await Promise.allSettled([
       api("GET", "/api/admin/metrics", { query: { window: windowSelect.value } }),
-      api("GET", "/api/admin/usage", { query: { days: USAGE_DAYS } }),
+      readUsage(),
     ]);
     if (stopped) return;
     if (metrics.status === "fulfilled") showMetrics(metrics.value);

@@ -59,6 +59,13 @@ function paramsSummary(task) {
 }
 
 /** A task's presigned links: what goes stale. */
+/** What a finished task cost, as Ark's usage priced it (it arrives with the task's last update). */
+function costInfo(task) {
+  if (task.cost === null || task.cost === undefined) return null;
+  const amount = Number(task.cost).toFixed(Number(task.cost) && Number(task.cost) < 0.01 ? 6 : 2);
+  return h("span", { class: "task-cost" }, `Cost ${amount}${task.currency ? ` ${task.currency}` : ""}`);
+}
+
 function resultLinks(task) {
   return [...(task.result_urls || []), task.video_url, task.last_frame_url].filter(Boolean);
 }
@@ -290,6 +297,7 @@ export function taskListPanel() {
         h("time", { datetime: task.created_at }, formatDateTime(task.created_at)),
         h("span", { class: "elapsed", dataset: { elapsed: "" } }, elapsedText(task, Date.now())),
         queueInfo,
+        costInfo(task),
       ),
       task.prompt ? h("p", { class: "task-prompt" }, task.prompt) : null,
       h("p", { class: "task-params" }, paramsSummary(task)),
@@ -306,7 +314,8 @@ export function taskListPanel() {
   // Rebuilding a card replaces its <video>, so only do it when something shown has changed.
   function needsRebuild(shown, task) {
     return !shown || Number(shown.version) !== Number(task.version) || shown.status !== task.status ||
-      shown.cancellable !== task.cancellable || shown.queue_position !== task.queue_position;
+      shown.cancellable !== task.cancellable || shown.queue_position !== task.queue_position ||
+      shown.cost !== task.cost;
   }
 
   function render() {
