@@ -44,20 +44,17 @@ class Totals:
     outcomes: dict[str, int] = field(default_factory=dict)
     wait: dict[int, int] = field(default_factory=dict)
     run: dict[int, int] = field(default_factory=dict)
-    cost: float = 0.0
-    currency: str | None = None
+    costs: dict[str, float] = field(default_factory=dict)  # by currency: two are never added up
 
     def add(self, item: dict[str, Any]) -> None:
+        for currency, amount in rollup.costs_of(item).items():
+            self.costs[currency] = self.costs.get(currency, 0.0) + amount
         for name, value in item.items():
             if "N" not in value:
-                if name == "currency":
-                    self.currency = value["S"]
                 continue
             number = float(value["N"])
             if name == "n":
                 self.finished += int(number)
-            elif name == "cost":
-                self.cost += number
             elif name.startswith(("s:", "e:")):
                 self.outcomes[name[2:]] = self.outcomes.get(name[2:], 0) + int(number)
             elif name[:1] in "wr" and name[1:].isdigit():
@@ -141,7 +138,6 @@ def queued_now(model_id: str) -> int:
 def model_metrics(model: ModelRecord, window: str, now: float) -> dict[str, Any]:
     state = slots.state(model.model_id)
     found = totals(model.model_id, window, now)
-    price = getattr(model, "price", None) or {}
     return {
         "model_id": model.model_id,
         "queued": queued_now(model.model_id),
@@ -151,11 +147,22 @@ def model_metrics(model: ModelRecord, window: str, now: float) -> dict[str, Any]
         "run_s": found.quantiles(found.run),
         "outcomes": found.outcomes,
         **ark_errors(model.model_id, window, now),
-        "cost": round(found.cost, 6),
-        "currency": found.currency or (price.get("currency") if isinstance(price, dict) else None),
+        **_cost_fields(found.costs, _price_currency(model)),
         "circuit": circuit_of(model),
         "series": series(model.model_id, window, now),
     }
+
+
+def _price_currency(model: ModelRecord | None) -> str | None:
+    price = getattr(model, "price", None)
+    return price.get("currency") if isinstance(price, dict) else None
+
+
+def _cost_fields(costs: dict[str, float], price_currency: str | None) -> dict[str, Any]:
+    """`cost` and `currency` (one currency's sum: `rollup.shown_cost`), and `costs`, every currency's sum."""
+    cost, currency = rollup.shown_cost(costs, price_currency)
+    return {"cost": cost, "currency": currency,
+            "costs": {code: round(amount, 6) for code, amount in sorted(costs.items())}}
 
 
 def metrics(window: str, now: float) -> dict[str, Any]:
@@ -173,14 +180,15 @@ def usage(days: int, now: float, zone: str) -> dict[str, Any]:
             for item in _query(rollup.usage_pk(day, shard)):
                 key = (item["model_id"]["S"], item["user_id"]["S"])
                 row = merged.setdefault(key, {"day": day, "model_id": key[0], "username": item["username"]["S"],
-                                              "requests": 0, "succeeded": 0, "failed": 0, "cost": 0.0,
-                                              "currency": None})
+                                              "requests": 0, "succeeded": 0, "failed": 0, "costs": {}})
                 for name in ("requests", "succeeded", "failed"):
                     row[name] += int(item.get(name, {}).get("N", "0"))
-                row["cost"] += float(item.get("cost", {}).get("N", "0"))
-                row["currency"] = row["currency"] or item.get("currency", {}).get("S")
+                for currency, amount in rollup.costs_of(item).items():
+                    row["costs"][currency] = row["costs"].get(currency, 0.0) + amount
         for key in sorted(merged):
-            merged[key]["cost"] = round(merged[key]["cost"], 6)
+            # The model's price names the currency shown only where a row has sums in two.
+            model = catalog.recent_model(key[0]) if len(merged[key]["costs"]) > 1 else None
+            merged[key].update(_cost_fields(merged[key]["costs"], _price_currency(model)))
             rows.append(merged[key])
     return {"timezone": zone, "rows": rows}
 
