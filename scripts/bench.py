@@ -530,6 +530,7 @@ def run_fairness(bench: Bench) -> dict[str, Any]:
     (b_id,) = bench.submit(USER_B, [image_body(999)])
     with bench.lanes_running():
         bench.transitions.wait_terminal([*a_ids, b_id], timeout_s=180)
+    bench.roll_up()  # its tasks' counts are not the next scenario's
     first_a_start = bench.transitions.first_start(a_ids)
     b_start = bench.transitions.at(b_id, "running") or math.inf
     return {"b_wait_after_a_started_s": b_start - first_a_start, "bound_s": 2 * IMAGE_L_S,
