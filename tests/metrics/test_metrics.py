@@ -335,3 +335,11 @@ def test_quantiles_from_the_buckets_are_within_one_bucket_of_the_true_ones(value
     counts = Counter(histogram.bucket_of(value) for value in values)
     for q in (0.5, 0.95):
         assert_within_a_bucket(histogram.quantile(counts, q), values, q)
+
+
+def test_an_item_written_before_the_sums_per_currency_is_read_in_its_currency() -> None:
+    legacy_and_new = {"cost": {"N": "0.5"}, "currency": {"S": "CNY"}, "c:CNY": {"N": "0.25"}, "c:USD": {"N": "0.04"}}
+    assert rollup.costs_of(legacy_and_new) == {"CNY": 0.75, "USD": 0.04}
+    assert rollup.shown_cost({"CNY": 0.75, "USD": 0.04}, "USD") == (0.04, "USD")
+    assert rollup.shown_cost({"CNY": 0.75, "USD": 0.04}, "EUR") == (0.75, "CNY")  # none in the price's: first by code
+    assert rollup.shown_cost({}, "EUR") == (0.0, "EUR") and rollup.shown_cost({"USD": 1.0}, "CNY") == (1.0, "USD")
