@@ -112,7 +112,7 @@ TASKS = Table(
         # sends again what is due (`chalicelib.webhooks.outbox`).
         Index("webhooks_due", Key("webhook_shard"), Key("webhook_due", "N")),
         # Sparse: only finished tasks whose contribution to the metrics' roll-ups is not applied yet carry
-        # `metrics_shard`; the sweeper applies what is due (`chalicelib.metrics.rollup`).
+        # `metrics_shard`; the sweeper's roll-up counts them in batches (`chalicelib.metrics.rollup`).
         Index("metrics_pending", Key("metrics_shard"), Key("metrics_due", "N")),
     ),
 )

@@ -19,8 +19,9 @@ tasks that may be running, and the sparse `queued_by_model` index past the deadl
     the worker reconciles it through Ark's task list;
   * a video at Ark the poller does not read (scheduled under a shard it no longer queries): scheduled again.
 Then, for all models at once, webhook events whose first message may never have been queued (the sparse
-`webhooks_due` index, a page per sweep) are queued again (`chalicelib.webhooks.outbox`), finished tasks the metrics
-have not counted yet are counted (`chalicelib.metrics.rollup`), and each model's queue is sampled once per 5 minutes.
+`webhooks_due` index, a page per sweep) are queued again (`chalicelib.webhooks.outbox`), every finished task the
+metrics have not counted yet is counted, many per transaction (`chalicelib.metrics.rollup`: the figures lag by up to
+a sweep), and each model's queue is sampled once per 5 minutes.
 A failed write is logged and the sweep goes on with the next task; the next sweep looks again.
 """
 
@@ -65,6 +66,7 @@ class SweepReport:
     woken: int = 0
     webhooks_resent: int = 0
     metrics_applied: int = 0
+    metrics_set_aside: int = 0
     circuit_failed: int = 0
 
 
@@ -91,8 +93,10 @@ class Sweeper:
             report.webhooks_resent += self.webhooks.resend_due()
         except _WRITE_FAILURES as error:
             log.warning("webhook marks left for the next sweep: %s", error)
+        rolled = rollup.apply_due()  # never raises: what it could not count waits for the next sweep
+        report.metrics_applied += rolled.applied
+        report.metrics_set_aside += rolled.set_aside
         try:
-            report.metrics_applied += rollup.apply_due(self.clock.now())
             figures.sample_queues(models, self.clock.now())
         except _WRITE_FAILURES as error:
             log.warning("metrics left for the next sweep: %s", error)

@@ -280,12 +280,11 @@ def audit_refund(task: TaskRecord) -> None:
 # listener's send (`chalicelib.webhooks.outbox`).
 statemachine.write_hooks.append(due_mark)
 statemachine.write_hooks.append(costs.unbilled_end)  # a task Ark did no work for costs 0, written as it ends
-# The same for the metrics: the terminal write marks the task, the listener counts it and takes the mark off in one
-# transaction, the sweeper counts what stayed marked (`chalicelib.metrics.rollup`).
+# The same for the metrics: the terminal write marks the task, and the sweeper's roll-up counts marked tasks in
+# batches, off the worker's way to its next task (`chalicelib.metrics.rollup`).
 statemachine.write_hooks.append(rollup.mark)
 statemachine.listeners.append(publish)
 statemachine.listeners.append(queue_webhook)
-statemachine.listeners.append(rollup.record_finished)
 statemachine.listeners.append(observability.on_task_written)
 statemachine.slot_releaser[:] = [release_slot]
 statemachine.refund_listeners.append(audit_refund)

@@ -489,7 +489,8 @@ class Access:
 
 
 # Whatever changes a task's state also releases slots, refunds quota (and records the refund on the audit trail),
-# tells the owner's open connections and counts a finished task into the metrics' roll-ups.
+# tells the owner's open connections and writes the metrics' roll-ups (Ark's errors as they come; finished tasks by
+# the sweeper's batches, or by a delete of one not counted yet).
 _TRANSITIONS = (resources.TASKS, resources.SLOTS, resources.QUOTA, resources.AUDIT, resources.CONNECTIONS,
                 resources.METRICS)
 

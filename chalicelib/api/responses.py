@@ -337,8 +337,10 @@ class ModelMetrics(_Answer):
     outcomes: dict[str, int] = Field(description="tasks that finished in the window, by status, and by error code")
     ark_429: int
     ark_5xx: int
-    cost: float = Field(description="the sum of the cost of the tasks that finished in the window")
-    currency: str | None
+    cost: float = Field(description="the sum of the cost of the tasks that finished in the window, in `currency`")
+    currency: str | None = Field(description="ISO 4217 code of `cost`: the only currency of `costs`, or with several "
+                                             "the model's price's")
+    costs: dict[str, float] = Field(description="the sum in each currency the tasks' costs were in (never added up)")
     circuit: Circuit
     series: QueueSeries
 
@@ -355,8 +357,9 @@ class UsageRow(_Answer):
     requests: int
     succeeded: int
     failed: int
-    cost: float
+    cost: float = Field(description="in `currency`: the only currency of `costs`, or with several the model's price's")
     currency: str | None
+    costs: dict[str, float] = Field(description="the sum in each currency (never added up)")
 
 
 class Usage(_Answer):

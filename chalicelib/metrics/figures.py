@@ -50,20 +50,17 @@ class Totals:
     outcomes: dict[str, int] = field(default_factory=dict)
     wait: dict[int, int] = field(default_factory=dict)
     run: dict[int, int] = field(default_factory=dict)
-    cost: float = 0.0
-    currency: str | None = None
+    costs: dict[str, float] = field(default_factory=dict)  # by currency: two are never added up
 
     def add(self, item: dict[str, Any]) -> None:
+        for currency, amount in rollup.costs_of(item).items():
+            self.costs[currency] = self.costs.get(currency, 0.0) + amount
         for name, value in item.items():
             if "N" not in value:
-                if name == "currency":
-                    self.currency = value["S"]
                 continue
             number = float(value["N"])
             if name == "n":
                 self.finished += int(number)
-            elif name == "cost":
-                self.cost += number
             elif name.startswith(("s:", "e:")):
                 self.outcomes[name[2:]] = self.outcomes.get(name[2:], 0) + int(number)
             elif name[:1] in "wr" and name[1:].isdigit():
@@ -147,7 +144,6 @@ def queued_now(model_id: str) -> int:
 def model_metrics(model: ModelRecord, window: str, now: float) -> dict[str, Any]:
     state = slots.state(model.model_id)
     found = totals(model.model_id, window, now)
-    price = getattr(model, "price", None) or {}
     return {
         "model_id": model.model_id,
         "queued": queued_now(model.model_id),
@@ -157,11 +153,22 @@ def model_metrics(model: ModelRecord, window: str, now: float) -> dict[str, Any]
         "run_s": found.quantiles(found.run),
         "outcomes": found.outcomes,
         **ark_errors(model.model_id, window, now),
-        "cost": round(found.cost, 6),
-        "currency": found.currency or (price.get("currency") if isinstance(price, dict) else None),
+        **_cost_fields(found.costs, _price_currency(model)),
         "circuit": circuit_of(model),
         "series": series(model.model_id, window, now),
     }
+
+
+def _price_currency(model: ModelRecord | None) -> str | None:
+    price = getattr(model, "price", None)
+    return price.get("currency") if isinstance(price, dict) else None
+
+
+def _cost_fields(costs: dict[str, float], price_currency: str | None) -> dict[str, Any]:
+    """`cost` and `currency` (one currency's sum: `rollup.shown_cost`), and `costs`, every currency's sum."""
+    cost, currency = rollup.shown_cost(costs, price_currency)
+    return {"cost": cost, "currency": currency,
+            "costs": {code: round(amount, 6) for code, amount in sorted(costs.items())}}
 
 
 def metrics(window: str, now: float) -> dict[str, Any]:
@@ -206,14 +213,16 @@ def _usage_of_day(day: str, after: str | None, wanted: int) -> tuple[list[dict[s
             key = item["sk"]["S"]
             row = merged.setdefault(key, {"day": day, "model_id": item["model_id"]["S"],
                                           "username": item["username"]["S"], "requests": 0, "succeeded": 0,
-                                          "failed": 0, "cost": 0.0, "currency": None})
+                                          "failed": 0, "costs": {}})
             for name in ("requests", "succeeded", "failed"):
                 row[name] += int(item.get(name, {}).get("N", "0"))
-            row["cost"] += float(item.get("cost", {}).get("N", "0"))
-            row["currency"] = row["currency"] or item.get("currency", {}).get("S")
+            for currency, amount in rollup.costs_of(item).items():
+                row["costs"][currency] = row["costs"].get(currency, 0.0) + amount
     keys = sorted(merged)[:wanted]  # DynamoDB's order of sort keys: by code point, as Python's
     for key in keys:
-        merged[key]["cost"] = round(merged[key]["cost"], 6)
+        # The model's price names the currency shown only where a row has sums in two.
+        model = catalog.recent_model(merged[key]["model_id"]) if len(merged[key]["costs"]) > 1 else None
+        merged[key].update(_cost_fields(merged[key]["costs"], _price_currency(model)))
     return [merged[key] for key in keys], keys[-1] if keys else None, more or len(merged) > wanted
 
 

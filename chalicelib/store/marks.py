@@ -1,5 +1,6 @@
-"""Sparse mark indexes of the tasks table (a mark that a task's write left for a listener, which the sweeper takes
-over when the listener did not take it off: `chalicelib.webhooks.outbox`, `chalicelib.metrics.rollup`)."""
+"""Sparse mark indexes of the tasks table: a mark that a task's write left for a listener, which the sweeper takes
+over when the listener did not take it off (`chalicelib.webhooks.outbox`). The metrics' marks have no listener: the
+sweeper's roll-up reads them all (`chalicelib.metrics.rollup.marked`)."""
 
 from __future__ import annotations
 

@@ -227,9 +227,12 @@ class TaskRecord(_Base):
     webhook_due = NumberAttribute(null=True)
     webhook_due_by = NumberAttribute(null=True)
     # The metrics' mark (`chalicelib.metrics.rollup`), written with the terminal transition and removed with the
-    # roll-up that counts the task: its index shard, and when it was set (epoch seconds).
+    # roll-up that counts the task: its index shard, and when it was set (epoch seconds). A mark whose apply failed
+    # counts its failed runs; once set aside, uncounted, `metrics_failed` says why.
     metrics_shard = UnicodeAttribute(null=True)
     metrics_due = NumberAttribute(null=True)
+    metrics_failures = NumberAttribute(null=True)
+    metrics_failed = UnicodeAttribute(null=True)
 
     by_user = index_of(resources.TASKS, "by_user")
     by_list_shard = index_of(resources.TASKS, "by_list_shard")

@@ -31,8 +31,8 @@ def delete_task(task: TaskRecord, *, s3: Any, bucket: str) -> int:
             code="task_not_finished",
         )
     if task.metrics_due is not None:
-        # Its listener died before counting it (the sweeper counts such marks later): counted now, or the figures
-        # and its owner's cost would lose it with the record.
+        # Not counted yet (the sweeper's roll-up counts marks in batches): counted now, or the figures and its
+        # owner's cost would lose it with the record.
         rollup.apply(task)
     deleted = 0
     for _ in range(DELETE_ATTEMPTS):

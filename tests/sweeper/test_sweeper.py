@@ -209,7 +209,7 @@ def test_the_scheduled_functions_run_through_the_app(lanes: Lanes) -> None:
     hold_slot(IMAGE_MODEL, "tsk_vanished", 4, 0)
     answer = app.handler_map["sweeper"](event, None)
     assert answer == {"timed_out": 0, "leases_reclaimed": 1, "requeued": 0, "reconciling": 0, "woken": 0,
-                      "webhooks_resent": 0, "metrics_applied": 0,
+                      "webhooks_resent": 0, "metrics_applied": 0, "metrics_set_aside": 0,
                       "circuit_failed": 0}
 
 

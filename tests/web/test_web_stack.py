@@ -265,7 +265,7 @@ def test_operations_console_shows_the_stacks_own_figures_dead_letters_and_audit(
     cost = sum(task["cost"] for task in tasks)
     longest_run_s = max(seconds_between(task["started_at"], task["finished_at"]) for task in tasks)
 
-    def counted() -> bool:  # the roll-up follows each task's terminal write (the dashboard reads it once)
+    def counted() -> bool:  # the sweeper's roll-up counts them at its next run (the dashboard reads it once)
         answer = httpx.get(f"{stack.api_url}/api/admin/metrics", headers=admin, timeout=30.0)
         model = next(model for model in answer.json()["models"] if model["model_id"] == model_id)
         return model["outcomes"].get("succeeded") == len(task_ids)
