@@ -12,6 +12,8 @@
   item of the table and sorts its matches that way, so a query of the tasks' `parked_by_model` index grew by
   tens of milliseconds with a thousand tasks stored, under the server's DynamoDB lock. Strings, binaries and
   booleans are returned as they are at once here: the same value.
+- Every call: moto lists its responses class's functions (`inspect.getmembers`, a few hundred names) to see
+  whether the action is one. A class's functions do not change while it serves, so each class is listed once.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import functools
 import time
 from typing import Any
 
+import moto.core.responses as core_responses
 import moto.sqs.models as sqs_models
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DDBType, DynamoType
@@ -75,10 +78,12 @@ def _cast_value(value: DynamoType, *, original: Any = DynamoType.cast_value.fget
 
 
 def install() -> None:
-    """Patch moto's `transact_write_items`, its SQS clock and its DynamoDB comparisons (idempotent)."""
+    """Patch moto's `transact_write_items`, its SQS clock, its DynamoDB comparisons and its action look-up
+    (idempotent)."""
     global _installed
     if _installed:
         return
+    core_responses.method_names_from_class = functools.cache(core_responses.method_names_from_class)
     sqs_models.unix_time_millis = _now_millis  # type: ignore[assignment]
     DynamoType.cast_value = property(_cast_value)  # type: ignore[method-assign,assignment]
     original = DynamoDBBackend.transact_write_items
