@@ -10,6 +10,8 @@ after it raises the error its user chose.
 
 from __future__ import annotations
 
+import functools
+import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -97,6 +99,14 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._limits.sleep(seconds)
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default TLS context (certifi's CAs, or `SSL_CERT_FILE`), made once per process: loading the CAs takes
+    tens of milliseconds, and each webhook delivery and Ark client makes a transport, which made two. One context
+    serves any number of connections and threads."""
+    return httpx.create_ssl_context()
+
+
 class DeadlineTransport(httpx.HTTPTransport):
     """httpx's own transport (its pool limits, TLS and error mapping) on connections that wait on the network only
     until `deadline()`, read on `clock`; past it, `expired(phase)` is raised (httpcore's timeout of the phase by
@@ -104,11 +114,12 @@ class DeadlineTransport(httpx.HTTPTransport):
 
     def __init__(self, deadline: Deadline, *, clock: Clock = time.monotonic, expired: Expired = phase_timeout,
                  network_backend: httpcore.NetworkBackend | None = None) -> None:
-        super().__init__()
+        tls = _tls_context()
+        super().__init__(verify=tls)
         limits = httpx.Limits()
         # httpx's transport takes no network backend; the httpcore pool it wraps does: the same pool, with one.
         self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(),
+            ssl_context=tls,
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,

@@ -74,8 +74,8 @@ class Wiring:
                            "webhook_resolver": webhook_resolver}
         self.settings = settings
         self.clock = clock
-        self.s3 = s3 if s3 is not None else aws.s3()
-        self.sqs = sqs if sqs is not None else aws.sqs()
+        self._s3 = s3
+        self._sqs = sqs
         self._image_client = image_client
         self._video_client = video_client
         self._downloads = downloads
@@ -86,6 +86,17 @@ class Wiring:
     def but(self, **changes: Any) -> Wiring:
         """A new wiring with the same arguments but `changes`, and none of this one's services."""
         return Wiring(**{**self._arguments, **changes})
+
+    # The container's clients are made on first use: many invocations never call S3 or SQS, and each client made
+    # is tens of milliseconds of a cold start.
+
+    @cached_property
+    def s3(self) -> Any:
+        return self._s3 if self._s3 is not None else aws.s3()
+
+    @cached_property
+    def sqs(self) -> Any:
+        return self._sqs if self._sqs is not None else aws.sqs()
 
     # --- Ark and results ------------------------------------------------------------------------------------
 

@@ -12,6 +12,12 @@
   item of the table and sorts its matches that way, so a query of the tasks' `parked_by_model` index grew by
   tens of milliseconds with a thousand tasks stored, under the server's DynamoDB lock. Strings, binaries and
   booleans are returned as they are at once here: the same value.
+- JSON answers (DynamoDB's, SQS's): moto finds each member of every structure it answers by asking five alias
+  providers, made anew for each member, for the keys it may be stored under, and looks each up: an item's every
+  attribute value asks so for all ten of its possible types. For a plain dict those keys depend on the shape
+  alone, so here they are worked out once per shape and looked up directly: the same keys in the same order.
+- Every call: moto lists its responses class's functions (`inspect.getmembers`, a few hundred names) to see
+  whether the action is one. A class's functions do not change while it serves, so each class is listed once.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import functools
 import time
 from typing import Any
 
+import moto.core.responses as core_responses
+import moto.core.serialize as core_serialize
 import moto.sqs.models as sqs_models
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models.dynamo_type import DDBType, DynamoType
@@ -74,11 +82,56 @@ def _cast_value(value: DynamoType, *, original: Any = DynamoType.cast_value.fget
     return value.value if value.type in _AS_THEY_ARE else original(value)
 
 
+# A structure shape's fingerprint (its name, and each member's name, shape name, type and serialized name: all that
+# the alias providers read when the value is a plain dict) -> each member's name and the keys to try, in order.
+_MemberKeys = tuple[tuple[str, tuple[str, ...]], ...]
+_member_keys: dict[tuple[Any, ...], _MemberKeys | None] = {}
+
+
+def _keys_for_dicts(serializer: Any, shape: Any) -> _MemberKeys | None:
+    members = shape.members
+    fingerprint = (shape.name, tuple((name, member.name, member.type_name, member.serialization.get("name"))
+                                     for name, member in members.items()))
+    if fingerprint not in _member_keys:
+        plan: list[tuple[str, tuple[str, ...]]] = []
+        for name, member in members.items():
+            member.parent = shape
+            context = core_serialize.AttributePickerContext(obj={}, key=name, shape=member)
+            plan.append((name, tuple(serializer._value_picker.get_possible_keys(context))))
+        # A dotted key is a path into nested values: left to moto.
+        dotted = any("." in key for _, keys in plan for key in keys)
+        _member_keys[fingerprint] = None if dotted else tuple(plan)
+    return _member_keys[fingerprint]
+
+
+def _serialize_type_structure(serializer: Any, serialized: Any, value: Any, shape: Any, key: str, *,
+                              original: Any = core_serialize.ResponseSerializer._serialize_type_structure) -> None:
+    picker = getattr(serializer, "_value_picker", None)
+    plan = None
+    if (type(value) is dict and isinstance(serializer, core_serialize.BaseJSONSerializer)
+            and type(picker) is core_serialize.XFormedAttributePicker and not picker.response_transformers):
+        plan = _keys_for_dicts(serializer, shape)
+    if plan is None:
+        original(serializer, serialized, value, shape, key)
+        return
+    wrapper = serializer.MAP_TYPE() if key else serialized
+    for (member_key, keys), member_shape in zip(plan, shape.members.values(), strict=True):
+        member_shape.parent = shape
+        member_value = next((value[stored] for stored in keys if stored in value), None)
+        if member_value is not None:
+            serializer._serialize(wrapper, member_value, member_shape, member_key)
+    if key:
+        serializer._default_serialize(serialized, wrapper, shape, key)
+
+
 def install() -> None:
-    """Patch moto's `transact_write_items`, its SQS clock and its DynamoDB comparisons (idempotent)."""
+    """Patch moto's `transact_write_items`, its SQS clock, its DynamoDB comparisons, its action look-up and its JSON
+    answers (idempotent)."""
     global _installed
     if _installed:
         return
+    core_responses.method_names_from_class = functools.cache(core_responses.method_names_from_class)
+    core_serialize.ResponseSerializer._serialize_type_structure = _serialize_type_structure  # type: ignore[method-assign]
     sqs_models.unix_time_millis = _now_millis  # type: ignore[assignment]
     DynamoType.cast_value = property(_cast_value)  # type: ignore[method-assign,assignment]
     original = DynamoDBBackend.transact_write_items

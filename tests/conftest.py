@@ -71,6 +71,20 @@ settings.register_profile("deep", max_examples=3000, stateful_step_count=80, pri
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "default"))
 
 
+# The tests that run longest (a browser, the local stack's subprocesses, Hypothesis's state machines), in their
+# collection order, are handed out first: `make test`'s workers take tests in this order (`--dist loadgroup` puts its
+# groups first), and one of these begun last would run on alone while the other workers stand idle. Last among the
+# hooks: Hypothesis marks its tests in its own.
+_FIRST = ("browser", "stack", "hypothesis")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((place for place, marker in enumerate(_FIRST) if item.get_closest_marker(marker)), len(_FIRST))
+
+    items.sort(key=rank)
+
 
 def reconfigure() -> None:
     """As a new container: settings, records and clients pick the current environment up again."""

@@ -16,6 +16,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UnicodeSetAttribute,
 )
+from pynamodb.connection import TableConnection
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 
@@ -46,6 +47,16 @@ def index_of(definition: resources.Table, name: str) -> Any:
 class _Base(Model):
     class Meta:
         abstract = True
+
+    @classmethod
+    def _get_connection(cls) -> TableConnection:
+        """The record's table connection, sending through the container's one DynamoDB client
+        (`writes.connection`): pynamodb would make each record a client (and a botocore session) of its own. Every
+        record has pynamodb's default connection settings, so the client is the one it would have made."""
+        table = super()._get_connection()
+        if table.connection._client is None:
+            table.connection._client = writes.connection().client
+        return table
 
 
 def optional_int(value: Any) -> int | None:

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
+import botocore.session
 from pynamodb.connection import Connection
 from pynamodb.exceptions import PynamoDBException, TransactWriteError
 from pynamodb.transactions import TransactWrite
 
+from chalicelib import aws
 from chalicelib.backoff import compute_backoff
 from chalicelib.settings import get_settings
 
@@ -25,21 +28,42 @@ TRANSACTION_ATTEMPTS = 5
 TRANSACTION_BACKOFF_S = 0.025
 
 
-_transaction_connection: Connection | None = None
+class _ContainerConnection(Connection):
+    """pynamodb's connection with its client made from the container's botocore session (`aws.botocore_session`),
+    not from a session of its own (pynamodb makes one per connection, and one per thread)."""
+
+    @property
+    def session(self) -> botocore.session.Session:
+        return aws.botocore_session()
+
+    @property
+    def client(self) -> Any:
+        with aws.making_clients:
+            return super().client
+
+
+_connection: Connection | None = None
 
 
 def forget_connection() -> None:
-    """Drop the transactions' connection (the endpoint or region may have changed)."""
-    global _transaction_connection
-    _transaction_connection = None
+    """Drop the container's DynamoDB connection (the endpoint, region or credentials may have changed)."""
+    global _connection
+    _connection = None
+
+
+def connection() -> Connection:
+    """The container's DynamoDB connection: transactions go through it, and every record's table connection sends
+    through its client (`records._Base`), so a container makes one DynamoDB client, not one per table it uses.
+    Its settings are pynamodb's defaults, as every record's are."""
+    global _connection
+    if _connection is None:
+        _connection = _ContainerConnection(region=get_settings().region)
+    return _connection
 
 
 def transaction() -> TransactWrite:
     """A DynamoDB transaction over arkflow's tables (pynamodb sends condition checks, puts, then updates)."""
-    global _transaction_connection
-    if _transaction_connection is None:
-        _transaction_connection = Connection(region=get_settings().region)
-    return TransactWrite(connection=_transaction_connection)
+    return TransactWrite(connection=connection())
 
 
 def condition_failed(error: PynamoDBException) -> bool:

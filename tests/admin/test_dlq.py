@@ -131,6 +131,7 @@ def test_a_video_ark_accepted_goes_to_the_poller_and_is_never_created_again(lane
 
 
 def test_a_video_whose_worker_died_after_the_create_is_reconciled_not_created_again(lanes: Lanes) -> None:
+    lanes.ark.configure(video_queue_s=600)  # still queued at Ark when adopted, however soon the replay comes
     task_id = lanes.submit(SHORT_VIDEO_TASK)
     lanes.video_worker(CrashAfterCreate).handle([lanes.receive_for("video", task_id)])
     assert lanes.task(task_id).stage == SUBMITTING and lanes.ark_calls("tasks.create") == 1
