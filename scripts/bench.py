@@ -636,7 +636,8 @@ def scaling_only(ns: list[int]) -> int:
         lines = []
         for n in ns:
             bench.quiet()
-            lines.append(scaling_line(run_images(bench, n)))
+            run = run_images(bench, n)
+            lines += [scaling_line(run), f"  outcomes {run['outcomes']}, Ark calls {run['ark_calls']}"]
     print("\n".join(lines))
     return 0
 

@@ -86,9 +86,8 @@ class LaneWorker:
                time_left: Callable[[], float] | None = None) -> dict[str, Any]:
         """Process a batch; returns Lambda's partial-batch answer (messages to give back). `time_left`: the
         invocation's remaining seconds (Lambda's context); with it, an image lane passes batons (`Batons`)."""
-        failures = []
-        started = time.monotonic()
-        deadline = started + (time_left() if time_left else self.lane.lambda_timeout_s) - RESULTS_COPY_MARGIN_S
+        deadline = time.monotonic() + (time_left() if time_left else self.lane.lambda_timeout_s) \
+            - RESULTS_COPY_MARGIN_S
         batons = Batons(self, time_left, deadline) if time_left is not None and self.lane.task_type == "image" \
             else None
         try:
@@ -325,6 +324,7 @@ class Batons:
         self.deadline = deadline
         self._lock = threading.Lock()
         self._running: list[threading.Thread] = []
+        self._thread_name = f"{threading.current_thread().name}-relay"  # the invocation's, for its log lines
 
     def take(self, handed: TaskRecord, whole: bool) -> bool:
         if handed.lane != self.worker.lane.name or handed.type != self.worker.lane.task_type:
@@ -338,8 +338,7 @@ class Batons:
             # Its own copy of the context: the invocation's call deadline and relay, its task named in its lines.
             context = contextvars.copy_context()
             thread = threading.Thread(target=context.run, args=(self._run, handed.task_id, handed if whole else None),
-                                      daemon=True,
-                                      name=f"{threading.current_thread().name}-relay")
+                                      daemon=True, name=self._thread_name)
             try:
                 thread.start()
             except RuntimeError:
