@@ -418,7 +418,12 @@ def _queue_arn(queue: Queue) -> str:
 
 def _lane_handler(lane: Lane) -> Callable[[SQSEvent], dict[str, Any]]:
     def handle(event: SQSEvent) -> dict[str, Any]:
-        return wiring.current().lane_worker(lane.name).handle([record.to_dict() for record in event])
+        # The context's remaining time bounds the tasks a worker runs for the slots it hands on (the baton pass);
+        # without one (a handler called by hand) it hands them on by message.
+        context = event.context
+        time_left = (lambda: context.get_remaining_time_in_millis() / 1000) if context is not None else None
+        return wiring.current().lane_worker(lane.name).handle([record.to_dict() for record in event],
+                                                              time_left=time_left)
 
     # Chalice names the Lambda function after the handler: each lane needs its own module-level name.
     handle.__name__ = handle.__qualname__ = lane.handler_name

@@ -13,8 +13,10 @@ import logging
 import math
 import random
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pynamodb.exceptions import PynamoDBException, TransactWriteError
@@ -51,6 +53,32 @@ HANDOFF_LEASE_S = 30
 IMAGE_LEASE_MARGIN_S = 60
 # Rounds of "refused acquire, park" a delivery tries when slots free under it; then it comes back after a wait.
 PARK_ROUNDS = 3
+
+
+class Relay(Protocol):
+    """A worker that may run a task it just handed its slot to, in its own invocation (docs/design.md, "The baton
+    pass"), instead of waking it through its lane's queue."""
+
+    def take(self, handed: TaskRecord, whole: bool) -> bool:
+        """`handed` holds the slot now (queued, `slot_handed_at` set, no message sent): True when this worker runs
+        it (its claim then goes as a woken worker's would), False when it must be woken by a message. `whole`:
+        `handed` is the whole task as the hand-off read and wrote it (no read needed before its claim; a stale
+        one only makes the claim read it again)."""
+        ...
+
+
+# The relay of the lane worker whose invocation is running here: a release inside it may pass the baton.
+_relay: ContextVar[Relay | None] = ContextVar("slot_relay", default=None)
+
+
+@contextmanager
+def relaying(relay: Relay | None) -> Iterator[None]:
+    """Releases made inside may hand their slot to `relay` rather than send a wake-up (None: never)."""
+    token = _relay.set(relay)
+    try:
+        yield
+    finally:
+        _relay.reset(token)
 
 
 class Waiting:
@@ -130,10 +158,13 @@ class Waker:
         transaction: the holder changes, the count stays). True when the slot left `task`."""
         model_id, user_cap = task.model_id, slots.user_cap_seen(task.model_id)
         running_per_user: Counter[str] | None = None
+        # A worker that may run the next task itself reads it whole here: the oldest one (no cap to skip past) is
+        # the one handed, so its worker claims it without reading it again (one request less per hand-off).
+        whole = _relay.get() is not None and user_cap is None
         try:
-            candidates = list(TaskRecord.parked_by_model.query(model_id, limit=WAKE_PAGE_SIZE,
+            candidates = list(TaskRecord.parked_by_model.query(model_id, limit=1 if whole else WAKE_PAGE_SIZE,
                                                                scan_index_forward=True,
-                                                               attributes_to_get=HANDOFF_FIELDS))
+                                                               attributes_to_get=None if whole else HANDOFF_FIELDS))
             for candidate in candidates:
                 if user_cap is not None and candidate.user_id != task.user_id:
                     if running_per_user is None:  # the model's record names every holder's owner: one read
@@ -144,7 +175,7 @@ class Waker:
                 if moved is None:
                     break  # the model's record refused (the releaser no longer holds, limits changed): plainly
                 if moved:
-                    queues.enqueue(self.sqs, candidate.lane, candidate.task_id)
+                    self._wake(candidate, whole=whole)
                     return True
                 if running_per_user is not None:
                     running_per_user[candidate.user_id] = user_cap or 0  # full meanwhile, or it moved on
@@ -159,6 +190,14 @@ class Waker:
             except (PynamoDBException, BotoCoreError, ClientError, WriteFailed) as error:
                 log.warning("could not hand a slot of %s to a parked task: %s", model_id, error)
         return released
+
+    def _wake(self, handed: TaskRecord, *, whole: bool = False) -> None:
+        """`handed` holds a slot now: the worker releasing it runs it when it can (the baton pass), else one
+        message to its lane wakes it. Either way nothing is lost if this worker dies now: the sweeper takes back a
+        hand-off never claimed."""
+        relay = _relay.get()
+        if relay is None or not relay.take(handed, whole):
+            queues.enqueue(self.sqs, handed.lane, handed.task_id)
 
     def _move(self, releasing: TaskRecord, candidate: TaskRecord, user_cap: int | None) -> bool | None:
         """One transaction: `releasing`'s slot becomes `candidate`'s, and `candidate` is unparked. True when done,
@@ -184,6 +223,7 @@ class Waker:
 
         refusals = _write_creating_user_slot(build, missing_user_slot)
         if refusals is None:
+            _handed_as_written(candidate, now, user_slot=user_cap is not None)
             return True
         outcome = by_role(refusals)
         if outcome.get("task") == "refused":
@@ -227,7 +267,7 @@ class Waker:
             if taken is None:
                 return None  # the free slot went to an arriving task: its release hands it over later
             if taken:
-                queues.enqueue(self.sqs, candidate.lane, candidate.task_id)
+                self._wake(candidate)
                 return candidate.task_id
             running_per_user[candidate.user_id] = state.user_cap or 0  # its user filled up meanwhile, or it moved on
         if not seen_any and not at_cap and state.parked:
@@ -324,6 +364,12 @@ def _unpark_handed(transaction: TransactWrite, candidate: TaskRecord, now: float
         TaskRecord.user_slot.set(user_slot),
         TaskRecord.circuit_probe.set(True) if probe else TaskRecord.circuit_probe.remove()], return_values="ALL_OLD",
         condition=(TaskRecord.parked_model == candidate.model_id) & (TaskRecord.status == statemachine.QUEUED))
+
+
+def _handed_as_written(candidate: TaskRecord, now: float, *, user_slot: bool) -> None:
+    """`candidate` in memory as `_unpark_handed` wrote it (what a claim's condition checks of a hand-off)."""
+    candidate.parked_model, candidate.slot_handed_at = None, math.floor(now)
+    candidate.user_slot, candidate.circuit_probe = user_slot, None
 
 
 def _user_of_slot(task: TaskRecord) -> str | None:

@@ -16,12 +16,18 @@ Ark is found again by the reconcile).
 
 Leases: an image's slot lease covers its worker's whole invocation (plus a margin); a video's lease is its
 deadline, the same value its claim writes to `deadline_at`.
+
+The baton pass: an image worker whose release hands its slot to a parked task of its lane runs that task itself, in
+the same invocation, while enough of it is left (`Batons`); else the task is woken by a message, as before.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -36,7 +42,7 @@ from chalicelib.lanes.endings import Endings
 from chalicelib.lanes.images import ImageCalls
 from chalicelib.lanes.messages import DONE, Delivery, Outcome, Retry
 from chalicelib.lanes.videos import VideoCalls
-from chalicelib.lanes.waits import HANDOFF_LEASE_S, PARK_ROUNDS, Waiting, lease_until
+from chalicelib.lanes.waits import HANDOFF_LEASE_S, PARK_ROUNDS, SQS_MAX_DELAY_S, Waiting, lease_until, relaying
 from chalicelib.media import results
 from chalicelib.resources import Lane
 from chalicelib.settings import Settings
@@ -52,6 +58,13 @@ SQS_MAX_VISIBILITY_S = 12 * 3600
 # A results copy stops this long before the Lambda timeout: the parts in flight and the upload's abort must still
 # end, and the outcome be written.
 RESULTS_COPY_MARGIN_S = 60
+# A worker runs a task it handed its slot to (the baton pass) only with this much of its invocation left beyond
+# RESULTS_COPY_MARGIN_S: half of what a fresh invocation of the image lane has, so a relayed call is never cut
+# shorter than a long image call (a group takes minutes) would need; with less, the task is woken by a message.
+BATON_MIN_CALL_S = 120
+# Relayed tasks running at once in one invocation: the one calling Ark and the one before it, still recording its
+# results. Any more (a circuit's close handing every free slot) are woken by messages, each in its own invocation.
+MAX_RELAYED = 2
 
 
 class LaneWorker:
@@ -69,10 +82,24 @@ class LaneWorker:
 
     # --- the batch --------------------------------------------------------------------------------------------
 
-    def handle(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """Process a batch; returns Lambda's partial-batch answer (messages to give back)."""
+    def handle(self, records: list[dict[str, Any]],
+               time_left: Callable[[], float] | None = None) -> dict[str, Any]:
+        """Process a batch; returns Lambda's partial-batch answer (messages to give back). `time_left`: the
+        invocation's remaining seconds (Lambda's context); with it, an image lane passes batons (`Batons`)."""
+        deadline = time.monotonic() + (time_left() if time_left else self.lane.lambda_timeout_s) \
+            - RESULTS_COPY_MARGIN_S
+        batons = Batons(self, time_left, deadline) if time_left is not None and self.lane.task_type == "image" \
+            else None
+        try:
+            with relaying(batons):
+                failures = self._handle(records, deadline)
+        finally:
+            if batons is not None:
+                batons.wait()  # every relayed task ends inside the invocation that claimed it
+        return {"batchItemFailures": failures}
+
+    def _handle(self, records: list[dict[str, Any]], deadline: float) -> list[dict[str, str]]:
         failures = []
-        deadline = time.monotonic() + self.lane.lambda_timeout_s - RESULTS_COPY_MARGIN_S
         for index, record in enumerate(observability.per_task(records, observability.sqs_task_id)):
             try:
                 delivery = Delivery.of(record, deadline, first_in_invocation=index == 0)
@@ -92,7 +119,27 @@ class LaneWorker:
             if outcome is not None:
                 self._give_back(delivery, outcome)
                 failures.append({"itemIdentifier": delivery.message_id})
-        return {"batchItemFailures": failures}
+        return failures
+
+    def run_relayed(self, task_id: str, deadline: float, as_handed: TaskRecord | None = None) -> None:
+        """Run a task this invocation handed its slot to (the baton pass): claimed as a woken worker claims it
+        (`as_handed`: the task as the hand-off read and wrote it, else read here), called, ended. It has no
+        message: what a message would do later (a retry's backoff, a crash's redelivery) is a fresh one."""
+        delivery = Delivery(message_id=f"relayed-{task_id}", receipt_handle="", task_id=task_id, receive_count=1,
+                            deadline=deadline, first_in_invocation=False)
+        try:
+            with call_deadline(deadline):
+                task = as_handed or TaskRecord.get(task_id, consistent_read=True)
+                if task.status != statemachine.QUEUED or task.slot_handed_at is None:
+                    return  # it moved on (cancelled, its hand-off taken back, a duplicate message claimed it)
+                outcome = self._claim_and_call(task, delivery, self._handed_lease(task), user_slot=task.user_slot,
+                                               probe=bool(task.circuit_probe))
+        except Exception:
+            # As a message would come back: a fresh one decides again from the task (claimed or not).
+            log.exception("relayed task %s failed in lane %s", task_id, self.lane.name)
+            outcome = Retry(0)
+        if outcome is not None:
+            queues.enqueue(self.sqs, self.lane.name, task_id, delay_s=min(outcome.delay_s, SQS_MAX_DELAY_S))
 
     def _give_back(self, delivery: Delivery, retry: Retry) -> None:
         try:
@@ -264,3 +311,52 @@ class LaneWorker:
         except StaleTask:
             return Retry(self.waiting.slot_wait(delivery))
         return self._act_on(task, delivery)
+
+
+class Batons:
+    """One invocation's baton passes (`waits.Relay`): a task its releases hand a slot to runs here, on a thread of
+    its own (the releasing task still publishes and copies its results meanwhile), while the invocation has time
+    left for a whole image call."""
+
+    def __init__(self, worker: LaneWorker, time_left: Callable[[], float], deadline: float) -> None:
+        self.worker = worker
+        self.time_left = time_left
+        self.deadline = deadline
+        self._lock = threading.Lock()
+        self._running: list[threading.Thread] = []
+        self._thread_name = f"{threading.current_thread().name}-relay"  # the invocation's, for its log lines
+
+    def take(self, handed: TaskRecord, whole: bool) -> bool:
+        if handed.lane != self.worker.lane.name or handed.type != self.worker.lane.task_type:
+            return False
+        if self.time_left() - RESULTS_COPY_MARGIN_S < BATON_MIN_CALL_S:
+            return False
+        with self._lock:
+            self._running = [thread for thread in self._running if thread.is_alive()]
+            if len(self._running) >= MAX_RELAYED:
+                return False
+            # Its own copy of the context: the invocation's call deadline and relay, its task named in its lines.
+            context = contextvars.copy_context()
+            thread = threading.Thread(target=context.run, args=(self._run, handed.task_id, handed if whole else None),
+                                      daemon=True, name=self._thread_name)
+            try:
+                thread.start()
+            except RuntimeError:
+                return False  # no thread to be had: a message wakes it
+            self._running.append(thread)
+        return True
+
+    def _run(self, task_id: str, as_handed: TaskRecord | None) -> None:
+        for _ in observability.per_task([task_id], str):
+            self.worker.run_relayed(task_id, self.deadline, as_handed)
+
+    def wait(self) -> None:
+        """Until every relayed task (and those they relayed in turn) has ended."""
+        while True:
+            with self._lock:
+                alive = [thread for thread in self._running if thread.is_alive()]
+                self._running = alive
+            if not alive:
+                return
+            for thread in alive:
+                thread.join()

@@ -1,5 +1,6 @@
 """Parking and hand-offs keep their promises under any interleaving of arrivals, parks, releases, duplicate
-messages, lost wake-ups and sweeps (a Hypothesis state machine on the real store, in-process moto).
+messages, lost wake-ups, baton passes (the releasing worker runs the task it handed its slot to), workers dying
+mid-baton and sweeps (a Hypothesis state machine on the real store, in-process moto).
 
 Invariants, after every step: the model's slots never exceed its concurrency nor a user's its cap (once lowered,
 no slot is taken until the holders are under the new limit), every running task holds a slot, no task is claimed
@@ -7,7 +8,8 @@ twice, a task handed a slot holds it, and the model's parked count is never belo
 hand-offs alone every task runs unless a wake-up was lost, and after one sweep every task has run.
 
 The steps a worker does between its refused acquire and its park are separate rules, so a release can fall between
-them (the race the park's condition check closes).
+them (the race the park's condition check closes); so are a relayed task's read and its claim, so a sweep's
+take-back or a duplicate message's claim can fall between them (the race the claim's condition closes).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from chalicelib import catalog, queues
 from chalicelib.clock import SYSTEM_CLOCK, iso
+from chalicelib.lanes import waits
 from chalicelib.lanes.waits import Waiting, Waker
 from chalicelib.resources import lane_named
 from chalicelib.schemas import ModelUpdate
@@ -56,6 +59,9 @@ class ParkingModel(RuleBasedStateMachine):
         self.claims: Counter[str] = Counter()
         self.running: list[str] = []  # claimed here, not finished yet
         self.lost_wakeups = False
+        self.relaying = True  # the next release's worker runs the task it hands its slot to (the baton pass)
+        self.relayed: list[str] = []  # handed to a releasing worker, not read yet
+        self.read_relayed: list[TaskRecord] = []  # read by that worker, not claimed yet
         self.waiting = Waiting(lane_named("image"), sqs=None, settings=get_settings(), rng=None)  # type: ignore
         self.waker = Waker(sqs=None, clock=SYSTEM_CLOCK, settings=get_settings())
         self.listening = True
@@ -66,10 +72,16 @@ class ParkingModel(RuleBasedStateMachine):
         statemachine.slot_releaser[:] = [self._on_release]
 
     def _on_release(self, task: TaskRecord) -> bool:
-        if self.listening:
+        if not self.listening:
+            self.lost_wakeups = True
+            return statemachine.release_plainly(task)
+        with waits.relaying(self if self.relaying else None):
             return self.waker.release(task)
-        self.lost_wakeups = True
-        return statemachine.release_plainly(task)
+
+    def take(self, handed: TaskRecord, whole: bool) -> bool:
+        """The releasing worker's relay (`waits.Relay`): it will read and claim the task itself."""
+        self.relayed.append(handed.task_id)
+        return True
 
     def teardown(self) -> None:
         statemachine.slot_releaser[:] = self._releaser
@@ -136,13 +148,16 @@ class ParkingModel(RuleBasedStateMachine):
                 self.refused.append((task_id, acquired))
                 return
             user_slot = acquired.user_slot
+        self._claim(task, user_slot)
+
+    def _claim(self, task: TaskRecord, user_slot: bool | None) -> None:
         try:
             statemachine.transition(task, statemachine.RUNNING, actions=[
                 TaskRecord.user_slot.remove() if user_slot is None else TaskRecord.user_slot.set(user_slot)])
-            self.claims[task_id] += 1
-            self.running.append(task_id)
+            self.claims[task.task_id] += 1
+            self.running.append(task.task_id)
         except StaleTask:
-            pass  # another delivery claimed it (and holds the same slot)
+            pass  # another delivery claimed it (and holds the same slot), or its hand-off was taken back
 
     @precondition(lambda self: self.refused)
     @rule(data=st.data())
@@ -167,6 +182,42 @@ class ParkingModel(RuleBasedStateMachine):
     @rule()
     def lose_the_next_wake_up(self) -> None:
         self.listening = False
+
+    @precondition(lambda self: self.running)
+    @rule(on=st.booleans())
+    def pass_batons(self, on: bool) -> None:
+        """Whether the next releases run the task they hand their slot to in their own worker."""
+        self.relaying = on
+
+    @precondition(lambda self: self.relayed)
+    @rule(data=st.data(), then=st.sampled_from(("nothing", "its message", "a sweep")))
+    def relayed_read(self, data: st.DataObject, then: str) -> None:
+        """The releasing worker reads the task it handed its slot to, as `LaneWorker.run_relayed` does; `then`:
+        what comes before its claim (a message of the task sent earlier and delivered now, a sweep taking the
+        hand-off back), the races its claim's condition closes."""
+        task = TaskRecord.get(self.relayed.pop(data.draw(st.integers(0, len(self.relayed) - 1))),
+                              consistent_read=True)
+        if task.status == statemachine.QUEUED and task.slot_handed_at is not None:
+            self.read_relayed.append(task)
+        if then == "its message":
+            self.messages.append(task.task_id)
+            self.deliver(_Last())
+        elif then == "a sweep":
+            self.sweep()
+
+    @precondition(lambda self: self.read_relayed)
+    @rule(data=st.data())
+    def relayed_claim(self, data: st.DataObject) -> None:
+        task = self.read_relayed.pop(data.draw(st.integers(0, len(self.read_relayed) - 1)))
+        self._claim(task, task.user_slot)
+
+    @precondition(lambda self: self.relayed or self.read_relayed)
+    @rule(data=st.data())
+    def relaying_worker_dies(self, data: st.DataObject) -> None:
+        """The releasing worker dies between its hand-off and its claim: no message exists for the task."""
+        pending: list[Any] = self.relayed if self.relayed else self.read_relayed
+        pending.pop(data.draw(st.integers(0, len(pending) - 1)))
+        self.lost_wakeups = True  # only the sweep finds it (the slot handed and never claimed)
 
     @precondition(lambda self: self.tasks)
     @rule(data=st.data())
@@ -235,7 +286,11 @@ class ParkingModel(RuleBasedStateMachine):
 
     def _drain(self) -> None:
         for _ in range(200):
-            if self.refused:
+            if self.read_relayed:
+                self.relayed_claim(_First())
+            elif self.relayed:
+                self.relayed_read(_First(), "nothing")
+            elif self.refused:
                 self.park(_First())
             elif self.messages:
                 self.deliver(_First())
@@ -261,6 +316,13 @@ class _First:
 
     def draw(self, strategy: Any) -> Any:
         return 0
+
+
+class _Last:
+    """A `data` that picks the message just added."""
+
+    def draw(self, strategy: Any) -> Any:
+        return -1
 
 
 @pytest.mark.hypothesis
