@@ -450,6 +450,11 @@ def recent_model(model_id: str) -> ModelRecord | None:
     return model
 
 
+def forget_recent_models() -> None:
+    """A new container's start: no model read before."""
+    _recently_read.clear()
+
+
 def clear_upstream_unavailable(model: ModelRecord | None) -> None:
     """A call Ark accepted: the model is reachable again (only a flagged model is written)."""
     if model is None or not model.upstream_unavailable:

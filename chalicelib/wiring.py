@@ -256,6 +256,7 @@ def new_container() -> None:
     secret_store.reset()
     # Every cache a container keeps beside its wiring.
     figures.forget_recent()
+    catalog.forget_recent_models()
     for cached in (live.management_client, queues._queue_url, storage._long_term_signer, auth._hasher,
                    auth._decoy_hash, first_admin.ensure_first_admin, catalog.ensure_default_models_once):
         cached.cache_clear()
