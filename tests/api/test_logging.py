@@ -107,6 +107,10 @@ class FakeLambdaContext:
     aws_request_id = "8f0c5f8e-lambda-request"
     function_name = "arkflow-prod-lane_image"
 
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 300_000  # as a lane's invocation that just began
+
 
 @pytest.fixture
 def json_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[], list[dict[str, Any]]]]:

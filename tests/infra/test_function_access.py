@@ -26,6 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import boto3
 import botocore.loaders
 import botocore.session
+import chalice.test
 import pytest
 from chalice.test import Client
 from moto import mock_aws
@@ -136,7 +137,14 @@ class Deployment:
     # --- the other handlers, invoked as Lambda invokes them ---
 
     def invoke(self, handler: str, event: dict[str, Any], **overrides: str) -> Any:
-        with self.container(self.function_of(handler), **overrides):
+        # Chalice's test client gives every invocation 3 s of Lambda time; a deployed function has its timeout
+        # (which bounds a lane's deadlines and baton passes).
+        config = self.client.lambda_._config
+        timeout_ms = config.scope(config.chalice_stage, handler).lambda_timeout * 1000
+        context = functools.partial(chalice.test.LambdaContext, max_runtime_ms=timeout_ms)
+        with self.container(self.function_of(handler), **overrides), \
+                pytest.MonkeyPatch.context() as patch:
+            patch.setattr(chalice.test, "LambdaContext", context)
             return self.client.lambda_.invoke(handler, event).payload
 
     def lane_records(self, lane: str, task_ids: set[str], queue: str = "") -> list[dict[str, Any]]:
