@@ -135,6 +135,26 @@ class Waiting:
             slots.note_full(task.model_id, True)
         return True
 
+    def park_unsent(self, task: TaskRecord) -> bool:
+        """Park `task` (queued, holding no slot) whose message to come back by could not be sent: a relayed task's
+        retry has no message of its own to fall back on, so the hand-offs (and the sweeper's wake of free slots)
+        must find it. False when it is not plainly waiting (claimed, ended, handed a slot, parked already): then
+        the sweeper's other nets hold it (a running task's lease, a hand-off's)."""
+        def build(transaction: TransactWrite) -> None:
+            slots.count_parked_in(transaction, task.model_id, +1)
+            transaction.update(TaskRecord(task.task_id), actions=[TaskRecord.parked_model.set(task.model_id)],
+                               condition=(TaskRecord.status == statemachine.QUEUED)
+                               & TaskRecord.slot_handed_at.does_not_exist()
+                               & TaskRecord.parked_model.does_not_exist())
+
+        try:
+            writes.write_transaction(build)
+        except TransactWriteError as error:
+            if not writes.condition_failed(error):
+                raise
+            return False
+        return True
+
 
 def lease_until(task: TaskRecord, lane: Lane, now: float, settings: Settings) -> int:
     """How long a task's slot is held for its worker: an image's whole invocation plus a margin; a video's deadline

@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from botocore.exceptions import ClientError
-from pynamodb.exceptions import DoesNotExist
+from botocore.exceptions import BotoCoreError, ClientError
+from pynamodb.exceptions import DoesNotExist, PynamoDBException
 
 from chalicelib import catalog, observability, queues
 from chalicelib.ark.deadline import call_deadline
@@ -139,7 +139,23 @@ class LaneWorker:
             log.exception("relayed task %s failed in lane %s", task_id, self.lane.name)
             outcome = Retry(0)
         if outcome is not None:
-            queues.enqueue(self.sqs, self.lane.name, task_id, delay_s=min(outcome.delay_s, SQS_MAX_DELAY_S))
+            self._send_relayed_retry(task_id, outcome)
+
+    def _send_relayed_retry(self, task_id: str, retry: Retry) -> None:
+        """A relayed task's fresh message (its outcome asked to come back later). It has no message SQS would give
+        back: when the send fails, the task is parked for a slot instead, else it would wait queued, with nothing
+        to wake it, until the sweeper timed it out."""
+        try:
+            queues.enqueue(self.sqs, self.lane.name, task_id, delay_s=min(retry.delay_s, SQS_MAX_DELAY_S))
+            return
+        except (ClientError, BotoCoreError) as error:
+            log.warning("relayed task %s: its message could not be sent (%s); parking it", task_id, error)
+        try:
+            task = TaskRecord.get(task_id, consistent_read=True)
+            if task.status == statemachine.QUEUED and not self.waiting.park_unsent(task):
+                log.info("relayed task %s moved on before it could be parked", task_id)
+        except (DoesNotExist, PynamoDBException, ClientError, BotoCoreError) as error:
+            log.error("relayed task %s is left to the sweeper's deadline: %s", task_id, error)
 
     def _give_back(self, delivery: Delivery, retry: Retry) -> None:
         try:

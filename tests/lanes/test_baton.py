@@ -4,11 +4,16 @@ pass")."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 
+from chalicelib import aws
+from chalicelib.ark.errors import ArkRateLimitError
 from chalicelib.lanes.waits import HANDOFF_LEASE_S
 from chalicelib.lanes.worker import BATON_MIN_CALL_S, RESULTS_COPY_MARGIN_S, Batons, LaneWorker
 from chalicelib.store import slots
@@ -112,3 +117,56 @@ def test_a_message_of_the_relayed_task_claiming_first_does_not_run_it_twice(
     lanes.worker("image").handle(wait_for(lambda: lanes.receive("image")))
     assert [lanes.task(task_id).status for task_id in tasks] == ["succeeded"] * 3
     assert lanes.ark_calls("images.generate") == 3  # the stray ran it; the relay did not run it again
+
+
+class _RateLimitedOnce(ImagesCallingBack):
+    """Parks two tasks during the first call (as `_run_with_two_parked`'s client does); Ark answers the second
+    call (the first relayed task's) 429."""
+
+    def create_image_task(self, *args: Any, **kwargs: Any) -> Any:
+        if len(self.seen) == 1:
+            self.seen.append("429")
+            raise ArkRateLimitError("RateLimitExceeded", "too many requests", 429, retry_after=1)
+        return super().create_image_task(*args, **kwargs)
+
+
+class _RelaySendsFail:
+    """The lane's SQS client, whose sends from a relayed task's thread fail (SQS down for that moment)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.failed: list[str] = []
+
+    def send_message(self, **kwargs: Any) -> Any:
+        if threading.current_thread().name.endswith("-relay"):
+            self.failed.append(json.loads(kwargs["MessageBody"])["task_id"])
+            raise ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "down"}}, "SendMessage")
+        return self.inner.send_message(**kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_relayed_task_whose_retry_message_cannot_be_sent_is_not_stranded(lanes: Lanes) -> None:
+    """A relayed task has no message of its own: when Ark refuses its call (429) and the retry's fresh message
+    cannot be sent, it must still run later (parked for a slot), not wait queued until it times out."""
+    lanes.set_model(IMAGE_MODEL, concurrency=1)
+    running, first, second = (lanes.submit(IMAGE_TASK) for _ in range(3))
+    parked = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
+    parking = lanes.worker("image")
+    done: list[Any] = []
+    images = _RateLimitedOnce(lanes.ark.base_url, lambda: done or done.append(parking.handle(parked)))
+    sqs = _RelaySendsFail(aws.sqs())
+    assert lanes.worker("image", image_client=images, sqs=sqs).handle(
+        [lanes.receive_for("image", running)], time_left=_clock(PLENTY_S)) == {"batchItemFailures": []}
+    assert sqs.failed == [first]  # its retry's message was never sent
+    if lanes.task(first).status == "queued":  # parked after the second's release: a later hand-off finds it
+        assert lanes.task(first).parked_model == IMAGE_MODEL
+        lanes.sweeper().sweep()  # a free slot, and a task parked for one: handed it, and woken
+        woken = wait_for(lambda: lanes.receive("image"))
+        assert _task_ids(woken) == [first]
+        lanes.worker("image").handle(woken)
+    # else the second's release found it parked and ran it in the same invocation
+    assert [lanes.task(task_id).status for task_id in (running, first, second)] == ["succeeded"] * 3
+    assert lanes.ark_calls("images.generate") == 3  # the refused call never reached the simulator
+    assert slots.holders(IMAGE_MODEL) == {}
