@@ -147,13 +147,18 @@ class Waiting:
                                & TaskRecord.slot_handed_at.does_not_exist()
                                & TaskRecord.parked_model.does_not_exist())
 
-        try:
-            writes.write_transaction(build)
-        except TransactWriteError as error:
-            if not writes.condition_failed(error):
-                raise
-            return False
-        return True
+        return _written_unless_refused(build)
+
+
+def _written_unless_refused(build: Callable[[TransactWrite], None]) -> bool:
+    """Write the transaction `build` makes: True when written, False when a condition refused it."""
+    try:
+        writes.write_transaction(build)
+    except TransactWriteError as error:
+        if not writes.condition_failed(error):
+            raise
+        return False
+    return True
 
 
 def lease_until(task: TaskRecord, lane: Lane, now: float, settings: Settings) -> int:
@@ -329,11 +334,7 @@ class Waker:
                 & (TaskRecord.slot_handed_at == task.slot_handed_at))
             slots.release_in(transaction, task.model_id, task.task_id, _user_of_slot(task), parking=True)
 
-        try:
-            writes.write_transaction(build)
-        except TransactWriteError as error:
-            if not writes.condition_failed(error):
-                raise
+        if not _written_unless_refused(build):
             return False
         self.hand_off(task.model_id)
         return True
