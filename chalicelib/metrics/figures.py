@@ -9,7 +9,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -73,15 +73,29 @@ class Totals:
 
 def _query(pk: str, first_sk: str | None = None, last_sk: str | None = None) -> Iterable[dict[str, Any]]:
     """Every item of `pk` (between the two buckets, when given), page by page."""
-    client = aws.client("dynamodb")
+    for items, _ in _pages(pk, between=(first_sk, last_sk) if first_sk is not None and last_sk is not None else None):
+        yield from items
+
+
+def _pages(pk: str, *, between: tuple[str, str] | None = None, after: str | None = None,
+           wanted: int | None = None) -> Iterator[tuple[list[dict[str, Any]], bool]]:
+    """The pages of `pk`'s items (sort keys `between` two, or past `after`), each with whether the partition may
+    hold more; at most `wanted` items in all when given (each page asks for what is still wanted)."""
     arguments: dict[str, Any] = {"TableName": rollup.table_name(), "KeyConditionExpression": "pk = :pk",
                                  "ExpressionAttributeValues": {":pk": {"S": pk}}}
-    if first_sk is not None and last_sk is not None:
+    if between is not None:
         arguments["KeyConditionExpression"] += " AND sk BETWEEN :first AND :last"
-        arguments["ExpressionAttributeValues"].update({":first": {"S": first_sk}, ":last": {"S": last_sk}})
+        arguments["ExpressionAttributeValues"].update({":first": {"S": between[0]}, ":last": {"S": between[1]}})
+    if after is not None:
+        arguments["KeyConditionExpression"] += " AND sk > :after"
+        arguments["ExpressionAttributeValues"][":after"] = {"S": after}
+    client = aws.client("dynamodb")
+    seen = 0
     while True:
-        page = client.query(**arguments)
-        yield from page.get("Items", [])
+        page = client.query(**arguments, **({"Limit": wanted - seen} if wanted is not None else {}))
+        items = page.get("Items", [])
+        seen += len(items)
+        yield items, "LastEvaluatedKey" in page
         if "LastEvaluatedKey" not in page:
             return
         arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -228,21 +242,14 @@ def _usage_of_day(day: str, after: str | None, wanted: int) -> tuple[list[dict[s
 
 def _first_items(pk: str, after: str | None, wanted: int) -> tuple[list[dict[str, Any]], bool]:
     """The first `wanted` items of `pk` with a sort key past `after`, and whether the partition may hold more."""
-    arguments: dict[str, Any] = {"TableName": rollup.table_name(), "KeyConditionExpression": "pk = :pk",
-                                 "ExpressionAttributeValues": {":pk": {"S": pk}}}
-    if after is not None:
-        arguments["KeyConditionExpression"] += " AND sk > :after"
-        arguments["ExpressionAttributeValues"][":after"] = {"S": after}
-    client = aws.client("dynamodb")
     items: list[dict[str, Any]] = []
-    while True:
-        page = client.query(**arguments, Limit=wanted - len(items))
-        items += page.get("Items", [])
-        if "LastEvaluatedKey" not in page:
+    for page, more in _pages(pk, after=after, wanted=wanted):
+        items += page
+        if not more:
             return items, False
         if len(items) >= wanted:
             return items, True
-        arguments["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return items, False
 
 
 def sample_queues(models: Iterable[ModelRecord], now: float) -> int:

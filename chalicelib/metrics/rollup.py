@@ -72,8 +72,6 @@ COST_PREFIX = "c:"
 CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
 # `outcomes` counts statuses and error codes under one name each: a code that names a status is never counted as it.
 STATUSES = frozenset({statemachine.QUEUED, statemachine.RUNNING, *statemachine.TERMINAL})
-# Cancellation reasons after which the same transaction may simply run again: nothing was written, nothing judged.
-_RETRYABLE = frozenset({"None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 # Errors that say the request itself is wrong (a malformed record's figures): the batch is split to find the task.
 _INVALID = frozenset({"ValidationException", "ValidationError", "SerializationException"})
 def table_name() -> str:
@@ -430,7 +428,7 @@ def _commit(batch: _Batch, report: RollupReport) -> None:
             if code in _INVALID or set(reasons) & _INVALID:
                 _split(batch, report, str(error))
                 return
-            if code == "TransactionCanceledException" and reasons and set(reasons) <= _RETRYABLE and \
+            if code == "TransactionCanceledException" and writes.only_conflicts(reasons) and \
                     attempt < writes.TRANSACTION_ATTEMPTS - 1:
                 writes.pause_before_retry(attempt)
                 attempt += 1

@@ -8,7 +8,7 @@ a lost race.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import botocore.session
@@ -81,8 +81,14 @@ def transaction_conflicted(error: TransactWriteError) -> bool:
     does this to concurrent transactions on one item (moto never does), and botocore does not retry it."""
     if error.cause_response_code != "TransactionCanceledException":
         return False
-    codes = {reason.code for reason in error.cancellation_reasons if reason is not None}
-    return bool(codes) and codes <= _RETRYABLE_CANCELLATIONS
+    return only_conflicts([reason.code for reason in error.cancellation_reasons if reason is not None])
+
+
+def only_conflicts(codes: Iterable[str | None]) -> bool:
+    """Whether a cancelled transaction's reason codes (one per item; "None" for an item that was fine) say only
+    that it met another write or was throttled: it wrote nothing, and the same transaction may simply run again."""
+    failed = {code for code in codes if code not in (None, "None")}
+    return bool(failed) and failed <= _RETRYABLE_CANCELLATIONS
 
 
 def is_write_conflict(error: Exception) -> bool:
