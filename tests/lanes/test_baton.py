@@ -40,15 +40,16 @@ def _clock(*readings: float) -> Callable[[], float]:
 
 
 def _run_with_two_parked(lanes: Lanes, time_left: Callable[[], float],
+                         images_client: type[ImagesCallingBack] = ImagesCallingBack,
                          **overrides: Any) -> tuple[str, str, str]:
-    """One task running on the model's one slot, two more parked during its Ark call; its worker (given
-    `time_left`) handles its message."""
+    """One task running on the model's one slot, two more parked during its Ark call (by `images_client`); its
+    worker (given `time_left`) handles its message."""
     lanes.set_model(IMAGE_MODEL, concurrency=1)
     running, first, second = (lanes.submit(IMAGE_TASK) for _ in range(3))
     parked = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
     parking = lanes.worker("image")
     done: list[Any] = []
-    images = ImagesCallingBack(lanes.ark.base_url, lambda: done or done.append(parking.handle(parked)))
+    images = images_client(lanes.ark.base_url, lambda: done or done.append(parking.handle(parked)))
     assert lanes.worker("image", image_client=images, **overrides).handle(
         [lanes.receive_for("image", running)], time_left=time_left) == {"batchItemFailures": []}
     assert done == [{"batchItemFailures": []}]  # both parked while the first ran
@@ -150,15 +151,8 @@ class _RelaySendsFail:
 def test_a_relayed_task_whose_retry_message_cannot_be_sent_is_not_stranded(lanes: Lanes) -> None:
     """A relayed task has no message of its own: when Ark refuses its call (429) and the retry's fresh message
     cannot be sent, it must still run later (parked for a slot), not wait queued until it times out."""
-    lanes.set_model(IMAGE_MODEL, concurrency=1)
-    running, first, second = (lanes.submit(IMAGE_TASK) for _ in range(3))
-    parked = [lanes.receive_for("image", first), lanes.receive_for("image", second)]
-    parking = lanes.worker("image")
-    done: list[Any] = []
-    images = _RateLimitedOnce(lanes.ark.base_url, lambda: done or done.append(parking.handle(parked)))
     sqs = _RelaySendsFail(aws.sqs())
-    assert lanes.worker("image", image_client=images, sqs=sqs).handle(
-        [lanes.receive_for("image", running)], time_left=_clock(PLENTY_S)) == {"batchItemFailures": []}
+    running, first, second = _run_with_two_parked(lanes, _clock(PLENTY_S), _RateLimitedOnce, sqs=sqs)
     assert sqs.failed == [first]  # its retry's message was never sent
     if lanes.task(first).status == "queued":  # parked after the second's release: a later hand-off finds it
         assert lanes.task(first).parked_model == IMAGE_MODEL
