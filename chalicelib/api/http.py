@@ -194,7 +194,8 @@ class Http:
         app.register_middleware(self._one_error_shape, "http")
 
     def _one_error_shape(self, request: Request, get_response: Callable[[Request], Response]) -> Response:
-        """Chalice's own refusals in the API's error shape, with CORS headers (a browser reads none without)."""
+        """Chalice's own refusals in the API's error shape, with CORS headers (a browser reads none without); a JSON
+        request's `Content-Type` read as JSON first (`_read_json_types_as_json`)."""
         _read_json_types_as_json(request)
         response = get_response(request)
         body = response.body
