@@ -13,7 +13,7 @@ from typing import Any, Literal
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 from chalice import Chalice, Response
-from chalice.app import Request
+from chalice.app import CaseInsensitiveMapping, Request
 from pydantic import BaseModel
 from pynamodb.exceptions import PynamoDBException, TransactWriteError
 
@@ -167,6 +167,21 @@ _CHALICE_REFUSALS = {
 }
 
 
+def _read_json_types_as_json(request: Request | None) -> None:
+    """Chalice takes a request without `Content-Type` as JSON but refuses (415) an empty one, and every JSON type
+    but `application/json` itself: a blank header is taken as none, and a JSON structured-syntax type
+    (`application/merge-patch+json`, RFC 6839) as `application/json`, so no JSON request is refused for its label."""
+    if request is None or "content-type" not in request.headers:
+        return
+    media_type = request.headers["content-type"].split(";", 1)[0].strip().lower()
+    if media_type and not (media_type.startswith("application/") and media_type.endswith("+json")):
+        return
+    headers = {name: value for name, value in request.headers.items() if name != "content-type"}
+    if media_type:
+        headers["content-type"] = "application/json"
+    request.headers = CaseInsensitiveMapping(headers)
+
+
 class Http:
     """Wraps view functions: authenticates, maps `ApiError` to the one error body, adds CORS headers."""
 
@@ -179,7 +194,9 @@ class Http:
         app.register_middleware(self._one_error_shape, "http")
 
     def _one_error_shape(self, request: Request, get_response: Callable[[Request], Response]) -> Response:
-        """Chalice's own refusals in the API's error shape, with CORS headers (a browser reads none without)."""
+        """Chalice's own refusals in the API's error shape, with CORS headers (a browser reads none without); a JSON
+        request's `Content-Type` read as JSON first (`_read_json_types_as_json`)."""
+        _read_json_types_as_json(request)
         response = get_response(request)
         body = response.body
         if isinstance(body, dict) and set(body) == {"Code", "Message"}:

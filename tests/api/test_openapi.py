@@ -201,3 +201,17 @@ def test_refusals_before_any_view_and_of_api_keys_are_documented_errors(api: Api
         assert (response.status_code, response.data["error"]["code"]) == (status, code), response.body
         conform.check(response, method, route)
         assert f"`{code}`" in conform.document["paths"][route][method.lower()]["responses"][str(status)]["description"]
+
+
+@pytest.mark.parametrize("content_type",
+                         ["", "application/merge-patch+json", "Application/Vnd.Api+JSON; charset=utf-8"])
+def test_a_json_request_is_never_refused_for_its_content_type_label(api: Api, content_type: str) -> None:
+    """A blank `Content-Type` (a client that clears it) is taken as none, and a JSON structured-syntax type as JSON:
+    the body is read, not refused with a 415; a type that is not JSON still is."""
+    headers = {"Content-Type": content_type}
+    created = api.request("POST", "/api/keys", {"name": "ci", "scopes": ["tasks:read"]}, as_user=DEMO, headers=headers)
+    assert created.status_code == 201, created.body
+    assert api.request("GET", "/api/tasks", as_user=DEMO, headers=headers).status_code == 200
+    form = api.request("POST", "/api/keys", as_user=DEMO, headers={"Content-Type": "multipart/form-data; boundary=x"},
+                       raw='{"name": "ci"}')
+    assert form.status_code == 415
